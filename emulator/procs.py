@@ -1,0 +1,197 @@
+"""Start, probe and stop the local stack's processes.
+
+Each child runs in its own process group so that stopping it also stops what it spawned (the
+Firestore launcher script execs Java; ``npx firebase`` spawns node). Output goes to a log file
+per process, named in every error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emulator.exceptions import StartupError, ToolMissingError
+
+ROOT = Path(__file__).resolve().parent.parent
+EMULATOR_DIR = ROOT / "emulator"
+FIRESTORE_LAUNCHERS = (
+    Path("/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"),
+    Path("/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"),
+)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def firebase_ports(path: Path = ROOT / "firebase.json") -> dict[str, int]:
+    """Emulator ports declared in firebase.json, by emulator name."""
+    emulators = json.loads(path.read_text())["emulators"]
+    return {name: int(spec["port"]) for name, spec in emulators.items() if "port" in spec}
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    ready_url: str
+    log_path: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen is not None and self.popen.poll() is not None:
+                raise StartupError(
+                    f"{self.name} exited with code {self.popen.returncode}; "
+                    f"see {self.log_path}:\n{tail(self.log_path)}"
+                )
+            if probe(self.ready_url):
+                return
+            time.sleep(0.2)
+        raise StartupError(
+            f"{self.name} not ready at {self.ready_url} after {timeout:.0f}s; "
+            f"see {self.log_path}:\n{tail(self.log_path)}"
+        )
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+        except ProcessLookupError:
+            pass
+        # Children that outlived their leader (Java under the launcher script) go too.
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def probe(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(200 <= response.status < 500)
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except (OSError, ValueError):
+        return False
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def firestore_process(host: str, port: int, log_dir: Path) -> Process:
+    """The official Firestore emulator: its launcher script directly, or through gcloud."""
+    launcher = next((p for p in FIRESTORE_LAUNCHERS if p.exists()), None)
+    if launcher is not None:
+        argv = [str(launcher), "start", f"--host={host}", f"--port={port}"]
+    elif shutil.which("gcloud"):
+        argv = ["gcloud", "emulators", "firestore", "start", f"--host-port={host}:{port}"]
+    else:
+        raise ToolMissingError(
+            "the Firestore emulator is not installed: install the Google Cloud SDK with "
+            "`apt-get install google-cloud-cli-firestore-emulator` (needs Java 17+)"
+        )
+    return Process("firestore", argv, f"http://{host}:{port}/", log_dir / "firestore.log")
+
+
+def ensure_firebase_tools() -> Path:
+    """Install the pinned firebase-tools under emulator/ when missing; return its binary."""
+    binary = EMULATOR_DIR / "node_modules" / ".bin" / "firebase"
+    if not binary.exists():
+        if not shutil.which("npm"):
+            raise ToolMissingError("npm is required to install firebase-tools (Node.js 20+)")
+        print("installing firebase-tools (emulator/package.json) ...", file=sys.stderr)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=EMULATOR_DIR,
+            check=True,
+        )
+    return binary
+
+
+def auth_process(host: str, port: int, project_id: str, log_dir: Path) -> Process:
+    """The Firebase Auth emulator from the pinned firebase-tools."""
+    binary = ensure_firebase_tools()
+    config = log_dir / f"firebase-auth-{port}.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    # A config of our own per run, so tests can use free ports without touching firebase.json.
+    config.write_text(
+        json.dumps(
+            {
+                "emulators": {
+                    "auth": {"host": host, "port": port},
+                    "ui": {"enabled": False},
+                    "logging": {"host": host, "port": free_port(host)},
+                    "hub": {"host": host, "port": free_port(host)},
+                    "singleProjectMode": True,
+                }
+            }
+        )
+    )
+    return Process(
+        "auth",
+        [
+            str(binary),
+            "emulators:start",
+            "--only",
+            "auth",
+            "--project",
+            project_id,
+            "--config",
+            str(config),
+        ],
+        f"http://{host}:{port}/",
+        log_dir / "auth.log",
+        env={"NO_UPDATE_NOTIFIER": "1", "FIREBASE_CLI_DISABLE_UPDATE_CHECK": "true"},
+    )
+
+
+def gateway_process(env: Mapping[str, str], host: str, port: int, log_dir: Path) -> Process:
+    return Process(
+        "gateway",
+        [sys.executable, "-m", "gateway"],
+        f"http://{host}:{port}/healthz",
+        log_dir / "gateway.log",
+        env=env,
+    )

@@ -1,0 +1,1 @@
+"""WebSocket presence gateway: sockets and pings here, the heartbeat record in Firestore."""

@@ -1,0 +1,47 @@
+"""Run the gateway: ``python -m gateway`` (settings from the environment, see README)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.exceptions import ConfigError
+from gateway.settings import Settings
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws=settings.ws_implementation,
+        # Small JSON frames gain nothing from compression, and per-socket deflate state
+        # costs about 30 KB (see README, Benchmarks).
+        ws_per_message_deflate=False,
+        # The application's JSON ping is the heartbeat; protocol pings would double it.
+        ws_ping_interval=None,
+        ws_max_size=settings.max_message_bytes,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

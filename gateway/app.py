@@ -1,0 +1,174 @@
+"""Litestar application factory: routes, auth guard, error bodies, lifespan.
+
+Nothing is built at import time: ``create_app(settings)`` builds the Firestore client and the
+service inside the app's lifespan, on the running event loop.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.handlers import BaseRouteHandler, asgi
+from litestar.openapi import OpenAPIConfig
+from litestar.status_codes import HTTP_404_NOT_FOUND, HTTP_500_INTERNAL_SERVER_ERROR
+
+from gateway.exceptions import UserNotConnectedError
+from gateway.messages import (
+    BroadcastResponse,
+    ErrorResponse,
+    HealthResponse,
+    PongWriterStats,
+    SendResponse,
+    StatsResponse,
+    StatusResponse,
+)
+from gateway.service import MessageHandler, PresenceService, log_message
+from gateway.settings import Settings
+from gateway.sockets import serve_socket
+from gateway.store import FirestoreStore, Store
+
+logger = logging.getLogger("gateway.app")
+
+StoreFactory = Callable[[Settings], Store]
+
+
+def _service(request: ASGIConnection[Any, Any, Any, Any]) -> PresenceService:
+    service: PresenceService = request.app.state.service
+    return service
+
+
+def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``, compared in constant time."""
+    expected: str = connection.app.state.settings.admin_token
+    header = connection.headers.get("authorization", "")
+    scheme, _sep, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    ):
+        raise NotAuthorizedException("Missing or invalid bearer token")
+
+
+@asgi("/ws/connect/{user_id:str}", copy_scope=False)
+async def ws_connect(scope: Any, receive: Any, send: Any) -> None:
+    await serve_socket(scope["app"].state.service, scope, receive, send)
+
+
+@get("/ws/status/{user_id:str}", guards=[require_admin], sync_to_thread=False)
+def ws_status(request: Request[Any, Any, Any], user_id: str) -> StatusResponse:
+    """Whether the user holds at least one socket on this instance."""
+    count = _service(request).registry.count_of(user_id)
+    return StatusResponse(
+        user_id=user_id,
+        is_connected=count > 0,
+        status="connected" if count else "disconnected",
+        connections=count,
+    )
+
+
+@get("/ws/stats", guards=[require_admin], sync_to_thread=False)
+def ws_stats(request: Request[Any, Any, Any]) -> StatsResponse:
+    """Connections held by this instance, the heartbeat settings and the pong writer's state."""
+    service = _service(request)
+    writer = service.writer
+    p50, p99 = writer.lag_percentile(0.5), writer.lag_percentile(0.99)
+    return StatsResponse(
+        total_connections=service.registry.total_connections,
+        connected_users=service.registry.users(),
+        ping_interval_seconds=service.settings.ping_interval,
+        pong_timeout_seconds=service.settings.pong_timeout,
+        total_users=service.registry.total_users,
+        instance_id=service.settings.instance_id,
+        scope="instance",
+        pong_writer=PongWriterStats(
+            buffered_docs=writer.buffered,
+            pongs_received=writer.pongs_received,
+            pongs_persisted=writer.pongs_persisted,
+            writes_committed=writer.writes_committed,
+            commits=writer.commits,
+            failed_commits=writer.failed_commits,
+            dropped_writes=writer.dropped_writes,
+            lag_p50_ms=None if p50 is None else round(p50 * 1000, 2),
+            lag_p99_ms=None if p99 is None else round(p99 * 1000, 2),
+        ),
+    )
+
+
+@post("/ws/send/{user_id:str}", guards=[require_admin], status_code=200)
+async def ws_send(
+    request: Request[Any, Any, Any], user_id: str, data: dict[str, Any]
+) -> SendResponse:
+    """Send the JSON object body, as is, to every socket of the user (404 when none)."""
+    delivered = await _service(request).send_to_user(user_id, data)
+    return SendResponse("success", "Message sent successfully", delivered)
+
+
+@post("/ws/broadcast", guards=[require_admin], status_code=200)
+async def ws_broadcast(
+    request: Request[Any, Any, Any], data: dict[str, Any], exclude_user: str | None = None
+) -> BroadcastResponse:
+    """Send the JSON object body to every connected user except ``exclude_user``."""
+    users, sockets = await _service(request).broadcast(data, exclude_user)
+    return BroadcastResponse("success", "Message broadcasted successfully", users, sockets)
+
+
+@get("/healthz", sync_to_thread=False)
+def healthz(request: Request[Any, Any, Any]) -> HealthResponse:
+    """Liveness: answers while the process serves requests (no Firestore round trip)."""
+    service = _service(request)
+    return HealthResponse("ok", service.settings.instance_id, service.registry.total_connections)
+
+
+def _error_body(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
+    if isinstance(exc, UserNotConnectedError):
+        status, message = HTTP_404_NOT_FOUND, str(exc)
+    elif isinstance(exc, HTTPException):
+        status = exc.status_code
+        message = exc.detail
+        extra = getattr(exc, "extra", None)
+        if status == 400 and extra:
+            message = f"{exc.detail}: {extra}"
+    else:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        status, message = HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error"
+    return Response(
+        ErrorResponse("error", message, status), status_code=status, media_type=MediaType.JSON
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store_factory: StoreFactory | None = None,
+    message_handler: MessageHandler = log_message,
+) -> Litestar:
+    """Build the gateway. ``store_factory`` defaults to Firestore; ``message_handler`` is the
+    application's hook for client ``message`` frames (the default logs them)."""
+
+    make_store: StoreFactory = store_factory or (lambda s: FirestoreStore(s.project_id))
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        service = PresenceService(settings, make_store(settings), message_handler=message_handler)
+        app.state.service = service
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = Litestar(
+        route_handlers=[ws_connect, ws_status, ws_stats, ws_send, ws_broadcast, healthz],
+        lifespan=[lifespan],
+        exception_handlers={Exception: _error_body},
+        openapi_config=OpenAPIConfig(title="Presence gateway", version="0.1.0"),
+        request_max_body_size=settings.max_message_bytes,
+    )
+    app.state.settings = settings
+    return app

@@ -1,0 +1,53 @@
+"""Errors raised by the gateway package.
+
+Hierarchy::
+
+    GatewayError
+    ├── ConfigError            a setting is missing or invalid (raised at start-up)
+    ├── ProtocolError          a client frame cannot be accepted (mapped to an error reply
+    │                          or a close code by the socket edge)
+    └── UserNotConnectedError  a REST call targets a user with no socket here (mapped to 404)
+
+Only the edges (the socket handler, the REST controllers) turn these into close codes and
+HTTP statuses; the core raises and returns plain values.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A setting read from the environment is missing or invalid.
+
+    The message always names the environment variable, so a failed start says what to fix.
+    """
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+class ProtocolError(GatewayError):
+    """A client frame broke the socket protocol.
+
+    ``code`` is the machine-readable error code sent in ``{"type": "error", "code": ...}``;
+    ``close_code`` is set when the socket must be closed instead of answered.
+    """
+
+    def __init__(self, code: str, message: str, close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+
+
+class UserNotConnectedError(GatewayError):
+    """The user has no open socket on this gateway instance."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"User {user_id!r} is not connected")
+        self.user_id = user_id

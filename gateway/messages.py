@@ -1,0 +1,125 @@
+"""Wire formats: every message the gateway sends and every REST body, as msgspec Structs.
+
+The field names and order follow ``shared/spec/websocket-guide.md``; encoding with msgspec keeps
+the per-message cost low (a ping goes to every socket every ``PING_INTERVAL``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+PING_TEXT = "Server heartbeat - please respond with pong"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 with microseconds and an explicit UTC offset."""
+    return moment.isoformat(timespec="microseconds")
+
+
+# --- server -> client -----------------------------------------------------------------------
+
+
+class ServerPong(msgspec.Struct):
+    type: Literal["pong"]
+    timestamp: str
+
+
+class Timeout(msgspec.Struct):
+    type: Literal["timeout"]
+    message: str
+    timestamp: str
+
+
+class Ack(msgspec.Struct, omit_defaults=True):
+    """Acknowledges a client ``message``; echoes the client's ``id`` when it sent one."""
+
+    type: Literal["ack"]
+    timestamp: str
+    id: str | int | None = None
+
+
+class ErrorMessage(msgspec.Struct):
+    """Reply to a frame the gateway could not accept; the socket stays open."""
+
+    type: Literal["error"]
+    code: str
+    message: str
+    timestamp: str
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_ping(moment: datetime) -> str:
+    # Built by hand to keep the guide's key order (type, timestamp, message).
+    body = {"type": "ping", "timestamp": iso(moment), "message": PING_TEXT}
+    return _encoder.encode(body).decode()
+
+
+def encode(message: msgspec.Struct | dict[str, Any]) -> str:
+    return _encoder.encode(message).decode()
+
+
+# --- REST bodies ----------------------------------------------------------------------------
+
+
+class StatusResponse(msgspec.Struct):
+    user_id: str
+    is_connected: bool
+    status: Literal["connected", "disconnected"]
+    connections: int
+
+
+class PongWriterStats(msgspec.Struct):
+    buffered_docs: int
+    pongs_received: int
+    pongs_persisted: int
+    writes_committed: int
+    commits: int
+    failed_commits: int
+    dropped_writes: int
+    lag_p50_ms: float | None
+    lag_p99_ms: float | None
+
+
+class StatsResponse(msgspec.Struct):
+    total_connections: int
+    connected_users: list[str]
+    ping_interval_seconds: float
+    pong_timeout_seconds: float
+    total_users: int
+    instance_id: str
+    scope: Literal["instance"]
+    pong_writer: PongWriterStats
+
+
+class SendResponse(msgspec.Struct):
+    status: Literal["success"]
+    message: str
+    connections: int
+
+
+class BroadcastResponse(msgspec.Struct):
+    status: Literal["success"]
+    message: str
+    recipients: int
+    connections: int
+
+
+class ErrorResponse(msgspec.Struct):
+    status: Literal["error"]
+    message: str
+    status_code: int
+
+
+class HealthResponse(msgspec.Struct):
+    status: Literal["ok"]
+    instance_id: str
+    connections: int

@@ -1,0 +1,119 @@
+"""The socket protocol as plain code: a client frame in, a decision out. No I/O here.
+
+The socket edge (``gateway.sockets``) feeds each received frame to :func:`decode_frame` and
+acts on the returned event: record a pong, answer a ping, hand a message to the application,
+log an unknown type. A frame that breaks the protocol raises :class:`ProtocolError`, which the
+edge turns into an ``{"type": "error"}`` reply or, for an oversized frame, a close.
+
+Error codes (documented in the README):
+
+=====================  =========================================================  ==========
+code                   when                                                       effect
+=====================  =========================================================  ==========
+``invalid_json``       the text frame is not JSON (or not UTF-8)                  reply
+``not_an_object``      the JSON value is not an object                            reply
+``missing_type``       the object has no ``type``                                 reply
+``invalid_type``       ``type`` is not a non-empty string                         reply
+``invalid_field``      a known type with a field of the wrong type                reply
+``binary_frame``       a binary frame (the protocol is JSON text)                 reply
+``message_too_large``  the frame exceeds ``WS_MAX_MESSAGE_BYTES``                 close 1009
+=====================  =========================================================  ==========
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from gateway.exceptions import ProtocolError
+
+CLOSE_MESSAGE_TOO_BIG = 1009
+MAX_TYPE_LENGTH = 64
+
+_decoder = msgspec.json.Decoder()
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    """The client answered a heartbeat."""
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    """The client pinged us; answer with a server ``pong``."""
+
+    timestamp: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A regular application message; ``data`` is any JSON value."""
+
+    data: Any
+    id: str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownType:
+    """A well-formed frame whose ``type`` we do not know: logged and ignored."""
+
+    type: str
+
+
+ClientEvent = PongReceived | PingReceived | MessageReceived | UnknownType
+
+_PONG = PongReceived()
+
+
+def decode_frame(text: str | None, data: bytes | None, max_bytes: int) -> ClientEvent:
+    """Decode one client frame; raise :class:`ProtocolError` when it breaks the protocol."""
+    if text is None:
+        if data is not None and len(data) > max_bytes:
+            raise _too_large(max_bytes)
+        raise ProtocolError("binary_frame", "Binary frames are not supported; send JSON text")
+    # A str's length in characters bounds its UTF-8 size from below; encode only when needed.
+    if len(text) > max_bytes or (len(text) * 4 > max_bytes and len(text.encode()) > max_bytes):
+        raise _too_large(max_bytes)
+    try:
+        value = _decoder.decode(text)
+    except (msgspec.DecodeError, UnicodeEncodeError, RecursionError):
+        raise ProtocolError("invalid_json", "The frame is not valid JSON") from None
+    return decode_value(value)
+
+
+def decode_value(value: Any) -> ClientEvent:
+    """Turn an already-decoded JSON value into a client event."""
+    if not isinstance(value, dict):
+        raise ProtocolError("not_an_object", "A message must be a JSON object")
+    if "type" not in value:
+        raise ProtocolError("missing_type", 'A message needs a "type" field')
+    kind = value["type"]
+    if not isinstance(kind, str) or not kind or len(kind) > MAX_TYPE_LENGTH:
+        raise ProtocolError(
+            "invalid_type", f'"type" must be a string of 1 to {MAX_TYPE_LENGTH} characters'
+        )
+    if kind == "pong":
+        return _PONG
+    if kind == "ping":
+        stamp = value.get("timestamp")
+        if stamp is not None and not isinstance(stamp, str):
+            raise ProtocolError("invalid_field", '"timestamp" must be a string')
+        return PingReceived(stamp)
+    if kind == "message":
+        if "data" not in value:
+            raise ProtocolError("invalid_field", 'A "message" needs a "data" field')
+        ident = value.get("id")
+        if ident is not None and (isinstance(ident, bool) or not isinstance(ident, str | int)):
+            raise ProtocolError("invalid_field", '"id" must be a string or an integer')
+        return MessageReceived(value["data"], ident)
+    return UnknownType(kind)
+
+
+def _too_large(max_bytes: int) -> ProtocolError:
+    return ProtocolError(
+        "message_too_large",
+        f"Frames are limited to {max_bytes} bytes",
+        close_code=CLOSE_MESSAGE_TOO_BIG,
+    )

@@ -1,0 +1,102 @@
+"""The sockets this instance holds, by user. A user may hold several (tabs, devices)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
+from typing import Any
+
+logger = logging.getLogger("gateway.registry")
+
+AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Connection:
+    """One accepted socket. Kept small on purpose: there may be tens of thousands."""
+
+    __slots__ = ("user_id", "session_id", "connected_at", "_send", "closed")
+
+    def __init__(
+        self, user_id: str, session_id: str, connected_at: datetime, send: AsgiSend
+    ) -> None:
+        self.user_id = user_id
+        self.session_id = session_id
+        self.connected_at = connected_at
+        self._send = send
+        self.closed = False
+
+    async def send_text(self, text: str, timeout: float) -> bool:
+        """Send one text frame; False when the socket is gone or too slow to take it."""
+        if self.closed:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send({"type": "websocket.send", "text": text})
+        except (TimeoutError, OSError, RuntimeError) as exc:
+            # A client that cannot take a frame within the timeout is as good as gone; the
+            # receive loop notices the disconnect and cleans up.
+            logger.info("send failed user=%s session=%s: %r", self.user_id, self.session_id, exc)
+            return False
+        except Exception as exc:  # uvicorn raises its own ClientDisconnected types
+            logger.info("send failed user=%s session=%s: %r", self.user_id, self.session_id, exc)
+            return False
+        return True
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except Exception as exc:
+            logger.debug("close failed user=%s: %r", self.user_id, exc)
+
+
+class Registry:
+    """Maps user id to that user's open connections on this instance."""
+
+    def __init__(self) -> None:
+        self._by_user: dict[str, dict[str, Connection]] = {}
+        self._total = 0
+
+    def add(self, conn: Connection) -> int:
+        """Register a socket; return how many the user now holds here."""
+        sockets = self._by_user.setdefault(conn.user_id, {})
+        if conn.session_id not in sockets:
+            sockets[conn.session_id] = conn
+            self._total += 1
+        return len(sockets)
+
+    def remove(self, conn: Connection) -> int:
+        """Forget a socket; return how many the user still holds here."""
+        sockets = self._by_user.get(conn.user_id)
+        if sockets is None or sockets.pop(conn.session_id, None) is None:
+            return len(sockets or ())
+        self._total -= 1
+        if not sockets:
+            del self._by_user[conn.user_id]
+            return 0
+        return len(sockets)
+
+    def sockets_of(self, user_id: str) -> list[Connection]:
+        return list(self._by_user.get(user_id, {}).values())
+
+    def count_of(self, user_id: str) -> int:
+        return len(self._by_user.get(user_id, ()))
+
+    def users(self) -> list[str]:
+        return list(self._by_user)
+
+    def __iter__(self) -> Iterator[Connection]:
+        for sockets in list(self._by_user.values()):
+            yield from list(sockets.values())
+
+    @property
+    def total_connections(self) -> int:
+        return self._total
+
+    @property
+    def total_users(self) -> int:
+        return len(self._by_user)

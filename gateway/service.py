@@ -1,0 +1,179 @@
+"""The gateway's state and behaviour, independent of HTTP routing.
+
+Holds the registry of sockets and the write-behind buffer, runs the ping loop, and implements
+send, broadcast and the message hook. The Litestar layer (``gateway.app``) and the socket edge
+(``gateway.sockets``) only translate to and from this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from gateway import messages
+from gateway.exceptions import UserNotConnectedError
+from gateway.messages import utc_now
+from gateway.registry import Connection, Registry
+from gateway.settings import Settings
+from gateway.store import Store, connect_writes, disconnect_write, instance_write, pong_write
+from gateway.writer import WriteBehind
+
+logger = logging.getLogger("gateway")
+
+#: Application hook for client ``message`` frames: (user_id, session_id, data) -> None.
+MessageHandler = Callable[[str, str, Any], Awaitable[None]]
+
+SEND_CHUNK = 256
+
+
+async def log_message(user_id: str, session_id: str, data: Any) -> None:
+    """The default message handler: log the message and do nothing else."""
+    logger.info("message from user=%s session=%s: %.200r", user_id, session_id, data)
+
+
+class PresenceService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        message_handler: MessageHandler = log_message,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = Registry()
+        self.writer = WriteBehind(
+            store,
+            flush_interval=settings.flush_interval,
+            batch_size=settings.batch_size,
+            concurrency=settings.flush_concurrency,
+            max_docs=settings.buffer_max_docs,
+        )
+        self.message_handler = message_handler
+        self.pings_sent = 0
+        self._ping_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.writer.start()
+        # Registering the instance is best effort: the gateway serves sockets without it.
+        self.writer.put(
+            instance_write(self.settings.instance_id, self.settings.internal_url, utc_now())
+        )
+        self._ping_task = asyncio.create_task(self._ping_loop(), name="ping-loop")
+        logger.info(
+            "gateway instance %s started (ping every %gs, pong timeout %gs)",
+            self.settings.instance_id,
+            self.settings.ping_interval,
+            self.settings.pong_timeout,
+        )
+
+    async def stop(self) -> None:
+        if self._ping_task is not None:
+            self._ping_task.cancel()
+            await asyncio.gather(self._ping_task, return_exceptions=True)
+        await self.writer.close()
+        await self.store.close()
+        logger.info("gateway instance %s stopped", self.settings.instance_id)
+
+    # --- socket events -----------------------------------------------------------------------
+
+    def connected(self, conn: Connection) -> None:
+        held = self.registry.add(conn)
+        for write in connect_writes(
+            conn.user_id,
+            conn.session_id,
+            self.settings.instance_id,
+            self.settings.internal_url,
+            conn.connected_at,
+        ):
+            self.writer.put(write)
+        logger.info(
+            "connect user=%s session=%s sockets_for_user=%d total=%d",
+            conn.user_id,
+            conn.session_id,
+            held,
+            self.registry.total_connections,
+        )
+
+    def disconnected(self, conn: Connection, code: int | None) -> None:
+        conn.closed = True
+        left = self.registry.remove(conn)
+        self.writer.put(disconnect_write(conn.session_id, code, utc_now()))
+        logger.info(
+            "disconnect user=%s session=%s code=%s sockets_for_user=%d total=%d",
+            conn.user_id,
+            conn.session_id,
+            code,
+            left,
+            self.registry.total_connections,
+        )
+
+    def pong(self, conn: Connection, now: datetime) -> None:
+        self.writer.put(pong_write(conn.user_id, now), pong=True)
+
+    # --- outbound ----------------------------------------------------------------------------
+
+    async def send_to_user(self, user_id: str, payload: dict[str, Any]) -> int:
+        """Send a JSON object to every socket of the user; return how many took it."""
+        sockets = self.registry.sockets_of(user_id)
+        if not sockets:
+            raise UserNotConnectedError(user_id)
+        return await self._send_all(sockets, messages.encode(payload))
+
+    async def broadcast(
+        self, payload: dict[str, Any], exclude_user: str | None = None
+    ) -> tuple[int, int]:
+        """Send to every socket except ``exclude_user``'s; return (users, sockets) reached."""
+        targets = [c for c in self.registry if c.user_id != exclude_user]
+        text = messages.encode(payload)
+        delivered = await self._send_all(targets, text)
+        users = {c.user_id for c in targets if not c.closed}
+        return len(users), delivered
+
+    async def _send_all(self, conns: Iterable[Connection], text: str) -> int:
+        timeout = self.settings.send_timeout
+        delivered = 0
+        batch: list[Connection] = []
+        # Chunked gather: a slow client delays its chunk by at most the send timeout instead
+        # of serialising everyone behind it, without one task per socket for 10,000 sockets.
+        for conn in conns:
+            batch.append(conn)
+            if len(batch) >= SEND_CHUNK:
+                delivered += await self._send_chunk(batch, text, timeout)
+                batch = []
+        if batch:
+            delivered += await self._send_chunk(batch, text, timeout)
+        return delivered
+
+    @staticmethod
+    async def _send_chunk(batch: list[Connection], text: str, timeout: float) -> int:
+        results = await asyncio.gather(*(c.send_text(text, timeout) for c in batch))
+        return sum(results)
+
+    async def _ping_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.settings.ping_interval
+        next_at = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            started = loop.time()
+            try:
+                if self.registry.total_connections:
+                    text = messages.encode_ping(utc_now())
+                    self.pings_sent += await self._send_all(list(self.registry), text)
+            except Exception:
+                logger.exception("ping round failed")
+            next_at += interval
+            if next_at < loop.time():
+                # A round took longer than the interval: skip ahead instead of bursting.
+                logger.warning(
+                    "ping round took %.2fs, longer than PING_INTERVAL=%gs",
+                    loop.time() - started,
+                    interval,
+                )
+                next_at = loop.time() + interval

@@ -1,0 +1,146 @@
+"""Gateway settings, read from the environment once at start-up and validated.
+
+Every setting has an environment variable; the names in ARCHITECTURE.md (``PING_INTERVAL``,
+``PONG_TIMEOUT``, ``SWEEP_INTERVAL``, ``GATEWAY_PORT``, ``GATEWAY_ADMIN_TOKEN``,
+``GOOGLE_CLOUD_PROJECT``) are fixed; the rest are ours and documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from gateway.exceptions import ConfigError
+
+T = TypeVar("T")
+
+DEMO_PROJECT = "demo-presence"
+WS_IMPLEMENTATIONS = ("wsproto", "websockets", "websockets-sansio")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the gateway needs to run; built by :meth:`from_env` and never mutated."""
+
+    admin_token: str
+    project_id: str
+    ping_interval: float = 30.0
+    pong_timeout: float = 10_800.0
+    sweep_interval: float = 60.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    instance_id: str = "local"
+    internal_url: str = "http://127.0.0.1:8000"
+    max_message_bytes: int = 64 * 1024
+    send_timeout: float = 5.0
+    flush_interval: float = 0.2
+    batch_size: int = 500
+    flush_concurrency: int = 4
+    buffer_max_docs: int = 200_000
+    ws_implementation: str = "wsproto"
+    log_level: str = "INFO"
+
+    @property
+    def timeout_text(self) -> str:
+        """The guide's timeout sentence, with the duration following ``PONG_TIMEOUT``."""
+        return (
+            "Your session has expired due to inactivity "
+            f"({describe_duration(self.pong_timeout)}). Please sign in again."
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings; raise :class:`ConfigError` naming the variable."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        admin_token = reader.get("GATEWAY_ADMIN_TOKEN", str, None)
+        if not admin_token:
+            raise ConfigError(
+                "GATEWAY_ADMIN_TOKEN",
+                "is required (the REST API's bearer token); `make up` generates one",
+            )
+        if len(admin_token) < 16:
+            raise ConfigError("GATEWAY_ADMIN_TOKEN", "must be at least 16 characters")
+        emulated = bool(env.get("FIRESTORE_EMULATOR_HOST"))
+        project_id = reader.get("GOOGLE_CLOUD_PROJECT", str, DEMO_PROJECT if emulated else None)
+        if not project_id:
+            raise ConfigError(
+                "GOOGLE_CLOUD_PROJECT",
+                "is required when FIRESTORE_EMULATOR_HOST is not set",
+            )
+        host = reader.get("GATEWAY_HOST", str, "127.0.0.1")
+        # Cloud Run tells a container its port through PORT; GATEWAY_PORT wins when both are set.
+        port = reader.get("GATEWAY_PORT", int, reader.get("PORT", int, 8000))
+        if not 0 <= port <= 65535:
+            raise ConfigError("GATEWAY_PORT", f"must be a TCP port, got {port}")
+        instance_id = reader.get(
+            "GATEWAY_INSTANCE_ID", str, f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        )
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        internal_url = reader.get("GATEWAY_INTERNAL_URL", str, f"http://{connect_host}:{port}")
+        ws_impl = reader.get("WS_IMPLEMENTATION", str, "wsproto")
+        if ws_impl not in WS_IMPLEMENTATIONS:
+            raise ConfigError(
+                "WS_IMPLEMENTATION", f"must be one of {', '.join(WS_IMPLEMENTATIONS)}"
+            )
+        settings = cls(
+            admin_token=admin_token,
+            project_id=project_id,
+            ping_interval=reader.positive("PING_INTERVAL", 30.0),
+            pong_timeout=reader.positive("PONG_TIMEOUT", 10_800.0),
+            sweep_interval=reader.positive("SWEEP_INTERVAL", 60.0),
+            host=host,
+            port=port,
+            instance_id=instance_id,
+            internal_url=internal_url.rstrip("/"),
+            max_message_bytes=int(reader.positive("WS_MAX_MESSAGE_BYTES", 64 * 1024)),
+            send_timeout=reader.positive("WS_SEND_TIMEOUT", 5.0),
+            flush_interval=reader.positive("PONG_FLUSH_INTERVAL", 0.2),
+            batch_size=int(reader.positive("PONG_BATCH_SIZE", 500)),
+            flush_concurrency=int(reader.positive("PONG_FLUSH_CONCURRENCY", 4)),
+            buffer_max_docs=int(reader.positive("PONG_BUFFER_MAX_DOCS", 200_000)),
+            ws_implementation=ws_impl,
+            log_level=reader.get("LOG_LEVEL", str, "INFO").upper(),
+        )
+        if settings.flush_interval > 1.0:
+            # The issue's contract: the pong buffer is flushed at least once a second.
+            raise ConfigError("PONG_FLUSH_INTERVAL", "must be at most 1 second")
+        if settings.batch_size > 500:
+            raise ConfigError("PONG_BATCH_SIZE", "Firestore commits hold at most 500 writes")
+        if settings.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
+        return settings
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._env.get(name, "").strip()
+        if raw == "":
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ConfigError(name, f"cannot parse {raw!r} as {parse.__name__}") from None
+
+    def positive(self, name: str, default: float) -> float:
+        value = self.get(name, float, default)
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(name, f"must be a positive number, got {value!r}")
+        return value
+
+
+def describe_duration(seconds: float) -> str:
+    """Render a timeout for people: 10800 -> '3 hours', 90 -> '90 seconds'."""
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    shown = f"{seconds:g}"
+    return f"{shown} second{'s' if shown != '1' else ''}"

@@ -1,0 +1,144 @@
+"""Firestore documents the gateway writes, and the backends that commit them.
+
+Documents (field names are the contract with the sweep function; see README):
+
+``members/{user_id}``
+    ``is_signed_in``, ``last_pong_at``, ``updated_at``, ``last_connected_at``, ``instance_id``
+``sessions/{session_id}`` (one per socket)
+    ``user_id``, ``is_active``, ``connected_at``, ``instance_id``, ``internal_url``,
+    ``disconnected_at``, ``close_code``
+``gateway_instances/{instance_id}``
+    ``internal_url``, ``started_at``, ``heartbeat_at``
+
+A :class:`Store` commits one batch of merge-writes atomically; the Firestore backend is what
+runs, the in-memory one serves fast unit tests and is held to the same behaviour by the
+integration tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+MEMBERS = "members"
+SESSIONS = "sessions"
+INSTANCES = "gateway_instances"
+
+COMMIT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Merge ``fields`` into ``collection/doc_id`` (creating it when absent)."""
+
+    collection: str
+    doc_id: str
+    fields: Mapping[str, Any]
+
+
+class Store(Protocol):
+    async def commit(self, writes: Sequence[Write]) -> None:
+        """Commit all writes atomically or raise."""
+
+    async def close(self) -> None: ...
+
+
+def connect_writes(
+    user_id: str, session_id: str, instance_id: str, internal_url: str, now: datetime
+) -> list[Write]:
+    return [
+        Write(
+            MEMBERS,
+            user_id,
+            {
+                "is_signed_in": True,
+                "last_pong_at": now,
+                "last_connected_at": now,
+                "updated_at": now,
+                "instance_id": instance_id,
+            },
+        ),
+        Write(
+            SESSIONS,
+            session_id,
+            {
+                "user_id": user_id,
+                "is_active": True,
+                "connected_at": now,
+                "instance_id": instance_id,
+                "internal_url": internal_url,
+            },
+        ),
+    ]
+
+
+def pong_write(user_id: str, now: datetime) -> Write:
+    return Write(MEMBERS, user_id, {"last_pong_at": now, "updated_at": now})
+
+
+def disconnect_write(session_id: str, close_code: int | None, now: datetime) -> Write:
+    return Write(
+        SESSIONS,
+        session_id,
+        {"is_active": False, "disconnected_at": now, "close_code": close_code},
+    )
+
+
+def instance_write(instance_id: str, internal_url: str, now: datetime) -> Write:
+    return Write(
+        INSTANCES,
+        instance_id,
+        {"internal_url": internal_url, "started_at": now, "heartbeat_at": now},
+    )
+
+
+class FirestoreStore:
+    """Commits through google-cloud-firestore's async client (emulator or production)."""
+
+    def __init__(self, project_id: str) -> None:
+        # Imported here so that importing the package never builds or loads a client.
+        from google.cloud import firestore
+
+        self._client = firestore.AsyncClient(project=project_id)
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        batch = self._client.batch()
+        for write in writes:
+            ref = self._client.collection(write.collection).document(write.doc_id)
+            batch.set(ref, dict(write.fields), merge=True)
+        # No library retry: the write-behind buffer owns retries and backoff, so a Firestore
+        # outage shows up here at once instead of stalling a flush for a minute.
+        await batch.commit(retry=None, timeout=COMMIT_TIMEOUT)
+
+    async def close(self) -> None:
+        self._client.close()  # type: ignore[no-untyped-call]
+
+
+class MemoryStore:
+    """An in-process store for unit tests; ``fail_next`` makes commits raise."""
+
+    def __init__(self) -> None:
+        self.docs: dict[tuple[str, str], dict[str, Any]] = {}
+        self.commits: list[list[Write]] = []
+        self.fail_next = 0
+        self.delay = 0.0
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("injected commit failure")
+        self.commits.append(list(writes))
+        for write in writes:
+            self.docs.setdefault((write.collection, write.doc_id), {}).update(write.fields)
+
+    async def close(self) -> None:
+        return None
