@@ -1,0 +1,1 @@
+"""Benchmark harness for the gateway: ``python -m tests.bench`` (not collected by pytest)."""

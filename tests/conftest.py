@@ -1,0 +1,101 @@
+"""Session fixtures: the Firestore emulator (container or local process) and its clients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from emulator import procs
+from tests.support import LOG_DIR, UNIT
+
+FIRESTORE_IMAGE = os.environ.get("FIRESTORE_EMULATOR_IMAGE", "presence/firestore-emulator:local")
+_how_started: list[str] = []
+
+
+def _docker_image_available(image: str) -> bool:
+    """A reachable Docker engine that already has the emulator image (no registry here)."""
+    if not shutil.which("docker"):
+        return False
+    try:
+        result = subprocess.run(
+            ["docker", "image", "inspect", image], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def firestore_host() -> Iterator[str]:
+    """host:port of a Firestore emulator for the whole session.
+
+    Through testcontainers when a Docker engine is reachable and has the emulator image
+    (``make emulator-image`` builds it), otherwise as a local process; the choice is printed
+    in pytest's summary.
+    """
+    if os.environ.get("FIRESTORE_EMULATOR_HOST_FOR_TESTS"):
+        _how_started.append("an already running emulator (FIRESTORE_EMULATOR_HOST_FOR_TESTS)")
+        yield os.environ["FIRESTORE_EMULATOR_HOST_FOR_TESTS"]
+        return
+    if _docker_image_available(FIRESTORE_IMAGE):
+        yield from _firestore_container()
+        return
+    port = procs.free_port()
+    process = procs.firestore_process("127.0.0.1", port, LOG_DIR)
+    process.log_path = LOG_DIR / f"firestore-{port}.log"
+    _how_started.append(
+        f"a local process ({process.argv[0]}) on 127.0.0.1:{port}: no Docker engine with "
+        f"image {FIRESTORE_IMAGE} is reachable"
+    )
+    process.start()
+    try:
+        process.wait_ready(60 * UNIT)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
+def _firestore_container() -> Iterator[str]:
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+
+    container = (
+        DockerContainer(FIRESTORE_IMAGE)
+        .with_command(
+            "/opt/firestore/cloud_firestore_emulator start --host=0.0.0.0 --port=8080"
+        )
+        .with_exposed_ports(8080)
+    )
+    with container:
+        wait_for_logs(container, "Dev App Server is now running", timeout=60 * UNIT)
+        host = f"{container.get_container_host_ip()}:{container.get_exposed_port(8080)}"
+        _how_started.append(f"a testcontainers container from {FIRESTORE_IMAGE} at {host}")
+        yield host
+
+
+@pytest.fixture(scope="session")
+def project_id() -> str:
+    # A fresh demo- project per session: the emulator keeps data per project.
+    return f"demo-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def firestore_client(firestore_host: str, project_id: str) -> Iterator[Any]:
+    os.environ["FIRESTORE_EMULATOR_HOST"] = firestore_host
+    from google.cloud import firestore
+
+    client = firestore.Client(project=project_id)
+    yield client
+    client.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _how_started:
+        terminalreporter.write_line(f"Firestore emulator: {line}")

@@ -1,0 +1,94 @@
+"""Helpers shared by the tests: one time unit, polling with a deadline, gateway processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from emulator import procs
+
+T = TypeVar("T")
+
+#: Every deadline in the suite is a multiple of this; raise TEST_TIME_FACTOR on a slow machine.
+UNIT = float(os.environ.get("TEST_TIME_FACTOR", "1"))
+LOG_DIR = procs.ROOT / ".run" / "tests"
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.05
+) -> T:
+    """Poll ``check`` until it returns a truthy value; fail with the last value at the deadline."""
+    deadline = time.monotonic() + timeout * UNIT
+    last: T | None = None
+    while True:
+        last = await check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout * UNIT:.1f}s: {last!r}")
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class GatewayProc:
+    """A gateway running as its own process (real uvicorn, real sockets)."""
+
+    process: procs.Process
+    port: int
+    token: str
+    env: dict[str, str]
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, user_id: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/connect/{user_id}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    def log(self) -> str:
+        return self.process.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_gateway(firestore_host: str, project: str, **overrides: str) -> GatewayProc:
+    port = procs.free_port()
+    token = secrets.token_urlsafe(24)
+    env = {
+        "FIRESTORE_EMULATOR_HOST": firestore_host,
+        "GOOGLE_CLOUD_PROJECT": project,
+        "GATEWAY_ADMIN_TOKEN": token,
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_INSTANCE_ID": f"test-{port}",
+        "PING_INTERVAL": "0.2",
+        "LOG_LEVEL": "INFO",
+        **overrides,
+    }
+    log_path = LOG_DIR / f"gateway-{port}.log"
+    process = procs.gateway_process(env, "127.0.0.1", port, LOG_DIR)
+    process.log_path = log_path
+    process.start()
+    process.wait_ready(30 * UNIT)
+    return GatewayProc(process, port, token, env)
+
+
+def loads(frame: str | bytes) -> dict[str, Any]:
+    value = json.loads(frame)
+    assert isinstance(value, dict)
+    return value
+
+
+def log_text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""

@@ -1,0 +1,156 @@
+"""The write-behind buffer batches, merges, retries and bounds writes (in-memory store)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.store import MemoryStore, Write, pong_write
+from gateway.writer import WriteBehind
+from tests.support import eventually
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+async def test_pending_writes_to_one_document_merge_into_one_write() -> None:
+    """Two pongs of one user before a flush cost one write holding the newest time."""
+    store = MemoryStore()
+    writer = WriteBehind(store, flush_interval=0.05)
+    writer.put(pong_write("u1", at(1)), pong=True)
+    writer.put(pong_write("u1", at(2)), pong=True)
+    assert writer.buffered == 1
+    assert await writer.flush_once()
+    assert store.docs[("members", "u1")]["last_pong_at"] == at(2)
+    assert sum(len(c) for c in store.commits) == 1
+    assert writer.pongs_persisted == writer.pongs_received == 2
+
+
+async def test_batches_hold_at_most_batch_size_writes() -> None:
+    """1,200 users flush as commits of at most 500 writes, all committed."""
+    store = MemoryStore()
+    writer = WriteBehind(store, batch_size=500, concurrency=4)
+    for i in range(1200):
+        writer.put(pong_write(f"u{i}", at(i)), pong=True)
+    assert await writer.flush_once()
+    assert sorted(len(c) for c in store.commits) == [200, 500, 500]
+    assert len(store.docs) == 1200
+    assert writer.buffered == 0
+
+
+async def test_flush_happens_within_the_interval_without_being_asked() -> None:
+    """A running writer commits a lone pong within its flush interval."""
+    store = MemoryStore()
+    writer = WriteBehind(store, flush_interval=0.05)
+    writer.start()
+    writer.put(pong_write("u1", at(1)), pong=True)
+
+    async def persisted() -> bool:
+        return ("members", "u1") in store.docs
+
+    await eventually(persisted, timeout=2)
+    await writer.close()
+    lag = writer.lag_percentile(0.99)
+    assert lag is not None and lag < 2
+
+
+async def test_failed_commits_are_retried_and_newer_fields_win() -> None:
+    """A failed batch returns to the buffer; a pong that arrived meanwhile is not overwritten."""
+    store = MemoryStore()
+    writer = WriteBehind(store)
+    writer.put(pong_write("u1", at(1)), pong=True)
+    store.fail_next = 1
+    assert not await writer.flush_once()
+    assert writer.failed_commits == 1
+    writer.put(pong_write("u1", at(5)), pong=True)
+    assert writer.buffered == 1
+    assert await writer.flush_once()
+    assert store.docs[("members", "u1")]["last_pong_at"] == at(5)
+    assert writer.pongs_persisted == 2
+
+
+async def test_fields_of_a_failed_write_survive_the_retry() -> None:
+    """Fields only the failed write had (a connect record) are kept when merged with newer."""
+    store = MemoryStore()
+    writer = WriteBehind(store)
+    writer.put(Write("members", "u1", {"is_signed_in": True, "last_pong_at": at(0)}))
+    store.fail_next = 1
+    assert not await writer.flush_once()
+    writer.put(pong_write("u1", at(3)), pong=True)
+    assert await writer.flush_once()
+    assert store.docs[("members", "u1")] == {
+        "is_signed_in": True,
+        "last_pong_at": at(3),
+        "updated_at": at(3),
+    }
+
+
+async def test_running_writer_backs_off_and_recovers_after_an_outage() -> None:
+    """With the store failing several times, the writer keeps retrying and loses nothing."""
+    store = MemoryStore()
+    store.fail_next = 3
+    writer = WriteBehind(store, flush_interval=0.01)
+    writer.start()
+    for i in range(50):
+        writer.put(pong_write(f"u{i}", at(i)), pong=True)
+
+    async def all_written() -> bool:
+        return len(store.docs) == 50
+
+    await eventually(all_written, timeout=10)
+    assert writer.failed_commits >= 3
+    assert writer.pongs_persisted == 50
+    await writer.close()
+
+
+async def test_buffer_is_bounded_and_counts_drops() -> None:
+    """New documents beyond max_docs are dropped and counted; known ones still update."""
+    store = MemoryStore()
+    writer = WriteBehind(store, max_docs=2)
+    assert writer.put(pong_write("a", at(1)), pong=True)
+    assert writer.put(pong_write("b", at(1)), pong=True)
+    assert not writer.put(pong_write("c", at(1)), pong=True)
+    assert writer.put(pong_write("a", at(2)), pong=True)
+    assert writer.dropped_writes == 1
+    assert await writer.flush_once()
+    assert set(store.docs) == {("members", "a"), ("members", "b")}
+
+
+async def test_close_flushes_what_is_pending() -> None:
+    """Shutdown commits buffered writes before returning."""
+    store = MemoryStore()
+    writer = WriteBehind(store, flush_interval=1.0)
+    writer.start()
+    await asyncio.sleep(0)
+    writer.put(pong_write("u1", at(1)), pong=True)
+    await writer.close(deadline=5)
+    assert ("members", "u1") in store.docs
+
+
+async def test_close_gives_up_at_its_deadline_when_the_store_is_down() -> None:
+    """A store that never recovers does not hang shutdown."""
+    store = MemoryStore()
+    store.fail_next = 10_000
+    writer = WriteBehind(store, flush_interval=0.01)
+    writer.start()
+    writer.put(pong_write("u1", at(1)), pong=True)
+    await writer.close(deadline=0.5)
+    assert writer.buffered == 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_documents_in_flight_are_never_split_across_batches(concurrency: int) -> None:
+    """Within one flush every document appears in exactly one batch."""
+    store = MemoryStore()
+    writer = WriteBehind(store, batch_size=10, concurrency=concurrency)
+    for i in range(100):
+        writer.put(pong_write(f"u{i % 40}", at(i)), pong=True)
+    while writer.buffered:
+        assert await writer.flush_once()
+    ids = [w.doc_id for commit in store.commits for w in commit]
+    assert len(ids) == len(set(ids)) == 40
