@@ -68,9 +68,7 @@ def _firestore_container() -> Iterator[str]:
 
     container = (
         DockerContainer(FIRESTORE_IMAGE)
-        .with_command(
-            "/opt/firestore/cloud_firestore_emulator start --host=0.0.0.0 --port=8080"
-        )
+        .with_command("/opt/firestore/cloud_firestore_emulator start --host=0.0.0.0 --port=8080")
         .with_exposed_ports(8080)
     )
     with container:

@@ -13,7 +13,6 @@ import pytest
 from emulator import procs
 from gateway.store import (
     FirestoreStore,
-    Write,
     connect_writes,
     disconnect_write,
     pong_write,

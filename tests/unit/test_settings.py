@@ -66,8 +66,15 @@ def test_invalid_settings_name_the_variable(env: dict[str, str], name: str) -> N
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(10_800, "3 hours"), (3600, "1 hour"), (120, "2 minutes"), (90, "90 seconds"), (2, "2 seconds"),
-     (1, "1 second"), (0.5, "0.5 seconds")],
+    [
+        (10_800, "3 hours"),
+        (3600, "1 hour"),
+        (120, "2 minutes"),
+        (90, "90 seconds"),
+        (2, "2 seconds"),
+        (1, "1 second"),
+        (0.5, "0.5 seconds"),
+    ],
 )
 def test_timeout_duration_is_written_for_people(seconds: float, text: str) -> None:
     """The timeout message's duration follows PONG_TIMEOUT."""

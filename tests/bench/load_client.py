@@ -1,0 +1,489 @@
+"""Load client for the gateway benchmarks, run as its own process.
+
+    python -m tests.bench.load_client --port 8000 --count 10000 --mode idle
+
+Opens ``--count`` sockets to ``ws://127.0.0.{k}:PORT/ws/connect/{user_id}`` (``k`` cycles over
+``--hosts`` loopback addresses so no single address pair runs out of ephemeral ports), one
+distinct user id per socket. In ``pong`` mode every server ``{"type":"ping"}`` is answered with
+``{"type":"pong"}``; in ``idle`` mode frames are read and discarded.
+
+Two implementations:
+
+* ``raw`` (default): one ``asyncio.Protocol`` per socket with a hand-written RFC 6455 client
+  (handshake, unfragmented frames, close). No task, no queue and no buffer per socket, so 10,000
+  sockets cost a few KB each and answering 5,000 pings/s takes a small fraction of a core,
+  leaving the CPU to the gateway.
+* ``websockets``: ``websockets.asyncio.client.connect`` (compression off, no keepalive pings,
+  small queue) and one reader task per socket; heavier, useful to cross-check ``raw``.
+
+Talks to its parent in JSON lines: stdout carries events (``progress``, ``ready``, ``stats``,
+``stopped``); stdin takes commands (``stats``, ``stop``; EOF means stop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+PONG_TEXT = b'{"type":"pong"}'
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A final client frame (clients must mask); payloads here are always < 126 bytes."""
+    if len(payload) > 125:
+        raise ValueError("control-sized payloads only")
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + body
+
+
+def close_payload(code: int) -> bytes:
+    return code.to_bytes(2, "big")
+
+
+class Stats:
+    """Counters shared by every socket of this process."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.connected = 0
+        self.failed = 0
+        self.retries = 0
+        self.pings = 0
+        self.pongs_sent = 0
+        self.other_frames = 0
+        self.closed_by_server = 0
+        self.lost = 0
+        self.last_error = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "open": self.open,
+            "connected": self.connected,
+            "failed": self.failed,
+            "retries": self.retries,
+            "pings": self.pings,
+            "pongs_sent": self.pongs_sent,
+            "other_frames": self.other_frames,
+            "closed_by_server": self.closed_by_server,
+            "lost": self.lost,
+            "last_error": self.last_error,
+            "rss_kb": _rss_kb(),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+        }
+
+
+def _rss_kb() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except OSError:
+        return 0
+
+
+# --- raw protocol ------------------------------------------------------------------------------
+
+
+class RawSocket(asyncio.Protocol):
+    """One client socket; state is a handful of slots."""
+
+    __slots__ = (
+        "transport",
+        "buf",
+        "upgraded",
+        "ready",
+        "stats",
+        "pong",
+        "closing",
+        "accept",
+        "_request",
+    )
+
+    # One pre-masked pong frame shared by all sockets (the mask need not be unpredictable for a
+    # benchmark on loopback; the server unmasks it all the same).
+    PONG_FRAME = masked_frame(OP_TEXT, PONG_TEXT)
+
+    def __init__(self, request: bytes, accept: bytes, stats: Stats, pong: bool) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.upgraded = False
+        self.ready: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()
+        self.stats = stats
+        self.pong = pong
+        self.closing = False
+        self.accept = accept
+        self._request = request
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self._request)
+        del self._request
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > 8192:
+                    self._fail("handshake response too long")
+                else:
+                    self.buf = buf
+                return
+            head, buf = buf[:end], buf[end + 4 :]
+            status = head.split(b"\r\n", 1)[0]
+            if b" 101 " not in status + b" ":
+                self._fail(f"handshake refused: {status.decode(errors='replace')[:80]}")
+                return
+            if self.accept not in head:
+                self._fail("bad Sec-WebSocket-Accept")
+                return
+            self.upgraded = True
+            self.accept = b""
+            if self.ready is not None and not self.ready.done():
+                self.ready.set_result(None)
+            self.ready = None
+        self.buf = self._frames(buf)
+
+    def _frames(self, buf: bytes) -> bytes:
+        transport = self.transport
+        assert transport is not None
+        while True:
+            size = len(buf)
+            if size < 2:
+                return buf
+            b0, b1 = buf[0], buf[1]
+            length = b1 & 0x7F
+            offset = 2
+            if length == 126:
+                if size < 4:
+                    return buf
+                length = int.from_bytes(buf[2:4], "big")
+                offset = 4
+            elif length == 127:
+                if size < 10:
+                    return buf
+                length = int.from_bytes(buf[2:10], "big")
+                offset = 10
+            if b1 & 0x80:  # servers must not mask; tolerate it anyway
+                offset += 4
+            if size < offset + length:
+                return buf
+            payload = buf[offset : offset + length]
+            if b1 & 0x80:
+                mask = buf[offset - 4 : offset]
+                payload = bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+            buf = buf[offset + length :]
+            opcode = b0 & 0x0F
+            if opcode == OP_TEXT:
+                if b'"type":"ping"' in payload[:32]:
+                    self.stats.pings += 1
+                    if self.pong and not self.closing:
+                        transport.write(self.PONG_FRAME)
+                        self.stats.pongs_sent += 1
+                else:
+                    self.stats.other_frames += 1
+            elif opcode == OP_PING:
+                transport.write(masked_frame(OP_PONG, payload[:125]))
+            elif opcode == OP_CLOSE:
+                if not self.closing:
+                    self.closing = True
+                    self.stats.closed_by_server += 1
+                    code = payload[:2] if len(payload) >= 2 else b""
+                    transport.write(masked_frame(OP_CLOSE, code))
+                transport.close()
+                return b""
+            else:
+                self.stats.other_frames += 1
+
+    def _fail(self, reason: str) -> None:
+        self.stats.last_error = reason
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_exception(ConnectionError(reason))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"lost before upgrade: {exc!r}"))
+            self.ready = None
+            return
+        if self.upgraded:
+            self.stats.open -= 1
+            if not self.closing:
+                self.stats.lost += 1
+        self.transport = None
+        if _pool_done is not None:
+            _pool_done(self)
+
+    def close(self) -> None:
+        """Start the closing handshake (1000); the server answers and drops the connection."""
+        if self.transport is None:
+            return
+        if not self.closing:
+            self.closing = True
+            self.transport.write(masked_frame(OP_CLOSE, close_payload(1000)))
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+_pool_done: Callable[[RawSocket], None] | None = None
+
+
+def handshake(host: str, port: int, path: str) -> tuple[bytes, bytes]:
+    key = base64.b64encode(os.urandom(16))
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    return request, accept
+
+
+class RawPool:
+    def __init__(self, args: argparse.Namespace, stats: Stats) -> None:
+        self.args = args
+        self.stats = stats
+        self.sockets: set[RawSocket] = set()
+        self.all_gone = asyncio.Event()
+        global _pool_done
+        _pool_done = self._gone
+
+    def _gone(self, sock: RawSocket) -> None:
+        self.sockets.discard(sock)
+        if not self.sockets:
+            self.all_gone.set()
+
+    async def open_one(self, index: int) -> None:
+        args = self.args
+        loop = asyncio.get_running_loop()
+        host = f"127.0.0.{index % args.hosts + 1}"
+        path = f"/ws/connect/{args.prefix}-{args.first_id + index:06d}"
+        for attempt in range(args.attempts):
+            request, accept = handshake(host, args.port, path)
+            proto: RawSocket | None = None
+            try:
+                async with asyncio.timeout(args.connect_timeout):
+                    _, proto = await loop.create_connection(
+                        lambda r=request, a=accept: RawSocket(
+                            r, a, self.stats, args.mode == "pong"
+                        ),
+                        host,
+                        args.port,
+                    )
+                    assert proto.ready is not None
+                    await proto.ready
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                self.stats.last_error = repr(exc)[:200]
+                if proto is not None:
+                    proto.abort()
+                if attempt + 1 < args.attempts:
+                    self.stats.retries += 1
+                    await asyncio.sleep(0.2 * (attempt + 1))
+                    continue
+                self.stats.failed += 1
+                return
+            self.sockets.add(proto)
+            self.stats.open += 1
+            self.stats.connected += 1
+            return
+
+    async def close_all(self, timeout: float) -> None:
+        if not self.sockets:
+            return
+        self.all_gone.clear()
+        for sock in list(self.sockets):
+            sock.close()
+        try:
+            await asyncio.wait_for(self.all_gone.wait(), timeout)
+        except TimeoutError:
+            for sock in list(self.sockets):
+                sock.abort()
+            await asyncio.sleep(0.2)
+
+
+# --- websockets library ------------------------------------------------------------------------
+
+
+class LibPool:
+    def __init__(self, args: argparse.Namespace, stats: Stats) -> None:
+        self.args = args
+        self.stats = stats
+        self.conns: dict[Any, asyncio.Task[None]] = {}
+        self.stopping = False
+
+    async def open_one(self, index: int) -> None:
+        from websockets.asyncio.client import connect
+
+        args = self.args
+        host = f"127.0.0.{index % args.hosts + 1}"
+        uri = f"ws://{host}:{args.port}/ws/connect/{args.prefix}-{args.first_id + index:06d}"
+        for attempt in range(args.attempts):
+            try:
+                ws = await connect(
+                    uri,
+                    compression=None,
+                    ping_interval=None,
+                    max_queue=4,
+                    open_timeout=args.connect_timeout,
+                    close_timeout=5,
+                    user_agent_header=None,
+                )
+            except Exception as exc:  # OSError, TimeoutError, InvalidHandshake and friends
+                self.stats.last_error = repr(exc)[:200]
+                if attempt + 1 < args.attempts:
+                    self.stats.retries += 1
+                    await asyncio.sleep(0.2 * (attempt + 1))
+                    continue
+                self.stats.failed += 1
+                return
+            self.stats.open += 1
+            self.stats.connected += 1
+            self.conns[ws] = asyncio.create_task(self._read(ws))
+            return
+
+    async def _read(self, ws: Any) -> None:
+        pong = self.args.mode == "pong"
+        try:
+            async for message in ws:
+                if isinstance(message, str) and '"type":"ping"' in message[:32]:
+                    self.stats.pings += 1
+                    if pong and not self.stopping:
+                        await ws.send(PONG_TEXT.decode())
+                        self.stats.pongs_sent += 1
+                else:
+                    self.stats.other_frames += 1
+        except Exception:
+            pass
+        finally:
+            self.stats.open -= 1
+            if not self.stopping:
+                if ws.close_rcvd is not None:
+                    self.stats.closed_by_server += 1
+                else:
+                    self.stats.lost += 1
+            self.conns.pop(ws, None)
+
+    async def close_all(self, timeout: float) -> None:
+        self.stopping = True
+        conns = list(self.conns)
+        sem = asyncio.Semaphore(500)
+
+        async def close(ws: Any) -> None:
+            async with sem:
+                await ws.close()
+
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(close(ws) for ws in conns), return_exceptions=True), timeout
+            )
+        except TimeoutError:
+            for ws in conns:
+                ws.transport.abort()
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    pool: RawPool | LibPool = RawPool(args, stats) if args.impl == "raw" else LibPool(args, stats)
+
+    commands: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_stdin() -> None:
+        line = sys.stdin.readline()
+        if not line:
+            loop.remove_reader(sys.stdin.fileno())
+            commands.put_nowait("stop")
+        else:
+            commands.put_nowait(line.strip())
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
+
+    started = time.monotonic()
+    indices = iter(range(args.count))
+
+    async def worker() -> None:
+        for index in indices:
+            await pool.open_one(index)
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            emit("progress", **stats.as_dict(), seconds=round(time.monotonic() - started, 2))
+
+    reporter = asyncio.create_task(progress())
+    await asyncio.gather(*(worker() for _ in range(min(args.concurrency, args.count))))
+    reporter.cancel()
+    emit("ready", **stats.as_dict(), seconds=round(time.monotonic() - started, 3))
+
+    while True:
+        command = await commands.get()
+        if command == "stats":
+            emit("stats", **stats.as_dict())
+        elif command == "stop":
+            break
+    closing = time.monotonic()
+    await pool.close_all(args.close_timeout)
+    emit("stopped", **stats.as_dict(), close_seconds=round(time.monotonic() - closing, 3))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--mode", choices=("idle", "pong"), default="idle")
+    parser.add_argument("--impl", choices=("raw", "websockets"), default="raw")
+    parser.add_argument("--prefix", default="bench")
+    parser.add_argument("--first-id", type=int, default=0)
+    parser.add_argument("--hosts", type=int, default=50, help="loopback addresses 127.0.0.1..N")
+    parser.add_argument("--concurrency", type=int, default=200, help="handshakes in flight")
+    parser.add_argument("--connect-timeout", type=float, default=20.0)
+    parser.add_argument("--close-timeout", type=float, default=15.0)
+    parser.add_argument("--attempts", type=int, default=3)
+    args = parser.parse_args(argv)
+    if not 1 <= args.hosts <= 254:
+        parser.error("--hosts must be 1..254")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.count + 100 > hard:
+        emit("error", message=f"{args.count} sockets need more than the fd limit {hard}")
+        return 2
+    try:
+        asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
