@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emulator.exceptions import StartupError, ToolMissingError
+from emulator.exceptions import EmulatorError, StartupError, ToolMissingError
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATOR_DIR = ROOT / "emulator"
@@ -29,6 +29,11 @@ FIRESTORE_LAUNCHERS = (
     Path("/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"),
     Path("/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"),
 )
+#: "gcloud", "node" or unset (auto): which Firestore emulator ``firestore_process`` starts.
+FIRESTORE_IMPL_ENV = "FIRESTORE_EMULATOR_IMPL"
+#: The fallback for machines without the Google Cloud SDK (pinned in emulator/package.json).
+FIRESTORE_FALLBACK_PACKAGE = "@firestore-emulator/server"
+FIRESTORE_FALLBACK_SCRIPT = EMULATOR_DIR / "firestore_fallback.mjs"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -41,7 +46,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 def firebase_ports(path: Path = ROOT / "firebase.json") -> dict[str, int]:
     """Emulator ports declared in firebase.json, by emulator name."""
     emulators = json.loads(path.read_text())["emulators"]
-    return {name: int(spec["port"]) for name, spec in emulators.items() if "port" in spec}
+    return {
+        name: int(spec["port"])
+        for name, spec in emulators.items()
+        if isinstance(spec, dict) and "port" in spec
+    }
 
 
 @dataclass
@@ -121,18 +130,75 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 def firestore_process(host: str, port: int, log_dir: Path) -> Process:
-    """The official Firestore emulator: its launcher script directly, or through gcloud."""
-    launcher = next((p for p in FIRESTORE_LAUNCHERS if p.exists()), None)
-    if launcher is not None:
-        argv = [str(launcher), "start", f"--host={host}", f"--port={port}"]
-    elif shutil.which("gcloud"):
-        argv = ["gcloud", "emulators", "firestore", "start", f"--host-port={host}:{port}"]
-    else:
-        raise ToolMissingError(
-            "the Firestore emulator is not installed: install the Google Cloud SDK with "
-            "`apt-get install google-cloud-cli-firestore-emulator` (needs Java 17+)"
+    """The Firestore emulator: gcloud's official one, or the Node fallback without the SDK.
+
+    ``FIRESTORE_EMULATOR_IMPL`` chooses: ``gcloud`` (the official emulator, its launcher script
+    directly or through ``gcloud``; an error when absent), ``node`` (the
+    ``@firestore-emulator/server`` fallback) or unset/``auto`` (gcloud's when installed, else
+    the fallback, with a line on stderr saying so).
+    """
+    impl = os.environ.get(FIRESTORE_IMPL_ENV, "").strip().lower() or "auto"
+    if impl not in ("auto", "gcloud", "node"):
+        raise EmulatorError(
+            f"{FIRESTORE_IMPL_ENV}={os.environ[FIRESTORE_IMPL_ENV]!r}: "
+            "expected 'gcloud', 'node' or unset (auto)"
         )
-    return Process("firestore", argv, f"http://{host}:{port}/", log_dir / "firestore.log")
+    log_path = log_dir / "firestore.log"
+    if impl != "node":
+        launcher = next((p for p in FIRESTORE_LAUNCHERS if p.exists()), None)
+        if launcher is not None:
+            argv = [str(launcher), "start", f"--host={host}", f"--port={port}"]
+            return Process("firestore", argv, f"http://{host}:{port}/", log_path)
+        if shutil.which("gcloud"):
+            argv = ["gcloud", "emulators", "firestore", "start", f"--host-port={host}:{port}"]
+            return Process("firestore", argv, f"http://{host}:{port}/", log_path)
+        if impl == "gcloud":
+            raise ToolMissingError(
+                "the Firestore emulator is not installed: install the Google Cloud SDK with "
+                "`apt-get install google-cloud-cli-firestore-emulator` (needs Java 17+)"
+            )
+        reason = "gcloud's Firestore emulator not found"
+    else:
+        reason = f"{FIRESTORE_IMPL_ENV}=node"
+    node = ensure_firestore_fallback()
+    print(
+        f"Firestore emulator: {reason}; using the {FIRESTORE_FALLBACK_PACKAGE} fallback (MIT, "
+        "an independent in-memory reimplementation, not Google's emulator). It does not "
+        "enforce security rules, transaction isolation or indexes, and supports only simple "
+        "queries (no cursors/offset, no nested-field or document-id filters). For the official "
+        "one: `apt-get install google-cloud-cli-firestore-emulator` (needs Java 17+).",
+        file=sys.stderr,
+    )
+    argv = [node, str(FIRESTORE_FALLBACK_SCRIPT), "--host", host, "--port", str(port)]
+    return Process("firestore", argv, f"http://{host}:{port}/", log_path)
+
+
+def ensure_firestore_fallback() -> str:
+    """Install the pinned fallback emulator under emulator/ when missing; return ``node``."""
+    node = shutil.which("node")
+    if node is None:
+        raise ToolMissingError(
+            "no Firestore emulator: install the Google Cloud SDK's "
+            "(`apt-get install google-cloud-cli-firestore-emulator`, needs Java 17+) or "
+            f"Node.js 20+ and npm for the {FIRESTORE_FALLBACK_PACKAGE} fallback"
+        )
+    package = EMULATOR_DIR / "node_modules" / FIRESTORE_FALLBACK_PACKAGE / "package.json"
+    if not package.exists():
+        if not shutil.which("npm"):
+            raise ToolMissingError(
+                f"npm is required to install the {FIRESTORE_FALLBACK_PACKAGE} fallback "
+                "Firestore emulator (Node.js 20+)"
+            )
+        print(
+            f"installing {FIRESTORE_FALLBACK_PACKAGE} (emulator/package.json) ...",
+            file=sys.stderr,
+        )
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=EMULATOR_DIR,
+            check=True,
+        )
+    return node
 
 
 def ensure_firebase_tools() -> Path:

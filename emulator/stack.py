@@ -1,0 +1,139 @@
+"""``python -m emulator up``: the whole local stack in one command.
+
+Starts the Firestore emulator (gcloud's) and the Firebase Auth emulator (pinned firebase-tools)
+on the ports in firebase.json, then the gateway against them, prints where everything is and
+the environment a developer needs, and stops every child on Ctrl-C or SIGTERM (or when one of
+them dies, saying which).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+
+from emulator import procs
+from emulator.exceptions import EmulatorError, StartupError
+
+HOST = "127.0.0.1"
+DEFAULT_PROJECT = "demo-presence"
+RUN_DIR = procs.ROOT / ".run"
+ENV_FILE = RUN_DIR / "stack.env"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def stack_env(env: Mapping[str, str], ports: Mapping[str, int]) -> dict[str, str]:
+    """The environment the stack's children share; unset knobs get their local defaults."""
+    return {
+        "GOOGLE_CLOUD_PROJECT": env.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_PROJECT,
+        "GATEWAY_ADMIN_TOKEN": env.get("GATEWAY_ADMIN_TOKEN") or secrets.token_urlsafe(24),
+        "GATEWAY_PORT": env.get("GATEWAY_PORT") or "8000",
+        "PING_INTERVAL": env.get("PING_INTERVAL") or "30",
+        "PONG_TIMEOUT": env.get("PONG_TIMEOUT") or "10800",
+        "SWEEP_INTERVAL": env.get("SWEEP_INTERVAL") or "60",
+        "FIRESTORE_EMULATOR_HOST": f"{HOST}:{ports['firestore']}",
+        "FIREBASE_AUTH_EMULATOR_HOST": f"{HOST}:{ports['auth']}",
+    }
+
+
+def banner(env: Mapping[str, str], log_dir: Path) -> str:
+    gw = f"{HOST}:{env['GATEWAY_PORT']}"
+    exports = "\n".join(f"  export {k}={v}" for k, v in env.items())
+    return f"""
+Local stack is up (project {env["GOOGLE_CLOUD_PROJECT"]}):
+  gateway          http://{gw}   (WebSocket ws://{gw}/ws/connect/USER_ID)
+  OpenAPI          http://{gw}/schema
+  Firestore        http://{env["FIRESTORE_EMULATOR_HOST"]}
+  Auth emulator    http://{env["FIREBASE_AUTH_EMULATOR_HOST"]}
+  logs             {log_dir}/
+Intervals: ping {env["PING_INTERVAL"]}s, pong timeout {env["PONG_TIMEOUT"]}s, \
+sweep {env["SWEEP_INTERVAL"]}s
+
+Environment for your shell (also written to {ENV_FILE}):
+{exports}
+
+Try:
+  curl -H "Authorization: Bearer {env["GATEWAY_ADMIN_TOKEN"]}" http://{gw}/ws/stats
+  websocat ws://{gw}/ws/connect/user123
+
+Ctrl-C stops everything.
+"""
+
+
+def up(environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    ports = procs.firebase_ports()
+    env = stack_env(environ, ports)
+    gateway_port = int(env["GATEWAY_PORT"])
+    for name, port in (
+        ("firestore", ports["firestore"]),
+        ("auth", ports["auth"]),
+        ("gateway", gateway_port),
+    ):
+        if port_in_use(HOST, port):
+            print(
+                f"error: port {port} for {name} is already in use "
+                "(is another stack running? stop it or change firebase.json/GATEWAY_PORT)",
+                file=sys.stderr,
+            )
+            return 1
+    log_dir = RUN_DIR / "logs"
+    children: list[procs.Process] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        # Interrupt whatever is running (a readiness wait included); `finally` stops children.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        firestore = procs.firestore_process(HOST, ports["firestore"], log_dir)
+        auth = procs.auth_process(HOST, ports["auth"], env["GOOGLE_CLOUD_PROJECT"], log_dir)
+        for child in (firestore, auth):
+            print(f"starting {child.name} ... (log: {child.log_path})", file=sys.stderr)
+            child.start()
+            children.append(child)
+        firestore.wait_ready(90)
+        auth.wait_ready(120)
+        gateway = procs.gateway_process({**env, "GATEWAY_HOST": HOST}, HOST, gateway_port, log_dir)
+        print(f"starting gateway ... (log: {gateway.log_path})", file=sys.stderr)
+        gateway.start()
+        children.append(gateway)
+        gateway.wait_ready(60)
+        ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
+        ENV_FILE.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+        print(banner(env, log_dir), flush=True)
+        parent = os.getppid()
+        while True:
+            if os.getppid() != parent:
+                # Whoever started us (make, a terminal) is gone: do not leave emulators behind.
+                print("parent process exited", file=sys.stderr)
+                return 1
+            for child in children:
+                if child.popen is not None and child.popen.poll() is not None:
+                    raise StartupError(
+                        f"{child.name} exited with code {child.popen.returncode}; "
+                        f"see {child.log_path}:\n{procs.tail(child.log_path)}"
+                    )
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopping ...", file=sys.stderr)
+        return 0
+    except EmulatorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for child in reversed(children):
+            child.stop()
+        print("stopped: " + ", ".join(c.name for c in children), file=sys.stderr)
