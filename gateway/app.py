@@ -14,7 +14,11 @@ from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    ServiceUnavailableException,
+)
 from litestar.handlers import BaseRouteHandler, asgi
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_404_NOT_FOUND, HTTP_500_INTERNAL_SERVER_ERROR
@@ -28,6 +32,8 @@ from gateway.messages import (
     SendResponse,
     StatsResponse,
     StatusResponse,
+    TimeoutCallback,
+    TimeoutCallbackResponse,
 )
 from gateway.service import MessageHandler, PresenceService, log_message
 from gateway.settings import Settings
@@ -44,15 +50,26 @@ def _service(request: ASGIConnection[Any, Any, Any, Any]) -> PresenceService:
     return service
 
 
-def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``, compared in constant time."""
-    expected: str = connection.app.state.settings.admin_token
+def _check_bearer(connection: ASGIConnection[Any, Any, Any, Any], expected: str) -> None:
     header = connection.headers.get("authorization", "")
     scheme, _sep, token = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         token.strip().encode(), expected.encode()
     ):
         raise NotAuthorizedException("Missing or invalid bearer token")
+
+
+def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``, compared in constant time."""
+    _check_bearer(connection, connection.app.state.settings.admin_token)
+
+
+def require_callback(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard for the sweep's callback: ``Bearer $GATEWAY_CALLBACK_TOKEN`` (not the admin one)."""
+    expected: str = connection.app.state.settings.callback_token
+    if not expected:
+        raise ServiceUnavailableException("Callback disabled: GATEWAY_CALLBACK_TOKEN is not set")
+    _check_bearer(connection, expected)
 
 
 @asgi("/ws/connect/{user_id:str}", copy_scope=False)
@@ -118,6 +135,18 @@ async def ws_broadcast(
     return BroadcastResponse("success", "Message broadcasted successfully", users, sockets)
 
 
+@post("/internal/timeout", guards=[require_callback], status_code=200)
+async def internal_timeout(
+    request: Request[Any, Any, Any], data: TimeoutCallback
+) -> TimeoutCallbackResponse:
+    """Called by the sweep: send the timeout message to these sessions' sockets and close
+    them with 4408. Sessions not open here are counted in ``not_found``."""
+    closed, not_found = await _service(request).expire_sessions(
+        (s.user_id, s.session_id) for s in data.sessions
+    )
+    return TimeoutCallbackResponse("success", closed, not_found)
+
+
 @get("/healthz", sync_to_thread=False)
 def healthz(request: Request[Any, Any, Any]) -> HealthResponse:
     """Liveness: answers while the process serves requests (no Firestore round trip)."""
@@ -164,7 +193,15 @@ def create_app(
             await service.stop()
 
     app = Litestar(
-        route_handlers=[ws_connect, ws_status, ws_stats, ws_send, ws_broadcast, healthz],
+        route_handlers=[
+            ws_connect,
+            ws_status,
+            ws_stats,
+            ws_send,
+            ws_broadcast,
+            internal_timeout,
+            healthz,
+        ],
         lifespan=[lifespan],
         exception_handlers={Exception: _error_body},
         openapi_config=OpenAPIConfig(title="Presence gateway", version="0.1.0"),

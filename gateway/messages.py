@@ -123,3 +123,23 @@ class HealthResponse(msgspec.Struct):
     status: Literal["ok"]
     instance_id: str
     connections: int
+
+
+# --- internal callback (from the sweep function; pinned by tests/contract) -------------------
+
+
+class CallbackSession(msgspec.Struct, forbid_unknown_fields=False):
+    user_id: str
+    session_id: str
+
+
+class TimeoutCallback(msgspec.Struct, forbid_unknown_fields=False):
+    sessions: list[CallbackSession]
+    reason: str = "inactivity"
+    signed_out_at: str | None = None
+
+
+class TimeoutCallbackResponse(msgspec.Struct):
+    status: Literal["success"]
+    closed: int
+    not_found: int

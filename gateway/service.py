@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway import messages
 from gateway.exceptions import UserNotConnectedError
-from gateway.messages import utc_now
+from gateway.messages import Timeout, iso, utc_now
 from gateway.registry import Connection, Registry
 from gateway.settings import Settings
 from gateway.store import Store, connect_writes, disconnect_write, instance_write, pong_write
@@ -27,6 +27,10 @@ logger = logging.getLogger("gateway")
 MessageHandler = Callable[[str, str, Any], Awaitable[None]]
 
 SEND_CHUNK = 256
+CLOSE_SESSION_EXPIRED = 4408
+#: How far back the reconciler looks for sign-outs it may have missed a callback for. A large
+#: sweep commits sign-outs minutes after its own start time, which is what signed_out_at holds.
+RECONCILE_WINDOW = 600.0
 
 
 async def log_message(user_id: str, session_id: str, data: Any) -> None:
@@ -54,7 +58,9 @@ class PresenceService:
         )
         self.message_handler = message_handler
         self.pings_sent = 0
-        self._ping_task: asyncio.Task[None] | None = None
+        self.timeouts_sent = 0
+        self._started_at = utc_now()
+        self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -64,7 +70,10 @@ class PresenceService:
         self.writer.put(
             instance_write(self.settings.instance_id, self.settings.internal_url, utc_now())
         )
-        self._ping_task = asyncio.create_task(self._ping_loop(), name="ping-loop")
+        self._tasks = [
+            asyncio.create_task(self._ping_loop(), name="ping-loop"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile-loop"),
+        ]
         logger.info(
             "gateway instance %s started (ping every %gs, pong timeout %gs)",
             self.settings.instance_id,
@@ -73,9 +82,9 @@ class PresenceService:
         )
 
     async def stop(self) -> None:
-        if self._ping_task is not None:
-            self._ping_task.cancel()
-            await asyncio.gather(self._ping_task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.writer.close()
         await self.store.close()
         logger.info("gateway instance %s stopped", self.settings.instance_id)
@@ -154,6 +163,65 @@ class PresenceService:
     async def _send_chunk(batch: list[Connection], text: str, timeout: float) -> int:
         results = await asyncio.gather(*(c.send_text(text, timeout) for c in batch))
         return sum(results)
+
+    async def expire_sessions(self, sessions: Iterable[tuple[str, str]]) -> tuple[int, int]:
+        """Send the timeout message to these (user_id, session_id) sockets and close them.
+
+        Returns (closed, not_found). Sessions no longer open here (already closed, or closed by
+        an earlier callback or reconcile pass) are not found: each socket gets one timeout.
+        """
+        wanted: dict[str, set[str]] = {}
+        for user_id, session_id in sessions:
+            wanted.setdefault(user_id, set()).add(session_id)
+        targets: list[Connection] = []
+        not_found = 0
+        for user_id, session_ids in wanted.items():
+            open_here = {c.session_id: c for c in self.registry.sockets_of(user_id)}
+            for session_id in session_ids:
+                conn = open_here.get(session_id)
+                if conn is None or conn.closed:
+                    not_found += 1
+                else:
+                    targets.append(conn)
+        if not targets:
+            return 0, not_found
+        text = messages.encode(Timeout("timeout", self.settings.timeout_text, iso(utc_now())))
+        timeout = self.settings.send_timeout
+
+        async def expire(conn: Connection) -> None:
+            await conn.send_text(text, timeout)
+            await conn.close(CLOSE_SESSION_EXPIRED, "session expired")
+            # Drop it now so a second callback or a reconcile pass cannot send a second timeout.
+            self.registry.remove(conn)
+            logger.info("timeout user=%s session=%s", conn.user_id, conn.session_id)
+
+        await asyncio.gather(*(expire(c) for c in targets))
+        self.timeouts_sent += len(targets)
+        return len(targets), not_found
+
+    async def reconcile_once(self) -> int:
+        """Close sockets whose sessions a sweep signed out, for when its callback was lost."""
+        since = max(
+            self._started_at,
+            utc_now() - timedelta(seconds=max(RECONCILE_WINDOW, 3 * self.settings.sweep_interval)),
+        )
+        found = await self.store.signed_out_sessions(self.settings.instance_id, since)
+        if not found:
+            return 0
+        closed, _ = await self.expire_sessions((s.user_id, s.session_id) for s in found)
+        if closed:
+            logger.warning(
+                "reconcile closed %d signed-out sockets whose callback never arrived", closed
+            )
+        return closed
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval)
+            try:
+                await self.reconcile_once()
+            except Exception as exc:
+                logger.warning("reconcile pass failed: %r", exc)
 
     async def _ping_loop(self) -> None:
         loop = asyncio.get_running_loop()

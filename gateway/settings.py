@@ -7,6 +7,7 @@ Every setting has an environment variable; the names in ARCHITECTURE.md (``PING_
 
 from __future__ import annotations
 
+import hmac
 import os
 import socket
 import uuid
@@ -28,6 +29,7 @@ class Settings:
 
     admin_token: str
     project_id: str
+    callback_token: str = ""
     ping_interval: float = 30.0
     pong_timeout: float = 10_800.0
     sweep_interval: float = 60.0
@@ -65,6 +67,11 @@ class Settings:
             )
         if len(admin_token) < 16:
             raise ConfigError("GATEWAY_ADMIN_TOKEN", "must be at least 16 characters")
+        callback_token = reader.get("GATEWAY_CALLBACK_TOKEN", str, "")
+        if callback_token and len(callback_token) < 16:
+            raise ConfigError("GATEWAY_CALLBACK_TOKEN", "must be at least 16 characters")
+        if callback_token and hmac.compare_digest(callback_token, admin_token):
+            raise ConfigError("GATEWAY_CALLBACK_TOKEN", "must differ from GATEWAY_ADMIN_TOKEN")
         emulated = bool(env.get("FIRESTORE_EMULATOR_HOST"))
         project_id = reader.get("GOOGLE_CLOUD_PROJECT", str, DEMO_PROJECT if emulated else None)
         if not project_id:
@@ -90,6 +97,7 @@ class Settings:
         settings = cls(
             admin_token=admin_token,
             project_id=project_id,
+            callback_token=callback_token,
             ping_interval=reader.positive("PING_INTERVAL", 30.0),
             pong_timeout=reader.positive("PONG_TIMEOUT", 10_800.0),
             sweep_interval=reader.positive("SWEEP_INTERVAL", 60.0),

@@ -39,9 +39,21 @@ class Write:
     fields: Mapping[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class SignedOutSession:
+    user_id: str
+    session_id: str
+    signed_out_at: datetime
+
+
 class Store(Protocol):
     async def commit(self, writes: Sequence[Write]) -> None:
         """Commit all writes atomically or raise."""
+
+    async def signed_out_sessions(
+        self, instance_id: str, since: datetime
+    ) -> list[SignedOutSession]:
+        """Sessions of this instance signed out by a sweep at or after ``since``."""
 
     async def close(self) -> None: ...
 
@@ -117,6 +129,25 @@ class FirestoreStore:
         # outage shows up here at once instead of stalling a flush for a minute.
         await batch.commit(retry=None, timeout=COMMIT_TIMEOUT)
 
+    async def signed_out_sessions(
+        self, instance_id: str, since: datetime
+    ) -> list[SignedOutSession]:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        # Composite index (instance_id, signed_out_at) in firestore.indexes.json.
+        query = (
+            self._client.collection(SESSIONS)
+            .where(filter=FieldFilter("instance_id", "==", instance_id))
+            .where(filter=FieldFilter("signed_out_at", ">=", since))
+        )
+        found = []
+        async for snapshot in query.stream(retry=None, timeout=COMMIT_TIMEOUT):
+            data = snapshot.to_dict() or {}
+            found.append(
+                SignedOutSession(str(data.get("user_id", "")), snapshot.id, data["signed_out_at"])
+            )
+        return found
+
     async def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
 
@@ -139,6 +170,18 @@ class MemoryStore:
         self.commits.append(list(writes))
         for write in writes:
             self.docs.setdefault((write.collection, write.doc_id), {}).update(write.fields)
+
+    async def signed_out_sessions(
+        self, instance_id: str, since: datetime
+    ) -> list[SignedOutSession]:
+        return [
+            SignedOutSession(str(doc.get("user_id")), doc_id, doc["signed_out_at"])
+            for (collection, doc_id), doc in self.docs.items()
+            if collection == SESSIONS
+            and doc.get("instance_id") == instance_id
+            and isinstance(doc.get("signed_out_at"), datetime)
+            and doc["signed_out_at"] >= since
+        ]
 
     async def close(self) -> None:
         return None

@@ -1,0 +1,70 @@
+"""Scheduled sweep function: deploy with ``firebase deploy --only functions``.
+
+Cloud Scheduler calls ``sweep_expired_sessions`` every minute (the job is created by the
+deploy). Locally, ``functions-framework --target=sweep_expired_sessions --source=functions/main.py``
+serves it and ``make up``'s scheduler POSTs to it with Cloud Scheduler's headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+# Deployed, this folder is the source root; run from the repository, make it importable too.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from firebase_functions import scheduler_fn  # noqa: E402
+
+from presence_sweep import SweepReport, sweep  # noqa: E402
+from presence_sweep.adapters import FirebaseAuth, FirestoreMembers, HttpNotifier  # noqa: E402
+from presence_sweep.exceptions import SweepFailed  # noqa: E402
+from presence_sweep.settings import SweepSettings  # noqa: E402
+
+logger = logging.getLogger("presence_sweep")
+
+
+@cache
+def _clients() -> tuple[SweepSettings, Any, Any]:
+    """Built on first call, then reused by warm instances."""
+    import firebase_admin
+    from google.cloud import firestore
+
+    settings = SweepSettings.from_env()
+    try:
+        app = firebase_admin.get_app("presence-sweep")
+    except ValueError:
+        app = firebase_admin.initialize_app(
+            options={"projectId": settings.project_id}, name="presence-sweep"
+        )
+    return settings, firestore.Client(project=settings.project_id), app
+
+
+def run_sweep(now: datetime | None = None) -> SweepReport:
+    settings, db, app = _clients()
+    report = sweep(
+        FirestoreMembers(db),
+        FirebaseAuth(app),
+        HttpNotifier(settings.callback_token, settings.callback_timeout),
+        now or datetime.now(UTC),
+        pong_timeout=settings.pong_timeout,
+        page_size=settings.page_size,
+        auth_concurrency=settings.auth_concurrency,
+        claim_ttl=settings.claim_ttl,
+    )
+    logger.info("sweep report %s", json.dumps(report.summary()))
+    return report
+
+
+@scheduler_fn.on_schedule(schedule="* * * * *", timeout_sec=540)
+def sweep_expired_sessions(event: scheduler_fn.ScheduledEvent) -> None:
+    # The sweep's clock is the run's own time, not the schedule time: a retried run must judge
+    # expiry as of now.
+    report = run_sweep()
+    if not report.ok:
+        # A non-2xx answer makes Cloud Scheduler retry; signed-out users stay signed out.
+        raise SweepFailed(json.dumps(report.summary()))

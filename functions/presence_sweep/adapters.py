@@ -1,0 +1,223 @@
+"""The sweep's I/O: Firestore (members, sessions), Firebase Auth, the gateway callback.
+
+Clients are passed in or built on first use, never at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from presence_sweep.core import (
+    CLAIM,
+    CLAIMED_AT,
+    IS_SIGNED_IN,
+    LAST_PONG_AT,
+    ClaimDecision,
+    SessionRef,
+    decide_claim,
+)
+from presence_sweep.exceptions import AuthRevokeError, CallbackError
+
+logger = logging.getLogger("presence_sweep")
+
+MEMBERS = "members"
+SESSIONS = "sessions"
+IN_QUERY_LIMIT = 30  # Firestore's cap on values in an "in" filter
+CALLBACK_PATH = "/internal/timeout"
+CALLBACK_CHUNK = 1000
+
+
+class FirestoreMembers:
+    """members/sessions access for the sweep, with the re-checks inside transactions."""
+
+    def __init__(self, client: Any) -> None:
+        self._db = client
+
+    def expired_page(
+        self, cutoff: datetime, limit: int, after: Any | None
+    ) -> tuple[list[str], Any | None]:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        # The composite index (is_signed_in, last_pong_at) is declared in firestore.indexes.json.
+        query = (
+            self._db.collection(MEMBERS)
+            .where(filter=FieldFilter(IS_SIGNED_IN, "==", True))
+            .where(filter=FieldFilter(LAST_PONG_AT, "<", cutoff))
+            .order_by(LAST_PONG_AT)
+            .select([LAST_PONG_AT])
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.start_after(after)
+        snapshots = list(query.stream())
+        next_cursor = snapshots[-1] if len(snapshots) == limit else None
+        return [s.id for s in snapshots], next_cursor
+
+    def claim(
+        self,
+        user_ids: Sequence[str],
+        sweep_id: str,
+        cutoff: datetime,
+        now: datetime,
+        claim_ttl: float,
+    ) -> dict[str, ClaimDecision]:
+        from google.cloud import firestore
+
+        refs = [self._db.collection(MEMBERS).document(u) for u in user_ids]
+
+        @firestore.transactional
+        def run(transaction: Any) -> dict[str, ClaimDecision]:
+            decisions: dict[str, ClaimDecision] = {}
+            for snapshot in transaction.get_all(refs):
+                decision = decide_claim(
+                    snapshot.to_dict() if snapshot.exists else None, cutoff, now, claim_ttl
+                )
+                decisions[snapshot.id] = decision
+                if decision.claim:
+                    transaction.update(snapshot.reference, {CLAIM: sweep_id, CLAIMED_AT: now})
+            return decisions
+
+        result: dict[str, ClaimDecision] = run(self._db.transaction())
+        return result
+
+    def release(self, user_ids: Sequence[str], sweep_id: str) -> None:
+        from google.cloud import firestore
+
+        refs = [self._db.collection(MEMBERS).document(u) for u in user_ids]
+
+        @firestore.transactional
+        def run(transaction: Any) -> None:
+            for snapshot in transaction.get_all(refs):
+                if snapshot.exists and snapshot.get(CLAIM) == sweep_id:
+                    transaction.update(
+                        snapshot.reference,
+                        {CLAIM: firestore.DELETE_FIELD, CLAIMED_AT: firestore.DELETE_FIELD},
+                    )
+
+        run(self._db.transaction())
+
+    def finalize(
+        self, user_ids: Sequence[str], sweep_id: str, now: datetime
+    ) -> tuple[list[str], list[SessionRef]]:
+        from google.cloud import firestore
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        refs = [self._db.collection(MEMBERS).document(u) for u in user_ids]
+
+        @firestore.transactional
+        def run(transaction: Any) -> list[str]:
+            done: list[str] = []
+            for snapshot in transaction.get_all(refs):
+                # Only this sweep's claims: another sweep that took over a stale claim owns it.
+                if not snapshot.exists or snapshot.to_dict().get(CLAIM) != sweep_id:
+                    continue
+                transaction.update(
+                    snapshot.reference,
+                    {
+                        IS_SIGNED_IN: False,
+                        "last_sign_out_at": now,
+                        "updated_at": now,
+                        CLAIM: firestore.DELETE_FIELD,
+                        CLAIMED_AT: firestore.DELETE_FIELD,
+                    },
+                )
+                done.append(snapshot.id)
+            return done
+
+        signed_out: list[str] = run(self._db.transaction())
+        sessions: list[SessionRef] = []
+        batch = self._db.batch()
+        pending = 0
+        for start in range(0, len(signed_out), IN_QUERY_LIMIT):
+            chunk = signed_out[start : start + IN_QUERY_LIMIT]
+            query = (
+                self._db.collection(SESSIONS)
+                .where(filter=FieldFilter("user_id", "in", chunk))
+                .where(filter=FieldFilter("is_active", "==", True))
+            )
+            for snapshot in query.stream():
+                data = snapshot.to_dict()
+                sessions.append(
+                    SessionRef(
+                        user_id=str(data.get("user_id", "")),
+                        session_id=snapshot.id,
+                        instance_id=str(data.get("instance_id", "")),
+                        internal_url=str(data.get("internal_url", "")),
+                    )
+                )
+                batch.update(snapshot.reference, {"is_active": False, "signed_out_at": now})
+                pending += 1
+                if pending == 500:
+                    batch.commit()
+                    batch, pending = self._db.batch(), 0
+        if pending:
+            batch.commit()
+        return signed_out, sessions
+
+
+class FirebaseAuth:
+    """Revokes refresh tokens through firebase-admin (the Auth emulator when
+    FIREBASE_AUTH_EMULATOR_HOST is set)."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    def revoke(self, user_id: str) -> bool:
+        from firebase_admin import auth
+
+        try:
+            auth.revoke_refresh_tokens(user_id, app=self._app)
+        except auth.UserNotFoundError:
+            return False
+        except Exception as exc:  # firebase-admin raises several transport error types
+            raise AuthRevokeError(f"{type(exc).__name__}: {exc}") from exc
+        return True
+
+
+class HttpNotifier:
+    """POSTs the timeout callback to a gateway instance (body pinned by tests/contract)."""
+
+    def __init__(self, token: str, timeout: float) -> None:
+        self._token = token
+        self._timeout = timeout
+
+    def notify(self, internal_url: str, sessions: Sequence[SessionRef], now: datetime) -> int:
+        closed = 0
+        for start in range(0, len(sessions), CALLBACK_CHUNK):
+            chunk = sessions[start : start + CALLBACK_CHUNK]
+            closed += self._post(internal_url, callback_body(chunk, now))
+        return closed
+
+    def _post(self, internal_url: str, body: dict[str, Any]) -> int:
+        request = urllib.request.Request(
+            internal_url.rstrip("/") + CALLBACK_PATH,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {self._token}",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                answer = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise CallbackError(f"{internal_url} answered {exc.code}") from exc
+        except (OSError, ValueError) as exc:
+            raise CallbackError(f"{internal_url} unreachable: {exc}") from exc
+        return int(answer.get("closed", 0))
+
+
+def callback_body(sessions: Sequence[SessionRef], now: datetime) -> dict[str, Any]:
+    """The callback's JSON body: which sessions were signed out, and when."""
+    return {
+        "reason": "inactivity",
+        "signed_out_at": now.isoformat(),
+        "sessions": [{"user_id": s.user_id, "session_id": s.session_id} for s in sessions],
+    }

@@ -1,0 +1,251 @@
+"""The sweep as a plain function of (store, auth, notifier, now): no I/O of its own.
+
+Order of actions for each page of expired members, and why:
+
+1. **Claim** (one Firestore transaction per page): re-read each member; claim it only if it is
+   still signed in, its ``last_pong_at`` is still older than the cutoff and no other sweep holds
+   a fresh claim. A pong that committed before this transaction keeps the user signed in, and of
+   two sweeps running at once only one claims a given user.
+2. **Revoke** refresh tokens in Firebase Auth. On failure the claim is released and the member
+   is left exactly as it was (signed in, tokens live) so the next sweep retries: a user is never
+   marked signed out while their tokens still work.
+3. **Finalize** (transaction): members claimed by this sweep get ``is_signed_in: false``,
+   ``last_sign_out_at``, ``updated_at``; their active sessions get ``is_active: false`` and
+   ``signed_out_at``.
+4. **Notify** each gateway instance holding those sessions, one callback per instance. A failed
+   callback does not undo the sign-out: gateways also poll for signed-out sessions every
+   ``SWEEP_INTERVAL``.
+
+A sweep that dies between steps leaves a claim; after ``SWEEP_CLAIM_TTL`` any sweep may take the
+user over and finish the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from presence_sweep.exceptions import AuthRevokeError, CallbackError
+
+logger = logging.getLogger("presence_sweep")
+
+# Field names shared with the gateway (pinned by tests/contract).
+IS_SIGNED_IN = "is_signed_in"
+LAST_PONG_AT = "last_pong_at"
+CLAIM = "sign_out_claim"
+CLAIMED_AT = "sign_out_claimed_at"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRef:
+    """An active socket session of a user being signed out, and where it lives."""
+
+    user_id: str
+    session_id: str
+    instance_id: str
+    internal_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimDecision:
+    claim: bool
+    reason: str  # "expired" when claimed; otherwise why the user is skipped
+
+
+def decide_claim(
+    member: Mapping[str, Any] | None,
+    cutoff: datetime,
+    now: datetime,
+    claim_ttl: float,
+) -> ClaimDecision:
+    """Whether a sweep may claim this member for sign-out, judged on a fresh read."""
+    if member is None:
+        return ClaimDecision(False, "member_deleted")
+    if member.get(IS_SIGNED_IN) is not True:
+        return ClaimDecision(False, "already_signed_out")
+    last = member.get(LAST_PONG_AT)
+    if not isinstance(last, datetime):
+        return ClaimDecision(False, "no_last_pong")
+    if last >= cutoff:
+        return ClaimDecision(False, "pong_arrived")
+    claimed_at = member.get(CLAIMED_AT)
+    if (
+        member.get(CLAIM)
+        and isinstance(claimed_at, datetime)
+        and now - claimed_at < timedelta(seconds=claim_ttl)
+    ):
+        return ClaimDecision(False, "claimed_by_other_sweep")
+    return ClaimDecision(True, "expired")
+
+
+def group_by_instance(sessions: Iterable[SessionRef]) -> dict[str, list[SessionRef]]:
+    """Sessions grouped by the internal URL of the gateway instance holding them."""
+    grouped: dict[str, list[SessionRef]] = {}
+    for ref in sessions:
+        if ref.internal_url:
+            grouped.setdefault(ref.internal_url, []).append(ref)
+    return grouped
+
+
+class MemberStore(Protocol):
+    def expired_page(
+        self, cutoff: datetime, limit: int, after: Any | None
+    ) -> tuple[list[str], Any | None]:
+        """User ids of signed-in members with last_pong_at < cutoff, oldest first, and a
+        cursor for the next page (None when this was the last)."""
+
+    def claim(
+        self,
+        user_ids: Sequence[str],
+        sweep_id: str,
+        cutoff: datetime,
+        now: datetime,
+        claim_ttl: float,
+    ) -> dict[str, ClaimDecision]: ...
+
+    def release(self, user_ids: Sequence[str], sweep_id: str) -> None: ...
+
+    def finalize(
+        self, user_ids: Sequence[str], sweep_id: str, now: datetime
+    ) -> tuple[list[str], list[SessionRef]]:
+        """Sign out the members this sweep claimed; return them and their active sessions."""
+
+
+class AuthBackend(Protocol):
+    def revoke(self, user_id: str) -> bool:
+        """Revoke the user's refresh tokens; False when Auth has no such user.
+        Raises AuthRevokeError on failure."""
+
+
+class Notifier(Protocol):
+    def notify(self, internal_url: str, sessions: Sequence[SessionRef], now: datetime) -> int:
+        """Ask one gateway instance to send the timeout and close; return sockets closed.
+        Raises CallbackError on failure."""
+
+
+@dataclass
+class SweepReport:
+    sweep_id: str
+    started_at: datetime
+    cutoff: datetime
+    examined: int = 0
+    signed_out: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    auth_user_missing: int = 0
+    auth_failures: int = 0
+    callbacks: int = 0
+    callback_failures: int = 0
+    sockets_closed: int = 0
+    sessions_signed_out: int = 0
+    duration_seconds: float = 0.0
+    signed_out_users: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """False when something must be retried (Cloud Scheduler should see a failure)."""
+        return self.auth_failures == 0 and self.callback_failures == 0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sweep_id": self.sweep_id,
+            "cutoff": self.cutoff.isoformat(),
+            "examined": self.examined,
+            "signed_out": self.signed_out,
+            "skipped": dict(self.skipped),
+            "auth_user_missing": self.auth_user_missing,
+            "auth_failures": self.auth_failures,
+            "sessions_signed_out": self.sessions_signed_out,
+            "callbacks": self.callbacks,
+            "callback_failures": self.callback_failures,
+            "sockets_closed": self.sockets_closed,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "ok": self.ok,
+        }
+
+
+def sweep(
+    store: MemberStore,
+    auth: AuthBackend,
+    notifier: Notifier,
+    now: datetime,
+    *,
+    pong_timeout: float,
+    page_size: int = 300,
+    auth_concurrency: int = 16,
+    claim_ttl: float = 300.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> SweepReport:
+    """Sign out every member whose last pong is older than ``pong_timeout`` at ``now``."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    started = clock()
+    cutoff = now - timedelta(seconds=pong_timeout)
+    report = SweepReport(uuid.uuid4().hex, now, cutoff)
+    cursor: Any | None = None
+    with ThreadPoolExecutor(max_workers=auth_concurrency, thread_name_prefix="revoke") as pool:
+        while True:
+            user_ids, cursor = store.expired_page(cutoff, page_size, cursor)
+            if not user_ids:
+                break
+            report.examined += len(user_ids)
+            _sweep_page(store, auth, notifier, pool, user_ids, now, cutoff, claim_ttl, report)
+            if cursor is None:
+                break
+    report.duration_seconds = clock() - started
+    return report
+
+
+def _sweep_page(
+    store: MemberStore,
+    auth: AuthBackend,
+    notifier: Notifier,
+    pool: ThreadPoolExecutor,
+    user_ids: list[str],
+    now: datetime,
+    cutoff: datetime,
+    claim_ttl: float,
+    report: SweepReport,
+) -> None:
+    decisions = store.claim(user_ids, report.sweep_id, cutoff, now, claim_ttl)
+    claimed = [u for u in user_ids if decisions[u].claim]
+    report.skipped.update(d.reason for d in decisions.values() if not d.claim)
+
+    def revoke(user_id: str) -> tuple[str, bool | AuthRevokeError]:
+        try:
+            return user_id, auth.revoke(user_id)
+        except AuthRevokeError as exc:
+            return user_id, exc
+
+    revoked: list[str] = []
+    failed: list[str] = []
+    for user_id, outcome in pool.map(revoke, claimed):
+        if isinstance(outcome, AuthRevokeError):
+            failed.append(user_id)
+            logger.warning("revoke failed for user=%s: %s", user_id, outcome)
+            continue
+        if outcome is False:
+            report.auth_user_missing += 1
+        revoked.append(user_id)
+    if failed:
+        report.auth_failures += len(failed)
+        store.release(failed, report.sweep_id)
+    if not revoked:
+        return
+    signed_out, sessions = store.finalize(revoked, report.sweep_id, now)
+    report.signed_out += len(signed_out)
+    report.signed_out_users.extend(signed_out)
+    report.sessions_signed_out += len(sessions)
+    for url, refs in group_by_instance(sessions).items():
+        report.callbacks += 1
+        try:
+            report.sockets_closed += notifier.notify(url, refs, now)
+        except CallbackError as exc:
+            report.callback_failures += 1
+            logger.warning("callback to %s failed (%d sessions): %s", url, len(refs), exc)

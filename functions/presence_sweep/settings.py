@@ -1,0 +1,57 @@
+"""Sweep settings from the environment, validated on first use (never at import)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from presence_sweep.exceptions import SweepConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class SweepSettings:
+    project_id: str
+    pong_timeout: float = 10_800.0
+    callback_token: str = ""
+    page_size: int = 300
+    auth_concurrency: int = 16
+    claim_ttl: float = 300.0
+    callback_timeout: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SweepSettings:
+        env = os.environ if env is None else env
+
+        def number(name: str, default: float) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SweepConfigError(name, f"cannot parse {raw!r} as a number") from None
+            if not value > 0 or math.isinf(value):
+                raise SweepConfigError(name, f"must be a positive number, got {raw!r}")
+            return value
+
+        project = env.get("GOOGLE_CLOUD_PROJECT") or env.get("GCLOUD_PROJECT") or ""
+        if not project:
+            if env.get("FIRESTORE_EMULATOR_HOST"):
+                project = "demo-presence"
+            else:
+                raise SweepConfigError("GOOGLE_CLOUD_PROJECT", "is required")
+        page_size = int(number("SWEEP_PAGE_SIZE", 300))
+        if page_size > 500:
+            # One claim transaction writes one document per user: Firestore caps a commit at 500.
+            raise SweepConfigError("SWEEP_PAGE_SIZE", "must be at most 500")
+        return cls(
+            project_id=project,
+            pong_timeout=number("PONG_TIMEOUT", 10_800.0),
+            callback_token=env.get("GATEWAY_CALLBACK_TOKEN", ""),
+            page_size=page_size,
+            auth_concurrency=int(number("SWEEP_AUTH_CONCURRENCY", 16)),
+            claim_ttl=number("SWEEP_CLAIM_TTL", 300.0),
+            callback_timeout=number("SWEEP_CALLBACK_TIMEOUT", 5.0),
+        )
