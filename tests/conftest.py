@@ -97,3 +97,29 @@ def firestore_client(firestore_host: str, project_id: str) -> Iterator[Any]:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     for line in _how_started:
         terminalreporter.write_line(f"Firestore emulator: {line}")
+
+
+@pytest.fixture(scope="session")
+def auth_host(project_id: str) -> Iterator[str]:
+    """host:port of a Firebase Auth emulator (pinned firebase-tools) for the session."""
+    port = procs.free_port()
+    process = procs.auth_process("127.0.0.1", port, project_id, LOG_DIR)
+    process.log_path = LOG_DIR / f"auth-{port}.log"
+    process.start()
+    try:
+        process.wait_ready(120 * UNIT)
+        os.environ["FIREBASE_AUTH_EMULATOR_HOST"] = f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def firebase_app(auth_host: str, project_id: str) -> Iterator[Any]:
+    import firebase_admin
+
+    app = firebase_admin.initialize_app(
+        options={"projectId": project_id}, name=f"tests-{project_id}"
+    )
+    yield app
+    firebase_admin.delete_app(app)

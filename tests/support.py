@@ -92,3 +92,19 @@ def loads(frame: str | bytes) -> dict[str, Any]:
 
 def log_text(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def id_token_for(auth_host: str, custom_token: bytes) -> str:
+    """Exchange a custom token for an ID token at the Auth emulator (what a client SDK does)."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://{auth_host}/identitytoolkit.googleapis.com/v1/accounts:signInWithCustomToken"
+        "?key=fake-api-key",
+        data=json.dumps({"token": custom_token.decode(), "returnSecureToken": True}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        token: str = json.loads(response.read())["idToken"]
+    return token

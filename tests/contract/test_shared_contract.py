@@ -1,0 +1,109 @@
+"""What the gateway and the sweep function must agree on, written once per side, pinned here.
+
+The function deploys alone and imports nothing from the gateway, so these tests are the only
+place both sides meet.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gateway import store as gateway_store
+from gateway.messages import TimeoutCallback
+from presence_sweep import adapters, core
+from presence_sweep.adapters import callback_body
+from presence_sweep.core import SessionRef
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_callback_body_from_the_function_decodes_on_the_gateway() -> None:
+    """The function's callback body is exactly what the gateway's endpoint decodes."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    body = callback_body([SessionRef("u1", "s1", "i", "http://g")], now)
+    decoded = msgspec.json.decode(json.dumps(body), type=TimeoutCallback)
+    assert [(s.user_id, s.session_id) for s in decoded.sessions] == [("u1", "s1")]
+    assert decoded.signed_out_at == now.isoformat()
+
+
+def test_callback_path_matches_the_gateway_route() -> None:
+    """The function posts to the path the gateway serves."""
+    from gateway.app import internal_timeout
+
+    assert adapters.CALLBACK_PATH in internal_timeout.paths
+
+
+def test_collection_and_field_names_agree() -> None:
+    """Both sides name the same collections and fields."""
+    assert (adapters.MEMBERS, adapters.SESSIONS) == (
+        gateway_store.MEMBERS,
+        gateway_store.SESSIONS,
+    )
+    member = gateway_store.connect_writes("u", "s", "i", "http://g", datetime.now(UTC))[0]
+    assert {core.IS_SIGNED_IN, core.LAST_PONG_AT} <= set(member.fields)
+    session = gateway_store.connect_writes("u", "s", "i", "http://g", datetime.now(UTC))[1]
+    # SessionRef is built from these session fields by the function.
+    assert {"user_id", "instance_id", "internal_url", "is_active"} <= set(session.fields)
+
+
+def _declared_indexes() -> set[tuple[str, tuple[str, ...]]]:
+    spec = json.loads((ROOT / "firestore.indexes.json").read_text())
+    return {
+        (index["collectionGroup"], tuple(f["fieldPath"] for f in index["fields"]))
+        for index in spec["indexes"]
+    }
+
+
+def _queries_in(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """Each `.collection(X)` query chain and the fields its filters and orderings use."""
+    found = []
+    source = path.read_text()
+    for chain in re.finditer(
+        r"\.collection\((\w+)\)((?:\s*\.(?:where|order_by)\([^\n]*\))+)", source
+    ):
+        collection = {"MEMBERS": "members", "SESSIONS": "sessions"}[chain.group(1)]
+        fields = re.findall(r'FieldFilter\(\s*"?(\w+)"?|order_by\((\w+)', chain.group(2))
+        names = []
+        for filtered, ordered in fields:
+            name = filtered or ordered
+            name = {"IS_SIGNED_IN": "is_signed_in", "LAST_PONG_AT": "last_pong_at"}.get(name, name)
+            if name not in names:
+                names.append(name)
+        if len(names) > 1:
+            found.append((collection, tuple(names)))
+    return found
+
+
+def test_every_composite_query_has_its_index_declared() -> None:
+    """The emulator ignores indexes, production does not: each multi-field query is declared."""
+    sources = [
+        ROOT / "functions" / "presence_sweep" / "adapters.py",
+        ROOT / "gateway" / "store.py",
+    ]
+    queries = [q for path in sources for q in _queries_in(path)]
+    declared = _declared_indexes()
+    assert {
+        ("members", ("is_signed_in", "last_pong_at")),
+        ("sessions", ("user_id", "is_active")),
+        ("sessions", ("instance_id", "signed_out_at")),
+    } <= set(queries), queries
+    for query in queries:
+        assert query in declared, f"no index declared for {query}"
+
+
+def test_firebase_json_points_at_the_function_source() -> None:
+    """`firebase deploy --only functions` deploys functions/ with its own requirements."""
+    config: dict[str, Any] = json.loads((ROOT / "firebase.json").read_text())
+    assert config["functions"][0]["source"] == "functions"
+    assert (ROOT / "functions" / "main.py").exists()
+    requirements = (ROOT / "functions" / "requirements.txt").read_text()
+    assert "firebase-functions" in requirements and "firebase-admin" in requirements
+    for path in (ROOT / "functions").rglob("*.py"):
+        imported = re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), re.MULTILINE)
+        assert "gateway" not in imported, f"{path} imports the gateway"

@@ -1,0 +1,197 @@
+"""The sweep's decisions and ordering, with in-memory fakes (the emulator tests prove the rest)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from presence_sweep.core import (
+    ClaimDecision,
+    SessionRef,
+    decide_claim,
+    group_by_instance,
+    sweep,
+)
+from presence_sweep.exceptions import AuthRevokeError, CallbackError
+
+NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
+CUTOFF = NOW - timedelta(hours=3)
+
+
+def member(**fields: Any) -> dict[str, Any]:
+    return {"is_signed_in": True, "last_pong_at": CUTOFF - timedelta(seconds=1), **fields}
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        (member(), ClaimDecision(True, "expired")),
+        (None, ClaimDecision(False, "member_deleted")),
+        (member(is_signed_in=False), ClaimDecision(False, "already_signed_out")),
+        (member(last_pong_at=CUTOFF), ClaimDecision(False, "pong_arrived")),
+        (member(last_pong_at="yesterday"), ClaimDecision(False, "no_last_pong")),
+        (
+            member(sign_out_claim="other", sign_out_claimed_at=NOW - timedelta(seconds=10)),
+            ClaimDecision(False, "claimed_by_other_sweep"),
+        ),
+        (
+            member(sign_out_claim="dead", sign_out_claimed_at=NOW - timedelta(seconds=600)),
+            ClaimDecision(True, "expired"),
+        ),
+    ],
+)
+def test_claim_decision(record: dict[str, Any] | None, expected: ClaimDecision) -> None:
+    """Only a signed-in member whose last pong is still before the cutoff, unclaimed or with a
+    stale claim, may be claimed."""
+    assert decide_claim(record, CUTOFF, NOW, claim_ttl=300) == expected
+
+
+def test_sessions_are_grouped_per_gateway_instance() -> None:
+    """One callback per instance; sessions without a URL cannot be called back."""
+    refs = [
+        SessionRef("a", "1", "i1", "http://g1"),
+        SessionRef("b", "2", "i2", "http://g2"),
+        SessionRef("a", "3", "i1", "http://g1"),
+        SessionRef("c", "4", "i3", ""),
+    ]
+    assert group_by_instance(refs) == {"http://g1": [refs[0], refs[2]], "http://g2": [refs[1]]}
+
+
+class FakeStore:
+    def __init__(self, members: dict[str, dict[str, Any]], sessions: list[SessionRef]) -> None:
+        self.members = members
+        self.sessions = sessions
+        self.released: list[str] = []
+
+    def expired_page(
+        self, cutoff: datetime, limit: int, after: Any | None
+    ) -> tuple[list[str], Any | None]:
+        ids = sorted(
+            u
+            for u, m in self.members.items()
+            if m["is_signed_in"] and m["last_pong_at"] < cutoff and (after is None or u > after)
+        )[:limit]
+        return ids, (ids[-1] if len(ids) == limit else None)
+
+    def claim(
+        self,
+        user_ids: Sequence[str],
+        sweep_id: str,
+        cutoff: datetime,
+        now: datetime,
+        claim_ttl: float,
+    ) -> dict[str, ClaimDecision]:
+        out = {}
+        for u in user_ids:
+            out[u] = decide_claim(self.members.get(u), cutoff, now, claim_ttl)
+            if out[u].claim:
+                self.members[u].update(sign_out_claim=sweep_id, sign_out_claimed_at=now)
+        return out
+
+    def release(self, user_ids: Sequence[str], sweep_id: str) -> None:
+        for u in user_ids:
+            self.members[u].pop("sign_out_claim")
+            self.released.append(u)
+
+    def finalize(
+        self, user_ids: Sequence[str], sweep_id: str, now: datetime
+    ) -> tuple[list[str], list[SessionRef]]:
+        done = [u for u in user_ids if self.members[u].get("sign_out_claim") == sweep_id]
+        for u in done:
+            self.members[u].update(is_signed_in=False, last_sign_out_at=now)
+        return done, [s for s in self.sessions if s.user_id in done]
+
+
+class FakeAuth:
+    def __init__(self, failing: set[str] = frozenset(), missing: set[str] = frozenset()) -> None:
+        self.failing, self.missing = failing, missing
+        self.revoked: list[str] = []
+
+    def revoke(self, user_id: str) -> bool:
+        if user_id in self.failing:
+            raise AuthRevokeError("down")
+        if user_id in self.missing:
+            return False
+        self.revoked.append(user_id)
+        return True
+
+
+class FakeNotifier:
+    def __init__(self, down: set[str] = frozenset()) -> None:
+        self.down = down
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def notify(self, internal_url: str, sessions: Sequence[SessionRef], now: datetime) -> int:
+        if internal_url in self.down:
+            raise CallbackError("unreachable")
+        self.calls.append((internal_url, [s.session_id for s in sessions]))
+        return len(sessions)
+
+
+def test_sweep_signs_out_expired_users_and_notifies_each_instance_once() -> None:
+    """Expired users are revoked, signed out and called back per instance; others untouched."""
+    store = FakeStore(
+        {
+            "old1": member(),
+            "old2": member(),
+            "fresh": member(last_pong_at=NOW),
+            "gone": member(is_signed_in=False),
+        },
+        [SessionRef("old1", "s1", "i1", "http://g1"), SessionRef("old2", "s2", "i1", "http://g1")],
+    )
+    auth, notifier = FakeAuth(), FakeNotifier()
+    report = sweep(store, auth, notifier, NOW, pong_timeout=3 * 3600, page_size=1)
+    assert sorted(auth.revoked) == ["old1", "old2"]
+    assert report.signed_out == 2 and report.examined == 2
+    assert store.members["fresh"]["is_signed_in"] and not store.members["old1"]["is_signed_in"]
+    assert sorted(s for _, ids in notifier.calls for s in ids) == ["s1", "s2"]
+    assert report.ok and report.sockets_closed == 2
+
+
+def test_auth_failure_leaves_the_user_signed_in_and_releases_the_claim() -> None:
+    """A failed revoke never marks the user signed out; the report asks for a retry."""
+    store = FakeStore({"u": member()}, [])
+    report = sweep(store, FakeAuth(failing={"u"}), FakeNotifier(), NOW, pong_timeout=10800)
+    assert store.members["u"]["is_signed_in"] is True
+    assert "sign_out_claim" not in store.members["u"]
+    assert store.released == ["u"]
+    assert report.auth_failures == 1 and not report.ok
+
+
+def test_user_unknown_to_auth_is_still_signed_out() -> None:
+    """A member with no Auth account has no tokens to revoke; the sign-out goes ahead."""
+    store = FakeStore({"u": member()}, [])
+    report = sweep(store, FakeAuth(missing={"u"}), FakeNotifier(), NOW, pong_timeout=10800)
+    assert report.signed_out == 1 and report.auth_user_missing == 1 and report.ok
+
+
+def test_callback_failure_keeps_the_sign_out_and_fails_the_run() -> None:
+    """An unreachable gateway does not undo the sign-out; the run reports failure."""
+    store = FakeStore({"u": member()}, [SessionRef("u", "s", "i", "http://down")])
+    report = sweep(store, FakeAuth(), FakeNotifier(down={"http://down"}), NOW, pong_timeout=10800)
+    assert store.members["u"]["is_signed_in"] is False
+    assert report.callback_failures == 1 and not report.ok
+
+
+def test_nothing_expired_changes_nothing() -> None:
+    """A sweep with no expired member makes no call at all."""
+    store = FakeStore({"u": member(last_pong_at=NOW)}, [])
+    auth, notifier = FakeAuth(), FakeNotifier()
+    report = sweep(store, auth, notifier, NOW, pong_timeout=10800)
+    assert (report.examined, report.signed_out, auth.revoked, notifier.calls) == (0, 0, [], [])
+    assert store.members["u"] == member(last_pong_at=NOW)
+
+
+def test_naive_now_is_refused() -> None:
+    """Time is always timezone-aware UTC."""
+    with pytest.raises(ValueError, match="timezone-aware"):
+        sweep(
+            FakeStore({}, []),
+            FakeAuth(),
+            FakeNotifier(),
+            datetime(2026, 1, 1),  # noqa: DTZ001
+            pong_timeout=1,
+        )
