@@ -78,6 +78,8 @@ class Process:
         log.close()
 
     def wait_ready(self, timeout: float) -> None:
+        if not self.ready_url:
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen is not None and self.popen.poll() is not None:
@@ -113,6 +115,14 @@ class Process:
 
 
 def probe(url: str) -> bool:
+    """True when the URL answers (any status below 500), or for tcp://host:port, accepts."""
+    if url.startswith("tcp://"):
+        host, _, port = url[len("tcp://") :].rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return True
+        except OSError:
+            return False
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
             return bool(200 <= response.status < 500)
@@ -164,9 +174,10 @@ def firestore_process(host: str, port: int, log_dir: Path) -> Process:
     print(
         f"Firestore emulator: {reason}; using the {FIRESTORE_FALLBACK_PACKAGE} fallback (MIT, "
         "an independent in-memory reimplementation, not Google's emulator). It does not "
-        "enforce security rules, transaction isolation or indexes, and supports only simple "
-        "queries (no cursors/offset, no nested-field or document-id filters). For the official "
-        "one: `apt-get install google-cloud-cli-firestore-emulator` (needs Java 17+).",
+        "enforce security rules, indexes or transaction isolation (no contention, no aborts), "
+        "and rejects queries with cursors, offsets, null/NaN filters, document-id or "
+        "nested-field paths. For the official one: "
+        "`apt-get install google-cloud-cli-firestore-emulator` (needs Java 17+).",
         file=sys.stderr,
     )
     argv = [node, str(FIRESTORE_FALLBACK_SCRIPT), "--host", host, "--port", str(port)]
@@ -260,4 +271,32 @@ def gateway_process(env: Mapping[str, str], host: str, port: int, log_dir: Path)
         f"http://{host}:{port}/healthz",
         log_dir / "gateway.log",
         env=env,
+    )
+
+
+def function_process(env: Mapping[str, str], host: str, port: int, log_dir: Path) -> Process:
+    """The sweep function served by functions-framework, as Cloud Functions would."""
+    binary = Path(sys.executable).parent / "functions-framework"
+    return Process(
+        "sweep-function",
+        [
+            str(binary),
+            "--target=sweep_expired_sessions",
+            f"--source={ROOT / 'functions' / 'main.py'}",
+            f"--host={host}",
+            f"--port={port}",
+        ],
+        # Any request to functions-framework runs the function: probe the socket only.
+        f"tcp://{host}:{port}",
+        log_dir / "sweep-function.log",
+        env=env,
+    )
+
+
+def scheduler_process(url: str, interval: float, log_dir: Path) -> Process:
+    return Process(
+        "scheduler",
+        [sys.executable, "-m", "emulator.scheduler", url, f"{interval:g}"],
+        "",
+        log_dir / "scheduler.log",
     )

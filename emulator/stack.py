@@ -1,7 +1,9 @@
 """``python -m emulator up``: the whole local stack in one command.
 
 Starts the Firestore emulator (gcloud's) and the Firebase Auth emulator (pinned firebase-tools)
-on the ports in firebase.json, then the gateway against them, prints where everything is and
+on the ports in firebase.json, then the gateway against them, the sweep function under
+functions-framework and a local scheduler that POSTs to it every ``SWEEP_INTERVAL`` with Cloud
+Scheduler's headers. It prints where everything is and
 the environment a developer needs, and stops every child on Ctrl-C or SIGTERM (or when one of
 them dies, saying which).
 """
@@ -38,6 +40,7 @@ def stack_env(env: Mapping[str, str], ports: Mapping[str, int]) -> dict[str, str
     return {
         "GOOGLE_CLOUD_PROJECT": env.get("GOOGLE_CLOUD_PROJECT") or DEFAULT_PROJECT,
         "GATEWAY_ADMIN_TOKEN": env.get("GATEWAY_ADMIN_TOKEN") or secrets.token_urlsafe(24),
+        "GATEWAY_CALLBACK_TOKEN": env.get("GATEWAY_CALLBACK_TOKEN") or secrets.token_urlsafe(24),
         "GATEWAY_PORT": env.get("GATEWAY_PORT") or "8000",
         "PING_INTERVAL": env.get("PING_INTERVAL") or "30",
         "PONG_TIMEOUT": env.get("PONG_TIMEOUT") or "10800",
@@ -47,7 +50,7 @@ def stack_env(env: Mapping[str, str], ports: Mapping[str, int]) -> dict[str, str
     }
 
 
-def banner(env: Mapping[str, str], log_dir: Path) -> str:
+def banner(env: Mapping[str, str], log_dir: Path, function_url: str) -> str:
     gw = f"{HOST}:{env['GATEWAY_PORT']}"
     exports = "\n".join(f"  export {k}={v}" for k, v in env.items())
     return f"""
@@ -56,6 +59,7 @@ Local stack is up (project {env["GOOGLE_CLOUD_PROJECT"]}):
   OpenAPI          http://{gw}/schema
   Firestore        http://{env["FIRESTORE_EMULATOR_HOST"]}
   Auth emulator    http://{env["FIREBASE_AUTH_EMULATOR_HOST"]}
+  sweep function   {function_url}   (POSTed every {env["SWEEP_INTERVAL"]}s by the local scheduler)
   logs             {log_dir}/
 Intervals: ping {env["PING_INTERVAL"]}s, pong timeout {env["PONG_TIMEOUT"]}s, \
 sweep {env["SWEEP_INTERVAL"]}s
@@ -65,7 +69,7 @@ Environment for your shell (also written to {ENV_FILE}):
 
 Try:
   curl -H "Authorization: Bearer {env["GATEWAY_ADMIN_TOKEN"]}" http://{gw}/ws/stats
-  websocat ws://{gw}/ws/connect/user123
+  .venv/bin/python -m websockets ws://{gw}/ws/connect/user123
 
 Ctrl-C stops everything.
 """
@@ -111,9 +115,18 @@ def up(environ: Mapping[str, str] | None = None) -> int:
         gateway.start()
         children.append(gateway)
         gateway.wait_ready(60)
+        function_url = f"http://{HOST}:{ports['functions']}/"
+        function = procs.function_process(env, HOST, ports["functions"], log_dir)
+        print(f"starting sweep function ... (log: {function.log_path})", file=sys.stderr)
+        function.start()
+        children.append(function)
+        function.wait_ready(60)
+        scheduler = procs.scheduler_process(function_url, float(env["SWEEP_INTERVAL"]), log_dir)
+        scheduler.start()
+        children.append(scheduler)
         ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
         ENV_FILE.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
-        print(banner(env, log_dir), flush=True)
+        print(banner(env, log_dir, function_url), flush=True)
         parent = os.getppid()
         while True:
             if os.getppid() != parent:

@@ -8,7 +8,6 @@ serves it and ``make up``'s scheduler POSTs to it with Cloud Scheduler's headers
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from datetime import UTC, datetime
 from functools import cache
@@ -24,8 +23,6 @@ from presence_sweep import SweepReport, sweep  # noqa: E402
 from presence_sweep.adapters import FirebaseAuth, FirestoreMembers, HttpNotifier  # noqa: E402
 from presence_sweep.exceptions import SweepFailed  # noqa: E402
 from presence_sweep.settings import SweepSettings  # noqa: E402
-
-logger = logging.getLogger("presence_sweep")
 
 
 @cache
@@ -56,7 +53,9 @@ def run_sweep(now: datetime | None = None) -> SweepReport:
         auth_concurrency=settings.auth_concurrency,
         claim_ttl=settings.claim_ttl,
     )
-    logger.info("sweep report %s", json.dumps(report.summary()))
+    # One JSON line on stdout: Cloud Logging parses it as a structured entry.
+    severity = "INFO" if report.ok else "ERROR"
+    print(json.dumps({"severity": severity, "message": "sweep report", **report.summary()}))
     return report
 
 
