@@ -64,7 +64,7 @@ class GatewayProc:
 
 
 def start_gateway(firestore_host: str, project: str, **overrides: str) -> GatewayProc:
-    port = procs.free_port()
+    port = int(overrides.pop("GATEWAY_PORT", 0)) or procs.free_port()
     token = secrets.token_urlsafe(24)
     env = {
         "FIRESTORE_EMULATOR_HOST": firestore_host,
@@ -108,3 +108,30 @@ def id_token_for(auth_host: str, custom_token: bytes) -> str:
     with urllib.request.urlopen(request, timeout=10) as response:
         token: str = json.loads(response.read())["idToken"]
     return token
+
+
+@dataclass
+class SweepStack:
+    """The sweep function under functions-framework plus the local scheduler ticking it."""
+
+    function: procs.Process
+    scheduler: procs.Process
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        self.function.stop()
+
+    def log(self) -> str:
+        return log_text(self.function.log_path) + log_text(self.scheduler.log_path)
+
+
+def start_sweep(env: dict[str, str], interval: float) -> SweepStack:
+    port = procs.free_port()
+    function = procs.function_process(env, "127.0.0.1", port, LOG_DIR)
+    function.log_path = LOG_DIR / f"sweep-function-{port}.log"
+    function.start()
+    function.wait_ready(60 * UNIT)
+    scheduler = procs.scheduler_process(f"http://127.0.0.1:{port}/", interval, LOG_DIR)
+    scheduler.log_path = LOG_DIR / f"scheduler-{port}.log"
+    scheduler.start()
+    return SweepStack(function, scheduler)
