@@ -174,10 +174,10 @@ def firestore_process(host: str, port: int, log_dir: Path) -> Process:
     print(
         f"Firestore emulator: {reason}; using the {FIRESTORE_FALLBACK_PACKAGE} fallback (MIT, "
         "an independent in-memory reimplementation, not Google's emulator). It does not "
-        "enforce security rules, indexes or transaction isolation (no contention, no aborts), "
-        "and rejects queries with cursors, offsets, null/NaN filters, document-id or "
-        "nested-field paths. For the official one: "
-        "`apt-get install google-cloud-cli-firestore-emulator` (needs Java 17+).",
+        "enforce security rules or indexes, runs transactions optimistically (a conflicting "
+        "commit is ABORTED and retried) rather than with locks, and rejects queries on "
+        "null/NaN, document ids or nested fields and collection-group queries. For the "
+        "official one: `apt-get install google-cloud-cli-firestore-emulator` (needs Java 17+).",
         file=sys.stderr,
     )
     argv = [node, str(FIRESTORE_FALLBACK_SCRIPT), "--host", host, "--port", str(port)]
