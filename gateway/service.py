@@ -18,7 +18,13 @@ from gateway.exceptions import UserNotConnectedError
 from gateway.messages import Timeout, iso, utc_now
 from gateway.registry import Connection, Registry
 from gateway.settings import Settings
-from gateway.store import Store, connect_writes, disconnect_write, instance_write, pong_write
+from gateway.store import (
+    Store,
+    connect_writes,
+    disconnect_writes,
+    instance_write,
+    pong_write,
+)
 from gateway.writer import WriteBehind
 
 logger = logging.getLogger("gateway")
@@ -112,7 +118,8 @@ class PresenceService:
     def disconnected(self, conn: Connection, code: int | None) -> None:
         conn.closed = True
         left = self.registry.remove(conn)
-        self.writer.put(disconnect_write(conn.session_id, code, utc_now()))
+        for write in disconnect_writes(conn.user_id, conn.session_id, code, utc_now()):
+            self.writer.put(write)
         logger.info(
             "disconnect user=%s session=%s code=%s sockets_for_user=%d total=%d",
             conn.user_id,

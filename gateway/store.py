@@ -3,7 +3,9 @@
 Documents (field names are the contract with the sweep function; see README):
 
 ``members/{user_id}``
-    ``is_signed_in``, ``last_pong_at``, ``updated_at``, ``last_connected_at``, ``instance_id``
+    ``is_signed_in``, ``last_pong_at``, ``updated_at``, ``last_connected_at``, ``instance_id``,
+    ``active_sessions`` (map: session id -> ``{instance_id, internal_url}``; lets the sweep find
+    a user's sockets by reading the member it already reads, without a query)
 ``sessions/{session_id}`` (one per socket)
     ``user_id``, ``is_active``, ``connected_at``, ``instance_id``, ``internal_url``,
     ``disconnected_at``, ``close_code``
@@ -26,8 +28,29 @@ from typing import Any, Protocol
 MEMBERS = "members"
 SESSIONS = "sessions"
 INSTANCES = "gateway_instances"
+ACTIVE_SESSIONS = "active_sessions"
 
 COMMIT_TIMEOUT = 10.0
+
+
+class _Delete:
+    """Sentinel: remove this (possibly nested) field. Firestore's DELETE_FIELD at commit."""
+
+    def __repr__(self) -> str:
+        return "DELETE_FIELD"
+
+
+DELETE_FIELD: Any = _Delete()
+
+
+def merge_fields(into: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """Merge like Firestore's ``set(merge=True)``: nested maps merge, later values win."""
+    for key, value in fields.items():
+        current = into.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            merge_fields(current, value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +94,9 @@ def connect_writes(
                 "last_connected_at": now,
                 "updated_at": now,
                 "instance_id": instance_id,
+                ACTIVE_SESSIONS: {
+                    session_id: {"instance_id": instance_id, "internal_url": internal_url}
+                },
             },
         ),
         Write(
@@ -91,12 +117,17 @@ def pong_write(user_id: str, now: datetime) -> Write:
     return Write(MEMBERS, user_id, {"last_pong_at": now, "updated_at": now})
 
 
-def disconnect_write(session_id: str, close_code: int | None, now: datetime) -> Write:
-    return Write(
-        SESSIONS,
-        session_id,
-        {"is_active": False, "disconnected_at": now, "close_code": close_code},
-    )
+def disconnect_writes(
+    user_id: str, session_id: str, close_code: int | None, now: datetime
+) -> list[Write]:
+    return [
+        Write(MEMBERS, user_id, {ACTIVE_SESSIONS: {session_id: DELETE_FIELD}}),
+        Write(
+            SESSIONS,
+            session_id,
+            {"is_active": False, "disconnected_at": now, "close_code": close_code},
+        ),
+    ]
 
 
 def instance_write(instance_id: str, internal_url: str, now: datetime) -> Write:
@@ -121,10 +152,12 @@ class FirestoreStore:
         return self._client
 
     async def commit(self, writes: Sequence[Write]) -> None:
+        from google.cloud import firestore
+
         batch = self._client.batch()
         for write in writes:
             ref = self._client.collection(write.collection).document(write.doc_id)
-            batch.set(ref, dict(write.fields), merge=True)
+            batch.set(ref, _to_firestore(write.fields, firestore.DELETE_FIELD), merge=True)
         # No library retry: the write-behind buffer owns retries and backoff, so a Firestore
         # outage shows up here at once instead of stalling a flush for a minute.
         await batch.commit(retry=None, timeout=COMMIT_TIMEOUT)
@@ -152,6 +185,30 @@ class FirestoreStore:
         self._client.close()  # type: ignore[no-untyped-call]
 
 
+def _to_firestore(fields: Mapping[str, Any], delete: Any) -> dict[str, Any]:
+    return {
+        key: delete
+        if value is DELETE_FIELD
+        else _to_firestore(value, delete)
+        if isinstance(value, Mapping)
+        else value
+        for key, value in fields.items()
+    }
+
+
+def _apply(doc: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    for key, value in fields.items():
+        if value is DELETE_FIELD:
+            doc.pop(key, None)
+        elif isinstance(value, Mapping):
+            nested = doc.get(key)
+            if not isinstance(nested, dict):
+                nested = doc[key] = {}
+            _apply(nested, value)
+        else:
+            doc[key] = value
+
+
 class MemoryStore:
     """An in-process store for unit tests; ``fail_next`` makes commits raise."""
 
@@ -169,7 +226,7 @@ class MemoryStore:
             raise ConnectionError("injected commit failure")
         self.commits.append(list(writes))
         for write in writes:
-            self.docs.setdefault((write.collection, write.doc_id), {}).update(write.fields)
+            _apply(self.docs.setdefault((write.collection, write.doc_id), {}), write.fields)
 
     async def signed_out_sessions(
         self, instance_id: str, since: datetime

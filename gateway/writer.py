@@ -6,7 +6,8 @@ batches of at most ``batch_size``, up to ``concurrency`` batches at once.
 
 Guarantees:
 
-* Pending writes to the same document merge (later fields win), so a user who pongs twice before
+* Pending writes to the same document merge as Firestore's ``set(merge=True)`` would (nested
+  maps merge, later fields win), so a user who pongs twice before
   a flush costs one write and ``last_pong_at`` still ends at the newest pong.
 * A flush starts at most ``flush_interval`` after the first pending write.
 * Batches in flight never share a document, and a flush finishes before the next starts, so a
@@ -29,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.store import Store, Write
+from gateway.store import Store, Write, merge_fields
 
 logger = logging.getLogger("gateway.writer")
 
@@ -92,14 +93,14 @@ class WriteBehind:
                         self.dropped_writes,
                     )
                 return False
-            self._buffer[key] = _Pending(
-                dict(write.fields), int(pong), time.monotonic() if pong else math.inf
-            )
+            fields: dict[str, Any] = {}
+            merge_fields(fields, write.fields)
+            self._buffer[key] = _Pending(fields, int(pong), time.monotonic() if pong else math.inf)
             self._nonempty.set()
             if len(self._buffer) >= self.batch_size:
                 self._full.set()
         else:
-            pending.fields.update(write.fields)
+            merge_fields(pending.fields, write.fields)
             if pong:
                 if not pending.pongs:
                     pending.first_pong = time.monotonic()
@@ -207,7 +208,7 @@ class WriteBehind:
             if newer is None:
                 self._buffer[key] = failed
                 continue
-            failed.fields.update(newer.fields)
+            merge_fields(failed.fields, newer.fields)
             newer.fields = failed.fields
             if failed.pongs:
                 newer.first_pong = min(newer.first_pong, failed.first_pong)

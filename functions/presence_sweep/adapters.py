@@ -28,7 +28,7 @@ logger = logging.getLogger("presence_sweep")
 
 MEMBERS = "members"
 SESSIONS = "sessions"
-IN_QUERY_LIMIT = 30  # Firestore's cap on values in an "in" filter
+ACTIVE_SESSIONS = "active_sessions"
 CALLBACK_PATH = "/internal/timeout"
 CALLBACK_CHUNK = 1000
 
@@ -106,59 +106,61 @@ class FirestoreMembers:
         self, user_ids: Sequence[str], sweep_id: str, now: datetime
     ) -> tuple[list[str], list[SessionRef]]:
         from google.cloud import firestore
-        from google.cloud.firestore_v1.base_query import FieldFilter
 
         refs = [self._db.collection(MEMBERS).document(u) for u in user_ids]
 
         @firestore.transactional
-        def run(transaction: Any) -> list[str]:
+        def run(transaction: Any) -> tuple[list[str], list[SessionRef]]:
             done: list[str] = []
+            sessions: list[SessionRef] = []
             for snapshot in transaction.get_all(refs):
+                member = snapshot.to_dict() if snapshot.exists else None
                 # Only this sweep's claims: another sweep that took over a stale claim owns it.
-                if not snapshot.exists or snapshot.to_dict().get(CLAIM) != sweep_id:
+                if member is None or member.get(CLAIM) != sweep_id:
                     continue
+                sessions.extend(active_sessions(snapshot.id, member))
                 transaction.update(
                     snapshot.reference,
                     {
                         IS_SIGNED_IN: False,
                         "last_sign_out_at": now,
                         "updated_at": now,
+                        ACTIVE_SESSIONS: firestore.DELETE_FIELD,
                         CLAIM: firestore.DELETE_FIELD,
                         CLAIMED_AT: firestore.DELETE_FIELD,
                     },
                 )
                 done.append(snapshot.id)
-            return done
+            return done, sessions
 
-        signed_out: list[str] = run(self._db.transaction())
-        sessions: list[SessionRef] = []
-        batch = self._db.batch()
-        pending = 0
-        for start in range(0, len(signed_out), IN_QUERY_LIMIT):
-            chunk = signed_out[start : start + IN_QUERY_LIMIT]
-            query = (
-                self._db.collection(SESSIONS)
-                .where(filter=FieldFilter("user_id", "in", chunk))
-                .where(filter=FieldFilter("is_active", "==", True))
-            )
-            for snapshot in query.stream():
-                data = snapshot.to_dict()
-                sessions.append(
-                    SessionRef(
-                        user_id=str(data.get("user_id", "")),
-                        session_id=snapshot.id,
-                        instance_id=str(data.get("instance_id", "")),
-                        internal_url=str(data.get("internal_url", "")),
-                    )
+        signed_out, sessions = run(self._db.transaction())
+        # The member's active_sessions map names the sockets: no query needed here.
+        for start in range(0, len(sessions), 500):
+            batch = self._db.batch()
+            for ref in sessions[start : start + 500]:
+                batch.set(
+                    self._db.collection(SESSIONS).document(ref.session_id),
+                    {"is_active": False, "signed_out_at": now},
+                    merge=True,
                 )
-                batch.update(snapshot.reference, {"is_active": False, "signed_out_at": now})
-                pending += 1
-                if pending == 500:
-                    batch.commit()
-                    batch, pending = self._db.batch(), 0
-        if pending:
             batch.commit()
         return signed_out, sessions
+
+
+def active_sessions(user_id: str, member: dict[str, Any]) -> list[SessionRef]:
+    """The sockets the gateway recorded on the member (``active_sessions`` map)."""
+    recorded = member.get(ACTIVE_SESSIONS)
+    if not isinstance(recorded, dict):
+        return []
+    return [
+        SessionRef(
+            user_id=user_id,
+            session_id=str(session_id),
+            instance_id=str(where.get("instance_id", "")) if isinstance(where, dict) else "",
+            internal_url=str(where.get("internal_url", "")) if isinstance(where, dict) else "",
+        )
+        for session_id, where in recorded.items()
+    ]
 
 
 class FirebaseAuth:

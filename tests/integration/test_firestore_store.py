@@ -14,7 +14,7 @@ from emulator import procs
 from gateway.store import (
     FirestoreStore,
     connect_writes,
-    disconnect_write,
+    disconnect_writes,
     pong_write,
 )
 from gateway.writer import WriteBehind
@@ -43,8 +43,10 @@ async def test_commit_merges_fields_into_existing_documents(
     """Connect, pong and disconnect writes merge into members and sessions as documented."""
     user, session = uid(), uid()
     await store.commit(connect_writes(user, session, "inst-1", "http://gw:1", T0))
+    other = uid()
+    await store.commit(connect_writes(user, other, "inst-2", "http://gw:2", T0))
     await store.commit([pong_write(user, T0 + timedelta(seconds=30))])
-    await store.commit([disconnect_write(session, 1000, T0 + timedelta(seconds=40))])
+    await store.commit(disconnect_writes(user, session, 1000, T0 + timedelta(seconds=40)))
 
     member = firestore_client.collection("members").document(user).get().to_dict()
     assert member == {
@@ -52,7 +54,8 @@ async def test_commit_merges_fields_into_existing_documents(
         "last_pong_at": T0 + timedelta(seconds=30),
         "last_connected_at": T0,
         "updated_at": T0 + timedelta(seconds=30),
-        "instance_id": "inst-1",
+        "instance_id": "inst-2",
+        "active_sessions": {other: {"instance_id": "inst-2", "internal_url": "http://gw:2"}},
     }
     record = firestore_client.collection("sessions").document(session).get().to_dict()
     assert record == {

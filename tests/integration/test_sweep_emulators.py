@@ -38,10 +38,16 @@ class RecordingNotifier:
 
 def seed(db: Any, users: list[str], last_pong: datetime, sessions_per_user: int = 1) -> None:
     batch, count = db.batch(), 0
+    where = {"instance_id": "inst", "internal_url": "http://gateway.invalid"}
     for user in users:
         batch.set(
             db.collection("members").document(user),
-            {"is_signed_in": True, "last_pong_at": last_pong, "updated_at": last_pong},
+            {
+                "is_signed_in": True,
+                "last_pong_at": last_pong,
+                "updated_at": last_pong,
+                "active_sessions": {f"{user}-s{n}": where for n in range(sessions_per_user)},
+            },
         )
         for n in range(sessions_per_user):
             batch.set(

@@ -154,3 +154,22 @@ async def test_documents_in_flight_are_never_split_across_batches(concurrency: i
         assert await writer.flush_once()
     ids = [w.doc_id for commit in store.commits for w in commit]
     assert len(ids) == len(set(ids)) == 40
+
+
+async def test_nested_maps_merge_and_deletes_survive_merging() -> None:
+    """Two connects and a disconnect before one flush leave exactly the open session listed."""
+    from gateway.store import connect_writes, disconnect_writes
+
+    store = MemoryStore()
+    writer = WriteBehind(store)
+    for write in connect_writes("u", "s1", "i", "http://g", at(0)):
+        writer.put(write)
+    for write in connect_writes("u", "s2", "i", "http://g", at(1)):
+        writer.put(write)
+    for write in disconnect_writes("u", "s1", 1000, at(2)):
+        writer.put(write)
+    assert await writer.flush_once()
+    assert store.docs[("members", "u")]["active_sessions"] == {
+        "s2": {"instance_id": "i", "internal_url": "http://g"}
+    }
+    assert store.docs[("sessions", "s1")]["is_active"] is False
