@@ -114,6 +114,7 @@ async def test_writer_survives_a_firestore_outage_and_loses_nothing(project_id: 
     first = emulator()
     first.start()
     first.wait_ready(60 * UNIT)
+    shared_host = os.environ.get("FIRESTORE_EMULATOR_HOST", "")
     os.environ["FIRESTORE_EMULATOR_HOST"] = host
     store = FirestoreStore(project_id)
     writer = WriteBehind(store, flush_interval=0.05)
@@ -155,6 +156,7 @@ async def test_writer_survives_a_firestore_outage_and_loses_nothing(project_id: 
         assert all(s.exists for s in client.get_all(refs))
         client.close()
     finally:
+        os.environ["FIRESTORE_EMULATOR_HOST"] = shared_host
         await writer.close(deadline=2)
         await store.close()
         first.stop()
