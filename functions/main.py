@@ -51,6 +51,7 @@ def run_sweep(now: datetime | None = None) -> SweepReport:
         pong_timeout=settings.pong_timeout,
         page_size=settings.page_size,
         auth_concurrency=settings.auth_concurrency,
+        pages_in_flight=settings.pages_in_flight,
         claim_ttl=settings.claim_ttl,
     )
     # One JSON line on stdout: Cloud Logging parses it as a structured entry.

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -152,6 +152,18 @@ class SweepReport:
         """False when something must be retried (Cloud Scheduler should see a failure)."""
         return self.auth_failures == 0 and self.callback_failures == 0
 
+    def add(self, page: SweepReport) -> None:
+        """Fold one page's counts into this run's report."""
+        self.signed_out += page.signed_out
+        self.skipped.update(page.skipped)
+        self.auth_user_missing += page.auth_user_missing
+        self.auth_failures += page.auth_failures
+        self.callbacks += page.callbacks
+        self.callback_failures += page.callback_failures
+        self.sockets_closed += page.sockets_closed
+        self.sessions_signed_out += page.sessions_signed_out
+        self.signed_out_users.extend(page.signed_out_users)
+
     def summary(self) -> dict[str, Any]:
         return {
             "sweep_id": self.sweep_id,
@@ -178,26 +190,55 @@ def sweep(
     *,
     pong_timeout: float,
     page_size: int = 300,
-    auth_concurrency: int = 16,
+    auth_concurrency: int = 8,
+    pages_in_flight: int = 3,
     claim_ttl: float = 300.0,
     clock: Callable[[], float] = time.monotonic,
 ) -> SweepReport:
-    """Sign out every member whose last pong is older than ``pong_timeout`` at ``now``."""
+    """Sign out every member whose last pong is older than ``pong_timeout`` at ``now``.
+
+    Pages are fetched in order by this thread and processed up to ``pages_in_flight`` at once,
+    so one page's Firestore transactions overlap another's Auth calls; a page's users are
+    disjoint from every other page's, so pages never contend with each other.
+    """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     started = clock()
     cutoff = now - timedelta(seconds=pong_timeout)
     report = SweepReport(uuid.uuid4().hex, now, cutoff)
     cursor: Any | None = None
-    with ThreadPoolExecutor(max_workers=auth_concurrency, thread_name_prefix="revoke") as pool:
+    in_flight: set[Future[SweepReport]] = set()
+    with (
+        ThreadPoolExecutor(auth_concurrency, thread_name_prefix="revoke") as revoke_pool,
+        ThreadPoolExecutor(pages_in_flight, thread_name_prefix="page") as page_pool,
+    ):
         while True:
             user_ids, cursor = store.expired_page(cutoff, page_size, cursor)
             if not user_ids:
                 break
             report.examined += len(user_ids)
-            _sweep_page(store, auth, notifier, pool, user_ids, now, cutoff, claim_ttl, report)
+            in_flight.add(
+                page_pool.submit(
+                    _sweep_page,
+                    store,
+                    auth,
+                    notifier,
+                    revoke_pool,
+                    user_ids,
+                    now,
+                    cutoff,
+                    claim_ttl,
+                    SweepReport(report.sweep_id, now, cutoff),
+                )
+            )
+            if len(in_flight) >= pages_in_flight:
+                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    report.add(future.result())
             if cursor is None:
                 break
+        for future in in_flight:
+            report.add(future.result())
     report.duration_seconds = clock() - started
     return report
 
@@ -212,7 +253,7 @@ def _sweep_page(
     cutoff: datetime,
     claim_ttl: float,
     report: SweepReport,
-) -> None:
+) -> SweepReport:
     decisions = store.claim(user_ids, report.sweep_id, cutoff, now, claim_ttl)
     claimed = [u for u in user_ids if decisions[u].claim]
     report.skipped.update(d.reason for d in decisions.values() if not d.claim)
@@ -237,7 +278,7 @@ def _sweep_page(
         report.auth_failures += len(failed)
         store.release(failed, report.sweep_id)
     if not revoked:
-        return
+        return report
     signed_out, sessions = store.finalize(revoked, report.sweep_id, now)
     report.signed_out += len(signed_out)
     report.signed_out_users.extend(signed_out)
@@ -249,3 +290,4 @@ def _sweep_page(
         except CallbackError as exc:
             report.callback_failures += 1
             logger.warning("callback to %s failed (%d sessions): %s", url, len(refs), exc)
+    return report

@@ -16,7 +16,8 @@ class SweepSettings:
     pong_timeout: float = 10_800.0
     callback_token: str = ""
     page_size: int = 300
-    auth_concurrency: int = 16
+    auth_concurrency: int = 8
+    pages_in_flight: int = 3
     claim_ttl: float = 300.0
     callback_timeout: float = 5.0
 
@@ -51,7 +52,8 @@ class SweepSettings:
             pong_timeout=number("PONG_TIMEOUT", 10_800.0),
             callback_token=env.get("GATEWAY_CALLBACK_TOKEN", ""),
             page_size=page_size,
-            auth_concurrency=int(number("SWEEP_AUTH_CONCURRENCY", 16)),
+            auth_concurrency=int(number("SWEEP_AUTH_CONCURRENCY", 8)),
+            pages_in_flight=int(number("SWEEP_PAGES_IN_FLIGHT", 3)),
             claim_ttl=number("SWEEP_CLAIM_TTL", 300.0),
             callback_timeout=number("SWEEP_CALLBACK_TIMEOUT", 5.0),
         )

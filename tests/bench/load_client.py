@@ -115,6 +115,7 @@ class RawSocket(asyncio.Protocol):
         "closing",
         "accept",
         "_request",
+        "last_pong",
     )
 
     # One pre-masked pong frame shared by all sockets (the mask need not be unpredictable for a
@@ -131,6 +132,7 @@ class RawSocket(asyncio.Protocol):
         self.closing = False
         self.accept = accept
         self._request = request
+        self.last_pong = 0.0  # wall-clock time of the last pong sent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -198,6 +200,7 @@ class RawSocket(asyncio.Protocol):
                     self.stats.pings += 1
                     if self.pong and not self.closing:
                         transport.write(self.PONG_FRAME)
+                        self.last_pong = time.time()
                         self.stats.pongs_sent += 1
                 else:
                     self.stats.other_frames += 1
@@ -309,6 +312,15 @@ class RawPool:
             self.stats.connected += 1
             return
 
+    def freeze(self) -> float | None:
+        """Stop answering pings; return the oldest 'last pong sent' time over open sockets."""
+        stamps = []
+        for sock in self.sockets:
+            sock.pong = False
+            if sock.last_pong:
+                stamps.append(sock.last_pong)
+        return min(stamps) if stamps else None
+
     async def close_all(self, timeout: float) -> None:
         if not self.sockets:
             return
@@ -331,6 +343,7 @@ class LibPool:
         self.args = args
         self.stats = stats
         self.conns: dict[Any, asyncio.Task[None]] = {}
+        self.last_pong: dict[Any, float] = {}
         self.stopping = False
 
     async def open_one(self, index: int) -> None:
@@ -371,6 +384,7 @@ class LibPool:
                     self.stats.pings += 1
                     if pong and not self.stopping:
                         await ws.send(PONG_TEXT.decode())
+                        self.last_pong[ws] = time.time()
                         self.stats.pongs_sent += 1
                 else:
                     self.stats.other_frames += 1
@@ -384,6 +398,11 @@ class LibPool:
                 else:
                     self.stats.lost += 1
             self.conns.pop(ws, None)
+
+    def freeze(self) -> float | None:
+        self.stopping = True
+        stamps = [self.last_pong[ws] for ws in self.conns if ws in self.last_pong]
+        return min(stamps) if stamps else None
 
     async def close_all(self, timeout: float) -> None:
         self.stopping = True
@@ -446,9 +465,15 @@ async def run(args: argparse.Namespace) -> None:
             emit("stats", **stats.as_dict())
         elif command == "stop":
             break
+    oldest_last_pong = pool.freeze()
     closing = time.monotonic()
     await pool.close_all(args.close_timeout)
-    emit("stopped", **stats.as_dict(), close_seconds=round(time.monotonic() - closing, 3))
+    emit(
+        "stopped",
+        **stats.as_dict(),
+        close_seconds=round(time.monotonic() - closing, 3),
+        oldest_last_pong=oldest_last_pong,
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,0 +1,994 @@
+"""Gateway benchmarks: memory per idle socket, and pong persistence under PING_INTERVAL=1.
+
+    .venv/bin/python -m tests.bench                      # full run (10,000 / 5,000 sockets)
+    .venv/bin/python -m tests.bench --connections 500    # quick variant of both scenarios
+    .venv/bin/python -m tests.bench --only memory        # one scenario
+
+Processes: a Firestore emulator (started once), the gateway (``python -m gateway``, started
+fresh per scenario, bound to 0.0.0.0 so every 127.0.0.x reaches it) and the load client
+(``tests/bench/load_client.py``, one process per 18,000 sockets). Logs and ``results.json``
+go to ``.run/bench/``. Every process is stopped on the way out, whatever happens.
+
+Scenario A (memory): gateway with PING_INTERVAL=30; a warm-up of 100 sockets is opened and
+closed so one-off costs (first handshake, lazy imports, Firestore channel) land in the
+baseline; then RSS before, N idle sockets with distinct user ids, wait for
+``/ws/stats`` total_connections == N, settle, RSS after; (after - before) / N.
+
+Scenario B (pongs): fresh gateway with PING_INTERVAL=1; N sockets answering every ping; after
+a warm-up, ``/ws/stats`` ``pong_writer`` and the gateway's CPU time are sampled at the start
+and end of a steady window; then the client stops and we wait for pongs_persisted to catch up
+with pongs_received. A Firestore-side check counts ``members`` documents whose
+``last_pong_at`` is recent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import queue
+import resource
+import secrets
+import shlex
+import signal
+import statistics
+import string
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from emulator.procs import Process, firestore_process, free_port, gateway_process
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_DIR = ROOT / ".run" / "bench"
+PROJECT = "demo-bench"
+MAX_SOCKETS_PER_CLIENT = 18_000  # under the 20,000 fd limit with room for the interpreter
+
+TARGET_MEMORY_KB = 20.0
+TARGET_P99_MS = 1000.0
+DEFAULT_MEMORY_CONNECTIONS = 10_000
+DEFAULT_PONG_CONNECTIONS = 5_000
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard one; children (gateway, clients) inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live descendants (0 when it is gone)."""
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def start_profiler(
+    args: argparse.Namespace, pid: int, name: str, seconds: float
+) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` of the gateway into .run/bench/profile-NAME.txt (collapsed stacks)."""
+    if not args.py_spy:
+        return None
+    out = RUN_DIR / f"profile-{name}.txt"
+    with (RUN_DIR / "py-spy.log").open("ab") as err:
+        return subprocess.Popen(
+            [
+                args.py_spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(max(1, round(seconds))),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+            ],
+            stdout=err,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def stop_profiler(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait()
+
+
+def top_frames(path: Path, limit: int = 15) -> list[tuple[str, float]]:
+    """Self time by function from a collapsed-stack profile (share of samples)."""
+    counts: dict[str, int] = {}
+    total = 0
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(n)
+        total += int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return [(name, round(100 * n / max(total, 1), 1)) for name, n in ranked]
+
+
+class ClientProc:
+    """One load-client process, driven through JSON lines on its stdin/stdout."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.last: dict[str, Any] = {}
+        with log_path.open("ab") as err:
+            self.popen = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+            )
+        self._reader = threading.Thread(target=self._read, name=f"{name}-stdout", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            try:
+                self.events.put(json.loads(line))
+            except json.JSONDecodeError:
+                self.events.put({"event": "noise", "line": line.rstrip()})
+        self.events.put({"event": "eof"})
+
+    def wait_for(self, event: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.name}: no {event!r} within {timeout:.0f}s: {self.last}")
+            try:
+                message = self.events.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                continue
+            if message["event"] in ("progress", "stats", "ready", "stopped"):
+                self.last = message
+            if message["event"] == event:
+                return message
+            if message["event"] in ("eof", "error"):
+                raise RuntimeError(
+                    f"{self.name} ended (exit {self.popen.poll()}) waiting for {event!r}: "
+                    f"{message}; see {self.log_path}"
+                )
+
+    def command(self, text: str) -> None:
+        assert self.popen.stdin is not None
+        try:
+            self.popen.stdin.write(text + "\n")
+            self.popen.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, 9)
+            except ProcessLookupError:
+                pass
+            self.popen.wait()
+
+
+class LoadClients:
+    """N sockets across as many client processes as the fd limit requires."""
+
+    def __init__(
+        self, *, port: int, count: int, mode: str, prefix: str, args: argparse.Namespace
+    ) -> None:
+        self.count = count
+        procs = max(1, math.ceil(count / MAX_SOCKETS_PER_CLIENT))
+        share = math.ceil(count / procs)
+        self.clients: list[ClientProc] = []
+        self.started = time.monotonic()
+        for i in range(procs):
+            n = min(share, count - i * share)
+            argv = [
+                sys.executable,
+                "-m",
+                "tests.bench.load_client",
+                f"--port={port}",
+                f"--count={n}",
+                f"--mode={mode}",
+                f"--impl={args.client}",
+                f"--prefix={prefix}",
+                f"--first-id={i * share}",
+                f"--hosts={args.hosts}",
+                f"--concurrency={args.client_concurrency}",
+            ]
+            self.clients.append(ClientProc(f"client-{prefix}-{i}", argv, RUN_DIR / "client.log"))
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        ready = [c.wait_for("ready", timeout) for c in self.clients]
+        return _sum(ready) | {"seconds": max(r["seconds"] for r in ready)}
+
+    def stats(self) -> dict[str, Any]:
+        for c in self.clients:
+            c.command("stats")
+        return _sum([c.wait_for("stats", 20) for c in self.clients])
+
+    def stop(self, timeout: float = 30) -> dict[str, Any]:
+        for c in self.clients:
+            c.command("stop")
+        stopped = [c.wait_for("stopped", timeout) for c in self.clients]
+        for c in self.clients:
+            try:
+                c.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                c.kill()
+        stamps = [s["oldest_last_pong"] for s in stopped if s.get("oldest_last_pong")]
+        return _sum(stopped) | {
+            "close_seconds": max(s["close_seconds"] for s in stopped),
+            "oldest_last_pong": min(stamps) if stamps else None,
+        }
+
+    def cpu_seconds(self) -> float:
+        return sum(tree_cpu_seconds(c.popen.pid) for c in self.clients)
+
+    def kill(self) -> None:
+        for c in self.clients:
+            c.kill()
+
+
+def _sum(events: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = (
+        "open",
+        "connected",
+        "failed",
+        "retries",
+        "pings",
+        "pongs_sent",
+        "other_frames",
+        "closed_by_server",
+        "lost",
+        "rss_kb",
+        "cpu_s",
+    )
+    total: dict[str, Any] = {k: sum(e.get(k, 0) for e in events) for k in keys}
+    total["last_error"] = "; ".join(e["last_error"] for e in events if e.get("last_error"))
+    return total
+
+
+class Gateway:
+    """The gateway process plus its admin API."""
+
+    def __init__(
+        self, firestore_host: str, ping_interval: float, args: argparse.Namespace, label: str
+    ) -> None:
+        self.port = free_port("0.0.0.0")
+        self.token = "".join(
+            secrets.choice(string.ascii_letters + string.digits) for _ in range(32)
+        )
+        env = {
+            "FIRESTORE_EMULATOR_HOST": firestore_host,
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "GATEWAY_ADMIN_TOKEN": self.token,
+            "GATEWAY_PORT": str(self.port),
+            "GATEWAY_HOST": "0.0.0.0",
+            "GATEWAY_INSTANCE_ID": f"bench-{label}",
+            "PING_INTERVAL": str(ping_interval),
+            "LOG_LEVEL": "WARNING",
+            "WS_IMPLEMENTATION": args.ws_impl,
+        }
+        self.proc: Process = gateway_process(env, "127.0.0.1", self.port, RUN_DIR)
+        if args.gateway_cmd:
+            # Experiments only: run a variant entry point (same env, same readiness probe).
+            self.proc.argv = shlex.split(args.gateway_cmd)
+        with self.proc.log_path.open("a") as fh:
+            fh.write(
+                f"===== bench {label}: {datetime.now(UTC).isoformat()} "
+                f"PING_INTERVAL={ping_interval} WS_IMPLEMENTATION={args.ws_impl} =====\n"
+            )
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        )
+
+    def start(self) -> None:
+        self.proc.start()
+        self.proc.wait_ready(60)
+        assert self.proc.popen is not None
+        self.ps = psutil.Process(self.proc.popen.pid)
+        limits = self.ps.rlimit(psutil.RLIMIT_NOFILE)
+        if limits[0] < DEFAULT_MEMORY_CONNECTIONS + 1000:
+            log(f"WARNING: gateway fd limit is {limits}, too low for 10,000 sockets")
+
+    @property
+    def pid(self) -> int:
+        return self.ps.pid
+
+    def alive(self) -> bool:
+        return self.proc.popen is not None and self.proc.popen.poll() is None
+
+    def stats(self) -> dict[str, Any]:
+        response = self.http.get("/ws/stats")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        body.pop("connected_users", None)  # 10,000 ids are of no use here
+        return body
+
+    def connections(self) -> int:
+        response = self.http.get("/healthz")
+        response.raise_for_status()
+        return int(response.json()["connections"])
+
+    def wait_connections(self, want: int, timeout: float) -> float:
+        """Poll /healthz (cheap) until ``want``, confirm with /ws/stats; return when it was seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.connections() == want and self.stats()["total_connections"] == want:
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"gateway holds {self.connections()} sockets, wanted {want} "
+                    f"after {timeout:.0f}s"
+                )
+            if not self.alive():
+                raise RuntimeError(f"gateway exited; see {self.proc.log_path}")
+            time.sleep(0.25)
+
+    def rss_kb(self, samples: int = 3) -> float:
+        values = []
+        for i in range(samples):
+            if i:
+                time.sleep(0.5)
+            values.append(self.ps.memory_info().rss / 1024)
+        return statistics.median(values)
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def stop(self) -> int | None:
+        """SIGTERM (graceful: uvicorn drains, the writer flushes), SIGKILL after 20 s; the exit
+        code is -15 after a graceful stop because uvicorn re-raises the signal it caught."""
+        self.http.close()
+        started = time.monotonic()
+        self.proc.stop(grace=20)
+        self.stop_seconds = round(time.monotonic() - started, 2)
+        return None if self.proc.popen is None else self.proc.popen.returncode
+
+
+# --- Firestore helpers -------------------------------------------------------------------------
+
+
+def clear_firestore(host: str) -> None:
+    url = f"http://{host}/emulator/v1/projects/{PROJECT}/databases/(default)/documents"
+    httpx.delete(url, timeout=30).raise_for_status()
+
+
+def count_members(host: str, since: datetime | None = None) -> int | None:
+    """Count ``members`` documents (with ``last_pong_at >= since``) through the REST API."""
+    query: dict[str, Any] = {"from": [{"collectionId": "members"}]}
+    if since is not None:
+        stamp = since.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        query["where"] = {
+            "fieldFilter": {
+                "field": {"fieldPath": "last_pong_at"},
+                "op": "GREATER_THAN_OR_EQUAL",
+                "value": {"timestampValue": stamp},
+            }
+        }
+    body = {
+        "structuredAggregationQuery": {
+            "structuredQuery": query,
+            "aggregations": [{"alias": "n", "count": {}}],
+        }
+    }
+    url = f"http://{host}/v1/projects/{PROJECT}/databases/(default)/documents:runAggregationQuery"
+    try:
+        response = httpx.post(url, json=body, headers={"Authorization": "Bearer owner"}, timeout=60)
+        response.raise_for_status()
+        for item in response.json():
+            fields = item.get("result", {}).get("aggregateFields", {})
+            if "n" in fields:
+                return int(fields["n"]["integerValue"])
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        log(f"count query failed: {exc!r}")
+    return None
+
+
+# --- scenarios ---------------------------------------------------------------------------------
+
+
+def scenario_memory(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, Any]:
+    n = args.memory_connections
+    log(f"A: memory per idle socket, {n} sockets, PING_INTERVAL=30, ws={args.ws_impl}")
+    gw = Gateway(fs_host, 30.0, args, "memory")
+    stack.append(gw)
+    gw.start()
+
+    warm = LoadClients(
+        port=gw.port, count=args.warmup_sockets, mode="idle", prefix="warm", args=args
+    )
+    stack.append(warm)
+    warm.wait_ready(60)
+    gw.wait_connections(args.warmup_sockets, 30)
+    warm.stop()
+    stack.remove(warm)
+    gw.wait_connections(0, 30)
+    time.sleep(args.settle)
+    rss_before = gw.rss_kb()
+    cpu_before = gw.cpu_seconds()
+    log(f"A: baseline RSS {rss_before / 1024:.1f} MB; opening {n} sockets")
+
+    m0, t0 = busy_cpus(), time.monotonic()
+    profiler = start_profiler(args, gw.pid, "connect", max(5.0, n / 400))
+    clients = LoadClients(port=gw.port, count=n, mode="idle", prefix="mem", args=args)
+    stack.append(clients)
+    ready = clients.wait_ready(max(120, n / 50))
+    stop_profiler(profiler)
+    seen_at = gw.wait_connections(n, 120) if ready["failed"] == 0 else None
+    server_seconds = None if seen_at is None else seen_at - clients.started
+    connect_cpu = gw.cpu_seconds() - cpu_before
+    machine_cpu = 100 * (busy_cpus() - m0) / max(time.monotonic() - t0, 1e-9)
+    log(
+        f"A: {ready['connected']} connected ({ready['failed']} failed) in {ready['seconds']:.1f}s"
+        f" (client side); gateway saw {n} after "
+        f"{'n/a' if server_seconds is None else f'{server_seconds:.1f}s'}"
+    )
+    if ready["failed"]:
+        log(f"A: last client error: {ready['last_error']}")
+        gw.wait_connections(ready["connected"], 60)
+    time.sleep(args.settle_after)
+    rss_after = gw.rss_kb()
+    held = gw.stats()["total_connections"]
+    try:
+        mem = gw.ps.memory_full_info()
+        uss_kb: float | None = mem.uss / 1024
+    except (psutil.AccessDenied, AttributeError):
+        uss_kb = None
+    client_stats = clients.stats()
+    per_conn = (rss_after - rss_before) / max(held, 1)
+    log(
+        f"A: RSS {rss_before / 1024:.1f} MB -> {rss_after / 1024:.1f} MB with {held} sockets: "
+        f"{per_conn:.1f} KB per socket"
+    )
+
+    stop = clients.stop()
+    stack.remove(clients)
+    closed_at = time.monotonic()
+    gw.wait_connections(0, 60)
+    disconnect_seconds = time.monotonic() - closed_at + stop["close_seconds"]
+    time.sleep(1)
+    rss_closed = gw.rss_kb(1)
+    alive = gw.alive()
+    code = gw.stop()
+    stack.remove(gw)
+    return {
+        "connections": n,
+        "ws_implementation": args.ws_impl,
+        "client": args.client,
+        "connected": ready["connected"],
+        "failed": ready["failed"],
+        "held_by_gateway": held,
+        "connect_seconds_client": ready["seconds"],
+        "connect_seconds_server": None if server_seconds is None else round(server_seconds, 2),
+        "connect_rate_per_s": round(ready["connected"] / max(ready["seconds"], 1e-9), 1),
+        "gateway_cpu_seconds_connecting": round(connect_cpu, 2),
+        "machine_cpu_percent_connecting": round(machine_cpu, 1),
+        "rss_before_kb": round(rss_before),
+        "rss_after_kb": round(rss_after),
+        "uss_after_kb": None if uss_kb is None else round(uss_kb),
+        "rss_after_close_kb": round(rss_closed),
+        "per_connection_kb": round(per_conn, 2),
+        "client_rss_kb": client_stats["rss_kb"],
+        "client_per_connection_kb": round(client_stats["rss_kb"] / max(n, 1), 2),
+        "closed_by_server": client_stats["closed_by_server"],
+        "lost": client_stats["lost"],
+        "disconnect_seconds": round(disconnect_seconds, 2),
+        "gateway_alive_at_end": alive,
+        "gateway_exit_code": code,
+        "gateway_stop_seconds": gw.stop_seconds,
+    }
+
+
+def scenario_pongs(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, Any]:
+    n = args.pong_connections
+    interval = args.ping_interval
+    log(f"B: pong persistence, {n} sockets, PING_INTERVAL={interval:g}, ws={args.ws_impl}")
+    clear_firestore(fs_host)
+    gw = Gateway(fs_host, interval, args, "pongs")
+    stack.append(gw)
+    gw.start()
+    clients = LoadClients(port=gw.port, count=n, mode="pong", prefix="pong", args=args)
+    stack.append(clients)
+    ready = clients.wait_ready(max(120, n / 50))
+    if ready["failed"]:
+        log(f"B: {ready['failed']} sockets failed: {ready['last_error']}")
+    gw.wait_connections(ready["connected"], 120)
+    log(
+        f"B: {ready['connected']} sockets answering pings after {ready['seconds']:.1f}s; "
+        f"warm-up {args.warmup:g}s"
+    )
+    time.sleep(args.warmup)
+
+    fs_pid = args._firestore_pid
+    s0, c0, t0 = gw.stats(), gw.cpu_seconds(), time.monotonic()
+    fs0, cl0, k0 = tree_cpu_seconds(fs_pid), clients.cpu_seconds(), clients.stats()
+    m0 = busy_cpus()
+    trend = []
+    profiler = start_profiler(args, gw.pid, "pongs", args.window)
+    log(f"B: steady window {args.window:g}s")
+    while time.monotonic() - t0 < args.window:
+        time.sleep(min(5.0, max(0.0, args.window - (time.monotonic() - t0))))
+        snap = gw.stats()["pong_writer"]
+        trend.append({"t": round(time.monotonic() - t0, 1), **snap})
+        log(
+            f"B:  t={trend[-1]['t']:5.1f}s received={snap['pongs_received']} "
+            f"persisted={snap['pongs_persisted']} buffered={snap['buffered_docs']} "
+            f"p99={snap['lag_p99_ms']}ms"
+        )
+    s1, c1, t1 = gw.stats(), gw.cpu_seconds(), time.monotonic()
+    fs1, cl1, k1 = tree_cpu_seconds(fs_pid), clients.cpu_seconds(), clients.stats()
+    m1 = busy_cpus()
+    stop_profiler(profiler)
+    wall = t1 - t0
+    w0, w1 = s0["pong_writer"], s1["pong_writer"]
+    received = w1["pongs_received"] - w0["pongs_received"]
+    persisted = w1["pongs_persisted"] - w0["pongs_persisted"]
+    writes = w1["writes_committed"] - w0["writes_committed"]
+    commits = w1["commits"] - w0["commits"]
+    cpu = c1 - c0
+
+    stop = clients.stop()
+    stack.remove(clients)
+    drain_started = time.monotonic()
+    final = gw.stats()["pong_writer"]
+    while final["pongs_persisted"] < final["pongs_received"]:
+        if time.monotonic() - drain_started > args.drain:
+            break
+        time.sleep(0.25)
+        final = gw.stats()["pong_writer"]
+    drain_seconds = time.monotonic() - drain_started
+    all_persisted = (
+        final["pongs_persisted"] == final["pongs_received"] and final["dropped_writes"] == 0
+    )
+    log(
+        f"B: after stop: received={final['pongs_received']} persisted={final['pongs_persisted']}"
+        f" (drained in {drain_seconds:.1f}s), failed_commits={final['failed_commits']}, "
+        f"dropped={final['dropped_writes']}"
+    )
+    # Firestore's own view: each socket's last pong was sent at or after ``oldest_last_pong``
+    # (client clock = gateway clock, same host) and received later still, so when every pong
+    # was persisted every members document has last_pong_at >= oldest_last_pong.
+    members = count_members(fs_host)
+    oldest = stop.get("oldest_last_pong")
+    recent = (
+        None
+        if oldest is None
+        else count_members(fs_host, datetime.fromtimestamp(oldest, UTC) - timedelta(milliseconds=5))
+    )
+    gw.wait_connections(0, 60)
+    alive = gw.alive()
+    code = gw.stop()
+    stack.remove(gw)
+    return {
+        "connections": n,
+        "ping_interval": interval,
+        "ws_implementation": args.ws_impl,
+        "client": args.client,
+        "connected": ready["connected"],
+        "failed": ready["failed"],
+        "connect_seconds_client": ready["seconds"],
+        "window_seconds": round(wall, 2),
+        "pongs_received_per_s": round(received / wall, 1),
+        "pongs_persisted_per_s": round(persisted / wall, 1),
+        "writes_committed_per_s": round(writes / wall, 1),
+        "commits_per_s": round(commits / wall, 2),
+        "expected_pongs_per_s": round(ready["connected"] / interval, 1),
+        "client_pongs_sent_per_s": round((k1["pongs_sent"] - k0["pongs_sent"]) / wall, 1),
+        "gateway_cpu_percent": round(100 * cpu / wall, 1),
+        "cpu_seconds_per_1000_pongs": None if not persisted else round(cpu / persisted * 1000, 4),
+        "firestore_cpu_percent": round(100 * (fs1 - fs0) / wall, 1),
+        "client_cpu_percent": round(100 * (cl1 - cl0) / wall, 1),
+        # Everything busy on the machine (100 % = one core); what the gateway, emulator and
+        # client do not account for is loopback softirq time, the harness, a profiler or
+        # other processes.
+        "machine_cpu_percent": round(100 * (m1 - m0) / wall, 1),
+        "other_cpu_percent": round(100 * ((m1 - m0) - cpu - (fs1 - fs0) - (cl1 - cl0)) / wall, 1),
+        "lag_p50_ms": w1["lag_p50_ms"],
+        "lag_p99_ms": w1["lag_p99_ms"],
+        "window_start": w0,
+        "window_end": w1,
+        "trend": trend,
+        "final": final,
+        "client_pongs_sent_total": stop["pongs_sent"],
+        "client_pings_total": stop["pings"],
+        "drain_seconds": round(drain_seconds, 2),
+        "all_persisted": all_persisted,
+        "firestore_members": members,
+        "firestore_members_recent": recent,
+        "closed_by_server": stop["closed_by_server"],
+        "lost": stop["lost"],
+        "gateway_alive_at_end": alive,
+        "gateway_exit_code": code,
+        "gateway_stop_seconds": gw.stop_seconds,
+    }
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _level(line: str) -> str | None:
+    """The level of a log line in the gateway's format (``time LEVEL name msg``) or in
+    Litestar's default one (``LEVEL - time - name - module - msg``)."""
+    head = line[:40].replace(" - ", " ").split()
+    for word in head[:4]:
+        if word in _LEVELS:
+            return word
+    return None
+
+
+def scan_gateway_log(path: Path) -> dict[str, Any]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {"lines": 0, "tracebacks": 0, "errors": 0, "warnings": 0, "info": 0, "samples": []}
+    levels = [_level(line) for line in lines]
+    samples = [
+        line
+        for line, level in zip(lines, levels, strict=True)
+        if level in ("WARNING", "ERROR", "CRITICAL") or "Traceback" in line
+    ]
+    return {
+        "lines": len(lines),
+        "tracebacks": sum("Traceback" in line for line in lines),
+        "errors": sum(level in ("ERROR", "CRITICAL") for level in levels),
+        "warnings": levels.count("WARNING"),
+        # LOG_LEVEL=WARNING is set: any INFO line means the level was not honoured.
+        "info": levels.count("INFO") + levels.count("DEBUG"),
+        "samples": samples[:15],
+    }
+
+
+def checks(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    mem = results.get("memory")
+    if mem:
+        rows.append(
+            {
+                "figure": f"memory per idle socket @ {mem['held_by_gateway']:,} sockets",
+                "value": f"{mem['per_connection_kb']:.1f} KB",
+                "target": f"<= {TARGET_MEMORY_KB:g} KB @ {DEFAULT_MEMORY_CONNECTIONS:,}",
+                "ok": mem["per_connection_kb"] <= TARGET_MEMORY_KB
+                and mem["held_by_gateway"] == mem["connections"],
+            }
+        )
+        rows.append(
+            {
+                "figure": f"time to connect {mem['connections']:,} sockets",
+                "value": f"{mem['connect_seconds_client']:.1f} s "
+                f"({mem['connect_rate_per_s']:.0f}/s, {mem['failed']} failed)",
+                "target": "all connect",
+                "ok": mem["failed"] == 0,
+            }
+        )
+    pongs = results.get("pongs")
+    if pongs:
+        rows.append(
+            {
+                "figure": "pongs received / persisted per s (ping cadence)",
+                "value": f"{pongs['pongs_received_per_s']:.0f} / "
+                f"{pongs['pongs_persisted_per_s']:.0f}",
+                "target": f"~{pongs['expected_pongs_per_s']:.0f} (sockets / interval)",
+                "ok": pongs["pongs_received_per_s"] >= 0.95 * pongs["expected_pongs_per_s"],
+            }
+        )
+        rows.append(
+            {
+                "figure": "Firestore writes committed per s",
+                "value": f"{pongs['writes_committed_per_s']:.0f} "
+                f"({pongs['commits_per_s']:.1f} commits/s)",
+                "target": "-",
+                "ok": None,
+            }
+        )
+        rows.append(
+            {
+                "figure": "gateway CPU over the window",
+                "value": f"{pongs['gateway_cpu_percent']:.0f} % of one core "
+                f"({pongs['cpu_seconds_per_1000_pongs']} CPU-s / 1000 pongs)",
+                "target": "-",
+                "ok": None,
+            }
+        )
+        rows.append(
+            {
+                "figure": "pong lag p50 / p99 (end of window)",
+                "value": f"{pongs['lag_p50_ms']} / {pongs['lag_p99_ms']} ms",
+                "target": f"p99 < {TARGET_P99_MS:g} ms @ {DEFAULT_PONG_CONNECTIONS:,}, 1 s",
+                "ok": pongs["lag_p99_ms"] is not None and pongs["lag_p99_ms"] < TARGET_P99_MS,
+            }
+        )
+        final = pongs["final"]
+        rows.append(
+            {
+                "figure": "every received pong persisted",
+                "value": f"{final['pongs_persisted']:,} of {final['pongs_received']:,} "
+                f"(drain {pongs['drain_seconds']:.1f} s, failed commits "
+                f"{final['failed_commits']}, dropped {final['dropped_writes']})",
+                "target": "all",
+                "ok": pongs["all_persisted"],
+            }
+        )
+        rows.append(
+            {
+                "figure": "members docs holding each user's last pong (Firestore)",
+                "value": f"{pongs['firestore_members_recent']} of {pongs['connected']}",
+                "target": "all",
+                "ok": pongs["firestore_members_recent"] == pongs["connected"],
+            }
+        )
+    glog = results.get("gateway_log", {})
+    rows.append(
+        {
+            "figure": "gateway log (.run/bench/gateway.log)",
+            "value": f"{glog.get('tracebacks', 0)} tracebacks, {glog.get('errors', 0)} errors, "
+            f"{glog.get('warnings', 0)} warnings",
+            "target": "no tracebacks",
+            "ok": glog.get("tracebacks", 0) == 0,
+        }
+    )
+    rows.append(
+        {
+            "figure": "LOG_LEVEL=WARNING honoured",
+            "value": f"{glog.get('info', 0):,} INFO/DEBUG lines logged",
+            "target": "0",
+            "ok": glog.get("info", 0) == 0,
+        }
+    )
+    return rows
+
+
+def print_summary(rows: list[dict[str, Any]], results: dict[str, Any]) -> None:
+    width = [
+        max(len(r["figure"]) for r in rows),
+        max(len(r["value"]) for r in rows),
+        max(len(r["target"]) for r in rows),
+    ]
+    mark = {True: "PASS", False: "FAIL", None: "info"}
+    line = "+-" + "-+-".join("-" * w for w in width) + "-+------+"
+    print()
+    print("Gateway benchmark summary")
+    print(line)
+    print(
+        "| "
+        + " | ".join(
+            h.ljust(w) for h, w in zip(("figure", "measured", "target"), width, strict=True)
+        )
+        + " |      |"
+    )
+    print(line)
+    for r in rows:
+        cells = (r["figure"], r["value"], r["target"])
+        print(
+            "| "
+            + " | ".join(c.ljust(w) for c, w in zip(cells, width, strict=True))
+            + f" | {mark[r['ok']]} |"
+        )
+    print(line)
+    mem = results.get("memory")
+    if mem:
+        print(
+            f"memory: RSS {mem['rss_before_kb'] / 1024:.1f} MB -> {mem['rss_after_kb'] / 1024:.1f}"
+            f" MB (USS {(mem['uss_after_kb'] or 0) / 1024:.1f} MB), "
+            f"{mem['rss_after_close_kb'] / 1024:.1f} MB after all closed; client "
+            f"{mem['client_per_connection_kb']:.1f} KB/socket"
+        )
+    pongs = results.get("pongs")
+    if pongs:
+        print(
+            f"pongs: window {pongs['window_seconds']:.1f} s; client sent "
+            f"{pongs['client_pongs_sent_per_s']:.0f}/s; CPU: firestore emulator "
+            f"{pongs['firestore_cpu_percent']:.0f} %, client {pongs['client_cpu_percent']:.0f} %"
+            f", unattributed {pongs['other_cpu_percent']:.0f} % (kernel softirq, harness, "
+            f"profiler, other processes; 100 % = one core of "
+            f"{os.cpu_count()}); Firestore members docs {pongs['firestore_members']}"
+        )
+    for name in ("connect", "pongs"):
+        top = top_frames(RUN_DIR / f"profile-{name}.txt", 8)
+        if top:
+            print(
+                f"profile {name} (self time): "
+                + ", ".join(f"{frame} {share}%" for frame, share in top)
+            )
+    for sample in results.get("gateway_log", {}).get("samples", [])[:5]:
+        print(f"gateway log: {sample[:160]}")
+    print(f"results: {RUN_DIR / 'results.json'}")
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench", description="Gateway benchmarks (see tests/bench/runner.py)"
+    )
+    parser.add_argument("--only", choices=("memory", "pongs"))
+    parser.add_argument(
+        "--connections",
+        type=int,
+        help="sockets for both scenarios (default 10,000 memory, 5,000 pongs)",
+    )
+    parser.add_argument("--memory-connections", type=int, default=None)
+    parser.add_argument("--pong-connections", type=int, default=None)
+    parser.add_argument("--ping-interval", type=float, default=1.0, help="scenario B")
+    parser.add_argument("--window", type=float, default=20.0, help="B steady window, s")
+    parser.add_argument("--warmup", type=float, default=5.0, help="B warm-up before window, s")
+    parser.add_argument("--drain", type=float, default=10.0, help="B wait for persistence, s")
+    parser.add_argument("--settle", type=float, default=3.0, help="A settle before baseline, s")
+    parser.add_argument("--settle-after", type=float, default=5.0, help="A settle after, s")
+    parser.add_argument("--warmup-sockets", type=int, default=100)
+    parser.add_argument(
+        "--ws-impl",
+        default="wsproto",
+        choices=("wsproto", "websockets", "websockets-sansio"),
+        help="the gateway's WS_IMPLEMENTATION",
+    )
+    parser.add_argument(
+        "--client", choices=("raw", "websockets"), default="raw", help="load client implementation"
+    )
+    parser.add_argument("--client-concurrency", type=int, default=200)
+    parser.add_argument("--hosts", type=int, default=50, help="loopback addresses to spread over")
+    parser.add_argument(
+        "--py-spy",
+        metavar="BIN",
+        default=None,
+        help="profile the gateway with this py-spy binary (A: connecting, "
+        "B: steady window) into .run/bench/profile-*.txt",
+    )
+    parser.add_argument(
+        "--gateway-cmd",
+        default=None,
+        help="experiments: run this command instead of `python -m gateway` (same env)",
+    )
+    parser.add_argument("--results", type=Path, default=RUN_DIR / "results.json")
+    args = parser.parse_args(argv)
+    args.memory_connections = (
+        args.memory_connections or args.connections or DEFAULT_MEMORY_CONNECTIONS
+    )
+    args.pong_connections = args.pong_connections or args.connections or DEFAULT_PONG_CONNECTIONS
+    return args
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def busy_cpus() -> float:
+    """Machine-wide busy CPU-seconds so far (all cores): to spot other load during a window."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Clean up on SIGTERM too, and on SIGINT even when started in the background (where a
+    # non-interactive shell leaves SIGINT ignored).
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    for name in (
+        "gateway.log",
+        "firestore.log",
+        "client.log",
+        "py-spy.log",
+        "profile-connect.txt",
+        "profile-pongs.txt",
+    ):
+        (RUN_DIR / name).unlink(missing_ok=True)
+    soft, hard = raise_fd_limit()
+    need = max(args.memory_connections, args.pong_connections) + 1000
+    if soft < need:
+        log(f"WARNING: open-file limit {soft} is below the {need} the gateway needs")
+    results: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "fd_limit": [soft, hard],
+            "memory_mb": psutil.virtual_memory().total // 2**20,
+        },
+    }
+    stack: list[Any] = []
+    status = 0
+    started = time.monotonic()
+    fs_port = free_port()
+    fs_host = f"127.0.0.1:{fs_port}"
+    firestore = firestore_process("127.0.0.1", fs_port, RUN_DIR)
+    try:
+        log(f"starting the Firestore emulator on {fs_host}")
+        firestore.start()
+        firestore.wait_ready(60)
+        assert firestore.popen is not None
+        args._firestore_pid = firestore.popen.pid
+        if args.only in (None, "memory"):
+            results["memory"] = scenario_memory(fs_host, args, stack)
+        if args.only in (None, "pongs"):
+            results["pongs"] = scenario_pongs(fs_host, args, stack)
+    except KeyboardInterrupt:
+        log("interrupted")
+        status = 130
+    except Exception as exc:
+        log(f"FAILED: {exc!r}")
+        results["error"] = repr(exc)
+        status = 1
+    finally:
+        for item in reversed(stack):
+            try:
+                if isinstance(item, LoadClients):
+                    item.kill()
+                else:
+                    item.stop()
+            except Exception as exc:
+                log(f"cleanup of {item!r} failed: {exc!r}")
+        firestore.stop()
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["gateway_log"] = scan_gateway_log(RUN_DIR / "gateway.log")
+    rows = checks(results, args)
+    results["summary"] = rows
+    results.pop("args", None)
+    results["args"] = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if not k.startswith("_")
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print_summary(rows, results)
+    log(f"done in {results['seconds']:.0f}s")
+    if status == 0 and any(r["ok"] is False for r in rows):
+        status = 3
+    return status
