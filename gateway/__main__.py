@@ -7,7 +7,7 @@ import sys
 
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import create_asgi
 from gateway.exceptions import ConfigError
 from gateway.settings import Settings
 
@@ -23,7 +23,7 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    app = create_app(settings)
+    app = create_asgi(settings)
     uvicorn.run(
         app,
         host=settings.host,

@@ -44,6 +44,18 @@ class Connection:
             return False
         return True
 
+    async def push(self, text: str) -> bool:
+        """Send without a timeout: for the ping loop, where one timer per socket per round costs
+        more than the send. uvicorn's wsproto transport never waits on the client (frames queue
+        in the transport), so this cannot stall on a slow reader."""
+        if self.closed:
+            return False
+        try:
+            await self._send({"type": "websocket.send", "text": text})
+        except Exception:
+            return False
+        return True
+
     async def close(self, code: int, reason: str = "") -> None:
         if self.closed:
             return

@@ -238,17 +238,29 @@ class PresenceService:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             started = loop.time()
             try:
-                if self.registry.total_connections:
-                    text = messages.encode_ping(utc_now())
-                    self.pings_sent += await self._send_all(list(self.registry), text)
+                await self.ping_round()
             except Exception:
                 logger.exception("ping round failed")
+            took = loop.time() - started
             next_at += interval
             if next_at < loop.time():
-                # A round took longer than the interval: skip ahead instead of bursting.
-                logger.warning(
-                    "ping round took %.2fs, longer than PING_INTERVAL=%gs",
-                    loop.time() - started,
-                    interval,
-                )
-                next_at = loop.time() + interval
+                # Behind schedule: start the next round now rather than bursting to catch up.
+                if took > interval:
+                    logger.warning(
+                        "ping round took %.2fs, longer than PING_INTERVAL=%gs", took, interval
+                    )
+                next_at = loop.time()
+
+    async def ping_round(self) -> int:
+        """Send one ping to every socket; return how many took it."""
+        if not self.registry.total_connections:
+            return 0
+        text = messages.encode_ping(utc_now())
+        sent = 0
+        for index, conn in enumerate(list(self.registry), 1):
+            sent += await conn.push(text)
+            if index % SEND_CHUNK == 0:
+                # wsproto sends complete without suspending: yield so pongs keep flowing.
+                await asyncio.sleep(0)
+        self.pings_sent += sent
+        return sent

@@ -1,8 +1,8 @@
 """The socket edge: a raw ASGI handler for ``/ws/connect/{user_id}``.
 
-It is mounted as a Litestar ``@asgi`` route rather than a ``@websocket`` handler because it is
-the one path held open by every client: talking ASGI directly skips a request object and a
-middleware frame per socket, which is measurable at 10,000 sockets (see README, Benchmarks).
+``gateway.app.SocketFastPath`` routes the socket path here before Litestar, because it is the
+one path held open by every client: talking ASGI directly skips a request object and the
+router's frames per socket, which is measurable at 10,000 sockets (see README, Benchmarks).
 All decisions are made by ``gateway.protocol``; this module only moves frames in and out.
 
 Close codes: 1009 frame too large; 4400 invalid user id; 1011 internal error.
@@ -46,9 +46,8 @@ def valid_user_id(user_id: str) -> bool:
     )
 
 
-async def serve_socket(service: PresenceService, scope: Any, receive: Any, send: Any) -> None:
+async def serve_socket(service: PresenceService, user_id: str, receive: Any, send: Any) -> None:
     """Run one client socket from handshake to close."""
-    user_id = str(scope.get("path_params", {}).get("user_id", ""))
     event = await receive()
     if event["type"] != "websocket.connect":
         return

@@ -111,12 +111,12 @@ class WriteBehind:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def lag_percentile(self, q: float) -> float | None:
-        """Pong-received-to-commit lag in seconds at quantile ``q`` over recent pongs."""
+    def lag_percentiles(self, *quantiles: float) -> list[float | None]:
+        """Pong-received-to-commit lag in seconds at each quantile, over recent pongs."""
         if not self._lags:
-            return None
+            return [None for _ in quantiles]
         ordered = sorted(self._lags)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        return [ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in quantiles]
 
     # --- lifecycle ---------------------------------------------------------------------------
 
