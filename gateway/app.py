@@ -7,6 +7,7 @@ service inside the app's lifespan, on the running event loop.
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -39,6 +40,7 @@ from gateway.service import MessageHandler, PresenceService, log_message
 from gateway.settings import Settings
 from gateway.sockets import serve_socket
 from gateway.store import FirestoreStore, Store
+from gateway.writer import LAG_BUCKETS
 
 logger = logging.getLogger("gateway.app")
 
@@ -108,6 +110,13 @@ def ws_stats(request: Request[Any, Any, Any]) -> StatsResponse:
             dropped_writes=writer.dropped_writes,
             lag_p50_ms=None if p50 is None else round(p50 * 1000, 2),
             lag_p99_ms=None if p99 is None else round(p99 * 1000, 2),
+            lag_histogram_ms=dict(
+                zip(
+                    (("+Inf" if b == float("inf") else f"{b * 1000:g}") for b in LAG_BUCKETS),
+                    itertools.accumulate(writer.lag_counts),
+                    strict=True,
+                )
+            ),
         ),
     )
 

@@ -87,6 +87,9 @@ class PongWriterStats(msgspec.Struct):
     dropped_writes: int
     lag_p50_ms: float | None
     lag_p99_ms: float | None
+    #: Cumulative count of persisted pongs by lag, keyed by the bucket's upper bound in ms
+    #: ("+Inf" last): subtract two snapshots for the lag of the pongs in between.
+    lag_histogram_ms: dict[str, int]
 
 
 class StatsResponse(msgspec.Struct):

@@ -9,9 +9,10 @@ Guarantees:
 * Pending writes to the same document merge as Firestore's ``set(merge=True)`` would (nested
   maps merge, later fields win), so a user who pongs twice before
   a flush costs one write and ``last_pong_at`` still ends at the newest pong.
-* A flush starts at most ``flush_interval`` after the first pending write.
-* Batches in flight never share a document, and a flush finishes before the next starts, so a
-  document's fields never move backwards.
+* A batch is committed as soon as it is full, or when its oldest write has waited
+  ``flush_interval``, whichever comes first, and a commit slot is free.
+* A document is never in two commits at once (later writes wait in the buffer until the
+  earlier commit ends), so a document's fields never move backwards.
 * A failed batch goes back into the buffer (newer pending fields still win) and the writer backs
   off exponentially, up to ``MAX_BACKOFF``; sockets are unaffected.
 * Memory is bounded by ``max_docs`` pending documents: the buffer holds one entry per
@@ -22,11 +23,13 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +40,32 @@ logger = logging.getLogger("gateway.writer")
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 LAG_SAMPLES = 100_000
+#: Upper bounds (seconds) of the cumulative pong-lag histogram, Prometheus style: a reader
+#: takes two snapshots and computes percentiles over exactly the pongs in between.
+LAG_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    1.0,
+    1.25,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    math.inf,
+)
 
 
 @dataclass(slots=True)
@@ -44,6 +73,7 @@ class _Pending:
     fields: dict[str, Any]
     pongs: int
     first_pong: float  # monotonic receive time of the oldest pong not yet committed
+    since: float  # monotonic time of the oldest write not yet committed
 
 
 class WriteBehind:
@@ -62,11 +92,12 @@ class WriteBehind:
         self.concurrency = concurrency
         self.max_docs = max_docs
         self._buffer: dict[tuple[str, str], _Pending] = {}
-        self._nonempty = asyncio.Event()
-        self._full = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._inflight_keys: set[tuple[str, str]] = set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self.lag_counts = [0] * len(LAG_BUCKETS)
         self.pongs_received = 0
         self.pongs_persisted = 0
         self.writes_committed = 0
@@ -95,10 +126,11 @@ class WriteBehind:
                 return False
             fields: dict[str, Any] = {}
             merge_fields(fields, write.fields)
-            self._buffer[key] = _Pending(fields, int(pong), time.monotonic() if pong else math.inf)
-            self._nonempty.set()
-            if len(self._buffer) >= self.batch_size:
-                self._full.set()
+            now = time.monotonic()
+            self._buffer[key] = _Pending(fields, int(pong), now if pong else math.inf, now)
+            if len(self._buffer) == 1 or len(self._buffer) % self.batch_size == 0:
+                # The buffer became non-empty (start the flush timer) or filled another batch.
+                self._wakeup.set()
         else:
             merge_fields(pending.fields, write.fields)
             if pong:
@@ -126,8 +158,7 @@ class WriteBehind:
     async def close(self, deadline: float = 10.0) -> None:
         """Flush what is pending, giving up after ``deadline`` seconds (and saying so)."""
         self._closing = True
-        self._nonempty.set()
-        self._full.set()
+        self._wakeup.set()
         if self._task is None:
             return
         try:
@@ -139,26 +170,76 @@ class WriteBehind:
             )
 
     async def run(self) -> None:
+        """Keep up to ``concurrency`` commits in flight, each started as soon as a slot frees
+        and a batch is due (full, or its oldest write has waited ``flush_interval``)."""
+        inflight: dict[asyncio.Task[None], list[tuple[tuple[str, str], _Pending]]] = {}
         backoff = 0.0
-        while True:
-            if not self._buffer:
-                if self._closing:
+        retry_at = 0.0
+        wake: asyncio.Task[bool] | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                while len(inflight) < self.concurrency and now >= retry_at:
+                    chunk = self._take_due(now)
+                    if not chunk:
+                        break
+                    inflight[asyncio.create_task(self._commit(chunk))] = chunk
+                if not inflight and not self._buffer and self._closing:
                     return
-                self._nonempty.clear()
-                await self._nonempty.wait()
-                continue
-            if len(self._buffer) < self.batch_size and not self._closing:
-                # Let writes gather for up to one flush interval unless a batch is already full.
-                try:
-                    await asyncio.wait_for(self._full.wait(), self.flush_interval)
-                except TimeoutError:
-                    pass
-            self._full.clear()
-            if await self.flush_once():
-                backoff = 0.0
-                continue
-            backoff = min(max(backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
-            await asyncio.sleep(backoff)
+                if wake is None or wake.done():
+                    self._wakeup.clear()
+                    wake = asyncio.create_task(self._wakeup.wait())
+                done, _ = await asyncio.wait(
+                    [*inflight, wake],
+                    timeout=self._until_due(now, retry_at),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in done:
+                    chunk = inflight.pop(task, None)  # type: ignore[arg-type]
+                    if chunk is None:
+                        continue
+                    self._inflight_keys.difference_update(key for key, _ in chunk)
+                    error = task.exception()
+                    if error is None:
+                        backoff = 0.0
+                        continue
+                    self.failed_commits += 1
+                    self._requeue(chunk)
+                    backoff = min(max(backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
+                    retry_at = time.monotonic() + backoff
+                    logger.warning(
+                        "commit of %d writes failed (%d now pending, retry in %.1fs): %r",
+                        len(chunk),
+                        len(self._buffer),
+                        backoff,
+                        error,
+                    )
+        finally:
+            for task in [*inflight, *([wake] if wake else [])]:
+                task.cancel()
+
+    def _eligible(self) -> Iterator[tuple[str, str]]:
+        """Pending documents not already in a commit in flight, oldest first."""
+        return (key for key in self._buffer if key not in self._inflight_keys)
+
+    def _take_due(self, now: float) -> list[tuple[tuple[str, str], _Pending]]:
+        first = next(self._eligible(), None)
+        if first is None:
+            return []
+        due = self._closing or now - self._buffer[first].since >= self.flush_interval
+        keys = list(itertools.islice(self._eligible(), self.batch_size))
+        if not due and len(keys) < self.batch_size:
+            return []
+        self._inflight_keys.update(keys)
+        return [(key, self._buffer.pop(key)) for key in keys]
+
+    def _until_due(self, now: float, retry_at: float) -> float | None:
+        """Seconds until the oldest eligible write is due (None: wait for an event)."""
+        first = next(self._eligible(), None)
+        if first is None:
+            return None
+        due_at = max(self._buffer[first].since + self.flush_interval, retry_at)
+        return max(0.0, due_at - now)
 
     async def flush_once(self) -> bool:
         """Commit up to ``concurrency`` batches of pending writes; True when all succeeded."""
@@ -169,8 +250,6 @@ class WriteBehind:
             [(key, self._buffer.pop(key)) for key in taken[i : i + self.batch_size]]
             for i in range(0, len(taken), self.batch_size)
         ]
-        if len(self._buffer) >= self.batch_size:
-            self._full.set()
         results = await asyncio.gather(
             *(self._commit(chunk) for chunk in chunks), return_exceptions=True
         )
@@ -199,6 +278,7 @@ class WriteBehind:
                 # The oldest pong of a merged entry waited longest: count every pong at that lag.
                 lag = done - pending.first_pong
                 self._lags.extend(itertools.repeat(lag, min(pending.pongs, 16)))
+                self.lag_counts[bisect.bisect_left(LAG_BUCKETS, lag)] += pending.pongs
 
     def _requeue(self, chunk: list[tuple[tuple[str, str], _Pending]]) -> None:
         # Requeued entries may push the buffer past max_docs by at most one flush's worth;
@@ -210,8 +290,9 @@ class WriteBehind:
                 continue
             merge_fields(failed.fields, newer.fields)
             newer.fields = failed.fields
+            newer.since = min(newer.since, failed.since)
             if failed.pongs:
                 newer.first_pong = min(newer.first_pong, failed.first_pong)
                 newer.pongs += failed.pongs
         if self._buffer:
-            self._nonempty.set()
+            self._wakeup.set()

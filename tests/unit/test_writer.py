@@ -173,3 +173,41 @@ async def test_nested_maps_merge_and_deletes_survive_merging() -> None:
         "s2": {"instance_id": "i", "internal_url": "http://g"}
     }
     assert store.docs[("sessions", "s1")]["is_active"] is False
+
+
+async def test_running_writer_never_has_one_document_in_two_commits_at_once() -> None:
+    """With slow commits overlapping, a document waits for its earlier commit; the newest
+    value lands last."""
+    from collections.abc import Sequence
+
+    class SlowStore(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.active: set[str] = set()
+            self.overlaps = 0
+
+        async def commit(self, writes: Sequence[Write]) -> None:
+            ids = {w.doc_id for w in writes}
+            self.overlaps += bool(ids & self.active)
+            self.active |= ids
+            await asyncio.sleep(0.03)
+            self.active -= ids
+            await super().commit(writes)
+
+    store = SlowStore()
+    writer = WriteBehind(store, flush_interval=0.01, batch_size=5, concurrency=4)
+    writer.start()
+    for i in range(200):
+        writer.put(pong_write(f"u{i % 7}", at(i)), pong=True)
+        if i % 10 == 0:
+            await asyncio.sleep(0.005)
+
+    async def drained() -> bool:
+        return writer.pongs_persisted == 200
+
+    await eventually(drained, timeout=10)
+    await writer.close()
+    assert store.overlaps == 0
+    assert len(store.commits) > 1
+    newest = {f"u{i % 7}": at(i) for i in range(200)}
+    assert {d: f["last_pong_at"] for (_, d), f in store.docs.items()} == newest
