@@ -46,6 +46,7 @@ import httpx
 import psutil
 
 from emulator.procs import Process, firestore_process, free_port, gateway_process
+from tests.bench import sweep_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run" / "bench"
@@ -874,7 +875,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench", description="Gateway benchmarks (see tests/bench/runner.py)"
     )
-    parser.add_argument("--only", choices=("memory", "pongs"))
+    parser.add_argument("--only", choices=("memory", "pongs", "sweep"))
     parser.add_argument(
         "--connections",
         type=int,
@@ -976,6 +977,9 @@ def main(argv: list[str] | None = None) -> int:
             results["memory"] = scenario_memory(fs_host, args, stack)
         if args.only in (None, "pongs"):
             results["pongs"] = scenario_pongs(fs_host, args, stack)
+        if args.only in (None, "sweep"):
+            firestore.stop()  # the sweep scenarios start their own emulators
+            results["sweep"] = sweep_bench.run(RUN_DIR, log)
     except KeyboardInterrupt:
         log("interrupted")
         status = 130
@@ -995,7 +999,7 @@ def main(argv: list[str] | None = None) -> int:
         firestore.stop()
     results["seconds"] = round(time.monotonic() - started, 1)
     results["gateway_log"] = scan_gateway_log(RUN_DIR / "gateway.log")
-    rows = checks(results, args)
+    rows = checks(results, args) + sweep_bench.rows(results.get("sweep", {}))
     results["summary"] = rows
     results.pop("args", None)
     results["args"] = {
