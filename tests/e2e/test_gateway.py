@@ -331,3 +331,13 @@ async def test_health_and_openapi_are_served(gateway: GatewayProc) -> None:
     assert {"/ws/status/{user_id}", "/ws/stats", "/ws/send/{user_id}", "/ws/broadcast"} <= set(
         schema["paths"]
     )
+
+
+async def test_sockets_on_other_paths_are_refused_at_the_handshake(gateway: GatewayProc) -> None:
+    """Only /ws/connect/{user_id} takes sockets; elsewhere the handshake gets HTTP 403."""
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus) as caught:
+        async with connect(f"ws://127.0.0.1:{gateway.port}/ws/other"):
+            pass
+    assert caught.value.response.status_code == 403
