@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import uvicorn
@@ -10,6 +11,18 @@ import uvicorn
 from gateway.app import create_asgi
 from gateway.exceptions import ConfigError
 from gateway.settings import Settings
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs each socket's path with its query string; ID tokens must not reach logs."""
+
+    _token = re.compile(r"(token=)[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = self._token.sub(r"\1[redacted]", message), ()
+        return True
 
 
 def main() -> int:
@@ -23,6 +36,8 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactTokens())
     app = create_asgi(settings)
     uvicorn.run(
         app,

@@ -24,6 +24,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_404_NOT_FOUND, HTTP_500_INTERNAL_SERVER_ERROR
 
+from gateway.auth import FirebaseVerifier
 from gateway.exceptions import UserNotConnectedError
 from gateway.messages import (
     BroadcastResponse,
@@ -188,7 +189,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        service = PresenceService(settings, make_store(settings), message_handler=message_handler)
+        verifier = FirebaseVerifier(settings.project_id) if settings.auth_required else None
+        service = PresenceService(
+            settings, make_store(settings), message_handler=message_handler, verifier=verifier
+        )
         app.state.service = service
         await service.start()
         try:
@@ -234,7 +238,7 @@ class SocketFastPath:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope["path"].startswith(self.PREFIX):
             user_id = scope["path"][len(self.PREFIX) :]
-            await serve_socket(self.app.state.service, user_id, receive, send)
+            await serve_socket(self.app.state.service, user_id, scope, receive, send)
         elif scope["type"] == "websocket":
             # Litestar has no other socket routes; refuse the handshake (HTTP 403).
             await receive()

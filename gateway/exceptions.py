@@ -6,6 +6,8 @@ Hierarchy::
     ├── ConfigError            a setting is missing or invalid (raised at start-up)
     ├── ProtocolError          a client frame cannot be accepted (mapped to an error reply
     │                          or a close code by the socket edge)
+    ├── AuthError              a socket's credentials are missing, invalid, revoked or for
+    │                          another user (mapped to close code 4401 or 4403)
     └── UserNotConnectedError  a REST call targets a user with no socket here (mapped to 404)
 
 Only the edges (the socket handler, the REST controllers) turn these into close codes and
@@ -43,6 +45,19 @@ class ProtocolError(GatewayError):
         self.code = code
         self.message = message
         self.close_code = close_code
+
+
+class AuthError(GatewayError):
+    """A socket may not be opened (or kept open) with the credentials it presented.
+
+    ``close_code`` is 4401 (no valid credentials) or 4403 (valid, but for another user);
+    ``reason`` is the short text sent in the close frame.
+    """
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
+        self.reason = reason
 
 
 class UserNotConnectedError(GatewayError):

@@ -45,6 +45,14 @@ class Ack(msgspec.Struct, omit_defaults=True):
     id: str | int | None = None
 
 
+class AuthOk(msgspec.Struct):
+    """Reply to ``{"type": "auth"}``: the socket now lives until the new token's expiry."""
+
+    type: Literal["auth_ok"]
+    expires_at: str
+    timestamp: str
+
+
 class ErrorMessage(msgspec.Struct):
     """Reply to a frame the gateway could not accept; the socket stays open."""
 

@@ -15,6 +15,7 @@ code                   when                                                     
 ``missing_type``       the object has no ``type``                                 reply
 ``invalid_type``       ``type`` is not a non-empty string                         reply
 ``invalid_field``      a known type with a field of the wrong type                reply
+``invalid_token``      an ``auth`` frame whose token was refused (edge)           reply
 ``binary_frame``       a binary frame (the protocol is JSON text)                 reply
 ``message_too_large``  the frame exceeds ``WS_MAX_MESSAGE_BYTES``                 close 1009
 =====================  =========================================================  ==========
@@ -62,7 +63,14 @@ class UnknownType:
     type: str
 
 
-ClientEvent = PongReceived | PingReceived | MessageReceived | UnknownType
+@dataclass(frozen=True, slots=True)
+class AuthRefresh:
+    """The client presents a fresh ID token for an open socket."""
+
+    token: str
+
+
+ClientEvent = PongReceived | PingReceived | MessageReceived | AuthRefresh | UnknownType
 
 _PONG = PongReceived()
 
@@ -108,6 +116,11 @@ def decode_value(value: Any) -> ClientEvent:
         if ident is not None and (isinstance(ident, bool) or not isinstance(ident, str | int)):
             raise ProtocolError("invalid_field", '"id" must be a string or an integer')
         return MessageReceived(value["data"], ident)
+    if kind == "auth":
+        token = value.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("invalid_field", '"token" must be a non-empty string')
+        return AuthRefresh(token)
     return UnknownType(kind)
 
 

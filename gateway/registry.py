@@ -16,16 +16,23 @@ AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
 class Connection:
     """One accepted socket. Kept small on purpose: there may be tens of thousands."""
 
-    __slots__ = ("user_id", "session_id", "connected_at", "_send", "closed")
+    __slots__ = ("user_id", "session_id", "connected_at", "_send", "closed", "token_expires_at")
 
     def __init__(
-        self, user_id: str, session_id: str, connected_at: datetime, send: AsgiSend
+        self,
+        user_id: str,
+        session_id: str,
+        connected_at: datetime,
+        send: AsgiSend,
+        token_expires_at: float = 0.0,
     ) -> None:
         self.user_id = user_id
         self.session_id = session_id
         self.connected_at = connected_at
         self._send = send
         self.closed = False
+        #: Epoch seconds at which the socket's ID token expires; 0 when auth is off.
+        self.token_expires_at = token_expires_at
 
     async def send_text(self, text: str, timeout: float) -> bool:
         """Send one text frame; False when the socket is gone or too slow to take it."""

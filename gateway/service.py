@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 from gateway import messages
-from gateway.exceptions import UserNotConnectedError
-from gateway.messages import Timeout, iso, utc_now
+from gateway.auth import CLOSE_UNAUTHENTICATED, Identity, TokenVerifier, authorize
+from gateway.exceptions import AuthError, UserNotConnectedError
+from gateway.messages import ErrorMessage, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry
 from gateway.settings import Settings
 from gateway.store import (
@@ -37,6 +39,7 @@ CLOSE_SESSION_EXPIRED = 4408
 #: How far back the reconciler looks for sign-outs it may have missed a callback for. A large
 #: sweep commits sign-outs minutes after its own start time, which is what signed_out_at holds.
 RECONCILE_WINDOW = 600.0
+MEMBER_READ_TIMEOUT = 2.0
 
 
 async def log_message(user_id: str, session_id: str, data: Any) -> None:
@@ -51,9 +54,12 @@ class PresenceService:
         store: Store,
         *,
         message_handler: MessageHandler = log_message,
+        verifier: TokenVerifier | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        #: None when AUTH_MODE=off (emulators only).
+        self.verifier = verifier
         self.registry = Registry()
         self.writer = WriteBehind(
             store,
@@ -80,6 +86,10 @@ class PresenceService:
             asyncio.create_task(self._ping_loop(), name="ping-loop"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile-loop"),
         ]
+        if self.verifier is not None:
+            self._tasks.append(asyncio.create_task(self._token_loop(), name="token-expiry"))
+        else:
+            logger.warning("AUTH_MODE=off: sockets are accepted without ID tokens")
         logger.info(
             "gateway instance %s started (ping every %gs, pong timeout %gs)",
             self.settings.instance_id,
@@ -94,6 +104,65 @@ class PresenceService:
         await self.writer.close()
         await self.store.close()
         logger.info("gateway instance %s stopped", self.settings.instance_id)
+
+    # --- admission -----------------------------------------------------------------------
+
+    async def admit(self, user_id: str, token: str | None) -> Identity | None:
+        """Check a socket's token before it is accepted; raise AuthError to refuse it.
+
+        Returns None when auth is off."""
+        if self.verifier is None:
+            return None
+        if token is None:
+            raise AuthError(CLOSE_UNAUTHENTICATED, "missing token")
+        identity = await self.verifier.verify(token)
+        try:
+            member = await self.store.get_member(user_id, timeout=MEMBER_READ_TIMEOUT)
+        except Exception as exc:
+            # Fail open on the revocation check only: the token itself was verified.
+            logger.warning("member read failed, admitting on the token alone: %r", exc)
+            member = None
+        authorize(identity, user_id, member)
+        return identity
+
+    async def refresh_token(self, conn: Connection, token: str) -> Identity:
+        """A fresh token for an open socket (``{"type": "auth"}``); raise AuthError if bad."""
+        if self.verifier is None:
+            raise AuthError(CLOSE_UNAUTHENTICATED, "authentication is off")
+        identity = await self.verifier.verify(token)
+        authorize(identity, conn.user_id, None)
+        conn.token_expires_at = identity.expires_at
+        return identity
+
+    async def expire_tokens(self, now: float) -> int:
+        """Close sockets whose token expired more than TOKEN_GRACE ago; return how many."""
+        limit = now - self.settings.token_grace
+        stale = [c for c in self.registry if c.token_expires_at and c.token_expires_at < limit]
+        if not stale:
+            return 0
+        text = messages.encode(
+            ErrorMessage(
+                "error",
+                "token_expired",
+                'The ID token expired; send {"type": "auth", "token": ...} before it does',
+                iso(utc_now()),
+            )
+        )
+        for conn in stale:
+            await conn.send_text(text, self.settings.send_timeout)
+            await conn.close(CLOSE_UNAUTHENTICATED, "token expired")
+            self.registry.remove(conn)
+            logger.info("token expired user=%s session=%s", conn.user_id, conn.session_id)
+        return len(stale)
+
+    async def _token_loop(self) -> None:
+        every = min(30.0, max(0.25, self.settings.token_grace / 2))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.expire_tokens(time.time())
+            except Exception:
+                logger.exception("token expiry pass failed")
 
     # --- socket events -----------------------------------------------------------------------
 

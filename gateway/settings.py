@@ -45,6 +45,8 @@ class Settings:
     buffer_max_docs: int = 200_000
     ws_implementation: str = "wsproto"
     log_level: str = "INFO"
+    auth_required: bool = True
+    token_grace: float = 300.0
 
     @property
     def timeout_text(self) -> str:
@@ -94,6 +96,12 @@ class Settings:
             raise ConfigError(
                 "WS_IMPLEMENTATION", f"must be one of {', '.join(WS_IMPLEMENTATIONS)}"
             )
+        auth_mode = reader.get("AUTH_MODE", str, "firebase").lower()
+        if auth_mode not in ("firebase", "off"):
+            raise ConfigError("AUTH_MODE", "must be firebase or off")
+        if auth_mode == "off" and not emulated:
+            # Never in production: without tokens anyone may open a socket as anyone.
+            raise ConfigError("AUTH_MODE", "off is only allowed against the emulators")
         settings = cls(
             admin_token=admin_token,
             project_id=project_id,
@@ -113,7 +121,11 @@ class Settings:
             buffer_max_docs=int(reader.positive("PONG_BUFFER_MAX_DOCS", 200_000)),
             ws_implementation=ws_impl,
             log_level=reader.get("LOG_LEVEL", str, "INFO").upper(),
+            auth_required=auth_mode == "firebase",
+            token_grace=reader.get("TOKEN_GRACE", float, 300.0),
         )
+        if not 0 <= settings.token_grace < float("inf"):
+            raise ConfigError("TOKEN_GRACE", "must be a number of seconds, 0 or more")
         if settings.flush_interval > 1.0:
             # The contract: the pong buffer is flushed at least once a second.
             raise ConfigError("PONG_FLUSH_INTERVAL", "must be at most 1 second")

@@ -5,7 +5,8 @@ one path held open by every client: talking ASGI directly skips a request object
 router's frames per socket, which is measurable at 10,000 sockets (see README, Benchmarks).
 All decisions are made by ``gateway.protocol``; this module only moves frames in and out.
 
-Close codes: 1009 frame too large; 4400 invalid user id; 1011 internal error.
+Close codes: 1009 frame too large; 1011 internal error; 4400 invalid user id; 4401 missing,
+invalid, expired or revoked token; 4403 token for another user; 4408 session expired.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway import messages
-from gateway.exceptions import ProtocolError
-from gateway.messages import Ack, ErrorMessage, ServerPong, iso, utc_now
+from gateway.auth import token_from
+from gateway.exceptions import AuthError, ProtocolError
+from gateway.messages import Ack, AuthOk, ErrorMessage, ServerPong, iso, utc_now
 from gateway.protocol import (
+    AuthRefresh,
     MessageReceived,
     PingReceived,
     PongReceived,
@@ -46,12 +50,31 @@ def valid_user_id(user_id: str) -> bool:
     )
 
 
-async def serve_socket(service: PresenceService, user_id: str, receive: Any, send: Any) -> None:
+async def serve_socket(
+    service: PresenceService, user_id: str, scope: Any, receive: Any, send: Any
+) -> None:
     """Run one client socket from handshake to close."""
     event = await receive()
     if event["type"] != "websocket.connect":
         return
+    identity = None
+    refusal: AuthError | None = None
+    if valid_user_id(user_id):
+        try:
+            token = token_from(scope.get("query_string", b""), dict(scope.get("headers", ())))
+            identity = await service.admit(user_id, token)
+        except AuthError as exc:
+            refusal = exc
+    # Accept, then close with the reason: a browser sees close codes, not handshake statuses.
     await send({"type": "websocket.accept"})
+    if refusal is not None:
+        await send(
+            {"type": "websocket.close", "code": refusal.close_code, "reason": refusal.reason}
+        )
+        logger.info(
+            "refused socket user=%.80r: %s (%d)", user_id, refusal.reason, refusal.close_code
+        )
+        return
     if not valid_user_id(user_id):
         await send(
             {
@@ -62,7 +85,13 @@ async def serve_socket(service: PresenceService, user_id: str, receive: Any, sen
         )
         logger.info("refused socket: invalid user id %.80r", user_id)
         return
-    conn = Connection(user_id, uuid.uuid4().hex, utc_now(), send)
+    conn = Connection(
+        user_id,
+        uuid.uuid4().hex,
+        utc_now(),
+        send,
+        token_expires_at=identity.expires_at if identity else 0.0,
+    )
     service.connected(conn)
     code: int | None = None
     try:
@@ -106,6 +135,17 @@ async def _receive_loop(service: PresenceService, conn: Connection, receive: Any
             except Exception:
                 # The application's handler failing must not take the socket down.
                 logger.exception("message handler failed user=%s", conn.user_id)
+        elif isinstance(decoded, AuthRefresh):
+            try:
+                identity = await service.refresh_token(conn, decoded.token)
+            except AuthError as exc:
+                reply = ErrorMessage("error", "invalid_token", exc.reason, iso(utc_now()))
+                await conn.send_text(messages.encode(reply), timeout)
+                continue
+            expires = datetime.fromtimestamp(identity.expires_at, UTC)
+            await conn.send_text(
+                messages.encode(AuthOk("auth_ok", iso(expires), iso(utc_now()))), timeout
+            )
         elif isinstance(decoded, UnknownType):
             logger.info(
                 "ignored unknown message type %.64r from user=%s", decoded.type, conn.user_id

@@ -83,6 +83,9 @@ class Store(Protocol):
     ) -> list[SignedOutSession]:
         """Sessions of this instance signed out by a sweep at or after ``since``."""
 
+    async def get_member(self, user_id: str, timeout: float) -> dict[str, Any] | None:
+        """The member document, or None when there is none."""
+
     async def close(self) -> None: ...
 
 
@@ -185,6 +188,14 @@ class FirestoreStore:
             update=pb.Document(name=name, fields=values),
             update_mask=pb.DocumentMask(field_paths=mask),
         )
+
+    async def get_member(self, user_id: str, timeout: float) -> dict[str, Any] | None:
+        snapshot = (
+            await self._client.collection(MEMBERS)
+            .document(user_id)
+            .get(retry=None, timeout=timeout)
+        )
+        return snapshot.to_dict() if snapshot.exists else None
 
     async def signed_out_sessions(
         self, instance_id: str, since: datetime
@@ -329,6 +340,10 @@ class MemoryStore:
         self.commits.append(list(writes))
         for write in writes:
             _apply(self.docs.setdefault((write.collection, write.doc_id), {}), write.fields)
+
+    async def get_member(self, user_id: str, timeout: float) -> dict[str, Any] | None:
+        doc = self.docs.get((MEMBERS, user_id))
+        return dict(doc) if doc is not None else None
 
     async def signed_out_sessions(
         self, instance_id: str, since: datetime

@@ -123,3 +123,11 @@ def firebase_app(auth_host: str, project_id: str) -> Iterator[Any]:
     )
     yield app
     firebase_admin.delete_app(app)
+
+
+@pytest.fixture(scope="session")
+def minter(auth_host: str, firebase_app: Any) -> Any:
+    """Mints real ID tokens for any uid from the session's Auth emulator."""
+    from tests.support import TokenMinter
+
+    return TokenMinter(auth_host, firebase_app)

@@ -36,6 +36,48 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+class TokenMinter:
+    """Real Firebase ID tokens from the Auth emulator, as a client SDK would get them."""
+
+    def __init__(self, auth_host: str, app: Any) -> None:
+        self.auth_host = auth_host
+        self.app = app
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, uid: str) -> str:
+        if uid not in self._cache:
+            from firebase_admin import auth
+
+            # signInWithCustomToken creates the account on first use, like a real sign-in.
+            self._cache[uid] = id_token_for(
+                self.auth_host, auth.create_custom_token(uid, app=self.app)
+            )
+        return self._cache[uid]
+
+
+def unsigned_token(project: str, uid: str, **claims: Any) -> str:
+    """An emulator-style (alg "none") ID token with chosen claims: expired, foreign, ..."""
+    import base64
+
+    now = int(time.time())
+    payload = {
+        "iss": f"https://securetoken.google.com/{project}",
+        "aud": project,
+        "auth_time": now,
+        "user_id": uid,
+        "sub": uid,
+        "iat": now,
+        "exp": now + 3600,
+        "firebase": {"identities": {}, "sign_in_provider": "custom"},
+        **claims,
+    }
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(payload)}."
+
+
 @dataclass
 class GatewayProc:
     """A gateway running as its own process (real uvicorn, real sockets)."""
@@ -44,12 +86,20 @@ class GatewayProc:
     port: int
     token: str
     env: dict[str, str]
+    minter: TokenMinter | None = None
 
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def ws(self, user_id: str) -> str:
+    def ws(self, user_id: str, token: str | None = None) -> str:
+        """The socket URL for a user, with a fresh ID token for that user unless given."""
+        url = f"ws://127.0.0.1:{self.port}/ws/connect/{user_id}"
+        if token is None and self.minter is not None:
+            token = self.minter(user_id)
+        return url if token is None else f"{url}?token={token}"
+
+    def bare_ws(self, user_id: str) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/connect/{user_id}"
 
     @property
@@ -63,7 +113,10 @@ class GatewayProc:
         self.process.stop()
 
 
-def start_gateway(firestore_host: str, project: str, **overrides: str) -> GatewayProc:
+def start_gateway(
+    firestore_host: str, project: str, minter: TokenMinter | None = None, **overrides: str
+) -> GatewayProc:
+    """A gateway process; with a minter it checks ID tokens against that Auth emulator."""
     port = int(overrides.pop("GATEWAY_PORT", 0)) or procs.free_port()
     token = secrets.token_urlsafe(24)
     env = {
@@ -74,6 +127,11 @@ def start_gateway(firestore_host: str, project: str, **overrides: str) -> Gatewa
         "GATEWAY_INSTANCE_ID": f"test-{port}",
         "PING_INTERVAL": "0.2",
         "LOG_LEVEL": "INFO",
+        **(
+            {"FIREBASE_AUTH_EMULATOR_HOST": minter.auth_host, "AUTH_MODE": "firebase"}
+            if minter
+            else {"AUTH_MODE": "off"}
+        ),
         **overrides,
     }
     log_path = LOG_DIR / f"gateway-{port}.log"
@@ -81,7 +139,7 @@ def start_gateway(firestore_host: str, project: str, **overrides: str) -> Gatewa
     process.log_path = log_path
     process.start()
     process.wait_ready(30 * UNIT)
-    return GatewayProc(process, port, token, env)
+    return GatewayProc(process, port, token, env, minter)
 
 
 def loads(frame: str | bytes) -> dict[str, Any]:

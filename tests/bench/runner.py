@@ -316,6 +316,9 @@ class Gateway:
             "GATEWAY_INSTANCE_ID": f"bench-{label}",
             "PING_INTERVAL": str(ping_interval),
             "LOG_LEVEL": "WARNING",
+            # The bench measures the socket path; token checks cost one Auth verification and
+            # one Firestore read per connect, not per pong.
+            "AUTH_MODE": "off",
             "WS_IMPLEMENTATION": args.ws_impl,
         }
         self.proc: Process = gateway_process(env, "127.0.0.1", self.port, RUN_DIR)

@@ -21,6 +21,7 @@ from tests.support import (
     UNIT,
     GatewayProc,
     SweepStack,
+    TokenMinter,
     eventually,
     loads,
     start_gateway,
@@ -47,12 +48,13 @@ def gateway(firestore_host: str, project_id: str, callback_token: str) -> Iterat
 
 @pytest.fixture(scope="module")
 def unreachable_gateway(
-    firestore_host: str, project_id: str, callback_token: str
+    firestore_host: str, project_id: str, callback_token: str, minter: TokenMinter
 ) -> Iterator[GatewayProc]:
     """A gateway whose registered internal URL leads nowhere: every callback to it fails."""
     proc = start_gateway(
         firestore_host,
         project_id,
+        minter,
         GATEWAY_CALLBACK_TOKEN=callback_token,
         GATEWAY_INTERNAL_URL="http://127.0.0.1:9",
         **SHORT,
@@ -118,6 +120,7 @@ async def test_silent_client_is_timed_out_and_signed_out_while_a_live_one_stays(
     silent, live = f"silent-{secrets.token_hex(4)}", f"live-{secrets.token_hex(4)}"
     for user in (silent, live):
         auth.create_user(uid=user, app=firebase_app)
+        gateway.ws(user)  # mint the sockets' tokens now, before the revocation clock starts
     valid_after = auth.get_user(silent, app=firebase_app).tokens_valid_after_timestamp
     live_valid_after = auth.get_user(live, app=firebase_app).tokens_valid_after_timestamp
     await asyncio.sleep(1.1)  # Auth records revocation in whole seconds

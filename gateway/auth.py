@@ -1,0 +1,119 @@
+"""Who may open a socket: Firebase ID tokens, checked against the member record.
+
+A socket presents an ID token in the ``token`` query parameter (browsers cannot set headers on
+a WebSocket) or as ``Authorization: Bearer``. The token is verified with firebase-admin (the
+Auth emulator's unsigned tokens when ``FIREBASE_AUTH_EMULATOR_HOST`` is set); its uid must be
+the ``{user_id}`` of the path.
+
+Revocation is checked against ``members/{uid}.last_sign_out_at``, which the sweep writes in
+the same transaction that signs the user out: a token whose ``auth_time`` (the sign-in it
+descends from) is older than the last sign-out is refused. That is one Firestore read per
+connect instead of one Firebase Auth ``get_user`` call, and it also catches sign-outs that were
+recorded while Auth was unreachable. If Firestore cannot answer within ``MEMBER_READ_TIMEOUT``
+the connect is allowed on the token alone (logged): the gateway keeps serving while Firestore
+is down, as it does for pongs.
+
+Close codes: 4401 missing, malformed, forged, expired, foreign-project or revoked token;
+4403 a valid token for another user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from gateway.exceptions import AuthError
+
+logger = logging.getLogger("gateway.auth")
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+MAX_TOKEN_LENGTH = 8192
+CLOCK_SKEW = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    uid: str
+    auth_time: datetime
+    expires_at: float  # epoch seconds
+
+
+class TokenVerifier(Protocol):
+    async def verify(self, token: str) -> Identity:
+        """Verify an ID token; raise AuthError(4401) when it is not acceptable."""
+
+
+def token_from(query_string: bytes, headers: Mapping[bytes, bytes]) -> str | None:
+    """The token of a handshake: ``?token=`` first, else ``Authorization: Bearer``."""
+    from urllib.parse import parse_qs
+
+    values = parse_qs(query_string.decode("latin-1")).get("token")
+    if values:
+        return values[0]
+    header = headers.get(b"authorization", b"").decode("latin-1")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def authorize(identity: Identity, user_id: str, member: Mapping[str, Any] | None) -> None:
+    """The decision after a token verified: right user, and not signed out since."""
+    if identity.uid != user_id:
+        raise AuthError(CLOSE_FORBIDDEN, "token is for another user")
+    signed_out = (member or {}).get("last_sign_out_at")
+    if isinstance(signed_out, datetime) and identity.auth_time < signed_out:
+        raise AuthError(CLOSE_UNAUTHENTICATED, "token revoked: signed out since")
+
+
+class FirebaseVerifier:
+    """firebase-admin's verify_id_token, off the event loop (it may fetch Google's certs)."""
+
+    def __init__(self, project_id: str) -> None:
+        import firebase_admin
+
+        name = f"gateway-{project_id}"
+        try:
+            self._app = firebase_admin.get_app(name)
+        except ValueError:
+            self._app = firebase_admin.initialize_app(options={"projectId": project_id}, name=name)
+
+    async def verify(self, token: str) -> Identity:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise AuthError(CLOSE_UNAUTHENTICATED, "invalid token")
+        claims = await asyncio.to_thread(self._verify, token)
+        try:
+            identity = Identity(
+                uid=str(claims["uid"]),
+                auth_time=datetime.fromtimestamp(int(claims["auth_time"]), UTC),
+                expires_at=float(claims["exp"]),
+            )
+        except (KeyError, TypeError, ValueError, OverflowError, OSError):
+            raise AuthError(CLOSE_UNAUTHENTICATED, "invalid token") from None
+        # firebase-admin skips the expiry check for the Auth emulator's unsigned tokens; check
+        # it here for every token (a no-op in production, where the library already has).
+        if identity.expires_at + CLOCK_SKEW < time.time():
+            raise AuthError(CLOSE_UNAUTHENTICATED, "token expired")
+        return identity
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        from firebase_admin import auth
+
+        try:
+            claims: dict[str, Any] = auth.verify_id_token(
+                token, app=self._app, check_revoked=False, clock_skew_seconds=CLOCK_SKEW
+            )
+        except auth.ExpiredIdTokenError:
+            raise AuthError(CLOSE_UNAUTHENTICATED, "token expired") from None
+        except auth.CertificateFetchError as exc:
+            logger.error("cannot fetch Firebase token certificates: %s", exc)
+            raise AuthError(CLOSE_UNAUTHENTICATED, "token check unavailable") from None
+        except (auth.InvalidIdTokenError, ValueError):
+            raise AuthError(CLOSE_UNAUTHENTICATED, "invalid token") from None
+        return claims

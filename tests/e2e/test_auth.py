@@ -1,0 +1,167 @@
+"""Who may connect: Firebase ID tokens from the Auth emulator, refusals with close codes,
+revocation against the member record, and token refresh on a long-lived socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.support import (
+    UNIT,
+    GatewayProc,
+    TokenMinter,
+    loads,
+    start_gateway,
+    unsigned_token,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def uid() -> str:
+    return f"a-{uuid.uuid4().hex[:12]}"
+
+
+async def close_code(url: str, **kwargs: Any) -> tuple[int, str]:
+    """Connect and return the close code and reason the server ends the socket with."""
+    async with connect(url, **kwargs) as ws:
+        with pytest.raises(ConnectionClosed) as caught:
+            async with asyncio.timeout(10 * UNIT):
+                while True:
+                    await ws.recv()
+    assert caught.value.rcvd is not None
+    return caught.value.rcvd.code, caught.value.rcvd.reason
+
+
+def nothing_written(firestore_client: Any, user: str) -> bool:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    member = firestore_client.collection("members").document(user).get()
+    sessions = (
+        firestore_client.collection("sessions")
+        .where(filter=FieldFilter("user_id", "==", user))
+        .limit(1)
+        .get()
+    )
+    return not member.exists and not sessions
+
+
+async def test_a_valid_token_in_the_query_or_header_opens_the_socket(
+    gateway: GatewayProc, minter: TokenMinter
+) -> None:
+    """?token= (browsers) and Authorization: Bearer (other clients) both work."""
+    user = uid()
+    async with connect(gateway.ws(user)) as ws:
+        assert loads(await ws.recv())["type"] == "ping"
+    headers = {"Authorization": f"Bearer {minter(user)}"}
+    async with connect(gateway.bare_ws(user), additional_headers=headers) as ws:
+        assert loads(await ws.recv())["type"] == "ping"
+
+
+@pytest.mark.parametrize(
+    ("make_token", "code", "reason"),
+    [
+        (lambda p, u, m: None, 4401, "missing token"),
+        (lambda p, u, m: "not-a-jwt", 4401, "invalid token"),
+        (lambda p, u, m: "x" * 9000, 4401, "invalid token"),
+        (lambda p, u, m: unsigned_token("demo-someone-else", u), 4401, "invalid token"),
+        (
+            lambda p, u, m: unsigned_token(p, u, exp=int(time.time()) - 600, iat=1, auth_time=1),
+            4401,
+            "token expired",
+        ),
+        (lambda p, u, m: m("somebody-else-" + u), 4403, "token is for another user"),
+    ],
+    ids=["missing", "garbage", "oversized", "foreign-project", "expired", "other-user"],
+)
+async def test_bad_tokens_are_refused_and_write_nothing(
+    gateway: GatewayProc,
+    minter: TokenMinter,
+    project_id: str,
+    firestore_client: Any,
+    make_token: Any,
+    code: int,
+    reason: str,
+) -> None:
+    """Each refusal has its documented close code, and no member or session is written."""
+    user = uid()
+    token = make_token(project_id, user, minter)
+    url = gateway.bare_ws(user) + (f"?token={token}" if token else "")
+    assert await close_code(url) == (code, reason)
+    await asyncio.sleep(0.5)  # longer than a write-behind flush
+    assert nothing_written(firestore_client, user)
+
+
+async def test_a_token_from_before_the_last_sign_out_is_refused(
+    gateway: GatewayProc, minter: TokenMinter, firestore_client: Any
+) -> None:
+    """A signed-out user's old token opens nothing: auth_time < last_sign_out_at."""
+    user = uid()
+    token = minter(user)
+    firestore_client.collection("members").document(user).set(
+        {"is_signed_in": False, "last_sign_out_at": datetime.now(UTC) + timedelta(seconds=5)}
+    )
+    assert await close_code(gateway.ws(user, token)) == (4401, "token revoked: signed out since")
+
+
+@pytest.fixture(scope="module")
+def short_lived(firestore_host: str, project_id: str, minter: TokenMinter) -> Iterator[GatewayProc]:
+    """A gateway that closes sockets 1 s after their token expires."""
+    proc = start_gateway(firestore_host, project_id, minter, TOKEN_GRACE="1")
+    yield proc
+    proc.stop()
+
+
+async def test_a_socket_whose_token_expires_is_closed_after_the_grace(
+    short_lived: GatewayProc, project_id: str
+) -> None:
+    """No refresh: an error frame token_expired, then close 4401."""
+    user = uid()
+    expires = int(time.time()) + 3
+    token = unsigned_token(project_id, user, exp=expires)
+    async with connect(short_lived.ws(user, token)) as ws:
+        frames = []
+        with pytest.raises(ConnectionClosed) as caught:
+            async with asyncio.timeout(15 * UNIT):
+                while True:
+                    frames.append(loads(await ws.recv()))
+    assert caught.value.rcvd is not None
+    assert (caught.value.rcvd.code, caught.value.rcvd.reason) == (4401, "token expired")
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "token_expired"
+    # Not before the token's expiry plus TOKEN_GRACE=1.
+    assert time.time() >= expires + 1
+
+
+async def test_refreshing_the_token_keeps_the_socket_open(
+    short_lived: GatewayProc, project_id: str, minter: TokenMinter
+) -> None:
+    """{"type": "auth", "token": ...} with a fresh token moves the expiry; bad ones are
+    answered with invalid_token and change nothing."""
+    user = uid()
+    token = unsigned_token(project_id, user, exp=int(time.time()) + 2)
+    async with connect(short_lived.ws(user, token)) as ws:
+        await ws.send(json.dumps({"type": "auth", "token": minter("intruder-" + user)}))
+        async with asyncio.timeout(5 * UNIT):
+            while (frame := loads(await ws.recv()))["type"] != "error":
+                pass
+        assert frame["code"] == "invalid_token"
+        await ws.send(json.dumps({"type": "auth", "token": minter(user)}))
+        async with asyncio.timeout(5 * UNIT):
+            while (frame := loads(await ws.recv()))["type"] != "auth_ok":
+                pass
+        assert datetime.fromisoformat(frame["expires_at"]) > datetime.now(UTC) + timedelta(
+            minutes=30
+        )
+        # Well past the first token's expiry plus grace, the socket still gets pings.
+        await asyncio.sleep(4 * UNIT)
+        async with asyncio.timeout(5 * UNIT):
+            assert loads(await ws.recv())["type"] == "ping"

@@ -1,0 +1,53 @@
+"""Token extraction and the admission decision, without Firebase."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.auth import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, Identity, authorize, token_from
+from gateway.exceptions import AuthError, ConfigError
+from gateway.settings import Settings
+
+SIGNED_IN = datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+
+def identity(uid: str = "u1") -> Identity:
+    return Identity(uid=uid, auth_time=SIGNED_IN, expires_at=0)
+
+
+def test_query_token_wins_over_the_header() -> None:
+    """Browsers send ?token=; other clients may send Authorization: Bearer."""
+    assert token_from(b"token=abc&x=1", {b"authorization": b"Bearer zzz"}) == "abc"
+    assert token_from(b"", {b"authorization": b"Bearer zzz"}) == "zzz"
+    assert token_from(b"", {b"authorization": b"Basic zzz"}) is None
+    assert token_from(b"other=1", {}) is None
+
+
+def test_the_token_must_be_for_the_paths_user() -> None:
+    """A valid token for another uid is refused with 4403."""
+    with pytest.raises(AuthError) as caught:
+        authorize(identity("u2"), "u1", None)
+    assert caught.value.close_code == CLOSE_FORBIDDEN
+
+
+def test_a_token_from_before_the_last_sign_out_is_refused() -> None:
+    """auth_time before members/{uid}.last_sign_out_at means the sign-in was revoked."""
+    with pytest.raises(AuthError) as caught:
+        authorize(identity(), "u1", {"last_sign_out_at": SIGNED_IN + timedelta(seconds=1)})
+    assert caught.value.close_code == CLOSE_UNAUTHENTICATED
+    authorize(identity(), "u1", {"last_sign_out_at": SIGNED_IN - timedelta(seconds=1)})
+    authorize(identity(), "u1", {"is_signed_in": True})
+    authorize(identity(), "u1", None)
+
+
+def test_auth_can_only_be_switched_off_against_the_emulators() -> None:
+    """AUTH_MODE=off is refused unless FIRESTORE_EMULATOR_HOST is set."""
+    base = {"GATEWAY_ADMIN_TOKEN": "t" * 20, "GOOGLE_CLOUD_PROJECT": "prod"}
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**base, "AUTH_MODE": "off"})
+    assert caught.value.name == "AUTH_MODE"
+    assert Settings.from_env(base).auth_required
+    emulated = {**base, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080", "AUTH_MODE": "off"}
+    assert not Settings.from_env(emulated).auth_required
