@@ -6,10 +6,11 @@ PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := emulator/node_modules/.installed-stamp
 
-.PHONY: help deps up test test-unit lint format bench clean
+.PHONY: help deps up token test test-unit lint format bench clean
 
 help:
 	@echo "make up     run the local stack (emulators, gateway) and print where it is"
+	@echo "make token USER=id   print an ID token for USER from the running stack's Auth emulator"
 	@echo "make test   lint, type-check and run every test (unit, integration, end-to-end)"
 	@echo "make bench  run the benchmarks and print the figures"
 	@echo "make lint   ruff + mypy only;  make format  apply ruff's formatting"
@@ -29,6 +30,11 @@ deps: $(VENV_STAMP) $(NODE_STAMP)
 
 up: deps
 	$(PY) -m emulator up
+
+token: $(VENV_STAMP)
+	@# USER is also the login name in the environment: only a USER given to make counts.
+	@if [ "$(origin USER)" != "command line" ]; then echo "usage: make token USER=user123" >&2; exit 2; fi
+	@$(PY) -m emulator token "$(USER)"
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check .

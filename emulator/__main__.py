@@ -1,17 +1,21 @@
-"""``python -m emulator up``: run the local stack (see emulator/stack.py)."""
+"""``python -m emulator up``: run the local stack (see emulator/stack.py);
+``python -m emulator token USER_ID``: an ID token for that user (see emulator/token.py)."""
 
 from __future__ import annotations
 
 import sys
 
+from emulator import token
 from emulator.stack import up
 
-USAGE = "usage: python -m emulator up"
+USAGE = "usage: python -m emulator up | python -m emulator token USER_ID"
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["up"]:
         return up()
+    if argv[:1] == ["token"]:
+        return token.main(argv[1:])
     print(USAGE, file=sys.stderr)
     return 2
 
