@@ -69,7 +69,8 @@ Environment for your shell (also written to {ENV_FILE}):
 
 Try:
   curl -H "Authorization: Bearer {env["GATEWAY_ADMIN_TOKEN"]}" http://{gw}/ws/stats
-  .venv/bin/python -m websockets ws://{gw}/ws/connect/user123
+  TOKEN=$(make -s token USER=user123)
+  .venv/bin/python -m websockets "ws://{gw}/ws/connect/user123?token=$TOKEN"
 
 Ctrl-C stops everything.
 """
