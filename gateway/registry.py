@@ -16,7 +16,16 @@ AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
 class Connection:
     """One accepted socket. Kept small on purpose: there may be tens of thousands."""
 
-    __slots__ = ("user_id", "session_id", "connected_at", "_send", "closed", "token_expires_at")
+    __slots__ = (
+        "user_id",
+        "session_id",
+        "connected_at",
+        "_send",
+        "closed",
+        "token_expires_at",
+        "bucket",
+        "bucket_at",
+    )
 
     def __init__(
         self,
@@ -33,6 +42,9 @@ class Connection:
         self.closed = False
         #: Epoch seconds at which the socket's ID token expires; 0 when auth is off.
         self.token_expires_at = token_expires_at
+        #: Message-rate token bucket (see gateway.limits): tokens left, and when counted.
+        self.bucket = float("inf")
+        self.bucket_at = 0.0
 
     async def send_text(self, text: str, timeout: float) -> bool:
         """Send one text frame; False when the socket is gone or too slow to take it."""

@@ -17,6 +17,7 @@ from typing import Any
 from gateway import messages
 from gateway.auth import CLOSE_UNAUTHENTICATED, Identity, TokenVerifier, authorize
 from gateway.exceptions import AuthError, UserNotConnectedError
+from gateway.limits import CLOSE_RATE_LIMITED, ConnectLimiter
 from gateway.messages import ErrorMessage, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry
 from gateway.settings import Settings
@@ -69,6 +70,7 @@ class PresenceService:
             max_docs=settings.buffer_max_docs,
         )
         self.message_handler = message_handler
+        self.connect_limiter = ConnectLimiter(settings.max_connects_per_minute)
         self.pings_sent = 0
         self.timeouts_sent = 0
         self._started_at = utc_now()
@@ -124,6 +126,12 @@ class PresenceService:
             member = None
         authorize(identity, user_id, member)
         return identity
+
+    def check_socket_limits(self, user_id: str) -> None:
+        """Raise AuthError(4429) when the user already holds the most sockets allowed here."""
+        limit = self.settings.max_sockets_per_user
+        if limit and self.registry.count_of(user_id) >= limit:
+            raise AuthError(CLOSE_RATE_LIMITED, "too many sockets for this user")
 
     async def refresh_token(self, conn: Connection, token: str) -> Identity:
         """A fresh token for an open socket (``{"type": "auth"}``); raise AuthError if bad."""

@@ -47,6 +47,9 @@ class Settings:
     log_level: str = "INFO"
     auth_required: bool = True
     token_grace: float = 300.0
+    max_messages_per_second: float = 20.0
+    max_sockets_per_user: int = 10
+    max_connects_per_minute: int = 300
 
     @property
     def timeout_text(self) -> str:
@@ -123,6 +126,9 @@ class Settings:
             log_level=reader.get("LOG_LEVEL", str, "INFO").upper(),
             auth_required=auth_mode == "firebase",
             token_grace=reader.get("TOKEN_GRACE", float, 300.0),
+            max_messages_per_second=reader.limit("WS_MAX_MESSAGES_PER_SECOND", 20),
+            max_sockets_per_user=int(reader.limit("WS_MAX_SOCKETS_PER_USER", 10)),
+            max_connects_per_minute=int(reader.limit("WS_MAX_CONNECTS_PER_MINUTE", 300)),
         )
         if not 0 <= settings.token_grace < float("inf"):
             raise ConfigError("TOKEN_GRACE", "must be a number of seconds, 0 or more")
@@ -148,6 +154,13 @@ class _Reader:
             return parse(raw)
         except ValueError:
             raise ConfigError(name, f"cannot parse {raw!r} as {parse.__name__}") from None
+
+    def limit(self, name: str, default: float) -> float:
+        """A rate or count limit: 0 disables it."""
+        value = self.get(name, float, default)
+        if not 0 <= value < float("inf"):
+            raise ConfigError(name, f"must be 0 (no limit) or a positive number, got {value!r}")
+        return value
 
     def positive(self, name: str, default: float) -> float:
         value = self.get(name, float, default)

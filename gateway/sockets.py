@@ -6,13 +6,15 @@ router's frames per socket, which is measurable at 10,000 sockets (see README, B
 All decisions are made by ``gateway.protocol``; this module only moves frames in and out.
 
 Close codes: 1009 frame too large; 1011 internal error; 4400 invalid user id; 4401 missing,
-invalid, expired or revoked token; 4403 token for another user; 4408 session expired.
+invalid, expired or revoked token; 4403 token for another user; 4408 session expired; 4429 a
+limit exceeded (messages per second, sockets per user, connection attempts per address).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from gateway import messages
 from gateway.auth import token_from
 from gateway.exceptions import AuthError, ProtocolError
+from gateway.limits import CLOSE_RATE_LIMITED, take_token
 from gateway.messages import Ack, AuthOk, ErrorMessage, ServerPong, iso, utc_now
 from gateway.protocol import (
     AuthRefresh,
@@ -59,10 +62,15 @@ async def serve_socket(
         return
     identity = None
     refusal: AuthError | None = None
-    if valid_user_id(user_id):
+    client = scope.get("client") or ("unknown", 0)
+    if not service.connect_limiter.allow(str(client[0]), time.time()):
+        # Before the token check: a flood of attempts costs no Auth or Firestore call.
+        refusal = AuthError(CLOSE_RATE_LIMITED, "too many connection attempts")
+    elif valid_user_id(user_id):
         try:
             token = token_from(scope.get("query_string", b""), dict(scope.get("headers", ())))
             identity = await service.admit(user_id, token)
+            service.check_socket_limits(user_id)
         except AuthError as exc:
             refusal = exc
     # Accept, then close with the reason: a browser sees close codes, not handshake statuses.
@@ -107,6 +115,8 @@ async def serve_socket(
 async def _receive_loop(service: PresenceService, conn: Connection, receive: Any) -> int | None:
     max_bytes = service.settings.max_message_bytes
     timeout = service.settings.send_timeout
+    rate = service.settings.max_messages_per_second
+    burst = 2 * rate
     while True:
         event = await receive()
         kind = event["type"]
@@ -114,6 +124,14 @@ async def _receive_loop(service: PresenceService, conn: Connection, receive: Any
             return int(event.get("code", 1005))
         if kind != "websocket.receive":
             continue
+        if rate:
+            now = time.monotonic()
+            allowed, conn.bucket = take_token(conn.bucket, conn.bucket_at, now, rate, burst)
+            conn.bucket_at = now
+            if not allowed:
+                logger.info("closing flooding socket user=%s", conn.user_id)
+                await conn.close(CLOSE_RATE_LIMITED, "too many messages")
+                return CLOSE_RATE_LIMITED
         try:
             decoded = decode_frame(event.get("text"), event.get("bytes"), max_bytes)
         except ProtocolError as exc:

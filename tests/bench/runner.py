@@ -319,6 +319,8 @@ class Gateway:
             # The bench measures the socket path; token checks cost one Auth verification and
             # one Firestore read per connect, not per pong.
             "AUTH_MODE": "off",
+            # Every load socket comes from a few loopback addresses.
+            "WS_MAX_CONNECTS_PER_MINUTE": "0",
             "WS_IMPLEMENTATION": args.ws_impl,
         }
         self.proc: Process = gateway_process(env, "127.0.0.1", self.port, RUN_DIR)
