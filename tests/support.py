@@ -114,9 +114,10 @@ class GatewayProc:
 
 
 def start_gateway(
-    firestore_host: str, project: str, minter: TokenMinter | None = None, **overrides: str
+    firestore_host: str, project: str, minter: TokenMinter | None, **overrides: str
 ) -> GatewayProc:
-    """A gateway process; with a minter it checks ID tokens against that Auth emulator."""
+    """A gateway process checking ID tokens against the minter's Auth emulator
+    (``minter=None``: AUTH_MODE=off, which only the tests of auth-off behaviour want)."""
     port = int(overrides.pop("GATEWAY_PORT", 0)) or procs.free_port()
     token = secrets.token_urlsafe(24)
     env = {

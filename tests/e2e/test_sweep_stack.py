@@ -40,8 +40,12 @@ def callback_token() -> str:
 
 
 @pytest.fixture(scope="module")
-def gateway(firestore_host: str, project_id: str, callback_token: str) -> Iterator[GatewayProc]:
-    proc = start_gateway(firestore_host, project_id, GATEWAY_CALLBACK_TOKEN=callback_token, **SHORT)
+def gateway(
+    firestore_host: str, project_id: str, callback_token: str, minter: TokenMinter
+) -> Iterator[GatewayProc]:
+    proc = start_gateway(
+        firestore_host, project_id, minter, GATEWAY_CALLBACK_TOKEN=callback_token, **SHORT
+    )
     yield proc
     proc.stop()
 
