@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
     HTTPException,
@@ -53,26 +54,31 @@ def _service(request: ASGIConnection[Any, Any, Any, Any]) -> PresenceService:
     return service
 
 
-def _check_bearer(connection: ASGIConnection[Any, Any, Any, Any], expected: str) -> None:
+def _check_bearer(
+    connection: ASGIConnection[Any, Any, Any, Any], accepted: tuple[str, ...]
+) -> None:
     header = connection.headers.get("authorization", "")
     scheme, _sep, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), expected.encode()
-    ):
+    presented = token.strip().encode()
+    # Compare against every accepted token (no early exit), each in constant time.
+    matched = False
+    for candidate in accepted:
+        matched |= hmac.compare_digest(presented, candidate.encode())
+    if scheme.lower() != "bearer" or not matched:
         raise NotAuthorizedException("Missing or invalid bearer token")
 
 
 def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``, compared in constant time."""
-    _check_bearer(connection, connection.app.state.settings.admin_token)
+    _check_bearer(connection, connection.app.state.settings.admin_tokens)
 
 
 def require_callback(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard for the sweep's callback: ``Bearer $GATEWAY_CALLBACK_TOKEN`` (not the admin one)."""
-    expected: str = connection.app.state.settings.callback_token
-    if not expected:
+    accepted: tuple[str, ...] = connection.app.state.settings.callback_tokens
+    if not accepted:
         raise ServiceUnavailableException("Callback disabled: GATEWAY_CALLBACK_TOKEN is not set")
-    _check_bearer(connection, expected)
+    _check_bearer(connection, accepted)
 
 
 @get("/ws/status/{user_id:str}", guards=[require_admin], sync_to_thread=False)
@@ -216,6 +222,12 @@ def create_app(
         # Logging is configured by the process (python -m gateway honours LOG_LEVEL); Litestar's
         # default config would reset the root logger to INFO.
         logging_config=None,
+        cors_config=CORSConfig(
+            allow_origins=list(settings.allowed_origins) or ["*"],
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        ),
     )
     app.state.settings = settings
     return app
@@ -234,9 +246,23 @@ class SocketFastPath:
 
     def __init__(self, app: Litestar) -> None:
         self.app = app
+        self._origins = frozenset(app.state.settings.allowed_origins)
+
+    def _origin_allowed(self, scope: Any) -> bool:
+        """Browsers send Origin on every socket; other clients usually send none."""
+        if not self._origins:
+            return True
+        for name, value in scope.get("headers", ()):
+            if name == b"origin":
+                return value.decode("latin-1").rstrip("/") in self._origins
+        return True
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket" and scope["path"].startswith(self.PREFIX):
+        if scope["type"] == "websocket" and not self._origin_allowed(scope):
+            # A page from a foreign origin: refuse the handshake (HTTP 403) before anything.
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
+        elif scope["type"] == "websocket" and scope["path"].startswith(self.PREFIX):
             user_id = scope["path"][len(self.PREFIX) :]
             await serve_socket(self.app.state.service, user_id, scope, receive, send)
         elif scope["type"] == "websocket":

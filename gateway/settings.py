@@ -7,7 +7,6 @@ Every setting has an environment variable; the names in ARCHITECTURE.md (``PING_
 
 from __future__ import annotations
 
-import hmac
 import os
 import socket
 import uuid
@@ -27,9 +26,9 @@ WS_IMPLEMENTATIONS = ("wsproto", "websockets", "websockets-sansio")
 class Settings:
     """Everything the gateway needs to run; built by :meth:`from_env` and never mutated."""
 
-    admin_token: str
+    admin_tokens: tuple[str, ...]
     project_id: str
-    callback_token: str = ""
+    callback_tokens: tuple[str, ...] = ()
     ping_interval: float = 30.0
     pong_timeout: float = 10_800.0
     sweep_interval: float = 60.0
@@ -50,6 +49,8 @@ class Settings:
     max_messages_per_second: float = 20.0
     max_sockets_per_user: int = 10
     max_connects_per_minute: int = 300
+    #: Browser origins allowed to open sockets and call the REST API; empty: any origin.
+    allowed_origins: tuple[str, ...] = ()
 
     @property
     def timeout_text(self) -> str:
@@ -64,19 +65,18 @@ class Settings:
         """Read and validate the settings; raise :class:`ConfigError` naming the variable."""
         env = os.environ if env is None else env
         reader = _Reader(env)
-        admin_token = reader.get("GATEWAY_ADMIN_TOKEN", str, None)
-        if not admin_token:
+        admin_tokens = reader.tokens("GATEWAY_ADMIN_TOKEN")
+        if not admin_tokens:
             raise ConfigError(
                 "GATEWAY_ADMIN_TOKEN",
                 "is required (the REST API's bearer token); `make up` generates one",
             )
-        if len(admin_token) < 16:
-            raise ConfigError("GATEWAY_ADMIN_TOKEN", "must be at least 16 characters")
-        callback_token = reader.get("GATEWAY_CALLBACK_TOKEN", str, "")
-        if callback_token and len(callback_token) < 16:
-            raise ConfigError("GATEWAY_CALLBACK_TOKEN", "must be at least 16 characters")
-        if callback_token and hmac.compare_digest(callback_token, admin_token):
+        callback_tokens = reader.tokens("GATEWAY_CALLBACK_TOKEN")
+        if set(callback_tokens) & set(admin_tokens):
             raise ConfigError("GATEWAY_CALLBACK_TOKEN", "must differ from GATEWAY_ADMIN_TOKEN")
+        origins = tuple(
+            o.strip().rstrip("/") for o in reader.get("ALLOWED_ORIGINS", str, "").split(",")
+        )
         emulated = bool(env.get("FIRESTORE_EMULATOR_HOST"))
         project_id = reader.get("GOOGLE_CLOUD_PROJECT", str, DEMO_PROJECT if emulated else None)
         if not project_id:
@@ -106,9 +106,10 @@ class Settings:
             # Never in production: without tokens anyone may open a socket as anyone.
             raise ConfigError("AUTH_MODE", "off is only allowed against the emulators")
         settings = cls(
-            admin_token=admin_token,
+            admin_tokens=admin_tokens,
             project_id=project_id,
-            callback_token=callback_token,
+            callback_tokens=callback_tokens,
+            allowed_origins=tuple(o for o in origins if o),
             ping_interval=reader.positive("PING_INTERVAL", 30.0),
             pong_timeout=reader.positive("PONG_TIMEOUT", 10_800.0),
             sweep_interval=reader.positive("SWEEP_INTERVAL", 60.0),
@@ -154,6 +155,13 @@ class _Reader:
             return parse(raw)
         except ValueError:
             raise ConfigError(name, f"cannot parse {raw!r} as {parse.__name__}") from None
+
+    def tokens(self, name: str) -> tuple[str, ...]:
+        """Comma-separated secrets: several are accepted at once, for rotation."""
+        values = tuple(t.strip() for t in self.get(name, str, "").split(",") if t.strip())
+        if any(len(t) < 16 for t in values):
+            raise ConfigError(name, "each token must be at least 16 characters")
+        return values
 
     def limit(self, name: str, default: float) -> float:
         """A rate or count limit: 0 disables it."""
