@@ -20,7 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from firebase_functions import scheduler_fn  # noqa: E402
 
 from presence_sweep import SweepReport, sweep  # noqa: E402
-from presence_sweep.adapters import FirebaseAuth, FirestoreMembers, HttpNotifier  # noqa: E402
+from presence_sweep.adapters import (  # noqa: E402
+    FirebaseAuth,
+    FirestoreMembers,
+    HttpNotifier,
+    google_id_token,
+)
 from presence_sweep.exceptions import SweepFailed  # noqa: E402
 from presence_sweep.settings import SweepSettings  # noqa: E402
 
@@ -46,7 +51,13 @@ def run_sweep(now: datetime | None = None) -> SweepReport:
     report = sweep(
         FirestoreMembers(db),
         FirebaseAuth(app),
-        HttpNotifier(settings.callback_token, settings.callback_timeout),
+        HttpNotifier(
+            # On Google Cloud, an OIDC ID token for the gateway's URL; else the shared secret.
+            google_id_token(settings.callback_audience)
+            if settings.callback_audience
+            else settings.callback_token,
+            settings.callback_timeout,
+        ),
         now or datetime.now(UTC),
         pong_timeout=settings.pong_timeout,
         page_size=settings.page_size,

@@ -26,6 +26,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.status_codes import HTTP_404_NOT_FOUND, HTTP_500_INTERNAL_SERVER_ERROR
 
 from gateway.auth import FirebaseVerifier
+from gateway.callback_auth import OidcVerifier
 from gateway.exceptions import UserNotConnectedError
 from gateway.messages import (
     BroadcastResponse,
@@ -73,12 +74,28 @@ def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHa
     _check_bearer(connection, connection.app.state.settings.admin_tokens)
 
 
-def require_callback(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard for the sweep's callback: ``Bearer $GATEWAY_CALLBACK_TOKEN`` (not the admin one)."""
-    accepted: tuple[str, ...] = connection.app.state.settings.callback_tokens
-    if not accepted:
-        raise ServiceUnavailableException("Callback disabled: GATEWAY_CALLBACK_TOKEN is not set")
-    _check_bearer(connection, accepted)
+async def require_callback(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Guard for the sweep's callback (never the admin token): the shared
+    ``GATEWAY_CALLBACK_TOKEN``, or a Google-signed OIDC token for a configured service account."""
+    settings: Settings = connection.app.state.settings
+    oidc: OidcVerifier | None = connection.app.state.oidc
+    if not settings.callback_tokens and oidc is None:
+        raise ServiceUnavailableException(
+            "Callback disabled: set GATEWAY_CALLBACK_TOKEN or CALLBACK_OIDC_AUDIENCE"
+        )
+    if settings.callback_tokens:
+        try:
+            _check_bearer(connection, settings.callback_tokens)
+            return
+        except NotAuthorizedException:
+            if oidc is None:
+                raise
+    assert oidc is not None
+    scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or await oidc.verify(token.strip()) is None:
+        raise NotAuthorizedException("Missing or invalid bearer token")
 
 
 @get("/ws/status/{user_id:str}", guards=[require_admin], sync_to_thread=False)
@@ -230,6 +247,15 @@ def create_app(
         ),
     )
     app.state.settings = settings
+    app.state.oidc = (
+        OidcVerifier(
+            settings.callback_oidc_audience,
+            settings.callback_oidc_service_accounts,
+            settings.callback_oidc_certs_url,
+        )
+        if settings.callback_oidc_audience
+        else None
+    )
     return app
 
 

@@ -51,6 +51,9 @@ class Settings:
     max_connects_per_minute: int = 300
     #: Browser origins allowed to open sockets and call the REST API; empty: any origin.
     allowed_origins: tuple[str, ...] = ()
+    callback_oidc_audience: str = ""
+    callback_oidc_service_accounts: tuple[str, ...] = ()
+    callback_oidc_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
 
     @property
     def timeout_text(self) -> str:
@@ -74,6 +77,17 @@ class Settings:
         callback_tokens = reader.tokens("GATEWAY_CALLBACK_TOKEN")
         if set(callback_tokens) & set(admin_tokens):
             raise ConfigError("GATEWAY_CALLBACK_TOKEN", "must differ from GATEWAY_ADMIN_TOKEN")
+        oidc_audience = reader.get("CALLBACK_OIDC_AUDIENCE", str, "")
+        oidc_accounts = tuple(
+            a.strip()
+            for a in reader.get("CALLBACK_OIDC_SERVICE_ACCOUNTS", str, "").split(",")
+            if a.strip()
+        )
+        if bool(oidc_audience) != bool(oidc_accounts):
+            raise ConfigError(
+                "CALLBACK_OIDC_SERVICE_ACCOUNTS" if oidc_audience else "CALLBACK_OIDC_AUDIENCE",
+                "CALLBACK_OIDC_AUDIENCE and CALLBACK_OIDC_SERVICE_ACCOUNTS go together",
+            )
         origins = tuple(
             o.strip().rstrip("/") for o in reader.get("ALLOWED_ORIGINS", str, "").split(",")
         )
@@ -110,6 +124,11 @@ class Settings:
             project_id=project_id,
             callback_tokens=callback_tokens,
             allowed_origins=tuple(o for o in origins if o),
+            callback_oidc_audience=oidc_audience,
+            callback_oidc_service_accounts=oidc_accounts,
+            callback_oidc_certs_url=reader.get(
+                "CALLBACK_OIDC_CERTS_URL", str, "https://www.googleapis.com/oauth2/v1/certs"
+            ),
             ping_interval=reader.positive("PING_INTERVAL", 30.0),
             pong_timeout=reader.positive("PONG_TIMEOUT", 10_800.0),
             sweep_interval=reader.positive("SWEEP_INTERVAL", 60.0),

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -183,9 +184,12 @@ class FirebaseAuth:
 
 
 class HttpNotifier:
-    """POSTs the timeout callback to a gateway instance (body pinned by tests/contract)."""
+    """POSTs the timeout callback to a gateway instance (body pinned by tests/contract).
 
-    def __init__(self, token: str, timeout: float) -> None:
+    ``token`` is the bearer credential: the shared GATEWAY_CALLBACK_TOKEN, or a callable that
+    returns a fresh Google-signed ID token (see ``google_id_token``)."""
+
+    def __init__(self, token: str | Callable[[], str], timeout: float) -> None:
         self._token = token
         self._timeout = timeout
 
@@ -196,6 +200,9 @@ class HttpNotifier:
             closed += self._post(internal_url, callback_body(chunk, now))
         return closed
 
+    def _bearer(self) -> str:
+        return self._token() if callable(self._token) else self._token
+
     def _post(self, internal_url: str, body: dict[str, Any]) -> int:
         request = urllib.request.Request(
             internal_url.rstrip("/") + CALLBACK_PATH,
@@ -203,7 +210,7 @@ class HttpNotifier:
             method="POST",
             headers={
                 "Content-Type": "application/json",
-                "Authorization": f"Bearer {self._token}",
+                "Authorization": f"Bearer {self._bearer()}",
             },
         )
         try:
@@ -214,6 +221,25 @@ class HttpNotifier:
         except (OSError, ValueError) as exc:
             raise CallbackError(f"{internal_url} unreachable: {exc}") from exc
         return int(answer.get("closed", 0))
+
+
+def google_id_token(audience: str) -> Callable[[], str]:
+    """A provider of Google-signed ID tokens for ``audience`` from the runtime's service
+    account (the metadata server on Cloud Functions / Cloud Run), reused for 50 minutes."""
+    cached: list[tuple[float, str]] = []
+
+    def provide() -> str:
+        import google.auth.transport.requests
+        from google.oauth2 import id_token
+
+        if cached and time.monotonic() - cached[0][0] < 3000:
+            return cached[0][1]
+        request = google.auth.transport.requests.Request()
+        token = str(id_token.fetch_id_token(request, audience))  # type: ignore[no-untyped-call]
+        cached[:] = [(time.monotonic(), token)]
+        return token
+
+    return provide
 
 
 def callback_body(sessions: Sequence[SessionRef], now: datetime) -> dict[str, Any]:

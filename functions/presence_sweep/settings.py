@@ -15,6 +15,7 @@ class SweepSettings:
     project_id: str
     pong_timeout: float = 10_800.0
     callback_token: str = ""
+    callback_audience: str = ""
     page_size: int = 300
     auth_concurrency: int = 8
     pages_in_flight: int = 3
@@ -50,7 +51,8 @@ class SweepSettings:
         return cls(
             project_id=project,
             pong_timeout=number("PONG_TIMEOUT", 10_800.0),
-            callback_token=env.get("GATEWAY_CALLBACK_TOKEN", ""),
+            callback_token=env.get("GATEWAY_CALLBACK_TOKEN", "").split(",")[0].strip(),
+            callback_audience=env.get("GATEWAY_CALLBACK_AUDIENCE", "").strip(),
             page_size=page_size,
             auth_concurrency=int(number("SWEEP_AUTH_CONCURRENCY", 8)),
             pages_in_flight=int(number("SWEEP_PAGES_IN_FLIGHT", 3)),

@@ -1,0 +1,305 @@
+"""firestore.rules against gcloud's Firestore emulator, over its REST API.
+
+The module starts its own emulator (the session one runs without rules, open to everything),
+loads ``firestore.rules`` for a fresh ``demo-rules-*`` project through the emulator's
+``:securityRules`` endpoint, and then plays a client: emulator-style unsigned ID tokens as
+``Authorization: Bearer``. The Admin path is ``Bearer owner`` (the emulator's admin bypass) and
+the google-cloud-firestore client, which the emulator treats as admin too.
+
+Nothing here skips: without gcloud's emulator, or when the rules do not load or are not
+enforced, the fixture fails with the reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from emulator import procs
+from emulator.exceptions import EmulatorError
+from gateway.store import INSTANCES, MEMBERS, SESSIONS
+from tests.support import LOG_DIR, UNIT, unsigned_token
+
+pytestmark = pytest.mark.integration
+
+RULES = procs.ROOT / "firestore.rules"
+ALICE, BOB = "alice", "bob"
+SESSION_ID = f"{ALICE}-s1"
+INSTANCE_ID = "inst-1"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+ADMIN = {"Authorization": "Bearer owner"}
+
+
+@dataclass
+class RulesEmulator:
+    process: procs.Process
+    host: str
+    project: str
+    http: httpx.Client
+    db: Any  # google.cloud.firestore.Client: admin
+
+    @property
+    def root(self) -> str:
+        return f"projects/{self.project}/databases/(default)/documents"
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}/v1/{self.root}/{path}"
+
+    def name(self, path: str) -> str:
+        return f"{self.root}/{path}"
+
+    def as_user(self, uid: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {unsigned_token(self.project, uid)}"}
+
+    def fail(self, message: str) -> None:
+        pytest.fail(
+            f"{message}\nemulator log {self.process.log_path}:\n{procs.tail(self.process.log_path)}"
+        )
+
+
+def _start_emulator(host: str, port: int) -> procs.Process:
+    # Only gcloud's emulator enforces rules: never the Node fallback, whatever the environment
+    # asks for (FIRESTORE_EMULATOR_IMPL=gcloud makes a missing SDK an error, not a fallback).
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(procs.FIRESTORE_IMPL_ENV, "gcloud")
+        try:
+            process = procs.firestore_process(host, port, LOG_DIR)
+        except EmulatorError as exc:
+            pytest.fail(f"firestore.rules need gcloud's Firestore emulator: {exc}")
+    process.log_path = LOG_DIR / f"firestore-rules-{port}.log"
+    process.start()
+    try:
+        process.wait_ready(60 * UNIT)
+    except EmulatorError as exc:
+        process.stop()
+        pytest.fail(f"the Firestore emulator for the rules tests did not start: {exc}")
+    return process
+
+
+def _load_rules(emu: RulesEmulator) -> None:
+    response = emu.http.put(
+        f"http://{emu.host}/emulator/v1/projects/{emu.project}:securityRules",
+        json={"rules": {"files": [{"name": RULES.name, "content": RULES.read_text()}]}},
+    )
+    if response.status_code != 200:
+        emu.fail(
+            f"loading {RULES} into the emulator failed: HTTP {response.status_code} {response.text}"
+        )
+    # Without rules the emulator allows everything (a missing document reads as 404): a 403
+    # here is the proof that these rules, and not the open default, are in force.
+    probe = emu.http.get(emu.url(f"{MEMBERS}/rules-probe"))
+    if probe.status_code != 403:
+        emu.fail(
+            f"rules loaded (HTTP 200) but not enforced: an unauthenticated read answered "
+            f"HTTP {probe.status_code} {probe.text}"
+        )
+
+
+def _seed(db: Any) -> None:
+    where = {"instance_id": INSTANCE_ID, "internal_url": "http://gateway.invalid"}
+    batch = db.batch()
+    for uid in (ALICE, BOB):
+        batch.set(
+            db.collection(MEMBERS).document(uid),
+            {
+                "is_signed_in": True,
+                "last_pong_at": T0,
+                "updated_at": T0,
+                "instance_id": INSTANCE_ID,
+                "active_sessions": {f"{uid}-s1": where},
+            },
+        )
+    batch.set(
+        db.collection(SESSIONS).document(SESSION_ID),
+        {"user_id": ALICE, "is_active": True, "connected_at": T0, **where},
+    )
+    batch.set(
+        db.collection(INSTANCES).document(INSTANCE_ID),
+        {"internal_url": "http://gateway.invalid", "started_at": T0, "heartbeat_at": T0},
+    )
+    batch.commit()
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[RulesEmulator]:
+    host, port = "127.0.0.1", procs.free_port()
+    process = _start_emulator(host, port)
+    http = httpx.Client(timeout=10 * UNIT)
+    db: Any = None
+    try:
+        project = f"demo-rules-{uuid.uuid4().hex[:8]}"
+        # The client reads FIRESTORE_EMULATOR_HOST once, when built: set it only for that, so
+        # the session's own emulator settings are left as they were.
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("FIRESTORE_EMULATOR_HOST", f"{host}:{port}")
+            from google.cloud import firestore
+
+            db = firestore.Client(project=project)
+        rules = RulesEmulator(process, f"{host}:{port}", project, http, db)
+        _load_rules(rules)
+        _seed(db)
+        yield rules
+    finally:
+        if db is not None:
+            db.close()
+        http.close()
+        process.stop()
+
+
+def fields(value: dict[str, Any]) -> dict[str, Any]:
+    """A REST ``fields`` map from plain strings/bools (all the writes below need)."""
+    return {
+        key: {"booleanValue": v} if isinstance(v, bool) else {"stringValue": v}
+        for key, v in value.items()
+    }
+
+
+def assert_denied(response: httpx.Response) -> None:
+    assert response.status_code == 403, (response.status_code, response.text)
+    assert response.json()["error"]["status"] == "PERMISSION_DENIED", response.text
+
+
+# (1) -------------------------------------------------------------------------------------------
+
+
+def test_signed_in_user_reads_own_member_document(emu: RulesEmulator) -> None:
+    response = emu.http.get(emu.url(f"{MEMBERS}/{ALICE}"), headers=emu.as_user(ALICE))
+
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    assert doc["name"] == emu.name(f"{MEMBERS}/{ALICE}")
+    assert doc["fields"]["is_signed_in"] == {"booleanValue": True}
+    assert doc["fields"]["instance_id"] == {"stringValue": INSTANCE_ID}
+
+
+# (2) -------------------------------------------------------------------------------------------
+
+
+def test_signed_in_user_cannot_read_another_member(emu: RulesEmulator) -> None:
+    assert_denied(emu.http.get(emu.url(f"{MEMBERS}/{BOB}"), headers=emu.as_user(ALICE)))
+    # Not even one that does not exist (no probing for ids).
+    assert_denied(emu.http.get(emu.url(f"{MEMBERS}/nobody"), headers=emu.as_user(ALICE)))
+
+
+def test_signed_in_user_cannot_list_or_query_members(emu: RulesEmulator) -> None:
+    assert_denied(emu.http.get(emu.url(MEMBERS), headers=emu.as_user(ALICE)))
+    query = {"structuredQuery": {"from": [{"collectionId": MEMBERS}]}}
+    response = emu.http.post(
+        f"http://{emu.host}/v1/{emu.root}:runQuery", json=query, headers=emu.as_user(ALICE)
+    )
+    assert response.status_code == 403, (response.status_code, response.text)
+    assert "PERMISSION_DENIED" in response.text
+
+
+# (3) -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", [f"{MEMBERS}/{ALICE}", f"{SESSIONS}/{SESSION_ID}", f"{INSTANCES}/{INSTANCE_ID}"]
+)
+def test_unauthenticated_reads_are_denied(emu: RulesEmulator, path: str) -> None:
+    assert_denied(emu.http.get(emu.url(path)))
+
+
+# (4) -------------------------------------------------------------------------------------------
+
+
+def test_client_writes_to_own_member_document_are_denied(emu: RulesEmulator) -> None:
+    me = emu.as_user(ALICE)
+    own = emu.url(f"{MEMBERS}/{ALICE}")
+    tampered = fields({"is_signed_in": False, "instance_id": "evil"})
+
+    # update (PATCH of an existing document, whole and field-masked)
+    assert_denied(emu.http.patch(own, json={"fields": tampered}, headers=me))
+    assert_denied(
+        emu.http.patch(
+            own,
+            params={"updateMask.fieldPaths": "instance_id"},
+            json={"fields": fields({"instance_id": "evil"})},
+            headers=me,
+        )
+    )
+    # delete
+    assert_denied(emu.http.delete(own, headers=me))
+    # a batched write through :commit
+    commit = {"writes": [{"update": {"name": emu.name(f"{MEMBERS}/{ALICE}"), "fields": tampered}}]}
+    response = emu.http.post(f"http://{emu.host}/v1/{emu.root}:commit", json=commit, headers=me)
+    assert_denied(response)
+    # create: a member document of one's own that does not exist yet
+    fresh = f"new-{uuid.uuid4().hex[:8]}"
+    assert_denied(
+        emu.http.patch(
+            emu.url(f"{MEMBERS}/{fresh}"), json={"fields": tampered}, headers=emu.as_user(fresh)
+        )
+    )
+    # ...and unauthenticated, which the emulator's open default would have allowed.
+    assert_denied(emu.http.patch(own, json={"fields": tampered}))
+
+    # None of it landed.
+    doc = emu.db.collection(MEMBERS).document(ALICE).get()
+    assert doc.exists
+    assert doc.get("is_signed_in") is True
+    assert doc.get("instance_id") == INSTANCE_ID
+    assert not emu.db.collection(MEMBERS).document(fresh).get().exists
+
+
+# (5) -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [f"{SESSIONS}/{SESSION_ID}", f"{INSTANCES}/{INSTANCE_ID}"])
+def test_sessions_and_instances_are_closed_to_clients(emu: RulesEmulator, path: str) -> None:
+    # Alice's own session document (user_id == alice) included: only members/{uid} is readable.
+    me = emu.as_user(ALICE)
+    assert_denied(emu.http.get(emu.url(path), headers=me))
+    assert_denied(emu.http.get(emu.url(path.split("/")[0]), headers=me))  # list
+    assert_denied(
+        emu.http.patch(emu.url(path), json={"fields": fields({"internal_url": "x"})}, headers=me)
+    )
+
+
+# (6) -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"{MEMBERS}/{ALICE}",
+        f"{MEMBERS}/{BOB}",
+        f"{SESSIONS}/{SESSION_ID}",
+        f"{INSTANCES}/{INSTANCE_ID}",
+    ],
+)
+def test_admin_bypass_reads_everything(emu: RulesEmulator, path: str) -> None:
+    response = emu.http.get(emu.url(path), headers=ADMIN)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["name"] == emu.name(path)
+
+
+def test_admin_writes_succeed_over_rest_and_the_python_client(emu: RulesEmulator) -> None:
+    carol = f"carol-{uuid.uuid4().hex[:8]}"
+    # REST with the admin bypass: create, then read back with the Python client.
+    response = emu.http.patch(
+        emu.url(f"{MEMBERS}/{carol}"),
+        json={"fields": fields({"is_signed_in": True})},
+        headers=ADMIN,
+    )
+    assert response.status_code == 200, response.text
+    assert emu.db.collection(MEMBERS).document(carol).get().get("is_signed_in") is True
+
+    # The Python client (what the gateway and the sweep use) writes where clients may not...
+    emu.db.collection(SESSIONS).document(SESSION_ID).set({"is_active": False}, merge=True)
+    emu.db.collection(MEMBERS).document(carol).set({"instance_id": INSTANCE_ID}, merge=True)
+    session = emu.http.get(emu.url(f"{SESSIONS}/{SESSION_ID}"), headers=ADMIN).json()
+    assert session["fields"]["is_active"] == {"booleanValue": False}
+
+    # ...and the owner then reads what the admin wrote, through the rules.
+    own = emu.http.get(emu.url(f"{MEMBERS}/{carol}"), headers=emu.as_user(carol))
+    assert own.status_code == 200, own.text
+    assert own.json()["fields"]["instance_id"] == {"stringValue": INSTANCE_ID}
