@@ -22,7 +22,9 @@ from gateway.messages import ErrorMessage, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry
 from gateway.settings import Settings
 from gateway.store import (
+    INSTANCES,
     Store,
+    Write,
     connect_writes,
     disconnect_writes,
     instance_write,
@@ -103,6 +105,10 @@ class PresenceService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # uvicorn has already closed every socket with 1012 (service restart), so clients
+        # reconnect elsewhere and their disconnects are in the buffer: mark the instance
+        # stopped and flush everything before the process ends.
+        self.writer.put(Write(INSTANCES, self.settings.instance_id, {"stopped_at": utc_now()}))
         await self.writer.close()
         await self.store.close()
         logger.info("gateway instance %s stopped", self.settings.instance_id)

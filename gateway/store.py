@@ -10,7 +10,7 @@ Documents (field names are the contract with the sweep function; see README):
     ``user_id``, ``is_active``, ``connected_at``, ``instance_id``, ``internal_url``,
     ``disconnected_at``, ``close_code``
 ``gateway_instances/{instance_id}``
-    ``internal_url``, ``started_at``, ``heartbeat_at``
+    ``internal_url``, ``started_at``, ``heartbeat_at``, ``stopped_at`` (on a clean shutdown)
 
 A :class:`Store` commits one batch of merge-writes atomically; the Firestore backend is what
 runs, the in-memory one serves fast unit tests and is held to the same behaviour by the
