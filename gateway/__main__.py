@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
+from datetime import UTC, datetime
 
 import uvicorn
 
@@ -25,6 +27,22 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class CloudLoggingJson(logging.Formatter):
+    """One JSON object per line in Cloud Logging's structured format (severity, message, time,
+    logger; the traceback folded into message), which Cloud Run parses from stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "severity": record.levelname,
+            "message": record.getMessage(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "logger": record.name,
+        }
+        if record.exc_info:
+            entry["message"] += "\n" + self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
 def main() -> int:
     try:
         settings = Settings.from_env()
@@ -36,6 +54,9 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if settings.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(CloudLoggingJson())
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactTokens())
     app = create_asgi(settings)

@@ -23,7 +23,9 @@ from litestar.exceptions import (
 )
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import HTTP_404_NOT_FOUND, HTTP_500_INTERNAL_SERVER_ERROR
+from prometheus_client import REGISTRY
 
 from gateway.auth import FirebaseVerifier
 from gateway.callback_auth import OidcVerifier
@@ -39,6 +41,7 @@ from gateway.messages import (
     TimeoutCallback,
     TimeoutCallbackResponse,
 )
+from gateway.metrics import GatewayCollector
 from gateway.service import MessageHandler, PresenceService, log_message
 from gateway.settings import Settings
 from gateway.sockets import serve_socket
@@ -169,6 +172,7 @@ async def internal_timeout(
 ) -> TimeoutCallbackResponse:
     """Called by the sweep: send the timeout message to these sessions' sockets and close
     them with 4408. Sessions not open here are counted in ``not_found``."""
+    _service(request).callbacks_received += 1
     closed, not_found = await _service(request).expire_sessions(
         (s.user_id, s.session_id) for s in data.sessions
     )
@@ -209,6 +213,8 @@ def create_app(
     application's hook for client ``message`` frames (the default logs them)."""
 
     make_store: StoreFactory = store_factory or (lambda s: FirestoreStore(s.project_id))
+    # HTTP request metrics for the REST API; sockets are counted by GatewayCollector.
+    prometheus = PrometheusConfig(app_name="gateway", prefix="gateway_http", group_path=True)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -217,11 +223,14 @@ def create_app(
             settings, make_store(settings), message_handler=message_handler, verifier=verifier
         )
         app.state.service = service
+        collector = GatewayCollector(service)
+        REGISTRY.register(collector)
         await service.start()
         try:
             yield
         finally:
             await service.stop()
+            REGISTRY.unregister(collector)
 
     app = Litestar(
         route_handlers=[
@@ -231,7 +240,9 @@ def create_app(
             ws_broadcast,
             internal_timeout,
             healthz,
+            GatewayMetrics,
         ],
+        middleware=[prometheus.middleware],
         lifespan=[lifespan],
         exception_handlers={Exception: _error_body},
         openapi_config=OpenAPIConfig(title="Presence gateway", version="0.1.0"),
@@ -257,6 +268,13 @@ def create_app(
         else None
     )
     return app
+
+
+class GatewayMetrics(PrometheusController):
+    """``GET /metrics``: Prometheus text format (unauthenticated, like /healthz: expose it
+    only on the internal network or behind the platform's auth)."""
+
+    path = "/metrics"
 
 
 class SocketFastPath:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -75,6 +76,9 @@ class PresenceService:
         self.connect_limiter = ConnectLimiter(settings.max_connects_per_minute)
         self.pings_sent = 0
         self.timeouts_sent = 0
+        self.callbacks_received = 0
+        #: Sockets refused or closed by policy, by reason (close reason text).
+        self.refusals: Counter[str] = Counter()
         self._started_at = utc_now()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -162,6 +166,7 @@ class PresenceService:
                 iso(utc_now()),
             )
         )
+        self.refusals["token expired"] += len(stale)
         for conn in stale:
             await conn.send_text(text, self.settings.send_timeout)
             await conn.close(CLOSE_UNAUTHENTICATED, "token expired")

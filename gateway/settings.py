@@ -44,6 +44,7 @@ class Settings:
     buffer_max_docs: int = 200_000
     ws_implementation: str = "wsproto"
     log_level: str = "INFO"
+    log_format: str = "text"
     auth_required: bool = True
     token_grace: float = 300.0
     max_messages_per_second: float = 20.0
@@ -144,6 +145,8 @@ class Settings:
             buffer_max_docs=int(reader.positive("PONG_BUFFER_MAX_DOCS", 200_000)),
             ws_implementation=ws_impl,
             log_level=reader.get("LOG_LEVEL", str, "INFO").upper(),
+            # Cloud Run sets K_SERVICE: log structured JSON there unless told otherwise.
+            log_format=reader.get("LOG_FORMAT", str, "json" if env.get("K_SERVICE") else "text"),
             auth_required=auth_mode == "firebase",
             token_grace=reader.get("TOKEN_GRACE", float, 300.0),
             max_messages_per_second=reader.limit("WS_MAX_MESSAGES_PER_SECOND", 20),
@@ -157,6 +160,8 @@ class Settings:
             raise ConfigError("PONG_FLUSH_INTERVAL", "must be at most 1 second")
         if settings.batch_size > 500:
             raise ConfigError("PONG_BATCH_SIZE", "Firestore commits hold at most 500 writes")
+        if settings.log_format not in ("json", "text"):
+            raise ConfigError("LOG_FORMAT", "must be json or text")
         if settings.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
         return settings

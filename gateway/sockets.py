@@ -76,6 +76,7 @@ async def serve_socket(
     # Accept, then close with the reason: a browser sees close codes, not handshake statuses.
     await send({"type": "websocket.accept"})
     if refusal is not None:
+        service.refusals[refusal.reason] += 1
         await send(
             {"type": "websocket.close", "code": refusal.close_code, "reason": refusal.reason}
         )
@@ -84,6 +85,7 @@ async def serve_socket(
         )
         return
     if not valid_user_id(user_id):
+        service.refusals["invalid user id"] += 1
         await send(
             {
                 "type": "websocket.close",
@@ -130,12 +132,14 @@ async def _receive_loop(service: PresenceService, conn: Connection, receive: Any
             conn.bucket_at = now
             if not allowed:
                 logger.info("closing flooding socket user=%s", conn.user_id)
+                service.refusals["too many messages"] += 1
                 await conn.close(CLOSE_RATE_LIMITED, "too many messages")
                 return CLOSE_RATE_LIMITED
         try:
             decoded = decode_frame(event.get("text"), event.get("bytes"), max_bytes)
         except ProtocolError as exc:
             if exc.close_code is not None:
+                service.refusals[exc.code] += 1
                 await conn.close(exc.close_code, exc.message)
                 return exc.close_code
             reply = ErrorMessage("error", exc.code, exc.message, iso(utc_now()))

@@ -98,6 +98,7 @@ class WriteBehind:
         self._task: asyncio.Task[None] | None = None
         self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
         self.lag_counts = [0] * len(LAG_BUCKETS)
+        self.lag_sum = 0.0
         self.pongs_received = 0
         self.pongs_persisted = 0
         self.writes_committed = 0
@@ -279,6 +280,7 @@ class WriteBehind:
                 lag = done - pending.first_pong
                 self._lags.extend(itertools.repeat(lag, min(pending.pongs, 16)))
                 self.lag_counts[bisect.bisect_left(LAG_BUCKETS, lag)] += pending.pongs
+                self.lag_sum += lag * pending.pongs
 
     def _requeue(self, chunk: list[tuple[tuple[str, str], _Pending]]) -> None:
         # Requeued entries may push the buffer past max_docs by at most one flush's worth;

@@ -341,3 +341,30 @@ async def test_sockets_on_other_paths_are_refused_at_the_handshake(gateway: Gate
         async with connect(f"ws://127.0.0.1:{gateway.port}/ws/other"):
             pass
     assert caught.value.response.status_code == 403
+
+
+async def test_metrics_count_sockets_pongs_and_refusals(gateway: GatewayProc) -> None:
+    """/metrics (Prometheus text) reports connections, pongs, the lag histogram, refusals."""
+    async with connect(gateway.ws(uid())) as ws, httpx.AsyncClient(base_url=gateway.http) as http:
+        await next_of(ws, "ping")
+        await ws.send(json.dumps({"type": "pong"}))
+        async with connect(gateway.bare_ws("x" + uid())) as refused:
+            with pytest.raises(ConnectionClosed):
+                await refused.recv()
+
+        async def scraped() -> str:
+            text = (await http.get("/metrics")).text
+            return text if "gateway_pong_persist_lag_seconds_count" in text else ""
+
+        text = await eventually(scraped)
+    lines = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert lines["gateway_connections"] >= 1
+    assert lines["gateway_pongs_received_total"] >= 1
+    assert lines["gateway_pings_sent_total"] >= 1
+    assert lines['gateway_refusals_total{reason="missing token"}'] >= 1
+    assert lines['gateway_pong_persist_lag_seconds_bucket{le="+Inf"}'] >= 1
+    assert any(key.startswith("gateway_http_requests_total") for key in lines)

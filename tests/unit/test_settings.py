@@ -54,6 +54,10 @@ def test_cloud_run_port_is_used_when_gateway_port_is_unset() -> None:
         ({**BASE, "PONG_BATCH_SIZE": "501"}, "PONG_BATCH_SIZE"),
         ({**BASE, "WS_IMPLEMENTATION": "h2"}, "WS_IMPLEMENTATION"),
         ({**BASE, "LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({**BASE, "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({**BASE, "WS_MAX_SOCKETS_PER_USER": "-1"}, "WS_MAX_SOCKETS_PER_USER"),
+        ({**BASE, "GATEWAY_CALLBACK_TOKEN": "t" * 20}, "GATEWAY_CALLBACK_TOKEN"),
+        ({**BASE, "CALLBACK_OIDC_AUDIENCE": "https://gw"}, "CALLBACK_OIDC_SERVICE_ACCOUNTS"),
     ],
 )
 def test_invalid_settings_name_the_variable(env: dict[str, str], name: str) -> None:

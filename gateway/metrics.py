@@ -1,0 +1,95 @@
+"""Prometheus metrics, read from the service's counters at scrape time.
+
+A collector instead of module-level metric objects: nothing is registered at import, and the
+hot paths (a pong, a ping) only bump plain integers. HTTP request metrics come from Litestar's
+Prometheus middleware; ``GET /metrics`` serves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from gateway.writer import LAG_BUCKETS
+
+if TYPE_CHECKING:
+    from gateway.service import PresenceService
+
+
+class GatewayCollector:
+    def __init__(self, service: PresenceService) -> None:
+        self.service = service
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        service, writer = self.service, self.service.writer
+        yield GaugeMetricFamily(
+            "gateway_connections",
+            "Open sockets on this instance",
+            service.registry.total_connections,
+        )
+        yield GaugeMetricFamily(
+            "gateway_users", "Users with an open socket here", service.registry.total_users
+        )
+        yield CounterMetricFamily("gateway_pings_sent", "Server pings sent", service.pings_sent)
+        yield CounterMetricFamily(
+            "gateway_pongs_received", "Client pongs received", writer.pongs_received
+        )
+        yield CounterMetricFamily(
+            "gateway_pongs_persisted", "Pongs committed to Firestore", writer.pongs_persisted
+        )
+        yield CounterMetricFamily(
+            "gateway_firestore_commits", "Write-behind commits that succeeded", writer.commits
+        )
+        yield CounterMetricFamily(
+            "gateway_firestore_commit_failures",
+            "Write-behind commits that failed (retried)",
+            writer.failed_commits,
+        )
+        yield CounterMetricFamily(
+            "gateway_firestore_writes", "Documents written by the buffer", writer.writes_committed
+        )
+        yield CounterMetricFamily(
+            "gateway_writes_dropped",
+            "Writes dropped because the buffer was full",
+            writer.dropped_writes,
+        )
+        yield GaugeMetricFamily(
+            "gateway_buffer_documents",
+            "Documents waiting in the write-behind buffer",
+            writer.buffered,
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip(LAG_BUCKETS, writer.lag_counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
+        yield HistogramMetricFamily(
+            "gateway_pong_persist_lag_seconds",
+            "Time from a pong's arrival to its commit",
+            buckets=buckets,
+            sum_value=writer.lag_sum,
+        )
+        yield CounterMetricFamily(
+            "gateway_timeouts_sent",
+            "Timeout messages sent (sockets closed 4408)",
+            service.timeouts_sent,
+        )
+        yield CounterMetricFamily(
+            "gateway_callbacks_received",
+            "Timeout callbacks from the sweep",
+            service.callbacks_received,
+        )
+        refusals = CounterMetricFamily(
+            "gateway_refusals", "Sockets refused or closed by policy", labels=["reason"]
+        )
+        for reason, count in sorted(service.refusals.items()):
+            refusals.add_metric([reason], count)
+        yield refusals
