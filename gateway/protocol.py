@@ -82,7 +82,11 @@ def decode_frame(text: str | None, data: bytes | None, max_bytes: int) -> Client
             raise _too_large(max_bytes)
         raise ProtocolError("binary_frame", "Binary frames are not supported; send JSON text")
     # A str's length in characters bounds its UTF-8 size from below; encode only when needed.
-    if len(text) > max_bytes or (len(text) * 4 > max_bytes and len(text.encode()) > max_bytes):
+    # "surrogatepass": a lone surrogate must be measured, not crash the measurement; msgspec
+    # then refuses it as invalid JSON below.
+    if len(text) > max_bytes or (
+        len(text) * 4 > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes
+    ):
         raise _too_large(max_bytes)
     try:
         value = _decoder.decode(text)
