@@ -61,39 +61,27 @@ async def serve_socket(
     if event["type"] != "websocket.connect":
         return
     identity = None
-    refusal: AuthError | None = None
+    refusal: tuple[int, str] | None = None
     client = scope.get("client") or ("unknown", 0)
     if not service.connect_limiter.allow(str(client[0]), time.time()):
         # Before the token check: a flood of attempts costs no Auth or Firestore call.
-        refusal = AuthError(CLOSE_RATE_LIMITED, "too many connection attempts")
-    elif valid_user_id(user_id):
+        refusal = (CLOSE_RATE_LIMITED, "too many connection attempts")
+    elif not valid_user_id(user_id):
+        refusal = (CLOSE_INVALID_USER_ID, "invalid user id")
+    else:
         try:
             token = token_from(scope.get("query_string", b""), dict(scope.get("headers", ())))
             identity = await service.admit(user_id, token)
             service.check_socket_limits(user_id)
         except AuthError as exc:
-            refusal = exc
+            refusal = (exc.close_code, exc.reason)
     # Accept, then close with the reason: a browser sees close codes, not handshake statuses.
     await send({"type": "websocket.accept"})
     if refusal is not None:
-        service.refusals[refusal.reason] += 1
-        await send(
-            {"type": "websocket.close", "code": refusal.close_code, "reason": refusal.reason}
-        )
-        logger.info(
-            "refused socket user=%.80r: %s (%d)", user_id, refusal.reason, refusal.close_code
-        )
-        return
-    if not valid_user_id(user_id):
-        service.refusals["invalid user id"] += 1
-        await send(
-            {
-                "type": "websocket.close",
-                "code": CLOSE_INVALID_USER_ID,
-                "reason": "invalid user id",
-            }
-        )
-        logger.info("refused socket: invalid user id %.80r", user_id)
+        refused_with, reason = refusal
+        service.refusals[reason] += 1
+        await send({"type": "websocket.close", "code": refused_with, "reason": reason})
+        logger.info("refused socket user=%.80r: %s (%d)", user_id, reason, refused_with)
         return
     conn = Connection(
         user_id,
