@@ -24,7 +24,11 @@ from litestar.exceptions import (
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from litestar.status_codes import HTTP_404_NOT_FOUND, HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+)
 from prometheus_client import REGISTRY
 
 from gateway.auth import FirebaseVerifier
@@ -189,6 +193,9 @@ def healthz(request: Request[Any, Any, Any]) -> HealthResponse:
 def _error_body(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
     if isinstance(exc, UserNotConnectedError):
         status, message = HTTP_404_NOT_FOUND, str(exc)
+    elif isinstance(exc, RecursionError | UnicodeDecodeError):
+        # Raised by body decoding for a deeply nested or non-UTF-8 body: the client's fault.
+        status, message = HTTP_400_BAD_REQUEST, "Request body is not valid JSON"
     elif isinstance(exc, HTTPException):
         status = exc.status_code
         message = exc.detail
