@@ -155,10 +155,6 @@ class FirestoreStore:
 
         self._client = firestore.AsyncClient(project=project_id)
 
-    @property
-    def client(self) -> Any:
-        return self._client
-
     async def commit(self, writes: Sequence[Write]) -> None:
         # The Commit RPC is called with protobufs built here instead of through
         # batch.set(merge=True) + batch.commit(): the library walks every value in Python on the

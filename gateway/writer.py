@@ -243,7 +243,9 @@ class WriteBehind:
         return max(0.0, due_at - now)
 
     async def flush_once(self) -> bool:
-        """Commit up to ``concurrency`` batches of pending writes; True when all succeeded."""
+        """Commit up to ``concurrency`` batches of pending writes at once; True when all
+        succeeded. For a writer that is not running (tests, tools): :meth:`run` does its own
+        scheduling and must not be combined with this."""
         if not self._buffer:
             return True
         taken = list(itertools.islice(self._buffer, self.batch_size * self.concurrency))
