@@ -313,6 +313,10 @@ class PresenceService:
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_interval)
+            # The instance's heartbeat rides on the same cadence (one merge-write per interval).
+            self.writer.put(
+                Write(INSTANCES, self.settings.instance_id, {"heartbeat_at": utc_now()})
+            )
             try:
                 await self.reconcile_once()
             except Exception as exc:
