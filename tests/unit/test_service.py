@@ -1,0 +1,61 @@
+"""The service's own loops and decisions with the in-memory store (no sockets, no Firestore)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.messages import utc_now
+from gateway.registry import Connection
+from gateway.service import CLOSE_SESSION_EXPIRED, PresenceService
+from gateway.settings import Settings
+from gateway.store import MemoryStore
+from tests.support import eventually
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(admin_tokens=("a" * 20,), project_id="demo-unit", **overrides)
+
+
+async def test_heartbeat_and_reconcile_run_every_sweep_interval() -> None:
+    """The instance document gets heartbeats, and a session signed out in Firestore whose
+    callback never came is closed with the timeout message and 4408, once."""
+    store = MemoryStore()
+    service = PresenceService(settings(sweep_interval=0.05, ping_interval=60), store)
+    await service.start()
+    try:
+        wire = Recorder()
+        conn = Connection("u1", "s1", utc_now(), wire)
+        service.connected(conn)
+        await service.writer.flush_once()
+        first_beat = store.docs[("gateway_instances", service.settings.instance_id)]
+        started = first_beat["heartbeat_at"]
+        store.docs[("sessions", "s1")]["signed_out_at"] = utc_now()
+
+        async def closed() -> bool:
+            return any(m["type"] == "websocket.close" for m in wire.sent)
+
+        await eventually(closed, timeout=5)
+        kinds = [m["type"] for m in wire.sent]
+        assert kinds == ["websocket.send", "websocket.close"]
+        assert wire.sent[1]["code"] == CLOSE_SESSION_EXPIRED
+        assert '"type":"timeout"' in wire.sent[0]["text"]
+        await asyncio.sleep(0.2)  # more reconcile passes: no second timeout
+        assert len(wire.sent) == 2
+
+        async def beat_moved() -> bool:
+            doc = store.docs[("gateway_instances", service.settings.instance_id)]
+            return bool(doc["heartbeat_at"] > started)
+
+        await eventually(beat_moved, timeout=5)
+    finally:
+        await service.stop()
+    assert "stopped_at" in store.docs[("gateway_instances", service.settings.instance_id)]
