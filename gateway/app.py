@@ -11,7 +11,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.config.cors import CORSConfig
@@ -23,6 +23,7 @@ from litestar.exceptions import (
 )
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
@@ -105,15 +106,35 @@ async def require_callback(
         raise NotAuthorizedException("Missing or invalid bearer token")
 
 
-@get("/ws/status/{user_id:str}", guards=[require_admin], sync_to_thread=False)
-def ws_status(request: Request[Any, Any, Any], user_id: str) -> StatusResponse:
-    """Whether the user holds at least one socket on this instance."""
-    count = _service(request).registry.count_of(user_id)
+@get("/ws/status/{user_id:str}", guards=[require_admin])
+async def ws_status(
+    request: Request[Any, Any, Any],
+    user_id: str,
+    # "scope" is Litestar's reserved name for the ASGI scope; the query parameter is mapped.
+    view: Annotated[Literal["deployment", "instance"], Parameter(query="scope")] = "deployment",
+) -> StatusResponse:
+    """Whether the user holds a socket anywhere in the deployment (default), or on this
+    instance (``?scope=instance``). If Firestore cannot answer, the instance's view is given
+    and says so in ``scope``."""
+    service = _service(request)
+    counts: dict[str, int] | None = None
+    if view == "deployment":
+        try:
+            counts = await service.deployment_sockets(user_id)
+        except Exception as exc:
+            logger.warning("deployment status unavailable, answering for this instance: %r", exc)
+    answered: Literal["deployment", "instance"] = "deployment" if counts is not None else "instance"
+    if counts is None:
+        local = service.registry.count_of(user_id)
+        counts = {service.settings.instance_id: local} if local else {}
+    total = sum(counts.values())
     return StatusResponse(
         user_id=user_id,
-        is_connected=count > 0,
-        status="connected" if count else "disconnected",
-        connections=count,
+        is_connected=total > 0,
+        status="connected" if total else "disconnected",
+        connections=total,
+        scope=answered,
+        instances=sorted(counts),
     )
 
 

@@ -83,6 +83,10 @@ class StatusResponse(msgspec.Struct):
     is_connected: bool
     status: Literal["connected", "disconnected"]
     connections: int
+    #: "deployment" (every live instance, from the member record) or "instance" (this one).
+    scope: Literal["deployment", "instance"]
+    #: Instances holding the user's sockets.
+    instances: list[str]
 
 
 class PongWriterStats(msgspec.Struct):

@@ -23,6 +23,7 @@ from gateway.messages import ErrorMessage, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry
 from gateway.settings import Settings
 from gateway.store import (
+    ACTIVE_SESSIONS,
     INSTANCES,
     Store,
     Write,
@@ -219,6 +220,35 @@ class PresenceService:
 
     def pong(self, conn: Connection, now: datetime) -> None:
         self.writer.put(pong_write(conn.user_id, now), pong=True)
+
+    # --- deployment-wide view ----------------------------------------------------------------
+
+    async def deployment_sockets(self, user_id: str) -> dict[str, int]:
+        """The user's sockets by instance across the deployment: this instance's from the
+        registry, the others' from the member's ``active_sessions``, counting only instances
+        that are alive (a heartbeat within 3 x SWEEP_INTERVAL and no ``stopped_at``), so the
+        sessions of a killed instance stop counting. Raises when Firestore cannot answer."""
+        me = self.settings.instance_id
+        counts: dict[str, int] = {}
+        local = self.registry.count_of(user_id)
+        if local:
+            counts[me] = local
+        member = await self.store.get_member(user_id, timeout=MEMBER_READ_TIMEOUT) or {}
+        elsewhere: dict[str, int] = {}
+        recorded = member.get(ACTIVE_SESSIONS)
+        for where in (recorded or {}).values() if isinstance(recorded, dict) else ():
+            instance = where.get("instance_id") if isinstance(where, dict) else None
+            if isinstance(instance, str) and instance != me:
+                elsewhere[instance] = elsewhere.get(instance, 0) + 1
+        if elsewhere:
+            docs = await self.store.get_instances(list(elsewhere), timeout=MEMBER_READ_TIMEOUT)
+            cutoff = utc_now() - timedelta(seconds=3 * self.settings.sweep_interval)
+            for instance, count in elsewhere.items():
+                doc = docs.get(instance, {})
+                beat = doc.get("heartbeat_at")
+                if "stopped_at" not in doc and isinstance(beat, datetime) and beat >= cutoff:
+                    counts[instance] = count
+        return counts
 
     # --- outbound ----------------------------------------------------------------------------
 

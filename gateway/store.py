@@ -86,6 +86,9 @@ class Store(Protocol):
     async def get_member(self, user_id: str, timeout: float) -> dict[str, Any] | None:
         """The member document, or None when there is none."""
 
+    async def get_instances(self, ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
+        """The gateway_instances documents that exist, by id."""
+
     async def close(self) -> None: ...
 
 
@@ -192,6 +195,14 @@ class FirestoreStore:
             .get(retry=None, timeout=timeout)
         )
         return snapshot.to_dict() if snapshot.exists else None
+
+    async def get_instances(self, ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
+        refs = [self._client.collection(INSTANCES).document(i) for i in ids]
+        found: dict[str, dict[str, Any]] = {}
+        async for snapshot in self._client.get_all(refs, retry=None, timeout=timeout):
+            if snapshot.exists:
+                found[snapshot.id] = snapshot.to_dict() or {}
+        return found
 
     async def signed_out_sessions(
         self, instance_id: str, since: datetime
@@ -340,6 +351,9 @@ class MemoryStore:
     async def get_member(self, user_id: str, timeout: float) -> dict[str, Any] | None:
         doc = self.docs.get((MEMBERS, user_id))
         return dict(doc) if doc is not None else None
+
+    async def get_instances(self, ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
+        return {i: dict(self.docs[(INSTANCES, i)]) for i in ids if (INSTANCES, i) in self.docs}
 
     async def signed_out_sessions(
         self, instance_id: str, since: datetime

@@ -200,12 +200,17 @@ async def test_status_stats_send_with_several_sockets_per_user(gateway: GatewayP
             return body if body["connections"] == 2 else {}
 
         status = await counted() or await eventually(counted)
+        instance = gateway.env["GATEWAY_INSTANCE_ID"]
         assert status == {
             "user_id": user,
             "is_connected": True,
             "status": "connected",
             "connections": 2,
+            "scope": "deployment",
+            "instances": [instance],
         }
+        local = (await http.get(f"/ws/status/{user}", params={"scope": "instance"})).json()
+        assert (local["scope"], local["connections"]) == ("instance", 2)
         stats = (await http.get("/ws/stats")).json()
         assert {user, other} <= set(stats["connected_users"])
         assert stats["connected_users"].count(user) == 1
@@ -234,7 +239,14 @@ async def test_status_stats_send_with_several_sockets_per_user(gateway: GatewayP
             body = (await http.get(f"/ws/status/{user}")).json()
         return bool(
             body
-            == {"user_id": user, "is_connected": False, "status": "disconnected", "connections": 0}
+            == {
+                "user_id": user,
+                "is_connected": False,
+                "status": "disconnected",
+                "connections": 0,
+                "scope": "deployment",
+                "instances": [],
+            }
         )
 
     await eventually(gone)
