@@ -168,12 +168,21 @@ class PresenceService:
             )
         )
         self.refusals["token expired"] += len(stale)
-        for conn in stale:
-            await conn.send_text(text, self.settings.send_timeout)
-            await conn.close(CLOSE_UNAUTHENTICATED, "token expired")
-            self.registry.remove(conn)
-            logger.info("token expired user=%s session=%s", conn.user_id, conn.session_id)
+        await self._last_word(stale, text, CLOSE_UNAUTHENTICATED, "token expired")
         return len(stale)
+
+    async def _last_word(self, conns: list[Connection], text: str, code: int, reason: str) -> None:
+        """Send each socket a final frame, close it, and drop it from the registry at once, so
+        a second pass (a repeated callback, a reconcile) finds nothing left to close."""
+        timeout = self.settings.send_timeout
+
+        async def one(conn: Connection) -> None:
+            await conn.send_text(text, timeout)
+            await conn.close(code, reason)
+            self.registry.remove(conn)
+            logger.info("%s user=%s session=%s", reason, conn.user_id, conn.session_id)
+
+        await asyncio.gather(*(one(c) for c in conns))
 
     async def _token_loop(self) -> None:
         every = min(30.0, max(0.25, self.settings.token_grace / 2))
@@ -311,16 +320,7 @@ class PresenceService:
         if not targets:
             return 0, not_found
         text = messages.encode(Timeout("timeout", self.settings.timeout_text, iso(utc_now())))
-        timeout = self.settings.send_timeout
-
-        async def expire(conn: Connection) -> None:
-            await conn.send_text(text, timeout)
-            await conn.close(CLOSE_SESSION_EXPIRED, "session expired")
-            # Drop it now so a second callback or a reconcile pass cannot send a second timeout.
-            self.registry.remove(conn)
-            logger.info("timeout user=%s session=%s", conn.user_id, conn.session_id)
-
-        await asyncio.gather(*(expire(c) for c in targets))
+        await self._last_word(targets, text, CLOSE_SESSION_EXPIRED, "session expired")
         self.timeouts_sent += len(targets)
         return len(targets), not_found
 
