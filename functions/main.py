@@ -22,6 +22,7 @@ from firebase_functions import scheduler_fn  # noqa: E402
 from presence_sweep import SweepReport, sweep  # noqa: E402
 from presence_sweep.adapters import (  # noqa: E402
     FirebaseAuth,
+    FirestoreInstances,
     FirestoreMembers,
     HttpNotifier,
     google_id_token,
@@ -64,6 +65,9 @@ def run_sweep(now: datetime | None = None) -> SweepReport:
         auth_concurrency=settings.auth_concurrency,
         pages_in_flight=settings.pages_in_flight,
         claim_ttl=settings.claim_ttl,
+        instances=FirestoreInstances(db),
+        instance_stale_after=settings.instance_stale_after,
+        callback_concurrency=settings.callback_concurrency,
     )
     # One JSON line on stdout: Cloud Logging parses it as a structured entry.
     severity = "INFO" if report.ok else "ERROR"

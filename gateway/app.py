@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
+import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
@@ -29,16 +30,19 @@ from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
     HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
 )
 from prometheus_client import REGISTRY
 
 from gateway.auth import FirebaseVerifier
 from gateway.callback_auth import OidcVerifier
-from gateway.exceptions import UserNotConnectedError
+from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.messages import (
     BroadcastResponse,
     ErrorResponse,
     HealthResponse,
+    PeerBroadcastResponse,
+    PeerSendResponse,
     PongWriterStats,
     SendResponse,
     StatsResponse,
@@ -47,6 +51,7 @@ from gateway.messages import (
     TimeoutCallbackResponse,
 )
 from gateway.metrics import GatewayCollector
+from gateway.peers import Peers, bearer_for
 from gateway.service import MessageHandler, PresenceService, log_message
 from gateway.settings import Settings
 from gateway.sockets import serve_socket
@@ -138,38 +143,84 @@ async def ws_status(
     )
 
 
-@get("/ws/stats", guards=[require_admin], sync_to_thread=False)
-def ws_stats(request: Request[Any, Any, Any]) -> StatsResponse:
-    """Connections held by this instance, the heartbeat settings and the pong writer's state."""
-    service = _service(request)
+def _pong_writer_stats(service: PresenceService) -> PongWriterStats:
     writer = service.writer
     p50, p99 = writer.lag_percentiles(0.5, 0.99)
+    return PongWriterStats(
+        buffered_docs=writer.buffered,
+        pongs_received=writer.pongs_received,
+        pongs_persisted=writer.pongs_persisted,
+        writes_committed=writer.writes_committed,
+        commits=writer.commits,
+        failed_commits=writer.failed_commits,
+        dropped_writes=writer.dropped_writes,
+        lag_p50_ms=None if p50 is None else round(p50 * 1000, 2),
+        lag_p99_ms=None if p99 is None else round(p99 * 1000, 2),
+        lag_histogram_ms=dict(
+            zip(
+                (("+Inf" if b == float("inf") else f"{b * 1000:g}") for b in LAG_BUCKETS),
+                itertools.accumulate(writer.lag_counts),
+                strict=True,
+            )
+        ),
+    )
+
+
+def instance_stats(service: PresenceService) -> StatsResponse:
+    me = service.settings.instance_id
     return StatsResponse(
         total_connections=service.registry.total_connections,
         connected_users=service.registry.users(),
         ping_interval_seconds=service.settings.ping_interval,
         pong_timeout_seconds=service.settings.pong_timeout,
         total_users=service.registry.total_users,
-        instance_id=service.settings.instance_id,
+        instance_id=me,
         scope="instance",
-        pong_writer=PongWriterStats(
-            buffered_docs=writer.buffered,
-            pongs_received=writer.pongs_received,
-            pongs_persisted=writer.pongs_persisted,
-            writes_committed=writer.writes_committed,
-            commits=writer.commits,
-            failed_commits=writer.failed_commits,
-            dropped_writes=writer.dropped_writes,
-            lag_p50_ms=None if p50 is None else round(p50 * 1000, 2),
-            lag_p99_ms=None if p99 is None else round(p99 * 1000, 2),
-            lag_histogram_ms=dict(
-                zip(
-                    (("+Inf" if b == float("inf") else f"{b * 1000:g}") for b in LAG_BUCKETS),
-                    itertools.accumulate(writer.lag_counts),
-                    strict=True,
-                )
-            ),
-        ),
+        instances=[me],
+        unreachable_instances=[],
+        pong_writers={me: _pong_writer_stats(service)},
+    )
+
+
+@get("/ws/stats", guards=[require_admin])
+async def ws_stats(
+    request: Request[Any, Any, Any],
+    view: Annotated[Literal["deployment", "instance"], Parameter(query="scope")] = "deployment",
+) -> StatsResponse:
+    """Connections across every live instance (default), or on this one (``?scope=instance``),
+    with the heartbeat settings and each counted instance's pong writer. Answers 503 when the
+    deployment view cannot be had (no internal credential, Firestore down), this instance
+    answers alone and says so in ``scope``."""
+    service = _service(request)
+    local = instance_stats(service)
+    gathered = await service.peer_stats() if view == "deployment" else None
+    if gathered is None:
+        return local
+    answers, unreachable = gathered
+    users = set(local.connected_users)
+    total = local.total_connections
+    writers = dict(local.pong_writers)
+    for instance_id, raw in answers.items():
+        try:
+            theirs = msgspec.convert(raw, StatsResponse)
+        except msgspec.ValidationError as exc:
+            logger.warning("stats from %s unreadable: %s", instance_id, exc)
+            unreachable.append(instance_id)
+            continue
+        users.update(theirs.connected_users)
+        total += theirs.total_connections
+        writers.update(theirs.pong_writers)
+    return StatsResponse(
+        total_connections=total,
+        connected_users=sorted(users),
+        ping_interval_seconds=local.ping_interval_seconds,
+        pong_timeout_seconds=local.pong_timeout_seconds,
+        total_users=len(users),
+        instance_id=local.instance_id,
+        scope="deployment",
+        instances=sorted(writers),
+        unreachable_instances=sorted(unreachable),
+        pong_writers=writers,
     )
 
 
@@ -177,18 +228,35 @@ def ws_stats(request: Request[Any, Any, Any]) -> StatsResponse:
 async def ws_send(
     request: Request[Any, Any, Any], user_id: str, data: dict[str, Any]
 ) -> SendResponse:
-    """Send the JSON object body, as is, to every socket of the user (404 when none)."""
-    delivered = await _service(request).send_to_user(user_id, data)
-    return SendResponse("success", "Message sent successfully", delivered)
+    """Send the JSON object body, as is, to every socket of the user on every live instance
+    (404 when none holds one)."""
+    sent = await _service(request).send_to_user(user_id, data)
+    return SendResponse(
+        "success",
+        "Message sent successfully",
+        sent.connections,
+        sent.scope,
+        sent.instances,
+        sent.unreachable,
+    )
 
 
 @post("/ws/broadcast", guards=[require_admin], status_code=200)
 async def ws_broadcast(
     request: Request[Any, Any, Any], data: dict[str, Any], exclude_user: str | None = None
 ) -> BroadcastResponse:
-    """Send the JSON object body to every connected user except ``exclude_user``."""
-    users, sockets = await _service(request).broadcast(data, exclude_user)
-    return BroadcastResponse("success", "Message broadcasted successfully", users, sockets)
+    """Send the JSON object body to every connected user of the deployment except
+    ``exclude_user``; ``recipients`` counts users, once each, across instances."""
+    sent = await _service(request).broadcast(data, exclude_user)
+    return BroadcastResponse(
+        "success",
+        "Message broadcasted successfully",
+        sent.recipients,
+        sent.connections,
+        sent.scope,
+        sent.instances,
+        sent.unreachable,
+    )
 
 
 @post("/internal/timeout", guards=[require_callback], status_code=200)
@@ -204,6 +272,29 @@ async def internal_timeout(
     return TimeoutCallbackResponse("success", closed, not_found)
 
 
+@post("/internal/send/{user_id:str}", guards=[require_callback], status_code=200)
+async def internal_send(
+    request: Request[Any, Any, Any], user_id: str, data: dict[str, Any]
+) -> PeerSendResponse:
+    """Called by another instance: send the body to the user's sockets on this instance."""
+    return PeerSendResponse("success", await _service(request).send_local(user_id, data))
+
+
+@post("/internal/broadcast", guards=[require_callback], status_code=200)
+async def internal_broadcast(
+    request: Request[Any, Any, Any], data: dict[str, Any], exclude_user: str | None = None
+) -> PeerBroadcastResponse:
+    """Called by another instance: broadcast the body to this instance's sockets."""
+    users, sockets = await _service(request).broadcast_local(data, exclude_user)
+    return PeerBroadcastResponse("success", sockets, sorted(users))
+
+
+@get("/internal/stats", guards=[require_callback], sync_to_thread=False)
+def internal_stats(request: Request[Any, Any, Any]) -> StatsResponse:
+    """Called by another instance answering ``/ws/stats``: this instance's view."""
+    return instance_stats(_service(request))
+
+
 @get("/healthz", sync_to_thread=False)
 def healthz(request: Request[Any, Any, Any]) -> HealthResponse:
     """Liveness: answers while the process serves requests (no Firestore round trip)."""
@@ -214,6 +305,8 @@ def healthz(request: Request[Any, Any, Any]) -> HealthResponse:
 def _error_body(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
     if isinstance(exc, UserNotConnectedError):
         status, message = HTTP_404_NOT_FOUND, str(exc)
+    elif isinstance(exc, DeploymentUnavailable):
+        status, message = HTTP_503_SERVICE_UNAVAILABLE, str(exc)
     elif isinstance(exc, RecursionError | UnicodeDecodeError):
         # Raised by body decoding for a deeply nested or non-UTF-8 body: the client's fault.
         status, message = HTTP_400_BAD_REQUEST, "Request body is not valid JSON"
@@ -247,8 +340,18 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         verifier = FirebaseVerifier(settings.project_id) if settings.auth_required else None
+        bearer = bearer_for(settings)
+        if bearer is None:
+            logger.warning(
+                "no GATEWAY_CALLBACK_TOKEN or CALLBACK_OIDC_AUDIENCE: send and broadcast reach "
+                "this instance's sockets only"
+            )
         service = PresenceService(
-            settings, make_store(settings), message_handler=message_handler, verifier=verifier
+            settings,
+            make_store(settings),
+            message_handler=message_handler,
+            verifier=verifier,
+            peers=None if bearer is None else Peers(bearer, settings.peer_timeout),
         )
         app.state.service = service
         collector = GatewayCollector(service)
@@ -267,6 +370,9 @@ def create_app(
             ws_send,
             ws_broadcast,
             internal_timeout,
+            internal_send,
+            internal_broadcast,
+            internal_stats,
             healthz,
             GatewayMetrics,
         ],

@@ -8,7 +8,11 @@ Hierarchy::
     │                          or a close code by the socket edge)
     ├── AuthError              a socket's credentials are missing, invalid, revoked or for
     │                          another user (mapped to close code 4401 or 4403)
-    └── UserNotConnectedError  a REST call targets a user with no socket here (mapped to 404)
+    ├── UserNotConnectedError  a REST call targets a user with no socket in the deployment
+    │                          (mapped to 404)
+    ├── DeploymentUnavailable  the deployment-wide view (Firestore, or the instances holding
+    │                          a user's sockets) cannot answer (mapped to 503)
+    └── PeerError              another gateway instance did not answer an internal call
 
 Only the edges (the socket handler, the REST controllers) turn these into close codes and
 HTTP statuses; the core raises and returns plain values.
@@ -61,8 +65,21 @@ class AuthError(GatewayError):
 
 
 class UserNotConnectedError(GatewayError):
-    """The user has no open socket on this gateway instance."""
+    """The user has no open socket on any live gateway instance."""
 
     def __init__(self, user_id: str) -> None:
         super().__init__(f"User {user_id!r} is not connected")
         self.user_id = user_id
+
+
+class DeploymentUnavailable(GatewayError):
+    """The deployment-wide answer needs Firestore or another instance, and neither answered."""
+
+
+class PeerError(GatewayError):
+    """An internal call to another gateway instance failed (unreachable, timeout, non-2xx)."""
+
+    def __init__(self, instance_id: str, problem: str) -> None:
+        super().__init__(f"instance {instance_id}: {problem}")
+        self.instance_id = instance_id
+        self.problem = problem

@@ -110,15 +110,28 @@ class StatsResponse(msgspec.Struct):
     ping_interval_seconds: float
     pong_timeout_seconds: float
     total_users: int
+    #: The instance that answered.
     instance_id: str
-    scope: Literal["instance"]
-    pong_writer: PongWriterStats
+    #: "instance": this instance's sockets; "deployment": every live instance's (the users of
+    #: a user with sockets on several instances count once).
+    scope: Literal["deployment", "instance"]
+    #: Instances counted.
+    instances: list[str]
+    #: Live instances that did not answer (their sockets are not counted).
+    unreachable_instances: list[str]
+    #: Each counted instance's pong writer, by instance id.
+    pong_writers: dict[str, PongWriterStats]
 
 
 class SendResponse(msgspec.Struct):
     status: Literal["success"]
     message: str
     connections: int
+    #: "deployment": every live instance holding the user's sockets was asked;
+    #: "instance": only this one (no internal credential, or Firestore unavailable).
+    scope: Literal["deployment", "instance"]
+    instances: list[str]
+    unreachable_instances: list[str]
 
 
 class BroadcastResponse(msgspec.Struct):
@@ -126,6 +139,24 @@ class BroadcastResponse(msgspec.Struct):
     message: str
     recipients: int
     connections: int
+    scope: Literal["deployment", "instance"]
+    instances: list[str]
+    unreachable_instances: list[str]
+
+
+class PeerSendResponse(msgspec.Struct):
+    """``/internal/send``: sockets reached on the answering instance."""
+
+    status: Literal["success"]
+    connections: int
+
+
+class PeerBroadcastResponse(msgspec.Struct):
+    """``/internal/broadcast``: sockets and users reached on the answering instance."""
+
+    status: Literal["success"]
+    connections: int
+    users: list[str]
 
 
 class ErrorResponse(msgspec.Struct):

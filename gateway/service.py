@@ -13,13 +13,14 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from gateway import messages
 from gateway.auth import CLOSE_UNAUTHENTICATED, Identity, TokenVerifier, authorize
-from gateway.exceptions import AuthError, UserNotConnectedError
+from gateway.exceptions import AuthError, DeploymentUnavailable, UserNotConnectedError
 from gateway.limits import CLOSE_RATE_LIMITED, ConnectLimiter
 from gateway.messages import ErrorMessage, Timeout, iso, utc_now
+from gateway.peers import Instance, Peers, gather_peers
 from gateway.registry import Connection, Registry
 from gateway.settings import Settings
 from gateway.store import (
@@ -30,6 +31,7 @@ from gateway.store import (
     connect_writes,
     disconnect_writes,
     instance_write,
+    is_live,
     pong_write,
 )
 from gateway.writer import WriteBehind
@@ -47,6 +49,20 @@ RECONCILE_WINDOW = 600.0
 MEMBER_READ_TIMEOUT = 2.0
 
 
+class Delivery(NamedTuple):
+    """What a send or broadcast reached."""
+
+    connections: int
+    #: Distinct users reached.
+    recipients: int
+    #: Instances that delivered (this one first when it took part).
+    instances: list[str]
+    #: Live instances that did not answer: their sockets may have missed the message.
+    unreachable: list[str]
+    #: "deployment": every live instance was asked; "instance": this one only.
+    scope: Literal["deployment", "instance"]
+
+
 async def log_message(user_id: str, session_id: str, data: Any) -> None:
     """The default message handler: log the message and do nothing else."""
     logger.info("message from user=%s session=%s: %.200r", user_id, session_id, data)
@@ -60,11 +76,14 @@ class PresenceService:
         *,
         message_handler: MessageHandler = log_message,
         verifier: TokenVerifier | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         #: None when AUTH_MODE=off (emulators only).
         self.verifier = verifier
+        #: None when no internal credential is set: send and broadcast stay on this instance.
+        self.peers = peers
         self.registry = Registry()
         self.writer = WriteBehind(
             store,
@@ -116,6 +135,8 @@ class PresenceService:
         self.writer.put(Write(INSTANCES, self.settings.instance_id, {"stopped_at": utc_now()}))
         await self.writer.close()
         await self.store.close()
+        if self.peers is not None:
+            await self.peers.close()
         logger.info("gateway instance %s stopped", self.settings.instance_id)
 
     # --- admission -----------------------------------------------------------------------
@@ -232,16 +253,28 @@ class PresenceService:
 
     # --- deployment-wide view ----------------------------------------------------------------
 
-    async def deployment_sockets(self, user_id: str) -> dict[str, int]:
-        """The user's sockets by instance across the deployment: this instance's from the
-        registry, the others' from the member's ``active_sessions``, counting only instances
-        that are alive (a heartbeat within 3 x SWEEP_INTERVAL and no ``stopped_at``), so the
-        sessions of a killed instance stop counting. Raises when Firestore cannot answer."""
+    def _live_cutoff(self) -> datetime:
+        """Instances beat every SWEEP_INTERVAL; three missed beats and an instance is dead."""
+        return utc_now() - timedelta(seconds=3 * self.settings.sweep_interval)
+
+    async def live_peers(self) -> list[Instance]:
+        """Every other live instance (heartbeat recent, not stopped). Raises when Firestore
+        cannot answer."""
+        cutoff = self._live_cutoff()
+        docs = await self.store.recent_instances(cutoff, timeout=MEMBER_READ_TIMEOUT)
+        return [
+            Instance(instance_id, str(doc["internal_url"]))
+            for instance_id, doc in sorted(docs.items())
+            if instance_id != self.settings.instance_id
+            and is_live(doc, cutoff)
+            and isinstance(doc.get("internal_url"), str)
+        ]
+
+    async def _user_peers(self, user_id: str) -> dict[str, tuple[int, Instance]]:
+        """Other live instances holding the user's sockets, with how many each holds, from
+        the member's ``active_sessions``. Sessions of a killed instance stop counting once its
+        heartbeat is stale. Raises when Firestore cannot answer."""
         me = self.settings.instance_id
-        counts: dict[str, int] = {}
-        local = self.registry.count_of(user_id)
-        if local:
-            counts[me] = local
         member = await self.store.get_member(user_id, timeout=MEMBER_READ_TIMEOUT) or {}
         elsewhere: dict[str, int] = {}
         recorded = member.get(ACTIVE_SESSIONS)
@@ -249,34 +282,127 @@ class PresenceService:
             instance = where.get("instance_id") if isinstance(where, dict) else None
             if isinstance(instance, str) and instance != me:
                 elsewhere[instance] = elsewhere.get(instance, 0) + 1
-        if elsewhere:
-            docs = await self.store.get_instances(list(elsewhere), timeout=MEMBER_READ_TIMEOUT)
-            cutoff = utc_now() - timedelta(seconds=3 * self.settings.sweep_interval)
-            for instance, count in elsewhere.items():
-                doc = docs.get(instance, {})
-                beat = doc.get("heartbeat_at")
-                if "stopped_at" not in doc and isinstance(beat, datetime) and beat >= cutoff:
-                    counts[instance] = count
+        if not elsewhere:
+            return {}
+        docs = await self.store.get_instances(list(elsewhere), timeout=MEMBER_READ_TIMEOUT)
+        cutoff = self._live_cutoff()
+        found: dict[str, tuple[int, Instance]] = {}
+        for instance, count in elsewhere.items():
+            doc = docs.get(instance, {})
+            url = doc.get("internal_url")
+            if is_live(doc, cutoff) and isinstance(url, str):
+                found[instance] = (count, Instance(instance, url))
+        return found
+
+    async def deployment_sockets(self, user_id: str) -> dict[str, int]:
+        """The user's sockets by instance across the deployment: this instance's from the
+        registry, the others' from Firestore. Raises when Firestore cannot answer."""
+        counts = {i: count for i, (count, _) in (await self._user_peers(user_id)).items()}
+        local = self.registry.count_of(user_id)
+        if local:
+            counts[self.settings.instance_id] = local
         return counts
 
     # --- outbound ----------------------------------------------------------------------------
 
-    async def send_to_user(self, user_id: str, payload: dict[str, Any]) -> int:
-        """Send a JSON object to every socket of the user; return how many took it."""
+    async def send_local(self, user_id: str, payload: dict[str, Any]) -> int:
+        """Send to the user's sockets on this instance only; return how many took it."""
         sockets = self.registry.sockets_of(user_id)
-        if not sockets:
-            raise UserNotConnectedError(user_id)
-        return await self._send_all(sockets, messages.encode(payload))
+        return await self._send_all(sockets, messages.encode(payload)) if sockets else 0
 
-    async def broadcast(
-        self, payload: dict[str, Any], exclude_user: str | None = None
-    ) -> tuple[int, int]:
-        """Send to every socket except ``exclude_user``'s; return (users, sockets) reached."""
-        targets = [c for c in self.registry if c.user_id != exclude_user]
+    async def send_to_user(self, user_id: str, payload: dict[str, Any]) -> Delivery:
+        """Send a JSON object to every socket of the user, on whichever instances hold them.
+
+        Raises UserNotConnectedError when no live instance holds one, DeploymentUnavailable
+        when the instances that do (or Firestore, with no socket here) cannot be reached."""
+        me = self.settings.instance_id
         text = messages.encode(payload)
-        delivered = await self._send_all(targets, text)
-        users = {c.user_id for c in targets if not c.closed}
-        return len(users), delivered
+        local = self.registry.sockets_of(user_id)
+        delivered = await self._send_all(local, text) if local else 0
+        here = [me] if local else []
+        if self.peers is None:
+            if not local:
+                raise UserNotConnectedError(user_id)
+            return Delivery(delivered, 1, here, [], "instance")
+        peers = self.peers
+        try:
+            remote = await self._user_peers(user_id)
+        except Exception as exc:
+            if not local:
+                raise DeploymentUnavailable(
+                    f"cannot tell where user {user_id!r} is connected: {exc!r}"
+                ) from exc
+            logger.warning("send: Firestore unavailable, delivered on this instance: %r", exc)
+            return Delivery(delivered, 1, here, [], "instance")
+        body = text.encode()
+        answers, failures = await gather_peers(
+            [peer for _, peer in remote.values()], lambda p: peers.send(p, user_id, body)
+        )
+        for failure in failures.values():
+            logger.warning("send to user=%s: %s", user_id, failure)
+        delivered += sum(answers.values())
+        if not delivered and not local:
+            if failures:
+                raise DeploymentUnavailable(
+                    f"the instances holding user {user_id!r}'s sockets did not answer: "
+                    + ", ".join(sorted(failures))
+                )
+            raise UserNotConnectedError(user_id)
+        reached = here + sorted(i for i, n in answers.items() if n)
+        return Delivery(delivered, 1 if delivered else 0, reached, sorted(failures), "deployment")
+
+    async def broadcast_local(
+        self, payload: dict[str, Any], exclude_user: str | None = None
+    ) -> tuple[set[str], int]:
+        """Send to every socket here except ``exclude_user``'s; return (users, sockets)."""
+        targets = [c for c in self.registry if c.user_id != exclude_user]
+        delivered = await self._send_all(targets, messages.encode(payload))
+        return {c.user_id for c in targets if not c.closed}, delivered
+
+    async def broadcast(self, payload: dict[str, Any], exclude_user: str | None = None) -> Delivery:
+        """Send to every socket of the deployment except ``exclude_user``'s; users with
+        sockets on several instances count once in ``recipients``."""
+        me = self.settings.instance_id
+        if self.peers is None:
+            users, delivered = await self.broadcast_local(payload, exclude_user)
+            return Delivery(delivered, len(users), [me], [], "instance")
+        peers_client = self.peers
+        try:
+            peers = await self.live_peers()
+        except Exception as exc:
+            logger.warning("broadcast: Firestore unavailable, this instance only: %r", exc)
+            users, delivered = await self.broadcast_local(payload, exclude_user)
+            return Delivery(delivered, len(users), [me], [], "instance")
+        body = messages.encode(payload).encode()
+        (users, delivered), (answers, failures) = await asyncio.gather(
+            self.broadcast_local(payload, exclude_user),
+            gather_peers(peers, lambda p: peers_client.broadcast(p, body, exclude_user)),
+        )
+        for failure in failures.values():
+            logger.warning("broadcast: %s", failure)
+        for sockets, remote_users in answers.values():
+            delivered += sockets
+            users.update(remote_users)
+        users.discard(exclude_user or "")
+        reached = [me, *sorted(answers)]
+        return Delivery(delivered, len(users), reached, sorted(failures), "deployment")
+
+    async def peer_stats(self) -> tuple[dict[str, dict[str, Any]], list[str]] | None:
+        """Every other live instance's ``/internal/stats`` answer and the instances that did
+        not answer; None when the other instances cannot be asked (no internal credential,
+        or Firestore cannot list them)."""
+        if self.peers is None:
+            return None
+        peers_client = self.peers
+        try:
+            peers = await self.live_peers()
+        except Exception as exc:
+            logger.warning("stats: Firestore unavailable, this instance only: %r", exc)
+            return None
+        answers, failures = await gather_peers(peers, peers_client.stats)
+        for failure in failures.values():
+            logger.warning("stats: %s", failure)
+        return answers, sorted(failures)
 
     async def _send_all(self, conns: Iterable[Connection], text: str) -> int:
         timeout = self.settings.send_timeout

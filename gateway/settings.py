@@ -38,6 +38,8 @@ class Settings:
     internal_url: str = "http://127.0.0.1:8000"
     max_message_bytes: int = 64 * 1024
     send_timeout: float = 5.0
+    #: Request timeout for calls to other instances (forwarded send, broadcast, stats).
+    peer_timeout: float = 10.0
     flush_interval: float = 0.2
     batch_size: int = 500
     flush_concurrency: int = 4
@@ -139,6 +141,7 @@ class Settings:
             internal_url=internal_url.rstrip("/"),
             max_message_bytes=int(reader.positive("WS_MAX_MESSAGE_BYTES", 64 * 1024)),
             send_timeout=reader.positive("WS_SEND_TIMEOUT", 5.0),
+            peer_timeout=reader.positive("PEER_TIMEOUT", 10.0),
             flush_interval=reader.positive("PONG_FLUSH_INTERVAL", 0.2),
             batch_size=int(reader.positive("PONG_BATCH_SIZE", 500)),
             flush_concurrency=int(reader.positive("PONG_FLUSH_CONCURRENCY", 4)),

@@ -89,6 +89,9 @@ class Store(Protocol):
     async def get_instances(self, ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
         """The gateway_instances documents that exist, by id."""
 
+    async def recent_instances(self, since: datetime, timeout: float) -> dict[str, dict[str, Any]]:
+        """The gateway_instances documents with a heartbeat at or after ``since``, by id."""
+
     async def close(self) -> None: ...
 
 
@@ -145,8 +148,20 @@ def instance_write(instance_id: str, internal_url: str, now: datetime) -> Write:
     return Write(
         INSTANCES,
         instance_id,
-        {"internal_url": internal_url, "started_at": now, "heartbeat_at": now},
+        # A restart under a fixed GATEWAY_INSTANCE_ID must not stay marked stopped.
+        {
+            "internal_url": internal_url,
+            "started_at": now,
+            "heartbeat_at": now,
+            "stopped_at": DELETE_FIELD,
+        },
     )
+
+
+def is_live(instance: Mapping[str, Any], cutoff: datetime) -> bool:
+    """An instance counts as alive while it beats (every SWEEP_INTERVAL) and has not stopped."""
+    beat = instance.get("heartbeat_at")
+    return "stopped_at" not in instance and isinstance(beat, datetime) and beat >= cutoff
 
 
 class FirestoreStore:
@@ -202,6 +217,17 @@ class FirestoreStore:
         async for snapshot in self._client.get_all(refs, retry=None, timeout=timeout):
             if snapshot.exists:
                 found[snapshot.id] = snapshot.to_dict() or {}
+        return found
+
+    async def recent_instances(self, since: datetime, timeout: float) -> dict[str, dict[str, Any]]:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = self._client.collection(INSTANCES).where(
+            filter=FieldFilter("heartbeat_at", ">=", since)
+        )
+        found: dict[str, dict[str, Any]] = {}
+        async for snapshot in query.stream(retry=None, timeout=timeout):
+            found[snapshot.id] = snapshot.to_dict() or {}
         return found
 
     async def signed_out_sessions(
@@ -354,6 +380,15 @@ class MemoryStore:
 
     async def get_instances(self, ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
         return {i: dict(self.docs[(INSTANCES, i)]) for i in ids if (INSTANCES, i) in self.docs}
+
+    async def recent_instances(self, since: datetime, timeout: float) -> dict[str, dict[str, Any]]:
+        return {
+            doc_id: dict(doc)
+            for (collection, doc_id), doc in self.docs.items()
+            if collection == INSTANCES
+            and isinstance(doc.get("heartbeat_at"), datetime)
+            and doc["heartbeat_at"] >= since
+        }
 
     async def signed_out_sessions(
         self, instance_id: str, since: datetime

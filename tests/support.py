@@ -194,3 +194,55 @@ def start_sweep(env: dict[str, str], interval: float) -> SweepStack:
     scheduler.log_path = LOG_DIR / f"scheduler-{port}.log"
     scheduler.start()
     return SweepStack(function, scheduler)
+
+
+class Client:
+    """A test client on one socket: answers pings with pongs (unless ``silent``) and queues
+    every other frame; records the close code when the server closes."""
+
+    def __init__(self, ws: Any, *, silent: bool = False) -> None:
+        self.ws = ws
+        self.silent = silent
+        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.pings = 0
+        self.close_code: int | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, url: str, *, silent: bool = False) -> Client:
+        from websockets.asyncio.client import connect
+
+        return cls(await connect(url), silent=silent)
+
+    async def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async for raw in self.ws:
+                frame = loads(raw)
+                if frame.get("type") == "ping":
+                    self.pings += 1
+                    if not self.silent:
+                        await self.ws.send(json.dumps({"type": "pong"}))
+                else:
+                    self.frames.put_nowait(frame)
+        except ConnectionClosed:
+            pass
+        # 1006 when the connection dropped without a close frame.
+        self.close_code = self.ws.close_code
+
+    async def next(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The next frame other than a ping."""
+        async with asyncio.timeout(timeout * UNIT):
+            return await self.frames.get()
+
+    async def closed(self, timeout: float = 10.0) -> int:
+        """Wait for the server to close the socket; return its close code."""
+        async with asyncio.timeout(timeout * UNIT):
+            await asyncio.shield(self._reader)
+        assert self.close_code is not None
+        return self.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.gather(self._reader, return_exceptions=True)

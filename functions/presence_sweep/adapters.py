@@ -30,6 +30,7 @@ logger = logging.getLogger("presence_sweep")
 MEMBERS = "members"
 SESSIONS = "sessions"
 ACTIVE_SESSIONS = "active_sessions"
+INSTANCES = "gateway_instances"
 CALLBACK_PATH = "/internal/timeout"
 CALLBACK_CHUNK = 1000
 
@@ -162,6 +163,26 @@ def active_sessions(user_id: str, member: dict[str, Any]) -> list[SessionRef]:
         )
         for session_id, where in recorded.items()
     ]
+
+
+class FirestoreInstances:
+    """The gateway's instance registry (``gateway_instances``), read to skip dead instances."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def heartbeats(self, instance_ids: Sequence[str]) -> dict[str, datetime | None]:
+        refs = [self._client.collection(INSTANCES).document(i) for i in instance_ids]
+        found: dict[str, datetime | None] = {}
+        for snapshot in self._client.get_all(refs):
+            if not snapshot.exists:
+                continue
+            data = snapshot.to_dict() or {}
+            beat = data.get("heartbeat_at")
+            found[snapshot.id] = (
+                beat if isinstance(beat, datetime) and "stopped_at" not in data else None
+            )
+        return found
 
 
 class FirebaseAuth:

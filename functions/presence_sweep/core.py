@@ -12,7 +12,10 @@ Order of actions for each page of expired members, and why:
 3. **Finalize** (transaction): members claimed by this sweep get ``is_signed_in: false``,
    ``last_sign_out_at``, ``updated_at``; their active sessions get ``is_active: false`` and
    ``signed_out_at``.
-4. **Notify** each gateway instance holding those sessions, one callback per instance. A failed
+4. **Notify** each gateway instance holding those sessions, one callback per instance, all
+   instances at once. An instance whose registry entry is stale (no heartbeat for
+   ``instance_stale_after``, or stopped) is skipped: its sockets died with it. One that fails is
+   not called again in this run, so a dead instance costs one timeout, not one per page. A failed
    callback does not undo the sign-out: gateways also poll for signed-out sessions every
    ``SWEEP_INTERVAL``.
 
@@ -23,6 +26,7 @@ user over and finish the job.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections import Counter
@@ -124,6 +128,12 @@ class AuthBackend(Protocol):
         Raises AuthRevokeError on failure."""
 
 
+class InstanceDirectory(Protocol):
+    def heartbeats(self, instance_ids: Sequence[str]) -> dict[str, datetime | None]:
+        """Each registered instance's last heartbeat, None for one that has stopped;
+        ids with no registry entry are absent."""
+
+
 class Notifier(Protocol):
     def notify(self, internal_url: str, sessions: Sequence[SessionRef], now: datetime) -> int:
         """Ask one gateway instance to send the timeout and close; return sockets closed.
@@ -142,6 +152,8 @@ class SweepReport:
     auth_failures: int = 0
     callbacks: int = 0
     callback_failures: int = 0
+    #: Callbacks not attempted, by reason (stale registry entry, failed earlier in the run).
+    callbacks_skipped: Counter[str] = field(default_factory=Counter)
     sockets_closed: int = 0
     sessions_signed_out: int = 0
     duration_seconds: float = 0.0
@@ -160,6 +172,7 @@ class SweepReport:
         self.auth_failures += page.auth_failures
         self.callbacks += page.callbacks
         self.callback_failures += page.callback_failures
+        self.callbacks_skipped.update(page.callbacks_skipped)
         self.sockets_closed += page.sockets_closed
         self.sessions_signed_out += page.sessions_signed_out
         self.signed_out_users.extend(page.signed_out_users)
@@ -176,6 +189,7 @@ class SweepReport:
             "sessions_signed_out": self.sessions_signed_out,
             "callbacks": self.callbacks,
             "callback_failures": self.callback_failures,
+            "callbacks_skipped": dict(self.callbacks_skipped),
             "sockets_closed": self.sockets_closed,
             "duration_seconds": round(self.duration_seconds, 3),
             "ok": self.ok,
@@ -193,13 +207,18 @@ def sweep(
     auth_concurrency: int = 8,
     pages_in_flight: int = 3,
     claim_ttl: float = 300.0,
+    instances: InstanceDirectory | None = None,
+    instance_stale_after: float = 180.0,
+    callback_concurrency: int = 8,
     clock: Callable[[], float] = time.monotonic,
 ) -> SweepReport:
     """Sign out every member whose last pong is older than ``pong_timeout`` at ``now``.
 
     Pages are fetched in order by this thread and processed up to ``pages_in_flight`` at once,
     so one page's Firestore transactions overlap another's Auth calls; a page's users are
-    disjoint from every other page's, so pages never contend with each other.
+    disjoint from every other page's, so pages never contend with each other. With
+    ``instances``, callbacks to instances without a heartbeat in ``instance_stale_after``
+    seconds are skipped.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -211,7 +230,14 @@ def sweep(
     with (
         ThreadPoolExecutor(auth_concurrency, thread_name_prefix="revoke") as revoke_pool,
         ThreadPoolExecutor(pages_in_flight, thread_name_prefix="page") as page_pool,
+        ThreadPoolExecutor(callback_concurrency, thread_name_prefix="callback") as callback_pool,
     ):
+        callbacks = _Callbacks(
+            notifier,
+            instances,
+            callback_pool,
+            now - timedelta(seconds=instance_stale_after),
+        )
         while True:
             user_ids, cursor = store.expired_page(cutoff, page_size, cursor)
             if not user_ids:
@@ -222,7 +248,7 @@ def sweep(
                     _sweep_page,
                     store,
                     auth,
-                    notifier,
+                    callbacks,
                     revoke_pool,
                     user_ids,
                     now,
@@ -246,7 +272,7 @@ def sweep(
 def _sweep_page(
     store: MemberStore,
     auth: AuthBackend,
-    notifier: Notifier,
+    callbacks: _Callbacks,
     pool: ThreadPoolExecutor,
     user_ids: list[str],
     now: datetime,
@@ -283,11 +309,77 @@ def _sweep_page(
     report.signed_out += len(signed_out)
     report.signed_out_users.extend(signed_out)
     report.sessions_signed_out += len(sessions)
-    for url, refs in group_by_instance(sessions).items():
-        report.callbacks += 1
-        try:
-            report.sockets_closed += notifier.notify(url, refs, now)
-        except CallbackError as exc:
-            report.callback_failures += 1
-            logger.warning("callback to %s failed (%d sessions): %s", url, len(refs), exc)
+    callbacks.send(sessions, now, report)
     return report
+
+
+class _Callbacks:
+    """One run's callbacks to the gateway instances, shared by the page threads: each page's
+    instances are called at once, so one slow or dead instance does not hold up the others."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        directory: InstanceDirectory | None,
+        pool: ThreadPoolExecutor,
+        stale_before: datetime,
+    ) -> None:
+        self._notifier = notifier
+        self._directory = directory
+        self._pool = pool
+        self._stale_before = stale_before
+        self._lock = threading.Lock()
+        #: instance id -> alive, learnt once per run.
+        self._alive: dict[str, bool] = {}
+        #: internal URLs that failed in this run.
+        self._failed: set[str] = set()
+
+    def _liveness(self, instance_ids: set[str]) -> dict[str, bool]:
+        with self._lock:
+            unknown = sorted(i for i in instance_ids if i not in self._alive)
+        if unknown and self._directory is not None:
+            try:
+                beats = self._directory.heartbeats(unknown)
+            except Exception as exc:
+                # Without the registry every instance is called: a skipped live instance would
+                # leave its sockets open until its own poll.
+                logger.warning("instance registry unreadable, calling every instance: %r", exc)
+                beats = {}
+            with self._lock:
+                for instance_id in unknown:
+                    if instance_id in beats:
+                        beat = beats[instance_id]
+                        self._alive[instance_id] = beat is not None and beat >= self._stale_before
+        with self._lock:
+            # No registry entry (or none read): call it rather than guess it dead.
+            return {i: self._alive.get(i, True) for i in instance_ids}
+
+    def send(self, sessions: Sequence[SessionRef], now: datetime, report: SweepReport) -> None:
+        groups = group_by_instance(sessions)
+        alive = self._liveness({refs[0].instance_id for refs in groups.values()})
+        pending: list[tuple[str, int, Future[int]]] = []
+        for url, refs in groups.items():
+            instance_id = refs[0].instance_id
+            if not alive[instance_id]:
+                report.callbacks_skipped["stale instance"] += 1
+                logger.info(
+                    "skipping callback to stale instance %s (%d sessions)", instance_id, len(refs)
+                )
+                continue
+            with self._lock:
+                failed_before = url in self._failed
+            if failed_before:
+                report.callbacks_skipped["failed earlier in this run"] += 1
+                continue
+            pending.append(
+                (url, len(refs), self._pool.submit(self._notifier.notify, url, refs, now))
+            )
+        for url, count, future in pending:
+            report.callbacks += 1
+            try:
+                report.sockets_closed += future.result()
+            except CallbackError as exc:
+                report.callback_failures += 1
+                with self._lock:
+                    self._failed.add(url)
+                logger.warning("callback to %s failed (%d sessions): %s", url, count, exc)

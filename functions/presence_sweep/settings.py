@@ -21,6 +21,9 @@ class SweepSettings:
     pages_in_flight: int = 3
     claim_ttl: float = 300.0
     callback_timeout: float = 5.0
+    callback_concurrency: int = 8
+    #: A gateway instance without a heartbeat for this long is dead: its callback is skipped.
+    instance_stale_after: float = 180.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SweepSettings:
@@ -58,4 +61,8 @@ class SweepSettings:
             pages_in_flight=int(number("SWEEP_PAGES_IN_FLIGHT", 3)),
             claim_ttl=number("SWEEP_CLAIM_TTL", 300.0),
             callback_timeout=number("SWEEP_CALLBACK_TIMEOUT", 5.0),
+            callback_concurrency=int(number("SWEEP_CALLBACK_CONCURRENCY", 8)),
+            # Gateways beat every SWEEP_INTERVAL and count three missed beats as dead; so does
+            # the sweep.
+            instance_stale_after=3 * number("SWEEP_INTERVAL", 60.0),
         )

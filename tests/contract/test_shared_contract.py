@@ -41,9 +41,10 @@ def test_callback_path_matches_the_gateway_route() -> None:
 
 def test_collection_and_field_names_agree() -> None:
     """Both sides name the same collections and fields."""
-    assert (adapters.MEMBERS, adapters.SESSIONS) == (
+    assert (adapters.MEMBERS, adapters.SESSIONS, adapters.INSTANCES) == (
         gateway_store.MEMBERS,
         gateway_store.SESSIONS,
+        gateway_store.INSTANCES,
     )
     member, session = gateway_store.connect_writes("u", "s", "i", "http://g", datetime.now(UTC))
     assert {core.IS_SIGNED_IN, core.LAST_PONG_AT} <= set(member.fields)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -195,3 +196,80 @@ def test_naive_now_is_refused() -> None:
             datetime(2026, 1, 1),  # noqa: DTZ001
             pong_timeout=1,
         )
+
+
+class FakeDirectory:
+    def __init__(self, beats: dict[str, datetime | None]) -> None:
+        self.beats = beats
+        self.asked: list[list[str]] = []
+
+    def heartbeats(self, instance_ids: Sequence[str]) -> dict[str, datetime | None]:
+        self.asked.append(list(instance_ids))
+        return {i: self.beats[i] for i in instance_ids if i in self.beats}
+
+
+def test_stale_and_stopped_instances_are_skipped_and_unknown_ones_still_called() -> None:
+    """A registry entry without a recent heartbeat (or stopped) is not called back; an instance
+    with no registry entry is, since skipping a live one would leave its sockets open."""
+    sessions = [
+        SessionRef("a", "s1", "live", "http://live"),
+        SessionRef("b", "s2", "dead", "http://dead"),
+        SessionRef("c", "s3", "stopped", "http://stopped"),
+        SessionRef("d", "s4", "unregistered", "http://unregistered"),
+    ]
+    store = FakeStore({u: member() for u in "abcd"}, sessions)
+    directory = FakeDirectory(
+        {"live": NOW - timedelta(seconds=30), "dead": NOW - timedelta(minutes=10), "stopped": None}
+    )
+    notifier = FakeNotifier()
+    report = sweep(
+        store,
+        FakeAuth(),
+        notifier,
+        NOW,
+        pong_timeout=10800,
+        instances=directory,
+        instance_stale_after=180,
+    )
+    assert sorted(url for url, _ in notifier.calls) == ["http://live", "http://unregistered"]
+    assert report.callbacks_skipped == {"stale instance": 2}
+    assert report.signed_out == 4 and report.ok
+    assert report.summary()["callbacks_skipped"] == {"stale instance": 2}
+
+
+def test_an_instance_that_fails_is_not_called_again_in_the_run() -> None:
+    """One page's failed callback marks the instance; later pages skip it, others go on."""
+    sessions = [SessionRef(u, f"s{u}", "down", "http://down") for u in "abc"] + [
+        SessionRef(u, f"t{u}", "up", "http://up") for u in "abc"
+    ]
+    store = FakeStore({u: member() for u in "abc"}, sessions)
+    notifier = FakeNotifier(down={"http://down"})
+    report = sweep(
+        store, FakeAuth(), notifier, NOW, pong_timeout=10800, page_size=1, pages_in_flight=1
+    )
+    assert report.signed_out == 3
+    assert [url for url, _ in notifier.calls] == ["http://up"] * 3
+    assert report.callback_failures == 1 and not report.ok
+    assert report.callbacks_skipped == {"failed earlier in this run": 2}
+
+
+def test_a_slow_instance_does_not_hold_up_the_others() -> None:
+    """Callbacks of one page go to every instance at once: the fast one is answered while the
+    slow one still hangs."""
+    fast_done = threading.Event()
+
+    class SlowNotifier(FakeNotifier):
+        def notify(self, internal_url: str, sessions: Sequence[SessionRef], now: datetime) -> int:
+            if internal_url == "http://slow":
+                # Hangs until the fast instance has been called (or fails the test by timing out).
+                if not fast_done.wait(10):
+                    raise CallbackError("the fast instance was never called")
+                return super().notify(internal_url, sessions, now)
+            count = super().notify(internal_url, sessions, now)
+            fast_done.set()
+            return count
+
+    sessions = [SessionRef("a", "s1", "slow", "http://slow"), SessionRef("b", "s2", "fast", "x")]
+    store = FakeStore({"a": member(), "b": member()}, sessions)
+    report = sweep(store, FakeAuth(), SlowNotifier(), NOW, pong_timeout=10800)
+    assert report.ok and report.sockets_closed == 2
