@@ -47,6 +47,7 @@ CLOSE_SESSION_EXPIRED = 4408
 #: sweep commits sign-outs minutes after its own start time, which is what signed_out_at holds.
 RECONCILE_WINDOW = 600.0
 MEMBER_READ_TIMEOUT = 2.0
+INSTANCE_CACHE_SECONDS = 1.0
 
 
 class Delivery(NamedTuple):
@@ -100,6 +101,8 @@ class PresenceService:
         #: Sockets refused or closed by policy, by reason (close reason text).
         self.refusals: Counter[str] = Counter()
         self._started_at = utc_now()
+        #: instance id -> (monotonic time read, gateway_instances document or {}).
+        self._instances_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -270,6 +273,22 @@ class PresenceService:
             and isinstance(doc.get("internal_url"), str)
         ]
 
+    async def _instance_docs(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Registry entries by id, cached for INSTANCE_CACHE_SECONDS: a forwarded send then
+        costs one Firestore read (the member), not two. Liveness is judged over three
+        SWEEP_INTERVALs, so a second's staleness changes nothing."""
+        now = time.monotonic()
+        missing = [
+            i
+            for i in ids
+            if now - self._instances_cache.get(i, (-1e9, {}))[0] > INSTANCE_CACHE_SECONDS
+        ]
+        if missing:
+            found = await self.store.get_instances(missing, timeout=MEMBER_READ_TIMEOUT)
+            for instance_id in missing:
+                self._instances_cache[instance_id] = (now, found.get(instance_id, {}))
+        return {i: self._instances_cache[i][1] for i in ids}
+
     async def _user_peers(self, user_id: str) -> dict[str, tuple[int, Instance]]:
         """Other live instances holding the user's sockets, with how many each holds, from
         the member's ``active_sessions``. Sessions of a killed instance stop counting once its
@@ -284,7 +303,7 @@ class PresenceService:
                 elsewhere[instance] = elsewhere.get(instance, 0) + 1
         if not elsewhere:
             return {}
-        docs = await self.store.get_instances(list(elsewhere), timeout=MEMBER_READ_TIMEOUT)
+        docs = await self._instance_docs(list(elsewhere))
         cutoff = self._live_cutoff()
         found: dict[str, tuple[int, Instance]] = {}
         for instance, count in elsewhere.items():
