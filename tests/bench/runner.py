@@ -1,7 +1,8 @@
-"""Gateway benchmarks: memory per idle socket, and pong persistence under PING_INTERVAL=1.
+"""Gateway benchmarks: memory per idle socket, pong persistence under PING_INTERVAL=1, timeout
+delivery across instances (``timeout_bench``) and sweep throughput (``sweep_bench``).
 
-    .venv/bin/python -m tests.bench                      # full run (10,000 / 5,000 sockets)
-    .venv/bin/python -m tests.bench --connections 500    # quick variant of both scenarios
+    .venv/bin/python -m tests.bench                      # full run (about 5 minutes)
+    .venv/bin/python -m tests.bench --connections 500    # quick variant of every scenario
     .venv/bin/python -m tests.bench --only memory        # one scenario
 
 Processes: a Firestore emulator (started once), the gateway (``python -m gateway``, started
@@ -14,11 +15,16 @@ closed so one-off costs (first handshake, lazy imports, Firestore channel) land 
 baseline; then RSS before, N idle sockets with distinct user ids, wait for
 ``/ws/stats`` total_connections == N, settle, RSS after; (after - before) / N.
 
-Scenario B (pongs): fresh gateway with PING_INTERVAL=1; N sockets answering every ping; after
-a warm-up, ``/ws/stats`` ``pong_writer`` and the gateway's CPU time are sampled at the start
-and end of a steady window; then the client stops and we wait for pongs_persisted to catch up
-with pongs_received. A Firestore-side check counts ``members`` documents whose
-``last_pong_at`` is recent.
+Scenario B (pongs), run twice on a fresh gateway with PING_INTERVAL=1: "sustained" (2,500
+sockets, a 60 s window: the issue's 2,000 pongs/s with a margin, held to every target) and
+"ceiling" (5,000 sockets, 20 s: what the machine does past the target, held only to losing
+nothing). N sockets answer every ping; after a warm-up, ``/ws/stats`` ``pong_writer`` and the
+gateway's CPU time are sampled at the start and end of the steady window; then the client
+stops and we wait for pongs_persisted to catch up with pongs_received. A Firestore-side check
+counts ``members`` documents whose ``last_pong_at`` is recent.
+
+Scenario T (timeout): three gateways, the real sweep, the time from each sign-out's commit to
+the client's timeout frame; see ``timeout_bench``.
 """
 
 from __future__ import annotations
