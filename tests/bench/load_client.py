@@ -5,7 +5,11 @@
 Opens ``--count`` sockets to ``ws://127.0.0.{k}:PORT/ws/connect/{user_id}`` (``k`` cycles over
 ``--hosts`` loopback addresses so no single address pair runs out of ephemeral ports), one
 distinct user id per socket. In ``pong`` mode every server ``{"type":"ping"}`` is answered with
-``{"type":"pong"}``; in ``idle`` mode frames are read and discarded.
+``{"type":"pong"}``; in ``idle`` mode frames are read and discarded. In ``timeout`` mode sockets
+are idle too and each records the wall-clock time of every ``{"type":"timeout"}`` frame and of
+the server's close frame (with its code); ``--plan FILE`` (a JSON list of ``[port, user_id]``)
+then names each socket's gateway and user, so one process can hold a user's sockets on several
+gateway instances.
 
 Two implementations:
 
@@ -17,7 +21,8 @@ Two implementations:
   small queue) and one reader task per socket; heavier, useful to cross-check ``raw``.
 
 Talks to its parent in JSON lines: stdout carries events (``progress``, ``ready``, ``stats``,
-``stopped``); stdin takes commands (``stats``, ``stop``; EOF means stop).
+``stopped``, ``report``); stdin takes commands (``stats``, ``report``: the timeout records so far,
+``stop``; EOF means stop).
 """
 
 from __future__ import annotations
@@ -203,10 +208,11 @@ class RawSocket(asyncio.Protocol):
                         self.last_pong = time.time()
                         self.stats.pongs_sent += 1
                 else:
-                    self.stats.other_frames += 1
+                    self.on_text(payload)
             elif opcode == OP_PING:
                 transport.write(masked_frame(OP_PONG, payload[:125]))
             elif opcode == OP_CLOSE:
+                self.on_close(payload)
                 if not self.closing:
                     self.closing = True
                     self.stats.closed_by_server += 1
@@ -216,6 +222,13 @@ class RawSocket(asyncio.Protocol):
                 return b""
             else:
                 self.stats.other_frames += 1
+
+    def on_text(self, payload: bytes) -> None:
+        """A text frame other than a ping (a hook: TimeoutSocket records timeouts)."""
+        self.stats.other_frames += 1
+
+    def on_close(self, payload: bytes) -> None:
+        """The server's close frame arrived (a hook: TimeoutSocket records its code)."""
 
     def _fail(self, reason: str) -> None:
         self.stats.last_error = reason
@@ -250,6 +263,52 @@ class RawSocket(asyncio.Protocol):
             self.transport.abort()
 
 
+class TimeoutSocket(RawSocket):
+    """A socket that records when the gateway's timeout message and close frame arrive.
+
+    A subclass, so the slots cost nothing to the memory and pong scenarios' sockets."""
+
+    __slots__ = ("user_id", "port", "timeouts", "timeout_at", "close_code", "close_at")
+
+    TIMEOUT_MARK = b'"type":"timeout"'
+
+    def __init__(
+        self, request: bytes, accept: bytes, stats: Stats, user_id: str, port: int
+    ) -> None:
+        super().__init__(request, accept, stats, pong=False)
+        self.user_id = user_id
+        self.port = port
+        self.timeouts = 0
+        self.timeout_at = 0.0  # wall clock, to compare with Firestore's commit timestamps
+        self.close_code: int | None = None
+        self.close_at = 0.0
+
+    def on_text(self, payload: bytes) -> None:
+        # Stamp before anything else: the receipt time is the figure being measured.
+        now = time.time()
+        if self.TIMEOUT_MARK in payload[:40]:
+            self.timeouts += 1
+            if not self.timeout_at:
+                self.timeout_at = now
+        else:
+            self.stats.other_frames += 1
+
+    def on_close(self, payload: bytes) -> None:
+        if self.close_code is None:
+            self.close_at = time.time()
+            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+
+    def record(self) -> list[Any]:
+        return [
+            self.user_id,
+            self.port,
+            self.timeouts,
+            self.timeout_at or None,
+            self.close_code,
+            self.close_at or None,
+        ]
+
+
 _pool_done: Callable[[RawSocket], None] | None = None
 
 
@@ -264,11 +323,21 @@ def handshake(host: str, port: int, path: str) -> tuple[bytes, bytes]:
     return request, accept
 
 
+def target(args: argparse.Namespace, index: int) -> tuple[int, str]:
+    """(port, user id) of socket ``index``: from ``--plan``, else ``--port`` and a numbered id."""
+    if args.plan_entries is not None:
+        port, user_id = args.plan_entries[index]
+        return int(port), str(user_id)
+    return args.port, f"{args.prefix}-{args.first_id + index:06d}"
+
+
 class RawPool:
     def __init__(self, args: argparse.Namespace, stats: Stats) -> None:
         self.args = args
         self.stats = stats
         self.sockets: set[RawSocket] = set()
+        #: Every TimeoutSocket that connected, kept after it closes (its record is the result).
+        self.tracked: list[TimeoutSocket] = []
         self.all_gone = asyncio.Event()
         global _pool_done
         _pool_done = self._gone
@@ -282,19 +351,20 @@ class RawPool:
         args = self.args
         loop = asyncio.get_running_loop()
         host = f"127.0.0.{index % args.hosts + 1}"
-        path = f"/ws/connect/{args.prefix}-{args.first_id + index:06d}"
+        port, user_id = target(args, index)
+        path = f"/ws/connect/{user_id}"
         for attempt in range(args.attempts):
-            request, accept = handshake(host, args.port, path)
+            request, accept = handshake(host, port, path)
             proto: RawSocket | None = None
+
+            def factory(r: bytes = request, a: bytes = accept) -> RawSocket:
+                if args.mode == "timeout":
+                    return TimeoutSocket(r, a, self.stats, user_id, port)
+                return RawSocket(r, a, self.stats, args.mode == "pong")
+
             try:
                 async with asyncio.timeout(args.connect_timeout):
-                    _, proto = await loop.create_connection(
-                        lambda r=request, a=accept: RawSocket(
-                            r, a, self.stats, args.mode == "pong"
-                        ),
-                        host,
-                        args.port,
-                    )
+                    _, proto = await loop.create_connection(factory, host, port)
                     assert proto.ready is not None
                     await proto.ready
             except (OSError, TimeoutError, ConnectionError) as exc:
@@ -308,9 +378,14 @@ class RawPool:
                 self.stats.failed += 1
                 return
             self.sockets.add(proto)
+            if isinstance(proto, TimeoutSocket):
+                self.tracked.append(proto)
             self.stats.open += 1
             self.stats.connected += 1
             return
+
+    def records(self) -> list[list[Any]]:
+        return [sock.record() for sock in self.tracked]
 
     def freeze(self) -> float | None:
         """Stop answering pings; return the oldest 'last pong sent' time over open sockets."""
@@ -351,7 +426,8 @@ class LibPool:
 
         args = self.args
         host = f"127.0.0.{index % args.hosts + 1}"
-        uri = f"ws://{host}:{args.port}/ws/connect/{args.prefix}-{args.first_id + index:06d}"
+        port, user_id = target(args, index)
+        uri = f"ws://{host}:{port}/ws/connect/{user_id}"
         for attempt in range(args.attempts):
             try:
                 ws = await connect(
@@ -463,6 +539,10 @@ async def run(args: argparse.Namespace) -> None:
         command = await commands.get()
         if command == "stats":
             emit("stats", **stats.as_dict())
+        elif command == "report":
+            # [user_id, port, timeouts, first timeout at, close code, close at] per socket.
+            records = pool.records() if isinstance(pool, RawPool) else []
+            emit("report", **stats.as_dict(), sockets=records)
         elif command == "stop":
             break
     oldest_last_pong = pool.freeze()
@@ -478,9 +558,14 @@ async def run(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--mode", choices=("idle", "pong"), default="idle")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--count", type=int, default=0)
+    parser.add_argument("--mode", choices=("idle", "pong", "timeout"), default="idle")
+    parser.add_argument(
+        "--plan",
+        default=None,
+        help="JSON list of [port, user_id], one per socket (instead of --port/--count/--prefix)",
+    )
     parser.add_argument("--impl", choices=("raw", "websockets"), default="raw")
     parser.add_argument("--prefix", default="bench")
     parser.add_argument("--first-id", type=int, default=0)
@@ -492,6 +577,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.hosts <= 254:
         parser.error("--hosts must be 1..254")
+    args.plan_entries = None
+    if args.plan:
+        with open(args.plan) as fh:
+            args.plan_entries = json.load(fh)
+        args.count = len(args.plan_entries)
+    elif not args.port or not args.count:
+        parser.error("--port and --count are required without --plan")
+    if args.mode == "timeout" and args.impl != "raw":
+        parser.error("--mode timeout needs --impl raw")
     return args
 
 

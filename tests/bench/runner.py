@@ -1,7 +1,8 @@
-"""Gateway benchmarks: memory per idle socket, and pong persistence under PING_INTERVAL=1.
+"""Gateway benchmarks: memory per idle socket, pong persistence under PING_INTERVAL=1, timeout
+delivery across instances (``timeout_bench``) and sweep throughput (``sweep_bench``).
 
-    .venv/bin/python -m tests.bench                      # full run (10,000 / 5,000 sockets)
-    .venv/bin/python -m tests.bench --connections 500    # quick variant of both scenarios
+    .venv/bin/python -m tests.bench                      # full run (about 5 minutes)
+    .venv/bin/python -m tests.bench --connections 500    # quick variant of every scenario
     .venv/bin/python -m tests.bench --only memory        # one scenario
 
 Processes: a Firestore emulator (started once), the gateway (``python -m gateway``, started
@@ -14,11 +15,16 @@ closed so one-off costs (first handshake, lazy imports, Firestore channel) land 
 baseline; then RSS before, N idle sockets with distinct user ids, wait for
 ``/ws/stats`` total_connections == N, settle, RSS after; (after - before) / N.
 
-Scenario B (pongs): fresh gateway with PING_INTERVAL=1; N sockets answering every ping; after
-a warm-up, ``/ws/stats`` ``pong_writer`` and the gateway's CPU time are sampled at the start
-and end of a steady window; then the client stops and we wait for pongs_persisted to catch up
-with pongs_received. A Firestore-side check counts ``members`` documents whose
-``last_pong_at`` is recent.
+Scenario B (pongs), run twice on a fresh gateway with PING_INTERVAL=1: "sustained" (2,500
+sockets, a 60 s window: the issue's 2,000 pongs/s with a margin, held to every target) and
+"ceiling" (5,000 sockets, 20 s: what the machine does past the target, held only to losing
+nothing). N sockets answer every ping; after a warm-up, ``/ws/stats`` ``pong_writer`` and the
+gateway's CPU time are sampled at the start and end of the steady window; then the client
+stops and we wait for pongs_persisted to catch up with pongs_received. A Firestore-side check
+counts ``members`` documents whose ``last_pong_at`` is recent.
+
+Scenario T (timeout): three gateways, the real sweep, the time from each sign-out's commit to
+the client's timeout frame; see ``timeout_bench``.
 """
 
 from __future__ import annotations
@@ -46,16 +52,22 @@ import httpx
 import psutil
 
 from emulator.procs import Process, firestore_process, free_port, gateway_process
-from tests.bench import sweep_bench
+from tests.bench import sweep_bench, timeout_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run" / "bench"
 PROJECT = "demo-bench"
 MAX_SOCKETS_PER_CLIENT = 18_000  # under the 20,000 fd limit with room for the interpreter
 
-TARGET_MEMORY_KB = 20.0
+TARGET_MEMORY_KB = 15.0
 TARGET_P99_MS = 1000.0
+#: Issue 5: at least 2,000 pongs persisted per second, sustained, by one process.
+TARGET_PONGS_PER_S = 2000.0
 DEFAULT_MEMORY_CONNECTIONS = 10_000
+#: The sustained run: 2,500 pongs/s at PING_INTERVAL=1, a margin over the target rate.
+DEFAULT_SUSTAINED_CONNECTIONS = 2_500
+DEFAULT_SUSTAINED_WINDOW = 60.0
+#: The ceiling run: twice that, past what two shared cores keep under 1 s.
 DEFAULT_PONG_CONNECTIONS = 5_000
 
 
@@ -301,9 +313,15 @@ class Gateway:
     """The gateway process plus its admin API."""
 
     def __init__(
-        self, firestore_host: str, ping_interval: float, args: argparse.Namespace, label: str
+        self,
+        firestore_host: str,
+        ping_interval: float,
+        args: argparse.Namespace,
+        label: str,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port("0.0.0.0")
+        self.label = label
         self.token = "".join(
             secrets.choice(string.ascii_letters + string.digits) for _ in range(32)
         )
@@ -314,6 +332,9 @@ class Gateway:
             "GATEWAY_PORT": str(self.port),
             "GATEWAY_HOST": "0.0.0.0",
             "GATEWAY_INSTANCE_ID": f"bench-{label}",
+            # Where the sweep calls this instance back (the timeout scenario); the default, spelt
+            # out because the gateway binds 0.0.0.0.
+            "GATEWAY_INTERNAL_URL": f"http://127.0.0.1:{self.port}",
             "PING_INTERVAL": str(ping_interval),
             "LOG_LEVEL": "WARNING",
             # The bench measures the socket path; token checks cost one Auth verification and
@@ -322,7 +343,9 @@ class Gateway:
             # Every load socket comes from a few loopback addresses.
             "WS_MAX_CONNECTS_PER_MINUTE": "0",
             "WS_IMPLEMENTATION": args.ws_impl,
+            **(extra_env or {}),
         }
+        self.internal_url = env["GATEWAY_INTERNAL_URL"]
         self.proc: Process = gateway_process(env, "127.0.0.1", self.port, RUN_DIR)
         if args.gateway_cmd:
             # Experiments only: run a variant entry point (same env, same readiness probe).
@@ -551,22 +574,34 @@ def window_percentile(before: dict[str, Any], after: dict[str, Any], q: float) -
     return None
 
 
-def scenario_pongs(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, Any]:
-    n = args.pong_connections
+def scenario_pongs(
+    fs_host: str,
+    args: argparse.Namespace,
+    stack: list[Any],
+    *,
+    run: str,
+    n: int,
+    window: float,
+) -> dict[str, Any]:
+    """One pong run (``run`` is "sustained" or "ceiling"): N sockets answering every ping."""
     interval = args.ping_interval
-    log(f"B: pong persistence, {n} sockets, PING_INTERVAL={interval:g}, ws={args.ws_impl}")
+    tag = f"B/{run}"
+    log(
+        f"{tag}: pong persistence, {n} sockets, PING_INTERVAL={interval:g}, "
+        f"window {window:g}s, ws={args.ws_impl}"
+    )
     clear_firestore(fs_host)
-    gw = Gateway(fs_host, interval, args, "pongs")
+    gw = Gateway(fs_host, interval, args, f"pongs-{run}")
     stack.append(gw)
     gw.start()
     clients = LoadClients(port=gw.port, count=n, mode="pong", prefix="pong", args=args)
     stack.append(clients)
     ready = clients.wait_ready(max(120, n / 50))
     if ready["failed"]:
-        log(f"B: {ready['failed']} sockets failed: {ready['last_error']}")
+        log(f"{tag}: {ready['failed']} sockets failed: {ready['last_error']}")
     gw.wait_connections(ready["connected"], 120)
     log(
-        f"B: {ready['connected']} sockets answering pings after {ready['seconds']:.1f}s; "
+        f"{tag}: {ready['connected']} sockets answering pings after {ready['seconds']:.1f}s; "
         f"warm-up {args.warmup:g}s"
     )
     time.sleep(args.warmup)
@@ -576,14 +611,15 @@ def scenario_pongs(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> 
     fs0, cl0, k0 = tree_cpu_seconds(fs_pid), clients.cpu_seconds(), clients.stats()
     m0 = busy_cpus()
     trend = []
-    profiler = start_profiler(args, gw.pid, "pongs", args.window)
-    log(f"B: steady window {args.window:g}s")
-    while time.monotonic() - t0 < args.window:
-        time.sleep(min(5.0, max(0.0, args.window - (time.monotonic() - t0))))
+    profiler = start_profiler(args, gw.pid, f"pongs-{run}", window)
+    log(f"{tag}: steady window {window:g}s")
+    while time.monotonic() - t0 < window:
+        # Every 10 s on a long window: each /ws/stats call costs the gateway a little.
+        time.sleep(min(5.0 if window <= 30 else 10.0, max(0.0, window - (time.monotonic() - t0))))
         snap = gw.stats()["pong_writer"]
         trend.append({"t": round(time.monotonic() - t0, 1), **snap})
         log(
-            f"B:  t={trend[-1]['t']:5.1f}s received={snap['pongs_received']} "
+            f"{tag}:  t={trend[-1]['t']:5.1f}s received={snap['pongs_received']} "
             f"persisted={snap['pongs_persisted']} buffered={snap['buffered_docs']} "
             f"p99={snap['lag_p99_ms']}ms"
         )
@@ -613,9 +649,9 @@ def scenario_pongs(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> 
         final["pongs_persisted"] == final["pongs_received"] and final["dropped_writes"] == 0
     )
     log(
-        f"B: after stop: received={final['pongs_received']} persisted={final['pongs_persisted']}"
-        f" (drained in {drain_seconds:.1f}s), failed_commits={final['failed_commits']}, "
-        f"dropped={final['dropped_writes']}"
+        f"{tag}: after stop: received={final['pongs_received']} "
+        f"persisted={final['pongs_persisted']} (drained in {drain_seconds:.1f}s), "
+        f"failed_commits={final['failed_commits']}, dropped={final['dropped_writes']}"
     )
     # Firestore's own view: each socket's last pong was sent at or after ``oldest_last_pong``
     # (client clock = gateway clock, same host) and received later still, so when every pong
@@ -632,6 +668,7 @@ def scenario_pongs(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> 
     code = gw.stop()
     stack.remove(gw)
     return {
+        "run": run,
         "connections": n,
         "ping_interval": interval,
         "ws_implementation": args.ws_impl,
@@ -717,6 +754,56 @@ def scan_gateway_log(path: Path) -> dict[str, Any]:
     }
 
 
+def pong_rows(pongs: dict[str, Any], *, checked: bool) -> list[dict[str, Any]]:
+    """Rows for one pong run. The sustained run (at the target rate) is held to every target;
+    the ceiling run (past it, to find the limit) only to losing nothing."""
+    run = pongs["run"]
+    final = pongs["final"]
+    where = f"{run}, {pongs['connected']:,} sockets @ {pongs['ping_interval']:g} s"
+    persisted = pongs["pongs_persisted_per_s"]
+    p99 = pongs["lag_p99_ms"]
+    lost_pongs = final["pongs_received"] - final["pongs_persisted"]
+    per_1000 = pongs["cpu_seconds_per_1000_pongs"]
+    return [
+        {
+            "figure": f"pongs persisted / received per s ({where})",
+            "value": f"{persisted:,.0f} / {pongs['pongs_received_per_s']:,.0f} over "
+            f"{pongs['window_seconds']:.0f} s (cadence ~{pongs['expected_pongs_per_s']:,.0f})",
+            "target": f">= {TARGET_PONGS_PER_S:,.0f}/s" if checked else "-",
+            "ok": persisted >= TARGET_PONGS_PER_S if checked else None,
+        },
+        {
+            "figure": f"pong lag received -> committed p50 / p99 ({run})",
+            "value": f"{pongs['lag_p50_ms']} / {p99} ms (bucket bounds; gateway's exact p99 "
+            f"over its last 100k: {pongs['lag_recent_p99_ms']} ms)",
+            "target": f"p99 < {TARGET_P99_MS:g} ms" if checked else "-",
+            "ok": (p99 is not None and p99 < TARGET_P99_MS) if checked else None,
+        },
+        {
+            "figure": f"gateway CPU per 1,000 pongs persisted ({run})",
+            "value": f"{'n/a' if per_1000 is None else f'{per_1000:.3f}'} CPU-s "
+            f"({pongs['gateway_cpu_percent']:.0f} % of one core; Firestore writes "
+            f"{pongs['writes_committed_per_s']:,.0f}/s in {pongs['commits_per_s']:.1f} commits/s)",
+            "target": "-",
+            "ok": None,
+        },
+        {
+            "figure": f"pongs lost ({run})",
+            "value": f"{lost_pongs:,} of {final['pongs_received']:,} received "
+            f"(drain {pongs['drain_seconds']:.1f} s, failed commits {final['failed_commits']}, "
+            f"dropped {final['dropped_writes']}, sockets lost {pongs['lost']})",
+            "target": "0",
+            "ok": pongs["all_persisted"] and pongs["lost"] == 0,
+        },
+        {
+            "figure": f"members docs holding each user's last pong ({run})",
+            "value": f"{pongs['firestore_members_recent']} of {pongs['connected']}",
+            "target": "all",
+            "ok": pongs["firestore_members_recent"] == pongs["connected"],
+        },
+    ]
+
+
 def checks(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     mem = results.get("memory")
@@ -739,62 +826,12 @@ def checks(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, 
                 "ok": mem["failed"] == 0,
             }
         )
-    pongs = results.get("pongs")
-    if pongs:
-        rows.append(
-            {
-                "figure": "pongs received / persisted per s (ping cadence)",
-                "value": f"{pongs['pongs_received_per_s']:.0f} / "
-                f"{pongs['pongs_persisted_per_s']:.0f}",
-                "target": f"~{pongs['expected_pongs_per_s']:.0f} (sockets / interval)",
-                "ok": pongs["pongs_received_per_s"] >= 0.95 * pongs["expected_pongs_per_s"],
-            }
-        )
-        rows.append(
-            {
-                "figure": "Firestore writes committed per s",
-                "value": f"{pongs['writes_committed_per_s']:.0f} "
-                f"({pongs['commits_per_s']:.1f} commits/s)",
-                "target": "-",
-                "ok": None,
-            }
-        )
-        rows.append(
-            {
-                "figure": "gateway CPU over the window",
-                "value": f"{pongs['gateway_cpu_percent']:.0f} % of one core "
-                f"({pongs['cpu_seconds_per_1000_pongs']} CPU-s / 1000 pongs)",
-                "target": "-",
-                "ok": None,
-            }
-        )
-        rows.append(
-            {
-                "figure": "pong lag p50 / p99 (end of window)",
-                "value": f"{pongs['lag_p50_ms']} / {pongs['lag_p99_ms']} ms",
-                "target": f"p99 < {TARGET_P99_MS:g} ms @ {DEFAULT_PONG_CONNECTIONS:,}, 1 s",
-                "ok": pongs["lag_p99_ms"] is not None and pongs["lag_p99_ms"] < TARGET_P99_MS,
-            }
-        )
-        final = pongs["final"]
-        rows.append(
-            {
-                "figure": "every received pong persisted",
-                "value": f"{final['pongs_persisted']:,} of {final['pongs_received']:,} "
-                f"(drain {pongs['drain_seconds']:.1f} s, failed commits "
-                f"{final['failed_commits']}, dropped {final['dropped_writes']})",
-                "target": "all",
-                "ok": pongs["all_persisted"],
-            }
-        )
-        rows.append(
-            {
-                "figure": "members docs holding each user's last pong (Firestore)",
-                "value": f"{pongs['firestore_members_recent']} of {pongs['connected']}",
-                "target": "all",
-                "ok": pongs["firestore_members_recent"] == pongs["connected"],
-            }
-        )
+    sustained = results.get("pongs_sustained")
+    if sustained:
+        rows.extend(pong_rows(sustained, checked=True))
+    ceiling = results.get("pongs_ceiling")
+    if ceiling:
+        rows.extend(pong_rows(ceiling, checked=False))
     glog = results.get("gateway_log", {})
     rows.append(
         {
@@ -816,7 +853,9 @@ def checks(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, 
     return rows
 
 
-def print_summary(rows: list[dict[str, Any]], results: dict[str, Any]) -> None:
+def print_summary(
+    rows: list[dict[str, Any]], results: dict[str, Any], extra_lines: list[str]
+) -> None:
     width = [
         max(len(r["figure"]) for r in rows),
         max(len(r["value"]) for r in rows),
@@ -851,17 +890,20 @@ def print_summary(rows: list[dict[str, Any]], results: dict[str, Any]) -> None:
             f"{mem['rss_after_close_kb'] / 1024:.1f} MB after all closed; client "
             f"{mem['client_per_connection_kb']:.1f} KB/socket"
         )
-    pongs = results.get("pongs")
-    if pongs:
+    for pongs in (results.get("pongs_sustained"), results.get("pongs_ceiling")):
+        if not pongs:
+            continue
         print(
-            f"pongs: window {pongs['window_seconds']:.1f} s; client sent "
+            f"pongs ({pongs['run']}): window {pongs['window_seconds']:.1f} s; client sent "
             f"{pongs['client_pongs_sent_per_s']:.0f}/s; CPU: firestore emulator "
             f"{pongs['firestore_cpu_percent']:.0f} %, client {pongs['client_cpu_percent']:.0f} %"
             f", unattributed {pongs['other_cpu_percent']:.0f} % (kernel softirq, harness, "
             f"profiler, other processes; 100 % = one core of "
             f"{os.cpu_count()}); Firestore members docs {pongs['firestore_members']}"
         )
-    for name in ("connect", "pongs"):
+    for line in extra_lines:
+        print(line)
+    for name in ("connect", "pongs-sustained", "pongs-ceiling"):
         top = top_frames(RUN_DIR / f"profile-{name}.txt", 8)
         if top:
             print(
@@ -880,16 +922,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench", description="Gateway benchmarks (see tests/bench/runner.py)"
     )
-    parser.add_argument("--only", choices=("memory", "pongs", "sweep"))
+    parser.add_argument("--only", choices=("memory", "pongs", "timeout", "sweep"))
     parser.add_argument(
         "--connections",
         type=int,
-        help="sockets for both scenarios (default 10,000 memory, 5,000 pongs)",
+        help="sockets for every gateway scenario (default 10,000 memory, 2,500 sustained and "
+        "5,000 ceiling pongs, 1,500 timeout users)",
     )
     parser.add_argument("--memory-connections", type=int, default=None)
-    parser.add_argument("--pong-connections", type=int, default=None)
+    parser.add_argument(
+        "--sustained-connections", type=int, default=None, help="B sustained run (2,500)"
+    )
+    parser.add_argument("--pong-connections", type=int, default=None, help="B ceiling (5,000)")
+    parser.add_argument("--timeout-users", type=int, default=None, help="T users (1,500)")
     parser.add_argument("--ping-interval", type=float, default=1.0, help="scenario B")
-    parser.add_argument("--window", type=float, default=20.0, help="B steady window, s")
+    parser.add_argument(
+        "--sustained-window",
+        type=float,
+        default=DEFAULT_SUSTAINED_WINDOW,
+        help="B sustained run's steady window, s",
+    )
+    parser.add_argument("--window", type=float, default=20.0, help="B ceiling's window, s")
     parser.add_argument("--warmup", type=float, default=5.0, help="B warm-up before window, s")
     parser.add_argument("--drain", type=float, default=10.0, help="B wait for persistence, s")
     parser.add_argument("--settle", type=float, default=3.0, help="A settle before baseline, s")
@@ -911,7 +964,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="BIN",
         default=None,
         help="profile the gateway with this py-spy binary (A: connecting, "
-        "B: steady window) into .run/bench/profile-*.txt",
+        "B: steady windows) into .run/bench/profile-*.txt",
     )
     parser.add_argument(
         "--gateway-cmd",
@@ -924,6 +977,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.memory_connections or args.connections or DEFAULT_MEMORY_CONNECTIONS
     )
     args.pong_connections = args.pong_connections or args.connections or DEFAULT_PONG_CONNECTIONS
+    args.sustained_connections = (
+        args.sustained_connections or args.connections or DEFAULT_SUSTAINED_CONNECTIONS
+    )
+    args.timeout_users = args.timeout_users or args.connections or timeout_bench.DEFAULT_USERS
     return args
 
 
@@ -950,7 +1007,9 @@ def main(argv: list[str] | None = None) -> int:
         "client.log",
         "py-spy.log",
         "profile-connect.txt",
-        "profile-pongs.txt",
+        "profile-pongs-sustained.txt",
+        "profile-pongs-ceiling.txt",
+        "timeout-auth.log",
     ):
         (RUN_DIR / name).unlink(missing_ok=True)
     soft, hard = raise_fd_limit()
@@ -981,7 +1040,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "memory"):
             results["memory"] = scenario_memory(fs_host, args, stack)
         if args.only in (None, "pongs"):
-            results["pongs"] = scenario_pongs(fs_host, args, stack)
+            results["pongs_sustained"] = scenario_pongs(
+                fs_host,
+                args,
+                stack,
+                run="sustained",
+                n=args.sustained_connections,
+                window=args.sustained_window,
+            )
+            results["pongs_ceiling"] = scenario_pongs(
+                fs_host, args, stack, run="ceiling", n=args.pong_connections, window=args.window
+            )
+        if args.only in (None, "timeout"):
+            results["timeout"] = timeout_bench.run(fs_host, args, stack)
         if args.only in (None, "sweep"):
             firestore.stop()  # the sweep scenarios start their own emulators
             results["sweep"] = sweep_bench.run(RUN_DIR, log)
@@ -995,7 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for item in reversed(stack):
             try:
-                if isinstance(item, LoadClients):
+                if isinstance(item, LoadClients | ClientProc):
                     item.kill()
                 else:
                     item.stop()
@@ -1004,7 +1075,11 @@ def main(argv: list[str] | None = None) -> int:
         firestore.stop()
     results["seconds"] = round(time.monotonic() - started, 1)
     results["gateway_log"] = scan_gateway_log(RUN_DIR / "gateway.log")
-    rows = checks(results, args) + sweep_bench.rows(results.get("sweep", {}))
+    rows = (
+        checks(results, args)
+        + timeout_bench.rows(results.get("timeout", {}))
+        + sweep_bench.rows(results.get("sweep", {}))
+    )
     results["summary"] = rows
     results.pop("args", None)
     results["args"] = {
@@ -1014,7 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print_summary(rows, results)
+    print_summary(rows, results, timeout_bench.summary_lines(results.get("timeout", {})))
     log(f"done in {results['seconds']:.0f}s")
     if status == 0 and any(r["ok"] is False for r in rows):
         status = 3
