@@ -19,13 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from firebase_functions import scheduler_fn  # noqa: E402
 
-from presence_sweep import SweepReport, sweep  # noqa: E402
+from presence_sweep import SweepReport  # noqa: E402
 from presence_sweep.adapters import (  # noqa: E402
-    FirebaseAuth,
-    FirestoreInstances,
-    FirestoreMembers,
     HttpNotifier,
     google_id_token,
+    sweep_firestore,
 )
 from presence_sweep.exceptions import SweepFailed  # noqa: E402
 from presence_sweep.settings import SweepSettings  # noqa: E402
@@ -49,26 +47,14 @@ def _clients() -> tuple[SweepSettings, Any, Any]:
 
 def run_sweep(now: datetime | None = None) -> SweepReport:
     settings, db, app = _clients()
-    report = sweep(
-        FirestoreMembers(db),
-        FirebaseAuth(app),
-        HttpNotifier(
-            # On Google Cloud, an OIDC ID token for the gateway's URL; else the shared secret.
-            google_id_token(settings.callback_audience)
-            if settings.callback_audience
-            else settings.callback_token,
-            settings.callback_timeout,
-        ),
-        now or datetime.now(UTC),
-        pong_timeout=settings.pong_timeout,
-        page_size=settings.page_size,
-        auth_concurrency=settings.auth_concurrency,
-        pages_in_flight=settings.pages_in_flight,
-        claim_ttl=settings.claim_ttl,
-        instances=FirestoreInstances(db),
-        instance_stale_after=settings.instance_stale_after,
-        callback_concurrency=settings.callback_concurrency,
+    # On Google Cloud, an OIDC ID token for the gateway's URL; else the shared secret.
+    bearer = (
+        google_id_token(settings.callback_audience)
+        if settings.callback_audience
+        else settings.callback_token
     )
+    notifier = HttpNotifier(bearer, settings.callback_timeout)
+    report = sweep_firestore(settings, db, app, notifier, now or datetime.now(UTC))
     # One JSON line on stdout: Cloud Logging parses it as a structured entry.
     severity = "INFO" if report.ok else "ERROR"
     print(json.dumps({"severity": severity, "message": "sweep report", **report.summary()}))

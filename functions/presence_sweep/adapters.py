@@ -20,10 +20,14 @@ from presence_sweep.core import (
     IS_SIGNED_IN,
     LAST_PONG_AT,
     ClaimDecision,
+    Notifier,
     SessionRef,
+    SweepReport,
     decide_claim,
+    sweep,
 )
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
+from presence_sweep.settings import SweepSettings
 
 logger = logging.getLogger("presence_sweep")
 
@@ -270,3 +274,25 @@ def callback_body(sessions: Sequence[SessionRef], now: datetime) -> dict[str, An
         "signed_out_at": now.isoformat(),
         "sessions": [{"user_id": s.user_id, "session_id": s.session_id} for s in sessions],
     }
+
+
+def sweep_firestore(
+    settings: SweepSettings, db: Any, app: Any, notifier: Notifier, now: datetime
+) -> SweepReport:
+    """The sweep over Firestore and Firebase Auth with every setting applied: what the
+    deployed function runs (``main.run_sweep``) and what the benchmarks measure."""
+    return sweep(
+        FirestoreMembers(db),
+        FirebaseAuth(app),
+        notifier,
+        now,
+        pong_timeout=settings.pong_timeout,
+        page_size=settings.page_size,
+        query_size=settings.query_size,
+        auth_concurrency=settings.auth_concurrency,
+        pages_in_flight=settings.pages_in_flight,
+        claim_ttl=settings.claim_ttl,
+        instances=FirestoreInstances(db),
+        instance_stale_after=settings.instance_stale_after,
+        callback_concurrency=settings.callback_concurrency,
+    )

@@ -204,6 +204,7 @@ def sweep(
     *,
     pong_timeout: float,
     page_size: int = 300,
+    query_size: int = 3000,
     auth_concurrency: int = 8,
     pages_in_flight: int = 3,
     claim_ttl: float = 300.0,
@@ -214,7 +215,8 @@ def sweep(
 ) -> SweepReport:
     """Sign out every member whose last pong is older than ``pong_timeout`` at ``now``.
 
-    Pages are fetched in order by this thread and processed up to ``pages_in_flight`` at once,
+    Expired ids are queried ``query_size`` at a time by this thread, cut into pages of
+    ``page_size`` (one claim transaction each) and processed up to ``pages_in_flight`` at once,
     so one page's Firestore transactions overlap another's Auth calls; a page's users are
     disjoint from every other page's, so pages never contend with each other. With
     ``instances``, callbacks to instances without a heartbeat in ``instance_stale_after``
@@ -239,28 +241,32 @@ def sweep(
             now - timedelta(seconds=instance_stale_after),
         )
         while True:
-            user_ids, cursor = store.expired_page(cutoff, page_size, cursor)
-            if not user_ids:
+            # One query fetches several pages' ids: each query round trip (and, on the
+            # emulator, which has no indexes, each scan of the collection) serves
+            # query_size users instead of page_size.
+            fetched, cursor = store.expired_page(cutoff, max(query_size, page_size), cursor)
+            if not fetched:
                 break
-            report.examined += len(user_ids)
-            in_flight.add(
-                page_pool.submit(
-                    _sweep_page,
-                    store,
-                    auth,
-                    callbacks,
-                    revoke_pool,
-                    user_ids,
-                    now,
-                    cutoff,
-                    claim_ttl,
-                    SweepReport(report.sweep_id, now, cutoff),
+            report.examined += len(fetched)
+            for start in range(0, len(fetched), page_size):
+                in_flight.add(
+                    page_pool.submit(
+                        _sweep_page,
+                        store,
+                        auth,
+                        callbacks,
+                        revoke_pool,
+                        fetched[start : start + page_size],
+                        now,
+                        cutoff,
+                        claim_ttl,
+                        SweepReport(report.sweep_id, now, cutoff),
+                    )
                 )
-            )
-            if len(in_flight) >= pages_in_flight:
-                done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    report.add(future.result())
+                if len(in_flight) >= pages_in_flight:
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        report.add(future.result())
             if cursor is None:
                 break
         for future in in_flight:

@@ -17,6 +17,7 @@ class SweepSettings:
     callback_token: str = ""
     callback_audience: str = ""
     page_size: int = 300
+    query_size: int = 3000
     auth_concurrency: int = 8
     pages_in_flight: int = 3
     claim_ttl: float = 300.0
@@ -57,6 +58,7 @@ class SweepSettings:
             callback_token=env.get("GATEWAY_CALLBACK_TOKEN", "").split(",")[0].strip(),
             callback_audience=env.get("GATEWAY_CALLBACK_AUDIENCE", "").strip(),
             page_size=page_size,
+            query_size=int(number("SWEEP_QUERY_SIZE", 3000)),
             auth_concurrency=int(number("SWEEP_AUTH_CONCURRENCY", 8)),
             pages_in_flight=int(number("SWEEP_PAGES_IN_FLIGHT", 3)),
             claim_ttl=number("SWEEP_CLAIM_TTL", 300.0),

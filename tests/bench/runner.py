@@ -1,5 +1,6 @@
 """Gateway benchmarks: memory per idle socket, pong persistence under PING_INTERVAL=1, timeout
-delivery across instances (``timeout_bench``) and sweep throughput (``sweep_bench``).
+delivery across instances (``timeout_bench``), cross-instance send and broadcast
+(``peers_bench``) and sweep throughput (``sweep_bench``).
 
     .venv/bin/python -m tests.bench                      # full run (about 5 minutes)
     .venv/bin/python -m tests.bench --connections 500    # quick variant of every scenario
@@ -25,6 +26,10 @@ counts ``members`` documents whose ``last_pong_at`` is recent.
 
 Scenario T (timeout): three gateways, the real sweep, the time from each sign-out's commit to
 the client's timeout frame; see ``timeout_bench``.
+
+Scenario P (peers): three gateways; sends to a user on the instance called and forwarded to
+another instance, forwarded sends per second, and broadcasts across the three; see
+``peers_bench``.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ import httpx
 import psutil
 
 from emulator.procs import Process, firestore_process, free_port, gateway_process
-from tests.bench import sweep_bench, timeout_bench
+from tests.bench import peers_bench, sweep_bench, timeout_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run" / "bench"
@@ -378,10 +383,12 @@ class Gateway:
         return self.proc.popen is not None and self.proc.popen.poll() is None
 
     def stats(self) -> dict[str, Any]:
-        response = self.http.get("/ws/stats")
+        """This instance's ``/ws/stats``, with its own pong writer as ``pong_writer``."""
+        response = self.http.get("/ws/stats", params={"scope": "instance"})
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         body.pop("connected_users", None)  # 10,000 ids are of no use here
+        body["pong_writer"] = body["pong_writers"][body["instance_id"]]
         return body
 
     def connections(self) -> int:
@@ -922,7 +929,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench", description="Gateway benchmarks (see tests/bench/runner.py)"
     )
-    parser.add_argument("--only", choices=("memory", "pongs", "timeout", "sweep"))
+    parser.add_argument("--only", choices=("memory", "pongs", "timeout", "peers", "sweep"))
     parser.add_argument(
         "--connections",
         type=int,
@@ -1053,6 +1060,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.only in (None, "timeout"):
             results["timeout"] = timeout_bench.run(fs_host, args, stack)
+        if args.only in (None, "peers"):
+            results["peers"] = peers_bench.run(fs_host, RUN_DIR, log)
         if args.only in (None, "sweep"):
             firestore.stop()  # the sweep scenarios start their own emulators
             results["sweep"] = sweep_bench.run(RUN_DIR, log)
@@ -1078,6 +1087,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = (
         checks(results, args)
         + timeout_bench.rows(results.get("timeout", {}))
+        + peers_bench.rows(results.get("peers", {}))
         + sweep_bench.rows(results.get("sweep", {}))
     )
     results["summary"] = rows

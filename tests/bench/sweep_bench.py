@@ -122,28 +122,20 @@ def run(run_dir: Path, log: Any) -> dict[str, Any]:
         from firebase_admin import auth
         from google.cloud import firestore as gfs
 
-        from presence_sweep import sweep
-        from presence_sweep.adapters import FirebaseAuth, FirestoreMembers, HttpNotifier
+        from presence_sweep.adapters import HttpNotifier, sweep_firestore
         from presence_sweep.settings import SweepSettings
 
         app = firebase_admin.initialize_app(options={"projectId": PROJECT}, name="bench-sweep")
         db = gfs.Client(project=PROJECT)
-        defaults = SweepSettings(project_id=PROJECT)
+        # The deployed defaults, with the pong timeout the seeded members were expired by.
+        defaults = SweepSettings(project_id=PROJECT, pong_timeout=3 * 3600)
         for expired, total in SCENARIOS:
             _clear(fs_host, auth_host)
             _Callback.closed = 0
             seeded = _seed(db, auth, app, expired, total, callback_url)
             log(f"sweep: seeded {total:,} members ({expired:,} expired) in {seeded:.1f}s")
-            report = sweep(
-                FirestoreMembers(db),
-                FirebaseAuth(app),
-                HttpNotifier("bench-callback-token", 10),
-                datetime.now(UTC),
-                pong_timeout=3 * 3600,
-                page_size=defaults.page_size,
-                auth_concurrency=defaults.auth_concurrency,
-                pages_in_flight=defaults.pages_in_flight,
-                claim_ttl=defaults.claim_ttl,
+            report = sweep_firestore(
+                defaults, db, app, HttpNotifier("bench-callback-token", 10), datetime.now(UTC)
             )
             row = {
                 "expired": expired,

@@ -267,8 +267,7 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
         from firebase_admin import auth
         from google.cloud import firestore as gfs
 
-        from presence_sweep import sweep
-        from presence_sweep.adapters import FirebaseAuth, FirestoreMembers, HttpNotifier
+        from presence_sweep.adapters import HttpNotifier, sweep_firestore
         from presence_sweep.settings import SweepSettings
 
         app = firebase_admin.initialize_app(options={"projectId": PROJECT}, name="bench-timeout")
@@ -281,20 +280,10 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
         _expire(db, user_ids, datetime.now(UTC) - EXPIRED_BY)
         log(f"T: {users:,} members recorded and expired; {users:,} Auth users; sweeping")
 
-        defaults = SweepSettings(project_id=PROJECT)
+        defaults = SweepSettings(project_id=PROJECT, pong_timeout=PONG_TIMEOUT)
         notifier = TimedNotifier(HttpNotifier(callback_token, defaults.callback_timeout))
         sweep_started = time.time()
-        report = sweep(
-            FirestoreMembers(db),
-            FirebaseAuth(app),
-            notifier,
-            datetime.now(UTC),
-            pong_timeout=PONG_TIMEOUT,
-            page_size=defaults.page_size,
-            auth_concurrency=defaults.auth_concurrency,
-            pages_in_flight=defaults.pages_in_flight,
-            claim_ttl=defaults.claim_ttl,
-        )
+        report = sweep_firestore(defaults, db, app, notifier, datetime.now(UTC))
         log(f"T: sweep done in {report.duration_seconds:.1f}s: {report.summary()}")
         final = _wait_client(client, len(plan), 30)
         commits: dict[str, float] = {}

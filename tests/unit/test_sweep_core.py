@@ -273,3 +273,29 @@ def test_a_slow_instance_does_not_hold_up_the_others() -> None:
     store = FakeStore({"a": member(), "b": member()}, sessions)
     report = sweep(store, FakeAuth(), SlowNotifier(), NOW, pong_timeout=10800)
     assert report.ok and report.sockets_closed == 2
+
+
+def test_one_query_serves_several_claim_pages() -> None:
+    """Expired ids are fetched query_size at a time and claimed page_size at a time."""
+
+    class CountingStore(FakeStore):
+        limits: list[int] = []
+        claimed_pages: list[int] = []
+
+        def expired_page(
+            self, cutoff: datetime, limit: int, after: Any | None
+        ) -> tuple[list[str], Any | None]:
+            self.limits.append(limit)
+            return super().expired_page(cutoff, limit, after)
+
+        def claim(self, user_ids: Sequence[str], *args: Any) -> dict[str, ClaimDecision]:
+            self.claimed_pages.append(len(user_ids))
+            return super().claim(user_ids, *args)
+
+    store = CountingStore({f"u{i}": member() for i in range(7)}, [])
+    report = sweep(
+        store, FakeAuth(), FakeNotifier(), NOW, pong_timeout=10800, page_size=2, query_size=5
+    )
+    assert report.signed_out == 7
+    assert store.limits == [5, 5]
+    assert sorted(store.claimed_pages) == [1, 2, 2, 2]
