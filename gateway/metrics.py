@@ -93,3 +93,11 @@ class GatewayCollector:
         for reason, count in sorted(service.refusals.items()):
             refusals.add_metric([reason], count)
         yield refusals
+        peer_calls = CounterMetricFamily(
+            "gateway_peer_calls",
+            "Calls to other instances (send, broadcast, stats) by outcome",
+            labels=["call", "outcome"],
+        )
+        for (call, outcome), count in sorted(service.peer_calls.items()):
+            peer_calls.add_metric([call, outcome], count)
+        yield peer_calls

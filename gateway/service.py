@@ -13,11 +13,16 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from gateway import messages
 from gateway.auth import CLOSE_UNAUTHENTICATED, Identity, TokenVerifier, authorize
-from gateway.exceptions import AuthError, DeploymentUnavailable, UserNotConnectedError
+from gateway.exceptions import (
+    AuthError,
+    DeploymentUnavailable,
+    PeerError,
+    UserNotConnectedError,
+)
 from gateway.limits import CLOSE_RATE_LIMITED, ConnectLimiter
 from gateway.messages import ErrorMessage, Timeout, iso, utc_now
 from gateway.peers import Instance, Peers, gather_peers
@@ -37,6 +42,7 @@ from gateway.store import (
 from gateway.writer import WriteBehind
 
 logger = logging.getLogger("gateway")
+T = TypeVar("T")
 
 #: Application hook for client ``message`` frames: (user_id, session_id, data) -> None.
 MessageHandler = Callable[[str, str, Any], Awaitable[None]]
@@ -100,6 +106,8 @@ class PresenceService:
         self.callbacks_received = 0
         #: Sockets refused or closed by policy, by reason (close reason text).
         self.refusals: Counter[str] = Counter()
+        #: Calls to other instances by (call, "ok" | "failed").
+        self.peer_calls: Counter[tuple[str, str]] = Counter()
         self._started_at = utc_now()
         #: instance id -> (monotonic time read, gateway_instances document or {}).
         self._instances_cache: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -354,11 +362,9 @@ class PresenceService:
             logger.warning("send: Firestore unavailable, delivered on this instance: %r", exc)
             return Delivery(delivered, 1, here, [], "instance")
         body = text.encode()
-        answers, failures = await gather_peers(
-            [peer for _, peer in remote.values()], lambda p: peers.send(p, user_id, body)
+        answers, failures = await self._ask_peers(
+            "send", [peer for _, peer in remote.values()], lambda p: peers.send(p, user_id, body)
         )
-        for failure in failures.values():
-            logger.warning("send to user=%s: %s", user_id, failure)
         delivered += sum(answers.values())
         if not delivered and not local:
             if failures:
@@ -395,10 +401,10 @@ class PresenceService:
         body = messages.encode(payload).encode()
         (users, delivered), (answers, failures) = await asyncio.gather(
             self.broadcast_local(payload, exclude_user),
-            gather_peers(peers, lambda p: peers_client.broadcast(p, body, exclude_user)),
+            self._ask_peers(
+                "broadcast", peers, lambda p: peers_client.broadcast(p, body, exclude_user)
+            ),
         )
-        for failure in failures.values():
-            logger.warning("broadcast: %s", failure)
         for sockets, remote_users in answers.values():
             delivered += sockets
             users.update(remote_users)
@@ -418,10 +424,19 @@ class PresenceService:
         except Exception as exc:
             logger.warning("stats: Firestore unavailable, this instance only: %r", exc)
             return None
-        answers, failures = await gather_peers(peers, peers_client.stats)
-        for failure in failures.values():
-            logger.warning("stats: %s", failure)
+        answers, failures = await self._ask_peers("stats", peers, peers_client.stats)
         return answers, sorted(failures)
+
+    async def _ask_peers(
+        self, call: str, peers: list[Instance], ask: Callable[[Instance], Awaitable[T]]
+    ) -> tuple[dict[str, T], dict[str, PeerError]]:
+        """Ask every peer at once; count and log the outcomes."""
+        answers, failures = await gather_peers(peers, ask)
+        self.peer_calls[(call, "ok")] += len(answers)
+        self.peer_calls[(call, "failed")] += len(failures)
+        for failure in failures.values():
+            logger.warning("%s: %s", call, failure)
+        return answers, failures
 
     async def _send_all(self, conns: Iterable[Connection], text: str) -> int:
         timeout = self.settings.send_timeout

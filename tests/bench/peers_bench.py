@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
 from emulator import procs
@@ -84,7 +85,17 @@ class _Receivers:
         await asyncio.gather(*(ws.close() for ws in self.sockets), return_exceptions=True)
 
 
-async def _measure(urls: list[str], admin: str, log: Callable[[str], None]) -> dict[str, Any]:
+def _cpu(pids: list[int]) -> list[float]:
+    out = []
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        out.append(times.user + times.system)
+    return out
+
+
+async def _measure(
+    urls: list[str], pids: list[int], admin: str, log: Callable[[str], None]
+) -> dict[str, Any]:
     receivers = _Receivers()
     users: dict[int, list[str]] = {i: [] for i in range(len(urls))}
     for i, base in enumerate(urls):
@@ -128,10 +139,19 @@ async def _measure(urls: list[str], admin: str, log: Callable[[str], None]) -> d
             async with gate:
                 return await send(urls[2], users[k % 2][k % SOCKETS_PER_INSTANCE])
 
+        cpu_before = _cpu(pids)
         started = time.perf_counter()
         await asyncio.gather(*(bounded(k) for k in range(CONCURRENT_SENDS)))
         rate = CONCURRENT_SENDS / (time.perf_counter() - started)
-        log(f"peers: {rate:,.0f} forwarded sends/s with {CONCURRENCY} in flight")
+        spent = [after - before for before, after in zip(cpu_before, _cpu(pids), strict=True)]
+        # Instance 2 took every REST call; instances 0 and 1 delivered half the sends each.
+        entry_ms = spent[2] / CONCURRENT_SENDS * 1000
+        delivery_ms = (spent[0] + spent[1]) / CONCURRENT_SENDS * 1000
+        log(
+            f"peers: {rate:,.0f} forwarded sends/s with {CONCURRENCY} in flight; CPU per send "
+            f"{entry_ms:.2f} ms on the instance called, {delivery_ms:.2f} ms on the one holding "
+            "the socket"
+        )
 
         everyone = [u for group in users.values() for u in group]
         broadcast: list[float] = []
@@ -154,6 +174,8 @@ async def _measure(urls: list[str], admin: str, log: Callable[[str], None]) -> d
         "send_local": _summary(local),
         "send_forwarded": _summary(remote),
         "forwarded_sends_per_second": round(rate),
+        "cpu_ms_per_forwarded_send_entry": round(entry_ms, 2),
+        "cpu_ms_per_forwarded_send_delivery": round(delivery_ms, 2),
         "concurrency": CONCURRENCY,
         "broadcast_last_socket": _summary(broadcast),
         "broadcast_answered": _summary(answered),
@@ -185,7 +207,8 @@ def run(fs_host: str, run_dir: Path, log: Callable[[str], None]) -> dict[str, An
             urls.append(f"http://127.0.0.1:{port}")
         for proc in gateways:
             proc.wait_ready(60)
-        return asyncio.run(_measure(urls, admin, log))
+        pids = [p.popen.pid for p in gateways if p.popen is not None]
+        return asyncio.run(_measure(urls, pids, admin, log))
     finally:
         for proc in gateways:
             proc.stop()
@@ -213,6 +236,13 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "figure": f"forwarded sends per second, {result['concurrency']} in flight",
             "value": f"{result['forwarded_sends_per_second']:,}",
+            "target": "-",
+            "ok": None,
+        },
+        {
+            "figure": "gateway CPU per forwarded send: instance called / instance delivering",
+            "value": f"{result['cpu_ms_per_forwarded_send_entry']:.2f} / "
+            f"{result['cpu_ms_per_forwarded_send_delivery']:.2f} ms",
             "target": "-",
             "ok": None,
         },

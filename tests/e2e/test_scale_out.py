@@ -153,6 +153,9 @@ async def test_send_on_any_instance_reaches_the_users_sockets_on_the_others(
     missing = await post(b, f"/ws/send/{uid('nobody')}", payload)
     assert missing.status_code == 404
     assert missing.json()["message"].endswith("is not connected")
+    async with httpx.AsyncClient(base_url=b.http) as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'gateway_peer_calls_total{call="send",outcome="ok"}' in metrics
 
 
 async def test_broadcast_reaches_every_instance_and_counts_each_user_once(

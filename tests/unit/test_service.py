@@ -182,6 +182,7 @@ async def test_broadcast_counts_each_user_once_and_names_unreachable_instances()
     sent = await service.broadcast({"type": "news"}, exclude_user="skip")
     assert sent == Delivery(4, 3, ["local", "p1"], ["p2"], "deployment")
     assert sorted(peers.calls) == [("p1", "broadcast"), ("p2", "broadcast")]
+    assert service.peer_calls == {("broadcast", "ok"): 1, ("broadcast", "failed"): 1}
 
 
 async def test_without_an_internal_credential_everything_stays_on_this_instance() -> None:
