@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from gateway.writer import LAG_BUCKETS
+from gateway.writer import COMMIT_BUCKETS, LAG_BUCKETS
 
 if TYPE_CHECKING:
     from gateway.service import PresenceService
@@ -67,15 +67,17 @@ class GatewayCollector:
             "Documents waiting in the write-behind buffer",
             writer.buffered,
         )
-        cumulative, buckets = 0, []
-        for bound, count in zip(LAG_BUCKETS, writer.lag_counts, strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
         yield HistogramMetricFamily(
             "gateway_pong_persist_lag_seconds",
             "Time from a pong's arrival to its commit",
-            buckets=buckets,
+            buckets=_cumulative(LAG_BUCKETS, writer.lag_counts),
             sum_value=writer.lag_sum,
+        )
+        yield HistogramMetricFamily(
+            "gateway_firestore_commit_seconds",
+            "Duration of the write-behind buffer's successful Commit calls (one batch each)",
+            buckets=_cumulative(COMMIT_BUCKETS, writer.commit_counts),
+            sum_value=writer.commit_sum,
         )
         yield CounterMetricFamily(
             "gateway_timeouts_sent",
@@ -101,3 +103,12 @@ class GatewayCollector:
         for (call, outcome), count in sorted(service.peer_calls.items()):
             peer_calls.add_metric([call, outcome], count)
         yield peer_calls
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as Prometheus' cumulative (upper bound, count) pairs."""
+    total, buckets = 0, []
+    for bound, count in zip(bounds, counts, strict=True):
+        total += count
+        buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", float(total)))
+    return buckets

@@ -40,6 +40,8 @@ logger = logging.getLogger("gateway.writer")
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 LAG_SAMPLES = 100_000
+#: Upper bounds (seconds) of the commit-duration histogram (one Commit RPC, successful ones).
+COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 #: Upper bounds (seconds) of the cumulative pong-lag histogram, Prometheus style: a reader
 #: takes two snapshots and computes percentiles over exactly the pongs in between.
 LAG_BUCKETS = (
@@ -99,6 +101,8 @@ class WriteBehind:
         self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
         self.lag_counts = [0] * len(LAG_BUCKETS)
         self.lag_sum = 0.0
+        self.commit_counts = [0] * len(COMMIT_BUCKETS)
+        self.commit_sum = 0.0
         self.pongs_received = 0
         self.pongs_persisted = 0
         self.writes_committed = 0
@@ -271,8 +275,11 @@ class WriteBehind:
         return ok
 
     async def _commit(self, chunk: list[tuple[tuple[str, str], _Pending]]) -> None:
+        started = time.monotonic()
         await self._store.commit([Write(c, d, p.fields) for (c, d), p in chunk])
         done = time.monotonic()
+        self.commit_counts[bisect.bisect_left(COMMIT_BUCKETS, done - started)] += 1
+        self.commit_sum += done - started
         self.commits += 1
         self.writes_committed += len(chunk)
         for _, pending in chunk:

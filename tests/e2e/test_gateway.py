@@ -360,7 +360,8 @@ async def test_sockets_on_other_paths_are_refused_at_the_handshake(gateway: Gate
 
 
 async def test_metrics_count_sockets_pongs_and_refusals(gateway: GatewayProc) -> None:
-    """/metrics (Prometheus text) reports connections, pongs, the lag histogram, refusals."""
+    """/metrics (Prometheus text) reports connections, pongs, the lag and commit-duration
+    histograms, refusals."""
     async with connect(gateway.ws(uid())) as ws, httpx.AsyncClient(base_url=gateway.http) as http:
         await next_of(ws, "ping")
         await ws.send(json.dumps({"type": "pong"}))
@@ -368,19 +369,24 @@ async def test_metrics_count_sockets_pongs_and_refusals(gateway: GatewayProc) ->
             with pytest.raises(ConnectionClosed):
                 await refused.recv()
 
-        async def scraped() -> str:
+        async def scraped() -> dict[str, float]:
             text = (await http.get("/metrics")).text
-            return text if "gateway_pong_persist_lag_seconds_count" in text else ""
+            lines = {
+                line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line and not line.startswith("#")
+            }
+            # The pong is committed a flush (PONG_FLUSH_INTERVAL) after it arrives.
+            return lines if lines.get("gateway_pongs_persisted_total", 0) >= 1 else {}
 
-        text = await eventually(scraped)
-    lines = {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
+        lines = await eventually(scraped)
     assert lines["gateway_connections"] >= 1
     assert lines["gateway_pongs_received_total"] >= 1
     assert lines["gateway_pings_sent_total"] >= 1
     assert lines['gateway_refusals_total{reason="missing token"}'] >= 1
     assert lines['gateway_pong_persist_lag_seconds_bucket{le="+Inf"}'] >= 1
+    commits = lines["gateway_firestore_commits_total"]
+    assert commits >= 1
+    assert lines['gateway_firestore_commit_seconds_bucket{le="+Inf"}'] >= 1
+    assert lines["gateway_firestore_commit_seconds_sum"] > 0
     assert any(key.startswith("gateway_http_requests_total") for key in lines)
