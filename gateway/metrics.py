@@ -44,6 +44,11 @@ class GatewayCollector:
             "gateway_pongs_received", "Client pongs received", writer.pongs_received
         )
         yield CounterMetricFamily(
+            "gateway_pongs_unwritten",
+            "Pongs not written because of PONG_WRITE_INTERVAL",
+            service.pongs_unwritten,
+        )
+        yield CounterMetricFamily(
             "gateway_pongs_persisted", "Pongs committed to Firestore", writer.pongs_persisted
         )
         yield CounterMetricFamily(

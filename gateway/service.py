@@ -106,6 +106,10 @@ class PresenceService:
         self.callbacks_received = 0
         #: Sockets refused or closed by policy, by reason (close reason text).
         self.refusals: Counter[str] = Counter()
+        #: user id -> monotonic time of the last pong written (PONG_WRITE_INTERVAL > 0 only).
+        self._pong_written: dict[str, float] = {}
+        #: Pongs not written because of PONG_WRITE_INTERVAL.
+        self.pongs_unwritten = 0
         #: Calls to other instances by (call, "ok" | "failed").
         self.peer_calls: Counter[tuple[str, str]] = Counter()
         self._started_at = utc_now()
@@ -248,6 +252,8 @@ class PresenceService:
     def disconnected(self, conn: Connection, code: int | None) -> None:
         conn.closed = True
         left = self.registry.remove(conn)
+        if not left:
+            self._pong_written.pop(conn.user_id, None)
         for write in disconnect_writes(conn.user_id, conn.session_id, code, utc_now()):
             self.writer.put(write)
         logger.info(
@@ -260,6 +266,16 @@ class PresenceService:
         )
 
     def pong(self, conn: Connection, now: datetime) -> None:
+        every = self.settings.pong_write_interval
+        if every:
+            # The knob trading precision for writes: at most one last_pong_at write per user
+            # per PONG_WRITE_INTERVAL; the record then lags the real last pong by less than it.
+            moment = time.monotonic()
+            last = self._pong_written.get(conn.user_id)
+            if last is not None and moment - last < every:
+                self.pongs_unwritten += 1
+                return
+            self._pong_written[conn.user_id] = moment
         self.writer.put(pong_write(conn.user_id, now), pong=True)
 
     # --- deployment-wide view ----------------------------------------------------------------

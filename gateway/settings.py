@@ -41,6 +41,8 @@ class Settings:
     #: Request timeout for calls to other instances (forwarded send, broadcast, stats).
     peer_timeout: float = 10.0
     flush_interval: float = 0.2
+    #: At most one last_pong_at write per user per this many seconds; 0: every pong written.
+    pong_write_interval: float = 0.0
     batch_size: int = 500
     flush_concurrency: int = 4
     buffer_max_docs: int = 200_000
@@ -143,6 +145,7 @@ class Settings:
             send_timeout=reader.positive("WS_SEND_TIMEOUT", 5.0),
             peer_timeout=reader.positive("PEER_TIMEOUT", 10.0),
             flush_interval=reader.positive("PONG_FLUSH_INTERVAL", 0.2),
+            pong_write_interval=reader.limit("PONG_WRITE_INTERVAL", 0),
             batch_size=int(reader.positive("PONG_BATCH_SIZE", 500)),
             flush_concurrency=int(reader.positive("PONG_FLUSH_CONCURRENCY", 4)),
             buffer_max_docs=int(reader.positive("PONG_BUFFER_MAX_DOCS", 200_000)),
@@ -161,6 +164,9 @@ class Settings:
         if settings.flush_interval > 1.0:
             # The contract: the pong buffer is flushed at least once a second.
             raise ConfigError("PONG_FLUSH_INTERVAL", "must be at most 1 second")
+        if settings.pong_write_interval >= settings.pong_timeout / 2:
+            # A user could be signed out that much early: keep it a small share of the timeout.
+            raise ConfigError("PONG_WRITE_INTERVAL", "must be under half of PONG_TIMEOUT")
         if settings.batch_size > 500:
             raise ConfigError("PONG_BATCH_SIZE", "Firestore commits hold at most 500 writes")
         if settings.log_format not in ("json", "text"):

@@ -193,3 +193,38 @@ async def test_without_an_internal_credential_everything_stays_on_this_instance(
     )
     assert await service.broadcast({"type": "x"}) == Delivery(1, 1, ["local"], [], "instance")
     assert await service.peer_stats() is None
+
+
+async def test_every_pong_is_written_by_default() -> None:
+    service = PresenceService(settings(), MemoryStore())
+    conn = Connection("u", "s1", utc_now(), Recorder())
+    for _ in range(3):
+        service.pong(conn, utc_now())
+    assert (service.writer.pongs_received, service.pongs_unwritten) == (3, 0)
+
+
+async def test_pong_write_interval_writes_a_user_at_most_once_per_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With PONG_WRITE_INTERVAL=60 a user's pongs within 60 s cost one write; the next one
+    after 60 s is written; a user's state is dropped with the last socket."""
+    clock = [1000.0]
+    monkeypatch.setattr("gateway.service.time.monotonic", lambda: clock[0])
+    service = PresenceService(settings(pong_write_interval=60.0), MemoryStore())
+    a1 = Connection("a", "s1", utc_now(), Recorder())
+    a2 = Connection("a", "s2", utc_now(), Recorder())
+    b = Connection("b", "s3", utc_now(), Recorder())
+    for conn in (a1, a2, b):
+        service.registry.add(conn)
+    service.pong(a1, utc_now())
+    service.pong(a2, utc_now())  # same user, within the interval
+    service.pong(b, utc_now())
+    clock[0] += 30
+    service.pong(a1, utc_now())
+    assert (service.writer.pongs_received, service.pongs_unwritten) == (2, 2)
+    clock[0] += 31
+    service.pong(a2, utc_now())
+    assert service.writer.pongs_received == 3
+    service.disconnected(a1, 1000)
+    service.disconnected(a2, 1000)
+    assert "a" not in service._pong_written and "b" in service._pong_written
