@@ -396,30 +396,27 @@ class PresenceService:
         self, payload: dict[str, Any], exclude_user: str | None = None
     ) -> tuple[set[str], int]:
         """Send to every socket here except ``exclude_user``'s; return (users, sockets)."""
+        return await self._broadcast_text(messages.encode(payload), exclude_user)
+
+    async def _broadcast_text(self, text: str, exclude_user: str | None) -> tuple[set[str], int]:
         targets = [c for c in self.registry if c.user_id != exclude_user]
-        delivered = await self._send_all(targets, messages.encode(payload))
+        delivered = await self._send_all(targets, text)
         return {c.user_id for c in targets if not c.closed}, delivered
 
     async def broadcast(self, payload: dict[str, Any], exclude_user: str | None = None) -> Delivery:
         """Send to every socket of the deployment except ``exclude_user``'s; users with
         sockets on several instances count once in ``recipients``."""
         me = self.settings.instance_id
-        if self.peers is None:
-            users, delivered = await self.broadcast_local(payload, exclude_user)
+        text = messages.encode(payload)
+        reachable = await self._reachable_peers("broadcast")
+        if reachable is None:
+            users, delivered = await self._broadcast_text(text, exclude_user)
             return Delivery(delivered, len(users), [me], [], "instance")
-        peers_client = self.peers
-        try:
-            peers = await self.live_peers()
-        except Exception as exc:
-            logger.warning("broadcast: Firestore unavailable, this instance only: %r", exc)
-            users, delivered = await self.broadcast_local(payload, exclude_user)
-            return Delivery(delivered, len(users), [me], [], "instance")
-        body = messages.encode(payload).encode()
+        client, peers = reachable
+        body = text.encode()
         (users, delivered), (answers, failures) = await asyncio.gather(
-            self.broadcast_local(payload, exclude_user),
-            self._ask_peers(
-                "broadcast", peers, lambda p: peers_client.broadcast(p, body, exclude_user)
-            ),
+            self._broadcast_text(text, exclude_user),
+            self._ask_peers("broadcast", peers, lambda p: client.broadcast(p, body, exclude_user)),
         )
         for sockets, remote_users in answers.values():
             delivered += sockets
@@ -430,18 +427,24 @@ class PresenceService:
 
     async def peer_stats(self) -> tuple[dict[str, dict[str, Any]], list[str]] | None:
         """Every other live instance's ``/internal/stats`` answer and the instances that did
-        not answer; None when the other instances cannot be asked (no internal credential,
-        or Firestore cannot list them)."""
+        not answer; None when the other instances cannot be asked."""
+        reachable = await self._reachable_peers("stats")
+        if reachable is None:
+            return None
+        client, peers = reachable
+        answers, failures = await self._ask_peers("stats", peers, client.stats)
+        return answers, sorted(failures)
+
+    async def _reachable_peers(self, call: str) -> tuple[Peers, list[Instance]] | None:
+        """The client and the other live instances, or None when they cannot be asked (no
+        internal credential, or Firestore cannot list them): then only this instance acts."""
         if self.peers is None:
             return None
-        peers_client = self.peers
         try:
-            peers = await self.live_peers()
+            return self.peers, await self.live_peers()
         except Exception as exc:
-            logger.warning("stats: Firestore unavailable, this instance only: %r", exc)
+            logger.warning("%s: Firestore unavailable, this instance only: %r", call, exc)
             return None
-        answers, failures = await self._ask_peers("stats", peers, peers_client.stats)
-        return answers, sorted(failures)
 
     async def _ask_peers(
         self, call: str, peers: list[Instance], ask: Callable[[Instance], Awaitable[T]]
