@@ -7,6 +7,8 @@ small ASGI application, and talk to it with the ``websockets`` client.
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -189,6 +191,8 @@ async def test_echo_and_the_handshake_state_is_dropped(running: Running) -> None
         assert protocol.scope["path"] == "/ws/connect/u1"
         # every attribute uvicorn sets is a slot: no instance dict to grow
         assert vars(protocol) == {}
+        # a message taken at once by the waiting application leaves reading on
+        assert not protocol.read_paused and protocol.transport.is_reading()
         # the application saw the full scope before accepting
         assert running.app.scopes[0]["query_string"] == b"token=secret"
     await _wait_for(lambda: running.app.disconnects)
@@ -254,6 +258,10 @@ async def test_many_frames_in_one_read_are_all_delivered(running: Running) -> No
         for i in range(50):
             await ws.send(str(i))
         assert [await ws.recv() for _ in range(50)] == [str(i) for i in range(50)]
+        [protocol] = running.protocols()
+        # whatever queued up while the application was busy, reading resumed once it was taken
+        await _wait_for(lambda: not protocol.read_paused)
+        assert protocol.transport.is_reading()
 
 
 async def test_shutdown_closes_open_sockets_with_1012(running: Running) -> None:
@@ -267,3 +275,42 @@ async def test_shutdown_closes_open_sockets_with_1012(running: Running) -> None:
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
     await _wait_for(lambda: running.app.disconnects)
     assert running.app.disconnects[0]["code"] == 1012
+
+
+def _masked_text(text: str) -> bytes:
+    """One final, masked client text frame (payloads under 126 bytes)."""
+    payload = text.encode()
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + mask + body
+
+
+async def test_frames_arriving_together_pause_reading_until_taken(running: Running) -> None:
+    """Several messages in one read: the first goes to the waiting application, the rest queue
+    up with reading paused (uvicorn's back-pressure), and reading resumes once all are taken."""
+    host, port = running.url.removeprefix("ws://").split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /ws/connect/u1 HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    [protocol] = running.protocols()
+    pauses = 0
+    pause = protocol.transport.pause_reading
+
+    def counting_pause() -> None:
+        nonlocal pauses
+        pauses += 1
+        pause()
+
+    protocol.transport.pause_reading = counting_pause  # type: ignore[method-assign]
+    writer.write(b"".join(_masked_text(str(i)) for i in range(20)))
+    echoed = [(await reader.readexactly(2 + len(str(i))))[2:].decode() for i in range(20)]
+    assert echoed == [str(i) for i in range(20)]
+    assert pauses >= 1
+    await _wait_for(lambda: not protocol.read_paused)
+    assert protocol.transport.is_reading()
+    writer.close()
