@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import weakref
 from collections.abc import Awaitable
 from typing import Any
 
@@ -142,6 +143,22 @@ async def _scope_unchanged(scope: Any, receive: Any, send: Any) -> None:
     """The inner application of the proxy-header rewriter: the rewrite is all it is for."""
 
 
+_rewriters: weakref.WeakKeyDictionary[ProxyHeadersMiddleware, ProxyHeadersMiddleware] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _scope_rewriter(middleware: ProxyHeadersMiddleware) -> ProxyHeadersMiddleware:
+    """The same middleware (same trusted hosts) around an application that returns at once:
+    running it rewrites the scope, and nothing of it stays suspended. One per server."""
+    rewriter = _rewriters.get(middleware)
+    if rewriter is None:
+        rewriter = copy.copy(middleware)
+        rewriter.app = _scope_unchanged
+        _rewriters[middleware] = rewriter
+    return rewriter
+
+
 class LeanWSProtocol(WSProtocol):
     """uvicorn's wsproto protocol with less kept per idle socket (see the module docstring)."""
 
@@ -197,11 +214,7 @@ class LeanWSProtocol(WSProtocol):
         self.writable: Any = WriteGate()
         self._rewrite_scope: ProxyHeadersMiddleware | None = None
         if isinstance(self.app, ProxyHeadersMiddleware):
-            # The same middleware (same trusted hosts) around an application that returns at
-            # once: running it rewrites the scope, and nothing of it stays suspended.
-            rewriter = copy.copy(self.app)
-            rewriter.app = _scope_unchanged
-            self._rewrite_scope = rewriter
+            self._rewrite_scope = _scope_rewriter(self.app)
             self.app = self.app.app
 
     def handle_connect(self, event: wsproto.events.Request) -> None:
