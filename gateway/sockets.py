@@ -57,9 +57,32 @@ async def serve_socket(
     service: PresenceService, user_id: str, scope: Any, receive: Any, send: Any
 ) -> None:
     """Run one client socket from handshake to close."""
+    conn = await _admit(service, user_id, scope, receive, send)
+    if conn is None:
+        return
+    service.connected(conn)
+    code: int | None = None
+    try:
+        # This frame is what an idle socket keeps suspended (see README, Benchmarks): the
+        # handshake and each event are handled by calls that return, so their locals (the ID
+        # token, the connect event) are not held while the socket waits.
+        while code is None:
+            code = await _on_event(service, conn, await receive())
+    except Exception:
+        logger.exception("socket handler failed user=%s session=%s", user_id, conn.session_id)
+        code = CLOSE_INTERNAL_ERROR
+        await conn.close(CLOSE_INTERNAL_ERROR, "internal error")
+    finally:
+        service.disconnected(conn, code)
+
+
+async def _admit(
+    service: PresenceService, user_id: str, scope: Any, receive: Any, send: Any
+) -> Connection | None:
+    """The handshake: accept the socket and return its Connection, or refuse it (None)."""
     event = await receive()
     if event["type"] != "websocket.connect":
-        return
+        return None
     identity = None
     refusal: tuple[int, str] | None = None
     client = scope.get("client") or ("unknown", 0)
@@ -82,81 +105,69 @@ async def serve_socket(
         service.refusals[reason] += 1
         await send({"type": "websocket.close", "code": refused_with, "reason": reason})
         logger.info("refused socket user=%.80r: %s (%d)", user_id, reason, refused_with)
-        return
-    conn = Connection(
+        return None
+    return Connection(
         user_id,
         uuid.uuid4().hex,
         utc_now(),
         send,
         token_expires_at=identity.expires_at if identity else 0.0,
     )
-    service.connected(conn)
-    code: int | None = None
-    try:
-        code = await _receive_loop(service, conn, receive)
-    except Exception:
-        logger.exception("socket handler failed user=%s session=%s", user_id, conn.session_id)
-        code = CLOSE_INTERNAL_ERROR
-        await conn.close(CLOSE_INTERNAL_ERROR, "internal error")
-    finally:
-        service.disconnected(conn, code)
 
 
-async def _receive_loop(service: PresenceService, conn: Connection, receive: Any) -> int | None:
-    max_bytes = service.settings.max_message_bytes
+async def _on_event(service: PresenceService, conn: Connection, event: Any) -> int | None:
+    """Handle one event of an accepted socket; return the close code once the socket is done."""
+    kind = event["type"]
+    if kind == "websocket.disconnect":
+        return int(event.get("code", 1005))
+    if kind != "websocket.receive":
+        return None
     timeout = service.settings.send_timeout
     rate = service.settings.max_messages_per_second
-    burst = 2 * rate
-    while True:
-        event = await receive()
-        kind = event["type"]
-        if kind == "websocket.disconnect":
-            return int(event.get("code", 1005))
-        if kind != "websocket.receive":
-            continue
-        if rate:
-            now = time.monotonic()
-            allowed, conn.bucket = take_token(conn.bucket, conn.bucket_at, now, rate, burst)
-            conn.bucket_at = now
-            if not allowed:
-                logger.info("closing flooding socket user=%s", conn.user_id)
-                service.refusals["too many messages"] += 1
-                await conn.close(CLOSE_RATE_LIMITED, "too many messages")
-                return CLOSE_RATE_LIMITED
+    if rate:
+        now = time.monotonic()
+        allowed, conn.bucket = take_token(conn.bucket, conn.bucket_at, now, rate, 2 * rate)
+        conn.bucket_at = now
+        if not allowed:
+            logger.info("closing flooding socket user=%s", conn.user_id)
+            service.refusals["too many messages"] += 1
+            await conn.close(CLOSE_RATE_LIMITED, "too many messages")
+            return CLOSE_RATE_LIMITED
+    try:
+        decoded = decode_frame(
+            event.get("text"), event.get("bytes"), service.settings.max_message_bytes
+        )
+    except ProtocolError as exc:
+        if exc.close_code is not None:
+            service.refusals[exc.code] += 1
+            await conn.close(exc.close_code, exc.message)
+            return exc.close_code
+        reply = ErrorMessage("error", exc.code, exc.message, iso(utc_now()))
+        await conn.send_text(messages.encode(reply), timeout)
+        return None
+    if isinstance(decoded, PongReceived):
+        service.pong(conn, utc_now())
+    elif isinstance(decoded, PingReceived):
+        await conn.send_text(messages.encode(ServerPong("pong", iso(utc_now()))), timeout)
+    elif isinstance(decoded, MessageReceived):
+        ack = Ack("ack", iso(utc_now()), decoded.id)
+        await conn.send_text(messages.encode(ack), timeout)
         try:
-            decoded = decode_frame(event.get("text"), event.get("bytes"), max_bytes)
-        except ProtocolError as exc:
-            if exc.close_code is not None:
-                service.refusals[exc.code] += 1
-                await conn.close(exc.close_code, exc.message)
-                return exc.close_code
-            reply = ErrorMessage("error", exc.code, exc.message, iso(utc_now()))
+            await service.message_handler(conn.user_id, conn.session_id, decoded.data)
+        except Exception:
+            # The application's handler failing must not take the socket down.
+            logger.exception("message handler failed user=%s", conn.user_id)
+    elif isinstance(decoded, AuthRefresh):
+        try:
+            identity = await service.refresh_token(conn, decoded.token)
+        except AuthError as exc:
+            reply = ErrorMessage("error", "invalid_token", exc.reason, iso(utc_now()))
             await conn.send_text(messages.encode(reply), timeout)
-            continue
-        if isinstance(decoded, PongReceived):
-            service.pong(conn, utc_now())
-        elif isinstance(decoded, PingReceived):
-            await conn.send_text(messages.encode(ServerPong("pong", iso(utc_now()))), timeout)
-        elif isinstance(decoded, MessageReceived):
-            ack = Ack("ack", iso(utc_now()), decoded.id)
-            await conn.send_text(messages.encode(ack), timeout)
-            try:
-                await service.message_handler(conn.user_id, conn.session_id, decoded.data)
-            except Exception:
-                # The application's handler failing must not take the socket down.
-                logger.exception("message handler failed user=%s", conn.user_id)
-        elif isinstance(decoded, AuthRefresh):
-            try:
-                identity = await service.refresh_token(conn, decoded.token)
-            except AuthError as exc:
-                reply = ErrorMessage("error", "invalid_token", exc.reason, iso(utc_now()))
-                await conn.send_text(messages.encode(reply), timeout)
-                continue
-            expires = datetime.fromtimestamp(identity.expires_at, UTC)
-            await conn.send_text(
-                messages.encode(AuthOk("auth_ok", iso(expires), iso(utc_now()))), timeout
-            )
-        elif isinstance(decoded, UnknownType):
-            logger.info(
-                "ignored unknown message type %.64r from user=%s", decoded.type, conn.user_id
-            )
+            return None
+        expires = datetime.fromtimestamp(identity.expires_at, UTC)
+        await conn.send_text(
+            messages.encode(AuthOk("auth_ok", iso(expires), iso(utc_now()))), timeout
+        )
+    elif isinstance(decoded, UnknownType):
+        logger.info("ignored unknown message type %.64r from user=%s", decoded.type, conn.user_id)
+    return None

@@ -1,0 +1,289 @@
+"""uvicorn's wsproto WebSocket protocol, trimmed for sockets that sit idle for hours.
+
+``python -m gateway`` runs this class for ``WS_IMPLEMENTATION=wsproto`` (the default). It is
+uvicorn's own ``WSProtocol`` (same handshake, frames, close codes, size limit, drain), minus
+state that an idle socket keeps for its whole life and never uses again. Measured per socket
+with uvicorn 0.54 and wsproto 1.3 (see README, Benchmarks):
+
+* ``asyncio.Queue`` for received events: four deques of ~780 bytes each (a deque allocates a
+  64-slot block even when empty). Here an ``Inbox``: a list and, while the application waits,
+  one future; ``receive()`` returns that future, so no coroutine frames sit in it either.
+* ``asyncio.Event`` for write flow control: one more deque. Here a ``WriteGate`` that makes an
+  Event only while the transport is actually paused.
+* wsproto's handshake object after the handshake: an h11 connection, the upgrade request with
+  all its headers, and a deque. After accepting, the protocol talks to wsproto's frame-level
+  ``Connection`` directly (what ``WSConnection`` delegates to from then on), and that
+  connection's event deque becomes a list.
+* the ASGI scope (headers, query string with the ID token, state copy, extensions), held by
+  every suspended frame of the application: trimmed in place after the accept to the socket's
+  identity (``SCOPE_KEPT``). The gateway reads the scope only before it accepts.
+* uvicorn's ``ProxyHeadersMiddleware`` stays suspended around the application for the
+  socket's life; its scope rewrite (client address and scheme from ``X-Forwarded-*`` sent by a
+  trusted proxy) is applied once, before the application starts, by the middleware itself.
+* uvicorn's 33 instance attributes overflow CPython's shared-key instance dict (a 1.6 KB
+  table); declared as slots here, they take 8 bytes each.
+
+Less work per frame, as a side effect: uvicorn pauses reading after each message and resumes
+once the application has taken it; here reading is paused only while messages queue up, not
+for one that a waiting application takes at once (two epoll_ctl calls fewer per frame).
+
+uvicorn is pinned to 0.54 (pyproject.toml) because this subclass relies on how its
+``WSProtocol`` uses these attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import weakref
+from collections.abc import Awaitable
+from typing import Any
+
+import wsproto
+from uvicorn._types import ASGISendEvent, WebSocketEvent
+from uvicorn.config import Config
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+from uvicorn.server import ServerState
+from wsproto.connection import Connection
+
+#: Scope keys kept after the accept: who the socket is, for anything that logs it later.
+SCOPE_KEPT = ("type", "path", "client", "server", "scheme")
+
+
+class EventList(list[Any]):
+    """wsproto's pending-event queue as a list: events are drained as soon as they arrive, so
+    it is nearly always empty, and an empty list is 56 bytes where an empty deque is ~780."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+class Inbox:
+    """Received ASGI events for the socket's one consumer, the application task; stands in for
+    uvicorn's ``asyncio.Queue`` (``put_nowait`` and ``empty`` are what uvicorn calls)."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[WebSocketEvent] = []
+        #: The future a pending ``receive()`` returned; None while nobody waits.
+        self._waiter: asyncio.Future[WebSocketEvent] | None = None
+
+    def put_nowait(self, item: WebSocketEvent) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(item)
+        else:
+            # Nobody waits, or the waiting task was cancelled: keep it for the next receive().
+            self._items.append(item)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a receiver waits now (the next event goes straight to it)."""
+        return self._waiter is not None and not self._waiter.done()
+
+    def get(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[WebSocketEvent]:
+        """A future for the next event: already done when one is queued."""
+        future: asyncio.Future[WebSocketEvent] = loop.create_future()
+        if self._items:
+            future.set_result(self._items.pop(0))
+        elif self.waiting:
+            # asyncio.Queue would serve concurrent receivers in turn; ASGI applications
+            # (this gateway's included) receive from one place, so refuse rather than hang.
+            raise RuntimeError("receive() called while another receive() is pending")
+        else:
+            self._waiter = future
+        return future
+
+
+class WriteGate:
+    """Write flow control without a standing ``asyncio.Event``: open (None) nearly always; an
+    Event exists only between the transport's ``pause_writing`` and ``resume_writing``."""
+
+    __slots__ = ("_closed",)
+
+    def __init__(self) -> None:
+        self._closed: asyncio.Event | None = None
+
+    def clear(self) -> None:
+        if self._closed is None:
+            self._closed = asyncio.Event()
+
+    def set(self) -> None:
+        closed, self._closed = self._closed, None
+        if closed is not None:
+            closed.set()
+
+    def is_set(self) -> bool:
+        return self._closed is None
+
+    def wait(self) -> Awaitable[Any]:
+        return _OPEN if self._closed is None else self._closed.wait()
+
+
+class _Open:
+    """An awaitable that completes at once (``await`` on it does not suspend)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
+_OPEN = _Open()
+
+
+async def _scope_unchanged(scope: Any, receive: Any, send: Any) -> None:
+    """The inner application of the proxy-header rewriter: the rewrite is all it is for."""
+
+
+_rewriters: weakref.WeakKeyDictionary[ProxyHeadersMiddleware, ProxyHeadersMiddleware] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _scope_rewriter(middleware: ProxyHeadersMiddleware) -> ProxyHeadersMiddleware:
+    """The same middleware (same trusted hosts) around an application that returns at once:
+    running it rewrites the scope, and nothing of it stays suspended. One per server."""
+    rewriter = _rewriters.get(middleware)
+    if rewriter is None:
+        rewriter = copy.copy(middleware)
+        rewriter.app = _scope_unchanged
+        _rewriters[middleware] = rewriter
+    return rewriter
+
+
+class LeanWSProtocol(WSProtocol):
+    """uvicorn's wsproto protocol with less kept per idle socket (see the module docstring)."""
+
+    # Every attribute uvicorn's WSProtocol sets, as slots: 34 attributes overflow CPython's
+    # shared-key instance dict into a ~1.6 KB table, where slots take 8 bytes each. One that a
+    # later uvicorn adds still works; it lands in the instance dict.
+    __slots__ = (
+        "_rewrite_scope",
+        "app",
+        "app_state",
+        "asgi_version",
+        "buffer",
+        "client",
+        "close_sent",
+        "close_timeout",
+        "close_timer",
+        "config",
+        "conn",
+        "connections",
+        "default_headers",
+        "disconnected",
+        "handshake_complete",
+        "last_ping_rtt",
+        "logger",
+        "loop",
+        "pending_ping_payload",
+        "ping_interval",
+        "ping_sent_at",
+        "ping_timeout",
+        "ping_timer",
+        "pong_timer",
+        "queue",
+        "read_paused",
+        "response_started",
+        "root_path",
+        "scheme",
+        "scope",
+        "server",
+        "tasks",
+        "transport",
+        "writable",
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.queue: Any = Inbox()
+        self.writable: Any = WriteGate()
+        self._rewrite_scope: ProxyHeadersMiddleware | None = None
+        if isinstance(self.app, ProxyHeadersMiddleware):
+            self._rewrite_scope = _scope_rewriter(self.app)
+            self.app = self.app.app
+
+    def handle_connect(self, event: wsproto.events.Request) -> None:
+        # uvicorn builds the scope and creates the application task, which first runs on the
+        # next loop iteration: the scope is rewritten before the application sees it.
+        super().handle_connect(event)
+        if self._rewrite_scope is not None:
+            step = self._rewrite_scope(self.scope, self.receive, self.send)
+            try:
+                step.send(None)
+            except StopIteration:
+                pass
+            else:  # pragma: no cover - the middleware never awaits anything but the inner app
+                step.close()
+                raise RuntimeError("proxy header rewrite suspended")
+
+    def handle_message(
+        self, event: wsproto.events.TextMessage | wsproto.events.BytesMessage
+    ) -> None:
+        if self.read_paused or not self.queue.waiting:
+            super().handle_message(event)
+            return
+        # The application waits and takes a complete message at once. uvicorn would pause
+        # reading until it has, and resume as soon as it has (two epoll_ctl calls per frame);
+        # reading paused is only useful while messages queue up. Marked as already paused,
+        # uvicorn's handle_message skips the pause; a fragment or a too-large message takes
+        # the same path as in uvicorn.
+        self.read_paused = True
+        try:
+            super().handle_message(event)
+        finally:
+            self.read_paused = False
+
+    def receive(self) -> asyncio.Future[WebSocketEvent]:  # type: ignore[override]
+        # A plain method returning a future, not a coroutine: an idle socket's task then waits
+        # on that future alone, without uvicorn's receive() and Queue.get() frames above it.
+        inbox: Inbox = self.queue
+        event = inbox.get(self.loop)
+        if self.read_paused and inbox.empty():
+            # As uvicorn: reading resumes once the application has taken every queued event.
+            self.read_paused = False
+            self.transport.resume_reading()
+        return event
+
+    async def send(self, message: ASGISendEvent) -> None:
+        await super().send(message)
+        if self.handshake_complete and isinstance(self.conn, wsproto.WSConnection):
+            self._drop_handshake()
+
+    def _drop_handshake(self) -> None:
+        """After the accept (or a refused handshake), forget what only the handshake used."""
+        connection = self.conn.connection
+        if connection is None:
+            return  # refused before accepting: the transport is closing anyway
+        # From here on WSConnection only forwards send, receive_data, events and state to this
+        # connection; talking to it directly lets the handshake (h11, the request) go.
+        self.conn: Any = connection
+        _use_event_list(connection)
+        _trim_scope(self.scope)
+
+
+def _use_event_list(connection: Connection) -> None:
+    events = getattr(connection, "_events", None)
+    if events is not None and not isinstance(events, EventList):
+        connection._events = EventList(events)  # type: ignore[assignment]
+
+
+def _trim_scope(scope: Any) -> None:
+    # In place: the application's suspended frames hold this very dict.
+    kept = {key: scope[key] for key in SCOPE_KEPT if key in scope}
+    scope.clear()
+    scope.update(kept)
