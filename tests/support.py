@@ -184,6 +184,24 @@ class SweepStack:
         return log_text(self.function.log_path) + log_text(self.scheduler.log_path)
 
 
+def start_short_sweep(
+    firestore_host: str, auth_host: str, project: str, callback_token: str, short: dict[str, str]
+) -> SweepStack:
+    """The sweep function and its scheduler on the emulators, with the gateways' short
+    PONG_TIMEOUT and SWEEP_INTERVAL (``short``) so stale instances are judged alike."""
+    return start_sweep(
+        {
+            "FIRESTORE_EMULATOR_HOST": firestore_host,
+            "FIREBASE_AUTH_EMULATOR_HOST": auth_host,
+            "GOOGLE_CLOUD_PROJECT": project,
+            "GATEWAY_CALLBACK_TOKEN": callback_token,
+            "PONG_TIMEOUT": short["PONG_TIMEOUT"],
+            "SWEEP_INTERVAL": short["SWEEP_INTERVAL"],
+        },
+        interval=float(short["SWEEP_INTERVAL"]),
+    )
+
+
 def start_sweep(env: dict[str, str], interval: float) -> SweepStack:
     port = procs.free_port()
     function = procs.function_process(env, "127.0.0.1", port, LOG_DIR)

@@ -27,7 +27,7 @@ from tests.support import (
     TokenMinter,
     eventually,
     start_gateway,
-    start_sweep,
+    start_short_sweep,
 )
 
 pytestmark = pytest.mark.e2e
@@ -64,17 +64,7 @@ def trio(
 def sweeper(
     firestore_host: str, auth_host: str, project_id: str, callback_token: str
 ) -> Iterator[SweepStack]:
-    stack = start_sweep(
-        {
-            "FIRESTORE_EMULATOR_HOST": firestore_host,
-            "FIREBASE_AUTH_EMULATOR_HOST": auth_host,
-            "GOOGLE_CLOUD_PROJECT": project_id,
-            "GATEWAY_CALLBACK_TOKEN": callback_token,
-            "PONG_TIMEOUT": SHORT["PONG_TIMEOUT"],
-            "SWEEP_INTERVAL": SHORT["SWEEP_INTERVAL"],
-        },
-        interval=float(SHORT["SWEEP_INTERVAL"]),
-    )
+    stack = start_short_sweep(firestore_host, auth_host, project_id, callback_token, SHORT)
     yield stack
     stack.stop()
 

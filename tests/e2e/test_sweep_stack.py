@@ -25,7 +25,7 @@ from tests.support import (
     eventually,
     loads,
     start_gateway,
-    start_sweep,
+    start_short_sweep,
 )
 
 pytestmark = pytest.mark.e2e
@@ -71,16 +71,7 @@ def unreachable_gateway(
 def sweeper(
     firestore_host: str, auth_host: str, project_id: str, callback_token: str
 ) -> Iterator[SweepStack]:
-    stack = start_sweep(
-        {
-            "FIRESTORE_EMULATOR_HOST": firestore_host,
-            "FIREBASE_AUTH_EMULATOR_HOST": auth_host,
-            "GOOGLE_CLOUD_PROJECT": project_id,
-            "GATEWAY_CALLBACK_TOKEN": callback_token,
-            "PONG_TIMEOUT": SHORT["PONG_TIMEOUT"],
-        },
-        interval=float(SHORT["SWEEP_INTERVAL"]),
-    )
+    stack = start_short_sweep(firestore_host, auth_host, project_id, callback_token, SHORT)
     yield stack
     stack.stop()
 
