@@ -188,9 +188,9 @@ async def ws_stats(
     view: Annotated[Literal["deployment", "instance"], Parameter(query="scope")] = "deployment",
 ) -> StatsResponse:
     """Connections across every live instance (default), or on this one (``?scope=instance``),
-    with the heartbeat settings and each counted instance's pong writer. Answers 503 when the
-    deployment view cannot be had (no internal credential, Firestore down), this instance
-    answers alone and says so in ``scope``."""
+    with the heartbeat settings and each counted instance's pong writer. When the deployment
+    view cannot be had (no internal credential, Firestore down), this instance answers alone
+    and says so in ``scope``."""
     service = _service(request)
     local = instance_stats(service)
     gathered = await service.peer_stats() if view == "deployment" else None
