@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 from datetime import UTC, datetime
@@ -70,6 +71,12 @@ def main() -> int:
             handler.setFormatter(CloudLoggingJson())
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactTokens())
+    if os.environ.get("K_SERVICE") and not os.environ.get("GATEWAY_INTERNAL_URL"):
+        logging.getLogger("gateway").warning(
+            "on Cloud Run with no GATEWAY_INTERNAL_URL: other instances and the sweep cannot "
+            "call this one; timeouts arrive through the poll every SWEEP_INTERVAL and send, "
+            "broadcast and stats reach this instance only (README, Several instances)"
+        )
     app = create_asgi(settings)
     uvicorn.run(
         app,

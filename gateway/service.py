@@ -449,8 +449,18 @@ class PresenceService:
     async def _ask_peers(
         self, call: str, peers: list[Instance], ask: Callable[[Instance], Awaitable[T]]
     ) -> tuple[dict[str, T], dict[str, PeerError]]:
-        """Ask every peer at once; count and log the outcomes."""
-        answers, failures = await gather_peers(peers, ask)
+        """Ask every peer at once; count and log the outcomes. A peer registered under this
+        instance's own internal URL (instances that cannot be addressed one by one, such as
+        Cloud Run's, all register the default) is not called: the call would come back here."""
+        mine = self.settings.internal_url
+        answers, failures = await gather_peers([p for p in peers if p.internal_url != mine], ask)
+        for peer in peers:
+            if peer.internal_url == mine:
+                failures[peer.instance_id] = PeerError(
+                    peer.instance_id,
+                    f"registered this instance's own internal URL {mine}; "
+                    "GATEWAY_INTERNAL_URL must address each instance",
+                )
         self.peer_calls[(call, "ok")] += len(answers)
         self.peer_calls[(call, "failed")] += len(failures)
         for failure in failures.values():

@@ -228,3 +228,18 @@ async def test_pong_write_interval_writes_a_user_at_most_once_per_interval(
     service.disconnected(a1, 1000)
     service.disconnected(a2, 1000)
     assert "a" not in service._pong_written and "b" in service._pong_written
+
+
+async def test_an_instance_registered_under_this_instances_url_is_not_called() -> None:
+    """Where instances cannot be addressed one by one (Cloud Run without
+    GATEWAY_INTERNAL_URL), they all register the same URL: calling it would come back here,
+    so it is reported unreachable instead."""
+    store = MemoryStore()
+    register(store, "twin")
+    service_settings = settings(instance_id="local", internal_url="http://twin")
+    peers = FakePeers({}, users={"twin": ["elsewhere"]})
+    service = PresenceService(service_settings, store, peers=peers)
+    local_socket(service, "u1", "s1")
+    sent = await service.broadcast({"type": "news"})
+    assert sent == Delivery(1, 1, ["local"], ["twin"], "deployment")
+    assert peers.calls == []
