@@ -327,3 +327,59 @@ async def test_a_drained_instance_stops_counting_at_once_and_its_users_move(
         assert firestore_client.collection("members").document(user).get().get("is_signed_in")
     finally:
         draining.stop()
+
+
+async def test_a_hung_instance_is_reported_after_peer_timeout_and_others_are_served(
+    firestore_host: str,
+    project_id: str,
+    minter: TokenMinter,
+    callback_token: str,
+    trio: tuple[GatewayProc, GatewayProc, GatewayProc],
+    clients: list[Client],
+    firestore_client: Any,
+) -> None:
+    """A registered, heartbeating instance that accepts connections and never answers costs a
+    broadcast PEER_TIMEOUT, is named in unreachable_instances, and every other socket gets the
+    message."""
+    from datetime import UTC, datetime
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()  # hold the connection until the caller gives up
+
+    hung = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = hung.sockets[0].getsockname()[1]
+    hung_id = uid("hung")
+    registry = firestore_client.collection("gateway_instances").document(hung_id)
+    registry.set({"internal_url": f"http://127.0.0.1:{port}", "heartbeat_at": datetime.now(UTC)})
+    impatient = start_gateway(
+        firestore_host,
+        project_id,
+        minter,
+        GATEWAY_CALLBACK_TOKEN=callback_token,
+        PEER_TIMEOUT="1",
+        **SHORT,
+    )
+    try:
+        user = uid("patient")
+        client = await open_on(clients, trio[1], user)
+        await seen_from(impatient, user, [instance_of(trio[1])])
+        registry.set({"heartbeat_at": datetime.now(UTC)}, merge=True)
+        started = asyncio.get_running_loop().time()
+        response = await post(impatient, "/ws/broadcast", {"type": "news"})
+        took = asyncio.get_running_loop().time() - started
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert hung_id in body["unreachable_instances"]
+        assert instance_of(trio[1]) in body["instances"]
+        assert await client.next() == {"type": "news"}
+        assert took < 5 * UNIT
+    finally:
+        impatient.stop()
+        for writer in held:
+            writer.close()
+        hung.close()
+        await hung.wait_closed()
+        registry.delete()
