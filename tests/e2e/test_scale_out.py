@@ -13,7 +13,7 @@ import asyncio
 import os
 import secrets
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -27,7 +27,6 @@ from tests.support import (
     TokenMinter,
     eventually,
     start_gateway,
-    start_short_sweep,
 )
 
 pytestmark = pytest.mark.e2e
@@ -40,33 +39,31 @@ SHORT = {
 }
 
 
-@pytest.fixture(scope="module")
-def callback_token() -> str:
-    return secrets.token_urlsafe(24)
+Spawn = Callable[..., GatewayProc]
 
 
 @pytest.fixture(scope="module")
-def trio(
-    firestore_host: str, project_id: str, minter: TokenMinter, callback_token: str
-) -> Iterator[tuple[GatewayProc, GatewayProc, GatewayProc]]:
-    started = [
-        start_gateway(
-            firestore_host, project_id, minter, GATEWAY_CALLBACK_TOKEN=callback_token, **SHORT
+def spawn(firestore_host: str, project_id: str, minter: TokenMinter, callback_token: str) -> Spawn:
+    """Starts one more instance of the deployment: the shared callback token, SHORT
+    intervals, plus any setting given."""
+
+    def start(**extra: str) -> GatewayProc:
+        return start_gateway(
+            firestore_host,
+            project_id,
+            minter,
+            **{"GATEWAY_CALLBACK_TOKEN": callback_token, **SHORT, **extra},
         )
-        for _ in range(3)
-    ]
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def trio(spawn: Spawn) -> Iterator[tuple[GatewayProc, GatewayProc, GatewayProc]]:
+    started = [spawn() for _ in range(3)]
     yield started[0], started[1], started[2]
     for proc in started:
         proc.stop()
-
-
-@pytest.fixture(scope="module")
-def sweeper(
-    firestore_host: str, auth_host: str, project_id: str, callback_token: str
-) -> Iterator[SweepStack]:
-    stack = start_short_sweep(firestore_host, auth_host, project_id, callback_token, SHORT)
-    yield stack
-    stack.stop()
 
 
 @pytest.fixture
@@ -245,10 +242,7 @@ async def test_sweep_times_out_the_users_sockets_on_every_instance(
 
 
 async def test_a_killed_instance_loses_no_sign_out_and_its_users_reconnect_elsewhere(
-    firestore_host: str,
-    project_id: str,
-    minter: TokenMinter,
-    callback_token: str,
+    spawn: Spawn,
     trio: tuple[GatewayProc, GatewayProc, GatewayProc],
     sweeper: SweepStack,
     clients: list[Client],
@@ -258,9 +252,7 @@ async def test_a_killed_instance_loses_no_sign_out_and_its_users_reconnect_elsew
     only; a user who does not come back is still signed out; the sweep skips the dead
     instance and keeps timing out the users of the live ones."""
     a, b, c = trio
-    victim = start_gateway(
-        firestore_host, project_id, minter, GATEWAY_CALLBACK_TOKEN=callback_token, **SHORT
-    )
+    victim = spawn()
     mover, gone, idle_b = uid("mover"), uid("gone"), uid("idle")
     try:
         await open_on(clients, victim, mover)
@@ -295,10 +287,7 @@ async def test_a_killed_instance_loses_no_sign_out_and_its_users_reconnect_elsew
 
 
 async def test_a_drained_instance_stops_counting_at_once_and_its_users_move(
-    firestore_host: str,
-    project_id: str,
-    minter: TokenMinter,
-    callback_token: str,
+    spawn: Spawn,
     trio: tuple[GatewayProc, GatewayProc, GatewayProc],
     sweeper: SweepStack,
     clients: list[Client],
@@ -308,9 +297,7 @@ async def test_a_drained_instance_stops_counting_at_once_and_its_users_move(
     others stop counting it without waiting for its heartbeat to age; its users reconnect to
     A and stay signed in."""
     a = trio[0]
-    draining = start_gateway(
-        firestore_host, project_id, minter, GATEWAY_CALLBACK_TOKEN=callback_token, **SHORT
-    )
+    draining = spawn()
     user = uid("drained")
     try:
         first = await open_on(clients, draining, user)
@@ -330,10 +317,7 @@ async def test_a_drained_instance_stops_counting_at_once_and_its_users_move(
 
 
 async def test_a_hung_instance_is_reported_after_peer_timeout_and_others_are_served(
-    firestore_host: str,
-    project_id: str,
-    minter: TokenMinter,
-    callback_token: str,
+    spawn: Spawn,
     trio: tuple[GatewayProc, GatewayProc, GatewayProc],
     clients: list[Client],
     firestore_client: Any,
@@ -354,14 +338,7 @@ async def test_a_hung_instance_is_reported_after_peer_timeout_and_others_are_ser
     hung_id = uid("hung")
     registry = firestore_client.collection("gateway_instances").document(hung_id)
     registry.set({"internal_url": f"http://127.0.0.1:{port}", "heartbeat_at": datetime.now(UTC)})
-    impatient = start_gateway(
-        firestore_host,
-        project_id,
-        minter,
-        GATEWAY_CALLBACK_TOKEN=callback_token,
-        PEER_TIMEOUT="1",
-        **SHORT,
-    )
+    impatient = spawn(PEER_TIMEOUT="1")
     try:
         user = uid("patient")
         client = await open_on(clients, trio[1], user)

@@ -25,18 +25,12 @@ from tests.support import (
     eventually,
     loads,
     start_gateway,
-    start_short_sweep,
 )
 
 pytestmark = pytest.mark.e2e
 
 TIMEOUT_TEXT = "Your session has expired due to inactivity (2 seconds). Please sign in again."
 SHORT = {"PING_INTERVAL": "0.2", "PONG_TIMEOUT": "2", "SWEEP_INTERVAL": "0.5"}
-
-
-@pytest.fixture(scope="module")
-def callback_token() -> str:
-    return secrets.token_urlsafe(24)
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +59,6 @@ def unreachable_gateway(
     )
     yield proc
     proc.stop()
-
-
-@pytest.fixture(scope="module")
-def sweeper(
-    firestore_host: str, auth_host: str, project_id: str, callback_token: str
-) -> Iterator[SweepStack]:
-    stack = start_short_sweep(firestore_host, auth_host, project_id, callback_token, SHORT)
-    yield stack
-    stack.stop()
 
 
 async def answer_pings(ws: ClientConnection, stop: asyncio.Event) -> list[dict[str, Any]]:
