@@ -309,6 +309,12 @@ class PresenceService:
         ]
         if missing:
             found = await self.store.get_instances(missing, timeout=MEMBER_READ_TIMEOUT)
+            # Instances come and go with every rollout: forget entries too old to be used.
+            self._instances_cache = {
+                i: entry
+                for i, entry in self._instances_cache.items()
+                if now - entry[0] <= INSTANCE_CACHE_SECONDS
+            }
             for instance_id in missing:
                 self._instances_cache[instance_id] = (now, found.get(instance_id, {}))
         return {i: self._instances_cache[i][1] for i in ids}
