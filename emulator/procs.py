@@ -29,6 +29,10 @@ FIRESTORE_LAUNCHERS = (
     Path("/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"),
     Path("/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"),
 )
+PUBSUB_LAUNCHERS = (
+    Path("/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"),
+    Path("/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"),
+)
 #: "gcloud", "node" or unset (auto): which Firestore emulator ``firestore_process`` starts.
 FIRESTORE_IMPL_ENV = "FIRESTORE_EMULATOR_IMPL"
 #: The fallback for machines without the Google Cloud SDK (pinned in emulator/package.json).
@@ -182,6 +186,25 @@ def firestore_process(host: str, port: int, log_dir: Path) -> Process:
     )
     argv = [node, str(FIRESTORE_FALLBACK_SCRIPT), "--host", host, "--port", str(port)]
     return Process("firestore", argv, f"http://{host}:{port}/", log_path)
+
+
+def pubsub_process(host: str, port: int, log_dir: Path) -> Process:
+    """gcloud's Pub/Sub emulator (the SDK's ``pubsub-emulator`` component), its launcher
+    directly or through ``gcloud beta emulators pubsub start``. It keeps topics and
+    subscriptions in memory: a restart starts empty, which the gateway copes with."""
+    log_path = log_dir / "pubsub.log"
+    launcher = next((p for p in PUBSUB_LAUNCHERS if p.exists()), None)
+    if launcher is not None:
+        argv = [str(launcher), f"--host={host}", f"--port={port}"]
+    elif shutil.which("gcloud"):
+        argv = ["gcloud", "beta", "emulators", "pubsub", "start", f"--host-port={host}:{port}"]
+    else:
+        raise ToolMissingError(
+            "the Pub/Sub emulator is not installed: install the Google Cloud SDK's "
+            "`google-cloud-cli-pubsub-emulator` (needs Java 17+)"
+        )
+    # The emulator answers plain HTTP on its gRPC port ("Ok" at /).
+    return Process("pubsub", argv, f"http://{host}:{port}/", log_path)
 
 
 def ensure_firestore_fallback() -> str:

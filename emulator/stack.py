@@ -1,9 +1,9 @@
 """``python -m emulator up``: the whole local stack in one command.
 
-Starts the Firestore emulator (gcloud's) and the Firebase Auth emulator (pinned firebase-tools)
-on the ports in firebase.json, then the gateway against them, the sweep function under
-functions-framework and a local scheduler that POSTs to it every ``SWEEP_INTERVAL`` with Cloud
-Scheduler's headers. It prints where everything is and
+Starts the Firestore and Pub/Sub emulators (gcloud's) and the Firebase Auth emulator (pinned
+firebase-tools) on the ports in firebase.json, then the gateway against them, the sweep function
+under functions-framework and a local scheduler that POSTs to it every ``SWEEP_INTERVAL`` with
+Cloud Scheduler's headers. It prints where everything is and
 the environment a developer needs, and stops every child on Ctrl-C or SIGTERM (or when one of
 them dies, saying which).
 """
@@ -25,6 +25,7 @@ from emulator.exceptions import EmulatorError, StartupError
 
 HOST = "127.0.0.1"
 DEFAULT_PROJECT = "demo-presence"
+DEFAULT_TOPIC = "gateway-fanout"
 RUN_DIR = procs.ROOT / ".run"
 ENV_FILE = RUN_DIR / "stack.env"
 
@@ -47,6 +48,8 @@ def stack_env(env: Mapping[str, str], ports: Mapping[str, int]) -> dict[str, str
         "SWEEP_INTERVAL": env.get("SWEEP_INTERVAL") or "60",
         "FIRESTORE_EMULATOR_HOST": f"{HOST}:{ports['firestore']}",
         "FIREBASE_AUTH_EMULATOR_HOST": f"{HOST}:{ports['auth']}",
+        "PUBSUB_EMULATOR_HOST": f"{HOST}:{ports['pubsub']}",
+        "PUBSUB_TOPIC": env.get("PUBSUB_TOPIC") or DEFAULT_TOPIC,
     }
 
 
@@ -59,6 +62,7 @@ Local stack is up (project {env["GOOGLE_CLOUD_PROJECT"]}):
   OpenAPI          http://{gw}/schema
   Firestore        http://{env["FIRESTORE_EMULATOR_HOST"]}
   Auth emulator    http://{env["FIREBASE_AUTH_EMULATOR_HOST"]}
+  Pub/Sub emulator {env["PUBSUB_EMULATOR_HOST"]}   (fan-out topic {env["PUBSUB_TOPIC"]})
   sweep function   {function_url}   (POSTed every {env["SWEEP_INTERVAL"]}s by the local scheduler)
   logs             {log_dir}/
 Intervals: ping {env["PING_INTERVAL"]}s, pong timeout {env["PONG_TIMEOUT"]}s, \
@@ -84,6 +88,7 @@ def up(environ: Mapping[str, str] | None = None) -> int:
     for name, port in (
         ("firestore", ports["firestore"]),
         ("auth", ports["auth"]),
+        ("pubsub", ports["pubsub"]),
         ("gateway", gateway_port),
     ):
         if port_in_use(HOST, port):
@@ -105,19 +110,23 @@ def up(environ: Mapping[str, str] | None = None) -> int:
     try:
         firestore = procs.firestore_process(HOST, ports["firestore"], log_dir)
         auth = procs.auth_process(HOST, ports["auth"], env["GOOGLE_CLOUD_PROJECT"], log_dir)
-        for child in (firestore, auth):
+        pubsub = procs.pubsub_process(HOST, ports["pubsub"], log_dir)
+        for child in (firestore, auth, pubsub):
             print(f"starting {child.name} ... (log: {child.log_path})", file=sys.stderr)
             child.start()
             children.append(child)
         firestore.wait_ready(90)
         auth.wait_ready(120)
+        pubsub.wait_ready(60)
         gateway = procs.gateway_process({**env, "GATEWAY_HOST": HOST}, HOST, gateway_port, log_dir)
         print(f"starting gateway ... (log: {gateway.log_path})", file=sys.stderr)
         gateway.start()
         children.append(gateway)
         gateway.wait_ready(60)
         function_url = f"http://{HOST}:{ports['functions']}/"
-        function = procs.function_process(env, HOST, ports["functions"], log_dir)
+        # The sweep calls the gateway's service URL, as on Cloud Run: any instance answers.
+        function_env = {**env, "GATEWAY_URL": f"http://{HOST}:{gateway_port}"}
+        function = procs.function_process(function_env, HOST, ports["functions"], log_dir)
         print(f"starting sweep function ... (log: {function.log_path})", file=sys.stderr)
         function.start()
         children.append(function)

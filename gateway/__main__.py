@@ -71,11 +71,11 @@ def main() -> int:
             handler.setFormatter(CloudLoggingJson())
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactTokens())
-    if os.environ.get("K_SERVICE") and not os.environ.get("GATEWAY_INTERNAL_URL"):
+    if os.environ.get("K_SERVICE") and not settings.pubsub_topic:
         logging.getLogger("gateway").warning(
-            "on Cloud Run with no GATEWAY_INTERNAL_URL: other instances and the sweep cannot "
-            "call this one; timeouts arrive through the poll every SWEEP_INTERVAL and send, "
-            "broadcast and stats reach this instance only (README, Several instances)"
+            "on Cloud Run with no PUBSUB_TOPIC: instances cannot reach each other; send, "
+            "broadcast, stats and the sweep's timeouts reach the instance a request lands on, "
+            "and other instances close timed-out sockets only through their poll"
         )
     app = create_asgi(settings)
     uvicorn.run(

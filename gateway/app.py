@@ -7,13 +7,11 @@ service inside the app's lifespan, on the running event loop.
 from __future__ import annotations
 
 import hmac
-import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-import msgspec
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
@@ -35,15 +33,14 @@ from litestar.status_codes import (
 from prometheus_client import REGISTRY
 
 from gateway.auth import FirebaseVerifier
+from gateway.broker import PubSubBroker
 from gateway.callback_auth import OidcVerifier
+from gateway.deployment import Deployment
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.messages import (
     BroadcastResponse,
     ErrorResponse,
     HealthResponse,
-    PeerBroadcastResponse,
-    PeerSendResponse,
-    PongWriterStats,
     SendResponse,
     StatsResponse,
     StatusResponse,
@@ -51,12 +48,11 @@ from gateway.messages import (
     TimeoutCallbackResponse,
 )
 from gateway.metrics import GatewayCollector
-from gateway.peers import Peers, bearer_for
 from gateway.service import MessageHandler, PresenceService, log_message
 from gateway.settings import Settings
 from gateway.sockets import serve_socket
+from gateway.stats import instance_stats
 from gateway.store import FirestoreStore, Store
-from gateway.writer import LAG_BUCKETS
 
 logger = logging.getLogger("gateway.app")
 
@@ -66,6 +62,11 @@ StoreFactory = Callable[[Settings], Store]
 def _service(request: ASGIConnection[Any, Any, Any, Any]) -> PresenceService:
     service: PresenceService = request.app.state.service
     return service
+
+
+def _deployment(request: ASGIConnection[Any, Any, Any, Any]) -> Deployment:
+    deployment: Deployment = request.app.state.deployment
+    return deployment
 
 
 def _check_bearer(
@@ -125,7 +126,7 @@ async def ws_status(
     counts: dict[str, int] | None = None
     if view == "deployment":
         try:
-            counts = await service.deployment_sockets(user_id)
+            counts = await _deployment(request).user_instances(user_id)
         except Exception as exc:
             logger.warning("deployment status unavailable, answering for this instance: %r", exc)
     answered: Literal["deployment", "instance"] = "deployment" if counts is not None else "instance"
@@ -143,85 +144,17 @@ async def ws_status(
     )
 
 
-def _pong_writer_stats(service: PresenceService) -> PongWriterStats:
-    writer = service.writer
-    p50, p99 = writer.lag_percentiles(0.5, 0.99)
-    return PongWriterStats(
-        buffered_docs=writer.buffered,
-        pongs_received=writer.pongs_received,
-        pongs_persisted=writer.pongs_persisted,
-        writes_committed=writer.writes_committed,
-        commits=writer.commits,
-        failed_commits=writer.failed_commits,
-        dropped_writes=writer.dropped_writes,
-        lag_p50_ms=None if p50 is None else round(p50 * 1000, 2),
-        lag_p99_ms=None if p99 is None else round(p99 * 1000, 2),
-        lag_histogram_ms=dict(
-            zip(
-                (("+Inf" if b == float("inf") else f"{b * 1000:g}") for b in LAG_BUCKETS),
-                itertools.accumulate(writer.lag_counts),
-                strict=True,
-            )
-        ),
-    )
-
-
-def instance_stats(service: PresenceService) -> StatsResponse:
-    me = service.settings.instance_id
-    return StatsResponse(
-        total_connections=service.registry.total_connections,
-        connected_users=service.registry.users(),
-        ping_interval_seconds=service.settings.ping_interval,
-        pong_timeout_seconds=service.settings.pong_timeout,
-        total_users=service.registry.total_users,
-        instance_id=me,
-        scope="instance",
-        instances=[me],
-        unreachable_instances=[],
-        pong_writers={me: _pong_writer_stats(service)},
-    )
-
-
 @get("/ws/stats", guards=[require_admin])
 async def ws_stats(
     request: Request[Any, Any, Any],
     view: Annotated[Literal["deployment", "instance"], Parameter(query="scope")] = "deployment",
 ) -> StatsResponse:
     """Connections across every live instance (default), or on this one (``?scope=instance``),
-    with the heartbeat settings and each counted instance's pong writer. When the deployment
-    view cannot be had (no internal credential, Firestore down), this instance answers alone
-    and says so in ``scope``."""
-    service = _service(request)
-    local = instance_stats(service)
-    gathered = await service.peer_stats() if view == "deployment" else None
-    if gathered is None:
-        return local
-    answers, unreachable = gathered
-    users = set(local.connected_users)
-    total = local.total_connections
-    writers = dict(local.pong_writers)
-    for instance_id, raw in answers.items():
-        try:
-            theirs = msgspec.convert(raw, StatsResponse)
-        except msgspec.ValidationError as exc:
-            logger.warning("stats from %s unreadable: %s", instance_id, exc)
-            unreachable.append(instance_id)
-            continue
-        users.update(theirs.connected_users)
-        total += theirs.total_connections
-        writers.update(theirs.pong_writers)
-    return StatsResponse(
-        total_connections=total,
-        connected_users=sorted(users),
-        ping_interval_seconds=local.ping_interval_seconds,
-        pong_timeout_seconds=local.pong_timeout_seconds,
-        total_users=len(users),
-        instance_id=local.instance_id,
-        scope="deployment",
-        instances=sorted(writers),
-        unreachable_instances=sorted(unreachable),
-        pong_writers=writers,
-    )
+    with the heartbeat settings and each counted instance's pong writer. Without a broker, or
+    when it cannot be reached, this instance answers alone and says so in ``scope``."""
+    if view == "instance":
+        return instance_stats(_service(request))
+    return await _deployment(request).stats()
 
 
 @post("/ws/send/{user_id:str}", guards=[require_admin], status_code=200)
@@ -230,7 +163,7 @@ async def ws_send(
 ) -> SendResponse:
     """Send the JSON object body, as is, to every socket of the user on every live instance
     (404 when none holds one)."""
-    sent = await _service(request).send_to_user(user_id, data)
+    sent = await _deployment(request).send(user_id, data)
     return SendResponse(
         "success",
         "Message sent successfully",
@@ -247,7 +180,7 @@ async def ws_broadcast(
 ) -> BroadcastResponse:
     """Send the JSON object body to every connected user of the deployment except
     ``exclude_user``; ``recipients`` counts users, once each, across instances."""
-    sent = await _service(request).broadcast(data, exclude_user)
+    sent = await _deployment(request).broadcast(data, exclude_user)
     return BroadcastResponse(
         "success",
         "Message broadcasted successfully",
@@ -263,36 +196,15 @@ async def ws_broadcast(
 async def internal_timeout(
     request: Request[Any, Any, Any], data: TimeoutCallback
 ) -> TimeoutCallbackResponse:
-    """Called by the sweep: send the timeout message to these sessions' sockets and close
-    them with 4408. Sessions not open here are counted in ``not_found``."""
+    """Called by the sweep (at the service URL: any instance): send the timeout message to
+    these sessions' sockets on every instance and close them with 4408. Sessions no instance
+    holds open are counted in ``not_found``; 503 when the broker cannot carry them to the
+    other instances (their own poll then closes them within SWEEP_INTERVAL)."""
     _service(request).callbacks_received += 1
-    closed, not_found = await _service(request).expire_sessions(
+    closed, not_found = await _deployment(request).expire(
         (s.user_id, s.session_id) for s in data.sessions
     )
     return TimeoutCallbackResponse("success", closed, not_found)
-
-
-@post("/internal/send/{user_id:str}", guards=[require_callback], status_code=200)
-async def internal_send(
-    request: Request[Any, Any, Any], user_id: str, data: dict[str, Any]
-) -> PeerSendResponse:
-    """Called by another instance: send the body to the user's sockets on this instance."""
-    return PeerSendResponse("success", await _service(request).send_local(user_id, data))
-
-
-@post("/internal/broadcast", guards=[require_callback], status_code=200)
-async def internal_broadcast(
-    request: Request[Any, Any, Any], data: dict[str, Any], exclude_user: str | None = None
-) -> PeerBroadcastResponse:
-    """Called by another instance: broadcast the body to this instance's sockets."""
-    users, sockets = await _service(request).broadcast_local(data, exclude_user)
-    return PeerBroadcastResponse("success", sockets, sorted(users))
-
-
-@get("/internal/stats", guards=[require_callback], sync_to_thread=False)
-def internal_stats(request: Request[Any, Any, Any]) -> StatsResponse:
-    """Called by another instance answering ``/ws/stats``: this instance's view."""
-    return instance_stats(_service(request))
 
 
 @get("/healthz", sync_to_thread=False)
@@ -340,26 +252,27 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         verifier = FirebaseVerifier(settings.project_id) if settings.auth_required else None
-        bearer = bearer_for(settings)
-        if bearer is None:
-            logger.warning(
-                "no GATEWAY_CALLBACK_TOKEN or CALLBACK_OIDC_AUDIENCE: send and broadcast reach "
-                "this instance's sockets only"
-            )
         service = PresenceService(
-            settings,
-            make_store(settings),
-            message_handler=message_handler,
-            verifier=verifier,
-            peers=None if bearer is None else Peers(bearer, settings.peer_timeout),
+            settings, make_store(settings), message_handler=message_handler, verifier=verifier
         )
+        broker = (
+            PubSubBroker(settings.pubsub_project, settings.pubsub_topic, settings.instance_id)
+            if settings.pubsub_topic
+            else None
+        )
+        deployment = Deployment(service, broker)
         app.state.service = service
-        collector = GatewayCollector(service)
+        app.state.deployment = deployment
+        collector = GatewayCollector(service, deployment)
         REGISTRY.register(collector)
         await service.start()
+        await deployment.start()
         try:
             yield
         finally:
+            # The subscription goes first: messages for this instance's (closed) sockets are
+            # of no use, and Pub/Sub stops counting it at once.
+            await deployment.stop()
             await service.stop()
             REGISTRY.unregister(collector)
 
@@ -370,9 +283,6 @@ def create_app(
             ws_send,
             ws_broadcast,
             internal_timeout,
-            internal_send,
-            internal_broadcast,
-            internal_stats,
             healthz,
             GatewayMetrics,
         ],

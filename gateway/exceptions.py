@@ -10,9 +10,8 @@ Hierarchy::
     │                          another user (mapped to close code 4401 or 4403)
     ├── UserNotConnectedError  a REST call targets a user with no socket in the deployment
     │                          (mapped to 404)
-    ├── DeploymentUnavailable  the deployment-wide view (Firestore, or the instances holding
-    │                          a user's sockets) cannot answer (mapped to 503)
-    └── PeerError              another gateway instance did not answer an internal call
+    └── DeploymentUnavailable  the deployment-wide answer needs Firestore or the message
+                               broker, and it cannot be reached (mapped to 503)
 
 Only the edges (the socket handler, the REST controllers) turn these into close codes and
 HTTP statuses; the core raises and returns plain values.
@@ -73,13 +72,4 @@ class UserNotConnectedError(GatewayError):
 
 
 class DeploymentUnavailable(GatewayError):
-    """The deployment-wide answer needs Firestore or another instance, and neither answered."""
-
-
-class PeerError(GatewayError):
-    """An internal call to another gateway instance failed (unreachable, timeout, non-2xx)."""
-
-    def __init__(self, instance_id: str, problem: str) -> None:
-        super().__init__(f"instance {instance_id}: {problem}")
-        self.instance_id = instance_id
-        self.problem = problem
+    """The deployment-wide answer needs Firestore or the message broker, which did not answer."""

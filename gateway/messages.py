@@ -144,21 +144,6 @@ class BroadcastResponse(msgspec.Struct):
     unreachable_instances: list[str]
 
 
-class PeerSendResponse(msgspec.Struct):
-    """``/internal/send``: sockets reached on the answering instance."""
-
-    status: Literal["success"]
-    connections: int
-
-
-class PeerBroadcastResponse(msgspec.Struct):
-    """``/internal/broadcast``: sockets and users reached on the answering instance."""
-
-    status: Literal["success"]
-    connections: int
-    users: list[str]
-
-
 class ErrorResponse(msgspec.Struct):
     status: Literal["error"]
     message: str

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 from gateway.writer import COMMIT_BUCKETS, LAG_BUCKETS
 
 if TYPE_CHECKING:
+    from gateway.deployment import Deployment
     from gateway.service import PresenceService
 
 
 class GatewayCollector:
-    def __init__(self, service: PresenceService) -> None:
+    def __init__(self, service: PresenceService, deployment: Deployment) -> None:
         self.service = service
+        self.deployment = deployment
 
     def describe(self) -> list[Any]:
         return []
@@ -100,14 +102,34 @@ class GatewayCollector:
         for reason, count in sorted(service.refusals.items()):
             refusals.add_metric([reason], count)
         yield refusals
-        peer_calls = CounterMetricFamily(
-            "gateway_peer_calls",
-            "Calls to other instances (send, broadcast, stats) by outcome",
-            labels=["call", "outcome"],
+        deployment = self.deployment
+        published = CounterMetricFamily(
+            "gateway_fanout_published",
+            "Requests published on the fan-out topic (send, broadcast, timeout, stats)",
+            labels=["kind", "outcome"],
         )
-        for (call, outcome), count in sorted(service.peer_calls.items()):
-            peer_calls.add_metric([call, outcome], count)
-        yield peer_calls
+        for (kind, outcome), count in sorted(deployment.published.items()):
+            published.add_metric([kind, outcome], count)
+        yield published
+        received = CounterMetricFamily(
+            "gateway_fanout_received",
+            "Fan-out messages pulled, by kind and what became of them",
+            labels=["kind", "outcome"],
+        )
+        for (kind, outcome), count in sorted(deployment.received.items()):
+            received.add_metric([kind, outcome], count)
+        yield received
+        yield CounterMetricFamily(
+            "gateway_fanout_missing_receipts",
+            "Instances that had not answered a request by FANOUT_TIMEOUT",
+            deployment.missing_receipts,
+        )
+        broker = deployment.broker
+        yield GaugeMetricFamily(
+            "gateway_fanout_connected",
+            "1 while the Pub/Sub pull stream is open (absent without a broker)",
+            float(broker.connected) if broker is not None else float("nan"),
+        )
 
 
 def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:

@@ -1,8 +1,10 @@
-"""The gateway's state and behaviour, independent of HTTP routing.
+"""One instance's sockets and their lifecycle, independent of HTTP routing.
 
-Holds the registry of sockets and the write-behind buffer, runs the ping loop, and implements
-send, broadcast and the message hook. The Litestar layer (``gateway.app``) and the socket edge
-(``gateway.sockets``) only translate to and from this.
+Holds the registry of sockets and the write-behind buffer, admits and closes sockets, runs the
+ping, token-expiry and reconcile loops, and sends to the sockets this instance holds. What
+spans instances (send, broadcast, timeouts and stats for the whole deployment) is
+``gateway.deployment``'s; the Litestar layer (``gateway.app``) and the socket edge
+(``gateway.sockets``) only translate to and from these two.
 """
 
 from __future__ import annotations
@@ -13,36 +15,27 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any
 
 from gateway import messages
 from gateway.auth import CLOSE_UNAUTHENTICATED, Identity, TokenVerifier, authorize
-from gateway.exceptions import (
-    AuthError,
-    DeploymentUnavailable,
-    PeerError,
-    UserNotConnectedError,
-)
+from gateway.exceptions import AuthError
 from gateway.limits import CLOSE_RATE_LIMITED, ConnectLimiter
 from gateway.messages import ErrorMessage, Timeout, iso, utc_now
-from gateway.peers import Instance, Peers, gather_peers
 from gateway.registry import Connection, Registry
 from gateway.settings import Settings
 from gateway.store import (
-    ACTIVE_SESSIONS,
     INSTANCES,
     Store,
     Write,
     connect_writes,
     disconnect_writes,
     instance_write,
-    is_live,
     pong_write,
 )
 from gateway.writer import WriteBehind
 
 logger = logging.getLogger("gateway")
-T = TypeVar("T")
 
 #: Application hook for client ``message`` frames: (user_id, session_id, data) -> None.
 MessageHandler = Callable[[str, str, Any], Awaitable[None]]
@@ -53,21 +46,6 @@ CLOSE_SESSION_EXPIRED = 4408
 #: sweep commits sign-outs minutes after its own start time, which is what signed_out_at holds.
 RECONCILE_WINDOW = 600.0
 MEMBER_READ_TIMEOUT = 2.0
-INSTANCE_CACHE_SECONDS = 1.0
-
-
-class Delivery(NamedTuple):
-    """What a send or broadcast reached."""
-
-    connections: int
-    #: Distinct users reached.
-    recipients: int
-    #: Instances that delivered (this one first when it took part).
-    instances: list[str]
-    #: Live instances that did not answer: their sockets may have missed the message.
-    unreachable: list[str]
-    #: "deployment": every live instance was asked; "instance": this one only.
-    scope: Literal["deployment", "instance"]
 
 
 async def log_message(user_id: str, session_id: str, data: Any) -> None:
@@ -83,14 +61,11 @@ class PresenceService:
         *,
         message_handler: MessageHandler = log_message,
         verifier: TokenVerifier | None = None,
-        peers: Peers | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         #: None when AUTH_MODE=off (emulators only).
         self.verifier = verifier
-        #: None when no internal credential is set: send and broadcast stay on this instance.
-        self.peers = peers
         self.registry = Registry()
         self.writer = WriteBehind(
             store,
@@ -110,11 +85,7 @@ class PresenceService:
         self._pong_written: dict[str, float] = {}
         #: Pongs not written because of PONG_WRITE_INTERVAL.
         self.pongs_unwritten = 0
-        #: Calls to other instances by (call, "ok" | "failed").
-        self.peer_calls: Counter[tuple[str, str]] = Counter()
         self._started_at = utc_now()
-        #: instance id -> (monotonic time read, gateway_instances document or {}).
-        self._instances_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -150,8 +121,6 @@ class PresenceService:
         self.writer.put(Write(INSTANCES, self.settings.instance_id, {"stopped_at": utc_now()}))
         await self.writer.close()
         await self.store.close()
-        if self.peers is not None:
-            await self.peers.close()
         logger.info("gateway instance %s stopped", self.settings.instance_id)
 
     # --- admission -----------------------------------------------------------------------
@@ -278,200 +247,20 @@ class PresenceService:
             self._pong_written[conn.user_id] = moment
         self.writer.put(pong_write(conn.user_id, now), pong=True)
 
-    # --- deployment-wide view ----------------------------------------------------------------
-
-    def _live_cutoff(self) -> datetime:
-        """Instances beat every SWEEP_INTERVAL; three missed beats and an instance is dead."""
-        return utc_now() - timedelta(seconds=3 * self.settings.sweep_interval)
-
-    async def live_peers(self) -> list[Instance]:
-        """Every other live instance (heartbeat recent, not stopped). Raises when Firestore
-        cannot answer."""
-        cutoff = self._live_cutoff()
-        docs = await self.store.recent_instances(cutoff, timeout=MEMBER_READ_TIMEOUT)
-        return [
-            Instance(instance_id, str(doc["internal_url"]))
-            for instance_id, doc in sorted(docs.items())
-            if instance_id != self.settings.instance_id
-            and is_live(doc, cutoff)
-            and isinstance(doc.get("internal_url"), str)
-        ]
-
-    async def _instance_docs(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Registry entries by id, cached for INSTANCE_CACHE_SECONDS: a forwarded send then
-        costs one Firestore read (the member), not two. Liveness is judged over three
-        SWEEP_INTERVALs, so a second's staleness changes nothing."""
-        now = time.monotonic()
-        missing = [
-            i
-            for i in ids
-            if now - self._instances_cache.get(i, (-1e9, {}))[0] > INSTANCE_CACHE_SECONDS
-        ]
-        if missing:
-            found = await self.store.get_instances(missing, timeout=MEMBER_READ_TIMEOUT)
-            # Instances come and go with every rollout: forget entries too old to be used.
-            self._instances_cache = {
-                i: entry
-                for i, entry in self._instances_cache.items()
-                if now - entry[0] <= INSTANCE_CACHE_SECONDS
-            }
-            for instance_id in missing:
-                self._instances_cache[instance_id] = (now, found.get(instance_id, {}))
-        return {i: self._instances_cache[i][1] for i in ids}
-
-    async def _user_peers(self, user_id: str) -> dict[str, tuple[int, Instance]]:
-        """Other live instances holding the user's sockets, with how many each holds, from
-        the member's ``active_sessions``. Sessions of a killed instance stop counting once its
-        heartbeat is stale. Raises when Firestore cannot answer."""
-        me = self.settings.instance_id
-        member = await self.store.get_member(user_id, timeout=MEMBER_READ_TIMEOUT) or {}
-        elsewhere: dict[str, int] = {}
-        recorded = member.get(ACTIVE_SESSIONS)
-        for where in (recorded or {}).values() if isinstance(recorded, dict) else ():
-            instance = where.get("instance_id") if isinstance(where, dict) else None
-            if isinstance(instance, str) and instance != me:
-                elsewhere[instance] = elsewhere.get(instance, 0) + 1
-        if not elsewhere:
-            return {}
-        docs = await self._instance_docs(list(elsewhere))
-        cutoff = self._live_cutoff()
-        found: dict[str, tuple[int, Instance]] = {}
-        for instance, count in elsewhere.items():
-            doc = docs.get(instance, {})
-            url = doc.get("internal_url")
-            if is_live(doc, cutoff) and isinstance(url, str):
-                found[instance] = (count, Instance(instance, url))
-        return found
-
-    async def deployment_sockets(self, user_id: str) -> dict[str, int]:
-        """The user's sockets by instance across the deployment: this instance's from the
-        registry, the others' from Firestore. Raises when Firestore cannot answer."""
-        counts = {i: count for i, (count, _) in (await self._user_peers(user_id)).items()}
-        local = self.registry.count_of(user_id)
-        if local:
-            counts[self.settings.instance_id] = local
-        return counts
-
     # --- outbound ----------------------------------------------------------------------------
 
-    async def send_local(self, user_id: str, payload: dict[str, Any]) -> int:
-        """Send to the user's sockets on this instance only; return how many took it."""
+    async def send_text(self, user_id: str, text: str) -> int:
+        """Send an encoded frame to the user's sockets on this instance; return how many
+        took it."""
         sockets = self.registry.sockets_of(user_id)
-        return await self._send_all(sockets, messages.encode(payload)) if sockets else 0
+        return await self._send_all(sockets, text) if sockets else 0
 
-    async def send_to_user(self, user_id: str, payload: dict[str, Any]) -> Delivery:
-        """Send a JSON object to every socket of the user, on whichever instances hold them.
-
-        Raises UserNotConnectedError when no live instance holds one, DeploymentUnavailable
-        when the instances that do (or Firestore, with no socket here) cannot be reached."""
-        me = self.settings.instance_id
-        text = messages.encode(payload)
-        local = self.registry.sockets_of(user_id)
-        delivered = await self._send_all(local, text) if local else 0
-        here = [me] if local else []
-        if self.peers is None:
-            if not local:
-                raise UserNotConnectedError(user_id)
-            return Delivery(delivered, 1, here, [], "instance")
-        peers = self.peers
-        try:
-            remote = await self._user_peers(user_id)
-        except Exception as exc:
-            if not local:
-                raise DeploymentUnavailable(
-                    f"cannot tell where user {user_id!r} is connected: {exc!r}"
-                ) from exc
-            logger.warning("send: Firestore unavailable, delivered on this instance: %r", exc)
-            return Delivery(delivered, 1, here, [], "instance")
-        body = text.encode()
-        answers, failures = await self._ask_peers(
-            "send", [peer for _, peer in remote.values()], lambda p: peers.send(p, user_id, body)
-        )
-        delivered += sum(answers.values())
-        if not delivered and not local:
-            if failures:
-                raise DeploymentUnavailable(
-                    f"the instances holding user {user_id!r}'s sockets did not answer: "
-                    + ", ".join(sorted(failures))
-                )
-            raise UserNotConnectedError(user_id)
-        reached = here + sorted(i for i, n in answers.items() if n)
-        return Delivery(delivered, 1 if delivered else 0, reached, sorted(failures), "deployment")
-
-    async def broadcast_local(
-        self, payload: dict[str, Any], exclude_user: str | None = None
-    ) -> tuple[set[str], int]:
-        """Send to every socket here except ``exclude_user``'s; return (users, sockets)."""
-        return await self._broadcast_text(messages.encode(payload), exclude_user)
-
-    async def _broadcast_text(self, text: str, exclude_user: str | None) -> tuple[set[str], int]:
+    async def broadcast_text(self, text: str, exclude_user: str | None) -> tuple[set[str], int]:
+        """Send an encoded frame to every socket here except ``exclude_user``'s; return the
+        users reached and how many sockets took it."""
         targets = [c for c in self.registry if c.user_id != exclude_user]
         delivered = await self._send_all(targets, text)
         return {c.user_id for c in targets if not c.closed}, delivered
-
-    async def broadcast(self, payload: dict[str, Any], exclude_user: str | None = None) -> Delivery:
-        """Send to every socket of the deployment except ``exclude_user``'s; users with
-        sockets on several instances count once in ``recipients``."""
-        me = self.settings.instance_id
-        text = messages.encode(payload)
-        reachable = await self._reachable_peers("broadcast")
-        if reachable is None:
-            users, delivered = await self._broadcast_text(text, exclude_user)
-            return Delivery(delivered, len(users), [me], [], "instance")
-        client, peers = reachable
-        body = text.encode()
-        (users, delivered), (answers, failures) = await asyncio.gather(
-            self._broadcast_text(text, exclude_user),
-            self._ask_peers("broadcast", peers, lambda p: client.broadcast(p, body, exclude_user)),
-        )
-        for sockets, remote_users in answers.values():
-            delivered += sockets
-            users.update(remote_users)
-        users.discard(exclude_user or "")
-        reached = [me, *sorted(answers)]
-        return Delivery(delivered, len(users), reached, sorted(failures), "deployment")
-
-    async def peer_stats(self) -> tuple[dict[str, dict[str, Any]], list[str]] | None:
-        """Every other live instance's ``/internal/stats`` answer and the instances that did
-        not answer; None when the other instances cannot be asked."""
-        reachable = await self._reachable_peers("stats")
-        if reachable is None:
-            return None
-        client, peers = reachable
-        answers, failures = await self._ask_peers("stats", peers, client.stats)
-        return answers, sorted(failures)
-
-    async def _reachable_peers(self, call: str) -> tuple[Peers, list[Instance]] | None:
-        """The client and the other live instances, or None when they cannot be asked (no
-        internal credential, or Firestore cannot list them): then only this instance acts."""
-        if self.peers is None:
-            return None
-        try:
-            return self.peers, await self.live_peers()
-        except Exception as exc:
-            logger.warning("%s: Firestore unavailable, this instance only: %r", call, exc)
-            return None
-
-    async def _ask_peers(
-        self, call: str, peers: list[Instance], ask: Callable[[Instance], Awaitable[T]]
-    ) -> tuple[dict[str, T], dict[str, PeerError]]:
-        """Ask every peer at once; count and log the outcomes. A peer registered under this
-        instance's own internal URL (instances that cannot be addressed one by one, such as
-        Cloud Run's, all register the default) is not called: the call would come back here."""
-        mine = self.settings.internal_url
-        answers, failures = await gather_peers([p for p in peers if p.internal_url != mine], ask)
-        for peer in peers:
-            if peer.internal_url == mine:
-                failures[peer.instance_id] = PeerError(
-                    peer.instance_id,
-                    f"registered this instance's own internal URL {mine}; "
-                    "GATEWAY_INTERNAL_URL must address each instance",
-                )
-        self.peer_calls[(call, "ok")] += len(answers)
-        self.peer_calls[(call, "failed")] += len(failures)
-        for failure in failures.values():
-            logger.warning("%s: %s", call, failure)
-        return answers, failures
 
     async def _send_all(self, conns: Iterable[Connection], text: str) -> int:
         timeout = self.settings.send_timeout

@@ -8,6 +8,7 @@ Every setting has an environment variable; the names in ARCHITECTURE.md (``PING_
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable, Mapping
@@ -20,6 +21,8 @@ T = TypeVar("T")
 
 DEMO_PROJECT = "demo-presence"
 WS_IMPLEMENTATIONS = ("wsproto", "websockets", "websockets-sansio")
+#: Pub/Sub's rule for topic and subscription ids.
+_PUBSUB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +41,13 @@ class Settings:
     internal_url: str = "http://127.0.0.1:8000"
     max_message_bytes: int = 64 * 1024
     send_timeout: float = 5.0
-    #: Request timeout for calls to other instances (forwarded send, broadcast, stats).
-    peer_timeout: float = 10.0
+    #: Pub/Sub topic carrying cross-instance work; empty: no broker, this instance is alone.
+    pubsub_topic: str = ""
+    #: Project of the topic and of this instance's subscription.
+    pubsub_project: str = ""
+    #: How long a cross-instance send, broadcast, stats or timeout waits for the instances'
+    #: receipts before answering with those that replied.
+    fanout_timeout: float = 2.0
     flush_interval: float = 0.2
     #: At most one last_pong_at write per user per this many seconds; 0: every pong written.
     pong_write_interval: float = 0.0
@@ -113,6 +121,13 @@ class Settings:
         )
         connect_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         internal_url = reader.get("GATEWAY_INTERNAL_URL", str, f"http://{connect_host}:{port}")
+        pubsub_topic = reader.get("PUBSUB_TOPIC", str, "")
+        if pubsub_topic and not _PUBSUB_NAME.fullmatch(pubsub_topic):
+            raise ConfigError(
+                "PUBSUB_TOPIC",
+                "must be a Pub/Sub topic id: 3-255 letters, digits or - _ . ~ + %, "
+                "starting with a letter",
+            )
         ws_impl = reader.get("WS_IMPLEMENTATION", str, "wsproto")
         if ws_impl not in WS_IMPLEMENTATIONS:
             raise ConfigError(
@@ -143,7 +158,9 @@ class Settings:
             internal_url=internal_url.rstrip("/"),
             max_message_bytes=int(reader.positive("WS_MAX_MESSAGE_BYTES", 64 * 1024)),
             send_timeout=reader.positive("WS_SEND_TIMEOUT", 5.0),
-            peer_timeout=reader.positive("PEER_TIMEOUT", 10.0),
+            pubsub_topic=pubsub_topic,
+            pubsub_project=reader.get("PUBSUB_PROJECT", str, project_id),
+            fanout_timeout=reader.positive("FANOUT_TIMEOUT", 2.0),
             flush_interval=reader.positive("PONG_FLUSH_INTERVAL", 0.2),
             pong_write_interval=reader.limit("PONG_WRITE_INTERVAL", 0),
             batch_size=int(reader.positive("PONG_BATCH_SIZE", 500)),

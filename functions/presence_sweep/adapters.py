@@ -295,4 +295,5 @@ def sweep_firestore(
         instances=FirestoreInstances(db),
         instance_stale_after=settings.instance_stale_after,
         callback_concurrency=settings.callback_concurrency,
+        gateway_url=settings.gateway_url,
     )

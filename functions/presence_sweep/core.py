@@ -12,8 +12,11 @@ Order of actions for each page of expired members, and why:
 3. **Finalize** (transaction): members claimed by this sweep get ``is_signed_in: false``,
    ``last_sign_out_at``, ``updated_at``; their active sessions get ``is_active: false`` and
    ``signed_out_at``.
-4. **Notify** each gateway instance holding those sessions, one callback per instance, all
-   instances at once. An instance whose registry entry is stale (no heartbeat for
+4. **Notify** the gateway. With ``gateway_url`` (the service URL, as on Cloud Run, where
+   instances cannot be addressed) one callback per page carries every live session: whichever
+   instance answers hands them to the others through the message broker. Without it, each
+   instance holding sessions is called at its recorded internal URL, all at once. Either way,
+   sessions of an instance whose registry entry is stale (no heartbeat for
    ``instance_stale_after``, or stopped) is skipped: its sockets died with it. One that fails is
    not called again in this run, so a dead instance costs one timeout, not one per page. A failed
    callback does not undo the sign-out: gateways also poll for signed-out sessions every
@@ -89,12 +92,16 @@ def decide_claim(
     return ClaimDecision(True, "expired")
 
 
-def group_by_instance(sessions: Iterable[SessionRef]) -> dict[str, list[SessionRef]]:
-    """Sessions grouped by the internal URL of the gateway instance holding them."""
+def group_by_instance(
+    sessions: Iterable[SessionRef], gateway_url: str = ""
+) -> dict[str, list[SessionRef]]:
+    """Sessions grouped by the URL to call: ``gateway_url`` for all when set (the service
+    URL, any instance answers), else the internal URL of the instance holding each."""
     grouped: dict[str, list[SessionRef]] = {}
     for ref in sessions:
-        if ref.internal_url:
-            grouped.setdefault(ref.internal_url, []).append(ref)
+        url = gateway_url or ref.internal_url
+        if url:
+            grouped.setdefault(url, []).append(ref)
     return grouped
 
 
@@ -211,6 +218,7 @@ def sweep(
     instances: InstanceDirectory | None = None,
     instance_stale_after: float = 180.0,
     callback_concurrency: int = 8,
+    gateway_url: str = "",
     clock: Callable[[], float] = time.monotonic,
 ) -> SweepReport:
     """Sign out every member whose last pong is older than ``pong_timeout`` at ``now``.
@@ -220,7 +228,8 @@ def sweep(
     so one page's Firestore transactions overlap another's Auth calls; a page's users are
     disjoint from every other page's, so pages never contend with each other. With
     ``instances``, callbacks to instances without a heartbeat in ``instance_stale_after``
-    seconds are skipped.
+    seconds are skipped. With ``gateway_url``, each page's sessions go in one callback to that
+    URL instead of one per instance.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -239,6 +248,7 @@ def sweep(
             instances,
             callback_pool,
             now - timedelta(seconds=instance_stale_after),
+            gateway_url,
         )
         while True:
             # One query fetches several pages' ids: each query round trip (and, on the
@@ -329,8 +339,10 @@ class _Callbacks:
         directory: InstanceDirectory | None,
         pool: ThreadPoolExecutor,
         stale_before: datetime,
+        gateway_url: str = "",
     ) -> None:
         self._notifier = notifier
+        self._gateway_url = gateway_url
         self._directory = directory
         self._pool = pool
         self._stale_before = stale_before
@@ -361,17 +373,14 @@ class _Callbacks:
             return {i: self._alive.get(i, True) for i in instance_ids}
 
     def send(self, sessions: Sequence[SessionRef], now: datetime, report: SweepReport) -> None:
-        groups = group_by_instance(sessions)
-        alive = self._liveness({refs[0].instance_id for refs in groups.values()})
+        alive = self._liveness({ref.instance_id for ref in sessions})
+        stale = {ref.instance_id for ref in sessions if not alive[ref.instance_id]}
+        for instance_id in sorted(stale):
+            report.callbacks_skipped["stale instance"] += 1
+            logger.info("skipping sessions of stale instance %s", instance_id)
+        live = [ref for ref in sessions if ref.instance_id not in stale]
         pending: list[tuple[str, int, Future[int]]] = []
-        for url, refs in groups.items():
-            instance_id = refs[0].instance_id
-            if not alive[instance_id]:
-                report.callbacks_skipped["stale instance"] += 1
-                logger.info(
-                    "skipping callback to stale instance %s (%d sessions)", instance_id, len(refs)
-                )
-                continue
+        for url, refs in group_by_instance(live, self._gateway_url).items():
             with self._lock:
                 failed_before = url in self._failed
             if failed_before:

@@ -25,6 +25,9 @@ class SweepSettings:
     callback_concurrency: int = 8
     #: A gateway instance without a heartbeat for this long is dead: its callback is skipped.
     instance_stale_after: float = 180.0
+    #: The gateway's service URL: one callback per page there (any instance answers and fans
+    #: out through Pub/Sub). Empty: call each instance at its recorded internal URL.
+    gateway_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SweepSettings:
@@ -48,6 +51,9 @@ class SweepSettings:
                 project = "demo-presence"
             else:
                 raise SweepConfigError("GOOGLE_CLOUD_PROJECT", "is required")
+        gateway_url = env.get("GATEWAY_URL", "").strip()
+        if gateway_url and not gateway_url.startswith(("http://", "https://")):
+            raise SweepConfigError("GATEWAY_URL", f"must be an http(s) URL, got {gateway_url!r}")
         page_size = int(number("SWEEP_PAGE_SIZE", 300))
         if page_size > 500:
             # One claim transaction writes one document per user: Firestore caps a commit at 500.
@@ -67,4 +73,5 @@ class SweepSettings:
             # Gateways beat every SWEEP_INTERVAL and count three missed beats as dead; so does
             # the sweep.
             instance_stale_after=3 * number("SWEEP_INTERVAL", 60.0),
+            gateway_url=gateway_url.rstrip("/"),
         )

@@ -1,0 +1,409 @@
+"""The deployment view: send, broadcast, timeouts, status and stats across every instance.
+
+A REST call (or the sweep's callback) lands on any instance. That instance acts on the sockets
+it holds at once, publishes the work on the fan-out topic (``gateway.broker``), and every other
+instance does the same for the sockets it holds and publishes a receipt addressed to the first.
+The first answers once every instance it expects has replied, or after ``FANOUT_TIMEOUT`` with
+those that did, naming the others in ``unreachable_instances``. Whom to expect comes from
+Firestore: the live instances (heartbeats in ``gateway_instances``) for a broadcast, stats or
+timeouts; the instances recorded in the member's ``active_sessions`` for a send.
+
+Without a broker (``PUBSUB_TOPIC`` unset) the instance is alone: everything acts on its own
+sockets and every answer says ``"scope": "instance"``. Status needs no broker: it is read from
+Firestore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any, Literal, NamedTuple
+
+import msgspec
+
+from gateway import messages
+from gateway.broker import Broker, BrokerUnavailable
+from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
+from gateway.messages import StatsResponse, utc_now
+from gateway.service import MEMBER_READ_TIMEOUT, PresenceService
+from gateway.stats import instance_stats, merge_stats
+from gateway.store import ACTIVE_SESSIONS, is_live
+
+logger = logging.getLogger("gateway.deployment")
+
+Scope = Literal["deployment", "instance"]
+#: How many recent message ids each instance remembers to drop Pub/Sub's redeliveries.
+SEEN_IDS = 20_000
+INSTANCE_CACHE_SECONDS = 1.0
+
+
+class Event(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """One fan-out message (JSON in the Pub/Sub message's data). Requests carry the work;
+    a ``reply`` carries one instance's receipt back to the request's origin."""
+
+    kind: Literal["send", "broadcast", "timeout", "stats", "reply"]
+    id: str
+    origin: str
+    user_id: str = ""
+    #: The encoded JSON frame for the sockets (send, broadcast): encoded once, by the origin.
+    text: str = ""
+    exclude_user: str | None = None
+    sessions: list[tuple[str, str]] = []
+    #: Instances that must answer a send even when they deliver nothing.
+    expect: list[str] = []
+    instance: str = ""
+    connections: int = 0
+    users: list[str] = []
+    closed: int = 0
+    stats: StatsResponse | None = None
+
+
+_decode = msgspec.json.Decoder(Event).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class Delivery(NamedTuple):
+    """What a send or broadcast reached."""
+
+    connections: int
+    #: Distinct users reached.
+    recipients: int
+    #: Instances that delivered or answered (this one first when it took part).
+    instances: list[str]
+    #: Live instances that did not answer in time: their sockets may have missed the message.
+    unreachable: list[str]
+    scope: Scope
+
+
+class _Pending:
+    """Receipts for one request, complete when every expected instance has replied."""
+
+    def __init__(self, expect: set[str] | None) -> None:
+        self.expect = expect
+        self.replies: dict[str, Event] = {}
+        self.done = asyncio.Event()
+        if expect is not None and not expect:
+            self.done.set()
+
+    def add(self, reply: Event) -> None:
+        self.replies[reply.instance] = reply
+        if self.expect is not None and self.expect <= self.replies.keys():
+            self.done.set()
+
+
+class Deployment:
+    """Cross-instance operations over the broker, plus the Firestore-backed status view."""
+
+    def __init__(self, service: PresenceService, broker: Broker | None) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.me = service.settings.instance_id
+        #: None: no PUBSUB_TOPIC, this instance is alone.
+        self.broker = broker
+        self._pending: dict[str, _Pending] = {}
+        self._seen: set[str] = set()
+        self._seen_order: deque[str] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._instances_cache: tuple[float, set[str]] | None = None
+        self._instance_docs: dict[str, tuple[float, dict[str, Any]]] = {}
+        #: Messages received, by (kind, outcome): served, replied, dropped, duplicate.
+        self.received: Counter[tuple[str, str]] = Counter()
+        #: Requests published, by kind and outcome (ok, failed); receipts missing at deadline.
+        self.published: Counter[tuple[str, str]] = Counter()
+        self.missing_receipts = 0
+
+    async def start(self) -> None:
+        if self.broker is None:
+            logger.warning(
+                "no PUBSUB_TOPIC: this instance is alone; send, broadcast, stats and the "
+                "sweep's timeouts reach the sockets it holds only"
+            )
+            return
+        await self.broker.start(self.on_message)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.broker is not None:
+            await self.broker.stop()
+
+    # --- inbound -------------------------------------------------------------------------
+
+    def on_message(self, data: bytes, attributes: Mapping[str, str]) -> None:
+        """Called on the event loop for every message pulled from this instance's
+        subscription. Decides cheaply from the attributes first: most messages of a large
+        deployment are sends for users held elsewhere."""
+        kind = attributes.get("kind", "?")
+        to = attributes.get("to")
+        if (to is not None and to != self.me) or (
+            kind != "reply" and attributes.get("origin") == self.me
+        ):
+            # A reply for another instance (the emulator ignores the filter), or our own
+            # request, already served locally before it was published.
+            self.received[(kind, "dropped")] += 1
+            return
+        if (
+            kind == "send"
+            and not self.service.registry.count_of(attributes.get("user_id", ""))
+            and self.me not in attributes.get("expect", "").split(",")
+        ):
+            self.received[(kind, "dropped")] += 1
+            return
+        try:
+            event = _decode(data)
+        except msgspec.DecodeError as exc:
+            logger.warning("undecodable fan-out message dropped: %s", exc)
+            self.received[(kind, "undecodable")] += 1
+            return
+        if event.id in self._seen and event.kind != "reply":
+            # Pub/Sub delivers at least once: a repeated request must not reach a socket twice.
+            self.received[(kind, "duplicate")] += 1
+            return
+        if event.kind == "reply":
+            pending = self._pending.get(event.id)
+            if pending is not None:
+                pending.add(event)
+            self.received[(kind, "served" if pending else "late")] += 1
+            return
+        self._remember(event.id)
+        self.received[(kind, "served")] += 1
+        task = asyncio.create_task(self._serve(event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _remember(self, event_id: str) -> None:
+        self._seen.add(event_id)
+        self._seen_order.append(event_id)
+        if len(self._seen_order) > SEEN_IDS:
+            self._seen.discard(self._seen_order.popleft())
+
+    async def _serve(self, event: Event) -> None:
+        service = self.service
+        reply = Event("reply", event.id, self.me, instance=self.me)
+        if event.kind == "send":
+            reply.connections = await service.send_text(event.user_id, event.text)
+            if not reply.connections and self.me not in event.expect:
+                return
+            reply.users = [event.user_id] if reply.connections else []
+        elif event.kind == "broadcast":
+            users, reply.connections = await service.broadcast_text(event.text, event.exclude_user)
+            reply.users = sorted(users)
+        elif event.kind == "timeout":
+            reply.closed, _ = await service.expire_sessions(event.sessions)
+        elif event.kind == "stats":
+            reply.stats = instance_stats(service)
+        try:
+            await self._publish(reply, to=event.origin)
+        except BrokerUnavailable as exc:
+            logger.warning("receipt for %s %s not sent: %s", event.kind, event.id, exc)
+
+    # --- outbound ------------------------------------------------------------------------
+
+    async def _publish(self, event: Event, *, to: str | None = None) -> None:
+        assert self.broker is not None
+        attributes = {"kind": event.kind, "origin": self.me}
+        if to is not None:
+            attributes["to"] = to
+        if event.user_id:
+            attributes["user_id"] = event.user_id
+        if event.expect:
+            attributes["expect"] = ",".join(event.expect)
+        await self.broker.publish(_encode(event), attributes)
+
+    async def _ask(
+        self, event: Event, expect: set[str] | None
+    ) -> tuple[dict[str, Event], list[str]]:
+        """Publish a request and gather receipts until ``expect`` (None: unknown) have all
+        replied or FANOUT_TIMEOUT passes. Raises BrokerUnavailable when publishing fails."""
+        pending = _Pending(expect)
+        self._pending[event.id] = pending
+        try:
+            try:
+                await self._publish(event)
+            except BrokerUnavailable:
+                self.published[(event.kind, "failed")] += 1
+                raise
+            self.published[(event.kind, "ok")] += 1
+            try:
+                async with asyncio.timeout(self.settings.fanout_timeout):
+                    await pending.done.wait()
+            except TimeoutError:
+                pass
+        finally:
+            del self._pending[event.id]
+        missing = sorted((expect or set()) - pending.replies.keys())
+        self.missing_receipts += len(missing)
+        if missing:
+            logger.warning("%s: no receipt from %s", event.kind, ", ".join(missing))
+        return pending.replies, missing
+
+    def _event(
+        self, kind: Literal["send", "broadcast", "timeout", "stats"], **fields: Any
+    ) -> Event:
+        return Event(kind, uuid.uuid4().hex, self.me, **fields)
+
+    async def live_instances(self) -> set[str] | None:
+        """Live instances other than this one (heartbeat within 3 x SWEEP_INTERVAL, not
+        stopped), cached for a second; None when Firestore cannot answer."""
+        now = time.monotonic()
+        if self._instances_cache and now - self._instances_cache[0] < INSTANCE_CACHE_SECONDS:
+            return self._instances_cache[1]
+        cutoff = self._live_cutoff()
+        try:
+            docs = await self.service.store.recent_instances(cutoff, timeout=MEMBER_READ_TIMEOUT)
+        except Exception as exc:
+            logger.warning("instance registry unreadable: %r", exc)
+            return None
+        live = {i for i, doc in docs.items() if i != self.me and is_live(doc, cutoff)}
+        self._instances_cache = (now, live)
+        return live
+
+    def _live_cutoff(self) -> Any:
+        """Instances beat every SWEEP_INTERVAL; three missed beats and an instance is dead."""
+        return utc_now() - timedelta(seconds=3 * self.settings.sweep_interval)
+
+    async def send(self, user_id: str, payload: dict[str, Any]) -> Delivery:
+        """Send a JSON object to every socket of the user, on whichever instances hold them.
+
+        Raises UserNotConnectedError when no live instance holds one, DeploymentUnavailable
+        when the user is not here and Firestore or the broker cannot be reached."""
+        text = messages.encode(payload)
+        delivered = await self.service.send_text(user_id, text)
+        here = [self.me] if delivered else []
+        if self.broker is None:
+            if not delivered:
+                raise UserNotConnectedError(user_id)
+            return Delivery(delivered, 1, here, [], "instance")
+        try:
+            elsewhere = await self.user_instances(user_id)
+        except Exception as exc:
+            if not delivered:
+                raise DeploymentUnavailable(
+                    f"cannot tell where user {user_id!r} is connected: {exc!r}"
+                ) from exc
+            logger.warning("send: Firestore unavailable, delivered on this instance: %r", exc)
+            return Delivery(delivered, 1, here, [], "instance")
+        elsewhere.pop(self.me, None)
+        if not elsewhere:
+            if not delivered:
+                raise UserNotConnectedError(user_id)
+            return Delivery(delivered, 1, here, [], "deployment")
+        event = self._event("send", user_id=user_id, text=text, expect=sorted(elsewhere))
+        try:
+            replies, missing = await self._ask(event, set(elsewhere))
+        except BrokerUnavailable as exc:
+            if not delivered:
+                raise DeploymentUnavailable(
+                    f"user {user_id!r} is connected to other instances and the message broker "
+                    f"cannot be reached: {exc}"
+                ) from exc
+            return Delivery(delivered, 1, here, sorted(elsewhere), "instance")
+        delivered += sum(r.connections for r in replies.values())
+        reached = here + sorted(i for i, r in replies.items() if r.connections)
+        if not delivered and not missing:
+            raise UserNotConnectedError(user_id)
+        return Delivery(delivered, 1 if delivered else 0, reached, missing, "deployment")
+
+    async def broadcast(self, payload: dict[str, Any], exclude_user: str | None = None) -> Delivery:
+        """Send to every socket of the deployment except ``exclude_user``'s; users with
+        sockets on several instances count once in ``recipients``."""
+        text = messages.encode(payload)
+        users, delivered = await self.service.broadcast_text(text, exclude_user)
+        if self.broker is None:
+            return Delivery(delivered, len(users), [self.me], [], "instance")
+        expect = await self.live_instances()
+        event = self._event("broadcast", text=text, exclude_user=exclude_user)
+        try:
+            replies, missing = await self._ask(event, expect)
+        except BrokerUnavailable as exc:
+            logger.warning("broadcast reached this instance only: %s", exc)
+            return Delivery(delivered, len(users), [self.me], sorted(expect or ()), "instance")
+        for reply in replies.values():
+            delivered += reply.connections
+            users.update(reply.users)
+        users.discard(exclude_user or "")
+        reached = [self.me, *sorted(replies)]
+        return Delivery(delivered, len(users), reached, missing, "deployment")
+
+    async def expire(self, sessions: Iterable[tuple[str, str]]) -> tuple[int, int]:
+        """The sweep's callback: time out these sessions' sockets wherever they are. Returns
+        (closed, not_found); raises DeploymentUnavailable when sessions not held here could
+        not be handed to the other instances (the reconcile poll closes them later)."""
+        wanted = sorted(set(sessions))
+        closed, _ = await self.service.expire_sessions(wanted)
+        if self.broker is None or closed == len(wanted):
+            return closed, len(wanted) - closed
+        expect = await self.live_instances()
+        try:
+            replies, _missing = await self._ask(self._event("timeout", sessions=wanted), expect)
+        except BrokerUnavailable as exc:
+            raise DeploymentUnavailable(
+                f"closed {closed} sockets here; the others could not be reached through the "
+                f"message broker ({exc}); each instance's poll closes them within SWEEP_INTERVAL"
+            ) from exc
+        closed += sum(r.closed for r in replies.values())
+        return closed, len(wanted) - closed
+
+    async def stats(self) -> StatsResponse:
+        """Every live instance's connections (users once), or this instance's alone when
+        there is no broker or it cannot be reached (``scope`` says which)."""
+        local = instance_stats(self.service)
+        if self.broker is None:
+            return local
+        expect = await self.live_instances()
+        try:
+            replies, missing = await self._ask(self._event("stats"), expect)
+        except BrokerUnavailable as exc:
+            logger.warning("stats for this instance only: %s", exc)
+            return local
+        theirs = [r.stats for r in replies.values() if r.stats is not None]
+        return merge_stats(local, theirs, missing)
+
+    # --- status (Firestore) --------------------------------------------------------------
+
+    async def _docs(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Registry entries by id, cached for a second: a send then costs one Firestore read
+        (the member), not two. Liveness is judged over three SWEEP_INTERVALs, so a second's
+        staleness changes nothing."""
+        now = time.monotonic()
+        stale = [
+            i
+            for i in ids
+            if now - self._instance_docs.get(i, (-1e9, {}))[0] > INSTANCE_CACHE_SECONDS
+        ]
+        if stale:
+            found = await self.service.store.get_instances(stale, timeout=MEMBER_READ_TIMEOUT)
+            # Instances come and go with every rollout: forget entries too old to be used.
+            self._instance_docs = {
+                i: entry
+                for i, entry in self._instance_docs.items()
+                if now - entry[0] <= INSTANCE_CACHE_SECONDS
+            }
+            for instance_id in stale:
+                self._instance_docs[instance_id] = (now, found.get(instance_id, {}))
+        return {i: self._instance_docs[i][1] for i in ids}
+
+    async def user_instances(self, user_id: str) -> dict[str, int]:
+        """The user's sockets by live instance, from the member's ``active_sessions``; this
+        instance's count from its registry. Raises when Firestore cannot answer."""
+        member = await self.service.store.get_member(user_id, timeout=MEMBER_READ_TIMEOUT) or {}
+        counts: dict[str, int] = {}
+        recorded = member.get(ACTIVE_SESSIONS)
+        for where in (recorded or {}).values() if isinstance(recorded, dict) else ():
+            instance = where.get("instance_id") if isinstance(where, dict) else None
+            if isinstance(instance, str) and instance != self.me:
+                counts[instance] = counts.get(instance, 0) + 1
+        if counts:
+            docs = await self._docs(list(counts))
+            cutoff = self._live_cutoff()
+            counts = {i: n for i, n in counts.items() if is_live(docs.get(i, {}), cutoff)}
+        local = self.service.registry.count_of(user_id)
+        if local:
+            counts[self.me] = local
+        return counts

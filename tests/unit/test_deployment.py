@@ -1,0 +1,260 @@
+"""The deployment view's decisions over a loopback broker (no Pub/Sub, no sockets).
+
+Several ``Deployment`` objects, one per simulated instance, share a ``LoopbackBus`` that
+delivers every published message to every instance asynchronously, as Pub/Sub does (and, like
+the emulator, ignores the reply filter, so instances must drop others' replies themselves).
+The same behaviour over the real Pub/Sub emulator is in tests/integration/test_broker.py and
+tests/e2e/test_fanout.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from gateway.broker import BrokerUnavailable, Handler
+from gateway.deployment import Delivery, Deployment
+from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
+from gateway.messages import utc_now
+from gateway.registry import Connection
+from gateway.service import CLOSE_SESSION_EXPIRED, PresenceService
+from gateway.settings import Settings
+from gateway.store import MemoryStore
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    def texts(self) -> list[str]:
+        return [m["text"] for m in self.sent if m["type"] == "websocket.send"]
+
+
+class LoopbackBus:
+    """Every endpoint's publishes reach every started endpoint (its own included), later."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Handler] = {}
+        self.down = False
+        #: Instances whose messages are lost (a hung instance, a partition).
+        self.deaf: set[str] = set()
+        self.duplicate = False
+        self.published: list[Mapping[str, str]] = []
+
+    def endpoint(self, instance_id: str) -> Endpoint:
+        return Endpoint(self, instance_id)
+
+
+class Endpoint:
+    def __init__(self, bus: LoopbackBus, instance_id: str) -> None:
+        self.bus, self.instance_id, self.connected = bus, instance_id, False
+
+    async def start(self, handler: Handler) -> None:
+        self.bus.handlers[self.instance_id] = handler
+        self.connected = True
+
+    async def stop(self) -> None:
+        self.bus.handlers.pop(self.instance_id, None)
+
+    async def publish(self, data: bytes, attributes: Mapping[str, str]) -> None:
+        if self.bus.down:
+            raise BrokerUnavailable("injected outage")
+        self.bus.published.append(dict(attributes))
+        loop = asyncio.get_running_loop()
+        for instance_id, handler in list(self.bus.handlers.items()):
+            if instance_id in self.bus.deaf:
+                continue
+            for _ in range(2 if self.bus.duplicate else 1):
+                loop.call_soon(handler, data, attributes)
+
+
+def settings(instance_id: str, **overrides: Any) -> Settings:
+    return Settings(
+        admin_tokens=("a" * 20,),
+        project_id="demo-unit",
+        instance_id=instance_id,
+        **{"pubsub_topic": "fanout", "fanout_timeout": 0.5, **overrides},
+    )
+
+
+class Cluster:
+    """Instances on one in-memory store and one loopback bus, all registered as live."""
+
+    def __init__(self, *ids: str, bus: LoopbackBus | None = None) -> None:
+        self.store = MemoryStore()
+        self.bus = bus or LoopbackBus()
+        self.at: dict[str, Deployment] = {}
+        for instance_id in ids:
+            service = PresenceService(settings(instance_id), self.store)
+            self.at[instance_id] = Deployment(service, self.bus.endpoint(instance_id))
+            register(self.store, instance_id)
+
+    async def __aenter__(self) -> Cluster:
+        for deployment in self.at.values():
+            await deployment.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for deployment in self.at.values():
+            await deployment.stop()
+
+    def socket(self, instance_id: str, user_id: str, session_id: str) -> Recorder:
+        """A socket on that instance, recorded on the member as the gateway records it."""
+        wire = Recorder()
+        self.at[instance_id].service.registry.add(Connection(user_id, session_id, utc_now(), wire))
+        member = self.store.docs.setdefault(("members", user_id), {})
+        member.setdefault("active_sessions", {})[session_id] = {"instance_id": instance_id}
+        return wire
+
+
+def register(store: MemoryStore, instance_id: str, *, age: float = 0.0) -> None:
+    store.docs[("gateway_instances", instance_id)] = {
+        "internal_url": f"http://{instance_id}",
+        "heartbeat_at": utc_now() - timedelta(seconds=age),
+    }
+
+
+async def test_send_reaches_the_users_sockets_on_every_instance_exactly_once() -> None:
+    """A send answered by A reaches the user's sockets on A and C once each (even when the
+    bus delivers every message twice); B, not holding the user, neither delivers nor
+    replies; the answer counts both sockets."""
+    bus = LoopbackBus()
+    bus.duplicate = True
+    async with Cluster("a", "b", "c", bus=bus) as cluster:
+        on_a = cluster.socket("a", "u", "s1")
+        on_c = cluster.socket("c", "u", "s2")
+        sent = await cluster.at["a"].send("u", {"type": "hello"})
+        assert sent == Delivery(2, 1, ["a", "c"], [], "deployment")
+        await asyncio.sleep(0.05)
+        assert on_a.texts() == on_c.texts() == ['{"type":"hello"}']
+        assert cluster.at["b"].received[("send", "dropped")] == 2
+        assert cluster.at["c"].received[("send", "duplicate")] == 1
+
+
+async def test_send_to_nobody_is_404_and_to_a_silent_instance_names_it() -> None:
+    async with Cluster("a", "b") as cluster:
+        with pytest.raises(UserNotConnectedError):
+            await cluster.at["a"].send("nobody", {"type": "x"})
+        cluster.socket("b", "u", "s1")
+        cluster.bus.deaf.add("b")
+        sent = await cluster.at["a"].send("u", {"type": "x"})
+        assert sent == Delivery(0, 0, [], ["b"], "deployment")
+
+
+async def test_a_dead_instance_in_the_record_is_not_waited_for() -> None:
+    """Sessions recorded under an instance whose heartbeat is stale do not count: the user
+    is not connected."""
+    async with Cluster("a") as cluster:
+        register(cluster.store, "dead", age=600)
+        cluster.store.docs[("members", "u")] = {"active_sessions": {"s": {"instance_id": "dead"}}}
+        with pytest.raises(UserNotConnectedError):
+            await cluster.at["a"].send("u", {"type": "x"})
+        assert cluster.bus.published == []
+
+
+async def test_broadcast_counts_users_once_and_skips_the_excluded_user() -> None:
+    async with Cluster("a", "b", "c") as cluster:
+        both_a, both_b = cluster.socket("a", "both", "s1"), cluster.socket("b", "both", "s2")
+        solo = cluster.socket("c", "solo", "s3")
+        excluded = cluster.socket("c", "skip", "s4")
+        sent = await cluster.at["b"].broadcast({"type": "news"}, exclude_user="skip")
+        assert sent == Delivery(3, 2, ["b", "a", "c"], [], "deployment")
+        await asyncio.sleep(0.05)
+        for wire in (both_a, both_b, solo):
+            assert wire.texts() == ['{"type":"news"}']
+        assert excluded.sent == []
+
+
+async def test_timeouts_close_the_sessions_wherever_they_are_and_count_the_rest() -> None:
+    """The callback's sessions are closed on A and C with the timeout message and 4408; an
+    unknown session is not found; a repeated callback closes nothing twice."""
+    async with Cluster("a", "b", "c") as cluster:
+        on_a, on_c = cluster.socket("a", "u", "s1"), cluster.socket("c", "u", "s2")
+        sessions = [("u", "s1"), ("u", "s2"), ("u", "gone")]
+        assert await cluster.at["b"].expire(sessions) == (2, 1)
+        assert await cluster.at["b"].expire(sessions) == (0, 3)
+        for wire in (on_a, on_c):
+            assert [m["type"] for m in wire.sent] == ["websocket.send", "websocket.close"]
+            assert wire.sent[1]["code"] == CLOSE_SESSION_EXPIRED
+
+
+async def test_stats_merge_every_instance_and_name_the_silent_ones() -> None:
+    async with Cluster("a", "b", "c") as cluster:
+        cluster.socket("a", "u1", "s1")
+        cluster.socket("b", "u1", "s2")
+        cluster.socket("b", "u2", "s3")
+        cluster.bus.deaf.add("c")
+        stats = await cluster.at["a"].stats()
+        assert (stats.scope, stats.instances, stats.unreachable_instances) == (
+            "deployment",
+            ["a", "b"],
+            ["c"],
+        )
+        assert (stats.total_connections, stats.total_users) == (3, 2)
+
+
+async def test_with_the_broker_down_local_sockets_are_served_and_the_rest_is_stated() -> None:
+    """Send and broadcast deliver here and say ``scope: instance``; a send for a user held
+    only elsewhere and a timeout that must travel answer DeploymentUnavailable (503)."""
+    async with Cluster("a", "b") as cluster:
+        here = cluster.socket("a", "local", "s1")
+        cluster.socket("b", "remote", "s2")
+        cluster.socket("a", "both", "s3")
+        cluster.socket("b", "both", "s4")
+        cluster.bus.down = True
+        a = cluster.at["a"]
+        assert await a.send("local", {"type": "x"}) == Delivery(1, 1, ["a"], [], "deployment")
+        assert await a.send("both", {"type": "x"}) == Delivery(1, 1, ["a"], ["b"], "instance")
+        with pytest.raises(DeploymentUnavailable, match="broker"):
+            await a.send("remote", {"type": "x"})
+        cast = await a.broadcast({"type": "y"})
+        assert (cast.scope, cast.connections, cast.unreachable) == ("instance", 2, ["b"])
+        assert len(here.texts()) == 2
+        assert (await a.stats()).scope == "instance"
+        with pytest.raises(DeploymentUnavailable, match="poll"):
+            await a.expire([("local", "s1"), ("remote", "s2")])
+        assert here.sent[-1]["code"] == CLOSE_SESSION_EXPIRED
+
+
+async def test_without_a_broker_everything_stays_on_this_instance() -> None:
+    service = PresenceService(settings("alone", pubsub_topic=""), MemoryStore())
+    deployment = Deployment(service, None)
+    wire = Recorder()
+    service.registry.add(Connection("u", "s1", utc_now(), wire))
+    assert await deployment.send("u", {"type": "x"}) == Delivery(1, 1, ["alone"], [], "instance")
+    assert await deployment.broadcast({"type": "x"}) == Delivery(1, 1, ["alone"], [], "instance")
+    assert (await deployment.stats()).scope == "instance"
+    with pytest.raises(UserNotConnectedError):
+        await deployment.send("elsewhere", {"type": "x"})
+
+
+async def test_without_firestore_a_send_falls_back_to_this_instance_and_says_so() -> None:
+    async with Cluster("a") as cluster:
+
+        async def down(user_id: str, timeout: float) -> None:
+            raise ConnectionError("Firestore unavailable")
+
+        cluster.store.get_member = down  # type: ignore[method-assign]
+        cluster.socket("a", "here", "s1")
+        sent = await cluster.at["a"].send("here", {"type": "x"})
+        assert sent == Delivery(1, 1, ["a"], [], "instance")
+        with pytest.raises(DeploymentUnavailable, match="cannot tell where"):
+            await cluster.at["a"].send("elsewhere", {"type": "x"})
+
+
+async def test_garbage_and_replies_for_others_are_dropped() -> None:
+    """A message that is not an event, or a receipt addressed to another instance, changes
+    nothing and is counted."""
+    async with Cluster("a") as cluster:
+        a = cluster.at["a"]
+        a.on_message(b"not json", {"kind": "send", "origin": "x", "expect": "a"})
+        a.on_message(b"{}", {"kind": "reply", "to": "someone-else"})
+        assert a.received[("send", "undecodable")] == 1
+        assert a.received[("reply", "dropped")] == 1
