@@ -114,6 +114,41 @@ def auth_host(project_id: str) -> Iterator[str]:
         process.stop()
 
 
+class PubSubEmulator:
+    """gcloud's Pub/Sub emulator as a local process, which tests may stop and start again on
+    the same port (it then starts empty, as after a real restart)."""
+
+    def __init__(self) -> None:
+        self.port = procs.free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.process: procs.Process | None = None
+
+    def start(self) -> None:
+        process = procs.pubsub_process("127.0.0.1", self.port, LOG_DIR)
+        process.log_path = LOG_DIR / f"pubsub-{self.port}.log"
+        process.start()
+        process.wait_ready(60 * UNIT)
+        self.process = process
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def pubsub() -> Iterator[PubSubEmulator]:
+    """The Pub/Sub emulator for the session; ``PUBSUB_EMULATOR_HOST`` is set for this process
+    (the gateways under test get it in their environment)."""
+    emulator = PubSubEmulator()
+    emulator.start()
+    os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
 @pytest.fixture(scope="session")
 def firebase_app(auth_host: str, project_id: str) -> Iterator[Any]:
     import firebase_admin

@@ -214,6 +214,22 @@ def start_sweep(env: dict[str, str], interval: float) -> SweepStack:
     return SweepStack(function, scheduler)
 
 
+def start_proxy(backends: list[int]) -> tuple[procs.Process, int]:
+    """The round-robin proxy (tests/proxy.py) in front of these gateway ports; its port."""
+    import sys
+
+    port = procs.free_port()
+    process = procs.Process(
+        "proxy",
+        [sys.executable, "-m", "tests.proxy", str(port), *map(str, backends)],
+        f"tcp://127.0.0.1:{port}",
+        LOG_DIR / f"proxy-{port}.log",
+    )
+    process.start()
+    process.wait_ready(30 * UNIT)
+    return process, port
+
+
 class Client:
     """A test client on one socket: answers pings with pongs (unless ``silent``) and queues
     every other frame; records the close code when the server closes."""

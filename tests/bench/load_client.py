@@ -9,7 +9,11 @@ distinct user id per socket. In ``pong`` mode every server ``{"type":"ping"}`` i
 are idle too and each records the wall-clock time of every ``{"type":"timeout"}`` frame and of
 the server's close frame (with its code); ``--plan FILE`` (a JSON list of ``[port, user_id]``)
 then names each socket's gateway and user, so one process can hold a user's sockets on several
-gateway instances.
+gateway instances. In ``fanout`` mode sockets answer pings like ``pong`` mode, except one in
+``--silent-every`` (by user number), which never answers; every socket also records the
+timeout frame and close frame as in ``timeout`` mode and the wall-clock arrival of each
+``{"type":"bench"}`` frame: one carrying ``n`` (a send) as ``[n, user_id, time]``, one carrying
+``b`` (a broadcast) as a count and the first and last arrival per ``b``.
 
 Two implementations:
 
@@ -21,8 +25,9 @@ Two implementations:
   small queue) and one reader task per socket; heavier, useful to cross-check ``raw``.
 
 Talks to its parent in JSON lines: stdout carries events (``progress``, ``ready``, ``stats``,
-``stopped``, ``report``); stdin takes commands (``stats``, ``report``: the timeout records so far,
-``stop``; EOF means stop).
+``stopped``, ``report``, ``fanout``); stdin takes commands (``stats``, ``report``: the timeout
+records so far, ``fanout``: the bench frames received since the last ``fanout`` and every
+broadcast's tally, ``stop``; EOF means stop).
 """
 
 from __future__ import annotations
@@ -309,6 +314,59 @@ class TimeoutSocket(RawSocket):
         ]
 
 
+class FanoutLog:
+    """The bench frames the ``fanout`` sockets of this process received."""
+
+    def __init__(self) -> None:
+        #: [n, user_id, wall-clock arrival] per send frame, since the last drain.
+        self.sends: list[list[Any]] = []
+        #: broadcast id -> [sockets reached, first arrival, last arrival].
+        self.broadcasts: dict[int, list[Any]] = {}
+
+    def drain(self) -> list[list[Any]]:
+        sends, self.sends = self.sends, []
+        return sends
+
+
+class FanoutSocket(TimeoutSocket):
+    """A socket of the fan-out scenario: answers pings unless silent, records bench frames
+    (and, as a TimeoutSocket, the timeout and close frames)."""
+
+    __slots__ = ("log",)
+
+    BENCH_MARK = b'"type":"bench"'
+
+    def __init__(
+        self,
+        request: bytes,
+        accept: bytes,
+        stats: Stats,
+        user_id: str,
+        port: int,
+        silent: bool,
+        log: FanoutLog,
+    ) -> None:
+        super().__init__(request, accept, stats, user_id, port)
+        self.pong = not silent
+        self.log = log
+
+    def on_text(self, payload: bytes) -> None:
+        now = time.time()
+        if self.BENCH_MARK not in payload[:40]:
+            super().on_text(payload)
+            return
+        frame = json.loads(payload)
+        if "n" in frame:
+            self.log.sends.append([frame["n"], self.user_id, now])
+            return
+        tally = self.log.broadcasts.get(frame["b"])
+        if tally is None:
+            self.log.broadcasts[frame["b"]] = [1, now, now]
+        else:
+            tally[0] += 1
+            tally[2] = now
+
+
 _pool_done: Callable[[RawSocket], None] | None = None
 
 
@@ -338,6 +396,7 @@ class RawPool:
         self.sockets: set[RawSocket] = set()
         #: Every TimeoutSocket that connected, kept after it closes (its record is the result).
         self.tracked: list[TimeoutSocket] = []
+        self.fanout_log = FanoutLog()
         self.all_gone = asyncio.Event()
         global _pool_done
         _pool_done = self._gone
@@ -358,6 +417,12 @@ class RawPool:
             proto: RawSocket | None = None
 
             def factory(r: bytes = request, a: bytes = accept) -> RawSocket:
+                if args.mode == "fanout":
+                    number = args.first_id + index
+                    silent = bool(args.silent_every) and number % args.silent_every == 0
+                    return FanoutSocket(
+                        r, a, self.stats, user_id, port, silent, self.fanout_log
+                    )
                 if args.mode == "timeout":
                     return TimeoutSocket(r, a, self.stats, user_id, port)
                 return RawSocket(r, a, self.stats, args.mode == "pong")
@@ -543,6 +608,9 @@ async def run(args: argparse.Namespace) -> None:
             # [user_id, port, timeouts, first timeout at, close code, close at] per socket.
             records = pool.records() if isinstance(pool, RawPool) else []
             emit("report", **stats.as_dict(), sockets=records)
+        elif command == "fanout":
+            log = pool.fanout_log if isinstance(pool, RawPool) else FanoutLog()
+            emit("fanout", sends=log.drain(), broadcasts=log.broadcasts)
         elif command == "stop":
             break
     oldest_last_pong = pool.freeze()
@@ -560,7 +628,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)
-    parser.add_argument("--mode", choices=("idle", "pong", "timeout"), default="idle")
+    parser.add_argument(
+        "--mode", choices=("idle", "pong", "timeout", "fanout"), default="idle"
+    )
     parser.add_argument(
         "--plan",
         default=None,
@@ -574,6 +644,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connect-timeout", type=float, default=20.0)
     parser.add_argument("--close-timeout", type=float, default=15.0)
     parser.add_argument("--attempts", type=int, default=3)
+    parser.add_argument(
+        "--silent-every",
+        type=int,
+        default=0,
+        help="fanout mode: user numbers divisible by this never answer pings (0: none)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.hosts <= 254:
         parser.error("--hosts must be 1..254")
@@ -584,8 +660,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.count = len(args.plan_entries)
     elif not args.port or not args.count:
         parser.error("--port and --count are required without --plan")
-    if args.mode == "timeout" and args.impl != "raw":
-        parser.error("--mode timeout needs --impl raw")
+    if args.mode in ("timeout", "fanout") and args.impl != "raw":
+        parser.error(f"--mode {args.mode} needs --impl raw")
     return args
 
 

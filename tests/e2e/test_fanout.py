@@ -1,0 +1,444 @@
+"""Three gateway instances behind a round-robin proxy, fanning out over the Pub/Sub emulator.
+
+The proxy (tests/proxy.py) stands in for Cloud Run's front end: each new connection goes to
+the next instance, with no stickiness. It is the only address the sweep (``GATEWAY_URL``), the
+REST calls and the WebSocket clients use; no instance is told another's address. The tests
+themselves look at one instance directly only to check where a socket landed.
+
+Intervals are short (PING_INTERVAL=0.2, PONG_TIMEOUT=2, SWEEP_INTERVAL=0.5), so every client
+that must stay signed in answers pings, and an instance counts as dead 1.5 s after its last
+heartbeat. The tests run in file order; the last one stops the Pub/Sub emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from emulator import procs
+from tests.conftest import PubSubEmulator
+from tests.support import (
+    UNIT,
+    Client,
+    GatewayProc,
+    SweepStack,
+    TokenMinter,
+    eventually,
+    start_gateway,
+    start_proxy,
+    start_sweep,
+)
+
+pytestmark = pytest.mark.e2e
+
+SHORT = {
+    "PING_INTERVAL": "0.2",
+    "PONG_TIMEOUT": "2",
+    "SWEEP_INTERVAL": "0.5",
+    "PONG_FLUSH_INTERVAL": "0.1",
+}
+
+
+@dataclass
+class Service:
+    """The deployment as its callers see it: one URL, any instance behind it."""
+
+    instances: list[GatewayProc]
+    proxy: procs.Process
+    port: int
+    minter: TokenMinter
+    topic: str
+    admin_token: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, user: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/connect/{user}?token={self.minter(user)}"
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request on a fresh connection, so consecutive calls land on different
+        instances."""
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30) as http:
+            return await http.request(method, path, **kwargs)
+
+    async def get(self, path: str, **params: str) -> dict[str, Any]:
+        response = await self.request("GET", path, params=params)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def instance_of(gateway: GatewayProc) -> str:
+    return gateway.env["GATEWAY_INSTANCE_ID"]
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture(scope="module")
+def service(
+    firestore_host: str,
+    project_id: str,
+    minter: TokenMinter,
+    callback_token: str,
+    pubsub: PubSubEmulator,
+) -> Iterator[Service]:
+    topic = f"fanout-{secrets.token_hex(4)}"
+    admin_token = secrets.token_urlsafe(24)
+    started = [
+        start_gateway(
+            firestore_host,
+            project_id,
+            minter,
+            GATEWAY_ADMIN_TOKEN=admin_token,
+            GATEWAY_CALLBACK_TOKEN=callback_token,
+            PUBSUB_EMULATOR_HOST=pubsub.host,
+            PUBSUB_TOPIC=topic,
+            **SHORT,
+        )
+        for _ in range(3)
+    ]
+    proxy, port = start_proxy([g.port for g in started])
+    yield Service(started, proxy, port, minter, topic, admin_token)
+    proxy.stop()
+    for gateway in started:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def sweeper(
+    service: Service, firestore_host: str, auth_host: str, project_id: str, callback_token: str
+) -> Iterator[SweepStack]:
+    """The sweep function calling the service URL (the proxy), as on Cloud Run."""
+    stack = start_sweep(
+        {
+            "FIRESTORE_EMULATOR_HOST": firestore_host,
+            "FIREBASE_AUTH_EMULATOR_HOST": auth_host,
+            "GOOGLE_CLOUD_PROJECT": project_id,
+            "GATEWAY_CALLBACK_TOKEN": callback_token,
+            "GATEWAY_URL": service.url,
+            "PONG_TIMEOUT": SHORT["PONG_TIMEOUT"],
+            "SWEEP_INTERVAL": SHORT["SWEEP_INTERVAL"],
+        },
+        interval=float(SHORT["SWEEP_INTERVAL"]),
+    )
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    """Every client a test opens, closed at its end."""
+    opened: list[Client] = []
+    yield opened
+    await asyncio.gather(*(c.close() for c in opened), return_exceptions=True)
+
+
+async def open_sockets(
+    service: Service, opened: list[Client], user: str, count: int, *, silent: bool = False
+) -> list[Client]:
+    """``count`` sockets for the user through the proxy; returns them once the deployment's
+    status shows them all."""
+    new = [await Client.open(service.ws(user), silent=silent) for _ in range(count)]
+    opened.extend(new)
+
+    async def recorded() -> dict[str, Any]:
+        body = await service.get(f"/ws/status/{user}")
+        return body if body["connections"] == count else {}
+
+    await eventually(recorded)
+    return new
+
+
+async def open_spread(
+    service: Service, opened: list[Client], user: str, instances: int, *, silent: bool = False
+) -> list[Client]:
+    """Sockets for the user through the proxy until they sit on ``instances`` different
+    instances (consecutive connections usually do; a request from elsewhere, such as a sweep
+    callback, can shift the turn)."""
+    new: list[Client] = []
+    while len(set(await holders(service, user))) < instances:
+        assert len(new) < 2 * instances, "the proxy does not spread connections"
+        new.append(await Client.open(service.ws(user), silent=silent))
+        opened.append(new[-1])
+
+        async def arrived() -> bool:
+            return len(await holders(service, user)) == len(new)
+
+        await eventually(arrived)
+
+    async def recorded() -> dict[str, Any]:
+        body = await service.get(f"/ws/status/{user}")
+        return body if body["connections"] == len(new) else {}
+
+    await eventually(recorded)
+    return new
+
+
+async def holders(service: Service, user: str) -> list[str]:
+    """The instances holding the user's sockets, asked of each instance directly."""
+    found = []
+    headers = {"Authorization": f"Bearer {service.admin_token}"}
+    for gateway in service.instances:
+        async with httpx.AsyncClient(base_url=gateway.http, headers=headers) as http:
+            stats = (await http.get("/ws/stats", params={"scope": "instance"})).json()
+        found += [instance_of(gateway)] * stats["connected_users"].count(user)
+    return found
+
+
+async def quiet_for(client: Client, seconds: float) -> None:
+    """Nothing but pings arrives on the socket for a while."""
+    await asyncio.sleep(seconds * UNIT)
+    assert client.frames.empty(), client.frames.get_nowait()
+
+
+async def test_a_send_answered_by_any_instance_reaches_the_socket_exactly_once(
+    service: Service, clients: list[Client]
+) -> None:
+    """Three sends through the proxy land on three different instances, two of which do not
+    hold the user's socket: the socket gets each message once, and each answer counts it."""
+    user = uid("send")
+    (socket,) = await open_sockets(service, clients, user, 1)
+    for n in range(3):
+        response = await service.request("POST", f"/ws/send/{user}", json={"type": "n", "n": n})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["status"], body["message"]) == ("success", "Message sent successfully")
+        assert (body["connections"], body["scope"]) == (1, "deployment")
+        assert body["instances"] == await holders(service, user)
+    received = sorted([(await socket.next())["n"] for _ in range(3)])
+    assert received == [0, 1, 2]
+    await quiet_for(socket, 1)
+    missing = await service.request("POST", f"/ws/send/{uid('nobody')}", json={"type": "x"})
+    assert missing.status_code == 404
+    assert missing.json()["message"].endswith("is not connected")
+
+
+async def test_a_broadcast_reaches_every_other_socket_on_every_instance_exactly_once(
+    service: Service, clients: list[Client]
+) -> None:
+    """Sockets spread over the three instances each get one copy; the excluded user none;
+    ``recipients`` counts users once across instances."""
+    everywhere, users = uid("cast"), [uid("cast") for _ in range(2)]
+    excluded = uid("excluded")
+    sockets = await open_spread(service, clients, everywhere, 3)
+    for user in users:
+        sockets += await open_sockets(service, clients, user, 1)
+    (left_out,) = await open_sockets(service, clients, excluded, 1)
+    total = len(sockets) + 1
+
+    async def settled() -> dict[str, Any]:
+        stats = await service.get("/ws/stats")
+        return stats if stats["total_connections"] == total else {}
+
+    await settled()
+    for _ in range(3):
+        response = await service.request(
+            "POST", "/ws/broadcast", json={"type": "news"}, params={"exclude_user": excluded}
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["status"], body["message"]) == ("success", "Message broadcasted successfully")
+        assert (body["recipients"], body["connections"]) == (3, len(sockets))
+        assert (body["scope"], body["unreachable_instances"]) == ("deployment", [])
+        assert sorted(body["instances"]) == sorted(instance_of(g) for g in service.instances)
+    for socket in sockets:
+        assert [await socket.next() for _ in range(3)] == [{"type": "news"}] * 3
+    await asyncio.gather(*(quiet_for(s, 1) for s in [*sockets, left_out]))
+
+
+async def test_status_and_stats_answer_for_the_deployment_from_any_instance(
+    service: Service, clients: list[Client]
+) -> None:
+    """A user with sockets on two instances is seen the same from every instance; stats
+    merges all three."""
+    user = uid("status")
+    await open_spread(service, clients, user, 2)
+    where = sorted(set(await holders(service, user)))
+    assert len(where) == 2 and len(await holders(service, user)) == 2
+    for _ in range(3):
+        status = await service.get(f"/ws/status/{user}")
+        assert status == {
+            "user_id": user,
+            "is_connected": True,
+            "status": "connected",
+            "connections": 2,
+            "scope": "deployment",
+            "instances": where,
+        }
+        stats = await service.get("/ws/stats")
+        assert stats["scope"] == "deployment"
+        assert stats["instances"] == sorted(instance_of(g) for g in service.instances)
+        assert (stats["unreachable_instances"], stats["total_connections"]) == ([], 2)
+        assert stats["connected_users"] == [user]
+        assert sorted(stats["pong_writers"]) == stats["instances"]
+
+
+async def test_the_sweeps_callback_times_out_a_users_sockets_on_all_three_instances(
+    service: Service, sweeper: SweepStack, clients: list[Client], firestore_client: Any
+) -> None:
+    """A silent user with a socket on each instance gets exactly one timeout on each socket
+    and 4408 on each; the callback reached one instance and the others got the timeouts
+    through the fan-out; a user who answers stays."""
+    silent, live = uid("silent"), uid("live")
+    quiet = await open_spread(service, clients, silent, 3, silent=True)
+    (chatty,) = await open_sockets(service, clients, live, 1)
+    for socket in quiet:
+        frame = await socket.next(timeout=30)
+        assert frame["type"] == "timeout"
+        assert "2 seconds" in frame["message"]
+        assert await socket.closed() == 4408
+        assert socket.frames.empty()
+    member = firestore_client.collection("members").document(silent).get().to_dict()
+    assert member["is_signed_in"] is False
+    served = 0
+    for gateway in service.instances:
+        async with httpx.AsyncClient(base_url=gateway.http) as http:
+            metrics = (await http.get("/metrics")).text
+        served += 'gateway_fanout_received_total{kind="timeout",outcome="served"}' in metrics
+    assert served >= 2, "the callback's instance handed the timeouts to the other two"
+    await asyncio.sleep(3 * 2 * UNIT)
+    assert chatty.close_code is None and chatty.frames.empty()
+
+
+async def test_a_killed_instance_leaves_its_subscription_and_its_users_are_signed_out(
+    service: Service,
+    sweeper: SweepStack,
+    clients: list[Client],
+    firestore_client: Any,
+    firestore_host: str,
+    project_id: str,
+    minter: TokenMinter,
+    callback_token: str,
+    pubsub: PubSubEmulator,
+) -> None:
+    """A fourth instance joins and takes a socket, then is SIGKILLed: its subscription
+    stays behind (Pub/Sub's expiration collects it), broadcasts keep reaching the others and
+    name it until its heartbeat ages out, and its user, gone with it, is signed out by the
+    sweep. A drained instance (SIGTERM) deletes its subscription."""
+    from google.api_core import exceptions
+
+    from tests.integration.test_broker import admin
+
+    extra = {
+        "GATEWAY_ADMIN_TOKEN": service.admin_token,
+        "GATEWAY_CALLBACK_TOKEN": callback_token,
+        "PUBSUB_EMULATOR_HOST": pubsub.host,
+        "PUBSUB_TOPIC": service.topic,
+        **SHORT,
+    }
+    victim = start_gateway(firestore_host, project_id, minter, **extra)
+    drained = start_gateway(firestore_host, project_id, minter, **extra)
+    subscriptions = admin(pubsub.host)
+    path = f"projects/{project_id}/subscriptions/{service.topic}-{instance_of(victim)}"
+    drained_path = f"projects/{project_id}/subscriptions/{service.topic}-{instance_of(drained)}"
+    try:
+        gone, stays = uid("gone"), uid("stays")
+        # The front end sends a new connection to the new instance.
+        front, front_port = start_proxy([victim.port])
+        url = f"ws://127.0.0.1:{front_port}/ws/connect/{gone}?token={minter(gone)}"
+        clients.append(await Client.open(url))
+        front.stop()
+        (kept,) = await open_sockets(service, clients, stays, 1)
+
+        async def subscribed() -> bool:
+            try:
+                return bool(subscriptions.get_subscription(subscription=path).name)
+            except exceptions.NotFound:
+                return False
+
+        await eventually(subscribed)
+        drained.stop()
+        with pytest.raises(exceptions.NotFound):
+            subscriptions.get_subscription(subscription=drained_path)
+        assert victim.process.popen is not None
+        os.kill(victim.process.popen.pid, signal.SIGKILL)
+        assert await subscribed(), "a killed instance cannot delete its subscription"
+
+        response = await service.request("POST", "/ws/broadcast", json={"type": "still"})
+        assert response.status_code == 200, response.text
+        assert await kept.next() == {"type": "still"}
+
+        def signed_in(user: str) -> Any:
+            return firestore_client.collection("members").document(user).get().get("is_signed_in")
+
+        async def gone_signed_out() -> bool:
+            return signed_in(gone) is False
+
+        await eventually(gone_signed_out, timeout=30)
+
+        async def dead_not_counted() -> dict[str, Any]:
+            stats = await service.get("/ws/stats")
+            return stats if instance_of(victim) not in stats["unreachable_instances"] else {}
+
+        stats = await eventually(dead_not_counted, timeout=15)
+        assert stats["scope"] == "deployment"
+        assert signed_in(stays) is True
+    finally:
+        victim.stop()
+        drained.stop()
+
+
+async def test_with_pubsub_down_local_sockets_are_served_and_no_sign_out_is_lost(
+    service: Service,
+    sweeper: SweepStack,
+    clients: list[Client],
+    pubsub: PubSubEmulator,
+    firestore_client: Any,
+) -> None:
+    """The emulator stops for 10 s: sockets keep their pings, a send either reaches a local
+    socket or answers a clear 503, broadcasts say they reached one instance, and a silent
+    user is still timed out (the callback fails; each instance's poll closes its sockets).
+    After the emulator is back (empty), cross-instance delivery resumes with no restart."""
+    user, silent = uid("outage"), uid("outage-silent")
+    (socket,) = await open_sockets(service, clients, user, 1)
+    quiet = await open_spread(service, clients, silent, 2, silent=True)
+    pubsub.stop()
+    try:
+        pings = socket.pings
+        outcomes: set[int] = set()
+        for n in range(12):
+            response = await service.request("POST", f"/ws/send/{user}", json={"n": n})
+            outcomes.add(response.status_code)
+            if response.status_code == 503:
+                assert "message broker cannot be reached" in response.json()["message"]
+            else:
+                assert response.status_code == 200 and response.json()["connections"] == 1
+            if outcomes == {200, 503}:
+                break
+        assert outcomes == {200, 503}
+        cast = await service.request("POST", "/ws/broadcast", json={"type": "partial"})
+        assert cast.status_code == 200 and cast.json()["scope"] == "instance"
+        for q in quiet:
+            assert (await q.next(timeout=30))["type"] == "timeout"
+            assert await q.closed() == 4408
+        assert socket.pings > pings and socket.close_code is None
+        await asyncio.sleep(max(0.0, 10 - 3) * UNIT)
+    finally:
+        pubsub.start()
+
+    async def delivered_from_everywhere() -> bool:
+        answers = [
+            await service.request("POST", f"/ws/send/{user}", json={"n": "after"}) for _ in range(3)
+        ]
+        return all(r.status_code == 200 and r.json()["connections"] == 1 for r in answers)
+
+    await eventually(delivered_from_everywhere, timeout=60, interval=1)
+    frames = []
+    while not socket.frames.empty():
+        frames.append(socket.frames.get_nowait())
+    assert frames[-3:] == [{"n": "after"}] * 3
+    member = firestore_client.collection("members").document(silent).get().to_dict()
+    assert member["is_signed_in"] is False

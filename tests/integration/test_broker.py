@@ -1,0 +1,110 @@
+"""gateway.broker against gcloud's Pub/Sub emulator: the subscription's lifecycle, delivery to
+every instance, and recovery after the emulator restarts empty."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from gateway.broker import BrokerUnavailable, PubSubBroker, reply_filter, subscription_id
+from tests.conftest import PubSubEmulator
+from tests.support import UNIT, eventually
+
+pytestmark = pytest.mark.integration
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, dict[str, str]]] = []
+
+    def __call__(self, data: bytes, attributes: Mapping[str, str]) -> None:
+        self.messages.append((data, dict(attributes)))
+
+
+def admin(host: str) -> Any:
+    """A plain (synchronous) subscriber client on the emulator, to look at subscriptions."""
+    import grpc
+    from google.pubsub_v1.services.subscriber import SubscriberClient
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    return SubscriberClient(transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(host)))
+
+
+async def started(topic: str, instance: str, inbox: Inbox) -> PubSubBroker:
+    broker = PubSubBroker("demo-broker", topic, instance)
+    await broker.start(inbox)
+
+    async def pulling() -> bool:
+        return broker.connected
+
+    await eventually(pulling, timeout=20)
+    return broker
+
+
+async def test_each_instance_gets_its_own_expiring_subscription_deleted_on_stop(
+    pubsub: PubSubEmulator,
+) -> None:
+    """Two brokers on one topic: each has a subscription named after its instance with a
+    one-day expiration policy and the reply filter; a message published by one reaches both;
+    stop() deletes only that instance's subscription."""
+    topic = f"fanout-{uuid.uuid4().hex[:8]}"
+    inbox_a, inbox_b = Inbox(), Inbox()
+    a = await started(topic, "inst-a", inbox_a)
+    b = await started(topic, "inst-b", inbox_b)
+    try:
+        client = admin(pubsub.host)
+        sub = client.get_subscription(subscription=a.subscription_path)
+        assert sub.name.endswith("/" + subscription_id(topic, "inst-a"))
+        assert sub.expiration_policy.ttl.total_seconds() == 86_400
+        assert sub.filter == reply_filter("inst-a")
+        await a.publish(b'{"n":1}', {"kind": "broadcast", "origin": "inst-a"})
+
+        async def both_got_it() -> bool:
+            return len(inbox_a.messages) == 1 and len(inbox_b.messages) == 1
+
+        await eventually(both_got_it)
+        assert inbox_b.messages[0] == (b'{"n":1}', {"kind": "broadcast", "origin": "inst-a"})
+        await a.stop()
+        from google.api_core import exceptions
+
+        with pytest.raises(exceptions.NotFound):
+            client.get_subscription(subscription=a.subscription_path)
+        assert client.get_subscription(subscription=b.subscription_path).name
+    finally:
+        await b.stop()
+
+
+async def test_delivery_resumes_after_the_emulator_restarts_empty(
+    pubsub: PubSubEmulator,
+) -> None:
+    """While the emulator is down a publish raises BrokerUnavailable at once (not after a
+    minute of retries); once it is back, without topic or subscription, the broker recreates
+    both and delivery resumes without a restart."""
+    topic = f"restart-{uuid.uuid4().hex[:8]}"
+    inbox = Inbox()
+    broker = await started(topic, "inst-r", inbox)
+    try:
+        pubsub.stop()
+        loop = asyncio.get_running_loop()
+        begun = loop.time()
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish(b"lost", {"kind": "broadcast"})
+        assert loop.time() - begun < 10 * UNIT
+        pubsub.start()
+
+        async def delivered() -> bool:
+            try:
+                await broker.publish(b"after", {"kind": "broadcast"})
+            except BrokerUnavailable:
+                return False
+            await asyncio.sleep(0.5)
+            return any(data == b"after" for data, _ in inbox.messages)
+
+        await eventually(delivered, timeout=60, interval=0.5)
+        assert all(data != b"lost" for data, _ in inbox.messages)
+    finally:
+        await broker.stop()
