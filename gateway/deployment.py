@@ -17,29 +17,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
 from typing import Any, Literal, NamedTuple
 
 import msgspec
 
 from gateway import messages
 from gateway.broker import Broker, BrokerUnavailable
+from gateway.directory import Directory
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
-from gateway.messages import StatsResponse, utc_now
-from gateway.service import MEMBER_READ_TIMEOUT, PresenceService
+from gateway.messages import StatsResponse
+from gateway.service import PresenceService
 from gateway.stats import instance_stats, merge_stats
-from gateway.store import ACTIVE_SESSIONS, is_live
 
 logger = logging.getLogger("gateway.deployment")
 
 Scope = Literal["deployment", "instance"]
 #: How many recent message ids each instance remembers to drop Pub/Sub's redeliveries.
 SEEN_IDS = 20_000
-INSTANCE_CACHE_SECONDS = 1.0
 
 
 class Event(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
@@ -109,8 +106,7 @@ class Deployment:
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._instances_cache: tuple[float, set[str]] | None = None
-        self._instance_docs: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.directory = Directory(service.store, self.settings)
         #: Messages received, by (kind, outcome): served, replied, dropped, duplicate.
         self.received: Counter[tuple[str, str]] = Counter()
         #: Requests published, by kind and outcome (ok, failed); receipts missing at deadline.
@@ -248,26 +244,6 @@ class Deployment:
     ) -> Event:
         return Event(kind, uuid.uuid4().hex, self.me, **fields)
 
-    async def live_instances(self) -> set[str] | None:
-        """Live instances other than this one (heartbeat within 3 x SWEEP_INTERVAL, not
-        stopped), cached for a second; None when Firestore cannot answer."""
-        now = time.monotonic()
-        if self._instances_cache and now - self._instances_cache[0] < INSTANCE_CACHE_SECONDS:
-            return self._instances_cache[1]
-        cutoff = self._live_cutoff()
-        try:
-            docs = await self.service.store.recent_instances(cutoff, timeout=MEMBER_READ_TIMEOUT)
-        except Exception as exc:
-            logger.warning("instance registry unreadable: %r", exc)
-            return None
-        live = {i for i, doc in docs.items() if i != self.me and is_live(doc, cutoff)}
-        self._instances_cache = (now, live)
-        return live
-
-    def _live_cutoff(self) -> Any:
-        """Instances beat every SWEEP_INTERVAL; three missed beats and an instance is dead."""
-        return utc_now() - timedelta(seconds=3 * self.settings.sweep_interval)
-
     async def send(self, user_id: str, payload: dict[str, Any]) -> Delivery:
         """Send a JSON object to every socket of the user, on whichever instances hold them.
 
@@ -281,7 +257,7 @@ class Deployment:
                 raise UserNotConnectedError(user_id)
             return Delivery(delivered, 1, here, [], "instance")
         try:
-            elsewhere = await self.user_instances(user_id)
+            elsewhere = await self.directory.user_instances(user_id)
         except Exception as exc:
             if not delivered:
                 raise DeploymentUnavailable(
@@ -289,7 +265,6 @@ class Deployment:
                 ) from exc
             logger.warning("send: Firestore unavailable, delivered on this instance: %r", exc)
             return Delivery(delivered, 1, here, [], "instance")
-        elsewhere.pop(self.me, None)
         if not elsewhere:
             if not delivered:
                 raise UserNotConnectedError(user_id)
@@ -317,7 +292,7 @@ class Deployment:
         users, delivered = await self.service.broadcast_text(text, exclude_user)
         if self.broker is None:
             return Delivery(delivered, len(users), [self.me], [], "instance")
-        expect = await self.live_instances()
+        expect = await self.directory.live_instances()
         event = self._event("broadcast", text=text, exclude_user=exclude_user)
         try:
             replies, missing = await self._ask(event, expect)
@@ -339,7 +314,7 @@ class Deployment:
         closed, _ = await self.service.expire_sessions(wanted)
         if self.broker is None or closed == len(wanted):
             return closed, len(wanted) - closed
-        expect = await self.live_instances()
+        expect = await self.directory.live_instances()
         try:
             replies, _missing = await self._ask(self._event("timeout", sessions=wanted), expect)
         except BrokerUnavailable as exc:
@@ -356,7 +331,7 @@ class Deployment:
         local = instance_stats(self.service)
         if self.broker is None:
             return local
-        expect = await self.live_instances()
+        expect = await self.directory.live_instances()
         try:
             replies, missing = await self._ask(self._event("stats"), expect)
         except BrokerUnavailable as exc:
@@ -365,44 +340,10 @@ class Deployment:
         theirs = [r.stats for r in replies.values() if r.stats is not None]
         return merge_stats(local, theirs, missing)
 
-    # --- status (Firestore) --------------------------------------------------------------
-
-    async def _docs(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Registry entries by id, cached for a second: a send then costs one Firestore read
-        (the member), not two. Liveness is judged over three SWEEP_INTERVALs, so a second's
-        staleness changes nothing."""
-        now = time.monotonic()
-        stale = [
-            i
-            for i in ids
-            if now - self._instance_docs.get(i, (-1e9, {}))[0] > INSTANCE_CACHE_SECONDS
-        ]
-        if stale:
-            found = await self.service.store.get_instances(stale, timeout=MEMBER_READ_TIMEOUT)
-            # Instances come and go with every rollout: forget entries too old to be used.
-            self._instance_docs = {
-                i: entry
-                for i, entry in self._instance_docs.items()
-                if now - entry[0] <= INSTANCE_CACHE_SECONDS
-            }
-            for instance_id in stale:
-                self._instance_docs[instance_id] = (now, found.get(instance_id, {}))
-        return {i: self._instance_docs[i][1] for i in ids}
-
     async def user_instances(self, user_id: str) -> dict[str, int]:
-        """The user's sockets by live instance, from the member's ``active_sessions``; this
-        instance's count from its registry. Raises when Firestore cannot answer."""
-        member = await self.service.store.get_member(user_id, timeout=MEMBER_READ_TIMEOUT) or {}
-        counts: dict[str, int] = {}
-        recorded = member.get(ACTIVE_SESSIONS)
-        for where in (recorded or {}).values() if isinstance(recorded, dict) else ():
-            instance = where.get("instance_id") if isinstance(where, dict) else None
-            if isinstance(instance, str) and instance != self.me:
-                counts[instance] = counts.get(instance, 0) + 1
-        if counts:
-            docs = await self._docs(list(counts))
-            cutoff = self._live_cutoff()
-            counts = {i: n for i, n in counts.items() if is_live(docs.get(i, {}), cutoff)}
+        """The user's sockets by instance across the deployment: this instance's from its
+        registry, the others' from Firestore. Raises when Firestore cannot answer."""
+        counts = await self.directory.user_instances(user_id)
         local = self.service.registry.count_of(user_id)
         if local:
             counts[self.me] = local

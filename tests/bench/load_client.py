@@ -420,9 +420,7 @@ class RawPool:
                 if args.mode == "fanout":
                     number = args.first_id + index
                     silent = bool(args.silent_every) and number % args.silent_every == 0
-                    return FanoutSocket(
-                        r, a, self.stats, user_id, port, silent, self.fanout_log
-                    )
+                    return FanoutSocket(r, a, self.stats, user_id, port, silent, self.fanout_log)
                 if args.mode == "timeout":
                     return TimeoutSocket(r, a, self.stats, user_id, port)
                 return RawSocket(r, a, self.stats, args.mode == "pong")
@@ -628,9 +626,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)
-    parser.add_argument(
-        "--mode", choices=("idle", "pong", "timeout", "fanout"), default="idle"
-    )
+    parser.add_argument("--mode", choices=("idle", "pong", "timeout", "fanout"), default="idle")
     parser.add_argument(
         "--plan",
         default=None,
