@@ -6,7 +6,6 @@ service inside the app's lifespan, on the running event loop.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,10 +16,7 @@ from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
     HTTPException,
-    NotAuthorizedException,
-    ServiceUnavailableException,
 )
-from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
@@ -37,6 +33,8 @@ from gateway.broker import PubSubBroker
 from gateway.callback_auth import OidcVerifier
 from gateway.deployment import Deployment
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
+from gateway.firestore_store import FirestoreStore
+from gateway.guards import require_admin, require_callback
 from gateway.messages import (
     BroadcastResponse,
     ErrorResponse,
@@ -52,7 +50,7 @@ from gateway.service import MessageHandler, PresenceService, log_message
 from gateway.settings import Settings
 from gateway.sockets import serve_socket
 from gateway.stats import instance_stats
-from gateway.store import FirestoreStore, Store
+from gateway.store import Store
 
 logger = logging.getLogger("gateway.app")
 
@@ -67,49 +65,6 @@ def _service(request: ASGIConnection[Any, Any, Any, Any]) -> PresenceService:
 def _deployment(request: ASGIConnection[Any, Any, Any, Any]) -> Deployment:
     deployment: Deployment = request.app.state.deployment
     return deployment
-
-
-def _check_bearer(
-    connection: ASGIConnection[Any, Any, Any, Any], accepted: tuple[str, ...]
-) -> None:
-    header = connection.headers.get("authorization", "")
-    scheme, _sep, token = header.partition(" ")
-    presented = token.strip().encode()
-    # Compare against every accepted token (no early exit), each in constant time.
-    matched = False
-    for candidate in accepted:
-        matched |= hmac.compare_digest(presented, candidate.encode())
-    if scheme.lower() != "bearer" or not matched:
-        raise NotAuthorizedException("Missing or invalid bearer token")
-
-
-def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``, compared in constant time."""
-    _check_bearer(connection, connection.app.state.settings.admin_tokens)
-
-
-async def require_callback(
-    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-) -> None:
-    """Guard for the sweep's callback (never the admin token): the shared
-    ``GATEWAY_CALLBACK_TOKEN``, or a Google-signed OIDC token for a configured service account."""
-    settings: Settings = connection.app.state.settings
-    oidc: OidcVerifier | None = connection.app.state.oidc
-    if not settings.callback_tokens and oidc is None:
-        raise ServiceUnavailableException(
-            "Callback disabled: set GATEWAY_CALLBACK_TOKEN or CALLBACK_OIDC_AUDIENCE"
-        )
-    if settings.callback_tokens:
-        try:
-            _check_bearer(connection, settings.callback_tokens)
-            return
-        except NotAuthorizedException:
-            if oidc is None:
-                raise
-    assert oidc is not None
-    scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or await oidc.verify(token.strip()) is None:
-        raise NotAuthorizedException("Missing or invalid bearer token")
 
 
 @get("/ws/status/{user_id:str}", guards=[require_admin])

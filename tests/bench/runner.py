@@ -1,6 +1,6 @@
 """Gateway benchmarks: memory per idle socket, pong persistence under PING_INTERVAL=1, timeout
-delivery across instances (``timeout_bench``), cross-instance send and broadcast
-(``peers_bench``) and sweep throughput (``sweep_bench``).
+delivery across instances (``timeout_bench``), cross-instance send, broadcast and timeouts over
+Pub/Sub behind a round-robin proxy (``fanout_bench``) and sweep throughput (``sweep_bench``).
 
     .venv/bin/python -m tests.bench                      # full run (about 5 minutes)
     .venv/bin/python -m tests.bench --connections 500    # quick variant of every scenario
@@ -27,9 +27,11 @@ counts ``members`` documents whose ``last_pong_at`` is recent.
 Scenario T (timeout): three gateways, the real sweep, the time from each sign-out's commit to
 the client's timeout frame; see ``timeout_bench``.
 
-Scenario P (peers): three gateways; sends to a user on the instance called and forwarded to
-another instance, forwarded sends per second, and broadcasts across the three; see
-``peers_bench``.
+Scenario F (fanout): a Pub/Sub emulator, three gateways on one topic and a round-robin proxy
+in front standing in for Cloud Run (3,000 sockets, every REST call and the sweep's callback
+through it); send and broadcast latency to the client's receipt, the real sweep function's
+commit -> timeout frame, and gateway CPU per delivered message; see ``fanout_bench``. The HTTP
+mesh it replaced (the former ``peers`` scenario) is quoted in the summary, not re-measured.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ import httpx
 import psutil
 
 from emulator.procs import Process, firestore_process, free_port, gateway_process
-from tests.bench import peers_bench, sweep_bench, timeout_bench
+from tests.bench import fanout_bench, sweep_bench, timeout_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run" / "bench"
@@ -929,12 +931,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench", description="Gateway benchmarks (see tests/bench/runner.py)"
     )
-    parser.add_argument("--only", choices=("memory", "pongs", "timeout", "peers", "sweep"))
+    parser.add_argument("--only", choices=("memory", "pongs", "timeout", "fanout", "sweep"))
     parser.add_argument(
         "--connections",
         type=int,
         help="sockets for every gateway scenario (default 10,000 memory, 2,500 sustained and "
-        "5,000 ceiling pongs, 1,500 timeout users)",
+        "5,000 ceiling pongs, 1,500 timeout users, 3,000 fanout sockets)",
     )
     parser.add_argument("--memory-connections", type=int, default=None)
     parser.add_argument(
@@ -942,6 +944,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--pong-connections", type=int, default=None, help="B ceiling (5,000)")
     parser.add_argument("--timeout-users", type=int, default=None, help="T users (1,500)")
+    parser.add_argument("--fanout-sockets", type=int, default=None, help="F sockets (3,000)")
     parser.add_argument("--ping-interval", type=float, default=1.0, help="scenario B")
     parser.add_argument(
         "--sustained-window",
@@ -988,6 +991,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sustained_connections or args.connections or DEFAULT_SUSTAINED_CONNECTIONS
     )
     args.timeout_users = args.timeout_users or args.connections or timeout_bench.DEFAULT_USERS
+    args.fanout_sockets = args.fanout_sockets or args.connections or fanout_bench.DEFAULT_SOCKETS
     return args
 
 
@@ -1017,6 +1021,11 @@ def main(argv: list[str] | None = None) -> int:
         "profile-pongs-sustained.txt",
         "profile-pongs-ceiling.txt",
         "timeout-auth.log",
+        "fanout-pubsub.log",
+        "fanout-auth.log",
+        "fanout-proxy.log",
+        "fanout-sweep.log",
+        "fanout-scheduler.log",
     ):
         (RUN_DIR / name).unlink(missing_ok=True)
     soft, hard = raise_fd_limit()
@@ -1060,8 +1069,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.only in (None, "timeout"):
             results["timeout"] = timeout_bench.run(fs_host, args, stack)
-        if args.only in (None, "peers"):
-            results["peers"] = peers_bench.run(fs_host, RUN_DIR, log)
+        if args.only in (None, "fanout"):
+            results["fanout"] = fanout_bench.run(fs_host, args, stack)
         if args.only in (None, "sweep"):
             firestore.stop()  # the sweep scenarios start their own emulators
             results["sweep"] = sweep_bench.run(RUN_DIR, log)
@@ -1087,7 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = (
         checks(results, args)
         + timeout_bench.rows(results.get("timeout", {}))
-        + peers_bench.rows(results.get("peers", {}))
+        + fanout_bench.rows(results.get("fanout", {}))
         + sweep_bench.rows(results.get("sweep", {}))
     )
     results["summary"] = rows
@@ -1099,7 +1108,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print_summary(rows, results, timeout_bench.summary_lines(results.get("timeout", {})))
+    print_summary(
+        rows,
+        results,
+        timeout_bench.summary_lines(results.get("timeout", {}))
+        + fanout_bench.summary_lines(results.get("fanout", {})),
+    )
     log(f"done in {results['seconds']:.0f}s")
     if status == 0 and any(r["ok"] is False for r in rows):
         status = 3

@@ -221,7 +221,8 @@ async def test_status_stats_send_with_several_sockets_per_user(gateway: GatewayP
         payload = {"type": "notification", "data": {"message": "Order shipped!", "order_id": "1"}}
         response = await http.post(f"/ws/send/{user}", json=payload)
         assert response.status_code == 200
-        # Without an internal credential the gateway cannot ask other instances, and says so.
+        # Without PUBSUB_TOPIC the gateway cannot reach other instances, and says so.
+        assert "no PUBSUB_TOPIC: this instance is alone" in gateway.log()
         assert response.json() == {
             "status": "success",
             "message": "Message sent successfully",

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from emulator import procs
+from gateway.firestore_store import FirestoreStore
 from gateway.store import (
-    FirestoreStore,
     connect_writes,
     disconnect_writes,
     pong_write,
