@@ -18,7 +18,9 @@ REST call is made (same machine clock):
    (``instances``: where the user's socket is) that tells whether the instance answering held
    the user or had to go through Pub/Sub. The fan-out metrics cross-check the count.
 2. **broadcast**: ``BROADCASTS`` broadcasts to every socket, one at a time, each until the
-   last socket has the frame.
+   last socket has the frame; then ``STATS_CALLS`` ``/ws/stats`` calls (a scatter/gather over
+   the topic, each answer checked to count every socket) and as many ``/ws/status`` calls (one
+   member read), timed.
 3. **CPU per delivered message**: the three gateways' CPU time (psutil) over ``CPU_SENDS``
    sends with ``CONCURRENCY`` in flight, divided by the frames the client received; also net
    of the ping/pong baseline measured over ``BASELINE_SECONDS`` of idling just before.
@@ -70,6 +72,7 @@ SENDS = 300
 CPU_SENDS = 2_000
 CONCURRENCY = 32
 BROADCASTS = 10
+STATS_CALLS = 30
 BASELINE_SECONDS = 3.0
 PING_INTERVAL = 10.0
 PONG_TIMEOUT = 20.0
@@ -281,6 +284,26 @@ def _broadcasts(url: str, token: str, sockets: int, frames: _Frames) -> dict[str
         "rest_answer": _summary(answered),
         "incomplete": short,
     }
+
+
+def _stats_calls(url: str, token: str, sockets: int) -> dict[str, Any]:
+    """Phase 2b: ``/ws/stats`` (a scatter/gather over the topic) and ``/ws/status`` (one
+    member read) through the proxy, one at a time; each stats answer must count every socket
+    on every instance."""
+    stats_times: list[float] = []
+    status_times: list[float] = []
+    wrong: list[Any] = []
+    with _fresh_client(url, token) as http:
+        for _ in range(STATS_CALLS):
+            started = time.perf_counter()
+            body = http.get("/ws/stats").raise_for_status().json()
+            stats_times.append(time.perf_counter() - started)
+            if body["scope"] != "deployment" or body["total_connections"] < sockets:
+                wrong.append((body["scope"], body["total_connections"]))
+            started = time.perf_counter()
+            http.get("/ws/status/nobody").raise_for_status()
+            status_times.append(time.perf_counter() - started)
+    return {"stats": _summary(stats_times), "status": _summary(status_times), "wrong": wrong}
 
 
 async def _burst(url: str, token: str, users: list[str], first: int) -> list[dict[str, Any]]:
@@ -561,6 +584,13 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
             f"{casts['last_socket']['p50_ms']}/{casts['last_socket']['p99_ms']} ms"
         )
 
+        deployment_view = _stats_calls(proxy_url, token, sockets)
+        log(
+            f"F: stats p50/p99 {deployment_view['stats']['p50_ms']}/"
+            f"{deployment_view['stats']['p99_ms']} ms; status p50/p99 "
+            f"{deployment_view['status']['p50_ms']}/{deployment_view['status']['p99_ms']} ms"
+        )
+
         others = {"proxy": proxy.popen.pid, "pubsub": pubsub.popen.pid}
         if getattr(args, "_firestore_pid", None):
             others["firestore"] = args._firestore_pid
@@ -649,6 +679,7 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
         "sweep_interval": SWEEP_INTERVAL,
         "send": sends,
         "broadcast": casts,
+        "deployment_view": deployment_view,
         "cpu": burst,
         "timeout": timeout,
         "missing_receipts": missing,
@@ -709,6 +740,7 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     send, cast, cpu, tmo = result["send"], result["broadcast"], result["cpu"], result["timeout"]
     lat, elsewhere, holder = send["latency"], send["answered_elsewhere"], send["answered_by_holder"]
     last, tlat = cast["last_socket"], tmo["latency"]
+    view = result["deployment_view"]
     where = f"{result['sockets']:,} sockets on {result['instances']} instances via the proxy"
     sweep = tmo["sweep_reports"]
     complete = (
@@ -732,6 +764,15 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             f"(REST answer p50 {cast['rest_answer']['p50_ms']} ms)",
             "target": "-",
             "ok": None,
+        },
+        {
+            "figure": "fanout: /ws/stats (scatter/gather over Pub/Sub) / /ws/status (Firestore) "
+            "p50 / p99",
+            "value": f"{view['stats']['p50_ms']} / {view['stats']['p99_ms']} ms; "
+            f"{view['status']['p50_ms']} / {view['status']['p99_ms']} ms over "
+            f"{view['stats']['count']} calls; {len(view['wrong'])} stats answers short",
+            "target": "0 short",
+            "ok": not view["wrong"],
         },
         {
             "figure": "fanout: sweep commit -> timeout frame p50 / p99 / max (GATEWAY_URL = proxy)",
