@@ -5,14 +5,27 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := emulator/node_modules/.installed-stamp
+CLIENT_STAMP := clients/js/node_modules/.installed-stamp
+DEMO_BUILD := clients/js/dist/demo/index.html
 
-.PHONY: help deps up token test test-unit lint format bench clean
+# The Docker engine scripts/containers.sh starts: its own socket and data root (a cache of the
+# local base images and layers between runs on one machine).
+export DOCKER_HOST ?= unix:///run/presence-docker.sock
+
+.PHONY: help deps demo up up-containers images engine-stop token test test-unit test-containers lint format \
+	bench clean functions-discover
 
 help:
 	@echo "make up     run the local stack (emulators, gateway) and print where it is"
 	@echo "make token USER=id   print an ID token for USER from the running stack's Auth emulator"
 	@echo "make test   lint, type-check and run every test (unit, integration, end-to-end)"
+	@echo "make images           start a Docker engine and build the images (no registry needed)"
+	@echo "make up-containers    the same stack as make up, in containers (docker-compose)"
+	@echo "make test-containers  integration + end-to-end tests with the emulators in containers,"
+	@echo "                      plus the compose scenario; stops the engine afterwards"
 	@echo "make bench  run the benchmarks and print the figures"
+	@echo "make functions-discover  build functions/venv and run the Firebase CLI's discovery of"
+	@echo "                         the deployed functions, offline (what firebase deploy runs)"
 	@echo "make lint   ruff + mypy only;  make format  apply ruff's formatting"
 
 $(VENV_STAMP): pyproject.toml functions/requirements.txt
@@ -26,7 +39,18 @@ $(NODE_STAMP): emulator/package.json emulator/package-lock.json
 	cd emulator && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-deps: $(VENV_STAMP) $(NODE_STAMP)
+$(CLIENT_STAMP): clients/js/package.json clients/js/package-lock.json
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The demo page (Firebase JS SDK + the client, bundled by esbuild) that `make up` serves at /demo.
+$(DEMO_BUILD): $(CLIENT_STAMP) clients/js/presence-client.js clients/js/presence-client.d.ts \
+		$(wildcard clients/js/demo/*)
+	node clients/js/demo/build.mjs
+
+demo: $(DEMO_BUILD)
+
+deps: $(VENV_STAMP) $(NODE_STAMP) $(DEMO_BUILD)
 
 up: deps
 	$(PY) -m emulator up
@@ -46,7 +70,31 @@ format: $(VENV_STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 test: deps lint
+	cd clients/js && node --test
 	$(PY) -m pytest
+
+functions-discover: $(VENV_STAMP) $(NODE_STAMP)
+	$(PY) scripts/functions_discover.py
+
+images:
+	scripts/containers.sh engine-start bases images
+
+engine-stop:
+	scripts/containers.sh engine-stop
+
+up-containers: images
+	$(PY) -m emulator up --containers
+
+# The emulators as containers (testcontainers) under the integration and end-to-end tests, then
+# the whole stack under docker-compose. The engine is stopped afterwards, whatever the outcome,
+# unless it was already running (a `make up-containers` in another terminal).
+test-containers: deps
+	@started=$$(date +%s); \
+	was_up=$$(docker info >/dev/null 2>&1 && echo 1); \
+	scripts/containers.sh engine-start bases images && \
+	EMULATORS=containers $(PY) -m pytest tests/containers tests/integration tests/e2e; \
+	status=$$?; [ -n "$$was_up" ] || scripts/containers.sh engine-stop; \
+	echo "test-containers: $$(( $$(date +%s) - started )) s"; exit $$status
 
 test-unit: $(VENV_STAMP)
 	$(PY) -m pytest tests/unit
@@ -55,4 +103,4 @@ bench: deps
 	$(PY) -m tests.bench
 
 clean:
-	rm -rf $(VENV) emulator/node_modules .run .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) emulator/node_modules functions/venv .run .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,5 @@
-"""``python -m emulator up``: run the local stack (see emulator/stack.py);
+"""``python -m emulator up``: run the local stack (see emulator/stack.py), ``--containers``: the
+same stack in containers (emulator/compose.py);
 ``python -m emulator token USER_ID``: an ID token for that user (see emulator/token.py)."""
 
 from __future__ import annotations
@@ -8,12 +9,14 @@ import sys
 from emulator import token
 from emulator.stack import up
 
-USAGE = "usage: python -m emulator up | python -m emulator token USER_ID"
+USAGE = "usage: python -m emulator up [--containers] | python -m emulator token USER_ID"
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["up"]:
+    if argv == ["up"]:
         return up()
+    if argv == ["up", "--containers"]:
+        return up(in_containers=True)
     if argv[:1] == ["token"]:
         return token.main(argv[1:])
     print(USAGE, file=sys.stderr)

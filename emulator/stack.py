@@ -17,10 +17,9 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from types import FrameType
 
-from emulator import procs
+from emulator import compose, procs
 from emulator.exceptions import EmulatorError, StartupError
 
 HOST = "127.0.0.1"
@@ -28,6 +27,8 @@ DEFAULT_PROJECT = "demo-presence"
 DEFAULT_TOPIC = "gateway-fanout"
 RUN_DIR = procs.ROOT / ".run"
 ENV_FILE = RUN_DIR / "stack.env"
+#: The demo page's build (`make demo`; `make up` builds it first).
+DEMO_DIR = procs.ROOT / "clients" / "js" / "dist" / "demo"
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -53,18 +54,24 @@ def stack_env(env: Mapping[str, str], ports: Mapping[str, int]) -> dict[str, str
     }
 
 
-def banner(env: Mapping[str, str], log_dir: Path, function_url: str) -> str:
+def banner(env: Mapping[str, str], logs: str, function_url: str, *, demo: bool = True) -> str:
     gw = f"{HOST}:{env['GATEWAY_PORT']}"
     exports = "\n".join(f"  export {k}={v}" for k, v in env.items())
+    demo_line = (
+        f"  demo page        http://{gw}/demo   (sign in, watch pings, stop answering them)\n"
+        if demo
+        else ""
+    )
     return f"""
 Local stack is up (project {env["GOOGLE_CLOUD_PROJECT"]}):
   gateway          http://{gw}   (WebSocket ws://{gw}/ws/connect/USER_ID)
   OpenAPI          http://{gw}/schema
+{demo_line}  JS client        http://{gw}/client.js
   Firestore        http://{env["FIRESTORE_EMULATOR_HOST"]}
   Auth emulator    http://{env["FIREBASE_AUTH_EMULATOR_HOST"]}
   Pub/Sub emulator {env["PUBSUB_EMULATOR_HOST"]}   (fan-out topic {env["PUBSUB_TOPIC"]})
   sweep function   {function_url}   (POSTed every {env["SWEEP_INTERVAL"]}s by the local scheduler)
-  logs             {log_dir}/
+  logs             {logs}
 Intervals: ping {env["PING_INTERVAL"]}s, pong timeout {env["PONG_TIMEOUT"]}s, \
 sweep {env["SWEEP_INTERVAL"]}s
 
@@ -80,11 +87,21 @@ Ctrl-C stops everything.
 """
 
 
-def up(environ: Mapping[str, str] | None = None) -> int:
+def up(environ: Mapping[str, str] | None = None, *, in_containers: bool = False) -> int:
     environ = os.environ if environ is None else environ
     ports = procs.firebase_ports()
     env = stack_env(environ, ports)
     gateway_port = int(env["GATEWAY_PORT"])
+    if in_containers:
+        ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
+        ENV_FILE.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+        text = banner(
+            env,
+            "docker-compose -p presence -f emulator/compose.yaml logs",
+            f"http://{HOST}:{ports['functions']}/",
+            demo=False,
+        )
+        return compose.up(env, {**ports, "gateway": gateway_port}, text)
     for name, port in (
         ("firestore", ports["firestore"]),
         ("auth", ports["auth"]),
@@ -118,7 +135,8 @@ def up(environ: Mapping[str, str] | None = None) -> int:
         firestore.wait_ready(90)
         auth.wait_ready(120)
         pubsub.wait_ready(60)
-        gateway = procs.gateway_process({**env, "GATEWAY_HOST": HOST}, HOST, gateway_port, log_dir)
+        gateway_env = {**env, "GATEWAY_HOST": HOST, "DEMO_DIR": str(DEMO_DIR)}
+        gateway = procs.gateway_process(gateway_env, HOST, gateway_port, log_dir)
         print(f"starting gateway ... (log: {gateway.log_path})", file=sys.stderr)
         gateway.start()
         children.append(gateway)
@@ -136,7 +154,7 @@ def up(environ: Mapping[str, str] | None = None) -> int:
         children.append(scheduler)
         ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
         ENV_FILE.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
-        print(banner(env, log_dir, function_url), flush=True)
+        print(banner(env, f"{log_dir}/", function_url), flush=True)
         parent = os.getppid()
         while True:
             if os.getppid() != parent:

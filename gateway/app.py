@@ -28,6 +28,7 @@ from litestar.status_codes import (
 )
 from prometheus_client import REGISTRY
 
+from gateway import static
 from gateway.auth import FirebaseVerifier
 from gateway.broker import PubSubBroker
 from gateway.callback_auth import OidcVerifier
@@ -240,6 +241,7 @@ def create_app(
             internal_timeout,
             healthz,
             GatewayMetrics,
+            *static.ROUTES,
         ],
         middleware=[prometheus.middleware],
         lifespan=[lifespan],
@@ -257,6 +259,11 @@ def create_app(
         ),
     )
     app.state.settings = settings
+    app.state.static = static.load(
+        settings.client_dir,
+        settings.demo_dir,
+        {"projectId": settings.project_id, "authEmulatorHost": settings.demo_auth_emulator_host},
+    )
     app.state.oidc = (
         OidcVerifier(
             settings.callback_oidc_audience,

@@ -67,6 +67,12 @@ class Settings:
     callback_oidc_audience: str = ""
     callback_oidc_service_accounts: tuple[str, ...] = ()
     callback_oidc_certs_url: str = "https://www.googleapis.com/oauth2/v1/certs"
+    #: Folder of the JavaScript client served at /client.js; empty: the repository's clients/js.
+    client_dir: str = ""
+    #: Built demo page served at /demo (make up builds and sets it); empty: no demo.
+    demo_dir: str = ""
+    #: The Auth emulator's host:port as the demo page's browser reaches it.
+    demo_auth_emulator_host: str = ""
 
     @property
     def timeout_text(self) -> str:
@@ -175,6 +181,11 @@ class Settings:
             max_messages_per_second=reader.limit("WS_MAX_MESSAGES_PER_SECOND", 20),
             max_sockets_per_user=int(reader.limit("WS_MAX_SOCKETS_PER_USER", 10)),
             max_connects_per_minute=int(reader.limit("WS_MAX_CONNECTS_PER_MINUTE", 300)),
+            client_dir=reader.get("CLIENT_DIR", str, ""),
+            demo_dir=reader.get("DEMO_DIR", str, ""),
+            demo_auth_emulator_host=reader.get(
+                "DEMO_AUTH_EMULATOR_HOST", str, env.get("FIREBASE_AUTH_EMULATOR_HOST", "")
+            ),
         )
         if not 0 <= settings.token_grace < float("inf"):
             raise ConfigError("TOKEN_GRACE", "must be a number of seconds, 0 or more")
@@ -188,6 +199,9 @@ class Settings:
             raise ConfigError("PONG_BATCH_SIZE", "Firestore commits hold at most 500 writes")
         if settings.log_format not in ("json", "text"):
             raise ConfigError("LOG_FORMAT", "must be json or text")
+        if settings.demo_dir and not emulated:
+            # The demo signs users in at the Auth emulator: it has no place in production.
+            raise ConfigError("DEMO_DIR", "the demo page is only served against the emulators")
         if settings.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
         return settings

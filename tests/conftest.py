@@ -1,10 +1,16 @@
-"""Session fixtures: the Firestore emulator (container or local process) and its clients."""
+"""Session fixtures: the emulators (local processes or containers) and their clients.
+
+``EMULATORS=processes`` (the default) starts gcloud's Firestore and Pub/Sub emulators and the
+pinned firebase-tools' Auth emulator as local processes; ``EMULATORS=containers`` starts the
+same emulators from this project's images through testcontainers (``make test-containers``
+builds them and starts a Docker engine). A run that asks for containers and cannot have them
+fails, saying why: it never falls back to processes. pytest's summary says how each emulator
+was started.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -12,70 +18,46 @@ from typing import Any
 import pytest
 
 from emulator import procs
+from tests import emulator_containers as containers
 from tests.support import LOG_DIR, UNIT
 
-FIRESTORE_IMAGE = os.environ.get("FIRESTORE_EMULATOR_IMAGE", "presence/firestore-emulator:local")
+MODES = ("processes", "containers")
 _how_started: list[str] = []
 
 
-def _docker_image_available(image: str) -> bool:
-    """A reachable Docker engine that already has the emulator image (no registry here)."""
-    if not shutil.which("docker"):
-        return False
-    try:
-        result = subprocess.run(
-            ["docker", "image", "inspect", image], capture_output=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return result.returncode == 0
+def emulator_mode() -> str:
+    mode = os.environ.get("EMULATORS", "processes").strip() or "processes"
+    if mode not in MODES:
+        raise pytest.UsageError(f"EMULATORS={mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+def pytest_report_header() -> str:
+    return f"emulators: {emulator_mode()} (EMULATORS)"
 
 
 @pytest.fixture(scope="session")
 def firestore_host() -> Iterator[str]:
-    """host:port of a Firestore emulator for the whole session.
-
-    Through testcontainers when a Docker engine is reachable and has the emulator image
-    (``make emulator-image`` builds it), otherwise as a local process; the choice is printed
-    in pytest's summary.
-    """
+    """host:port of a Firestore emulator for the whole session."""
     if os.environ.get("FIRESTORE_EMULATOR_HOST_FOR_TESTS"):
-        _how_started.append("an already running emulator (FIRESTORE_EMULATOR_HOST_FOR_TESTS)")
+        _how_started.append("Firestore: already running (FIRESTORE_EMULATOR_HOST_FOR_TESTS)")
         yield os.environ["FIRESTORE_EMULATOR_HOST_FOR_TESTS"]
         return
-    if _docker_image_available(FIRESTORE_IMAGE):
-        yield from _firestore_container()
+    if emulator_mode() == "containers":
+        with containers.firestore() as (host, how):
+            _how_started.append(f"Firestore: {how}")
+            yield host
         return
     port = procs.free_port()
     process = procs.firestore_process("127.0.0.1", port, LOG_DIR)
     process.log_path = LOG_DIR / f"firestore-{port}.log"
-    _how_started.append(
-        f"a local process ({process.argv[0]}) on 127.0.0.1:{port}: no Docker engine with "
-        f"image {FIRESTORE_IMAGE} is reachable"
-    )
+    _how_started.append(f"Firestore: a local process ({process.argv[0]}) on 127.0.0.1:{port}")
     process.start()
     try:
         process.wait_ready(60 * UNIT)
         yield f"127.0.0.1:{port}"
     finally:
         process.stop()
-
-
-def _firestore_container() -> Iterator[str]:
-    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-    from testcontainers.core.container import DockerContainer
-    from testcontainers.core.waiting_utils import wait_for_logs
-
-    container = (
-        DockerContainer(FIRESTORE_IMAGE)
-        .with_command("/opt/firestore/cloud_firestore_emulator start --host=0.0.0.0 --port=8080")
-        .with_exposed_ports(8080)
-    )
-    with container:
-        wait_for_logs(container, "Dev App Server is now running", timeout=60 * UNIT)
-        host = f"{container.get_container_host_ip()}:{container.get_exposed_port(8080)}"
-        _how_started.append(f"a testcontainers container from {FIRESTORE_IMAGE} at {host}")
-        yield host
 
 
 @pytest.fixture(scope="session")
@@ -95,16 +77,24 @@ def firestore_client(firestore_host: str, project_id: str) -> Iterator[Any]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(f"emulators: {emulator_mode()} (EMULATORS)")
     for line in _how_started:
-        terminalreporter.write_line(f"Firestore emulator: {line}")
+        terminalreporter.write_line(f"  {line}")
 
 
 @pytest.fixture(scope="session")
 def auth_host(project_id: str) -> Iterator[str]:
     """host:port of a Firebase Auth emulator (pinned firebase-tools) for the session."""
+    if emulator_mode() == "containers":
+        with containers.auth(project_id) as (host, how):
+            _how_started.append(f"Auth: {how}")
+            os.environ["FIREBASE_AUTH_EMULATOR_HOST"] = host
+            yield host
+        return
     port = procs.free_port()
     process = procs.auth_process("127.0.0.1", port, project_id, LOG_DIR)
     process.log_path = LOG_DIR / f"auth-{port}.log"
+    _how_started.append(f"Auth: a local process (firebase-tools) on 127.0.0.1:{port}")
     process.start()
     try:
         process.wait_ready(120 * UNIT)
@@ -115,15 +105,21 @@ def auth_host(project_id: str) -> Iterator[str]:
 
 
 class PubSubEmulator:
-    """gcloud's Pub/Sub emulator as a local process, which tests may stop and start again on
-    the same port (it then starts empty, as after a real restart)."""
+    """gcloud's Pub/Sub emulator, which tests may stop and start again on the same port (it
+    then starts empty, as after a real restart): a local process, or a container whose host
+    port stays the same across restarts."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
         self.port = procs.free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.process: procs.Process | None = None
+        self.container: Any = None
 
     def start(self) -> None:
+        if self.mode == "containers":
+            self.container = containers.pubsub(self.port)
+            return
         process = procs.pubsub_process("127.0.0.1", self.port, LOG_DIR)
         process.log_path = LOG_DIR / f"pubsub-{self.port}.log"
         process.start()
@@ -131,6 +127,9 @@ class PubSubEmulator:
         self.process = process
 
     def stop(self) -> None:
+        if self.container is not None:
+            self.container.stop()
+            self.container = None
         if self.process is not None:
             self.process.stop()
             self.process = None
@@ -140,8 +139,14 @@ class PubSubEmulator:
 def pubsub() -> Iterator[PubSubEmulator]:
     """The Pub/Sub emulator for the session; ``PUBSUB_EMULATOR_HOST`` is set for this process
     (the gateways under test get it in their environment)."""
-    emulator = PubSubEmulator()
+    emulator = PubSubEmulator(emulator_mode())
     emulator.start()
+    how = (
+        f"a container from {containers.PUBSUB_IMAGE} (testcontainers' PubSubContainer)"
+        if emulator.mode == "containers"
+        else "a local process (gcloud's pubsub-emulator)"
+    )
+    _how_started.append(f"Pub/Sub: {how} on {emulator.host}")
     os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
     try:
         yield emulator

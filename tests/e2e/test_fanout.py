@@ -360,7 +360,8 @@ async def test_a_killed_instance_leaves_its_subscription_and_its_users_are_signe
                 return False
 
         await eventually(subscribed)
-        drained.stop()
+        # Stopping waits for the drain: off the event loop, so that the clients keep answering.
+        await asyncio.to_thread(drained.stop)
         with pytest.raises(exceptions.NotFound):
             subscriptions.get_subscription(subscription=drained_path)
         assert victim.process.popen is not None
@@ -405,7 +406,9 @@ async def test_with_pubsub_down_local_sockets_are_served_and_no_sign_out_is_lost
     user, silent = uid("outage"), uid("outage-silent")
     (socket,) = await open_sockets(service, clients, user, 1)
     quiet = await open_spread(service, clients, silent, 2, silent=True)
-    pubsub.stop()
+    # Off the event loop: stopping (and starting) an emulator takes seconds, and the clients
+    # must keep answering pings meanwhile or the sweep would sign them out.
+    await asyncio.to_thread(pubsub.stop)
     try:
         pings = socket.pings
         outcomes: set[int] = set()
@@ -427,7 +430,7 @@ async def test_with_pubsub_down_local_sockets_are_served_and_no_sign_out_is_lost
         assert socket.pings > pings and socket.close_code is None
         await asyncio.sleep(max(0.0, 10 - 3) * UNIT)
     finally:
-        pubsub.start()
+        await asyncio.to_thread(pubsub.start)
 
     async def delivered_from_everywhere() -> bool:
         answers = [

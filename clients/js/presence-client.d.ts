@@ -1,0 +1,234 @@
+// Type declarations for presence-client.js (@presence/client).
+
+export declare const VERSION: string;
+
+export declare const CloseCode: Readonly<{
+  NORMAL: 1000;
+  GOING_AWAY: 1001;
+  NO_STATUS: 1005;
+  ABNORMAL: 1006;
+  MESSAGE_TOO_BIG: 1009;
+  INTERNAL_ERROR: 1011;
+  SERVICE_RESTART: 1012;
+  INVALID_USER_ID: 4400;
+  UNAUTHENTICATED: 4401;
+  WRONG_USER: 4403;
+  SESSION_EXPIRED: 4408;
+  RATE_LIMITED: 4429;
+}>;
+
+export type PresenceState =
+  | "idle"
+  | "connecting"
+  | "connected"
+  | "reconnecting"
+  | "signed_out"
+  | "auth_error"
+  | "closed";
+
+export declare const State: Readonly<{
+  IDLE: "idle";
+  CONNECTING: "connecting";
+  CONNECTED: "connected";
+  RECONNECTING: "reconnecting";
+  SIGNED_OUT: "signed_out";
+  AUTH_ERROR: "auth_error";
+  CLOSED: "closed";
+}>;
+
+export declare const SIGNED_OUT_REASON: "signed out for inactivity";
+
+export interface BackoffOptions {
+  /** First reconnect delay cap, ms (default 500). */
+  min?: number;
+  /** Largest delay cap, ms (default 20000). */
+  max?: number;
+  /** Floor added after a 4429 close, ms (default 5000). */
+  rateLimited?: number;
+  /** Reconnect within random() * this after a 1012 (drain/restart), ms (default 2000). */
+  restartJitter?: number;
+  /** A connection up this long (or that got a ping) resets the backoff, ms (default 10000). */
+  resetAfter?: number;
+}
+
+export interface RateLimitOptions {
+  /** Sustained frames per second for messages (default 10; the gateway closes at 20 with 4429). */
+  perSecond?: number;
+  /** Burst size (default 20; the gateway allows 40). */
+  burst?: number;
+}
+
+/** The part of the WebSocket interface the client uses (browsers, `ws`, Node 22's global). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface PresenceClientOptions {
+  /** The gateway's base URL: `ws://host:8000`, `wss://…` (`http(s)://` is turned into `ws(s)://`). */
+  url: string;
+  /** The user id in the socket path; with Firebase Auth, `auth.currentUser.uid`. */
+  userId: string;
+  /**
+   * A Firebase ID token for this user, asked on every connect and before the token expires.
+   * `forceRefresh` is true after a 4401 and when the cached token would not outlive the old one.
+   * Omit (or return null) for a gateway with `AUTH_MODE=off`.
+   */
+  getToken?: (options: { forceRefresh: boolean }) => string | null | Promise<string | null>;
+  /** Defaults to `globalThis.WebSocket` (browsers, Node 22); on Node 20 pass `ws`'s WebSocket. */
+  WebSocket?: WebSocketConstructor;
+  /** Messages kept while offline (default 100); the oldest is dropped beyond. */
+  bufferSize?: number;
+  backoff?: BackoffOptions;
+  /** Client-side pacing of `send()` frames; null turns it off. */
+  rateLimit?: RateLimitOptions | null;
+  /** Reconnect after a drop (default true). */
+  reconnect?: boolean;
+  /** Answer the gateway's pings (default true); a testing aid, see `answerPings`. */
+  answerPings?: boolean;
+  /** Refresh the token this long before it expires, ms (default 300000; halfway when shorter). */
+  tokenRefreshLead?: number;
+  /** Retry a failed token refresh after this long, ms (default 30000). */
+  tokenRetryDelay?: number;
+  /** `send()` rejects frames larger than this many UTF-8 bytes (default 65536, the gateway's). */
+  maxMessageBytes?: number;
+  /** Give up on a handshake that takes longer, ms (default 15000; 0: never). */
+  connectTimeout?: number;
+  /** Where a listener's exception goes (default: reportError, else rethrown in a microtask). */
+  reportError?: (error: unknown) => void;
+  /** Injected for tests. */
+  random?: () => number;
+  setTimeout?: (fn: () => void, ms: number) => unknown;
+  clearTimeout?: (id: unknown) => void;
+  now?: () => number;
+}
+
+/** Any frame the gateway sends; `type` says which. */
+export interface ServerFrame {
+  type: string;
+  [key: string]: unknown;
+}
+
+export interface PingFrame extends ServerFrame {
+  type: "ping";
+  timestamp?: string;
+  message?: string;
+}
+
+export interface DisconnectedEvent {
+  code: number;
+  reason: string;
+  willReconnect: boolean;
+  /** ms until the next attempt, when `willReconnect`. */
+  delay?: number;
+}
+
+export interface SignedOutEvent {
+  reason: "signed out for inactivity";
+  /** The gateway's timeout text, or null when only the 4408 close arrived. */
+  message: string | null;
+  code: 4408;
+  closeReason?: string;
+}
+
+export interface ClientErrorEvent {
+  source: "server" | "getToken" | "socket" | "protocol";
+  code: string;
+  message: string;
+  error?: unknown;
+  frame?: ServerFrame;
+}
+
+export interface PresenceEvents {
+  state: { state: PresenceState; previous: PresenceState };
+  connecting: { attempt: number; forceRefresh: boolean };
+  connected: { attempt: number };
+  disconnected: DisconnectedEvent;
+  signedOut: SignedOutEvent;
+  authError: { code: number; reason: string };
+  message: ServerFrame;
+  ping: PingFrame;
+  pong: { time: number; ping: PingFrame };
+  overflow: { id: number; data: unknown };
+  tokenRefreshed: { expiresAt: string };
+  error: ClientErrorEvent;
+}
+
+export interface Ack {
+  id: number;
+  timestamp: string;
+}
+
+export type SendErrorCode =
+  | "overflow"
+  | "disconnected"
+  | "closed"
+  | "signed_out"
+  | "auth_error"
+  | "invalid_data"
+  | "message_too_large";
+
+export declare class PresenceSendError extends Error {
+  readonly name: "PresenceSendError";
+  readonly code: SendErrorCode;
+  readonly id: number | null;
+  readonly data: unknown;
+  /** The connection died after the frame left and before its ack: it may have been handled. */
+  readonly maybeDelivered: boolean;
+  constructor(
+    code: SendErrorCode,
+    message: string,
+    details?: { id?: number | null; data?: unknown; maybeDelivered?: boolean },
+  );
+}
+
+export declare class PresenceClient {
+  constructor(options: PresenceClientOptions);
+  readonly state: PresenceState;
+  readonly userId: string;
+  /** Messages waiting to be sent. */
+  readonly buffered: number;
+  /** Messages sent on the current socket and not yet acknowledged. */
+  readonly unacked: number;
+  /** Testing aid: set to false to stop answering pings and watch the inactivity sign-out. */
+  answerPings: boolean;
+  /** Open the connection; a no-op while connecting, connected or waiting to reconnect. */
+  connect(): void;
+  /** Close for good (state `closed`); pending sends reject with code `closed`. */
+  close(code?: number, reason?: string): void;
+  /** Resolves with the gateway's ack; rejects with a PresenceSendError. Never throws. */
+  send(data: unknown): Promise<Ack>;
+  /** Send the token `getToken` returns now if it changed (call from `onIdTokenChanged`). */
+  refreshToken(): Promise<void>;
+  on<E extends keyof PresenceEvents>(event: E, fn: (payload: PresenceEvents[E]) => void): () => void;
+  onMessage(type: "ping", fn: (frame: PingFrame) => void): () => void;
+  onMessage(type: string, fn: (frame: ServerFrame) => void): () => void;
+}
+
+export declare function backoffDelay(
+  attempt: number,
+  bounds?: { min?: number; max?: number },
+  random?: () => number,
+): number;
+export declare function tokenExpiry(token: unknown): number | null;
+export declare function refreshDelay(expiresAt: number, now: number, lead?: number): number;
+export declare function socketUrl(base: string, userId: string, token?: string | null): string;
+
+export declare const DEFAULTS: Readonly<{
+  bufferSize: number;
+  backoff: Readonly<Required<BackoffOptions>>;
+  tokenRefreshLead: number;
+  tokenRetryDelay: number;
+  rateLimit: Readonly<Required<RateLimitOptions>>;
+  maxMessageBytes: number;
+  connectTimeout: number;
+}>;
+
+export default PresenceClient;
