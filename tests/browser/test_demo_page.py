@@ -1,0 +1,220 @@
+"""The demo page in a real browser (Debian's Chromium, driven by Playwright) against the real
+stack: the Firebase JS SDK signs in at the Auth emulator, the JavaScript client connects to a
+gateway process, and the sweep function runs with short intervals.
+
+Each test opens its own browser context (its own Firebase user) and saves a screenshot under
+``.run/tests/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from emulator import procs
+from emulator.stack import DEMO_DIR
+from tests.support import (
+    LOG_DIR,
+    UNIT,
+    GatewayProc,
+    SweepStack,
+    TokenMinter,
+    start_gateway,
+    start_short_sweep,
+)
+
+pytestmark = pytest.mark.browser
+
+SHORT = {"PING_INTERVAL": "0.5", "PONG_TIMEOUT": "4", "SWEEP_INTERVAL": "1"}
+SCREENSHOTS = LOG_DIR / "screenshots"
+#: Chromium's flags for a machine with no network and no display (see the README).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+WAIT_MS = 30_000 * UNIT
+
+
+@dataclass
+class Stack:
+    """The gateway (replaced when a test restarts it, on the same port) and its settings."""
+
+    gateway: GatewayProc
+    start: Any
+
+    def restart(self, *, kill: bool) -> None:
+        process = self.gateway.process
+        assert process.popen is not None
+        if kill:
+            os.killpg(process.popen.pid, signal.SIGKILL)
+            process.popen.wait()
+        else:
+            process.stop()  # SIGTERM: the gateway drains, closing every socket with 1012
+        self.gateway = self.start()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    firestore_host: str, project_id: str, minter: TokenMinter, callback_token: str
+) -> Iterator[Stack]:
+    assert (DEMO_DIR / "index.html").exists(), "build the demo first: make demo"
+    port = str(procs.free_port())
+
+    def start() -> GatewayProc:
+        return start_gateway(
+            firestore_host,
+            project_id,
+            minter,
+            GATEWAY_PORT=port,
+            DEMO_DIR=str(DEMO_DIR),
+            GATEWAY_CALLBACK_TOKEN=callback_token,
+            **SHORT,
+        )
+
+    running = Stack(start(), start)
+    yield running
+    running.gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def sweeper(
+    firestore_host: str, auth_host: str, project_id: str, callback_token: str
+) -> Iterator[SweepStack]:
+    sweep = start_short_sweep(firestore_host, auth_host, project_id, callback_token, SHORT)
+    yield sweep
+    sweep.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is missing: scripts/bootstrap.sh installs it"
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    context = await browser.new_context(viewport={"width": 1100, "height": 900})
+    opened = await context.new_page()
+    yield opened
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await opened.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
+    await context.close()
+
+
+async def sign_in(page: Any, stack: Stack) -> str:
+    """Open the demo, sign a new user in through the Firebase JS SDK; wait until connected.
+    Returns the user's uid."""
+    await page.goto(f"{stack.gateway.http}/demo")
+    await page.fill("#email", f"user-{secrets.token_hex(4)}@example.com")
+    await page.fill("#password", "correct horse battery")
+    await page.click("#sign-in")
+    await expect_state(page, "connected")
+    uid: str = await page.evaluate("window.presenceDemo.auth.currentUser.uid")
+    return uid
+
+
+async def expect_state(page: Any, state: str) -> None:
+    from playwright.async_api import expect
+
+    await expect(page.locator("#state")).to_have_attribute("data-state", state, timeout=WAIT_MS)
+
+
+async def post(stack: Stack, path: str, body: dict[str, Any]) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=stack.gateway.http, headers=stack.gateway.auth) as http:
+        return await http.post(path, json=body)
+
+
+async def test_the_page_signs_in_connects_and_answers_pings(page: Any, stack: Stack) -> None:
+    """Signing in with the Firebase JS SDK opens the socket; pings arrive and are answered."""
+    from playwright.async_api import expect
+
+    await sign_in(page, stack)
+    await expect(page.locator("#pongs")).not_to_have_text("0", timeout=WAIT_MS)
+    assert int(await page.locator("#pings").inner_text()) >= 1
+
+
+async def test_the_page_receives_a_send_and_a_broadcast(page: Any, stack: Stack) -> None:
+    """A REST send to the user and a broadcast both show up as messages on the page."""
+    from playwright.async_api import expect
+
+    uid = await sign_in(page, stack)
+    sent = await post(stack, f"/ws/send/{uid}", {"type": "notification", "data": {"n": 1}})
+    assert sent.status_code == 200, sent.text
+    cast = await post(stack, "/ws/broadcast", {"type": "announcement", "data": {"n": 2}})
+    assert cast.status_code == 200, cast.text
+    messages = page.locator('[data-testid="message"]')
+    await expect(messages.and_(page.locator('[data-type="notification"]'))).to_have_count(
+        1, timeout=WAIT_MS
+    )
+    await expect(messages.and_(page.locator('[data-type="announcement"]'))).to_have_count(
+        1, timeout=WAIT_MS
+    )
+
+
+async def test_the_page_reconnects_after_a_drain_and_after_a_crash(page: Any, stack: Stack) -> None:
+    """SIGTERM (the gateway closes with 1012) and SIGKILL (the socket drops): each time the
+    client goes back to reconnecting and is connected again once a gateway is back."""
+    await sign_in(page, stack)
+    for kill in (False, True):
+        await asyncio.to_thread(stack.restart, kill=kill)
+        await expect_state(page, "connected")
+
+
+async def test_a_page_that_stops_answering_is_signed_out_and_stays_out(
+    page: Any, stack: Stack, sweeper: SweepStack
+) -> None:
+    """With "Answer pings" off the sweep signs the user out: the page shows the timeout and
+    never reconnects."""
+    from playwright.async_api import expect
+
+    await sign_in(page, stack)
+    # The checkbox is drawn as a switch whose track sits over it: click it as a user would.
+    await page.locator("#answer-pings").uncheck(force=True)
+    await expect(page.locator("#signed-out")).to_be_visible(timeout=WAIT_MS)
+    await expect_state(page, "signed_out")
+    assert "inactivity (4 seconds)" in await page.locator("#signed-out-message").inner_text()
+    await asyncio.sleep(3 * UNIT)
+    await expect_state(page, "signed_out")
+
+
+async def test_a_revoked_session_ends_in_the_auth_error_state(
+    page: Any, stack: Stack, firestore_client: Any, firebase_app: Any
+) -> None:
+    """A user signed out elsewhere (tokens revoked, member marked signed out) whose socket
+    drops: the reconnect is refused, a refreshed token too, and the page shows the auth
+    error instead of retrying."""
+    from firebase_admin import auth
+    from playwright.async_api import expect
+
+    uid = await sign_in(page, stack)
+    await asyncio.to_thread(auth.revoke_refresh_tokens, uid, app=firebase_app)
+    now = datetime.now(UTC)
+    firestore_client.collection("members").document(uid).set(
+        {"is_signed_in": False, "last_sign_out_at": now, "updated_at": now}, merge=True
+    )
+    await asyncio.to_thread(stack.restart, kill=False)
+    await expect(page.locator("#auth-error")).to_be_visible(timeout=WAIT_MS)
+    await expect_state(page, "auth_error")
