@@ -218,3 +218,40 @@ async def test_a_revoked_session_ends_in_the_auth_error_state(
     await asyncio.to_thread(stack.restart, kill=False)
     await expect(page.locator("#auth-error")).to_be_visible(timeout=WAIT_MS)
     await expect_state(page, "auth_error")
+
+
+async def test_a_hidden_page_keeps_answering_pings(
+    page: Any, stack: Stack, sweeper: SweepStack
+) -> None:
+    """A background tab: hidden, its timers throttled to one wake-up a minute (Chrome's
+    intensive throttling). The client answers a ping from the socket's message event, with no
+    timer, so pongs go on and the sweep leaves the user signed in.
+
+    Headless Chromium (and a headed one under Xvfb without a window manager) never reports a
+    page as hidden, so the page is made hidden here: ``visibilityState`` reads "hidden", a
+    ``visibilitychange`` is dispatched, and ``setTimeout``/``setInterval`` are throttled."""
+    uid = await sign_in(page, stack)
+    await page.evaluate(HIDE_AND_THROTTLE)
+    assert await page.evaluate("document.visibilityState") == "hidden"
+    before = int(await page.locator("#pongs").inner_text())
+    await asyncio.sleep(2 * float(SHORT["PONG_TIMEOUT"]) * UNIT)
+    assert int(await page.locator("#pongs").inner_text()) > before
+    await expect_state(page, "connected")
+    status = await get_status(stack, uid)
+    assert status["is_connected"] is True
+
+
+HIDE_AND_THROTTLE = """() => {
+  Object.defineProperty(document, "visibilityState", { get: () => "hidden" });
+  Object.defineProperty(document, "hidden", { get: () => true });
+  document.dispatchEvent(new Event("visibilitychange"));
+  const later = (original) => (fn, ms, ...args) => original(fn, Math.max(ms || 0, 60000), ...args);
+  window.setTimeout = later(window.setTimeout.bind(window));
+  window.setInterval = later(window.setInterval.bind(window));
+}"""
+
+
+async def get_status(stack: Stack, uid: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=stack.gateway.http, headers=stack.gateway.auth) as http:
+        body: dict[str, Any] = (await http.get(f"/ws/status/{uid}")).json()
+    return body
