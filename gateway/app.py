@@ -28,7 +28,7 @@ from litestar.status_codes import (
 )
 from prometheus_client import REGISTRY
 
-from gateway import static
+from gateway import signout, static
 from gateway.auth import FirebaseVerifier
 from gateway.broker import PubSubBroker
 from gateway.callback_auth import OidcVerifier
@@ -41,6 +41,7 @@ from gateway.messages import (
     ErrorResponse,
     HealthResponse,
     SendResponse,
+    SignOutResponse,
     StatsResponse,
     StatusResponse,
     TimeoutCallback,
@@ -163,6 +164,15 @@ async def internal_timeout(
     return TimeoutCallbackResponse("success", closed, not_found)
 
 
+@post("/ws/signout/{user_id:str}", guards=[require_admin], status_code=200)
+async def ws_signout(request: Request[Any, Any, Any], user_id: str) -> SignOutResponse:
+    """Sign the user out now, everywhere: revoke their Firebase tokens, record the sign-out in
+    Firestore, and close every socket of theirs on every instance with the ``signed_out``
+    message and 4410. Idempotent; 503 when Firebase Auth or Firestore cannot be reached."""
+    service = _service(request)
+    return await signout.sign_out(_deployment(request), service.store, service.verifier, user_id)
+
+
 @get("/healthz", sync_to_thread=False)
 def healthz(request: Request[Any, Any, Any]) -> HealthResponse:
     """Liveness: answers while the process serves requests (no Firestore round trip)."""
@@ -239,6 +249,7 @@ def create_app(
             ws_send,
             ws_broadcast,
             internal_timeout,
+            ws_signout,
             healthz,
             GatewayMetrics,
             *static.ROUTES,

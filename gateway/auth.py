@@ -50,6 +50,9 @@ class TokenVerifier(Protocol):
     async def verify(self, token: str) -> Identity:
         """Verify an ID token; raise AuthError(4401) when it is not acceptable."""
 
+    async def revoke(self, uid: str) -> bool:
+        """Revoke the user's refresh tokens; False when Firebase Auth has no such user."""
+
 
 def token_from(query_string: bytes, headers: Mapping[bytes, bytes]) -> str | None:
     """The token of a handshake: ``?token=`` first, else ``Authorization: Bearer``."""
@@ -103,6 +106,17 @@ class FirebaseVerifier:
         if identity.expires_at + CLOCK_SKEW < time.time():
             raise AuthError(CLOSE_UNAUTHENTICATED, "token expired")
         return identity
+
+    async def revoke(self, uid: str) -> bool:
+        """Revoke the user's refresh tokens in Firebase Auth; False when there is no such
+        user. Other failures raise (the caller answers 503: nothing was signed out)."""
+        from firebase_admin import auth
+
+        try:
+            await asyncio.to_thread(auth.revoke_refresh_tokens, uid, app=self._app)
+        except auth.UserNotFoundError:
+            return False
+        return True
 
     def _verify(self, token: str) -> dict[str, Any]:
         from firebase_admin import auth

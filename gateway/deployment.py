@@ -43,7 +43,7 @@ class Event(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     """One fan-out message (JSON in the Pub/Sub message's data). Requests carry the work;
     a ``reply`` carries one instance's receipt back to the request's origin."""
 
-    kind: Literal["send", "broadcast", "timeout", "stats", "reply"]
+    kind: Literal["send", "broadcast", "timeout", "stats", "signout", "reply"]
     id: str
     origin: str
     user_id: str = ""
@@ -145,7 +145,7 @@ class Deployment:
             self.received[(kind, "dropped")] += 1
             return
         if (
-            kind == "send"
+            kind in ("send", "signout")
             and not self.service.registry.count_of(attributes.get("user_id", ""))
             and self.me not in attributes.get("expect", "").split(",")
         ):
@@ -194,6 +194,8 @@ class Deployment:
             reply.closed, _ = await service.expire_sessions(event.sessions)
         elif event.kind == "stats":
             reply.stats = instance_stats(service)
+        elif event.kind == "signout":
+            reply.closed = await service.sign_out_local(event.user_id)
         try:
             await self._publish(reply, to=event.origin)
         except BrokerUnavailable as exc:
@@ -240,7 +242,7 @@ class Deployment:
         return pending.replies, missing
 
     def _event(
-        self, kind: Literal["send", "broadcast", "timeout", "stats"], **fields: Any
+        self, kind: Literal["send", "broadcast", "timeout", "stats", "signout"], **fields: Any
     ) -> Event:
         return Event(kind, uuid.uuid4().hex, self.me, **fields)
 
@@ -348,3 +350,27 @@ class Deployment:
         if local:
             counts[self.me] = local
         return counts
+
+    async def close_user(self, user_id: str) -> Delivery:
+        """Send the user's sockets on every instance the signed_out message and close them
+        with 4410 (``POST /ws/signout/{user_id}``). Sockets on an instance that Firestore does
+        not list yet (the record trails a connect by one flush) are asked for too when it
+        cannot answer: then every live instance is."""
+        closed = await self.service.sign_out_local(user_id)
+        here = [self.me] if closed else []
+        if self.broker is None:
+            return Delivery(closed, 1 if closed else 0, here, [], "instance")
+        try:
+            expect: set[str] | None = set(await self.directory.user_instances(user_id))
+        except Exception as exc:
+            logger.warning("sign-out: Firestore unavailable, asking every instance: %r", exc)
+            expect = await self.directory.live_instances()
+        event = self._event("signout", user_id=user_id, expect=sorted(expect or ()))
+        try:
+            replies, missing = await self._ask(event, expect)
+        except BrokerUnavailable as exc:
+            logger.warning("sign-out reached this instance only: %s", exc)
+            return Delivery(closed, 1 if closed else 0, here, sorted(expect or ()), "instance")
+        closed += sum(r.closed for r in replies.values())
+        reached = here + sorted(i for i, r in replies.items() if r.closed)
+        return Delivery(closed, 1 if closed else 0, reached, missing, "deployment")

@@ -37,6 +37,16 @@ class Timeout(msgspec.Struct):
     timestamp: str
 
 
+class SignedOut(msgspec.Struct):
+    """Sent before closing with 4410 when the service signs the user out
+    (``POST /ws/signout/{user_id}``)."""
+
+    type: Literal["signed_out"]
+    reason: str
+    message: str
+    timestamp: str
+
+
 class Ack(msgspec.Struct, omit_defaults=True):
     """Acknowledges a client ``message``; echoes the client's ``id`` when it sent one."""
 
@@ -168,6 +178,21 @@ class TimeoutCallback(msgspec.Struct, forbid_unknown_fields=False):
     sessions: list[CallbackSession]
     reason: str = "inactivity"
     signed_out_at: str | None = None
+
+
+class SignOutResponse(msgspec.Struct):
+    status: Literal["success"]
+    message: str
+    user_id: str
+    #: Firebase refresh tokens revoked (False: no such user in Firebase Auth, or AUTH_MODE=off).
+    revoked: bool
+    #: Session records marked signed out in Firestore.
+    sessions_signed_out: int
+    #: Sockets sent the signed_out message and closed with 4410, on every instance.
+    connections_closed: int
+    scope: Literal["deployment", "instance"]
+    instances: list[str]
+    unreachable_instances: list[str]
 
 
 class TimeoutCallbackResponse(msgspec.Struct):

@@ -21,7 +21,7 @@ from gateway import messages
 from gateway.auth import CLOSE_UNAUTHENTICATED, Identity, TokenVerifier, authorize
 from gateway.exceptions import AuthError
 from gateway.limits import CLOSE_RATE_LIMITED, ConnectLimiter
-from gateway.messages import ErrorMessage, Timeout, iso, utc_now
+from gateway.messages import ErrorMessage, SignedOut, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry
 from gateway.settings import Settings
 from gateway.store import (
@@ -42,6 +42,9 @@ MessageHandler = Callable[[str, str, Any], Awaitable[None]]
 
 SEND_CHUNK = 256
 CLOSE_SESSION_EXPIRED = 4408
+#: Signed out by the service (POST /ws/signout/{user_id}): the client must not reconnect.
+CLOSE_SIGNED_OUT = 4410
+SIGNED_OUT_REASON = "signed out by the service"
 #: How far back the reconciler looks for sign-outs it may have missed a callback for. A large
 #: sweep commits sign-outs minutes after its own start time, which is what signed_out_at holds.
 RECONCILE_WINDOW = 600.0
@@ -307,6 +310,23 @@ class PresenceService:
         await self._last_word(targets, text, CLOSE_SESSION_EXPIRED, "session expired")
         self.timeouts_sent += len(targets)
         return len(targets), not_found
+
+    async def sign_out_local(self, user_id: str) -> int:
+        """Send the user's sockets here the signed_out message and close them with 4410;
+        return how many. A second call finds none."""
+        targets = [c for c in self.registry.sockets_of(user_id) if not c.closed]
+        if not targets:
+            return 0
+        text = messages.encode(
+            SignedOut(
+                "signed_out",
+                SIGNED_OUT_REASON,
+                "You have been signed out. Please sign in again.",
+                iso(utc_now()),
+            )
+        )
+        await self._last_word(targets, text, CLOSE_SIGNED_OUT, SIGNED_OUT_REASON)
+        return len(targets)
 
     async def reconcile_once(self) -> int:
         """Close sockets whose sessions a sweep signed out, for when its callback was lost."""

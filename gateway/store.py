@@ -139,6 +139,17 @@ def disconnect_writes(
     ]
 
 
+def sign_out_writes(user_id: str, session_ids: Sequence[str], now: datetime) -> list[Write]:
+    """What a sign-out on demand records: the same fields the sweep writes, so the gateway
+    refuses older tokens (``last_sign_out_at``) and the sessions read as signed out."""
+    return [
+        Write(
+            MEMBERS, user_id, {"is_signed_in": False, "last_sign_out_at": now, "updated_at": now}
+        ),
+        *(Write(SESSIONS, s, {"is_active": False, "signed_out_at": now}) for s in session_ids),
+    ]
+
+
 def instance_write(instance_id: str, internal_url: str, now: datetime) -> Write:
     return Write(
         INSTANCES,

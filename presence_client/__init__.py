@@ -67,6 +67,7 @@ Close codes (:func:`~presence_client.core.decide_close`, the JavaScript client's
                         that worked earns a new forced retry.
 4403                    stop: ``auth_error``
 4408 or ``timeout``     stop: ``signed_out`` ("signed out for inactivity"); never reconnects
+4410 or ``signed_out``  stop: ``signed_out`` ("signed out by the service"); never reconnects
 4429                    back off longer: ``5 s + random() * min(20 s, 0.5 s * 2**attempt)``
 1012                    reconnect after ``random() * 2 s``; the backoff does not grow
 4400                    stop: ``closed``, ``error`` event ``invalid_user_id``
@@ -87,6 +88,7 @@ from __future__ import annotations
 
 from presence_client.client import GetToken, MessageStream, PresenceClient
 from presence_client.core import (
+    SIGNED_OUT_BY_SERVICE_REASON,
     SIGNED_OUT_REASON,
     Backoff,
     CloseCode,
@@ -118,6 +120,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EVENTS",
+    "SIGNED_OUT_BY_SERVICE_REASON",
     "SIGNED_OUT_REASON",
     "Ack",
     "AuthError",

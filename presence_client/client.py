@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from presence_client.core import (
     ACTIVE_STATES,
     PONG_FRAME,
+    SIGNED_OUT_BY_SERVICE_REASON,
     SIGNED_OUT_REASON,
     TERMINAL_STATES,
     Action,
@@ -502,7 +503,7 @@ class PresenceClient:
         )
         self._attempt, self._auth_retried = decision.attempt, decision.auth_retried
         if decision.action is Action.SIGN_OUT:
-            self._sign_out(None, close_reason=reason)
+            self._sign_out(None, close_reason=reason, by_service=code == CloseCode.SIGNED_OUT)
         elif decision.action is Action.AUTH_ERROR:
             self._stop_with_auth_error(code, reason)
         elif decision.action is Action.STOP:
@@ -573,9 +574,12 @@ class PresenceClient:
             self._on_auth_ok(frame)
         elif kind is FrameKind.ERROR:
             self._on_server_error(frame)
-        elif kind is FrameKind.TIMEOUT:
+        elif kind in (FrameKind.TIMEOUT, FrameKind.SIGNED_OUT):
             message = frame.get("message")
-            self._sign_out(message if isinstance(message, str) else None)
+            self._sign_out(
+                message if isinstance(message, str) else None,
+                by_service=kind is FrameKind.SIGNED_OUT,
+            )
         self._emit("message", frame)
         frame_type = frame.get("type")
         if isinstance(frame_type, str):
@@ -740,14 +744,15 @@ class PresenceClient:
 
     # --- stopping --------------------------------------------------------------------------
 
-    def _sign_out(self, message: str | None, *, close_reason: str | None = None) -> None:
+    def _sign_out(
+        self, message: str | None, *, close_reason: str | None = None, by_service: bool = False
+    ) -> None:
         if self._state is State.SIGNED_OUT:
             return
-        self._stop(State.SIGNED_OUT, "signed_out", SIGNED_OUT_REASON)
-        self._emit(
-            "signed_out",
-            SignedOut(SIGNED_OUT_REASON, message, CloseCode.SESSION_EXPIRED, close_reason),
-        )
+        reason = SIGNED_OUT_BY_SERVICE_REASON if by_service else SIGNED_OUT_REASON
+        code = CloseCode.SIGNED_OUT if by_service else CloseCode.SESSION_EXPIRED
+        self._stop(State.SIGNED_OUT, "signed_out", reason)
+        self._emit("signed_out", SignedOut(reason, message, code, close_reason))
 
     def _stop_with_auth_error(self, code: int, reason: str) -> None:
         self._stop(State.AUTH_ERROR, "auth_error", f"authentication failed: {reason}")

@@ -44,6 +44,7 @@ class CloseCode(IntEnum):
     UNAUTHENTICATED = 4401
     WRONG_USER = 4403
     SESSION_EXPIRED = 4408
+    SIGNED_OUT = 4410
     RATE_LIMITED = 4429
 
 
@@ -63,6 +64,8 @@ class State(StrEnum):
 TERMINAL_STATES = frozenset({State.SIGNED_OUT, State.AUTH_ERROR, State.CLOSED})
 ACTIVE_STATES = frozenset({State.CONNECTING, State.CONNECTED, State.RECONNECTING})
 SIGNED_OUT_REASON = "signed out for inactivity"
+#: The reason when the service signed the user out (``signed_out`` message, close 4410).
+SIGNED_OUT_BY_SERVICE_REASON = "signed out by the service"
 
 # A clean close with one of these codes means the gateway read none of the frames it did not
 # acknowledge: it acks a message before handing it to the application, and an ack is sent
@@ -153,7 +156,7 @@ def decide_close(
     resend = code in RESEND_AFTER
     if closed_by_app:
         return CloseDecision(Action.STOP, attempt=attempt, auth_retried=auth_retried)
-    if code == CloseCode.SESSION_EXPIRED:
+    if code in (CloseCode.SESSION_EXPIRED, CloseCode.SIGNED_OUT):
         return CloseDecision(Action.SIGN_OUT, attempt=attempt, auth_retried=auth_retried)
     if code == CloseCode.WRONG_USER:
         return CloseDecision(Action.AUTH_ERROR, attempt=attempt, auth_retried=auth_retried)
@@ -225,6 +228,7 @@ class FrameKind(StrEnum):
     AUTH_OK = "auth_ok"  # the refreshed token was accepted: schedule the next refresh
     ERROR = "error"  # an error frame; invalid_token answers a pending auth
     TIMEOUT = "timeout"  # signed out for inactivity: stop, never reconnect
+    SIGNED_OUT = "signed_out"  # signed out by the service: stop, never reconnect
     OTHER = "other"  # application frames (notification, broadcast, ...), server pongs
 
 

@@ -68,8 +68,10 @@ class Disconnected:
 
 @dataclass(frozen=True, slots=True)
 class SignedOut:
-    """``signed_out``: the gateway's ``timeout`` message (``message`` is its text) or a 4408
-    close (``message`` None, ``close_reason`` its reason); emitted once."""
+    """``signed_out``: the gateway's ``timeout`` message or a 4408 close (inactivity), or its
+    ``signed_out`` message or a 4410 close (the service signed the user out); ``message`` is
+    the gateway's text (None when only the close came, ``close_reason`` then its reason);
+    emitted once."""
 
     reason: str
     message: str | None

@@ -14,6 +14,7 @@ export declare const CloseCode: Readonly<{
   UNAUTHENTICATED: 4401;
   WRONG_USER: 4403;
   SESSION_EXPIRED: 4408;
+  SIGNED_OUT: 4410;
   RATE_LIMITED: 4429;
 }>;
 
@@ -37,6 +38,7 @@ export declare const State: Readonly<{
 }>;
 
 export declare const SIGNED_OUT_REASON: "signed out for inactivity";
+export declare const SIGNED_OUT_BY_SERVICE_REASON: "signed out by the service";
 
 export interface BackoffOptions {
   /** First reconnect delay cap, ms (default 500). */
@@ -131,10 +133,11 @@ export interface DisconnectedEvent {
 }
 
 export interface SignedOutEvent {
-  reason: "signed out for inactivity";
-  /** The gateway's timeout text, or null when only the 4408 close arrived. */
+  /** Inactivity (the timeout message, 4408) or the service (the signed_out message, 4410). */
+  reason: "signed out for inactivity" | "signed out by the service";
+  /** The gateway's text, or null when only the close arrived. */
   message: string | null;
-  code: 4408;
+  code: 4408 | 4410;
   closeReason?: string;
 }
 

@@ -18,6 +18,7 @@ export const CloseCode = Object.freeze({
   UNAUTHENTICATED: 4401,
   WRONG_USER: 4403,
   SESSION_EXPIRED: 4408,
+  SIGNED_OUT: 4410,
   RATE_LIMITED: 4429,
 });
 
@@ -33,6 +34,8 @@ export const State = Object.freeze({
 });
 
 export const SIGNED_OUT_REASON = "signed out for inactivity";
+/** The reason when the service signed the user out (`signed_out` message, close 4410). */
+export const SIGNED_OUT_BY_SERVICE_REASON = "signed out by the service";
 
 export const DEFAULTS = Object.freeze({
   bufferSize: 100,
@@ -463,6 +466,9 @@ export class PresenceClient {
       case "timeout":
         this.#signOut(frame.message);
         break;
+      case "signed_out":
+        this.#signOut(frame.message, null, SIGNED_OUT_BY_SERVICE_REASON, CloseCode.SIGNED_OUT);
+        break;
       default:
         break;
     }
@@ -553,6 +559,10 @@ export class PresenceClient {
         this.#signOut(undefined, info);
         this.#emit("disconnected", { ...info, willReconnect: false });
         return;
+      case CloseCode.SIGNED_OUT:
+        this.#signOut(undefined, info, SIGNED_OUT_BY_SERVICE_REASON, CloseCode.SIGNED_OUT);
+        this.#emit("disconnected", { ...info, willReconnect: false });
+        return;
       case CloseCode.WRONG_USER:
         this.#stopWithAuthError(code, reason, info);
         return;
@@ -608,13 +618,18 @@ export class PresenceClient {
     if (info) this.#emit("disconnected", { ...info, willReconnect: true, delay });
   }
 
-  #signOut(message, closeInfo = null) {
+  #signOut(
+    message,
+    closeInfo = null,
+    reason = SIGNED_OUT_REASON,
+    code = CloseCode.SESSION_EXPIRED,
+  ) {
     if (this.#state === State.SIGNED_OUT) return;
-    this.#stop(State.SIGNED_OUT, "signed_out", SIGNED_OUT_REASON);
+    this.#stop(State.SIGNED_OUT, "signed_out", reason);
     this.#emit("signedOut", {
-      reason: SIGNED_OUT_REASON,
+      reason,
       message: message ?? null,
-      code: CloseCode.SESSION_EXPIRED,
+      code,
       ...(closeInfo ? { closeReason: closeInfo.reason } : {}),
     });
   }

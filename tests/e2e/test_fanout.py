@@ -392,6 +392,44 @@ async def test_a_killed_instance_leaves_its_subscription_and_its_users_are_signe
         drained.stop()
 
 
+async def test_sign_out_on_demand_closes_every_socket_and_refuses_the_old_token(
+    service: Service, clients: list[Client], firestore_client: Any, firebase_app: Any
+) -> None:
+    """POST /ws/signout/{uid} on any instance: the user's sockets on all three instances get
+    the signed_out message and 4410, the records and Firebase Auth say signed out, the old
+    token is refused on reconnect, a second call closes nothing, and others stay."""
+    from firebase_admin import auth
+
+    user, bystander = uid("signout"), uid("bystander")
+    sockets = await open_spread(service, clients, user, 3)
+    (other,) = await open_sockets(service, clients, bystander, 1)
+    before = auth.get_user(user, app=firebase_app).tokens_valid_after_timestamp
+    response = await service.request("POST", f"/ws/signout/{user}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["status"], body["message"], body["user_id"]) == (
+        "success",
+        "User signed out",
+        user,
+    )
+    assert body["revoked"] is True
+    assert (body["sessions_signed_out"], body["connections_closed"]) == (3, 3)
+    assert (body["scope"], body["unreachable_instances"]) == ("deployment", [])
+    for socket in sockets:
+        frame = await socket.next()
+        assert (frame["type"], frame["reason"]) == ("signed_out", "signed out by the service")
+        assert await socket.closed() == 4410
+    member = firestore_client.collection("members").document(user).get().to_dict()
+    assert member["is_signed_in"] is False and member["last_sign_out_at"] is not None
+    assert auth.get_user(user, app=firebase_app).tokens_valid_after_timestamp > before
+    again = await Client.open(service.ws(user))
+    clients.append(again)
+    assert await again.closed() == 4401
+    second = await service.request("POST", f"/ws/signout/{user}")
+    assert second.status_code == 200 and second.json()["connections_closed"] == 0
+    assert other.close_code is None
+
+
 async def test_with_pubsub_down_local_sockets_are_served_and_no_sign_out_is_lost(
     service: Service,
     sweeper: SweepStack,

@@ -490,6 +490,30 @@ async def test_1012_reconnects_after_a_jittered_pause() -> None:
         assert [name for name, _ in seen[:3]] == ["connected", "disconnected", "connected"]
 
 
+def test_4410_signs_out_by_the_service() -> None:
+    """4410 (signed out by the service) signs out and never reconnects."""
+    assert decide(4410).action is Action.SIGN_OUT
+    assert decide(4410, reconnect=True, attempt=0).delay is None
+
+
+async def test_signed_out_then_4410_is_a_sign_out_by_the_service() -> None:
+    """The signed_out message + 4410: signed_out once, with the service's reason and text."""
+    text = "You have been signed out. Please sign in again."
+
+    async def script(ws: ServerConnection, n: int) -> None:
+        await ws.send(json.dumps({"type": "signed_out", "reason": "x", "message": text}))
+        await ws.close(4410, "signed out by the service")
+
+    async with stand_in(script) as gateway:
+        client = client_for(gateway, Tokens())
+        seen = record(client, "signed_out")
+        async with client:
+            assert await client.wait_for_state(State.SIGNED_OUT, timeout=3) is State.SIGNED_OUT
+            await asyncio.sleep(0.2)
+            assert client.state is State.SIGNED_OUT
+        assert seen == [("signed_out", SignedOut("signed out by the service", text, 4410, None))]
+
+
 async def test_timeout_then_4408_signs_out_and_never_reconnects() -> None:
     """Timeout message + 4408: signed_out once with the server's text, no reconnect, sends fail."""
 

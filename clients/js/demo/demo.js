@@ -51,6 +51,7 @@ const ui = {
   sendStatus: $("send-status"),
   signedOut: $("signed-out"),
   signedOutMessage: $("signed-out-message"),
+  signedOutTitle: $("signed-out-title"),
   signInAgain: $("sign-in-again"),
   authError: $("auth-error"),
   authErrorMessage: $("auth-error-message"),
@@ -229,7 +230,8 @@ function startClient(user) {
     ui.signedOutMessage.textContent = message ?? `The gateway closed the session (${reason}).`;
     ui.signedOut.hidden = false;
     ui.signedOut.dataset.reason = reason;
-    addLog("conn", "Signed out for inactivity");
+    ui.signedOutTitle.textContent = `You were ${reason}.`;
+    addLog("conn", reason.charAt(0).toUpperCase() + reason.slice(1));
   });
   on("authError", ({ code, reason }) => {
     ui.authErrorMessage.textContent = `The gateway refused the sign-in token: ${reason} (${code}).`;

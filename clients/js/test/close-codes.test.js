@@ -112,6 +112,30 @@ describe("reaction to close codes", () => {
     assert.deepEqual(env.clock.pending(), []);
   });
 
+  test("signed_out message then 4410: signedOut by the service, never reconnect", async () => {
+    const env = setup();
+    const ws = await env.connectOpen();
+    const text = "You have been signed out. Please sign in again.";
+    ws.receive({ type: "signed_out", reason: "signed out by the service", message: text });
+    assert.equal(env.client.state, "signed_out");
+    assert.deepEqual(env.named("signedOut"), [
+      { reason: "signed out by the service", message: text, code: 4410 },
+    ]);
+    ws.serverClose(4410, "signed out by the service");
+    assert.equal(env.named("signedOut").length, 1, "signedOut is emitted once");
+    await env.clock.advance(3_600_000);
+    assert.equal(env.sockets.length, 1);
+  });
+
+  test("4410 without the message also signs out, by the service", async () => {
+    const env = setup();
+    (await env.connectOpen()).serverClose(4410, "signed out by the service");
+    assert.equal(env.client.state, "signed_out");
+    const [event] = env.named("signedOut");
+    assert.deepEqual([event.reason, event.code], ["signed out by the service", 4410]);
+    assert.deepEqual(env.clock.pending(), []);
+  });
+
   test("after signed_out no ping is answered", async () => {
     const env = setup();
     const ws = await env.connectOpen();
