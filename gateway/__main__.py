@@ -9,6 +9,7 @@ import os
 import re
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import uvicorn
 
@@ -35,12 +36,16 @@ class CloudLoggingJson(logging.Formatter):
     logger; the traceback folded into message), which Cloud Run parses from stderr."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "severity": record.levelname,
             "message": record.getMessage(),
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "logger": record.name,
         }
+        event = getattr(record, "event", None)
+        if isinstance(event, dict):
+            # Connection events (gateway.analytics): jsonPayload.event in Cloud Logging.
+            entry["event"] = event
         if record.exc_info:
             entry["message"] += "\n" + self.formatException(record.exc_info)
         return json.dumps(entry)

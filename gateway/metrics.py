@@ -102,6 +102,20 @@ class GatewayCollector:
         for reason, count in sorted(service.refusals.items()):
             refusals.add_metric([reason], count)
         yield refusals
+        events = CounterMetricFamily(
+            "gateway_connection_events",
+            "Connection events: connect, disconnect, timeout, signout, token_expired",
+            labels=["event"],
+        )
+        for kind, count in sorted(service.events.counts.items()):
+            events.add_metric([kind], count)
+        yield events
+        disconnects = CounterMetricFamily(
+            "gateway_disconnects", "Sockets closed, by close code", labels=["code"]
+        )
+        for code, count in sorted(service.events.close_codes.items()):
+            disconnects.add_metric([code], count)
+        yield disconnects
         deployment = self.deployment
         published = CounterMetricFamily(
             "gateway_fanout_published",

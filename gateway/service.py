@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway import messages
+from gateway.analytics import ConnectionEvents
 from gateway.auth import CLOSE_UNAUTHENTICATED, Identity, TokenVerifier, authorize
 from gateway.exceptions import AuthError
 from gateway.limits import CLOSE_RATE_LIMITED, ConnectLimiter
@@ -45,6 +46,12 @@ CLOSE_SESSION_EXPIRED = 4408
 #: Signed out by the service (POST /ws/signout/{user_id}): the client must not reconnect.
 CLOSE_SIGNED_OUT = 4410
 SIGNED_OUT_REASON = "signed out by the service"
+#: The analytics event of each close the gateway decides on.
+CLOSED_BY_SERVICE = {
+    CLOSE_SESSION_EXPIRED: "timeout",
+    CLOSE_SIGNED_OUT: "signout",
+    CLOSE_UNAUTHENTICATED: "token_expired",
+}
 #: How far back the reconciler looks for sign-outs it may have missed a callback for. A large
 #: sweep commits sign-outs minutes after its own start time, which is what signed_out_at holds.
 RECONCILE_WINDOW = 600.0
@@ -88,6 +95,7 @@ class PresenceService:
         self._pong_written: dict[str, float] = {}
         #: Pongs not written because of PONG_WRITE_INTERVAL.
         self.pongs_unwritten = 0
+        self.events = ConnectionEvents(settings.instance_id)
         self._started_at = utc_now()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -188,7 +196,7 @@ class PresenceService:
             await conn.send_text(text, timeout)
             await conn.close(code, reason)
             self.registry.remove(conn)
-            logger.info("%s user=%s session=%s", reason, conn.user_id, conn.session_id)
+            self.events.closed_by_service(CLOSED_BY_SERVICE[code], conn, code, reason)
 
         await asyncio.gather(*(one(c) for c in conns))
 
@@ -213,13 +221,7 @@ class PresenceService:
             conn.connected_at,
         ):
             self.writer.put(write)
-        logger.info(
-            "connect user=%s session=%s sockets_for_user=%d total=%d",
-            conn.user_id,
-            conn.session_id,
-            held,
-            self.registry.total_connections,
-        )
+        self.events.connect(conn, held, self.registry.total_connections)
 
     def disconnected(self, conn: Connection, code: int | None) -> None:
         conn.closed = True
@@ -228,14 +230,7 @@ class PresenceService:
             self._pong_written.pop(conn.user_id, None)
         for write in disconnect_writes(conn.user_id, conn.session_id, code, utc_now()):
             self.writer.put(write)
-        logger.info(
-            "disconnect user=%s session=%s code=%s sockets_for_user=%d total=%d",
-            conn.user_id,
-            conn.session_id,
-            code,
-            left,
-            self.registry.total_connections,
-        )
+        self.events.disconnect(conn, code, left, self.registry.total_connections)
 
     def pong(self, conn: Connection, now: datetime) -> None:
         every = self.settings.pong_write_interval

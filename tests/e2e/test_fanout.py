@@ -16,6 +16,7 @@ import asyncio
 import os
 import secrets
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -403,7 +404,7 @@ async def test_sign_out_on_demand_closes_every_socket_and_refuses_the_old_token(
     user, bystander = uid("signout"), uid("bystander")
     sockets = await open_spread(service, clients, user, 3)
     (other,) = await open_sockets(service, clients, bystander, 1)
-    before = auth.get_user(user, app=firebase_app).tokens_valid_after_timestamp
+    called_at = int(time.time())  # Auth keeps tokens_valid_after in whole seconds
     response = await service.request("POST", f"/ws/signout/{user}")
     assert response.status_code == 200, response.text
     body = response.json()
@@ -421,13 +422,20 @@ async def test_sign_out_on_demand_closes_every_socket_and_refuses_the_old_token(
         assert await socket.closed() == 4410
     member = firestore_client.collection("members").document(user).get().to_dict()
     assert member["is_signed_in"] is False and member["last_sign_out_at"] is not None
-    assert auth.get_user(user, app=firebase_app).tokens_valid_after_timestamp > before
+    assert auth.get_user(user, app=firebase_app).tokens_valid_after_timestamp >= called_at * 1000
     again = await Client.open(service.ws(user))
     clients.append(again)
     assert await again.closed() == 4401
     second = await service.request("POST", f"/ws/signout/{user}")
     assert second.status_code == 200 and second.json()["connections_closed"] == 0
     assert other.close_code is None
+    signouts = 0.0
+    for gateway in service.instances:
+        async with httpx.AsyncClient(base_url=gateway.http) as http:
+            for line in (await http.get("/metrics")).text.splitlines():
+                if line.startswith('gateway_connection_events_total{event="signout"}'):
+                    signouts += float(line.rsplit(" ", 1)[1])
+    assert signouts == 3, "one signout event per socket, on the instance that held it"
 
 
 async def test_with_pubsub_down_local_sockets_are_served_and_no_sign_out_is_lost(

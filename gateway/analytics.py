@@ -1,0 +1,75 @@
+"""Connection events for analytics: one structured log entry per connect, disconnect (with its
+close code and how long the socket lived), timeout and sign-out, and their counters in
+``/metrics`` (``gateway_connection_events_total{event}``, ``gateway_disconnects_total{code}``).
+
+With ``LOG_FORMAT=json`` (the default on Cloud Run) each entry carries an ``event`` object,
+which Cloud Logging keeps as ``jsonPayload.event``: a log sink with the filter
+``jsonPayload.event.kind:*`` routes them to BigQuery, one row per event, no code of ours on
+that path. The text format keeps the same facts in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from gateway.messages import iso, utc_now
+
+if TYPE_CHECKING:
+    from gateway.registry import Connection
+
+logger = logging.getLogger("gateway.events")
+
+
+class ConnectionEvents:
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        #: Events by kind: connect, disconnect, timeout, signout.
+        self.counts: Counter[str] = Counter()
+        #: Disconnects by close code ("none" when the socket dropped without one).
+        self.close_codes: Counter[str] = Counter()
+
+    def _emit(self, kind: str, conn: Connection, text: str, **fields: Any) -> None:
+        self.counts[kind] += 1
+        event = {
+            "kind": kind,
+            "user_id": conn.user_id,
+            "session_id": conn.session_id,
+            "instance_id": self.instance_id,
+            "at": iso(utc_now()),
+            **fields,
+        }
+        logger.info("%s", text, extra={"event": event})
+
+    def connect(self, conn: Connection, held: int, total: int) -> None:
+        self._emit(
+            "connect",
+            conn,
+            f"connect user={conn.user_id} session={conn.session_id} "
+            f"sockets_for_user={held} total={total}",
+            sockets_for_user=held,
+        )
+
+    def disconnect(self, conn: Connection, code: int | None, left: int, total: int) -> None:
+        self.close_codes["none" if code is None else str(code)] += 1
+        lived = round((utc_now() - conn.connected_at).total_seconds(), 3)
+        self._emit(
+            "disconnect",
+            conn,
+            f"disconnect user={conn.user_id} session={conn.session_id} code={code} "
+            f"sockets_for_user={left} total={total} duration={lived}s",
+            code=code,
+            duration_seconds=lived,
+            sockets_for_user=left,
+        )
+
+    def closed_by_service(self, kind: str, conn: Connection, code: int, reason: str) -> None:
+        """A socket the gateway closed on purpose: ``timeout`` (4408) or ``signout`` (4410)."""
+        self._emit(
+            kind,
+            conn,
+            f"{reason} user={conn.user_id} session={conn.session_id}",
+            code=code,
+            reason=reason,
+        )
