@@ -89,7 +89,7 @@ def main() -> int:
         port=settings.port,
         ws=websocket_protocol(settings),
         # Small JSON frames gain nothing from compression, and per-socket deflate state
-        # costs about 30 KB (see README, Benchmarks).
+        # costs about 30 KB (see docs/benchmarks.md).
         ws_per_message_deflate=False,
         # The application's JSON ping is the heartbeat; protocol pings would double it.
         ws_ping_interval=None,

@@ -8,10 +8,10 @@ the ``{user_id}`` of the path.
 Revocation is checked against ``members/{uid}.last_sign_out_at``, which the sweep writes in
 the same transaction that signs the user out: a token whose ``auth_time`` (the sign-in it
 descends from) is older than the last sign-out is refused. That is one Firestore read per
-connect instead of one Firebase Auth ``get_user`` call (``check_revoked=True``): the same latency
-on the emulators (README), but made with the async client the gateway already holds, and drawing
-on no Auth Admin API quota when many clients reconnect at once (a Cloud Run rollout).
-If Firestore cannot answer within ``MEMBER_READ_TIMEOUT``
+connect instead of one Firebase Auth ``get_user`` call (``check_revoked=True``): the same
+latency on the emulators (docs/protocol.md), but made with the async client the gateway already
+holds, and drawing on no Auth Admin API quota when many clients reconnect at once (a Cloud Run
+rollout). If Firestore cannot answer within ``MEMBER_READ_TIMEOUT``
 the connect is allowed on the token alone (logged): the gateway keeps serving while Firestore
 is down, as it does for pongs.
 

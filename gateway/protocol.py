@@ -5,7 +5,7 @@ acts on the returned event: record a pong, answer a ping, hand a message to the 
 log an unknown type. A frame that breaks the protocol raises :class:`ProtocolError`, which the
 edge turns into an ``{"type": "error"}`` reply or, for an oversized frame, a close.
 
-Error codes (documented in the README):
+Error codes (documented in docs/protocol.md):
 
 =====================  =========================================================  ==========
 code                   when                                                       effect

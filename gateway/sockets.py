@@ -2,7 +2,7 @@
 
 ``gateway.app.SocketFastPath`` routes the socket path here before Litestar, because it is the
 one path held open by every client: talking ASGI directly skips a request object and the
-router's frames per socket, which is measurable at 10,000 sockets (see README, Benchmarks).
+router's frames per socket, which is measurable at 10,000 sockets (see docs/benchmarks.md).
 All decisions are made by ``gateway.protocol``; this module only moves frames in and out.
 
 Close codes: 1009 frame too large; 1011 internal error; 4400 invalid user id; 4401 missing,
@@ -63,7 +63,7 @@ async def serve_socket(
     service.connected(conn)
     code: int | None = None
     try:
-        # This frame is what an idle socket keeps suspended (see README, Benchmarks): the
+        # This frame is what an idle socket keeps suspended (see docs/benchmarks.md): the
         # handshake and each event are handled by calls that return, so their locals (the ID
         # token, the connect event) are not held while the socket waits.
         while code is None:

@@ -1,6 +1,6 @@
 """Firestore documents the gateway writes, and the backends that commit them.
 
-Documents (field names are the contract with the sweep function; see README):
+Documents (field names are the contract with the sweep function; see docs/operations.md):
 
 ``members/{user_id}``
     ``is_signed_in``, ``last_pong_at``, ``updated_at``, ``last_connected_at``, ``instance_id``,

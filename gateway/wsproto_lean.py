@@ -3,7 +3,7 @@
 ``python -m gateway`` runs this class for ``WS_IMPLEMENTATION=wsproto`` (the default). It is
 uvicorn's own ``WSProtocol`` (same handshake, frames, close codes, size limit, drain), minus
 state that an idle socket keeps for its whole life and never uses again. Measured per socket
-with uvicorn 0.54 and wsproto 1.3 (see README, Benchmarks):
+with uvicorn 0.54 and wsproto 1.3 (see docs/benchmarks.md):
 
 * ``asyncio.Queue`` for received events: four deques of ~780 bytes each (a deque allocates a
   64-slot block even when empty). Here an ``Inbox``: a list and, while the application waits,

@@ -31,7 +31,7 @@ Frame = dict[str, Any]
 
 
 class CloseCode(IntEnum):
-    """Close codes the gateway uses (README, "The socket protocol")."""
+    """Close codes the gateway uses (docs/protocol.md)."""
 
     NORMAL = 1000
     GOING_AWAY = 1001

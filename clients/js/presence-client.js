@@ -5,7 +5,7 @@
 
 export const VERSION = "0.1.0";
 
-/** Close codes the gateway uses (README, "The socket protocol"). */
+/** Close codes the gateway uses (docs/protocol.md). */
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
   GOING_AWAY: 1001,

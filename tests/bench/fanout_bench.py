@@ -81,7 +81,7 @@ TOPIC = "bench-fanout"
 PREFIX = "fan"
 TARGET_P99_MS = 1000.0
 #: The HTTP forwarding between instances that Pub/Sub replaced, from earlier runs of the
-#: former ``peers`` and ``timeout`` scenarios (README): quoted, not re-measured.
+#: former ``peers`` and ``timeout`` scenarios (docs/benchmarks.md): quoted, not re-measured.
 HTTP_MESH_REFERENCE = (
     "forwarded send 5.3–6.0 ms p50, 13–15 ms p99; timeout p99 190–257 ms (earlier runs)"
 )

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.browser
 
 SHORT = {"PING_INTERVAL": "0.5", "PONG_TIMEOUT": "4", "SWEEP_INTERVAL": "1"}
 SCREENSHOTS = LOG_DIR / "screenshots"
-#: Chromium's flags for a machine with no network and no display (see the README).
+#: Chromium's flags for a machine with no network and no display.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -1,6 +1,6 @@
 """A corpus of hostile input against a real gateway process, then a check that it survived.
 
-Three tables, each row a name, what is sent and the answer the README documents:
+Three tables, each row a name, what is sent and the documented answer (docs/protocol.md, api.md):
 
 * ``FRAME_CASES``: one frame on an admitted socket (malformed JSON and UTF-8, lone surrogates,
   huge numbers, deep nesting, wrong types in every field of every message type, duplicate keys,
@@ -22,7 +22,7 @@ as ``send(raw_bytes, text=True)``, which puts the bytes in a *text* frame withou
 them (the normal ``send(str)`` path cannot produce invalid UTF-8). Binary frames with invalid
 UTF-8 are separate cases (``binary_frame``). The slow handshake uses a raw TCP socket.
 
-Cases marked ``BUG`` in their assertion message assert the README's behaviour, which the
+Cases marked ``BUG`` in their assertion message assert the documented behaviour, which the
 gateway does not have at the time of writing (see the module's report).
 """
 
@@ -59,7 +59,7 @@ pytestmark = pytest.mark.e2e
 
 MAX_BYTES = 4096
 CALLBACK_TOKEN = "corpus-callback-" + secrets.token_urlsafe(16)
-#: README, "The socket protocol": 1-128 characters of A-Z a-z 0-9 _ - . @ : + =, and a valid
+#: docs/protocol.md: 1-128 characters of A-Z a-z 0-9 _ - . @ : + =, and a valid
 #: Firestore document id (not "." nor "..", not __x__).
 USER_ID = re.compile(r"[A-Za-z0-9_\-.@:+=]{1,128}")
 HUGE_INT = 10**1000
@@ -205,7 +205,7 @@ class Close:
 
 @dataclass(frozen=True)
 class FailedUtf8:
-    """README: a text frame that is not UTF-8 fails the connection (RFC 6455 section 8.1). With
+    """Docs: a text frame that is not UTF-8 fails the connection (RFC 6455 section 8.1). With
     the default wsproto implementation uvicorn drops it without a close frame (the client sees
     1006, the session records 1007); ``WS_IMPLEMENTATION=websockets-sansio`` sends a 1007
     close. Either is accepted; an answer that keeps the socket open is not."""
@@ -430,7 +430,7 @@ async def send_frame(ws: ClientConnection, frame: Frame) -> None:
 async def test_hostile_frame(
     gateway: GatewayProc, minter: TokenMinter, project_id: str, frame: Frame, expect: Expect
 ) -> None:
-    """One hostile frame on an admitted socket gets the README's answer; unless that answer is
+    """One hostile frame on an admitted socket gets the documented answer; unless that answer is
     a close, the socket stays open and answers a ping."""
     user = uid()
     ADMITTED.add(user)
@@ -444,7 +444,7 @@ async def test_hostile_frame(
         got = await answer(ws)
         if isinstance(expect, FailedUtf8):
             assert isinstance(got, Close) and got.code in (1006, 1007), (
-                f"a text frame with invalid UTF-8 got {got!r}; README: the connection is failed"
+                f"a text frame with invalid UTF-8 got {got!r}; docs: the connection is failed"
             )
             return
         if isinstance(expect, Close):
@@ -502,7 +502,7 @@ FRESH = "{fresh}"
 
 
 HANDSHAKE_CASES = [
-    # -- user ids (README: accepted then closed with 4400, before any token check)
+    # -- user ids (docs: accepted then closed with 4400, before any token check)
     handshake_case("uid-dotdot", "..", some_valid_token, Close(4400, "invalid user id")),
     handshake_case("uid-dot", ".", some_valid_token, Close(4400, "invalid user id")),
     handshake_case("uid-encoded-dotdot", "%2e%2e", some_valid_token, Close(4400), refused_as=".."),
@@ -526,7 +526,7 @@ HANDSHAKE_CASES = [
     handshake_case("uid-10000-chars", "u" * 10_000, some_valid_token, Close(4400)),
     # A 1 MB request line never reaches the application: uvicorn (h11) answers HTTP 400.
     handshake_case("uid-1000000-chars", "u" * 1_000_000, some_valid_token, 400),
-    # -- tokens (README table: 4401 / 4403, nothing written)
+    # -- tokens (docs/protocol.md table: 4401 / 4403, nothing written)
     handshake_case("token-missing", FRESH, None, Close(4401, "missing token")),
     handshake_case(
         "token-empty-parameter", FRESH, lambda m, p, u: "", Close(4401, "missing token")
@@ -661,7 +661,7 @@ BUG_DEEP = "a deeply nested JSON body must answer 400 (RecursionError in the bod
 BUG_UTF8 = "a body that is not UTF-8 must answer 400 (UnicodeDecodeError in the body decoder)"
 
 REST_CASES = [
-    # -- forged internal callbacks (README: only the callback token works here)
+    # -- forged internal callbacks (docs: only the callback token works here)
     rest_case("callback-no-token", "POST", CALLBACK, None, CALLBACK_BODY, 401),
     rest_case("callback-admin-token", "POST", CALLBACK, "admin", CALLBACK_BODY, 401),
     rest_case("callback-wrong-token", "POST", CALLBACK, "Bearer " + "w" * 40, CALLBACK_BODY, 401),
@@ -730,7 +730,7 @@ REST_CASES = [
     rest_case("status-basic-scheme", "GET", "/ws/status/u", "Basic admin:admin", None, 401),
     rest_case("broadcast-wrong-token", "POST", BROADCAST, "Bearer nope", '{"type": "x"}', 401),
     rest_case("send-no-token", "POST", SEND, None, '{"type": "x"}', 401),
-    # -- bodies that are not JSON objects (README: 400), or too large (413)
+    # -- bodies that are not JSON objects (docs: 400), or too large (413)
     rest_case("broadcast-body-array", "POST", BROADCAST, "admin", "[1, 2]", 400),
     rest_case("broadcast-body-string", "POST", BROADCAST, "admin", '"text"', 400),
     rest_case("broadcast-body-number", "POST", BROADCAST, "admin", "1", 400),
@@ -791,7 +791,7 @@ async def test_hostile_rest_call(
     bug: str,
 ) -> None:
     """Forged callbacks and admin calls get 401, bad bodies 400, big bodies 413, each with the
-    README's error body."""
+    documented error body."""
     headers = {"Content-Type": "application/json", **authorization(gateway, credential)}
     async with httpx.AsyncClient(base_url=gateway.http, timeout=10 * UNIT) as http:
         response = await http.request(method, path, content=body, headers=headers)
@@ -828,7 +828,7 @@ async def test_a_slow_handshake_does_not_hold_up_anyone(
     they hang, the bystander keeps getting pings and a new socket is admitted and answered.
 
     Observed: uvicorn has no handshake timeout, so such connections stay open as long as the
-    client likes (the README promises none; a front end such as Cloud Run's bounds them)."""
+    client likes (the docs promise none; a front end such as Cloud Run's bounds them)."""
     half = (
         b"GET /ws/connect/c-slow HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Ver"
@@ -904,7 +904,7 @@ MEMBER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "last_sign_out_at": datetime,
     "instance_id": str,
     "active_sessions": dict,
-    # The sweep's transient claim (README, Firestore data).
+    # The sweep's transient claim (docs/operations.md, Firestore data).
     "sign_out_claim": str,
     "sign_out_claimed_at": datetime,
 }

@@ -1,5 +1,5 @@
 """Fuzzing the socket protocol's decoder: whatever a client sends, ``decode_frame`` answers
-with one of the client events or a ``ProtocolError`` whose code the README documents, and
+with one of the client events or a ``ProtocolError`` whose code docs/protocol.md documents, and
 never raises anything else (an escaping exception closes the socket with 1011)."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from gateway.protocol import (
     decode_frame,
 )
 
-#: The decoder's codes in the README's error table (``invalid_token`` and ``token_expired``
+#: The decoder's codes in docs/protocol.md's error table (``invalid_token`` and ``token_expired``
 #: are decided by the socket edge, not by the decoder).
 DOCUMENTED_CODES = {
     "invalid_json",
@@ -80,7 +80,7 @@ max_sizes = st.sampled_from([4096, 65536]) | st.integers(min_value=1, max_value=
 
 
 def outcome(text: str | None, data: bytes | None, max_bytes: int) -> Any:
-    """The decoder's answer: an event, or the ProtocolError (checked against the README)."""
+    """The decoder's answer: an event, or the ProtocolError (checked against docs/protocol.md)."""
     try:
         event = decode_frame(text, data, max_bytes)
     except ProtocolError as exc:
@@ -97,7 +97,7 @@ def outcome(text: str | None, data: bytes | None, max_bytes: int) -> Any:
 
 
 def expected(value: Any) -> Any:
-    """The README's decision for a decoded JSON value that fits in a frame: an event, or the
+    """The documented decision for a decoded JSON value that fits in a frame: an event, or the
     error code."""
     if not isinstance(value, dict):
         return "not_an_object"
@@ -160,7 +160,7 @@ def test_any_text_is_an_event_or_a_documented_error(text: str, max_bytes: int) -
 def test_any_json_value_gets_the_documented_answer(
     value: Any, max_bytes: int, ascii_only: bool
 ) -> None:
-    """Any JSON value, sent as text: the README's answer for it."""
+    """Any JSON value, sent as text: the documented answer for it."""
     check_against_readme(json.dumps(value, ensure_ascii=ascii_only), value, max_bytes)
 
 
@@ -214,7 +214,7 @@ def test_any_bytes_decoded_leniently_are_an_event_or_a_documented_error(
 @example(text="\ud800" * 2000, max_bytes=4096)
 @example(text='{"type": "' + "\udc80" * 20 + '"}', max_bytes=64)
 def test_text_with_lone_surrogates_is_refused_as_documented(text: str, max_bytes: int) -> None:
-    """README: ``invalid_json`` for a frame that is "not encodable UTF-8". A ``str`` holding
+    """Docs: ``invalid_json`` for a frame that is "not encodable UTF-8". A ``str`` holding
     lone surrogates (what ``bytes.decode(errors="surrogateescape")`` produces) is that; the
     answer may also be ``message_too_large`` for a long one, but never a UnicodeEncodeError."""
     got = outcome(text, None, max_bytes)
