@@ -55,8 +55,13 @@ def compose_env(env: Mapping[str, str], ports: Mapping[str, int]) -> dict[str, s
     }
 
 
+def compose_argv(project: str, *args: str) -> list[str]:
+    """docker-compose on this project's compose file, as project ``project``."""
+    return [*compose_command(), "-f", str(COMPOSE_FILE), "-p", project, *args]
+
+
 def compose(project: str, environment: Mapping[str, str], *args: str) -> None:
-    command = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", project, *args]
+    command = compose_argv(project, *args)
     result = subprocess.run(command, env=dict(environment), capture_output=True, text=True)
     if result.returncode != 0:
         raise StartupError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
@@ -87,14 +92,13 @@ def compose_up(project: str, environment: Mapping[str, str], timeout: float = 12
 
 
 def compose_logs(project: str, environment: Mapping[str, str]) -> str:
-    command = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", project, "logs", "--no-color"]
+    command = compose_argv(project, "logs", "--no-color")
     result = subprocess.run(command, env=dict(environment), capture_output=True, text=True)
     return result.stdout + result.stderr
 
 
 def running_services(project: str, environment: Mapping[str, str]) -> set[str]:
-    command = [*compose_command(), "-f", str(COMPOSE_FILE), "-p", project, "ps", "--services"]
-    command += ["--filter", "status=running"]
+    command = compose_argv(project, "ps", "--services", "--filter", "status=running")
     result = subprocess.run(command, env=dict(environment), capture_output=True, text=True)
     return set(result.stdout.split())
 

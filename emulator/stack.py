@@ -54,6 +54,12 @@ def stack_env(env: Mapping[str, str], ports: Mapping[str, int]) -> dict[str, str
     }
 
 
+def write_env_file(env: Mapping[str, str]) -> None:
+    """The stack's environment for a developer's shell (`source .run/stack.env`)."""
+    ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
+    ENV_FILE.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+
+
 def banner(env: Mapping[str, str], logs: str, function_url: str, *, demo: bool = True) -> str:
     gw = f"{HOST}:{env['GATEWAY_PORT']}"
     exports = "\n".join(f"  export {k}={v}" for k, v in env.items())
@@ -93,8 +99,7 @@ def up(environ: Mapping[str, str] | None = None, *, in_containers: bool = False)
     env = stack_env(environ, ports)
     gateway_port = int(env["GATEWAY_PORT"])
     if in_containers:
-        ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
-        ENV_FILE.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+        write_env_file(env)
         text = banner(
             env,
             "docker-compose -p presence -f emulator/compose.yaml logs",
@@ -152,8 +157,7 @@ def up(environ: Mapping[str, str] | None = None, *, in_containers: bool = False)
         scheduler = procs.scheduler_process(function_url, float(env["SWEEP_INTERVAL"]), log_dir)
         scheduler.start()
         children.append(scheduler)
-        ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
-        ENV_FILE.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+        write_env_file(env)
         print(banner(env, f"{log_dir}/", function_url), flush=True)
         parent = os.getppid()
         while True:

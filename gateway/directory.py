@@ -10,12 +10,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.settings import Settings
-from gateway.store import ACTIVE_SESSIONS, Store, is_live
+from gateway.store import ACTIVE_SESSIONS, READ_TIMEOUT, Store, is_live
 
 logger = logging.getLogger("gateway.directory")
 
-#: Firestore reads here fail fast: the REST call waiting on them has a caller waiting too.
-READ_TIMEOUT = 2.0
 CACHE_SECONDS = 1.0
 
 

@@ -27,6 +27,7 @@ from gateway.registry import Connection, Registry
 from gateway.settings import Settings
 from gateway.store import (
     INSTANCES,
+    READ_TIMEOUT,
     Store,
     Write,
     connect_writes,
@@ -55,7 +56,6 @@ CLOSED_BY_SERVICE = {
 #: How far back the reconciler looks for sign-outs it may have missed a callback for. A large
 #: sweep commits sign-outs minutes after its own start time, which is what signed_out_at holds.
 RECONCILE_WINDOW = 600.0
-MEMBER_READ_TIMEOUT = 2.0
 
 
 async def log_message(user_id: str, session_id: str, data: Any) -> None:
@@ -146,7 +146,7 @@ class PresenceService:
             raise AuthError(CLOSE_UNAUTHENTICATED, "missing token")
         identity = await self.verifier.verify(token)
         try:
-            member = await self.store.get_member(user_id, timeout=MEMBER_READ_TIMEOUT)
+            member = await self.store.get_member(user_id, timeout=READ_TIMEOUT)
         except Exception as exc:
             # Fail open on the revocation check only: the token itself was verified.
             logger.warning("member read failed, admitting on the token alone: %r", exc)

@@ -16,8 +16,7 @@ from gateway.auth import TokenVerifier
 from gateway.deployment import Deployment
 from gateway.exceptions import DeploymentUnavailable
 from gateway.messages import SignOutResponse, utc_now
-from gateway.service import MEMBER_READ_TIMEOUT
-from gateway.store import ACTIVE_SESSIONS, Store, sign_out_writes
+from gateway.store import ACTIVE_SESSIONS, READ_TIMEOUT, Store, sign_out_writes
 
 logger = logging.getLogger("gateway.signout")
 
@@ -35,7 +34,7 @@ async def sign_out(
         ) from exc
     now = utc_now()
     try:
-        member = await store.get_member(user_id, timeout=MEMBER_READ_TIMEOUT) or {}
+        member = await store.get_member(user_id, timeout=READ_TIMEOUT) or {}
         recorded = member.get(ACTIVE_SESSIONS)
         sessions = sorted(recorded) if isinstance(recorded, dict) else []
         await store.commit(sign_out_writes(user_id, sessions, now))

@@ -29,6 +29,8 @@ MEMBERS = "members"
 SESSIONS = "sessions"
 INSTANCES = "gateway_instances"
 ACTIVE_SESSIONS = "active_sessions"
+#: Reads on a request's path (admission, status, send, sign-out) fail fast: a caller is waiting.
+READ_TIMEOUT = 2.0
 
 
 class _Delete:

@@ -370,12 +370,7 @@ export class PresenceClient {
         token = await this.#getToken({ forceRefresh });
       } catch (error) {
         if (gen !== this.#gen) return;
-        this.#emit("error", {
-          source: "getToken",
-          code: "token_unavailable",
-          message: String(error?.message ?? error),
-          error,
-        });
+        this.#tokenUnavailable(error);
         if (forceRefresh) {
           // The gateway refused our token and no fresh one can be had: signing in again is
           // the only way out.
@@ -702,18 +697,23 @@ export class PresenceClient {
       }
     } catch (error) {
       if (gen !== this.#gen) return;
-      this.#emit("error", {
-        source: "getToken",
-        code: "token_unavailable",
-        message: String(error?.message ?? error),
-        error,
-      });
+      this.#tokenUnavailable(error);
       this.#scheduleRetryRefresh();
       return;
     }
     if (this.#state !== State.CONNECTED) return;
     this.#pendingAuth = { token, forced };
     this.#sendFrame(JSON.stringify({ type: "auth", token }));
+  }
+
+  /** `getToken()` threw: the app hears it as an `error` event; the caller decides what next. */
+  #tokenUnavailable(error) {
+    this.#emit("error", {
+      source: "getToken",
+      code: "token_unavailable",
+      message: String(error?.message ?? error),
+      error,
+    });
   }
 
   // --- outgoing messages ---------------------------------------------------------------------
