@@ -471,7 +471,12 @@ async def test_with_pubsub_down_local_sockets_are_served_and_no_sign_out_is_lost
         cast = await service.request("POST", "/ws/broadcast", json={"type": "partial"})
         assert cast.status_code == 200 and cast.json()["scope"] == "instance"
         for q in quiet:
-            assert (await q.next(timeout=30))["type"] == "timeout"
+            # The partial broadcast reaches a silent socket still open on the instance that
+            # answered it; the timeout comes after.
+            frame = await q.next(timeout=30)
+            if frame == {"type": "partial"}:
+                frame = await q.next(timeout=30)
+            assert frame["type"] == "timeout"
             assert await q.closed() == 4408
         assert socket.pings > pings and socket.close_code is None
         await asyncio.sleep(max(0.0, 10 - 3) * UNIT)
