@@ -6,11 +6,32 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 logger = logging.getLogger("gateway.registry")
 
 AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
+
+#: The largest payload a frame with a 7-bit length carries.
+SMALL_FRAME = 125
+
+
+class FrameWriter(Protocol):
+    """A socket edge that writes pre-encoded frames (``gateway.wsproto_lean``)."""
+
+    def write_frame(self, frame: bytes) -> bool: ...
+
+
+def text_frame(text: str) -> bytes:
+    """A final, unmasked text frame (what a server sends) carrying ``text``: encoded once, the
+    same bytes go to every socket (``Connection.push_frame``)."""
+    payload = text.encode()
+    size = len(payload)
+    if size <= SMALL_FRAME:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload
 
 
 class Connection:
@@ -25,6 +46,7 @@ class Connection:
         "token_expires_at",
         "bucket",
         "bucket_at",
+        "edge",
     )
 
     def __init__(
@@ -45,6 +67,8 @@ class Connection:
         #: Message-rate token bucket (see gateway.limits): tokens left, and when counted.
         self.bucket = float("inf")
         self.bucket_at = 0.0
+        #: The socket's edge when it writes pre-encoded frames; None for other implementations.
+        self.edge: FrameWriter | None = None
 
     async def send_text(self, text: str, timeout: float) -> bool:
         """Send one text frame; False when the socket is gone or too slow to take it."""
@@ -74,6 +98,14 @@ class Connection:
         except Exception:
             return False
         return True
+
+    def push_frame(self, frame: bytes) -> bool | None:
+        """Write a pre-encoded frame (``text_frame``) without a coroutine: True if written,
+        False if the socket is closing or not reading, None when the edge cannot (then
+        ``push`` the text)."""
+        if self.edge is None:
+            return None
+        return not self.closed and self.edge.write_frame(frame)
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.closed:

@@ -23,7 +23,7 @@ from gateway.auth import CLOSE_UNAUTHENTICATED, Identity, TokenVerifier, authori
 from gateway.exceptions import AuthError
 from gateway.limits import CLOSE_RATE_LIMITED, ConnectLimiter
 from gateway.messages import ErrorMessage, SignedOut, Timeout, iso, utc_now
-from gateway.registry import Connection, Registry
+from gateway.registry import Connection, Registry, text_frame
 from gateway.settings import Settings
 from gateway.store import (
     INSTANCES,
@@ -377,9 +377,11 @@ class PresenceService:
         if not self.registry.total_connections:
             return 0
         text = messages.encode_ping(utc_now())
+        frame = text_frame(text)
         sent = 0
         for index, conn in enumerate(list(self.registry), 1):
-            sent += await conn.push(text)
+            written = conn.push_frame(frame)
+            sent += await conn.push(text) if written is None else written
             if index % SEND_CHUNK == 0:
                 # wsproto sends complete without suspending: yield so pongs keep flowing.
                 await asyncio.sleep(0)

@@ -3,7 +3,8 @@
 ``gateway.app.SocketFastPath`` routes the socket path here before Litestar, because it is the
 one path held open by every client: talking ASGI directly skips a request object and the
 router's frames per socket, which is measurable at 10,000 sockets (see docs/benchmarks.md).
-All decisions are made by ``gateway.protocol``; this module only moves frames in and out.
+Pongs, the most frequent frame, are taken synchronously by ``HeartbeatSink`` when the edge
+offers it (``gateway.wsproto_lean``); every other frame reaches ``_on_event``.
 
 Close codes: 1009 frame too large; 1011 internal error; 4400 invalid user id; 4401 missing,
 invalid, expired or revoked token; 4403 token for another user; 4408 session expired; 4429 a
@@ -34,6 +35,7 @@ from gateway.protocol import (
 )
 from gateway.registry import Connection
 from gateway.service import PresenceService
+from gateway.wsproto_lean import FRAMES_EXTENSION
 
 logger = logging.getLogger("gateway.sockets")
 
@@ -53,13 +55,58 @@ def valid_user_id(user_id: str) -> bool:
     )
 
 
+#: The pong as the JavaScript and Python clients send it.
+CANONICAL_PONG = '{"type":"pong"}'
+
+
+class HeartbeatSink:
+    """Takes a client's pongs synchronously, in the socket edge's ``data_received``
+    (``gateway.wsproto_lean``): no wake-up of the socket's task for the most frequent frame.
+    Anything else, and a pong over the rate limit, is declined and reaches ``_on_event``."""
+
+    __slots__ = ("service", "conn")
+
+    def __init__(self, service: PresenceService, conn: Connection) -> None:
+        self.service = service
+        self.conn = conn
+
+    def take_text(self, text: str) -> bool:
+        conn, settings = self.conn, self.service.settings
+        if conn.closed:
+            return False
+        rate = settings.max_messages_per_second
+        now = time.monotonic()
+        tokens = conn.bucket
+        if rate:
+            allowed, tokens = take_token(conn.bucket, conn.bucket_at, now, rate, 2 * rate)
+            if not allowed:
+                return False  # _on_event counts it again and closes the socket
+        # Both clients send exactly this; anything else is parsed as usual.
+        if text != CANONICAL_PONG:
+            try:
+                decoded = decode_frame(text, None, settings.max_message_bytes)
+            except ProtocolError:
+                return False
+            if not isinstance(decoded, PongReceived):
+                return False
+        conn.bucket, conn.bucket_at = tokens, now
+        self.service.pong(conn, utc_now())
+        return True
+
+
 async def serve_socket(
     service: PresenceService, user_id: str, scope: Any, receive: Any, send: Any
 ) -> None:
     """Run one client socket from handshake to close."""
+    # The edge's fast paths (gateway.wsproto_lean), when the server runs that protocol.
+    edge = (scope.get("extensions") or {}).get(FRAMES_EXTENSION)
     conn = await _admit(service, user_id, scope, receive, send)
     if conn is None:
         return
+    if edge is not None:
+        conn.edge = edge
+        edge.set_text_sink(HeartbeatSink(service, conn))
+        del edge  # not held by this frame for the socket's life
     service.connected(conn)
     code: int | None = None
     try:

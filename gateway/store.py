@@ -43,9 +43,16 @@ class _Delete:
 DELETE_FIELD: Any = _Delete()
 
 
+_SCALARS = frozenset({datetime, str, int, float, bool, type(None)})
+
+
 def merge_fields(into: dict[str, Any], fields: Mapping[str, Any]) -> None:
     """Merge like Firestore's ``set(merge=True)``: nested maps merge, later values win."""
     for key, value in fields.items():
+        if value.__class__ in _SCALARS:
+            # The common case (every pong): an exact type test, not an ABC isinstance check.
+            into[key] = value
+            continue
         current = into.get(key)
         if isinstance(value, Mapping) and isinstance(current, dict):
             merge_fields(current, value)

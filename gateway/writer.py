@@ -194,9 +194,12 @@ class WriteBehind:
                 if wake is None or wake.done():
                     self._wakeup.clear()
                     wake = asyncio.create_task(self._wakeup.wait())
+                # With every slot busy only a commit's end (or close) can start another, so
+                # wait for that instead of spinning on a batch that is already due.
+                full = len(inflight) >= self.concurrency
                 done, _ = await asyncio.wait(
                     [*inflight, wake],
-                    timeout=self._until_due(now, retry_at),
+                    timeout=None if full else self._until_due(now, retry_at),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 for task in done:

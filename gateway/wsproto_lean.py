@@ -27,6 +27,18 @@ Less work per frame, as a side effect: uvicorn pauses reading after each message
 once the application has taken it; here reading is paused only while messages queue up, not
 for one that a waiting application takes at once (two epoll_ctl calls fewer per frame).
 
+Two fast paths for the heartbeat, which is most of the traffic (see docs/benchmarks.md), offered
+to the application through the scope extension ``gateway.frames`` (this protocol):
+
+* ``write_frame``: the ping round encodes its frame once (``registry.text_frame``) and writes
+  the same bytes to every socket, as a server's frames are not masked; no ASGI message, no
+  wsproto event, no coroutine per socket.
+* ``set_text_sink``: small text frames (one complete, final, masked frame of at most 125 bytes,
+  which is every heartbeat) are unmasked here and offered to the sink synchronously; a frame it
+  declines goes the usual way, to ``receive()``. wsproto's parser and the application task's
+  wake-up are skipped for a pong. Anything else (fragments, control frames, larger or invalid
+  frames, bytes left over in wsproto's buffer) takes wsproto's path unchanged.
+
 uvicorn is pinned to 0.54 (pyproject.toml) because this subclass relies on how its
 ``WSProtocol`` uses these attributes.
 """
@@ -37,7 +49,7 @@ import asyncio
 import copy
 import weakref
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Protocol
 
 import wsproto
 from uvicorn._types import ASGISendEvent, WebSocketEvent
@@ -45,10 +57,25 @@ from uvicorn.config import Config
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 from uvicorn.server import ServerState
-from wsproto.connection import Connection
+from wsproto.connection import Connection, ConnectionState
+from wsproto.events import TextMessage
+
+from gateway.registry import SMALL_FRAME
 
 #: Scope keys kept after the accept: who the socket is, for anything that logs it later.
 SCOPE_KEPT = ("type", "path", "client", "server", "scheme")
+#: The scope extension under which the protocol offers its fast paths to the application.
+FRAMES_EXTENSION = "gateway.frames"
+#: A mask repeated past SMALL_FRAME bytes, to XOR a whole payload as one integer.
+_MASK_REPEAT = SMALL_FRAME // 4 + 1
+
+
+class TextSink(Protocol):
+    """What the application installs to take small text frames synchronously."""
+
+    def take_text(self, text: str) -> bool:
+        """Handle ``text`` now and return True, or return False to have it delivered through
+        ``receive()`` as usual."""
 
 
 class EventList(list[Any]):
@@ -159,7 +186,12 @@ def _scope_rewriter(middleware: ProxyHeadersMiddleware) -> ProxyHeadersMiddlewar
     return rewriter
 
 
-class LeanWSProtocol(WSProtocol):
+#: One read buffer for every socket: the event loop is one thread, and each read is handed
+#: on (copied into ``bytes``) before the next one starts.
+_READ_BUFFER = memoryview(bytearray(256 * 1024))
+
+
+class LeanWSProtocol(WSProtocol, asyncio.BufferedProtocol):
     """uvicorn's wsproto protocol with less kept per idle socket (see the module docstring)."""
 
     # Every attribute uvicorn's WSProtocol sets, as slots: 34 attributes overflow CPython's
@@ -167,6 +199,7 @@ class LeanWSProtocol(WSProtocol):
     # later uvicorn adds still works; it lands in the instance dict.
     __slots__ = (
         "_rewrite_scope",
+        "text_sink",
         "app",
         "app_state",
         "asgi_version",
@@ -213,6 +246,7 @@ class LeanWSProtocol(WSProtocol):
         self.queue: Any = Inbox()
         self.writable: Any = WriteGate()
         self._rewrite_scope: ProxyHeadersMiddleware | None = None
+        self.text_sink: TextSink | None = None
         if isinstance(self.app, ProxyHeadersMiddleware):
             self._rewrite_scope = _scope_rewriter(self.app)
             self.app = self.app.app
@@ -221,6 +255,8 @@ class LeanWSProtocol(WSProtocol):
         # uvicorn builds the scope and creates the application task, which first runs on the
         # next loop iteration: the scope is rewritten before the application sees it.
         super().handle_connect(event)
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions[FRAMES_EXTENSION] = self
         if self._rewrite_scope is not None:
             step = self._rewrite_scope(self.scope, self.receive, self.send)
             try:
@@ -230,6 +266,76 @@ class LeanWSProtocol(WSProtocol):
             else:  # pragma: no cover - the middleware never awaits anything but the inner app
                 step.close()
                 raise RuntimeError("proxy header rewrite suspended")
+
+    # --- fast paths --------------------------------------------------------------------------
+
+    def set_text_sink(self, sink: TextSink | None) -> None:
+        """Offer small text frames to ``sink`` before ``receive()`` (see the module docstring)."""
+        self.text_sink = sink
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write an already-encoded frame (``gateway.registry.text_frame``) unless the socket
+        is closing or its client is not reading (transport paused: skipped rather than queued
+        behind); return whether it was written."""
+        if (
+            self.close_sent
+            or not self.handshake_complete
+            or not self.writable.is_set()
+            or self.conn.state is not ConnectionState.OPEN
+            or self.transport.is_closing()
+        ):
+            return False
+        self.transport.write(frame)
+        return True
+
+    # asyncio.BufferedProtocol: the transport reads into one shared buffer instead of
+    # allocating a 256 KB bytes object for every read (what recv() does under data_received).
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_READ_BUFFER[:nbytes]))
+
+    def data_received(self, data: bytes) -> None:
+        if self.text_sink is not None and not self.read_paused and not self.close_sent:
+            data = self._take_small_text(data, self.text_sink)
+            if not data:
+                return
+        super().data_received(data)
+
+    def _take_small_text(self, data: bytes, sink: TextSink) -> bytes:
+        """Hand complete small masked text frames at the front of ``data`` to the sink (or to
+        ``receive()`` when it declines one); return the bytes left for wsproto."""
+        conn = self.conn
+        if not isinstance(conn, Connection) or conn.state is not ConnectionState.OPEN:
+            return data
+        proto = conn._proto
+        decoder = proto._frame_decoder
+        if (
+            decoder.header is not None
+            or decoder.buffer
+            or proto._message_decoder.opcode is not None
+        ):
+            return data  # wsproto is part-way through a frame or a fragmented message
+        limit = min(SMALL_FRAME, self.config.ws_max_size)
+        at, end = 0, len(data)
+        while end - at >= 6 and not self.close_sent:
+            # 0x81: FIN, no extension bits, text. The second byte with its mask bit cleared is
+            # the length; an unmasked frame (a protocol error) or a 16/64-bit length is >= 126.
+            size = data[at + 1] ^ 0x80
+            if data[at] != 0x81 or size > limit or at + 6 + size > end:
+                break
+            mask = data[at + 2 : at + 6] * _MASK_REPEAT
+            masked = int.from_bytes(data[at + 6 : at + 6 + size], "little")
+            raw = (masked ^ int.from_bytes(mask[:size], "little")).to_bytes(size, "little")
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                break  # wsproto answers invalid UTF-8 with 1007
+            at += 6 + size
+            if not sink.take_text(text):
+                self.handle_message(TextMessage(data=text))
+        return data[at:] if at else data
 
     def handle_message(
         self, event: wsproto.events.TextMessage | wsproto.events.BytesMessage

@@ -59,7 +59,7 @@ import httpx
 import psutil
 
 from emulator.procs import Process, firestore_process, free_port, gateway_process
-from tests.bench import fanout_bench, sweep_bench, timeout_bench
+from tests.bench import fanout_bench, load_bench, sweep_bench, timeout_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run" / "bench"
@@ -931,7 +931,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench", description="Gateway benchmarks (see tests/bench/runner.py)"
     )
-    parser.add_argument("--only", choices=("memory", "pongs", "timeout", "fanout", "sweep"))
+    parser.add_argument(
+        "--only", choices=("memory", "pongs", "load", "timeout", "fanout", "sweep")
+    )
     parser.add_argument(
         "--connections",
         type=int,
@@ -1026,6 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
         "fanout-proxy.log",
         "fanout-sweep.log",
         "fanout-scheduler.log",
+        "node-ws.log",
+        "profile-load-cpu.txt",
     ):
         (RUN_DIR / name).unlink(missing_ok=True)
     soft, hard = raise_fd_limit()
@@ -1067,6 +1071,8 @@ def main(argv: list[str] | None = None) -> int:
             results["pongs_ceiling"] = scenario_pongs(
                 fs_host, args, stack, run="ceiling", n=args.pong_connections, window=args.window
             )
+        if args.only in (None, "load"):
+            results["load"] = load_bench.node_reference(fs_host, args, stack)
         if args.only in (None, "timeout"):
             results["timeout"] = timeout_bench.run(fs_host, args, stack)
         if args.only in (None, "fanout"):
@@ -1095,6 +1101,9 @@ def main(argv: list[str] | None = None) -> int:
     results["gateway_log"] = scan_gateway_log(RUN_DIR / "gateway.log")
     rows = (
         checks(results, args)
+        + load_bench.rows(
+            results.get("load", {}), results.get("memory", {}).get("per_connection_kb")
+        )
         + timeout_bench.rows(results.get("timeout", {}))
         + fanout_bench.rows(results.get("fanout", {}))
         + sweep_bench.rows(results.get("sweep", {}))
