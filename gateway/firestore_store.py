@@ -10,14 +10,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.store import (
-    DELETE_FIELD,
+from gateway.schema import (
+    HEARTBEAT_AT,
+    INSTANCE_ID,
     INSTANCES,
     MEMBERS,
     SESSIONS,
-    SignedOutSession,
-    Write,
+    SIGNED_OUT_AT,
+    USER_ID,
 )
+from gateway.store import DELETE_FIELD, SignedOutSession, Write
 
 COMMIT_TIMEOUT = 10.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -82,7 +84,7 @@ class FirestoreStore:
         from google.cloud.firestore_v1.base_query import FieldFilter
 
         query = self._client.collection(INSTANCES).where(
-            filter=FieldFilter("heartbeat_at", ">=", since)
+            filter=FieldFilter(HEARTBEAT_AT, ">=", since)
         )
         found: dict[str, dict[str, Any]] = {}
         async for snapshot in query.stream(retry=None, timeout=timeout):
@@ -97,14 +99,14 @@ class FirestoreStore:
         # Composite index (instance_id, signed_out_at) in firestore.indexes.json.
         query = (
             self._client.collection(SESSIONS)
-            .where(filter=FieldFilter("instance_id", "==", instance_id))
-            .where(filter=FieldFilter("signed_out_at", ">=", since))
+            .where(filter=FieldFilter(INSTANCE_ID, "==", instance_id))
+            .where(filter=FieldFilter(SIGNED_OUT_AT, ">=", since))
         )
         found = []
         async for snapshot in query.stream(retry=None, timeout=COMMIT_TIMEOUT):
             data = snapshot.to_dict() or {}
             found.append(
-                SignedOutSession(str(data.get("user_id", "")), snapshot.id, data["signed_out_at"])
+                SignedOutSession(str(data.get(USER_ID, "")), snapshot.id, data[SIGNED_OUT_AT])
             )
         return found
 

@@ -1,16 +1,7 @@
 """Firestore documents the gateway writes, and the backends that commit them.
 
-Documents (field names are the contract with the sweep function; see docs/operations.md):
-
-``members/{user_id}``
-    ``is_signed_in``, ``last_pong_at``, ``updated_at``, ``last_connected_at``, ``instance_id``,
-    ``active_sessions`` (map: session id -> ``{instance_id, internal_url}``; lets the sweep find
-    a user's sockets by reading the member it already reads, without a query)
-``sessions/{session_id}`` (one per socket)
-    ``user_id``, ``is_active``, ``connected_at``, ``instance_id``, ``internal_url``,
-    ``disconnected_at``, ``close_code``
-``gateway_instances/{instance_id}``
-    ``internal_url``, ``started_at``, ``heartbeat_at``, ``stopped_at`` (on a clean shutdown)
+The collections and fields, and who writes which, are declared in ``gateway.schema`` (the
+contract with the sweep function).
 
 A :class:`Store` commits one batch of merge-writes atomically; the Firestore backend is what
 runs (``gateway.firestore_store``), the in-memory one here serves fast unit tests and is held
@@ -25,10 +16,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-MEMBERS = "members"
-SESSIONS = "sessions"
-INSTANCES = "gateway_instances"
-ACTIVE_SESSIONS = "active_sessions"
+from gateway.schema import (
+    ACTIVE_SESSIONS,
+    CLOSE_CODE,
+    CONNECTED_AT,
+    DISCONNECTED_AT,
+    HEARTBEAT_AT,
+    INSTANCE_ID,
+    INSTANCES,
+    INTERNAL_URL,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_CONNECTED_AT,
+    LAST_PONG_AT,
+    LAST_SIGN_OUT_AT,
+    MEMBERS,
+    SESSIONS,
+    SIGNED_OUT_AT,
+    STARTED_AT,
+    STOPPED_AT,
+    UPDATED_AT,
+    USER_ID,
+)
+
 #: Reads on a request's path (admission, status, send, sign-out) fail fast: a caller is waiting.
 READ_TIMEOUT = 2.0
 
@@ -100,13 +110,13 @@ def connect_writes(
             MEMBERS,
             user_id,
             {
-                "is_signed_in": True,
-                "last_pong_at": now,
-                "last_connected_at": now,
-                "updated_at": now,
-                "instance_id": instance_id,
+                IS_SIGNED_IN: True,
+                LAST_PONG_AT: now,
+                LAST_CONNECTED_AT: now,
+                UPDATED_AT: now,
+                INSTANCE_ID: instance_id,
                 ACTIVE_SESSIONS: {
-                    session_id: {"instance_id": instance_id, "internal_url": internal_url}
+                    session_id: {INSTANCE_ID: instance_id, INTERNAL_URL: internal_url}
                 },
             },
         ),
@@ -114,18 +124,18 @@ def connect_writes(
             SESSIONS,
             session_id,
             {
-                "user_id": user_id,
-                "is_active": True,
-                "connected_at": now,
-                "instance_id": instance_id,
-                "internal_url": internal_url,
+                USER_ID: user_id,
+                IS_ACTIVE: True,
+                CONNECTED_AT: now,
+                INSTANCE_ID: instance_id,
+                INTERNAL_URL: internal_url,
             },
         ),
     ]
 
 
 def pong_write(user_id: str, now: datetime) -> Write:
-    return Write(MEMBERS, user_id, {"last_pong_at": now, "updated_at": now})
+    return Write(MEMBERS, user_id, {LAST_PONG_AT: now, UPDATED_AT: now})
 
 
 def disconnect_writes(
@@ -136,7 +146,7 @@ def disconnect_writes(
         Write(
             SESSIONS,
             session_id,
-            {"is_active": False, "disconnected_at": now, "close_code": close_code},
+            {IS_ACTIVE: False, DISCONNECTED_AT: now, CLOSE_CODE: close_code},
         ),
     ]
 
@@ -145,10 +155,8 @@ def sign_out_writes(user_id: str, session_ids: Sequence[str], now: datetime) -> 
     """What a sign-out on demand records: the same fields the sweep writes, so the gateway
     refuses older tokens (``last_sign_out_at``) and the sessions read as signed out."""
     return [
-        Write(
-            MEMBERS, user_id, {"is_signed_in": False, "last_sign_out_at": now, "updated_at": now}
-        ),
-        *(Write(SESSIONS, s, {"is_active": False, "signed_out_at": now}) for s in session_ids),
+        Write(MEMBERS, user_id, {IS_SIGNED_IN: False, LAST_SIGN_OUT_AT: now, UPDATED_AT: now}),
+        *(Write(SESSIONS, s, {IS_ACTIVE: False, SIGNED_OUT_AT: now}) for s in session_ids),
     ]
 
 
@@ -158,18 +166,18 @@ def instance_write(instance_id: str, internal_url: str, now: datetime) -> Write:
         instance_id,
         # A restart under a fixed GATEWAY_INSTANCE_ID must not stay marked stopped.
         {
-            "internal_url": internal_url,
-            "started_at": now,
-            "heartbeat_at": now,
-            "stopped_at": DELETE_FIELD,
+            INTERNAL_URL: internal_url,
+            STARTED_AT: now,
+            HEARTBEAT_AT: now,
+            STOPPED_AT: DELETE_FIELD,
         },
     )
 
 
 def is_live(instance: Mapping[str, Any], cutoff: datetime) -> bool:
     """An instance counts as alive while it beats (every SWEEP_INTERVAL) and has not stopped."""
-    beat = instance.get("heartbeat_at")
-    return "stopped_at" not in instance and isinstance(beat, datetime) and beat >= cutoff
+    beat = instance.get(HEARTBEAT_AT)
+    return STOPPED_AT not in instance and isinstance(beat, datetime) and beat >= cutoff
 
 
 def _apply(doc: dict[str, Any], fields: Mapping[str, Any]) -> None:
@@ -216,20 +224,20 @@ class MemoryStore:
             doc_id: dict(doc)
             for (collection, doc_id), doc in self.docs.items()
             if collection == INSTANCES
-            and isinstance(doc.get("heartbeat_at"), datetime)
-            and doc["heartbeat_at"] >= since
+            and isinstance(doc.get(HEARTBEAT_AT), datetime)
+            and doc[HEARTBEAT_AT] >= since
         }
 
     async def signed_out_sessions(
         self, instance_id: str, since: datetime
     ) -> list[SignedOutSession]:
         return [
-            SignedOutSession(str(doc.get("user_id")), doc_id, doc["signed_out_at"])
+            SignedOutSession(str(doc.get(USER_ID)), doc_id, doc[SIGNED_OUT_AT])
             for (collection, doc_id), doc in self.docs.items()
             if collection == SESSIONS
-            and doc.get("instance_id") == instance_id
-            and isinstance(doc.get("signed_out_at"), datetime)
-            and doc["signed_out_at"] >= since
+            and doc.get(INSTANCE_ID) == instance_id
+            and isinstance(doc.get(SIGNED_OUT_AT), datetime)
+            and doc[SIGNED_OUT_AT] >= since
         ]
 
     async def close(self) -> None:
