@@ -180,17 +180,52 @@ def is_live(instance: Mapping[str, Any], cutoff: datetime) -> bool:
     return STOPPED_AT not in instance and isinstance(beat, datetime) and beat >= cutoff
 
 
+def _check(value: Any) -> None:
+    """Refuse what the Firestore backend cannot encode, before anything is applied, so that a
+    bad batch fails whole in memory as it does there."""
+    if isinstance(value, Mapping):
+        for nested in value.values():
+            _check(nested)
+    elif isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+    elif value is not None and value is not DELETE_FIELD:
+        if not isinstance(value, bool | int | float | str):
+            raise TypeError(f"cannot store {type(value).__name__} in Firestore")
+
+
+def _sets_a_value(fields: Mapping[str, Any]) -> bool:
+    """Whether merging ``fields`` writes anything but deletes (an empty map is a value)."""
+    if not fields:
+        return True
+    return any(
+        value is not DELETE_FIELD and (not isinstance(value, Mapping) or _sets_a_value(value))
+        for value in fields.values()
+    )
+
+
 def _apply(doc: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """Firestore's merge-set: nested maps merge leaf by leaf, but an empty map is a value (it
+    replaces the field) and a map holding only deletes creates nothing."""
     for key, value in fields.items():
         if value is DELETE_FIELD:
             doc.pop(key, None)
-        elif isinstance(value, Mapping):
+        elif isinstance(value, Mapping) and value:
             nested = doc.get(key)
             if not isinstance(nested, dict):
+                if not _sets_a_value(value):
+                    continue
                 nested = doc[key] = {}
             _apply(nested, value)
+        elif isinstance(value, Mapping):
+            doc[key] = {}
         else:
             doc[key] = value
+
+
+def _copy(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy down to the nested maps: a reader must not change what is stored."""
+    return {k: _copy(v) if isinstance(v, Mapping) else v for k, v in doc.items()}
 
 
 class MemoryStore:
@@ -208,20 +243,22 @@ class MemoryStore:
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("injected commit failure")
+        for write in writes:
+            _check(write.fields)
         self.commits.append(list(writes))
         for write in writes:
             _apply(self.docs.setdefault((write.collection, write.doc_id), {}), write.fields)
 
     async def get_member(self, user_id: str, timeout: float) -> dict[str, Any] | None:
         doc = self.docs.get((MEMBERS, user_id))
-        return dict(doc) if doc is not None else None
+        return _copy(doc) if doc is not None else None
 
     async def get_instances(self, ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
-        return {i: dict(self.docs[(INSTANCES, i)]) for i in ids if (INSTANCES, i) in self.docs}
+        return {i: _copy(self.docs[(INSTANCES, i)]) for i in ids if (INSTANCES, i) in self.docs}
 
     async def recent_instances(self, since: datetime, timeout: float) -> dict[str, dict[str, Any]]:
         return {
-            doc_id: dict(doc)
+            doc_id: _copy(doc)
             for (collection, doc_id), doc in self.docs.items()
             if collection == INSTANCES
             and isinstance(doc.get(HEARTBEAT_AT), datetime)
@@ -232,7 +269,7 @@ class MemoryStore:
         self, instance_id: str, since: datetime
     ) -> list[SignedOutSession]:
         return [
-            SignedOutSession(str(doc.get(USER_ID)), doc_id, doc[SIGNED_OUT_AT])
+            SignedOutSession(str(doc.get(USER_ID, "")), doc_id, doc[SIGNED_OUT_AT])
             for (collection, doc_id), doc in self.docs.items()
             if collection == SESSIONS
             and doc.get(INSTANCE_ID) == instance_id
