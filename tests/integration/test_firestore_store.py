@@ -12,6 +12,22 @@ import pytest
 
 from emulator import procs
 from gateway.firestore_store import FirestoreStore
+from gateway.schema import (
+    ACTIVE_SESSIONS,
+    CLOSE_CODE,
+    CONNECTED_AT,
+    DISCONNECTED_AT,
+    INSTANCE_ID,
+    INTERNAL_URL,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_CONNECTED_AT,
+    LAST_PONG_AT,
+    MEMBERS,
+    SESSIONS,
+    UPDATED_AT,
+    USER_ID,
+)
 from gateway.store import (
     connect_writes,
     disconnect_writes,
@@ -48,24 +64,24 @@ async def test_commit_merges_fields_into_existing_documents(
     await store.commit([pong_write(user, T0 + timedelta(seconds=30))])
     await store.commit(disconnect_writes(user, session, 1000, T0 + timedelta(seconds=40)))
 
-    member = firestore_client.collection("members").document(user).get().to_dict()
+    member = firestore_client.collection(MEMBERS).document(user).get().to_dict()
     assert member == {
-        "is_signed_in": True,
-        "last_pong_at": T0 + timedelta(seconds=30),
-        "last_connected_at": T0,
-        "updated_at": T0 + timedelta(seconds=30),
-        "instance_id": "inst-2",
-        "active_sessions": {other: {"instance_id": "inst-2", "internal_url": "http://gw:2"}},
+        IS_SIGNED_IN: True,
+        LAST_PONG_AT: T0 + timedelta(seconds=30),
+        LAST_CONNECTED_AT: T0,
+        UPDATED_AT: T0 + timedelta(seconds=30),
+        INSTANCE_ID: "inst-2",
+        ACTIVE_SESSIONS: {other: {INSTANCE_ID: "inst-2", INTERNAL_URL: "http://gw:2"}},
     }
-    record = firestore_client.collection("sessions").document(session).get().to_dict()
+    record = firestore_client.collection(SESSIONS).document(session).get().to_dict()
     assert record == {
-        "user_id": user,
-        "is_active": False,
-        "connected_at": T0,
-        "instance_id": "inst-1",
-        "internal_url": "http://gw:1",
-        "disconnected_at": T0 + timedelta(seconds=40),
-        "close_code": 1000,
+        USER_ID: user,
+        IS_ACTIVE: False,
+        CONNECTED_AT: T0,
+        INSTANCE_ID: "inst-1",
+        INTERNAL_URL: "http://gw:1",
+        DISCONNECTED_AT: T0 + timedelta(seconds=40),
+        CLOSE_CODE: 1000,
     }
 
 
@@ -75,7 +91,7 @@ async def test_a_full_batch_of_500_writes_commits_atomically(
     """Firestore's 500-write limit is the batch size; all 500 land."""
     prefix = uid()
     await store.commit([pong_write(f"{prefix}-{i}", T0) for i in range(500)])
-    refs = [firestore_client.collection("members").document(f"{prefix}-{i}") for i in range(500)]
+    refs = [firestore_client.collection(MEMBERS).document(f"{prefix}-{i}") for i in range(500)]
     snapshots = list(firestore_client.get_all(refs))
     assert len(snapshots) == 500 and all(s.exists for s in snapshots)
 
@@ -96,8 +112,8 @@ async def test_writer_persists_every_pong_to_firestore(
 
     await eventually(drained, timeout=30)
     await writer.close()
-    refs = [firestore_client.collection("members").document(u) for u in users]
-    stored = {s.id: s.get("last_pong_at") for s in firestore_client.get_all(refs)}
+    refs = [firestore_client.collection(MEMBERS).document(u) for u in users]
+    stored = {s.id: s.get(LAST_PONG_AT) for s in firestore_client.get_all(refs)}
     assert stored == {u: T0 + timedelta(milliseconds=i) for i, u in enumerate(users)}
 
 
@@ -152,7 +168,7 @@ async def test_writer_survives_a_firestore_outage_and_loses_nothing(project_id: 
         from google.cloud import firestore
 
         client = firestore.Client(project=project_id)
-        refs = [client.collection("members").document(u) for u in users]
+        refs = [client.collection(MEMBERS).document(u) for u in users]
         assert all(s.exists for s in client.get_all(refs))
         client.close()
     finally:
