@@ -18,6 +18,7 @@ from gateway.schema import (
     CONNECTED_AT,
     DISCONNECTED_AT,
     INSTANCE_ID,
+    INSTANCES,
     INTERNAL_URL,
     IS_ACTIVE,
     IS_SIGNED_IN,
@@ -25,13 +26,18 @@ from gateway.schema import (
     LAST_PONG_AT,
     MEMBERS,
     SESSIONS,
+    STOPPED_AT,
     UPDATED_AT,
     USER_ID,
 )
 from gateway.store import (
+    DELETE_FIELD,
+    Write,
     connect_writes,
     disconnect_writes,
+    instance_write,
     pong_write,
+    sign_out_writes,
 )
 from gateway.writer import WriteBehind
 from tests.support import LOG_DIR, UNIT, eventually
@@ -83,6 +89,71 @@ async def test_commit_merges_fields_into_existing_documents(
         DISCONNECTED_AT: T0 + timedelta(seconds=40),
         CLOSE_CODE: 1000,
     }
+
+
+def every_kind_of_write(suffix: str) -> list[list[Write]]:
+    """Batches exercising every encoding the raw path does: the gateway's own writes, deletes
+    (top-level, nested, absent, delete-only), empty maps, odd map keys and each value type."""
+    user, session, instance = f"u{suffix}", f"s{suffix}", f"i{suffix}"
+    return [
+        connect_writes(user, session, instance, "http://gw", T0),
+        connect_writes(user, f"{session}-2", instance, "http://gw", T0 + timedelta(seconds=1)),
+        [pong_write(user, T0 + timedelta(microseconds=123_456))],
+        disconnect_writes(user, session, None, T0 + timedelta(seconds=2)),
+        sign_out_writes(user, [f"{session}-2"], T0 + timedelta(seconds=3)),
+        [Write(INSTANCES, instance, {STOPPED_AT: T0}), instance_write(instance, "http://gw", T0)],
+        [Write(MEMBERS, f"ghost{suffix}", {ACTIVE_SESSIONS: {"x": DELETE_FIELD}})],
+        [
+            Write(
+                SESSIONS,
+                f"odd{suffix}",
+                {
+                    "keys": {"a.b": 1, "sp ace": 2, "back`quote": 3, "9x": 4, "é": 5},
+                    "empty": {},
+                    "values": {"t": True, "f": False, "i": -7, "d": 0.5, "s": "", "n": None},
+                },
+            )
+        ],
+        [Write(SESSIONS, f"odd{suffix}", {"keys": {"a.b": DELETE_FIELD}, "empty": {"k": 1}})],
+        [Write(SESSIONS, f"odd{suffix}", {"values": {}, "gone": DELETE_FIELD})],
+    ]
+
+
+async def test_the_raw_commit_stores_what_the_librarys_write_batch_stores(
+    store: FirestoreStore, firestore_client: Any
+) -> None:
+    """commit (raw protobufs, private API) and commit_with_batch (public WriteBatch with
+    merge=True) leave identical documents for the same batches."""
+    raw, public = uid(), uid()
+    for batch in every_kind_of_write(raw):
+        await store.commit(batch)
+    for batch in every_kind_of_write(public):
+        await store.commit_with_batch(batch)
+
+    def unsuffixed(value: Any, suffix: str) -> Any:
+        if isinstance(value, str):
+            return value.replace(suffix, "")
+        if isinstance(value, dict):
+            return {unsuffixed(k, suffix): unsuffixed(v, suffix) for k, v in value.items()}
+        return value
+
+    def stored(suffix: str) -> dict[tuple[str, str], Any]:
+        """Every document the batches touched, the run's suffix taken out of ids and values."""
+        names = {(w.collection, w.doc_id) for b in every_kind_of_write(suffix) for w in b}
+        docs = {}
+        for collection, doc_id in names:
+            snapshot = firestore_client.collection(collection).document(doc_id).get()
+            docs[(collection, doc_id.replace(suffix, ""))] = unsuffixed(snapshot.to_dict(), suffix)
+        return docs
+
+    from_raw, from_public = stored(raw), stored(public)
+    assert from_raw == from_public
+    assert from_raw[(SESSIONS, "odd")] == {
+        "keys": {"sp ace": 2, "back`quote": 3, "9x": 4, "é": 5},
+        "empty": {"k": 1},
+        "values": {},
+    }
+    assert from_raw[(MEMBERS, "ghost")] == {}
 
 
 async def test_a_full_batch_of_500_writes_commits_atomically(
