@@ -5,7 +5,7 @@ contract with the sweep function).
 
 A :class:`Store` commits one batch of merge-writes atomically; the Firestore backend is what
 runs (``gateway.firestore_store``), the in-memory one here serves fast unit tests and is held
-to the same behaviour by the integration tests.
+to the same behaviour, method by method, by ``tests/integration/test_store_contract.py``.
 """
 
 from __future__ import annotations
