@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from gateway.exceptions import AuthError
+from gateway.schema import LAST_SIGN_OUT_AT
 
 logger = logging.getLogger("gateway.auth")
 
@@ -72,7 +73,7 @@ def authorize(identity: Identity, user_id: str, member: Mapping[str, Any] | None
     """The decision after a token verified: right user, and not signed out since."""
     if identity.uid != user_id:
         raise AuthError(CLOSE_FORBIDDEN, "token is for another user")
-    signed_out = (member or {}).get("last_sign_out_at")
+    signed_out = (member or {}).get(LAST_SIGN_OUT_AT)
     if isinstance(signed_out, datetime) and identity.auth_time < signed_out:
         raise AuthError(CLOSE_UNAUTHENTICATED, "token revoked: signed out since")
 

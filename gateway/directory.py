@@ -9,8 +9,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from gateway.schema import ACTIVE_SESSIONS, INSTANCE_ID
 from gateway.settings import Settings
-from gateway.store import ACTIVE_SESSIONS, READ_TIMEOUT, Store, is_live
+from gateway.store import READ_TIMEOUT, Store, is_live
 
 logger = logging.getLogger("gateway.directory")
 
@@ -72,7 +73,7 @@ class Directory:
         counts: dict[str, int] = {}
         recorded = member.get(ACTIVE_SESSIONS)
         for where in (recorded or {}).values() if isinstance(recorded, dict) else ():
-            instance = where.get("instance_id") if isinstance(where, dict) else None
+            instance = where.get(INSTANCE_ID) if isinstance(where, dict) else None
             if isinstance(instance, str) and instance != self.me:
                 counts[instance] = counts.get(instance, 0) + 1
         if counts:

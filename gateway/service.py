@@ -24,9 +24,9 @@ from gateway.exceptions import AuthError
 from gateway.limits import CLOSE_RATE_LIMITED, ConnectLimiter
 from gateway.messages import ErrorMessage, SignedOut, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry, text_frame
+from gateway.schema import HEARTBEAT_AT, INSTANCES, STOPPED_AT
 from gateway.settings import Settings
 from gateway.store import (
-    INSTANCES,
     READ_TIMEOUT,
     Store,
     Write,
@@ -129,7 +129,7 @@ class PresenceService:
         # uvicorn has already closed every socket with 1012 (service restart), so clients
         # reconnect elsewhere and their disconnects are in the buffer: mark the instance
         # stopped and flush everything before the process ends.
-        self.writer.put(Write(INSTANCES, self.settings.instance_id, {"stopped_at": utc_now()}))
+        self.writer.put(Write(INSTANCES, self.settings.instance_id, {STOPPED_AT: utc_now()}))
         await self.writer.close()
         await self.store.close()
         logger.info("gateway instance %s stopped", self.settings.instance_id)
@@ -343,9 +343,7 @@ class PresenceService:
         while True:
             await asyncio.sleep(self.settings.sweep_interval)
             # The instance's heartbeat rides on the same cadence (one merge-write per interval).
-            self.writer.put(
-                Write(INSTANCES, self.settings.instance_id, {"heartbeat_at": utc_now()})
-            )
+            self.writer.put(Write(INSTANCES, self.settings.instance_id, {HEARTBEAT_AT: utc_now()}))
             try:
                 await self.reconcile_once()
             except Exception as exc:

@@ -16,7 +16,8 @@ from gateway.auth import TokenVerifier
 from gateway.deployment import Deployment
 from gateway.exceptions import DeploymentUnavailable
 from gateway.messages import SignOutResponse, utc_now
-from gateway.store import ACTIVE_SESSIONS, READ_TIMEOUT, Store, sign_out_writes
+from gateway.schema import ACTIVE_SESSIONS
+from gateway.store import READ_TIMEOUT, Store, sign_out_writes
 
 logger = logging.getLogger("gateway.signout")
 

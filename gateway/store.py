@@ -1,20 +1,11 @@
 """Firestore documents the gateway writes, and the backends that commit them.
 
-Documents (field names are the contract with the sweep function; see docs/operations.md):
-
-``members/{user_id}``
-    ``is_signed_in``, ``last_pong_at``, ``updated_at``, ``last_connected_at``, ``instance_id``,
-    ``active_sessions`` (map: session id -> ``{instance_id, internal_url}``; lets the sweep find
-    a user's sockets by reading the member it already reads, without a query)
-``sessions/{session_id}`` (one per socket)
-    ``user_id``, ``is_active``, ``connected_at``, ``instance_id``, ``internal_url``,
-    ``disconnected_at``, ``close_code``
-``gateway_instances/{instance_id}``
-    ``internal_url``, ``started_at``, ``heartbeat_at``, ``stopped_at`` (on a clean shutdown)
+The collections and fields, and who writes which, are declared in ``gateway.schema`` (the
+contract with the sweep function).
 
 A :class:`Store` commits one batch of merge-writes atomically; the Firestore backend is what
 runs (``gateway.firestore_store``), the in-memory one here serves fast unit tests and is held
-to the same behaviour by the integration tests.
+to the same behaviour, method by method, by ``tests/integration/test_store_contract.py``.
 """
 
 from __future__ import annotations
@@ -25,10 +16,29 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
-MEMBERS = "members"
-SESSIONS = "sessions"
-INSTANCES = "gateway_instances"
-ACTIVE_SESSIONS = "active_sessions"
+from gateway.schema import (
+    ACTIVE_SESSIONS,
+    CLOSE_CODE,
+    CONNECTED_AT,
+    DISCONNECTED_AT,
+    HEARTBEAT_AT,
+    INSTANCE_ID,
+    INSTANCES,
+    INTERNAL_URL,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_CONNECTED_AT,
+    LAST_PONG_AT,
+    LAST_SIGN_OUT_AT,
+    MEMBERS,
+    SESSIONS,
+    SIGNED_OUT_AT,
+    STARTED_AT,
+    STOPPED_AT,
+    UPDATED_AT,
+    USER_ID,
+)
+
 #: Reads on a request's path (admission, status, send, sign-out) fail fast: a caller is waiting.
 READ_TIMEOUT = 2.0
 
@@ -107,13 +117,13 @@ def connect_writes(
             MEMBERS,
             user_id,
             {
-                "is_signed_in": True,
-                "last_pong_at": now,
-                "last_connected_at": now,
-                "updated_at": now,
-                "instance_id": instance_id,
+                IS_SIGNED_IN: True,
+                LAST_PONG_AT: now,
+                LAST_CONNECTED_AT: now,
+                UPDATED_AT: now,
+                INSTANCE_ID: instance_id,
                 ACTIVE_SESSIONS: {
-                    session_id: {"instance_id": instance_id, "internal_url": internal_url}
+                    session_id: {INSTANCE_ID: instance_id, INTERNAL_URL: internal_url}
                 },
             },
         ),
@@ -121,18 +131,18 @@ def connect_writes(
             SESSIONS,
             session_id,
             {
-                "user_id": user_id,
-                "is_active": True,
-                "connected_at": now,
-                "instance_id": instance_id,
-                "internal_url": internal_url,
+                USER_ID: user_id,
+                IS_ACTIVE: True,
+                CONNECTED_AT: now,
+                INSTANCE_ID: instance_id,
+                INTERNAL_URL: internal_url,
             },
         ),
     ]
 
 
 def pong_write(user_id: str, now: datetime) -> Write:
-    return Write(MEMBERS, user_id, {"last_pong_at": now, "updated_at": now})
+    return Write(MEMBERS, user_id, {LAST_PONG_AT: now, UPDATED_AT: now})
 
 
 def disconnect_writes(
@@ -143,7 +153,7 @@ def disconnect_writes(
         Write(
             SESSIONS,
             session_id,
-            {"is_active": False, "disconnected_at": now, "close_code": close_code},
+            {IS_ACTIVE: False, DISCONNECTED_AT: now, CLOSE_CODE: close_code},
         ),
     ]
 
@@ -152,10 +162,8 @@ def sign_out_writes(user_id: str, session_ids: Sequence[str], now: datetime) -> 
     """What a sign-out on demand records: the same fields the sweep writes, so the gateway
     refuses older tokens (``last_sign_out_at``) and the sessions read as signed out."""
     return [
-        Write(
-            MEMBERS, user_id, {"is_signed_in": False, "last_sign_out_at": now, "updated_at": now}
-        ),
-        *(Write(SESSIONS, s, {"is_active": False, "signed_out_at": now}) for s in session_ids),
+        Write(MEMBERS, user_id, {IS_SIGNED_IN: False, LAST_SIGN_OUT_AT: now, UPDATED_AT: now}),
+        *(Write(SESSIONS, s, {IS_ACTIVE: False, SIGNED_OUT_AT: now}) for s in session_ids),
     ]
 
 
@@ -165,31 +173,66 @@ def instance_write(instance_id: str, internal_url: str, now: datetime) -> Write:
         instance_id,
         # A restart under a fixed GATEWAY_INSTANCE_ID must not stay marked stopped.
         {
-            "internal_url": internal_url,
-            "started_at": now,
-            "heartbeat_at": now,
-            "stopped_at": DELETE_FIELD,
+            INTERNAL_URL: internal_url,
+            STARTED_AT: now,
+            HEARTBEAT_AT: now,
+            STOPPED_AT: DELETE_FIELD,
         },
     )
 
 
 def is_live(instance: Mapping[str, Any], cutoff: datetime) -> bool:
     """An instance counts as alive while it beats (every SWEEP_INTERVAL) and has not stopped."""
-    beat = instance.get("heartbeat_at")
-    return "stopped_at" not in instance and isinstance(beat, datetime) and beat >= cutoff
+    beat = instance.get(HEARTBEAT_AT)
+    return STOPPED_AT not in instance and isinstance(beat, datetime) and beat >= cutoff
+
+
+def _check(value: Any) -> None:
+    """Refuse what the Firestore backend cannot encode, before anything is applied, so that a
+    bad batch fails whole in memory as it does there."""
+    if isinstance(value, Mapping):
+        for nested in value.values():
+            _check(nested)
+    elif isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+    elif value is not None and value is not DELETE_FIELD:
+        if not isinstance(value, bool | int | float | str):
+            raise TypeError(f"cannot store {type(value).__name__} in Firestore")
+
+
+def _sets_a_value(fields: Mapping[str, Any]) -> bool:
+    """Whether merging ``fields`` writes anything but deletes (an empty map is a value)."""
+    if not fields:
+        return True
+    return any(
+        value is not DELETE_FIELD and (not isinstance(value, Mapping) or _sets_a_value(value))
+        for value in fields.values()
+    )
 
 
 def _apply(doc: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """Firestore's merge-set: nested maps merge leaf by leaf, but an empty map is a value (it
+    replaces the field) and a map holding only deletes creates nothing."""
     for key, value in fields.items():
         if value is DELETE_FIELD:
             doc.pop(key, None)
-        elif isinstance(value, Mapping):
+        elif isinstance(value, Mapping) and value:
             nested = doc.get(key)
             if not isinstance(nested, dict):
+                if not _sets_a_value(value):
+                    continue
                 nested = doc[key] = {}
             _apply(nested, value)
+        elif isinstance(value, Mapping):
+            doc[key] = {}
         else:
             doc[key] = value
+
+
+def _copy(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy down to the nested maps: a reader must not change what is stored."""
+    return {k: _copy(v) if isinstance(v, Mapping) else v for k, v in doc.items()}
 
 
 class MemoryStore:
@@ -207,36 +250,38 @@ class MemoryStore:
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("injected commit failure")
+        for write in writes:
+            _check(write.fields)
         self.commits.append(list(writes))
         for write in writes:
             _apply(self.docs.setdefault((write.collection, write.doc_id), {}), write.fields)
 
     async def get_member(self, user_id: str, timeout: float) -> dict[str, Any] | None:
         doc = self.docs.get((MEMBERS, user_id))
-        return dict(doc) if doc is not None else None
+        return _copy(doc) if doc is not None else None
 
     async def get_instances(self, ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
-        return {i: dict(self.docs[(INSTANCES, i)]) for i in ids if (INSTANCES, i) in self.docs}
+        return {i: _copy(self.docs[(INSTANCES, i)]) for i in ids if (INSTANCES, i) in self.docs}
 
     async def recent_instances(self, since: datetime, timeout: float) -> dict[str, dict[str, Any]]:
         return {
-            doc_id: dict(doc)
+            doc_id: _copy(doc)
             for (collection, doc_id), doc in self.docs.items()
             if collection == INSTANCES
-            and isinstance(doc.get("heartbeat_at"), datetime)
-            and doc["heartbeat_at"] >= since
+            and isinstance(doc.get(HEARTBEAT_AT), datetime)
+            and doc[HEARTBEAT_AT] >= since
         }
 
     async def signed_out_sessions(
         self, instance_id: str, since: datetime
     ) -> list[SignedOutSession]:
         return [
-            SignedOutSession(str(doc.get("user_id")), doc_id, doc["signed_out_at"])
+            SignedOutSession(str(doc.get(USER_ID, "")), doc_id, doc[SIGNED_OUT_AT])
             for (collection, doc_id), doc in self.docs.items()
             if collection == SESSIONS
-            and doc.get("instance_id") == instance_id
-            and isinstance(doc.get("signed_out_at"), datetime)
-            and doc["signed_out_at"] >= since
+            and doc.get(INSTANCE_ID) == instance_id
+            and isinstance(doc.get(SIGNED_OUT_AT), datetime)
+            and doc[SIGNED_OUT_AT] >= since
         ]
 
     async def close(self) -> None:

@@ -15,10 +15,6 @@ from datetime import datetime
 from typing import Any
 
 from presence_sweep.core import (
-    CLAIM,
-    CLAIMED_AT,
-    IS_SIGNED_IN,
-    LAST_PONG_AT,
     ClaimDecision,
     Notifier,
     SessionRef,
@@ -27,14 +23,28 @@ from presence_sweep.core import (
     sweep,
 )
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
+from presence_sweep.schema import (
+    ACTIVE_SESSIONS,
+    HEARTBEAT_AT,
+    INSTANCE_ID,
+    INSTANCES,
+    INTERNAL_URL,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_PONG_AT,
+    LAST_SIGN_OUT_AT,
+    MEMBERS,
+    SESSIONS,
+    SIGN_OUT_CLAIM,
+    SIGN_OUT_CLAIMED_AT,
+    SIGNED_OUT_AT,
+    STOPPED_AT,
+    UPDATED_AT,
+)
 from presence_sweep.settings import SweepSettings
 
 logger = logging.getLogger("presence_sweep")
 
-MEMBERS = "members"
-SESSIONS = "sessions"
-ACTIVE_SESSIONS = "active_sessions"
-INSTANCES = "gateway_instances"
 CALLBACK_PATH = "/internal/timeout"
 CALLBACK_CHUNK = 1000
 
@@ -86,7 +96,9 @@ class FirestoreMembers:
                 )
                 decisions[snapshot.id] = decision
                 if decision.claim:
-                    transaction.update(snapshot.reference, {CLAIM: sweep_id, CLAIMED_AT: now})
+                    transaction.update(
+                        snapshot.reference, {SIGN_OUT_CLAIM: sweep_id, SIGN_OUT_CLAIMED_AT: now}
+                    )
             return decisions
 
         result: dict[str, ClaimDecision] = run(self._db.transaction())
@@ -100,10 +112,13 @@ class FirestoreMembers:
         @firestore.transactional
         def run(transaction: Any) -> None:
             for snapshot in transaction.get_all(refs):
-                if snapshot.exists and snapshot.get(CLAIM) == sweep_id:
+                if snapshot.exists and snapshot.get(SIGN_OUT_CLAIM) == sweep_id:
                     transaction.update(
                         snapshot.reference,
-                        {CLAIM: firestore.DELETE_FIELD, CLAIMED_AT: firestore.DELETE_FIELD},
+                        {
+                            SIGN_OUT_CLAIM: firestore.DELETE_FIELD,
+                            SIGN_OUT_CLAIMED_AT: firestore.DELETE_FIELD,
+                        },
                     )
 
         run(self._db.transaction())
@@ -122,18 +137,18 @@ class FirestoreMembers:
             for snapshot in transaction.get_all(refs):
                 member = snapshot.to_dict() if snapshot.exists else None
                 # Only this sweep's claims: another sweep that took over a stale claim owns it.
-                if member is None or member.get(CLAIM) != sweep_id:
+                if member is None or member.get(SIGN_OUT_CLAIM) != sweep_id:
                     continue
                 sessions.extend(active_sessions(snapshot.id, member))
                 transaction.update(
                     snapshot.reference,
                     {
                         IS_SIGNED_IN: False,
-                        "last_sign_out_at": now,
-                        "updated_at": now,
+                        LAST_SIGN_OUT_AT: now,
+                        UPDATED_AT: now,
                         ACTIVE_SESSIONS: firestore.DELETE_FIELD,
-                        CLAIM: firestore.DELETE_FIELD,
-                        CLAIMED_AT: firestore.DELETE_FIELD,
+                        SIGN_OUT_CLAIM: firestore.DELETE_FIELD,
+                        SIGN_OUT_CLAIMED_AT: firestore.DELETE_FIELD,
                     },
                 )
                 done.append(snapshot.id)
@@ -146,7 +161,7 @@ class FirestoreMembers:
             for ref in sessions[start : start + 500]:
                 batch.set(
                     self._db.collection(SESSIONS).document(ref.session_id),
-                    {"is_active": False, "signed_out_at": now},
+                    {IS_ACTIVE: False, SIGNED_OUT_AT: now},
                     merge=True,
                 )
             batch.commit()
@@ -162,8 +177,8 @@ def active_sessions(user_id: str, member: dict[str, Any]) -> list[SessionRef]:
         SessionRef(
             user_id=user_id,
             session_id=str(session_id),
-            instance_id=str(where.get("instance_id", "")) if isinstance(where, dict) else "",
-            internal_url=str(where.get("internal_url", "")) if isinstance(where, dict) else "",
+            instance_id=str(where.get(INSTANCE_ID, "")) if isinstance(where, dict) else "",
+            internal_url=str(where.get(INTERNAL_URL, "")) if isinstance(where, dict) else "",
         )
         for session_id, where in recorded.items()
     ]
@@ -182,9 +197,9 @@ class FirestoreInstances:
             if not snapshot.exists:
                 continue
             data = snapshot.to_dict() or {}
-            beat = data.get("heartbeat_at")
+            beat = data.get(HEARTBEAT_AT)
             found[snapshot.id] = (
-                beat if isinstance(beat, datetime) and "stopped_at" not in data else None
+                beat if isinstance(beat, datetime) and STOPPED_AT not in data else None
             )
         return found
 

@@ -40,14 +40,9 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
+from presence_sweep.schema import IS_SIGNED_IN, LAST_PONG_AT, SIGN_OUT_CLAIM, SIGN_OUT_CLAIMED_AT
 
 logger = logging.getLogger("presence_sweep")
-
-# Field names shared with the gateway (pinned by tests/contract).
-IS_SIGNED_IN = "is_signed_in"
-LAST_PONG_AT = "last_pong_at"
-CLAIM = "sign_out_claim"
-CLAIMED_AT = "sign_out_claimed_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +77,9 @@ def decide_claim(
         return ClaimDecision(False, "no_last_pong")
     if last >= cutoff:
         return ClaimDecision(False, "pong_arrived")
-    claimed_at = member.get(CLAIMED_AT)
+    claimed_at = member.get(SIGN_OUT_CLAIMED_AT)
     if (
-        member.get(CLAIM)
+        member.get(SIGN_OUT_CLAIM)
         and isinstance(claimed_at, datetime)
         and now - claimed_at < timedelta(seconds=claim_ttl)
     ):

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from emulator import procs
+from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS
 
 if TYPE_CHECKING:
     from tests.bench.runner import ClientProc, Gateway
@@ -626,7 +627,7 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
         with _firestore(fs_host, PROJECT) as db:
             members = {
                 snap.id: (snap.update_time.timestamp(), snap.to_dict() or {})
-                for snap in db.get_all([db.collection("members").document(u) for u in users])
+                for snap in db.get_all([db.collection(MEMBERS).document(u) for u in users])
             }
         timeout = _timeouts(records, members, silent)
         timeout["sweep_reports"] = _sweep_reports(function.log_path, function_offset)
@@ -709,7 +710,7 @@ def _timeouts(
             continue
         committed, member = members[user]
         value = timeout_at - committed
-        stamp = member.get("last_sign_out_at")
+        stamp = member.get(LAST_SIGN_OUT_AT)
         # update_time is the finalize commit unless a later write changed the member.
         clock = stamp.timestamp() if isinstance(stamp, datetime) else None
         implausible += value < 0 or clock is None or committed < clock
@@ -724,10 +725,10 @@ def _timeouts(
         "closed_4408": code_4408,
         "implausible_commit_times": implausible,
         "signed_out_silent": sum(
-            1 for u in silent if members.get(u, (0, {}))[1].get("is_signed_in") is False
+            1 for u in silent if members.get(u, (0, {}))[1].get(IS_SIGNED_IN) is False
         ),
         "signed_out_answering": sum(
-            1 for u in answering if members.get(u, (0, {}))[1].get("is_signed_in") is False
+            1 for u in answering if members.get(u, (0, {}))[1].get(IS_SIGNED_IN) is False
         ),
         "answering_timed_out": sum(1 for r in records if r[0] not in silent and r[2]),
     }

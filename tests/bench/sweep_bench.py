@@ -20,6 +20,17 @@ from typing import Any
 import httpx
 
 from emulator import procs
+from gateway.schema import (
+    ACTIVE_SESSIONS,
+    INSTANCE_ID,
+    INTERNAL_URL,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_PONG_AT,
+    MEMBERS,
+    SESSIONS,
+    USER_ID,
+)
 
 PROJECT = "demo-bench-sweep"
 SCENARIOS = ((10_000, 50_000), (10_000, 10_000), (10_000, 100_000))
@@ -57,22 +68,22 @@ def _seed(db: Any, auth: Any, app: Any, expired: int, total: int, url: str) -> f
         result = auth.import_users(users, app=app)
         assert result.failure_count == 0, result.errors
     batch, count = db.batch(), 0
-    where = {"instance_id": "bench", "internal_url": url}
+    where = {INSTANCE_ID: "bench", INTERNAL_URL: url}
     for i in range(total):
         if i < expired:
             batch.set(
-                db.collection("members").document(f"x{i}"),
-                {"is_signed_in": True, "last_pong_at": old, "active_sessions": {f"s{i}": where}},
+                db.collection(MEMBERS).document(f"x{i}"),
+                {IS_SIGNED_IN: True, LAST_PONG_AT: old, ACTIVE_SESSIONS: {f"s{i}": where}},
             )
             batch.set(
-                db.collection("sessions").document(f"s{i}"),
-                {"user_id": f"x{i}", "is_active": True, **where},
+                db.collection(SESSIONS).document(f"s{i}"),
+                {USER_ID: f"x{i}", IS_ACTIVE: True, **where},
             )
             count += 2
         else:
             batch.set(
-                db.collection("members").document(f"m{i}"),
-                {"is_signed_in": True, "last_pong_at": now},
+                db.collection(MEMBERS).document(f"m{i}"),
+                {IS_SIGNED_IN: True, LAST_PONG_AT: now},
             )
             count += 1
         if count >= 498:

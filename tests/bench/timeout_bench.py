@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from emulator import procs
+from gateway.schema import ACTIVE_SESSIONS, IS_SIGNED_IN, LAST_PONG_AT, MEMBERS
 
 if TYPE_CHECKING:
     from tests.bench.runner import ClientProc
@@ -145,13 +146,13 @@ def _wait_recorded(db: Any, per_user: dict[str, int], timeout: float) -> None:
     gateways' connect writes go through their write-behind buffers, and one landing after the
     expiry below would put ``last_pong_at`` back to now."""
     deadline = time.monotonic() + timeout
-    refs = [db.collection("members").document(u) for u in per_user]
+    refs = [db.collection(MEMBERS).document(u) for u in per_user]
     while True:
         short = 0
         for snap in db.get_all(refs):
             member = snap.to_dict() if snap.exists else None
-            sessions = (member or {}).get("active_sessions") or {}
-            if not member or member.get("is_signed_in") is not True:
+            sessions = (member or {}).get(ACTIVE_SESSIONS) or {}
+            if not member or member.get(IS_SIGNED_IN) is not True:
                 short += 1
             elif len(sessions) != per_user[snap.id]:
                 short += 1
@@ -166,7 +167,7 @@ def _expire(db: Any, users: Sequence[str], when: datetime) -> None:
     for start in range(0, len(users), 500):
         batch = db.batch()
         for user in users[start : start + 500]:
-            batch.update(db.collection("members").document(user), {"last_pong_at": when})
+            batch.update(db.collection(MEMBERS).document(user), {LAST_PONG_AT: when})
         batch.commit()
 
 
@@ -288,9 +289,9 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
         final = _wait_client(client, len(plan), 30)
         commits: dict[str, float] = {}
         signed_out = 0
-        for snap in db.get_all([db.collection("members").document(u) for u in user_ids]):
+        for snap in db.get_all([db.collection(MEMBERS).document(u) for u in user_ids]):
             commits[snap.id] = snap.update_time.timestamp()
-            signed_out += (snap.to_dict() or {}).get("is_signed_in") is False
+            signed_out += (snap.to_dict() or {}).get(IS_SIGNED_IN) is False
         metrics = {}
         for gw in gateways:
             text = gw.http.get("/metrics").text

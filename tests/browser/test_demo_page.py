@@ -23,6 +23,7 @@ import pytest
 
 from emulator import procs
 from emulator.stack import DEMO_DIR
+from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS, UPDATED_AT
 from tests.support import (
     LOG_DIR,
     UNIT,
@@ -212,8 +213,8 @@ async def test_a_revoked_session_ends_in_the_auth_error_state(
     uid = await sign_in(page, stack)
     await asyncio.to_thread(auth.revoke_refresh_tokens, uid, app=firebase_app)
     now = datetime.now(UTC)
-    firestore_client.collection("members").document(uid).set(
-        {"is_signed_in": False, "last_sign_out_at": now, "updated_at": now}, merge=True
+    firestore_client.collection(MEMBERS).document(uid).set(
+        {IS_SIGNED_IN: False, LAST_SIGN_OUT_AT: now, UPDATED_AT: now}, merge=True
     )
     await asyncio.to_thread(stack.restart, kill=False)
     await expect(page.locator("#auth-error")).to_be_visible(timeout=WAIT_MS)

@@ -19,6 +19,16 @@ from unittest import mock
 import pytest
 
 from emulator import compose, procs
+from gateway.schema import (
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_SIGN_OUT_AT,
+    MEMBERS,
+    SESSIONS,
+    SIGNED_OUT_AT,
+    UPDATED_AT,
+    USER_ID,
+)
 from tests.support import LOG_DIR, UNIT, Client
 
 pytestmark = pytest.mark.e2e
@@ -106,13 +116,13 @@ async def test_a_silent_client_is_timed_out_signed_out_and_revoked(stack: Stack)
         db = firestore.Client(project=project)
         app = firebase_admin.initialize_app(options={"projectId": project}, name=stack.project)
         try:
-            member = db.collection("members").document(uid).get().to_dict()
-            assert member["is_signed_in"] is False
-            assert member["last_sign_out_at"] <= member["updated_at"]
-            query = db.collection("sessions").where(filter=FieldFilter("user_id", "==", uid))
+            member = db.collection(MEMBERS).document(uid).get().to_dict()
+            assert member[IS_SIGNED_IN] is False
+            assert member[LAST_SIGN_OUT_AT] <= member[UPDATED_AT]
+            query = db.collection(SESSIONS).where(filter=FieldFilter(USER_ID, "==", uid))
             sessions = [s.to_dict() for s in query.get()]
-            assert sessions and all(s["is_active"] is False for s in sessions)
-            assert any("signed_out_at" in s for s in sessions)
+            assert sessions and all(s[IS_ACTIVE] is False for s in sessions)
+            assert any(SIGNED_OUT_AT in s for s in sessions)
             user = auth.get_user(uid, app=app)
             assert user.tokens_valid_after_timestamp / 1000 >= int(issued)
         finally:

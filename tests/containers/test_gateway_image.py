@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from emulator import procs
+from gateway.schema import INSTANCES, STOPPED_AT
 from tests.support import UNIT, Client, eventually
 
 pytestmark = pytest.mark.e2e
@@ -82,8 +83,8 @@ async def test_the_image_serves_reports_healthy_and_drains_on_sigterm(
         lines = [json.loads(line) for line in container.logs().decode().splitlines() if line]
         assert any(f"gateway instance {instance} stopped" in e["message"] for e in lines)
         assert all({"severity", "message", "time"} <= set(e) for e in lines)
-        stopped = firestore_client.collection("gateway_instances").document(instance).get()
-        assert stopped.get("stopped_at") is not None
+        stopped = firestore_client.collection(INSTANCES).document(instance).get()
+        assert stopped.get(STOPPED_AT) is not None
     finally:
         container.remove(force=True)
         client.close()

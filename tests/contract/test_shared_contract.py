@@ -14,9 +14,11 @@ from typing import Any
 
 import msgspec
 
+from gateway import schema as gateway_schema
 from gateway import store as gateway_store
 from gateway.messages import TimeoutCallback
-from presence_sweep import adapters, core
+from presence_sweep import adapters
+from presence_sweep import schema as sweep_schema
 from presence_sweep.adapters import callback_body
 from presence_sweep.core import SessionRef
 
@@ -41,19 +43,19 @@ def test_callback_path_matches_the_gateway_route() -> None:
 
 def test_collection_and_field_names_agree() -> None:
     """Both sides name the same collections and fields."""
-    assert (adapters.MEMBERS, adapters.SESSIONS, adapters.INSTANCES) == (
-        gateway_store.MEMBERS,
-        gateway_store.SESSIONS,
-        gateway_store.INSTANCES,
+    assert (sweep_schema.MEMBERS, sweep_schema.SESSIONS, sweep_schema.INSTANCES) == (
+        gateway_schema.MEMBERS,
+        gateway_schema.SESSIONS,
+        gateway_schema.INSTANCES,
     )
     member, session = gateway_store.connect_writes("u", "s", "i", "http://g", datetime.now(UTC))
-    assert {core.IS_SIGNED_IN, core.LAST_PONG_AT} <= set(member.fields)
-    assert adapters.ACTIVE_SESSIONS == gateway_store.ACTIVE_SESSIONS
+    assert {sweep_schema.IS_SIGNED_IN, sweep_schema.LAST_PONG_AT} <= set(member.fields)
+    assert sweep_schema.ACTIVE_SESSIONS == gateway_schema.ACTIVE_SESSIONS
     # The function finds a user's sockets in the member's active_sessions map.
     assert adapters.active_sessions("u", dict(member.fields)) == [
         SessionRef("u", "s", "i", "http://g")
     ]
-    assert "is_active" in session.fields
+    assert sweep_schema.IS_ACTIVE in session.fields
 
 
 def _declared_indexes() -> set[tuple[str, tuple[str, ...]]]:
@@ -71,12 +73,14 @@ def _queries_in(path: Path) -> list[tuple[str, tuple[str, ...]]]:
     for chain in re.finditer(
         r"\.collection\((\w+)\)((?:\s*\.(?:where|order_by)\([^\n]*\))+)", source
     ):
-        collection = {"MEMBERS": "members", "SESSIONS": "sessions"}[chain.group(1)]
+        # Sources name collections and fields by their schema constants (both schemas are
+        # equal, tests/contract/test_schema.py): resolve them to the names Firestore sees.
+        collection = getattr(gateway_schema, chain.group(1))
         fields = re.findall(r'FieldFilter\(\s*"?(\w+)"?|order_by\((\w+)', chain.group(2))
         names = []
         for filtered, ordered in fields:
             name = filtered or ordered
-            name = {"IS_SIGNED_IN": "is_signed_in", "LAST_PONG_AT": "last_pong_at"}.get(name, name)
+            name = getattr(gateway_schema, name) if name.isupper() else name
             if name not in names:
                 names.append(name)
         if len(names) > 1:
@@ -93,8 +97,8 @@ def test_every_composite_query_has_its_index_declared() -> None:
     queries = [q for path in sources for q in _queries_in(path)]
     declared = _declared_indexes()
     assert {
-        ("members", ("is_signed_in", "last_pong_at")),
-        ("sessions", ("instance_id", "signed_out_at")),
+        (gateway_schema.MEMBERS, (gateway_schema.IS_SIGNED_IN, gateway_schema.LAST_PONG_AT)),
+        (gateway_schema.SESSIONS, (gateway_schema.INSTANCE_ID, gateway_schema.SIGNED_OUT_AT)),
     } <= set(queries), queries
     for query in queries:
         assert query in declared, f"no index declared for {query}"

@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS, SESSIONS, USER_ID
 from tests.support import (
     UNIT,
     GatewayProc,
@@ -45,10 +46,10 @@ async def close_code(url: str, **kwargs: Any) -> tuple[int, str]:
 def nothing_written(firestore_client: Any, user: str) -> bool:
     from google.cloud.firestore_v1.base_query import FieldFilter
 
-    member = firestore_client.collection("members").document(user).get()
+    member = firestore_client.collection(MEMBERS).document(user).get()
     sessions = (
-        firestore_client.collection("sessions")
-        .where(filter=FieldFilter("user_id", "==", user))
+        firestore_client.collection(SESSIONS)
+        .where(filter=FieldFilter(USER_ID, "==", user))
         .limit(1)
         .get()
     )
@@ -107,8 +108,8 @@ async def test_a_token_from_before_the_last_sign_out_is_refused(
     """A signed-out user's old token opens nothing: auth_time < last_sign_out_at."""
     user = uid()
     token = minter(user)
-    firestore_client.collection("members").document(user).set(
-        {"is_signed_in": False, "last_sign_out_at": datetime.now(UTC) + timedelta(seconds=5)}
+    firestore_client.collection(MEMBERS).document(user).set(
+        {IS_SIGNED_IN: False, LAST_SIGN_OUT_AT: datetime.now(UTC) + timedelta(seconds=5)}
     )
     assert await close_code(gateway.ws(user, token)) == (4401, "token revoked: signed out since")
 

@@ -45,6 +45,26 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from gateway.schema import (
+    ACTIVE_SESSIONS,
+    CLOSE_CODE,
+    CONNECTED_AT,
+    DISCONNECTED_AT,
+    INSTANCE_ID,
+    INTERNAL_URL,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_CONNECTED_AT,
+    LAST_PONG_AT,
+    LAST_SIGN_OUT_AT,
+    MEMBERS,
+    SESSIONS,
+    SIGN_OUT_CLAIM,
+    SIGN_OUT_CLAIMED_AT,
+    SIGNED_OUT_AT,
+    UPDATED_AT,
+    USER_ID,
+)
 from tests.support import (
     UNIT,
     GatewayProc,
@@ -61,7 +81,7 @@ MAX_BYTES = 4096
 CALLBACK_TOKEN = "corpus-callback-" + secrets.token_urlsafe(16)
 #: docs/protocol.md: 1-128 characters of A-Z a-z 0-9 _ - . @ : + =, and a valid
 #: Firestore document id (not "." nor "..", not __x__).
-USER_ID = re.compile(r"[A-Za-z0-9_\-.@:+=]{1,128}")
+VALID_USER_ID = re.compile(r"[A-Za-z0-9_\-.@:+=]{1,128}")
 HUGE_INT = 10**1000
 
 #: Users this module connected with (their documents are checked strictly at the end).
@@ -77,7 +97,7 @@ def uid() -> str:
 
 def valid_user_id(user_id: str) -> bool:
     return (
-        USER_ID.fullmatch(user_id) is not None
+        VALID_USER_ID.fullmatch(user_id) is not None
         and user_id not in (".", "..")
         and not (user_id.startswith("__") and user_id.endswith("__"))
     )
@@ -877,8 +897,8 @@ async def test_a_forged_callback_cannot_close_a_live_session(
     async with connect(gateway.ws(victim)) as ws:
 
         async def session_id() -> str:
-            query = firestore_client.collection("sessions").where(
-                filter=FieldFilter("user_id", "==", victim)
+            query = firestore_client.collection(SESSIONS).where(
+                filter=FieldFilter(USER_ID, "==", victim)
             )
             found = [doc.id for doc in query.stream()]
             return found[0] if found else ""
@@ -897,26 +917,26 @@ async def test_a_forged_callback_cannot_close_a_live_session(
 # --- after the corpus ------------------------------------------------------------------------
 
 MEMBER_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "is_signed_in": bool,
-    "last_pong_at": datetime,
-    "updated_at": datetime,
-    "last_connected_at": datetime,
-    "last_sign_out_at": datetime,
-    "instance_id": str,
-    "active_sessions": dict,
+    IS_SIGNED_IN: bool,
+    LAST_PONG_AT: datetime,
+    UPDATED_AT: datetime,
+    LAST_CONNECTED_AT: datetime,
+    LAST_SIGN_OUT_AT: datetime,
+    INSTANCE_ID: str,
+    ACTIVE_SESSIONS: dict,
     # The sweep's transient claim (docs/operations.md, Firestore data).
-    "sign_out_claim": str,
-    "sign_out_claimed_at": datetime,
+    SIGN_OUT_CLAIM: str,
+    SIGN_OUT_CLAIMED_AT: datetime,
 }
 SESSION_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "user_id": str,
-    "is_active": bool,
-    "connected_at": datetime,
-    "instance_id": str,
-    "internal_url": str,
-    "disconnected_at": datetime,
-    "close_code": (int, type(None)),
-    "signed_out_at": datetime,
+    USER_ID: str,
+    IS_ACTIVE: bool,
+    CONNECTED_AT: datetime,
+    INSTANCE_ID: str,
+    INTERNAL_URL: str,
+    DISCONNECTED_AT: datetime,
+    CLOSE_CODE: (int, type(None)),
+    SIGNED_OUT_AT: datetime,
 }
 
 
@@ -933,11 +953,11 @@ def type_problems(doc_id: str, record: dict[str, Any], spec: dict[str, Any]) -> 
         for name, value in record.items()
         if name in spec and wrong_type(value, spec[name])
     ]
-    for session, where in (record.get("active_sessions") or {}).items():
+    for session, where in (record.get(ACTIVE_SESSIONS) or {}).items():
         if not (
             isinstance(where, dict)
-            and isinstance(where.get("instance_id"), str)
-            and isinstance(where.get("internal_url"), str)
+            and isinstance(where.get(INSTANCE_ID), str)
+            and isinstance(where.get(INTERNAL_URL), str)
         ):
             problems.append(f"{doc_id}.active_sessions.{session}={where!r}")
     return problems
@@ -972,7 +992,7 @@ async def test_the_gateway_survived_the_corpus(
     await asyncio.sleep(1 * UNIT)  # write-behind flushes (PONG_FLUSH_INTERVAL=0.2)
     problems: list[str] = []
     member_ids = set()
-    for snapshot in firestore_client.collection("members").stream():
+    for snapshot in firestore_client.collection(MEMBERS).stream():
         member_ids.add(snapshot.id)
         record = snapshot.to_dict()
         if not valid_user_id(snapshot.id):
@@ -982,11 +1002,11 @@ async def test_the_gateway_survived_the_corpus(
             unknown = set(record) - set(MEMBER_FIELDS)
             if unknown:
                 problems.append(f"members/{snapshot.id}: undocumented fields {sorted(unknown)}")
-            if not isinstance(record.get("is_signed_in"), bool):
+            if not isinstance(record.get(IS_SIGNED_IN), bool):
                 problems.append(f"members/{snapshot.id}: no is_signed_in")
-    for snapshot in firestore_client.collection("sessions").stream():
+    for snapshot in firestore_client.collection(SESSIONS).stream():
         record = snapshot.to_dict()
-        user = record.get("user_id")
+        user = record.get(USER_ID)
         if user in REFUSED:
             problems.append(f"sessions/{snapshot.id}: a session for refused user {user[:80]!r}")
         elif not (isinstance(user, str) and valid_user_id(user)):

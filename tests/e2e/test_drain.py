@@ -14,6 +14,17 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from gateway.schema import (
+    ACTIVE_SESSIONS,
+    CLOSE_CODE,
+    INSTANCES,
+    IS_ACTIVE,
+    LAST_PONG_AT,
+    MEMBERS,
+    SESSIONS,
+    STOPPED_AT,
+    USER_ID,
+)
 from tests.support import UNIT, TokenMinter, eventually, loads, start_gateway
 
 pytestmark = pytest.mark.e2e
@@ -55,21 +66,19 @@ async def test_sigterm_closes_sockets_with_1012_and_loses_no_pong(
     stats = proc.log()
     assert "gateway instance" in stats and "stopped" in stats
     for user in users:
-        member = firestore_client.collection("members").document(user).get().to_dict()
+        member = firestore_client.collection(MEMBERS).document(user).get().to_dict()
         # The last round's pong was received after last_round and persisted during the drain.
-        assert member["last_pong_at"] >= last_round, (user, member)
-        assert not member.get("active_sessions"), member
+        assert member[LAST_PONG_AT] >= last_round, (user, member)
+        assert not member.get(ACTIVE_SESSIONS), member
         sessions = (
-            firestore_client.collection("sessions")
-            .where(filter=FieldFilter("user_id", "==", user))
+            firestore_client.collection(SESSIONS)
+            .where(filter=FieldFilter(USER_ID, "==", user))
             .get()
         )
-        assert [(s.get("is_active"), s.get("close_code")) for s in sessions] == [(False, 1012)]
+        assert [(s.get(IS_ACTIVE), s.get(CLOSE_CODE)) for s in sessions] == [(False, 1012)]
 
     async def instance_marked() -> bool:
-        doc = firestore_client.collection("gateway_instances").document(
-            proc.env["GATEWAY_INSTANCE_ID"]
-        )
-        return "stopped_at" in (doc.get().to_dict() or {})
+        doc = firestore_client.collection(INSTANCES).document(proc.env["GATEWAY_INSTANCE_ID"])
+        return STOPPED_AT in (doc.get().to_dict() or {})
 
     await eventually(instance_marked, timeout=5)

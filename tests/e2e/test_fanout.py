@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from emulator import procs
+from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS
 from tests.conftest import PubSubEmulator
 from tests.support import (
     UNIT,
@@ -302,8 +303,8 @@ async def test_the_sweeps_callback_times_out_a_users_sockets_on_all_three_instan
         assert "2 seconds" in frame["message"]
         assert await socket.closed() == 4408
         assert socket.frames.empty()
-    member = firestore_client.collection("members").document(silent).get().to_dict()
-    assert member["is_signed_in"] is False
+    member = firestore_client.collection(MEMBERS).document(silent).get().to_dict()
+    assert member[IS_SIGNED_IN] is False
     served = 0
     for gateway in service.instances:
         async with httpx.AsyncClient(base_url=gateway.http) as http:
@@ -374,7 +375,7 @@ async def test_a_killed_instance_leaves_its_subscription_and_its_users_are_signe
         assert await kept.next() == {"type": "still"}
 
         def signed_in(user: str) -> Any:
-            return firestore_client.collection("members").document(user).get().get("is_signed_in")
+            return firestore_client.collection(MEMBERS).document(user).get().get(IS_SIGNED_IN)
 
         async def gone_signed_out() -> bool:
             return signed_in(gone) is False
@@ -420,8 +421,8 @@ async def test_sign_out_on_demand_closes_every_socket_and_refuses_the_old_token(
         frame = await socket.next()
         assert (frame["type"], frame["reason"]) == ("signed_out", "signed out by the service")
         assert await socket.closed() == 4410
-    member = firestore_client.collection("members").document(user).get().to_dict()
-    assert member["is_signed_in"] is False and member["last_sign_out_at"] is not None
+    member = firestore_client.collection(MEMBERS).document(user).get().to_dict()
+    assert member[IS_SIGNED_IN] is False and member[LAST_SIGN_OUT_AT] is not None
     assert auth.get_user(user, app=firebase_app).tokens_valid_after_timestamp >= called_at * 1000
     again = await Client.open(service.ws(user))
     clients.append(again)
@@ -494,5 +495,5 @@ async def test_with_pubsub_down_local_sockets_are_served_and_no_sign_out_is_lost
     while not socket.frames.empty():
         frames.append(socket.frames.get_nowait())
     assert frames[-3:] == [{"n": "after"}] * 3
-    member = firestore_client.collection("members").document(silent).get().to_dict()
-    assert member["is_signed_in"] is False
+    member = firestore_client.collection(MEMBERS).document(silent).get().to_dict()
+    assert member[IS_SIGNED_IN] is False

@@ -13,6 +13,20 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from gateway.schema import (
+    CLOSE_CODE,
+    CONNECTED_AT,
+    DISCONNECTED_AT,
+    INSTANCE_ID,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_CONNECTED_AT,
+    LAST_PONG_AT,
+    MEMBERS,
+    SESSIONS,
+    UPDATED_AT,
+    USER_ID,
+)
 from tests.support import UNIT, GatewayProc, eventually, loads
 
 pytestmark = pytest.mark.e2e
@@ -34,14 +48,14 @@ async def next_of(ws: ClientConnection, kind: str, timeout: float = 5.0) -> dict
 
 
 def member(firestore_client: Any, user: str) -> dict[str, Any] | None:
-    snapshot = firestore_client.collection("members").document(user).get()
+    snapshot = firestore_client.collection(MEMBERS).document(user).get()
     return snapshot.to_dict() if snapshot.exists else None
 
 
 def sessions_of(firestore_client: Any, user: str) -> list[dict[str, Any]]:
     from google.cloud.firestore_v1.base_query import FieldFilter
 
-    query = firestore_client.collection("sessions").where(filter=FieldFilter("user_id", "==", user))
+    query = firestore_client.collection(SESSIONS).where(filter=FieldFilter(USER_ID, "==", user))
     return [s.to_dict() for s in query.stream()]
 
 
@@ -70,19 +84,19 @@ async def test_connect_records_member_and_session(
             return found if found[0] and found[1] else ()  # type: ignore[return-value]
 
         record, sessions = await eventually(recorded)
-        assert record["is_signed_in"] is True
-        assert record["instance_id"] == gateway.env["GATEWAY_INSTANCE_ID"]
-        assert {"last_pong_at", "updated_at", "last_connected_at"} <= set(record)
-        assert len(sessions) == 1 and sessions[0]["is_active"] is True
-        assert sessions[0]["instance_id"] == gateway.env["GATEWAY_INSTANCE_ID"]
+        assert record[IS_SIGNED_IN] is True
+        assert record[INSTANCE_ID] == gateway.env["GATEWAY_INSTANCE_ID"]
+        assert {LAST_PONG_AT, UPDATED_AT, LAST_CONNECTED_AT} <= set(record)
+        assert len(sessions) == 1 and sessions[0][IS_ACTIVE] is True
+        assert sessions[0][INSTANCE_ID] == gateway.env["GATEWAY_INSTANCE_ID"]
 
     async def closed() -> list[dict[str, Any]]:
         found = sessions_of(firestore_client, user)
-        return found if found and found[0]["is_active"] is False else []
+        return found if found and found[0][IS_ACTIVE] is False else []
 
     (session,) = await eventually(closed)
-    assert session["close_code"] == 1000
-    assert session["disconnected_at"] >= session["connected_at"]
+    assert session[CLOSE_CODE] == 1000
+    assert session[DISCONNECTED_AT] >= session[CONNECTED_AT]
 
 
 async def test_every_pong_moves_last_pong_at(gateway: GatewayProc, firestore_client: Any) -> None:
@@ -94,7 +108,7 @@ async def test_every_pong_moves_last_pong_at(gateway: GatewayProc, firestore_cli
 
         async def first_pong() -> Any:
             record = member(firestore_client, user)
-            return record and record["last_pong_at"]
+            return record and record[LAST_PONG_AT]
 
         initial = await eventually(first_pong)
         for _ in range(3):
@@ -103,7 +117,7 @@ async def test_every_pong_moves_last_pong_at(gateway: GatewayProc, firestore_cli
 
         async def advanced() -> bool:
             record = member(firestore_client, user)
-            return bool(record and record["last_pong_at"] > initial)
+            return bool(record and record[LAST_PONG_AT] > initial)
 
         await eventually(advanced)
 

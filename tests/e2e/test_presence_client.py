@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.schema import IS_SIGNED_IN, LAST_PONG_AT, MEMBERS
 from presence_client import Ack, PresenceClient, SignedOut, State
 from tests.support import (
     UNIT,
@@ -59,7 +60,7 @@ def new_client(
 
 
 def member(firestore_client: Any, user: str) -> dict[str, Any] | None:
-    snapshot = firestore_client.collection("members").document(user).get()
+    snapshot = firestore_client.collection(MEMBERS).document(user).get()
     return snapshot.to_dict() if snapshot.exists else None
 
 
@@ -83,14 +84,14 @@ async def test_stays_connected_answering_pings(
 
         async def first_pong() -> Any:
             record = member(firestore_client, user)
-            return record and record.get("last_pong_at")
+            return record and record.get(LAST_PONG_AT)
 
         initial = await eventually(first_pong, timeout=20)
         answered = len(pongs)
 
         async def advanced() -> bool:
             record = member(firestore_client, user)
-            return bool(record and record["last_pong_at"] > initial)
+            return bool(record and record[LAST_PONG_AT] > initial)
 
         await eventually(advanced, timeout=20)
         assert len(pongs) > answered
@@ -235,4 +236,4 @@ async def test_a_client_that_does_not_answer_pings_ends_signed_out(
     assert len(attempts) == 1 and tokens.calls == [False]
     assert [(d.code, d.will_reconnect) for d in disconnects] == [(4408, False)]
     record = member(firestore_client, user)
-    assert record is not None and record["is_signed_in"] is False
+    assert record is not None and record[IS_SIGNED_IN] is False

@@ -17,6 +17,16 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from gateway.schema import (
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_SIGN_OUT_AT,
+    MEMBERS,
+    SESSIONS,
+    SIGNED_OUT_AT,
+    UPDATED_AT,
+    USER_ID,
+)
 from tests.support import (
     UNIT,
     GatewayProc,
@@ -122,24 +132,24 @@ async def test_silent_client_is_timed_out_and_signed_out_while_a_live_one_stays(
         assert not any(f["type"] == "timeout" for f in seen)
         assert sum(f["type"] == "ping" for f in seen) > 10
 
-    member = firestore_client.collection("members").document(silent).get().to_dict()
-    assert member["is_signed_in"] is False
+    member = firestore_client.collection(MEMBERS).document(silent).get().to_dict()
+    assert member[IS_SIGNED_IN] is False
     # A pong already in the gateway's buffer may land after the sign-out and bump updated_at.
-    assert member["updated_at"] >= member["last_sign_out_at"]
+    assert member[UPDATED_AT] >= member[LAST_SIGN_OUT_AT]
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     sessions = list(
-        firestore_client.collection("sessions")
-        .where(filter=FieldFilter("user_id", "==", silent))
+        firestore_client.collection(SESSIONS)
+        .where(filter=FieldFilter(USER_ID, "==", silent))
         .stream()
     )
     assert len(sessions) == 1
     session = sessions[0].to_dict()
-    assert session["is_active"] is False and session["signed_out_at"] == member["last_sign_out_at"]
+    assert session[IS_ACTIVE] is False and session[SIGNED_OUT_AT] == member[LAST_SIGN_OUT_AT]
     assert auth.get_user(silent, app=firebase_app).tokens_valid_after_timestamp > valid_after
 
-    alive = firestore_client.collection("members").document(live).get().to_dict()
-    assert alive["is_signed_in"] is True
+    alive = firestore_client.collection(MEMBERS).document(live).get().to_dict()
+    assert alive[IS_SIGNED_IN] is True
     assert auth.get_user(live, app=firebase_app).tokens_valid_after_timestamp == live_valid_after
 
 
@@ -153,8 +163,8 @@ async def test_gateway_closes_by_itself_when_the_callback_cannot_reach_it(
         frames, code = await until_closed(quiet, timeout=30)
     assert code == 4408
     assert frames[-1]["type"] == "timeout" and frames[-1]["message"] == TIMEOUT_TEXT
-    member = firestore_client.collection("members").document(user).get().to_dict()
-    assert member["is_signed_in"] is False
+    member = firestore_client.collection(MEMBERS).document(user).get().to_dict()
+    assert member[IS_SIGNED_IN] is False
     assert "reconcile closed 1 signed-out sockets" in unreachable_gateway.log()
 
     async def scheduler_saw_failure() -> bool:

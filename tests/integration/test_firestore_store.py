@@ -12,10 +12,32 @@ import pytest
 
 from emulator import procs
 from gateway.firestore_store import FirestoreStore
+from gateway.schema import (
+    ACTIVE_SESSIONS,
+    CLOSE_CODE,
+    CONNECTED_AT,
+    DISCONNECTED_AT,
+    INSTANCE_ID,
+    INSTANCES,
+    INTERNAL_URL,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_CONNECTED_AT,
+    LAST_PONG_AT,
+    MEMBERS,
+    SESSIONS,
+    STOPPED_AT,
+    UPDATED_AT,
+    USER_ID,
+)
 from gateway.store import (
+    DELETE_FIELD,
+    Write,
     connect_writes,
     disconnect_writes,
+    instance_write,
     pong_write,
+    sign_out_writes,
 )
 from gateway.writer import WriteBehind
 from tests.support import LOG_DIR, UNIT, eventually
@@ -48,25 +70,90 @@ async def test_commit_merges_fields_into_existing_documents(
     await store.commit([pong_write(user, T0 + timedelta(seconds=30))])
     await store.commit(disconnect_writes(user, session, 1000, T0 + timedelta(seconds=40)))
 
-    member = firestore_client.collection("members").document(user).get().to_dict()
+    member = firestore_client.collection(MEMBERS).document(user).get().to_dict()
     assert member == {
-        "is_signed_in": True,
-        "last_pong_at": T0 + timedelta(seconds=30),
-        "last_connected_at": T0,
-        "updated_at": T0 + timedelta(seconds=30),
-        "instance_id": "inst-2",
-        "active_sessions": {other: {"instance_id": "inst-2", "internal_url": "http://gw:2"}},
+        IS_SIGNED_IN: True,
+        LAST_PONG_AT: T0 + timedelta(seconds=30),
+        LAST_CONNECTED_AT: T0,
+        UPDATED_AT: T0 + timedelta(seconds=30),
+        INSTANCE_ID: "inst-2",
+        ACTIVE_SESSIONS: {other: {INSTANCE_ID: "inst-2", INTERNAL_URL: "http://gw:2"}},
     }
-    record = firestore_client.collection("sessions").document(session).get().to_dict()
+    record = firestore_client.collection(SESSIONS).document(session).get().to_dict()
     assert record == {
-        "user_id": user,
-        "is_active": False,
-        "connected_at": T0,
-        "instance_id": "inst-1",
-        "internal_url": "http://gw:1",
-        "disconnected_at": T0 + timedelta(seconds=40),
-        "close_code": 1000,
+        USER_ID: user,
+        IS_ACTIVE: False,
+        CONNECTED_AT: T0,
+        INSTANCE_ID: "inst-1",
+        INTERNAL_URL: "http://gw:1",
+        DISCONNECTED_AT: T0 + timedelta(seconds=40),
+        CLOSE_CODE: 1000,
     }
+
+
+def every_kind_of_write(suffix: str) -> list[list[Write]]:
+    """Batches exercising every encoding the raw path does: the gateway's own writes, deletes
+    (top-level, nested, absent, delete-only), empty maps, odd map keys and each value type."""
+    user, session, instance = f"u{suffix}", f"s{suffix}", f"i{suffix}"
+    return [
+        connect_writes(user, session, instance, "http://gw", T0),
+        connect_writes(user, f"{session}-2", instance, "http://gw", T0 + timedelta(seconds=1)),
+        [pong_write(user, T0 + timedelta(microseconds=123_456))],
+        disconnect_writes(user, session, None, T0 + timedelta(seconds=2)),
+        sign_out_writes(user, [f"{session}-2"], T0 + timedelta(seconds=3)),
+        [Write(INSTANCES, instance, {STOPPED_AT: T0}), instance_write(instance, "http://gw", T0)],
+        [Write(MEMBERS, f"ghost{suffix}", {ACTIVE_SESSIONS: {"x": DELETE_FIELD}})],
+        [
+            Write(
+                SESSIONS,
+                f"odd{suffix}",
+                {
+                    "keys": {"a.b": 1, "sp ace": 2, "back`quote": 3, "9x": 4, "é": 5},
+                    "empty": {},
+                    "values": {"t": True, "f": False, "i": -7, "d": 0.5, "s": "", "n": None},
+                },
+            )
+        ],
+        [Write(SESSIONS, f"odd{suffix}", {"keys": {"a.b": DELETE_FIELD}, "empty": {"k": 1}})],
+        [Write(SESSIONS, f"odd{suffix}", {"values": {}, "gone": DELETE_FIELD})],
+    ]
+
+
+async def test_the_raw_commit_stores_what_the_librarys_write_batch_stores(
+    store: FirestoreStore, firestore_client: Any
+) -> None:
+    """commit (raw protobufs, private API) and commit_with_batch (public WriteBatch with
+    merge=True) leave identical documents for the same batches."""
+    raw, public = uid(), uid()
+    for batch in every_kind_of_write(raw):
+        await store.commit(batch)
+    for batch in every_kind_of_write(public):
+        await store.commit_with_batch(batch)
+
+    def unsuffixed(value: Any, suffix: str) -> Any:
+        if isinstance(value, str):
+            return value.replace(suffix, "")
+        if isinstance(value, dict):
+            return {unsuffixed(k, suffix): unsuffixed(v, suffix) for k, v in value.items()}
+        return value
+
+    def stored(suffix: str) -> dict[tuple[str, str], Any]:
+        """Every document the batches touched, the run's suffix taken out of ids and values."""
+        names = {(w.collection, w.doc_id) for b in every_kind_of_write(suffix) for w in b}
+        docs = {}
+        for collection, doc_id in names:
+            snapshot = firestore_client.collection(collection).document(doc_id).get()
+            docs[(collection, doc_id.replace(suffix, ""))] = unsuffixed(snapshot.to_dict(), suffix)
+        return docs
+
+    from_raw, from_public = stored(raw), stored(public)
+    assert from_raw == from_public
+    assert from_raw[(SESSIONS, "odd")] == {
+        "keys": {"sp ace": 2, "back`quote": 3, "9x": 4, "é": 5},
+        "empty": {"k": 1},
+        "values": {},
+    }
+    assert from_raw[(MEMBERS, "ghost")] == {}
 
 
 async def test_a_full_batch_of_500_writes_commits_atomically(
@@ -75,7 +162,7 @@ async def test_a_full_batch_of_500_writes_commits_atomically(
     """Firestore's 500-write limit is the batch size; all 500 land."""
     prefix = uid()
     await store.commit([pong_write(f"{prefix}-{i}", T0) for i in range(500)])
-    refs = [firestore_client.collection("members").document(f"{prefix}-{i}") for i in range(500)]
+    refs = [firestore_client.collection(MEMBERS).document(f"{prefix}-{i}") for i in range(500)]
     snapshots = list(firestore_client.get_all(refs))
     assert len(snapshots) == 500 and all(s.exists for s in snapshots)
 
@@ -96,8 +183,8 @@ async def test_writer_persists_every_pong_to_firestore(
 
     await eventually(drained, timeout=30)
     await writer.close()
-    refs = [firestore_client.collection("members").document(u) for u in users]
-    stored = {s.id: s.get("last_pong_at") for s in firestore_client.get_all(refs)}
+    refs = [firestore_client.collection(MEMBERS).document(u) for u in users]
+    stored = {s.id: s.get(LAST_PONG_AT) for s in firestore_client.get_all(refs)}
     assert stored == {u: T0 + timedelta(milliseconds=i) for i, u in enumerate(users)}
 
 
@@ -152,7 +239,7 @@ async def test_writer_survives_a_firestore_outage_and_loses_nothing(project_id: 
         from google.cloud import firestore
 
         client = firestore.Client(project=project_id)
-        refs = [client.collection("members").document(u) for u in users]
+        refs = [client.collection(MEMBERS).document(u) for u in users]
         assert all(s.exists for s in client.get_all(refs))
         client.close()
     finally:

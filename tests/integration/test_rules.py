@@ -23,7 +23,22 @@ import pytest
 
 from emulator import procs
 from emulator.exceptions import EmulatorError
-from gateway.store import INSTANCES, MEMBERS, SESSIONS
+from gateway.schema import (
+    ACTIVE_SESSIONS,
+    CONNECTED_AT,
+    HEARTBEAT_AT,
+    INSTANCE_ID,
+    INSTANCES,
+    INTERNAL_URL,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_PONG_AT,
+    MEMBERS,
+    SESSIONS,
+    STARTED_AT,
+    UPDATED_AT,
+    USER_ID,
+)
 from tests.support import LOG_DIR, UNIT, unsigned_token
 
 pytestmark = pytest.mark.integration
@@ -31,7 +46,7 @@ pytestmark = pytest.mark.integration
 RULES = procs.ROOT / "firestore.rules"
 ALICE, BOB = "alice", "bob"
 SESSION_ID = f"{ALICE}-s1"
-INSTANCE_ID = "inst-1"
+INSTANCE = "inst-1"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ADMIN = {"Authorization": "Bearer owner"}
 
@@ -102,26 +117,26 @@ def _load_rules(emu: RulesEmulator) -> None:
 
 
 def _seed(db: Any) -> None:
-    where = {"instance_id": INSTANCE_ID, "internal_url": "http://gateway.invalid"}
+    where = {INSTANCE_ID: INSTANCE, INTERNAL_URL: "http://gateway.invalid"}
     batch = db.batch()
     for uid in (ALICE, BOB):
         batch.set(
             db.collection(MEMBERS).document(uid),
             {
-                "is_signed_in": True,
-                "last_pong_at": T0,
-                "updated_at": T0,
-                "instance_id": INSTANCE_ID,
-                "active_sessions": {f"{uid}-s1": where},
+                IS_SIGNED_IN: True,
+                LAST_PONG_AT: T0,
+                UPDATED_AT: T0,
+                INSTANCE_ID: INSTANCE,
+                ACTIVE_SESSIONS: {f"{uid}-s1": where},
             },
         )
     batch.set(
         db.collection(SESSIONS).document(SESSION_ID),
-        {"user_id": ALICE, "is_active": True, "connected_at": T0, **where},
+        {USER_ID: ALICE, IS_ACTIVE: True, CONNECTED_AT: T0, **where},
     )
     batch.set(
-        db.collection(INSTANCES).document(INSTANCE_ID),
-        {"internal_url": "http://gateway.invalid", "started_at": T0, "heartbeat_at": T0},
+        db.collection(INSTANCES).document(INSTANCE),
+        {INTERNAL_URL: "http://gateway.invalid", STARTED_AT: T0, HEARTBEAT_AT: T0},
     )
     batch.commit()
 
@@ -174,8 +189,8 @@ def test_signed_in_user_reads_own_member_document(emu: RulesEmulator) -> None:
     assert response.status_code == 200, response.text
     doc = response.json()
     assert doc["name"] == emu.name(f"{MEMBERS}/{ALICE}")
-    assert doc["fields"]["is_signed_in"] == {"booleanValue": True}
-    assert doc["fields"]["instance_id"] == {"stringValue": INSTANCE_ID}
+    assert doc["fields"][IS_SIGNED_IN] == {"booleanValue": True}
+    assert doc["fields"][INSTANCE_ID] == {"stringValue": INSTANCE}
 
 
 # (2) -------------------------------------------------------------------------------------------
@@ -201,7 +216,7 @@ def test_signed_in_user_cannot_list_or_query_members(emu: RulesEmulator) -> None
 
 
 @pytest.mark.parametrize(
-    "path", [f"{MEMBERS}/{ALICE}", f"{SESSIONS}/{SESSION_ID}", f"{INSTANCES}/{INSTANCE_ID}"]
+    "path", [f"{MEMBERS}/{ALICE}", f"{SESSIONS}/{SESSION_ID}", f"{INSTANCES}/{INSTANCE}"]
 )
 def test_unauthenticated_reads_are_denied(emu: RulesEmulator, path: str) -> None:
     assert_denied(emu.http.get(emu.url(path)))
@@ -213,15 +228,15 @@ def test_unauthenticated_reads_are_denied(emu: RulesEmulator, path: str) -> None
 def test_client_writes_to_own_member_document_are_denied(emu: RulesEmulator) -> None:
     me = emu.as_user(ALICE)
     own = emu.url(f"{MEMBERS}/{ALICE}")
-    tampered = fields({"is_signed_in": False, "instance_id": "evil"})
+    tampered = fields({IS_SIGNED_IN: False, INSTANCE_ID: "evil"})
 
     # update (PATCH of an existing document, whole and field-masked)
     assert_denied(emu.http.patch(own, json={"fields": tampered}, headers=me))
     assert_denied(
         emu.http.patch(
             own,
-            params={"updateMask.fieldPaths": "instance_id"},
-            json={"fields": fields({"instance_id": "evil"})},
+            params={"updateMask.fieldPaths": INSTANCE_ID},
+            json={"fields": fields({INSTANCE_ID: "evil"})},
             headers=me,
         )
     )
@@ -244,22 +259,22 @@ def test_client_writes_to_own_member_document_are_denied(emu: RulesEmulator) -> 
     # None of it landed.
     doc = emu.db.collection(MEMBERS).document(ALICE).get()
     assert doc.exists
-    assert doc.get("is_signed_in") is True
-    assert doc.get("instance_id") == INSTANCE_ID
+    assert doc.get(IS_SIGNED_IN) is True
+    assert doc.get(INSTANCE_ID) == INSTANCE
     assert not emu.db.collection(MEMBERS).document(fresh).get().exists
 
 
 # (5) -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [f"{SESSIONS}/{SESSION_ID}", f"{INSTANCES}/{INSTANCE_ID}"])
+@pytest.mark.parametrize("path", [f"{SESSIONS}/{SESSION_ID}", f"{INSTANCES}/{INSTANCE}"])
 def test_sessions_and_instances_are_closed_to_clients(emu: RulesEmulator, path: str) -> None:
     # Alice's own session document (user_id == alice) included: only members/{uid} is readable.
     me = emu.as_user(ALICE)
     assert_denied(emu.http.get(emu.url(path), headers=me))
     assert_denied(emu.http.get(emu.url(path.split("/")[0]), headers=me))  # list
     assert_denied(
-        emu.http.patch(emu.url(path), json={"fields": fields({"internal_url": "x"})}, headers=me)
+        emu.http.patch(emu.url(path), json={"fields": fields({INTERNAL_URL: "x"})}, headers=me)
     )
 
 
@@ -272,7 +287,7 @@ def test_sessions_and_instances_are_closed_to_clients(emu: RulesEmulator, path: 
         f"{MEMBERS}/{ALICE}",
         f"{MEMBERS}/{BOB}",
         f"{SESSIONS}/{SESSION_ID}",
-        f"{INSTANCES}/{INSTANCE_ID}",
+        f"{INSTANCES}/{INSTANCE}",
     ],
 )
 def test_admin_bypass_reads_everything(emu: RulesEmulator, path: str) -> None:
@@ -287,19 +302,19 @@ def test_admin_writes_succeed_over_rest_and_the_python_client(emu: RulesEmulator
     # REST with the admin bypass: create, then read back with the Python client.
     response = emu.http.patch(
         emu.url(f"{MEMBERS}/{carol}"),
-        json={"fields": fields({"is_signed_in": True})},
+        json={"fields": fields({IS_SIGNED_IN: True})},
         headers=ADMIN,
     )
     assert response.status_code == 200, response.text
-    assert emu.db.collection(MEMBERS).document(carol).get().get("is_signed_in") is True
+    assert emu.db.collection(MEMBERS).document(carol).get().get(IS_SIGNED_IN) is True
 
     # The Python client (what the gateway and the sweep use) writes where clients may not...
-    emu.db.collection(SESSIONS).document(SESSION_ID).set({"is_active": False}, merge=True)
-    emu.db.collection(MEMBERS).document(carol).set({"instance_id": INSTANCE_ID}, merge=True)
+    emu.db.collection(SESSIONS).document(SESSION_ID).set({IS_ACTIVE: False}, merge=True)
+    emu.db.collection(MEMBERS).document(carol).set({INSTANCE_ID: INSTANCE}, merge=True)
     session = emu.http.get(emu.url(f"{SESSIONS}/{SESSION_ID}"), headers=ADMIN).json()
-    assert session["fields"]["is_active"] == {"booleanValue": False}
+    assert session["fields"][IS_ACTIVE] == {"booleanValue": False}
 
     # ...and the owner then reads what the admin wrote, through the rules.
     own = emu.http.get(emu.url(f"{MEMBERS}/{carol}"), headers=emu.as_user(carol))
     assert own.status_code == 200, own.text
-    assert own.json()["fields"]["instance_id"] == {"stringValue": INSTANCE_ID}
+    assert own.json()["fields"][INSTANCE_ID] == {"stringValue": INSTANCE}

@@ -14,6 +14,23 @@ import pytest
 from presence_sweep.adapters import FirebaseAuth, FirestoreMembers
 from presence_sweep.core import ClaimDecision, SessionRef, SweepReport, sweep
 from presence_sweep.exceptions import AuthRevokeError
+from presence_sweep.schema import (
+    ACTIVE_SESSIONS,
+    CONNECTED_AT,
+    INSTANCE_ID,
+    INTERNAL_URL,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_PONG_AT,
+    LAST_SIGN_OUT_AT,
+    MEMBERS,
+    SESSIONS,
+    SIGN_OUT_CLAIM,
+    SIGN_OUT_CLAIMED_AT,
+    SIGNED_OUT_AT,
+    UPDATED_AT,
+    USER_ID,
+)
 from tests.support import id_token_for
 
 pytestmark = pytest.mark.integration
@@ -38,26 +55,26 @@ class RecordingNotifier:
 
 def seed(db: Any, users: list[str], last_pong: datetime, sessions_per_user: int = 1) -> None:
     batch, count = db.batch(), 0
-    where = {"instance_id": "inst", "internal_url": "http://gateway.invalid"}
+    where = {INSTANCE_ID: "inst", INTERNAL_URL: "http://gateway.invalid"}
     for user in users:
         batch.set(
-            db.collection("members").document(user),
+            db.collection(MEMBERS).document(user),
             {
-                "is_signed_in": True,
-                "last_pong_at": last_pong,
-                "updated_at": last_pong,
-                "active_sessions": {f"{user}-s{n}": where for n in range(sessions_per_user)},
+                IS_SIGNED_IN: True,
+                LAST_PONG_AT: last_pong,
+                UPDATED_AT: last_pong,
+                ACTIVE_SESSIONS: {f"{user}-s{n}": where for n in range(sessions_per_user)},
             },
         )
         for n in range(sessions_per_user):
             batch.set(
-                db.collection("sessions").document(f"{user}-s{n}"),
+                db.collection(SESSIONS).document(f"{user}-s{n}"),
                 {
-                    "user_id": user,
-                    "is_active": True,
-                    "connected_at": last_pong,
-                    "instance_id": "inst",
-                    "internal_url": "http://gateway.invalid",
+                    USER_ID: user,
+                    IS_ACTIVE: True,
+                    CONNECTED_AT: last_pong,
+                    INSTANCE_ID: "inst",
+                    INTERNAL_URL: "http://gateway.invalid",
                 },
             )
         count += 1 + sessions_per_user
@@ -91,14 +108,14 @@ def test_expired_user_is_signed_out_everywhere(
     report = run(firestore_client, FirebaseAuth(firebase_app), notifier, datetime.now(UTC))
 
     assert user in report.signed_out_users and report.ok
-    member = firestore_client.collection("members").document(user).get().to_dict()
-    assert member["is_signed_in"] is False
-    assert member["last_sign_out_at"] == member["updated_at"] >= now
-    assert "sign_out_claim" not in member
+    member = firestore_client.collection(MEMBERS).document(user).get().to_dict()
+    assert member[IS_SIGNED_IN] is False
+    assert member[LAST_SIGN_OUT_AT] == member[UPDATED_AT] >= now
+    assert SIGN_OUT_CLAIM not in member
     for n in range(2):
-        session = firestore_client.collection("sessions").document(f"{user}-s{n}").get()
-        assert session.get("is_active") is False
-        assert session.get("signed_out_at") == member["last_sign_out_at"]
+        session = firestore_client.collection(SESSIONS).document(f"{user}-s{n}").get()
+        assert session.get(IS_ACTIVE) is False
+        assert session.get(SIGNED_OUT_AT) == member[LAST_SIGN_OUT_AT]
     # Other tests' expired members share the project; look at this user's sessions only.
     assert sorted(s for s in notifier.sessions if s.startswith(user)) == [
         f"{user}-s0",
@@ -114,7 +131,7 @@ def test_users_with_recent_pongs_are_untouched(firestore_client: Any, firebase_a
     users = [f"fresh-{tag()}" for _ in range(5)]
     now = datetime.now(UTC)
     seed(firestore_client, users, now - timedelta(minutes=5))
-    refs = [firestore_client.collection("members").document(u) for u in users]
+    refs = [firestore_client.collection(MEMBERS).document(u) for u in users]
     before = {s.id: (s.to_dict(), s.update_time) for s in firestore_client.get_all(refs)}
     report = run(firestore_client, FirebaseAuth(firebase_app), RecordingNotifier(), now)
     after = {s.id: (s.to_dict(), s.update_time) for s in firestore_client.get_all(refs)}
@@ -138,8 +155,8 @@ class PongBeforeClaim(FirestoreMembers):
         claim_ttl: float,
     ) -> dict[str, ClaimDecision]:
         if self._user in user_ids:
-            self._client.collection("members").document(self._user).update(
-                {"last_pong_at": datetime.now(UTC)}
+            self._client.collection(MEMBERS).document(self._user).update(
+                {LAST_PONG_AT: datetime.now(UTC)}
             )
         return super().claim(user_ids, sweep_id, cutoff, now, claim_ttl)
 
@@ -164,7 +181,7 @@ def test_a_pong_committed_before_the_claim_keeps_the_user_signed_in(
     )
     assert user not in report.signed_out_users
     assert report.skipped["pong_arrived"] >= 1
-    assert firestore_client.collection("members").document(user).get().get("is_signed_in")
+    assert firestore_client.collection(MEMBERS).document(user).get().get(IS_SIGNED_IN)
     assert auth.get_user(user, app=firebase_app).tokens_valid_after_timestamp == before
     assert f"{user}-s0" not in notifier.sessions
 
@@ -227,19 +244,17 @@ def test_auth_failure_leaves_the_user_signed_in_until_the_next_sweep(
         firestore_client, FlakyAuth(firebase_app, {user}), RecordingNotifier(), datetime.now(UTC)
     )
     assert not first.ok and first.auth_failures == 1
-    member = firestore_client.collection("members").document(user).get().to_dict()
-    assert member["is_signed_in"] is True and "sign_out_claim" not in member
-    session = firestore_client.collection("sessions").document(f"{user}-s0").get().to_dict()
-    assert session["is_active"] is True and "signed_out_at" not in session
+    member = firestore_client.collection(MEMBERS).document(user).get().to_dict()
+    assert member[IS_SIGNED_IN] is True and SIGN_OUT_CLAIM not in member
+    session = firestore_client.collection(SESSIONS).document(f"{user}-s0").get().to_dict()
+    assert session[IS_ACTIVE] is True and SIGNED_OUT_AT not in session
     assert auth.get_user(user, app=firebase_app).tokens_valid_after_timestamp == before
 
     second = run(
         firestore_client, FirebaseAuth(firebase_app), RecordingNotifier(), datetime.now(UTC)
     )
     assert user in second.signed_out_users and second.ok
-    assert firestore_client.collection("members").document(user).get().get("is_signed_in") is (
-        False
-    )
+    assert firestore_client.collection(MEMBERS).document(user).get().get(IS_SIGNED_IN) is (False)
     assert auth.get_user(user, app=firebase_app).tokens_valid_after_timestamp > before
 
 
@@ -249,8 +264,8 @@ def test_a_stale_claim_from_a_dead_sweep_is_taken_over(
     """A sweep that died after claiming does not block the user forever."""
     user = f"stale-{tag()}"
     seed(firestore_client, [user], datetime.now(UTC) - timedelta(hours=4))
-    firestore_client.collection("members").document(user).update(
-        {"sign_out_claim": "dead", "sign_out_claimed_at": datetime.now(UTC) - timedelta(hours=1)}
+    firestore_client.collection(MEMBERS).document(user).update(
+        {SIGN_OUT_CLAIM: "dead", SIGN_OUT_CLAIMED_AT: datetime.now(UTC) - timedelta(hours=1)}
     )
     report = run(
         firestore_client, FirebaseAuth(firebase_app), RecordingNotifier(), datetime.now(UTC)

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.auth import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, Identity, authorize, token_from
 from gateway.exceptions import AuthError, ConfigError
+from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT
 from gateway.settings import Settings
 
 SIGNED_IN = datetime(2026, 1, 1, 12, tzinfo=UTC)
@@ -35,10 +36,10 @@ def test_the_token_must_be_for_the_paths_user() -> None:
 def test_a_token_from_before_the_last_sign_out_is_refused() -> None:
     """auth_time before members/{uid}.last_sign_out_at means the sign-in was revoked."""
     with pytest.raises(AuthError) as caught:
-        authorize(identity(), "u1", {"last_sign_out_at": SIGNED_IN + timedelta(seconds=1)})
+        authorize(identity(), "u1", {LAST_SIGN_OUT_AT: SIGNED_IN + timedelta(seconds=1)})
     assert caught.value.close_code == CLOSE_UNAUTHENTICATED
-    authorize(identity(), "u1", {"last_sign_out_at": SIGNED_IN - timedelta(seconds=1)})
-    authorize(identity(), "u1", {"is_signed_in": True})
+    authorize(identity(), "u1", {LAST_SIGN_OUT_AT: SIGNED_IN - timedelta(seconds=1)})
+    authorize(identity(), "u1", {IS_SIGNED_IN: True})
     authorize(identity(), "u1", None)
 
 

@@ -21,6 +21,14 @@ from gateway.deployment import Delivery, Deployment
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.messages import utc_now
 from gateway.registry import Connection
+from gateway.schema import (
+    ACTIVE_SESSIONS,
+    HEARTBEAT_AT,
+    INSTANCE_ID,
+    INSTANCES,
+    INTERNAL_URL,
+    MEMBERS,
+)
 from gateway.service import CLOSE_SESSION_EXPIRED, PresenceService
 from gateway.settings import Settings
 from gateway.store import MemoryStore
@@ -109,15 +117,15 @@ class Cluster:
         """A socket on that instance, recorded on the member as the gateway records it."""
         wire = Recorder()
         self.at[instance_id].service.registry.add(Connection(user_id, session_id, utc_now(), wire))
-        member = self.store.docs.setdefault(("members", user_id), {})
-        member.setdefault("active_sessions", {})[session_id] = {"instance_id": instance_id}
+        member = self.store.docs.setdefault((MEMBERS, user_id), {})
+        member.setdefault(ACTIVE_SESSIONS, {})[session_id] = {INSTANCE_ID: instance_id}
         return wire
 
 
 def register(store: MemoryStore, instance_id: str, *, age: float = 0.0) -> None:
-    store.docs[("gateway_instances", instance_id)] = {
-        "internal_url": f"http://{instance_id}",
-        "heartbeat_at": utc_now() - timedelta(seconds=age),
+    store.docs[(INSTANCES, instance_id)] = {
+        INTERNAL_URL: f"http://{instance_id}",
+        HEARTBEAT_AT: utc_now() - timedelta(seconds=age),
     }
 
 
@@ -153,7 +161,7 @@ async def test_a_dead_instance_in_the_record_is_not_waited_for() -> None:
     is not connected."""
     async with Cluster("a") as cluster:
         register(cluster.store, "dead", age=600)
-        cluster.store.docs[("members", "u")] = {"active_sessions": {"s": {"instance_id": "dead"}}}
+        cluster.store.docs[(MEMBERS, "u")] = {ACTIVE_SESSIONS: {"s": {INSTANCE_ID: "dead"}}}
         with pytest.raises(UserNotConnectedError):
             await cluster.at["a"].send("u", {"type": "x"})
         assert cluster.bus.published == []

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.messages import utc_now
 from gateway.registry import Connection
+from gateway.schema import HEARTBEAT_AT, INSTANCES, SESSIONS, SIGNED_OUT_AT, STOPPED_AT
 from gateway.service import CLOSE_SESSION_EXPIRED, PresenceService
 from gateway.settings import Settings
 from gateway.store import MemoryStore
@@ -38,9 +39,9 @@ async def test_heartbeat_and_reconcile_run_every_sweep_interval() -> None:
         conn = Connection("u1", "s1", utc_now(), wire)
         service.connected(conn)
         await service.writer.flush_once()
-        first_beat = store.docs[("gateway_instances", service.settings.instance_id)]
-        started = first_beat["heartbeat_at"]
-        store.docs[("sessions", "s1")]["signed_out_at"] = utc_now()
+        first_beat = store.docs[(INSTANCES, service.settings.instance_id)]
+        started = first_beat[HEARTBEAT_AT]
+        store.docs[(SESSIONS, "s1")][SIGNED_OUT_AT] = utc_now()
 
         async def closed() -> bool:
             return any(m["type"] == "websocket.close" for m in wire.sent)
@@ -54,13 +55,13 @@ async def test_heartbeat_and_reconcile_run_every_sweep_interval() -> None:
         assert len(wire.sent) == 2
 
         async def beat_moved() -> bool:
-            doc = store.docs[("gateway_instances", service.settings.instance_id)]
-            return bool(doc["heartbeat_at"] > started)
+            doc = store.docs[(INSTANCES, service.settings.instance_id)]
+            return bool(doc[HEARTBEAT_AT] > started)
 
         await eventually(beat_moved, timeout=5)
     finally:
         await service.stop()
-    assert "stopped_at" in store.docs[("gateway_instances", service.settings.instance_id)]
+    assert STOPPED_AT in store.docs[(INSTANCES, service.settings.instance_id)]
 
 
 async def test_every_pong_is_written_by_default() -> None:

@@ -17,13 +17,21 @@ from presence_sweep.core import (
     sweep,
 )
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
+from presence_sweep.schema import (
+    HEARTBEAT_AT,
+    IS_SIGNED_IN,
+    LAST_PONG_AT,
+    SIGN_OUT_CLAIM,
+    STOPPED_AT,
+)
+from tests.sweep_fakes import MemoryInstances, MemoryMembers
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 CUTOFF = NOW - timedelta(hours=3)
 
 
 def member(**fields: Any) -> dict[str, Any]:
-    return {"is_signed_in": True, "last_pong_at": CUTOFF - timedelta(seconds=1), **fields}
+    return {IS_SIGNED_IN: True, LAST_PONG_AT: CUTOFF - timedelta(seconds=1), **fields}
 
 
 @pytest.mark.parametrize(
@@ -61,49 +69,20 @@ def test_sessions_are_grouped_per_gateway_instance() -> None:
     assert group_by_instance(refs) == {"http://g1": [refs[0], refs[2]], "http://g2": [refs[1]]}
 
 
-class FakeStore:
+class FakeStore(MemoryMembers):
+    """The in-memory member store held to FirestoreMembers by
+    tests/integration/test_sweep_store_contract.py, with ``sessions`` recorded on their members
+    as the gateway records them, and the released user ids kept."""
+
     def __init__(self, members: dict[str, dict[str, Any]], sessions: list[SessionRef]) -> None:
-        self.members = members
-        self.sessions = sessions
+        super().__init__(members)
         self.released: list[str] = []
-
-    def expired_page(
-        self, cutoff: datetime, limit: int, after: Any | None
-    ) -> tuple[list[str], Any | None]:
-        ids = sorted(
-            u
-            for u, m in self.members.items()
-            if m["is_signed_in"] and m["last_pong_at"] < cutoff and (after is None or u > after)
-        )[:limit]
-        return ids, (ids[-1] if len(ids) == limit else None)
-
-    def claim(
-        self,
-        user_ids: Sequence[str],
-        sweep_id: str,
-        cutoff: datetime,
-        now: datetime,
-        claim_ttl: float,
-    ) -> dict[str, ClaimDecision]:
-        out = {}
-        for u in user_ids:
-            out[u] = decide_claim(self.members.get(u), cutoff, now, claim_ttl)
-            if out[u].claim:
-                self.members[u].update(sign_out_claim=sweep_id, sign_out_claimed_at=now)
-        return out
+        for ref in sessions:
+            self.connect(ref)
 
     def release(self, user_ids: Sequence[str], sweep_id: str) -> None:
-        for u in user_ids:
-            self.members[u].pop("sign_out_claim")
-            self.released.append(u)
-
-    def finalize(
-        self, user_ids: Sequence[str], sweep_id: str, now: datetime
-    ) -> tuple[list[str], list[SessionRef]]:
-        done = [u for u in user_ids if self.members[u].get("sign_out_claim") == sweep_id]
-        for u in done:
-            self.members[u].update(is_signed_in=False, last_sign_out_at=now)
-        return done, [s for s in self.sessions if s.user_id in done]
+        self.released.extend(user_ids)
+        super().release(user_ids, sweep_id)
 
 
 class FakeAuth:
@@ -147,7 +126,7 @@ def test_sweep_signs_out_expired_users_and_notifies_each_instance_once() -> None
     report = sweep(store, auth, notifier, NOW, pong_timeout=3 * 3600, page_size=1)
     assert sorted(auth.revoked) == ["old1", "old2"]
     assert report.signed_out == 2 and report.examined == 2
-    assert store.members["fresh"]["is_signed_in"] and not store.members["old1"]["is_signed_in"]
+    assert store.members["fresh"][IS_SIGNED_IN] and not store.members["old1"][IS_SIGNED_IN]
     assert sorted(s for _, ids in notifier.calls for s in ids) == ["s1", "s2"]
     assert report.ok and report.sockets_closed == 2
 
@@ -156,8 +135,8 @@ def test_auth_failure_leaves_the_user_signed_in_and_releases_the_claim() -> None
     """A failed revoke never marks the user signed out; the report asks for a retry."""
     store = FakeStore({"u": member()}, [])
     report = sweep(store, FakeAuth(failing={"u"}), FakeNotifier(), NOW, pong_timeout=10800)
-    assert store.members["u"]["is_signed_in"] is True
-    assert "sign_out_claim" not in store.members["u"]
+    assert store.members["u"][IS_SIGNED_IN] is True
+    assert SIGN_OUT_CLAIM not in store.members["u"]
     assert store.released == ["u"]
     assert report.auth_failures == 1 and not report.ok
 
@@ -173,7 +152,7 @@ def test_callback_failure_keeps_the_sign_out_and_fails_the_run() -> None:
     """An unreachable gateway does not undo the sign-out; the run reports failure."""
     store = FakeStore({"u": member()}, [SessionRef("u", "s", "i", "http://down")])
     report = sweep(store, FakeAuth(), FakeNotifier(down={"http://down"}), NOW, pong_timeout=10800)
-    assert store.members["u"]["is_signed_in"] is False
+    assert store.members["u"][IS_SIGNED_IN] is False
     assert report.callback_failures == 1 and not report.ok
 
 
@@ -198,16 +177,6 @@ def test_naive_now_is_refused() -> None:
         )
 
 
-class FakeDirectory:
-    def __init__(self, beats: dict[str, datetime | None]) -> None:
-        self.beats = beats
-        self.asked: list[list[str]] = []
-
-    def heartbeats(self, instance_ids: Sequence[str]) -> dict[str, datetime | None]:
-        self.asked.append(list(instance_ids))
-        return {i: self.beats[i] for i in instance_ids if i in self.beats}
-
-
 def test_stale_and_stopped_instances_are_skipped_and_unknown_ones_still_called() -> None:
     """A registry entry without a recent heartbeat (or stopped) is not called back; an instance
     with no registry entry is, since skipping a live one would leave its sockets open."""
@@ -218,8 +187,13 @@ def test_stale_and_stopped_instances_are_skipped_and_unknown_ones_still_called()
         SessionRef("d", "s4", "unregistered", "http://unregistered"),
     ]
     store = FakeStore({u: member() for u in "abcd"}, sessions)
-    directory = FakeDirectory(
-        {"live": NOW - timedelta(seconds=30), "dead": NOW - timedelta(minutes=10), "stopped": None}
+    beat = NOW - timedelta(seconds=30)
+    directory = MemoryInstances(
+        {
+            "live": {HEARTBEAT_AT: beat},
+            "dead": {HEARTBEAT_AT: NOW - timedelta(minutes=10)},
+            "stopped": {HEARTBEAT_AT: beat, STOPPED_AT: beat},
+        }
     )
     notifier = FakeNotifier()
     report = sweep(

@@ -7,6 +7,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gateway.schema import (
+    ACTIVE_SESSIONS,
+    INSTANCE_ID,
+    INTERNAL_URL,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_PONG_AT,
+    MEMBERS,
+    SESSIONS,
+    UPDATED_AT,
+)
 from gateway.store import MemoryStore, Write, pong_write
 from gateway.writer import WriteBehind
 from tests.support import eventually
@@ -26,7 +37,7 @@ async def test_pending_writes_to_one_document_merge_into_one_write() -> None:
     writer.put(pong_write("u1", at(2)), pong=True)
     assert writer.buffered == 1
     assert await writer.flush_once()
-    assert store.docs[("members", "u1")]["last_pong_at"] == at(2)
+    assert store.docs[(MEMBERS, "u1")][LAST_PONG_AT] == at(2)
     assert sum(len(c) for c in store.commits) == 1
     assert writer.pongs_persisted == writer.pongs_received == 2
 
@@ -51,7 +62,7 @@ async def test_flush_happens_within_the_interval_without_being_asked() -> None:
     writer.put(pong_write("u1", at(1)), pong=True)
 
     async def persisted() -> bool:
-        return ("members", "u1") in store.docs
+        return (MEMBERS, "u1") in store.docs
 
     await eventually(persisted, timeout=2)
     await writer.close()
@@ -70,7 +81,7 @@ async def test_failed_commits_are_retried_and_newer_fields_win() -> None:
     writer.put(pong_write("u1", at(5)), pong=True)
     assert writer.buffered == 1
     assert await writer.flush_once()
-    assert store.docs[("members", "u1")]["last_pong_at"] == at(5)
+    assert store.docs[(MEMBERS, "u1")][LAST_PONG_AT] == at(5)
     assert writer.pongs_persisted == 2
 
 
@@ -78,15 +89,15 @@ async def test_fields_of_a_failed_write_survive_the_retry() -> None:
     """Fields only the failed write had (a connect record) are kept when merged with newer."""
     store = MemoryStore()
     writer = WriteBehind(store)
-    writer.put(Write("members", "u1", {"is_signed_in": True, "last_pong_at": at(0)}))
+    writer.put(Write(MEMBERS, "u1", {IS_SIGNED_IN: True, LAST_PONG_AT: at(0)}))
     store.fail_next = 1
     assert not await writer.flush_once()
     writer.put(pong_write("u1", at(3)), pong=True)
     assert await writer.flush_once()
-    assert store.docs[("members", "u1")] == {
-        "is_signed_in": True,
-        "last_pong_at": at(3),
-        "updated_at": at(3),
+    assert store.docs[(MEMBERS, "u1")] == {
+        IS_SIGNED_IN: True,
+        LAST_PONG_AT: at(3),
+        UPDATED_AT: at(3),
     }
 
 
@@ -118,7 +129,7 @@ async def test_buffer_is_bounded_and_counts_drops() -> None:
     assert writer.put(pong_write("a", at(2)), pong=True)
     assert writer.dropped_writes == 1
     assert await writer.flush_once()
-    assert set(store.docs) == {("members", "a"), ("members", "b")}
+    assert set(store.docs) == {(MEMBERS, "a"), (MEMBERS, "b")}
 
 
 async def test_close_flushes_what_is_pending() -> None:
@@ -129,7 +140,7 @@ async def test_close_flushes_what_is_pending() -> None:
     await asyncio.sleep(0)
     writer.put(pong_write("u1", at(1)), pong=True)
     await writer.close(deadline=5)
-    assert ("members", "u1") in store.docs
+    assert (MEMBERS, "u1") in store.docs
 
 
 async def test_close_gives_up_at_its_deadline_when_the_store_is_down() -> None:
@@ -169,10 +180,10 @@ async def test_nested_maps_merge_and_deletes_survive_merging() -> None:
     for write in disconnect_writes("u", "s1", 1000, at(2)):
         writer.put(write)
     assert await writer.flush_once()
-    assert store.docs[("members", "u")]["active_sessions"] == {
-        "s2": {"instance_id": "i", "internal_url": "http://g"}
+    assert store.docs[(MEMBERS, "u")][ACTIVE_SESSIONS] == {
+        "s2": {INSTANCE_ID: "i", INTERNAL_URL: "http://g"}
     }
-    assert store.docs[("sessions", "s1")]["is_active"] is False
+    assert store.docs[(SESSIONS, "s1")][IS_ACTIVE] is False
 
 
 async def test_running_writer_never_has_one_document_in_two_commits_at_once() -> None:
@@ -210,4 +221,4 @@ async def test_running_writer_never_has_one_document_in_two_commits_at_once() ->
     assert store.overlaps == 0
     assert len(store.commits) > 1
     newest = {f"u{i % 7}": at(i) for i in range(200)}
-    assert {d: f["last_pong_at"] for (_, d), f in store.docs.items()} == newest
+    assert {d: f[LAST_PONG_AT] for (_, d), f in store.docs.items()} == newest

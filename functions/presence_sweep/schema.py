@@ -1,0 +1,90 @@
+"""The Firestore schema the sweep function and the gateway share: every collection and field name.
+
+This package deploys alone and imports nothing from ``gateway/``, so the gateway declares the same
+names in ``gateway/schema.py``; ``tests/contract/test_schema.py`` holds the two declarations equal
+and both to ``firestore.indexes.json`` and ``firestore.rules``. A name that drifted on one side
+would fail silently at run time (a ``last_sign_out_at`` the gateway does not read admits a revoked
+token), hence one declaration per side and a test.
+
+``members/{user_id}``
+    written by the gateway on connect and on every pong (``is_signed_in``, ``last_pong_at``,
+    ``updated_at``, ``last_connected_at``, ``instance_id``, ``active_sessions``); by the sweep on
+    sign-out (``is_signed_in: false``, ``last_sign_out_at``, ``updated_at``) and, between its claim
+    and its sign-out, ``sign_out_claim`` and ``sign_out_claimed_at``.
+``members/{user_id}.active_sessions.{session_id}``
+    ``instance_id``, ``internal_url``: where the socket lives, so the sweep finds a user's sockets
+    in the member it already reads, without a query.
+``sessions/{session_id}`` (one per socket)
+    ``user_id``, ``is_active``, ``connected_at``, ``instance_id``, ``internal_url``; on close
+    ``disconnected_at``, ``close_code``; on sign-out ``signed_out_at``.
+``gateway_instances/{instance_id}``
+    ``internal_url``, ``started_at``, ``heartbeat_at`` (every ``SWEEP_INTERVAL``), ``stopped_at``
+    (on a clean shutdown).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+# Collections.
+MEMBERS: Final = "members"
+SESSIONS: Final = "sessions"
+INSTANCES: Final = "gateway_instances"
+
+# Fields of members/{user_id}.
+IS_SIGNED_IN: Final = "is_signed_in"
+LAST_PONG_AT: Final = "last_pong_at"
+LAST_CONNECTED_AT: Final = "last_connected_at"
+LAST_SIGN_OUT_AT: Final = "last_sign_out_at"
+UPDATED_AT: Final = "updated_at"
+ACTIVE_SESSIONS: Final = "active_sessions"
+SIGN_OUT_CLAIM: Final = "sign_out_claim"
+SIGN_OUT_CLAIMED_AT: Final = "sign_out_claimed_at"
+
+# Fields of sessions/{session_id} (and, for the two location fields, of members and instances).
+USER_ID: Final = "user_id"
+IS_ACTIVE: Final = "is_active"
+CONNECTED_AT: Final = "connected_at"
+DISCONNECTED_AT: Final = "disconnected_at"
+CLOSE_CODE: Final = "close_code"
+SIGNED_OUT_AT: Final = "signed_out_at"
+INSTANCE_ID: Final = "instance_id"
+INTERNAL_URL: Final = "internal_url"
+
+# Fields of gateway_instances/{instance_id}.
+STARTED_AT: Final = "started_at"
+HEARTBEAT_AT: Final = "heartbeat_at"
+STOPPED_AT: Final = "stopped_at"
+
+#: Each collection's top-level fields.
+FIELDS: Final[Mapping[str, frozenset[str]]] = {
+    MEMBERS: frozenset(
+        {
+            IS_SIGNED_IN,
+            LAST_PONG_AT,
+            LAST_CONNECTED_AT,
+            LAST_SIGN_OUT_AT,
+            UPDATED_AT,
+            INSTANCE_ID,
+            ACTIVE_SESSIONS,
+            SIGN_OUT_CLAIM,
+            SIGN_OUT_CLAIMED_AT,
+        }
+    ),
+    SESSIONS: frozenset(
+        {
+            USER_ID,
+            IS_ACTIVE,
+            CONNECTED_AT,
+            INSTANCE_ID,
+            INTERNAL_URL,
+            DISCONNECTED_AT,
+            CLOSE_CODE,
+            SIGNED_OUT_AT,
+        }
+    ),
+    INSTANCES: frozenset({INTERNAL_URL, STARTED_AT, HEARTBEAT_AT, STOPPED_AT}),
+}
+#: The fields of each entry of a member's ``active_sessions`` map.
+ACTIVE_SESSION_FIELDS: Final = frozenset({INSTANCE_ID, INTERNAL_URL})

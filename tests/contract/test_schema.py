@@ -1,0 +1,198 @@
+"""The Firestore schema: declared once per deployable, the two declarations held equal, and both
+held to the files deployed with them.
+
+The gateway declares every collection and field name in ``gateway/schema.py``; the sweep function,
+which deploys alone and may not import the gateway, declares them in
+``functions/presence_sweep/schema.py``. These tests check that:
+
+1. both modules declare the same upper-case names with the same values, including the
+   per-collection field sets (``FIELDS``) and the fields of an ``active_sessions`` entry;
+2. each declaration is whole: every field constant belongs to some collection's ``FIELDS`` (or to
+   an ``active_sessions`` entry) and every collection constant has a ``FIELDS`` entry;
+3. ``firestore.indexes.json`` names only collections of the schema, and in each index or field
+   override only fields of that collection;
+4. ``firestore.rules`` matches only collections of the schema, and every field it reads through
+   ``resource.data`` or ``request.resource.data`` is a field of the collection matched around it;
+5. outside the schema modules neither package spells a Firestore-only name as a bare string, so
+   a rename in the schema reaches every reader and writer.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from gateway import schema as gateway_schema
+from presence_sweep import schema as sweep_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = [gateway_schema, sweep_schema]
+
+
+def declared(module: ModuleType) -> dict[str, Any]:
+    return {name: value for name, value in vars(module).items() if name.isupper()}
+
+
+def string_constants(module: ModuleType) -> dict[str, str]:
+    return {name: value for name, value in declared(module).items() if isinstance(value, str)}
+
+
+def all_names(module: ModuleType) -> set[str]:
+    """Every collection and field name the module declares."""
+    fields: set[str] = set().union(*module.FIELDS.values())
+    return set(module.FIELDS) | fields | set(module.ACTIVE_SESSION_FIELDS)
+
+
+def test_gateway_and_function_declare_the_same_schema() -> None:
+    """Same constant names, same values, same field sets per collection on both sides."""
+    gateway, sweep = declared(gateway_schema), declared(sweep_schema)
+    assert gateway.keys() == sweep.keys()
+    assert string_constants(gateway_schema) == string_constants(sweep_schema)
+    assert dict(gateway_schema.FIELDS) == dict(sweep_schema.FIELDS)
+    assert gateway_schema.ACTIVE_SESSION_FIELDS == sweep_schema.ACTIVE_SESSION_FIELDS
+
+
+@pytest.mark.parametrize("module", SCHEMAS, ids=lambda m: m.__name__)
+def test_every_declared_name_belongs_to_a_collection(module: ModuleType) -> None:
+    """No stray constant: each string constant is a collection or one of a collection's fields,
+    and every collection has its field set."""
+    constants = set(string_constants(module).values())
+    assert constants == all_names(module)
+    assert {module.MEMBERS, module.SESSIONS, module.INSTANCES} == set(module.FIELDS)
+    # The fields the issue names as shared must be declared on the right collection.
+    assert {module.LAST_PONG_AT, module.LAST_SIGN_OUT_AT, module.IS_SIGNED_IN} <= module.FIELDS[
+        module.MEMBERS
+    ]
+    assert {module.IS_ACTIVE, module.SIGNED_OUT_AT} <= module.FIELDS[module.SESSIONS]
+    assert {module.HEARTBEAT_AT, module.STOPPED_AT} <= module.FIELDS[module.INSTANCES]
+
+
+def indexed_fields() -> list[tuple[str, str]]:
+    """(collection, field) for each field named in firestore.indexes.json."""
+    spec = json.loads((ROOT / "firestore.indexes.json").read_text())
+    named = [
+        (index["collectionGroup"], field["fieldPath"])
+        for index in spec["indexes"]
+        for field in index["fields"]
+    ]
+    named += [(o["collectionGroup"], o["fieldPath"]) for o in spec.get("fieldOverrides", [])]
+    return named
+
+
+@pytest.mark.parametrize("module", SCHEMAS, ids=lambda m: m.__name__)
+def test_indexes_name_only_schema_collections_and_fields(module: ModuleType) -> None:
+    """Each index's collection is in the schema and each of its fields is that collection's."""
+    named = indexed_fields()
+    # The sweep's member query and the gateway's signed-out-sessions query need these two.
+    assert {(module.MEMBERS, module.IS_SIGNED_IN), (module.SESSIONS, module.SIGNED_OUT_AT)} <= set(
+        named
+    )
+    for collection, field in named:
+        assert collection in module.FIELDS, f"index on unknown collection {collection!r}"
+        assert field in module.FIELDS[collection], f"index on unknown field {collection}.{field}"
+
+
+_RULE_TOKENS = re.compile(
+    r"match\s+(?P<path>\S+)\s*\{"
+    r"|(?P<open>\{)|(?P<close>\})"
+    r"|resource\.data(?:\.(?P<dotted>\w+)|\[\s*['\"](?P<indexed>\w+)['\"]\s*\])"
+)
+_COLLECTION_SEGMENT = re.compile(r"^/(\w+)/\{\w+\}$")
+
+
+RULES = ROOT / "firestore.rules"
+
+
+def rules_names(source: str) -> tuple[set[str], list[tuple[str | None, str]]]:
+    """The collections a rules file matches, and (collection, field) for each field it reads
+    from ``resource.data`` (the collection being the innermost one matched around the read)."""
+    text = re.sub(r"//[^\n]*", "", source)
+    collections: set[str] = set()
+    fields: list[tuple[str | None, str]] = []
+    stack: list[str | None] = []
+    for token in _RULE_TOKENS.finditer(text):
+        if token["path"] is not None:
+            segment = _COLLECTION_SEGMENT.match(token["path"])
+            collection = segment[1] if segment and segment[1] != "databases" else None
+            if collection is not None:
+                collections.add(collection)
+            stack.append(collection)
+        elif token["open"]:
+            stack.append(None)
+        elif token["close"]:
+            stack.pop()
+        else:
+            inside = next((c for c in reversed(stack) if c is not None), None)
+            fields.append((inside, token["dotted"] or token["indexed"]))
+    assert not stack, "unbalanced braces in firestore.rules"
+    return collections, fields
+
+
+@pytest.mark.parametrize("module", SCHEMAS, ids=lambda m: m.__name__)
+def test_rules_name_only_schema_collections_and_fields(module: ModuleType) -> None:
+    """The rules match schema collections (members at least, the one clients may read) and read
+    only fields the schema declares on the matched collection."""
+    collections, fields = rules_names(RULES.read_text())
+    assert module.MEMBERS in collections
+    assert collections <= set(module.FIELDS), collections - set(module.FIELDS)
+    for collection, field in fields:
+        assert collection in module.FIELDS, f"rules read {field!r} outside a schema collection"
+        assert field in module.FIELDS[collection], f"rules read unknown {collection}.{field}"
+
+
+def test_the_rules_parser_finds_fields_and_collections() -> None:
+    """The parser behind the rules test sees nested matches and both spellings of a field read
+    (without this the test above could pass by finding nothing)."""
+    # The deployed rules read no field today: add two reads to them and parse that.
+    text = RULES.read_text().replace(
+        "allow write: if false;",
+        "allow write: if request.resource.data.last_pong_at == resource.data['is_signed_in'];",
+        1,
+    )
+    collections, fields = rules_names(text)
+    assert collections == {gateway_schema.MEMBERS}
+    assert fields == [
+        (gateway_schema.MEMBERS, gateway_schema.LAST_PONG_AT),
+        (gateway_schema.MEMBERS, gateway_schema.IS_SIGNED_IN),
+    ]
+
+
+# Names that also mean something outside Firestore (log fields, Pub/Sub attributes, the callback's
+# JSON body, a __slots__ entry) and so may appear as strings elsewhere.
+_SHARED_WORDS = {
+    gateway_schema.USER_ID,
+    gateway_schema.INSTANCE_ID,
+    gateway_schema.INTERNAL_URL,
+    gateway_schema.CONNECTED_AT,
+    gateway_schema.SESSIONS,
+    gateway_schema.SIGNED_OUT_AT,
+}
+
+
+def _package_sources() -> list[Path]:
+    return [
+        path
+        for path in [*(ROOT / "gateway").glob("*.py"), *(ROOT / "functions").rglob("*.py")]
+        if path.name != "schema.py" and "venv" not in path.parts
+    ]
+
+
+def test_no_module_spells_a_firestore_name_as_a_bare_string() -> None:
+    """Readers and writers use the schema's constants: no string literal outside the schema
+    modules equals a Firestore-only collection or field name."""
+    firestore_only = all_names(gateway_schema) - _SHARED_WORDS
+    sources = _package_sources()
+    assert len(sources) > 10
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"
+        for path in sources
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in firestore_only
+    ]
+    assert found == []

@@ -1,0 +1,132 @@
+"""In-memory stand-ins for the sweep's Firestore adapters, for fast unit tests of the sweep.
+
+``MemoryMembers`` and ``MemoryInstances`` implement ``MemberStore`` and ``InstanceDirectory`` over
+plain dicts of documents, with the same semantics as ``FirestoreMembers`` and
+``FirestoreInstances``; ``tests/integration/test_sweep_store_contract.py`` runs one suite against
+both, the real ones on the Firestore emulator.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from presence_sweep.adapters import active_sessions
+from presence_sweep.core import ClaimDecision, SessionRef, decide_claim
+from presence_sweep.schema import (
+    ACTIVE_SESSIONS,
+    HEARTBEAT_AT,
+    INSTANCE_ID,
+    INTERNAL_URL,
+    IS_ACTIVE,
+    IS_SIGNED_IN,
+    LAST_PONG_AT,
+    LAST_SIGN_OUT_AT,
+    SIGN_OUT_CLAIM,
+    SIGN_OUT_CLAIMED_AT,
+    SIGNED_OUT_AT,
+    STOPPED_AT,
+    UPDATED_AT,
+)
+
+
+class MemoryMembers:
+    """``members`` and ``sessions`` documents by id. The sweep calls a store from several page
+    threads at once; one lock stands in for Firestore's transactions."""
+
+    def __init__(
+        self,
+        members: dict[str, dict[str, Any]] | None = None,
+        sessions: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.members = members if members is not None else {}
+        self.sessions = sessions if sessions is not None else {}
+        self._lock = threading.Lock()
+
+    def connect(self, ref: SessionRef) -> None:
+        """Record a socket on its member and in its session document, as the gateway does."""
+        where = {INSTANCE_ID: ref.instance_id, INTERNAL_URL: ref.internal_url}
+        self.members[ref.user_id].setdefault(ACTIVE_SESSIONS, {})[ref.session_id] = where
+        self.sessions[ref.session_id] = {IS_ACTIVE: True, **where}
+
+    def expired_page(
+        self, cutoff: datetime, limit: int, after: Any | None
+    ) -> tuple[list[str], Any | None]:
+        with self._lock:
+            # Firestore orders by the inequality field, then by document id.
+            expired = sorted(
+                (member[LAST_PONG_AT], user_id)
+                for user_id, member in self.members.items()
+                if member.get(IS_SIGNED_IN) is True
+                and isinstance(member.get(LAST_PONG_AT), datetime)
+                and member[LAST_PONG_AT] < cutoff
+            )
+        page = [key for key in expired if after is None or key > after][:limit]
+        return [user_id for _, user_id in page], (page[-1] if len(page) == limit else None)
+
+    def claim(
+        self,
+        user_ids: Sequence[str],
+        sweep_id: str,
+        cutoff: datetime,
+        now: datetime,
+        claim_ttl: float,
+    ) -> dict[str, ClaimDecision]:
+        decisions: dict[str, ClaimDecision] = {}
+        with self._lock:
+            for user_id in user_ids:
+                member = self.members.get(user_id)
+                decisions[user_id] = decide_claim(member, cutoff, now, claim_ttl)
+                if member is not None and decisions[user_id].claim:
+                    member.update({SIGN_OUT_CLAIM: sweep_id, SIGN_OUT_CLAIMED_AT: now})
+        return decisions
+
+    def release(self, user_ids: Sequence[str], sweep_id: str) -> None:
+        with self._lock:
+            for user_id in user_ids:
+                member = self.members.get(user_id)
+                if member is not None and member.get(SIGN_OUT_CLAIM) == sweep_id:
+                    member.pop(SIGN_OUT_CLAIM, None)
+                    member.pop(SIGN_OUT_CLAIMED_AT, None)
+
+    def finalize(
+        self, user_ids: Sequence[str], sweep_id: str, now: datetime
+    ) -> tuple[list[str], list[SessionRef]]:
+        done: list[str] = []
+        sessions: list[SessionRef] = []
+        with self._lock:
+            for user_id in user_ids:
+                member = self.members.get(user_id)
+                if member is None or member.get(SIGN_OUT_CLAIM) != sweep_id:
+                    continue
+                sessions.extend(active_sessions(user_id, member))
+                for key in (ACTIVE_SESSIONS, SIGN_OUT_CLAIM, SIGN_OUT_CLAIMED_AT):
+                    member.pop(key, None)
+                member.update({IS_SIGNED_IN: False, LAST_SIGN_OUT_AT: now, UPDATED_AT: now})
+                done.append(user_id)
+            for ref in sessions:
+                self.sessions.setdefault(ref.session_id, {}).update(
+                    {IS_ACTIVE: False, SIGNED_OUT_AT: now}
+                )
+        return done, sessions
+
+
+class MemoryInstances:
+    """``gateway_instances`` documents by id."""
+
+    def __init__(self, instances: Mapping[str, Mapping[str, Any]]) -> None:
+        self.instances = instances
+
+    def heartbeats(self, instance_ids: Sequence[str]) -> dict[str, datetime | None]:
+        found: dict[str, datetime | None] = {}
+        for instance_id in instance_ids:
+            data = self.instances.get(instance_id)
+            if data is None:
+                continue
+            beat = data.get(HEARTBEAT_AT)
+            found[instance_id] = (
+                beat if isinstance(beat, datetime) and STOPPED_AT not in data else None
+            )
+        return found
