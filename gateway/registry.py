@@ -25,6 +25,7 @@ class Connection:
         "token_expires_at",
         "bucket",
         "bucket_at",
+        "room_grants",
     )
 
     def __init__(
@@ -34,6 +35,7 @@ class Connection:
         connected_at: datetime,
         send: AsgiSend,
         token_expires_at: float = 0.0,
+        room_grants: tuple[str, ...] | None = (),
     ) -> None:
         self.user_id = user_id
         self.session_id = session_id
@@ -45,6 +47,8 @@ class Connection:
         #: Message-rate token bucket (see gateway.limits): tokens left, and when counted.
         self.bucket = float("inf")
         self.bucket_at = 0.0
+        #: The token's room grants (gateway.rooms); None only without tokens (AUTH_MODE=off).
+        self.room_grants = room_grants
 
     async def send_text(self, text: str, timeout: float) -> bool:
         """Send one text frame; False when the socket is gone or too slow to take it."""
