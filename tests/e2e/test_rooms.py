@@ -342,3 +342,35 @@ async def test_joins_and_leaves_are_counted_in_metrics_on_the_instance_that_hold
         return now == leaves + 2
 
     await eventually(left_both)
+
+
+async def test_the_python_client_joins_receives_a_room_send_and_is_refused_without_the_grant(
+    rooms: Rooms,
+) -> None:
+    """presence_client against the real gateways: ``join`` of a granted room returns
+    ``joined`` and the room's messages arrive; a room the token lacks raises
+    PresenceRoomError(room_forbidden) and is not kept."""
+    from presence_client import PresenceClient, PresenceRoomError, State
+
+    user, room = uid("pyclient"), uid("py")
+    token = rooms.token(user, [room])
+
+    async def get_token(force_refresh: bool) -> str:
+        return token
+
+    async with PresenceClient(rooms.url, user, get_token) as client:
+        await client.wait_for_state(State.CONNECTED, timeout=30 * UNIT)
+        got: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        client.on_message("room-news", got.put_nowait)
+        async with asyncio.timeout(10 * UNIT):
+            joined = await client.join(room)
+            assert joined.room == room
+            with pytest.raises(PresenceRoomError) as refused:
+                await client.join(uid("other"))
+        assert refused.value.code == "room_forbidden" and client.rooms == [room]
+        response = await rooms.request(
+            "POST", f"/ws/rooms/{room}/send", json={"type": "room-news", "n": 1}
+        )
+        assert response.json()["connections"] == 1
+        async with asyncio.timeout(10 * UNIT):
+            assert (await got.get())["n"] == 1
