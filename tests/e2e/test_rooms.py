@@ -374,3 +374,67 @@ async def test_the_python_client_joins_receives_a_room_send_and_is_refused_witho
         assert response.json()["connections"] == 1
         async with asyncio.timeout(10 * UNIT):
             assert (await got.get())["n"] == 1
+
+
+async def test_a_refreshed_token_without_the_grant_takes_the_socket_out_of_the_room(
+    rooms: Rooms, clients: list[Client]
+) -> None:
+    """The backend withdraws the room from the user's claim; when the socket presents its next
+    token (``auth``), the gateway answers ``auth_ok``, then ``left`` with reason
+    ``not_allowed``, and room sends no longer reach it."""
+    user, room = uid("revoked"), uid("team")
+    client = await Client.open(rooms.ws(user, rooms.token(user, [room])))
+    clients.append(client)
+    assert (await ask(client, {"type": "join", "room": room}))["type"] == "joined"
+    await client.ws.send(json.dumps({"type": "auth", "token": rooms.token(user, ["other"])}))
+    assert (await client.next())["type"] == "auth_ok"
+    left = await client.next()
+    assert (left["type"], left["room"], left["reason"]) == ("left", room, "not_allowed")
+    assert (await rooms.members(room))["connections"] == 0
+    response = await rooms.request("POST", f"/ws/rooms/{room}/send", json={"type": "x"})
+    assert response.json()["connections"] == 0
+    await quiet_for(client, 1)
+
+
+@pytest.fixture(scope="module")
+def json_gateway(
+    firestore_host: str, project_id: str, minter: TokenMinter
+) -> Iterator[GatewayProc]:
+    """One gateway logging Cloud Logging's JSON, as on Cloud Run."""
+    proc = start_gateway(firestore_host, project_id, minter, LOG_FORMAT="json")
+    yield proc
+    proc.stop()
+
+
+async def test_room_join_and_leave_are_structured_log_events(
+    rooms: Rooms, json_gateway: GatewayProc, clients: list[Client]
+) -> None:
+    """With LOG_FORMAT=json each join and leave is a log entry whose ``event`` (Cloud
+    Logging's jsonPayload.event) names the room; a close leaves with reason ``disconnect``."""
+    user = uid("logged")
+    client = await Client.open(rooms.ws(user, rooms.token(user, ["log-*"]), json_gateway))
+    clients.append(client)
+    for room in ("log-a", "log-b"):
+        assert (await ask(client, {"type": "join", "room": room}))["type"] == "joined"
+    assert (await ask(client, {"type": "leave", "room": "log-a"}))["type"] == "left"
+    await client.close()
+
+    def room_events() -> list[tuple[str, str, str | None]]:
+        found = []
+        for line in json_gateway.log().splitlines():
+            if line.startswith("{"):
+                event = json.loads(line).get("event")
+                if isinstance(event, dict) and event.get("user_id") == user and "room" in event:
+                    found.append((event["kind"], event["room"], event.get("reason")))
+        return found
+
+    async def all_four() -> list[tuple[str, str, str | None]]:
+        found = room_events()
+        return found if len(found) == 4 else []
+
+    assert await eventually(all_four) == [
+        ("room_join", "log-a", None),
+        ("room_join", "log-b", None),
+        ("room_leave", "log-a", "leave"),
+        ("room_leave", "log-b", "disconnect"),
+    ]
