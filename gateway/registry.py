@@ -23,9 +23,9 @@ class Connection:
         "_send",
         "closed",
         "token_expires_at",
+        "room_grants",
         "bucket",
         "bucket_at",
-        "room_grants",
     )
 
     def __init__(
@@ -44,11 +44,11 @@ class Connection:
         self.closed = False
         #: Epoch seconds at which the socket's ID token expires; 0 when auth is off.
         self.token_expires_at = token_expires_at
+        #: The token's room grants (gateway.rooms); None only without tokens (AUTH_MODE=off).
+        self.room_grants = room_grants
         #: Message-rate token bucket (see gateway.limits): tokens left, and when counted.
         self.bucket = float("inf")
         self.bucket_at = 0.0
-        #: The token's room grants (gateway.rooms); None only without tokens (AUTH_MODE=off).
-        self.room_grants = room_grants
 
     async def send_text(self, text: str, timeout: float) -> bool:
         """Send one text frame; False when the socket is gone or too slow to take it."""

@@ -17,14 +17,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from gateway import messages
+from gateway import messages, rooms
 from gateway.analytics import ConnectionEvents
 from gateway.auth import CLOSE_UNAUTHENTICATED, Identity, TokenVerifier, authorize
 from gateway.exceptions import AuthError
 from gateway.limits import CLOSE_RATE_LIMITED, ConnectLimiter
-from gateway.messages import ErrorMessage, Left, SignedOut, Timeout, iso, utc_now
+from gateway.messages import ErrorMessage, SignedOut, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry
-from gateway.rooms import RoomRefused, RoomRegistry, allows
 from gateway.settings import Settings
 from gateway.store import (
     INSTANCES,
@@ -97,7 +96,7 @@ class PresenceService:
         #: Pongs not written because of PONG_WRITE_INTERVAL.
         self.pongs_unwritten = 0
         self.events = ConnectionEvents(settings.instance_id)
-        self.rooms: RoomRegistry[Connection] = RoomRegistry(
+        self.rooms: rooms.RoomRegistry[Connection] = rooms.RoomRegistry(
             settings.max_rooms_per_socket, settings.max_room_members
         )
         #: Joins refused, by error code (gateway.rooms).
@@ -404,7 +403,7 @@ class PresenceService:
             joined = self.rooms.join(
                 conn, room, conn.room_grants, self.settings.public_room_prefixes
             )
-        except RoomRefused as exc:
+        except rooms.RoomRefused as exc:
             self.room_refusals[exc.code] += 1
             raise
         if joined:
@@ -424,11 +423,11 @@ class PresenceService:
         dropped = [
             room
             for room in self.rooms.rooms_of(conn)
-            if not allows(room, conn.room_grants, self.settings.public_room_prefixes)
+            if not rooms.allows(room, conn.room_grants, self.settings.public_room_prefixes)
         ]
         for room in dropped:
             self.leave_room(conn, room, "not_allowed")
-            frame = Left("left", room, iso(utc_now()), reason="not_allowed")
+            frame = messages.Left("left", room, iso(utc_now()), reason="not_allowed")
             await conn.send_text(messages.encode(frame), self.settings.send_timeout)
         return dropped
 

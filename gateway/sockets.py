@@ -19,21 +19,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import messages
+from gateway import messages, rooms
 from gateway.auth import token_from
 from gateway.exceptions import AuthError, ProtocolError
 from gateway.limits import CLOSE_RATE_LIMITED, take_token
-from gateway.messages import (
-    Ack,
-    AuthOk,
-    ErrorMessage,
-    Joined,
-    Left,
-    RoomErrorMessage,
-    ServerPong,
-    iso,
-    utc_now,
-)
+from gateway.messages import Ack, AuthOk, ErrorMessage, ServerPong, iso, utc_now
 from gateway.protocol import (
     AuthRefresh,
     JoinRoom,
@@ -45,7 +35,6 @@ from gateway.protocol import (
     decode_frame,
 )
 from gateway.registry import Connection
-from gateway.rooms import RoomRefused
 from gateway.service import PresenceService
 
 logger = logging.getLogger("gateway.sockets")
@@ -194,16 +183,16 @@ async def _on_room(
     service: PresenceService, conn: Connection, request: JoinRoom | LeaveRoom, timeout: float
 ) -> None:
     """Answer a join or leave: ``joined`` / ``left``, or an error naming the room."""
-    reply: Joined | Left | RoomErrorMessage
+    reply: messages.Joined | messages.Left | messages.RoomErrorMessage
     try:
         if isinstance(request, JoinRoom):
             service.join_room(conn, request.room)
-            reply = Joined("joined", request.room, iso(utc_now()), request.id)
+            reply = messages.Joined("joined", request.room, iso(utc_now()), request.id)
         else:
             service.leave_room(conn, request.room)
-            reply = Left("left", request.room, iso(utc_now()), request.id)
-    except RoomRefused as exc:
-        reply = RoomErrorMessage(
+            reply = messages.Left("left", request.room, iso(utc_now()), request.id)
+    except rooms.RoomRefused as exc:
+        reply = messages.RoomErrorMessage(
             "error", exc.code, exc.message, iso(utc_now()), exc.room, request.id
         )
     await conn.send_text(messages.encode(reply), timeout)
