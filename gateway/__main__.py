@@ -94,6 +94,11 @@ def main() -> int:
         # The application's JSON ping is the heartbeat; protocol pings would double it.
         ws_ping_interval=None,
         ws_max_size=settings.max_message_bytes,
+        # TLS ends at the front end (Cloud Run's, or a local proxy); the socket's client address
+        # (the connect limiter's key) and scheme come from its X-Forwarded-For and
+        # X-Forwarded-Proto, believed only from these peers (docs/deployment.md#encryption).
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         log_config=None,
         access_log=False,
         lifespan="on",

@@ -1,6 +1,7 @@
 """Connection events for analytics: one structured log entry per connect, disconnect (with its
-close code and how long the socket lived), timeout and sign-out, and their counters in
-``/metrics`` (``gateway_connection_events_total{event}``, ``gateway_disconnects_total{code}``).
+close code and how long the socket lived), timeout, sign-out, room join and room leave, and
+their counters in ``/metrics`` (``gateway_connection_events_total{event}``,
+``gateway_disconnects_total{code}``).
 
 With ``LOG_FORMAT=json`` (the default on Cloud Run) each entry carries an ``event`` object,
 which Cloud Logging keeps as ``jsonPayload.event``: a log sink with the filter
@@ -25,7 +26,8 @@ logger = logging.getLogger("gateway.events")
 class ConnectionEvents:
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
-        #: Events by kind: connect, disconnect, timeout, signout.
+        #: Events by kind: connect, disconnect, timeout, signout, token_expired, room_join,
+        #: room_leave.
         self.counts: Counter[str] = Counter()
         #: Disconnects by close code ("none" when the socket dropped without one).
         self.close_codes: Counter[str] = Counter()
@@ -72,4 +74,26 @@ class ConnectionEvents:
             f"{reason} user={conn.user_id} session={conn.session_id}",
             code=code,
             reason=reason,
+        )
+
+    def room_join(self, conn: Connection, room: str, rooms: int) -> None:
+        """The socket joined ``room``; ``rooms_for_socket`` counts its rooms now."""
+        self._emit(
+            "room_join",
+            conn,
+            f"room join user={conn.user_id} session={conn.session_id} room={room}",
+            room=room,
+            rooms_for_socket=rooms,
+        )
+
+    def room_leave(self, conn: Connection, room: str, reason: str, rooms: int) -> None:
+        """The socket left ``room``: ``reason`` is ``leave`` (it asked), ``disconnect`` (it
+        closed) or ``not_allowed`` (a refreshed token no longer grants the room)."""
+        self._emit(
+            "room_leave",
+            conn,
+            f"room leave user={conn.user_id} session={conn.session_id} room={room} reason={reason}",
+            room=room,
+            reason=reason,
+            rooms_for_socket=rooms,
         )

@@ -40,6 +40,8 @@ from gateway.messages import (
     BroadcastResponse,
     ErrorResponse,
     HealthResponse,
+    RoomResponse,
+    RoomSendResponse,
     SendResponse,
     SignOutResponse,
     StatsResponse,
@@ -48,6 +50,7 @@ from gateway.messages import (
     TimeoutCallbackResponse,
 )
 from gateway.metrics import GatewayCollector
+from gateway.rooms import RoomRefused, check_room_name
 from gateway.service import MessageHandler, PresenceService, log_message
 from gateway.settings import Settings
 from gateway.sockets import serve_socket
@@ -149,6 +152,38 @@ async def ws_broadcast(
     )
 
 
+@post("/ws/rooms/{room:str}/send", guards=[require_admin], status_code=200)
+async def ws_room_send(
+    request: Request[Any, Any, Any], room: str, data: dict[str, Any]
+) -> RoomSendResponse:
+    """Send the JSON object body, as is, to every member socket of the room on every live
+    instance (400 for an invalid room name; a room without members answers 200 with 0)."""
+    check_room_name(room)
+    sent = await _deployment(request).room_send(room, data)
+    return RoomSendResponse(
+        "success",
+        "Message sent to room",
+        room,
+        sent.recipients,
+        sent.connections,
+        sent.scope,
+        sent.instances,
+        sent.unreachable,
+    )
+
+
+@get("/ws/rooms/{room:str}", guards=[require_admin])
+async def ws_room(
+    request: Request[Any, Any, Any],
+    room: str,
+    view: Annotated[Literal["deployment", "instance"], Parameter(query="scope")] = "deployment",
+) -> RoomResponse:
+    """The room's member sockets (user, session, instance) on every live instance (default),
+    or on this one (``?scope=instance``); gathered over the broker like ``/ws/stats``."""
+    check_room_name(room)
+    return await _deployment(request).room_members(room, everywhere=view == "deployment")
+
+
 @post("/internal/timeout", guards=[require_callback], status_code=200)
 async def internal_timeout(
     request: Request[Any, Any, Any], data: TimeoutCallback
@@ -183,6 +218,8 @@ def healthz(request: Request[Any, Any, Any]) -> HealthResponse:
 def _error_body(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorResponse]:
     if isinstance(exc, UserNotConnectedError):
         status, message = HTTP_404_NOT_FOUND, str(exc)
+    elif isinstance(exc, RoomRefused):
+        status, message = HTTP_400_BAD_REQUEST, exc.message
     elif isinstance(exc, DeploymentUnavailable):
         status, message = HTTP_503_SERVICE_UNAVAILABLE, str(exc)
     elif isinstance(exc, RecursionError | UnicodeDecodeError):
@@ -250,6 +287,8 @@ def create_app(
             ws_broadcast,
             internal_timeout,
             ws_signout,
+            ws_room_send,
+            ws_room,
             healthz,
             GatewayMetrics,
             *static.ROUTES,

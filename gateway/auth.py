@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from gateway.exceptions import AuthError
+from gateway.rooms import grants_from_claims
 from gateway.schema import LAST_SIGN_OUT_AT
 
 logger = logging.getLogger("gateway.auth")
@@ -45,6 +46,8 @@ class Identity:
     uid: str
     auth_time: datetime
     expires_at: float  # epoch seconds
+    #: The ``rooms`` custom claim: rooms (or ``prefix*``) this token may join.
+    rooms: tuple[str, ...] = ()
 
 
 class TokenVerifier(Protocol):
@@ -99,6 +102,7 @@ class FirebaseVerifier:
                 uid=str(claims["uid"]),
                 auth_time=datetime.fromtimestamp(int(claims["auth_time"]), UTC),
                 expires_at=float(claims["exp"]),
+                rooms=grants_from_claims(claims),
             )
         except (KeyError, TypeError, ValueError, OverflowError, OSError):
             raise AuthError(CLOSE_UNAUTHENTICATED, "invalid token") from None

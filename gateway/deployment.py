@@ -28,7 +28,7 @@ from gateway import messages
 from gateway.broker import Broker, BrokerUnavailable
 from gateway.directory import Directory
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
-from gateway.messages import StatsResponse
+from gateway.messages import RoomMember, RoomResponse, StatsResponse
 from gateway.service import PresenceService
 from gateway.stats import instance_stats, merge_stats
 
@@ -43,7 +43,9 @@ class Event(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     """One fan-out message (JSON in the Pub/Sub message's data). Requests carry the work;
     a ``reply`` carries one instance's receipt back to the request's origin."""
 
-    kind: Literal["send", "broadcast", "timeout", "stats", "signout", "reply"]
+    kind: Literal[
+        "send", "broadcast", "timeout", "stats", "signout", "room", "room_members", "reply"
+    ]
     id: str
     origin: str
     user_id: str = ""
@@ -58,6 +60,8 @@ class Event(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     users: list[str] = []
     closed: int = 0
     stats: StatsResponse | None = None
+    #: The room of a room send or membership request.
+    room: str = ""
 
 
 _decode = msgspec.json.Decoder(Event).decode
@@ -196,6 +200,12 @@ class Deployment:
             reply.stats = instance_stats(service)
         elif event.kind == "signout":
             reply.closed = await service.sign_out_local(event.user_id)
+        elif event.kind == "room":
+            users, reply.connections = await service.send_room_text(event.room, event.text)
+            reply.users = sorted(users)
+        elif event.kind == "room_members":
+            # (user_id, session_id) pairs, in the field the sweep's timeouts use.
+            reply.sessions = service.room_members(event.room)
         try:
             await self._publish(reply, to=event.origin)
         except BrokerUnavailable as exc:
@@ -242,7 +252,9 @@ class Deployment:
         return pending.replies, missing
 
     def _event(
-        self, kind: Literal["send", "broadcast", "timeout", "stats", "signout"], **fields: Any
+        self,
+        kind: Literal["send", "broadcast", "timeout", "stats", "signout", "room", "room_members"],
+        **fields: Any,
     ) -> Event:
         return Event(kind, uuid.uuid4().hex, self.me, **fields)
 
@@ -307,6 +319,57 @@ class Deployment:
         users.discard(exclude_user or "")
         reached = [self.me, *sorted(replies)]
         return Delivery(delivered, len(users), reached, missing, "deployment")
+
+    async def room_send(self, room: str, payload: dict[str, Any]) -> Delivery:
+        """Send a JSON object to every member socket of the room on every instance: one
+        publish, like a broadcast, each live instance delivering to the members it holds and
+        answering with the users it reached (counted once in ``recipients``)."""
+        text = messages.encode(payload)
+        users, delivered = await self.service.send_room_text(room, text)
+        if self.broker is None:
+            return Delivery(delivered, len(users), [self.me], [], "instance")
+        # Every live instance, not only those with members: membership lives in each
+        # instance's memory, so none can be left out in advance.
+        expect = await self.directory.live_instances()
+        try:
+            replies, missing = await self._ask(self._event("room", room=room, text=text), expect)
+        except BrokerUnavailable as exc:
+            logger.warning("room send reached this instance only: %s", exc)
+            return Delivery(delivered, len(users), [self.me], sorted(expect or ()), "instance")
+        for reply in replies.values():
+            delivered += reply.connections
+            users.update(reply.users)
+        return Delivery(delivered, len(users), [self.me, *sorted(replies)], missing, "deployment")
+
+    async def room_members(self, room: str, *, everywhere: bool = True) -> RoomResponse:
+        """The room's member sockets on every live instance (gathered like stats), or on this
+        one (``everywhere=False``, no broker, or the broker unreachable; ``scope`` says which)."""
+        found = [(u, s, self.me) for u, s in self.service.room_members(room)]
+        instances, missing = [self.me], list[str]()
+        scope: Scope = "instance"
+        if everywhere and self.broker is not None:
+            expect = await self.directory.live_instances()
+            try:
+                replies, missing = await self._ask(self._event("room_members", room=room), expect)
+            except BrokerUnavailable as exc:
+                logger.warning("room members of this instance only: %s", exc)
+            else:
+                scope = "deployment"
+                for instance, reply in replies.items():
+                    found += [(u, s, instance) for u, s in reply.sessions]
+                instances = sorted({self.me, *replies})
+        found.sort()
+        users = sorted({u for u, _, _ in found})
+        return RoomResponse(
+            room=room,
+            connections=len(found),
+            users=users,
+            total_users=len(users),
+            members=[RoomMember(u, s, i) for u, s, i in found],
+            scope=scope,
+            instances=instances,
+            unreachable_instances=sorted(missing),
+        )
 
     async def expire(self, sessions: Iterable[tuple[str, str]]) -> tuple[int, int]:
         """The sweep's callback: time out these sessions' sockets wherever they are. Returns

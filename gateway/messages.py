@@ -72,6 +72,39 @@ class ErrorMessage(msgspec.Struct):
     timestamp: str
 
 
+class Joined(msgspec.Struct, omit_defaults=True):
+    """Reply to ``{"type": "join"}``: the socket is a member of ``room`` (also when it already
+    was); echoes the client's ``id``."""
+
+    type: Literal["joined"]
+    room: str
+    timestamp: str
+    id: str | int | None = None
+
+
+class Left(msgspec.Struct, omit_defaults=True):
+    """Reply to ``{"type": "leave"}`` (also when the socket was not a member), or sent unasked
+    with ``reason: "not_allowed"`` when a refreshed token no longer grants the room."""
+
+    type: Literal["left"]
+    room: str
+    timestamp: str
+    id: str | int | None = None
+    reason: str | None = None
+
+
+class RoomErrorMessage(msgspec.Struct, omit_defaults=True):
+    """An ``error`` refusing a join or leave: the usual fields plus the room and the client's
+    ``id``, so a client can tell which of its requests failed."""
+
+    type: Literal["error"]
+    code: str
+    message: str
+    timestamp: str
+    room: str
+    id: str | int | None = None
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -151,6 +184,41 @@ class BroadcastResponse(msgspec.Struct):
     connections: int
     scope: Literal["deployment", "instance"]
     instances: list[str]
+    unreachable_instances: list[str]
+
+
+class RoomSendResponse(msgspec.Struct):
+    status: Literal["success"]
+    message: str
+    room: str
+    #: Distinct users reached (a user with sockets on several instances counts once).
+    recipients: int
+    #: Member sockets that took the frame, on every instance.
+    connections: int
+    scope: Literal["deployment", "instance"]
+    instances: list[str]
+    unreachable_instances: list[str]
+
+
+class RoomMember(msgspec.Struct):
+    user_id: str
+    session_id: str
+    instance_id: str
+
+
+class RoomResponse(msgspec.Struct):
+    room: str
+    #: Member sockets, on every counted instance.
+    connections: int
+    #: Distinct member users, sorted.
+    users: list[str]
+    total_users: int
+    #: One entry per member socket, sorted by user, then session.
+    members: list[RoomMember]
+    scope: Literal["deployment", "instance"]
+    #: Instances counted.
+    instances: list[str]
+    #: Live instances that did not answer (their members are not listed).
     unreachable_instances: list[str]
 
 

@@ -102,9 +102,24 @@ class GatewayCollector:
         for reason, count in sorted(service.refusals.items()):
             refusals.add_metric([reason], count)
         yield refusals
+        yield GaugeMetricFamily(
+            "gateway_rooms", "Rooms with a member socket here", service.rooms.total_rooms
+        )
+        yield GaugeMetricFamily(
+            "gateway_room_memberships",
+            "Room memberships of the sockets here (a socket in 3 rooms counts 3)",
+            service.rooms.total_memberships,
+        )
+        room_refusals = CounterMetricFamily(
+            "gateway_room_refusals", "Room joins refused, by error code", labels=["code"]
+        )
+        for code, count in sorted(service.room_refusals.items()):
+            room_refusals.add_metric([code], count)
+        yield room_refusals
         events = CounterMetricFamily(
             "gateway_connection_events",
-            "Connection events: connect, disconnect, timeout, signout, token_expired",
+            "Connection events: connect, disconnect, timeout, signout, token_expired, "
+            "room_join, room_leave",
             labels=["event"],
         )
         for kind, count in sorted(service.events.counts.items()):
@@ -119,7 +134,8 @@ class GatewayCollector:
         deployment = self.deployment
         published = CounterMetricFamily(
             "gateway_fanout_published",
-            "Requests published on the fan-out topic (send, broadcast, timeout, stats)",
+            "Requests published on the fan-out topic (send, broadcast, timeout, stats, signout, "
+            "room, room_members)",
             labels=["kind", "outcome"],
         )
         for (kind, outcome), count in sorted(deployment.published.items()):

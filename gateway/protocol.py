@@ -19,6 +19,9 @@ code                   when                                                     
 ``binary_frame``       a binary frame (the protocol is JSON text)                 reply
 ``message_too_large``  the frame exceeds ``WS_MAX_MESSAGE_BYTES``                 close 1009
 =====================  =========================================================  ==========
+
+A ``join`` the rooms' rules refuse is answered by the edge with the codes of ``gateway.rooms``
+(``invalid_room``, ``room_forbidden``, ``too_many_rooms``, ``room_full``).
 """
 
 from __future__ import annotations
@@ -70,7 +73,25 @@ class AuthRefresh:
     token: str
 
 
-ClientEvent = PongReceived | PingReceived | MessageReceived | AuthRefresh | UnknownType
+@dataclass(frozen=True, slots=True)
+class JoinRoom:
+    """The socket asks to join a room; whether it may is ``gateway.rooms``' decision."""
+
+    room: str
+    id: str | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRoom:
+    """The socket leaves a room."""
+
+    room: str
+    id: str | int | None
+
+
+ClientEvent = (
+    PongReceived | PingReceived | MessageReceived | AuthRefresh | JoinRoom | LeaveRoom | UnknownType
+)
 
 _PONG = PongReceived()
 
@@ -116,16 +137,26 @@ def decode_value(value: Any) -> ClientEvent:
     if kind == "message":
         if "data" not in value:
             raise ProtocolError("invalid_field", 'A "message" needs a "data" field')
-        ident = value.get("id")
-        if ident is not None and (isinstance(ident, bool) or not isinstance(ident, str | int)):
-            raise ProtocolError("invalid_field", '"id" must be a string or an integer')
-        return MessageReceived(value["data"], ident)
+        return MessageReceived(value["data"], _ident(value))
+    if kind == "join" or kind == "leave":
+        room = value.get("room")
+        if not isinstance(room, str):
+            raise ProtocolError("invalid_field", f'A "{kind}" needs a string "room"')
+        # The name itself is checked by gateway.rooms, whose refusal echoes the room and id.
+        return JoinRoom(room, _ident(value)) if kind == "join" else LeaveRoom(room, _ident(value))
     if kind == "auth":
         token = value.get("token")
         if not isinstance(token, str) or not token:
             raise ProtocolError("invalid_field", '"token" must be a non-empty string')
         return AuthRefresh(token)
     return UnknownType(kind)
+
+
+def _ident(value: dict[str, Any]) -> str | int | None:
+    ident = value.get("id")
+    if ident is not None and (isinstance(ident, bool) or not isinstance(ident, str | int)):
+        raise ProtocolError("invalid_field", '"id" must be a string or an integer')
+    return ident
 
 
 def _too_large(max_bytes: int) -> ProtocolError:

@@ -44,6 +44,7 @@ class Connection:
         "_send",
         "closed",
         "token_expires_at",
+        "room_grants",
         "bucket",
         "bucket_at",
         "edge",
@@ -56,6 +57,7 @@ class Connection:
         connected_at: datetime,
         send: AsgiSend,
         token_expires_at: float = 0.0,
+        room_grants: tuple[str, ...] | None = (),
     ) -> None:
         self.user_id = user_id
         self.session_id = session_id
@@ -64,6 +66,8 @@ class Connection:
         self.closed = False
         #: Epoch seconds at which the socket's ID token expires; 0 when auth is off.
         self.token_expires_at = token_expires_at
+        #: The token's room grants (gateway.rooms); None only without tokens (AUTH_MODE=off).
+        self.room_grants = room_grants
         #: Message-rate token bucket (see gateway.limits): tokens left, and when counted.
         self.bucket = float("inf")
         self.bucket_at = 0.0

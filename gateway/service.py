@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from gateway import messages
+from gateway import messages, rooms
 from gateway.analytics import ConnectionEvents
 from gateway.auth import CLOSE_UNAUTHENTICATED, Identity, TokenVerifier, authorize
 from gateway.exceptions import AuthError
@@ -96,6 +96,11 @@ class PresenceService:
         #: Pongs not written because of PONG_WRITE_INTERVAL.
         self.pongs_unwritten = 0
         self.events = ConnectionEvents(settings.instance_id)
+        self.rooms: rooms.RoomRegistry[Connection] = rooms.RoomRegistry(
+            settings.max_rooms_per_socket, settings.max_room_members
+        )
+        #: Joins refused, by error code (gateway.rooms).
+        self.room_refusals: Counter[str] = Counter()
         self._started_at = utc_now()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -167,6 +172,7 @@ class PresenceService:
         identity = await self.verifier.verify(token)
         authorize(identity, conn.user_id, None)
         conn.token_expires_at = identity.expires_at
+        conn.room_grants = identity.rooms
         return identity
 
     async def expire_tokens(self, now: float) -> int:
@@ -225,6 +231,8 @@ class PresenceService:
 
     def disconnected(self, conn: Connection, code: int | None) -> None:
         conn.closed = True
+        for room in self.rooms.leave_all(conn):
+            self.events.room_leave(conn, room, "disconnect", 0)
         left = self.registry.remove(conn)
         if not left:
             self._pong_written.pop(conn.user_id, None)
@@ -385,3 +393,53 @@ class PresenceService:
                 await asyncio.sleep(0)
         self.pings_sent += sent
         return sent
+
+    # --- rooms -------------------------------------------------------------------------------
+
+    def join_room(self, conn: Connection, room: str) -> bool:
+        """Add the socket to the room if its token and the limits allow; raise RoomRefused
+        otherwise. False when it already was a member."""
+        try:
+            joined = self.rooms.join(
+                conn, room, conn.room_grants, self.settings.public_room_prefixes
+            )
+        except rooms.RoomRefused as exc:
+            self.room_refusals[exc.code] += 1
+            raise
+        if joined:
+            self.events.room_join(conn, room, len(self.rooms.rooms_of(conn)))
+        return joined
+
+    def leave_room(self, conn: Connection, room: str, reason: str = "leave") -> bool:
+        """Take the socket out of the room; False when it was not a member."""
+        left = self.rooms.leave(conn, room)
+        if left:
+            self.events.room_leave(conn, room, reason, len(self.rooms.rooms_of(conn)))
+        return left
+
+    async def drop_ungranted_rooms(self, conn: Connection) -> list[str]:
+        """After a token refresh: leave the rooms the new token no longer grants, telling the
+        client with ``left`` and ``reason: "not_allowed"``; return those rooms."""
+        dropped = [
+            room
+            for room in self.rooms.rooms_of(conn)
+            if not rooms.allows(room, conn.room_grants, self.settings.public_room_prefixes)
+        ]
+        for room in dropped:
+            self.leave_room(conn, room, "not_allowed")
+            frame = messages.Left("left", room, iso(utc_now()), reason="not_allowed")
+            await conn.send_text(messages.encode(frame), self.settings.send_timeout)
+        return dropped
+
+    async def send_room_text(self, room: str, text: str) -> tuple[set[str], int]:
+        """Send an encoded frame to the room's member sockets here; return the users reached
+        and how many sockets took it."""
+        targets = self.rooms.members(room)
+        if not targets:
+            return set(), 0
+        delivered = await self._send_all(targets, text)
+        return {c.user_id for c in targets if not c.closed}, delivered
+
+    def room_members(self, room: str) -> list[tuple[str, str]]:
+        """The room's member sockets here, as (user_id, session_id)."""
+        return sorted((c.user_id, c.session_id) for c in self.rooms.members(room))

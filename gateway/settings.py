@@ -7,6 +7,7 @@ Every setting has an environment variable; the names in ARCHITECTURE.md (``PING_
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from gateway.exceptions import ConfigError
+from gateway.rooms import ROOM_CHARS, valid_prefix
 
 T = TypeVar("T")
 
@@ -62,6 +64,14 @@ class Settings:
     max_messages_per_second: float = 20.0
     max_sockets_per_user: int = 10
     max_connects_per_minute: int = 300
+    #: Rooms one socket may be in at once; 0: no limit.
+    max_rooms_per_socket: int = 50
+    #: Sockets one room may hold on one instance; 0: no limit.
+    max_room_members: int = 10_000
+    #: Room name prefixes any signed-in user may join, whatever the token's rooms claim.
+    public_room_prefixes: tuple[str, ...] = ()
+    #: Peers whose X-Forwarded-For / X-Forwarded-Proto uvicorn believes ("*": every peer).
+    forwarded_allow_ips: str = "127.0.0.1,::1"
     #: Browser origins allowed to open sockets and call the REST API; empty: any origin.
     allowed_origins: tuple[str, ...] = ()
     callback_oidc_audience: str = ""
@@ -110,6 +120,23 @@ class Settings:
         origins = tuple(
             o.strip().rstrip("/") for o in reader.get("ALLOWED_ORIGINS", str, "").split(",")
         )
+        public_prefixes = tuple(
+            p.strip() for p in reader.get("WS_PUBLIC_ROOM_PREFIXES", str, "").split(",")
+        )
+        for prefix in public_prefixes:
+            if prefix and not valid_prefix(prefix):
+                raise ConfigError(
+                    "WS_PUBLIC_ROOM_PREFIXES",
+                    f"{prefix!r} is not a room name prefix (characters of {ROOM_CHARS})",
+                )
+        forwarded = reader.get(
+            "FORWARDED_ALLOW_IPS",
+            str,
+            # On Cloud Run the container is reached only through Google's front end, which
+            # overwrites X-Forwarded-For with the client's address: believe it from any peer.
+            "*" if env.get("K_SERVICE") else "127.0.0.1,::1",
+        )
+        check_forwarded_allow_ips(forwarded)
         emulated = bool(env.get("FIRESTORE_EMULATOR_HOST"))
         project_id = reader.get("GOOGLE_CLOUD_PROJECT", str, DEMO_PROJECT if emulated else None)
         if not project_id:
@@ -181,6 +208,10 @@ class Settings:
             max_messages_per_second=reader.limit("WS_MAX_MESSAGES_PER_SECOND", 20),
             max_sockets_per_user=int(reader.limit("WS_MAX_SOCKETS_PER_USER", 10)),
             max_connects_per_minute=int(reader.limit("WS_MAX_CONNECTS_PER_MINUTE", 300)),
+            max_rooms_per_socket=int(reader.limit("WS_MAX_ROOMS_PER_SOCKET", 50)),
+            max_room_members=int(reader.limit("WS_MAX_ROOM_MEMBERS", 10_000)),
+            public_room_prefixes=tuple(p for p in public_prefixes if p),
+            forwarded_allow_ips=forwarded,
             client_dir=reader.get("CLIENT_DIR", str, ""),
             demo_dir=reader.get("DEMO_DIR", str, ""),
             demo_auth_emulator_host=reader.get(
@@ -239,6 +270,26 @@ class _Reader:
         if not value > 0 or value == float("inf"):
             raise ConfigError(name, f"must be a positive number, got {value!r}")
         return value
+
+
+def check_forwarded_allow_ips(value: str) -> None:
+    """``*``, or comma-separated IP addresses and networks: what uvicorn's proxy-headers
+    middleware understands. uvicorn would take a typo for a literal host name and silently
+    trust nobody (or the wrong peer), so a bad entry stops the start instead."""
+    if value.strip() == "*":
+        return
+    entries = [e.strip() for e in value.split(",")]
+    for entry in entries:
+        try:
+            if "/" in entry:
+                ipaddress.ip_network(entry)
+            else:
+                ipaddress.ip_address(entry)
+        except ValueError:
+            raise ConfigError(
+                "FORWARDED_ALLOW_IPS",
+                f"{entry!r} is not an IP address or network; use addresses, CIDR networks or *",
+            ) from None
 
 
 def describe_duration(seconds: float) -> str:

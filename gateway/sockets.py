@@ -20,13 +20,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import messages
+from gateway import messages, rooms
 from gateway.auth import token_from
 from gateway.exceptions import AuthError, ProtocolError
 from gateway.limits import CLOSE_RATE_LIMITED, take_token
 from gateway.messages import Ack, AuthOk, ErrorMessage, ServerPong, iso, utc_now
 from gateway.protocol import (
     AuthRefresh,
+    JoinRoom,
+    LeaveRoom,
     MessageReceived,
     PingReceived,
     PongReceived,
@@ -159,6 +161,7 @@ async def _admit(
         utc_now(),
         send,
         token_expires_at=identity.expires_at if identity else 0.0,
+        room_grants=identity.rooms if identity else None,
     )
 
 
@@ -215,6 +218,28 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
         await conn.send_text(
             messages.encode(AuthOk("auth_ok", iso(expires), iso(utc_now()))), timeout
         )
+        await service.drop_ungranted_rooms(conn)
+    elif isinstance(decoded, JoinRoom | LeaveRoom):
+        await _on_room(service, conn, decoded, timeout)
     elif isinstance(decoded, UnknownType):
         logger.info("ignored unknown message type %.64r from user=%s", decoded.type, conn.user_id)
     return None
+
+
+async def _on_room(
+    service: PresenceService, conn: Connection, request: JoinRoom | LeaveRoom, timeout: float
+) -> None:
+    """Answer a join or leave: ``joined`` / ``left``, or an error naming the room."""
+    reply: messages.Joined | messages.Left | messages.RoomErrorMessage
+    try:
+        if isinstance(request, JoinRoom):
+            service.join_room(conn, request.room)
+            reply = messages.Joined("joined", request.room, iso(utc_now()), request.id)
+        else:
+            service.leave_room(conn, request.room)
+            reply = messages.Left("left", request.room, iso(utc_now()), request.id)
+    except rooms.RoomRefused as exc:
+        reply = messages.RoomErrorMessage(
+            "error", exc.code, exc.message, iso(utc_now()), exc.room, request.id
+        )
+    await conn.send_text(messages.encode(reply), timeout)

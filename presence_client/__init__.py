@@ -43,7 +43,11 @@ connect_options=None, report_error=<log>)``. ``get_token`` may be None (``AUTH_M
 Members: ``await start()`` (returns at once; a no-op while active; from a terminal state it
 starts over), ``await close(code=1000, reason="client closed")``, ``send(data)`` (a future of
 :class:`Ack`; never raises itself, the future fails with :class:`PresenceSendError`),
-``await refresh_token()``, ``await wait_for_state(*states, timeout=None)``,
+``await refresh_token()``, ``join(room)`` (a future of :class:`Joined`; fails with
+:class:`PresenceRoomError` when the gateway refuses: ``room_forbidden``, ``invalid_room``,
+``too_many_rooms``, ``room_full``), ``leave(room)`` (a future of the room, never fails), ``rooms``
+(joined again on every new socket, ahead of buffered messages and paced with them),
+``await wait_for_state(*states, timeout=None)``,
 ``messages(*types)``, ``on(event, callback)`` and ``on_message(type, callback)`` (both return
 an unsubscribe function; a callback may be ``async``), ``state``, ``buffered``, ``unacked``,
 ``answer_pings`` (read/write; a testing aid: off, the sweep signs the user out after
@@ -57,6 +61,7 @@ Events (payload types in :mod:`presence_client.events`): ``state`` (StateChanged
 reason, will_reconnect, delay), ``signed_out`` (SignedOut: reason ``"signed out for
 inactivity"``, the server's message), ``auth_error`` (AuthError), ``message`` and ``ping`` (the
 frame dict), ``pong`` (Pong), ``overflow`` (Overflow), ``token_refreshed`` (TokenRefreshed),
+``joined`` (Joined), ``left`` (Left: reason ``leave`` or ``not_allowed``),
 ``error`` (ErrorEvent: source ``server``, ``get_token``, ``protocol``, ``socket`` or ``client``).
 
 Close codes (:func:`~presence_client.core.decide_close`, the JavaScript client's table):
@@ -88,6 +93,7 @@ from __future__ import annotations
 
 from presence_client.client import GetToken, MessageStream, PresenceClient
 from presence_client.core import (
+    ROOM_ERRORS,
     SIGNED_OUT_BY_SERVICE_REASON,
     SIGNED_OUT_REASON,
     Backoff,
@@ -108,8 +114,11 @@ from presence_client.events import (
     Connecting,
     Disconnected,
     ErrorEvent,
+    Joined,
+    Left,
     Overflow,
     Pong,
+    PresenceRoomError,
     PresenceSendError,
     SignedOut,
     StateChanged,
@@ -120,6 +129,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EVENTS",
+    "ROOM_ERRORS",
     "SIGNED_OUT_BY_SERVICE_REASON",
     "SIGNED_OUT_REASON",
     "Ack",
@@ -131,10 +141,13 @@ __all__ = [
     "Disconnected",
     "ErrorEvent",
     "GetToken",
+    "Joined",
+    "Left",
     "MessageStream",
     "Overflow",
     "Pong",
     "PresenceClient",
+    "PresenceRoomError",
     "PresenceSendError",
     "RateLimit",
     "SignedOut",

@@ -15,6 +15,7 @@ import json
 import logging
 import random as _random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -48,6 +49,8 @@ from presence_client.core import (
     on_invalid_token,
     parse_frame,
     refresh_delay,
+    room_frame,
+    room_refused,
     socket_url,
     token_expiry,
     token_is_stale,
@@ -60,8 +63,11 @@ from presence_client.events import (
     Connecting,
     Disconnected,
     ErrorEvent,
+    Joined,
+    Left,
     Overflow,
     Pong,
+    PresenceRoomError,
     PresenceSendError,
     SignedOut,
     StateChanged,
@@ -201,6 +207,12 @@ class PresenceClient:
         self._handlers: dict[str, list[Callable[[Any], object]]] = {}
         self._streams: set[MessageStream] = set()
         self._state_waiters: list[tuple[frozenset[State], asyncio.Future[State]]] = []
+        #: Rooms to be in: joined again on every new socket (membership belongs to a socket).
+        self._rooms: set[str] = set()
+        #: join/leave frames for the current socket, sent before buffered messages.
+        self._control: deque[str] = deque()
+        self._join_waiters: dict[str, list[asyncio.Future[Joined]]] = {}
+        self._leave_waiters: dict[str, list[asyncio.Future[str]]] = {}
 
     # --- public surface --------------------------------------------------------------------
 
@@ -311,6 +323,45 @@ class PresenceClient:
         self._wakeup.set()
         return waiter
 
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms joined, or to be joined on the next socket, sorted."""
+        return sorted(self._rooms)
+
+    def join(self, room: str) -> asyncio.Future[Joined]:
+        """Join a room, now or when the next socket opens, and again after every reconnect.
+        The future resolves with :class:`Joined` on the gateway's ``joined`` and fails with
+        :class:`PresenceRoomError` when the gateway refuses (the room is then dropped: the
+        token decides) or the client stops."""
+        future: asyncio.Future[Joined] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        if self._state in TERMINAL_STATES:
+            future.set_exception(
+                PresenceRoomError(
+                    self._state.value, f"the client is {self._state.value}", room=room
+                )
+            )
+            return future
+        self._join_waiters.setdefault(room, []).append(future)
+        self._rooms.add(room)
+        if self._state is State.CONNECTED:
+            self._control.append(room_frame("join", room))
+            self._wakeup.set()
+        return future
+
+    def leave(self, room: str) -> asyncio.Future[str]:
+        """Leave a room; the future resolves with the room on the gateway's ``left``, at once
+        when offline (the membership died with the socket). It never fails."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._rooms.discard(room)
+        if self._state is not State.CONNECTED:
+            future.set_result(room)
+            return future
+        self._leave_waiters.setdefault(room, []).append(future)
+        self._control.append(room_frame("leave", room))
+        self._wakeup.set()
+        return future
+
     async def refresh_token(self) -> None:
         """Ask ``get_token(False)`` now and send the token on the live socket if it changed
         (e.g. when the application learns of a new token by other means)."""
@@ -383,6 +434,10 @@ class PresenceClient:
     def on(
         self, event: Literal["error"], callback: Callable[[ErrorEvent], object]
     ) -> Unsubscribe: ...
+    @overload
+    def on(self, event: Literal["joined"], callback: Callable[[Joined], object]) -> Unsubscribe: ...
+    @overload
+    def on(self, event: Literal["left"], callback: Callable[[Left], object]) -> Unsubscribe: ...
     def on(self, event: str, callback: Callable[[Any], object]) -> Unsubscribe:
         """Subscribe ``callback`` to an event; returns a function that unsubscribes. A callback
         may be a plain function (called inline, so keep it short) or return an awaitable (run
@@ -465,6 +520,8 @@ class PresenceClient:
         self._set_state(State.CONNECTED)
         self._emit("connected", Connected(self._attempt))
         self._schedule_refresh()
+        # A new socket is in no room: join them all again, ahead of any buffered message.
+        self._control = deque(room_frame("join", room) for room in sorted(self._rooms))
         self._pump_task = self._spawn(self._pump(ws))
         try:
             async with asyncio.timeout(None) as deadline:
@@ -479,6 +536,7 @@ class PresenceClient:
         finally:
             self._ws = None
             self._pending_auth = None
+            self._settle_rooms()
             self._cancel_refresh()
             if self._pump_task is not None:
                 self._pump_task.cancel()
@@ -572,6 +630,10 @@ class PresenceClient:
                 )
         elif kind is FrameKind.AUTH_OK:
             self._on_auth_ok(frame)
+        elif kind is FrameKind.JOINED:
+            self._on_joined(frame)
+        elif kind is FrameKind.LEFT:
+            self._on_left(frame)
         elif kind is FrameKind.ERROR:
             self._on_server_error(frame)
         elif kind in (FrameKind.TIMEOUT, FrameKind.SIGNED_OUT):
@@ -613,9 +675,52 @@ class PresenceClient:
         self._schedule_refresh()
         self._emit("token_refreshed", TokenRefreshed(expires_at))
 
+    def _on_joined(self, frame: Frame) -> None:
+        room, timestamp = str(frame.get("room")), frame.get("timestamp")
+        joined = Joined(room, timestamp if isinstance(timestamp, str) else None)
+        for future in self._join_waiters.pop(room, []):
+            if not future.done():
+                future.set_result(joined)
+        self._emit("joined", joined)
+
+    def _on_left(self, frame: Frame) -> None:
+        room, reason = str(frame.get("room")), frame.get("reason") or "leave"
+        if reason != "leave":
+            self._rooms.discard(room)  # e.g. not_allowed: the refreshed token lost it
+        for future in self._leave_waiters.pop(room, []):
+            if not future.done():
+                future.set_result(room)
+        self._emit("left", Left(room, str(reason)))
+
+    def _settle_rooms(self, stop_code: str | None = None, why: str = "") -> None:
+        """The socket is gone: leaves are done; joins wait for the next socket, or fail when
+        there will be none (``stop_code``)."""
+        self._control.clear()
+        for room, futures in self._leave_waiters.items():
+            for left in futures:
+                if not left.done():
+                    left.set_result(room)
+        self._leave_waiters.clear()
+        if stop_code is None:
+            return
+        for room, waiting in self._join_waiters.items():
+            for joined in waiting:
+                if not joined.done():
+                    joined.set_exception(
+                        PresenceRoomError(stop_code, f"not joined: {why}", room=room)
+                    )
+        self._join_waiters.clear()
+
     def _on_server_error(self, frame: Frame) -> None:
         code, message = frame.get("code"), frame.get("message")
         self._emit("error", ErrorEvent("server", str(code), str(message), frame=frame))
+        refused = room_refused(frame)
+        if refused is not None:
+            # Final for this token: the room is not asked for again on the next socket.
+            self._rooms.discard(refused)
+            for future in self._join_waiters.pop(refused, []):
+                if not future.done():
+                    future.set_exception(PresenceRoomError(str(code), str(message), room=refused))
         if code == "invalid_token" and self._pending_auth is not None:
             forced = self._pending_auth[1]
             self._pending_auth = None
@@ -697,7 +802,7 @@ class PresenceClient:
         if self._rate_limit is not None and self._bucket is None:
             self._bucket = TokenBucket(self._rate_limit, loop.time())
         while True:
-            if self._buffer.peek() is None:
+            if not self._control and self._buffer.peek() is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -706,6 +811,15 @@ class PresenceClient:
                 if wait > 0:
                     await asyncio.sleep(wait)
                     continue
+            if self._control:
+                # Joins and leaves count against the same per-socket limit as messages.
+                try:
+                    await ws.send(self._control[0])
+                except ConnectionClosed:
+                    return
+                if self._control:
+                    self._control.popleft()
+                continue
             item = self._buffer.take()
             assert item is not None  # peeked above, nothing awaited since
             try:
@@ -763,6 +877,7 @@ class PresenceClient:
         self._set_state(state)
         for item in self._buffer.clear():
             self._reject(item, reject_code, f"not sent: {why}")
+        self._settle_rooms(reject_code, why)
         for stream in list(self._streams):
             stream._end()
 

@@ -229,6 +229,8 @@ class FrameKind(StrEnum):
     ERROR = "error"  # an error frame; invalid_token answers a pending auth
     TIMEOUT = "timeout"  # signed out for inactivity: stop, never reconnect
     SIGNED_OUT = "signed_out"  # signed out by the service: stop, never reconnect
+    JOINED = "joined"  # a join was accepted: resolve its waiters
+    LEFT = "left"  # a leave was done, or a refreshed token lost the room (reason)
     OTHER = "other"  # application frames (notification, broadcast, ...), server pongs
 
 
@@ -253,6 +255,21 @@ def classify_frame(frame: Frame) -> FrameKind:
     """Which reaction a server frame calls for."""
     kind = frame.get("type")
     return _KINDS.get(kind, FrameKind.OTHER) if isinstance(kind, str) else FrameKind.OTHER
+
+
+#: The gateway's refusals of a join (docs/protocol.md, Rooms): final for this token.
+ROOM_ERRORS = frozenset({"invalid_room", "room_forbidden", "too_many_rooms", "room_full"})
+
+
+def room_frame(kind: str, room: str) -> str:
+    """A ``join`` or ``leave`` frame."""
+    return json.dumps({"type": kind, "room": room}, separators=(",", ":"))
+
+
+def room_refused(frame: Frame) -> str | None:
+    """The room an ``error`` frame refuses a join of, or None when it is about something else."""
+    room = frame.get("room")
+    return room if isinstance(room, str) and frame.get("code") in ROOM_ERRORS else None
 
 
 def on_invalid_token(pending_forced: bool) -> str:

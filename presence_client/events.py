@@ -27,6 +27,8 @@ EVENTS = frozenset(
         "overflow",
         "token_refreshed",
         "error",
+        "joined",
+        "left",
     }
 )
 
@@ -125,6 +127,37 @@ class ErrorEvent:
     message: str
     frame: Frame | None = None
     exception: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """``joined``, and what ``await client.join(room)`` returns: the gateway accepted the join
+    (also each rejoin after a reconnect)."""
+
+    room: str
+    timestamp: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """``left``: the socket left ``room``; ``reason`` is ``leave`` (asked) or ``not_allowed``
+    (a refreshed token no longer grants it; the client drops the room)."""
+
+    room: str
+    reason: str
+
+
+class PresenceRoomError(Exception):
+    """Why a ``join()`` failed. ``code``: the gateway's ``room_forbidden``, ``invalid_room``,
+    ``too_many_rooms`` or ``room_full``, or ``closed``, ``signed_out``, ``auth_error``."""
+
+    def __init__(self, code: str, message: str, *, room: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.room = room
+
+    def __repr__(self) -> str:
+        return f"PresenceRoomError({self.code!r}, {str(self)!r}, room={self.room!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,6 +162,11 @@ export interface PresenceEvents {
   overflow: { id: number; data: unknown };
   tokenRefreshed: { expiresAt: string };
   error: ClientErrorEvent;
+  /** The gateway confirmed a join (also each rejoin after a reconnect). */
+  joined: { room: string; timestamp: string };
+  /** The socket left a room: `leave` when asked, `not_allowed` when a refreshed token
+   * no longer grants it. */
+  left: { room: string; reason: "leave" | "not_allowed" | string };
 }
 
 export interface Ack {
@@ -192,6 +197,18 @@ export declare class PresenceSendError extends Error {
   );
 }
 
+/** The gateway's refusals of a join (docs/protocol.md, Rooms). */
+export type RoomRefusal = "invalid_room" | "room_forbidden" | "too_many_rooms" | "room_full";
+export declare const ROOM_ERRORS: readonly RoomRefusal[];
+
+export declare class PresenceRoomError extends Error {
+  readonly name: "PresenceRoomError";
+  /** The gateway's refusal, or the client's state (`closed`, `signed_out`, `auth_error`). */
+  readonly code: RoomRefusal | "closed" | "signed_out" | "auth_error";
+  readonly room: string;
+  constructor(code: string, message: string, room: string);
+}
+
 export declare class PresenceClient {
   constructor(options: PresenceClientOptions);
   readonly state: PresenceState;
@@ -208,6 +225,13 @@ export declare class PresenceClient {
   close(code?: number, reason?: string): void;
   /** Resolves with the gateway's ack; rejects with a PresenceSendError. Never throws. */
   send(data: unknown): Promise<Ack>;
+  /** Rooms the client is in, or will join on its next socket (sorted). */
+  readonly rooms: string[];
+  /** Join a room, now or on the next socket, and again after every reconnect. Resolves on the
+   * gateway's `joined`; rejects with a PresenceRoomError when refused or the client stops. */
+  join(room: string): Promise<{ room: string; timestamp: string }>;
+  /** Leave a room; resolves on the gateway's `left`, or at once when offline. Never rejects. */
+  leave(room: string): Promise<{ room: string }>;
   /** Send the token `getToken` returns now if it changed (call from `onIdTokenChanged`). */
   refreshToken(): Promise<void>;
   on<E extends keyof PresenceEvents>(event: E, fn: (payload: PresenceEvents[E]) => void): () => void;

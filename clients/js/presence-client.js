@@ -75,6 +75,21 @@ export class PresenceSendError extends Error {
   }
 }
 
+/** Why a `join()` promise was rejected: `code` is the gateway's error code (`room_forbidden`,
+ * `invalid_room`, `too_many_rooms`, `room_full`) or the client's state when it stopped. */
+export class PresenceRoomError extends Error {
+  constructor(code, message, room) {
+    super(message);
+    this.name = "PresenceRoomError";
+    this.code = code;
+    this.room = room;
+  }
+}
+
+/** The gateway's refusals of a join (docs/protocol.md, Rooms). */
+export const ROOM_ERRORS = Object.freeze(["invalid_room", "room_forbidden", "too_many_rooms", "room_full"]);
+const ROOM_ERROR_SET = new Set(ROOM_ERRORS);
+
 /** Full-jitter exponential backoff: random() * min(max, min0 * 2^attempt), in ms. */
 export function backoffDelay(attempt, { min = 500, max = 20_000 } = {}, random = Math.random) {
   const cap = Math.min(max, min * 2 ** Math.max(0, attempt));
@@ -175,6 +190,10 @@ export class PresenceClient {
   #handlers = new Map();
 
   #queue = []; // messages waiting to go out, oldest first
+  #control = []; // join/leave frames for the current socket, sent before messages
+  #rooms = new Set(); // rooms to be in: joined again on every new socket
+  #joinWaiters = new Map(); // room -> [{resolve, reject}] until `joined` or a refusal
+  #leaveWaiters = new Map(); // room -> [resolve] until `left`
   #inflight = new Map(); // id -> entry, sent on the current socket, not yet acknowledged
   #nextId = 1;
   #tokens = 0;
@@ -302,6 +321,7 @@ export class PresenceClient {
     this.#clearTimers();
     this.#setState(State.CLOSED);
     this.#rejectAll("closed", "the client was closed");
+    this.#settleRooms("closed", "the client was closed");
     if (hadSocket) {
       this.#emit("disconnected", { code, reason, willReconnect: false });
     }
@@ -348,6 +368,51 @@ export class PresenceClient {
     this.#queue.push({ id, data, frame, resolve, reject, promise });
     this.#pump();
     this.#trimQueue();
+    return promise;
+  }
+
+  /** The rooms this client is in, or will join on its next socket, sorted. */
+  get rooms() {
+    return [...this.#rooms].sort();
+  }
+
+  /**
+   * Join a room (`{"type":"join","room":room}`). Resolves with `{room, timestamp}` on the
+   * gateway's `joined`; rejects with a `PresenceRoomError` when the gateway refuses
+   * (`room_forbidden`, `invalid_room`, `too_many_rooms`, `room_full`) or the client stops.
+   * While offline the join waits for the next socket. Membership belongs to a socket, so the
+   * client joins its rooms again on every reconnect.
+   */
+  join(room) {
+    room = String(room);
+    if (TERMINAL.has(this.#state)) {
+      return rejected(new PresenceRoomError(this.#state, `the client is ${this.#state}`, room));
+    }
+    const promise = new Promise((resolve, reject) => {
+      const waiters = this.#joinWaiters.get(room) ?? [];
+      waiters.push({ resolve, reject });
+      this.#joinWaiters.set(room, waiters);
+    });
+    promise.catch(noop);
+    this.#rooms.add(room);
+    if (this.#state === State.CONNECTED) this.#control.push(JSON.stringify({ type: "join", room }));
+    this.#pump();
+    return promise;
+  }
+
+  /** Leave a room. Resolves with `{room}` on the gateway's `left`, at once when offline (the
+   * membership died with the socket). Never rejects. */
+  leave(room) {
+    room = String(room);
+    this.#rooms.delete(room);
+    if (this.#state !== State.CONNECTED) return Promise.resolve({ room });
+    const promise = new Promise((resolve) => {
+      const waiters = this.#leaveWaiters.get(room) ?? [];
+      waiters.push(resolve);
+      this.#leaveWaiters.set(room, waiters);
+    });
+    this.#control.push(JSON.stringify({ type: "leave", room }));
+    this.#pump();
     return promise;
   }
 
@@ -427,6 +492,8 @@ export class PresenceClient {
     this.#setState(State.CONNECTED);
     this.#emit("connected", { attempt: this.#attempt });
     this.#scheduleRefresh();
+    // A new socket is in no room: join them all again, ahead of any buffered message.
+    this.#control = this.rooms.map((room) => JSON.stringify({ type: "join", room }));
     this.#pump();
   }
 
@@ -464,6 +531,12 @@ export class PresenceClient {
       case "signed_out":
         this.#signOut(frame.message, null, SIGNED_OUT_BY_SERVICE_REASON, CloseCode.SIGNED_OUT);
         break;
+      case "joined":
+        this.#onJoined(frame);
+        break;
+      case "left":
+        this.#onLeft(frame);
+        break;
       default:
         break;
     }
@@ -493,6 +566,47 @@ export class PresenceClient {
     entry.resolve({ id: frame.id, timestamp: frame.timestamp });
   }
 
+  #onJoined(frame) {
+    const room = String(frame.room);
+    const waiters = this.#joinWaiters.get(room) ?? [];
+    this.#joinWaiters.delete(room);
+    for (const { resolve } of waiters) resolve({ room, timestamp: frame.timestamp });
+    this.#emit("joined", { room, timestamp: frame.timestamp });
+  }
+
+  #onLeft(frame) {
+    const room = String(frame.room);
+    const reason = frame.reason ?? "leave";
+    if (reason !== "leave") this.#rooms.delete(room); // e.g. not_allowed: the token lost it
+    const waiters = this.#leaveWaiters.get(room) ?? [];
+    this.#leaveWaiters.delete(room);
+    for (const resolve of waiters) resolve({ room });
+    this.#emit("left", { room, reason });
+  }
+
+  #onRoomRefused(frame) {
+    const room = String(frame.room);
+    // A refusal is final for this token: do not ask again on the next socket.
+    this.#rooms.delete(room);
+    const waiters = this.#joinWaiters.get(room) ?? [];
+    this.#joinWaiters.delete(room);
+    for (const { reject } of waiters) {
+      reject(new PresenceRoomError(frame.code, frame.message ?? frame.code, room));
+    }
+  }
+
+  /** The socket is gone: leaves are done; joins wait for the next socket, or fail if none. */
+  #settleRooms(stopCode = null, why = "") {
+    this.#control = [];
+    for (const [room, waiters] of this.#leaveWaiters) for (const resolve of waiters) resolve({ room });
+    this.#leaveWaiters.clear();
+    if (stopCode === null) return;
+    for (const [room, waiters] of this.#joinWaiters) {
+      for (const { reject } of waiters) reject(new PresenceRoomError(stopCode, `not joined: ${why}`, room));
+    }
+    this.#joinWaiters.clear();
+  }
+
   #onAuthOk(frame) {
     const pending = this.#pendingAuth;
     this.#pendingAuth = null;
@@ -515,6 +629,9 @@ export class PresenceClient {
       message: frame.message,
       frame,
     });
+    if (typeof frame.room === "string" && ROOM_ERROR_SET.has(frame.code)) {
+      this.#onRoomRefused(frame);
+    }
     if (frame.code === "invalid_token" && this.#pendingAuth) {
       const { forced } = this.#pendingAuth;
       this.#pendingAuth = null;
@@ -539,6 +656,7 @@ export class PresenceClient {
     this.#ws = null;
     this.#gen++;
     this.#pendingAuth = null;
+    this.#settleRooms();
     if (stable) {
       this.#attempt = 0;
       this.#authRetried = false;
@@ -639,6 +757,7 @@ export class PresenceClient {
     this.#clearTimers();
     this.#setState(state);
     this.#rejectAll(rejectCode, why);
+    this.#settleRooms(rejectCode, why);
   }
 
   #abandonSocket(code, reason) {
@@ -742,7 +861,7 @@ export class PresenceClient {
 
   #pump() {
     if (this.#state !== State.CONNECTED || this.#timers.pump !== null) return;
-    while (this.#queue.length > 0) {
+    while (this.#control.length > 0 || this.#queue.length > 0) {
       const ws = this.#ws;
       if (!ws || ws.readyState !== OPEN) return;
       if (!this.#takeToken()) {
@@ -753,6 +872,17 @@ export class PresenceClient {
           this.#pump();
         }, Math.ceil(wait));
         return;
+      }
+      if (this.#control.length > 0) {
+        // Joins and leaves count against the same per-socket rate limit as messages.
+        try {
+          ws.send(this.#control[0]);
+        } catch {
+          this.#tokens += 1;
+          return;
+        }
+        this.#control.shift();
+        continue;
       }
       const entry = this.#queue[0];
       try {

@@ -931,9 +931,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench", description="Gateway benchmarks (see tests/bench/runner.py)"
     )
-    parser.add_argument(
-        "--only", choices=("memory", "pongs", "load", "timeout", "fanout", "sweep")
-    )
+    parser.add_argument("--only", choices=("memory", "pongs", "load", "timeout", "fanout", "sweep"))
     parser.add_argument(
         "--connections",
         type=int,
