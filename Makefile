@@ -99,8 +99,14 @@ test-containers: deps
 test-unit: $(VENV_STAMP)
 	$(PY) -m pytest tests/unit
 
-bench: deps
+# The Node ws server the load scenario measures the gateway against.
+BENCH_NODE_STAMP := tests/bench/node/node_modules/.installed-stamp
+$(BENCH_NODE_STAMP): tests/bench/node/package.json tests/bench/node/package-lock.json
+	cd tests/bench/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+bench: deps $(BENCH_NODE_STAMP)
 	$(PY) -m tests.bench
 
 clean:
-	rm -rf $(VENV) emulator/node_modules functions/venv .run .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) emulator/node_modules tests/bench/node/node_modules functions/venv .run .mypy_cache .ruff_cache .pytest_cache

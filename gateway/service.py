@@ -56,6 +56,8 @@ CLOSED_BY_SERVICE = {
 #: How far back the reconciler looks for sign-outs it may have missed a callback for. A large
 #: sweep commits sign-outs minutes after its own start time, which is what signed_out_at holds.
 RECONCILE_WINDOW = 600.0
+#: How old a sign-out must be before the reconcile poll closes its sockets itself.
+RECONCILE_GRACE = 5.0
 
 
 async def log_message(user_id: str, session_id: str, data: Any) -> None:
@@ -102,6 +104,7 @@ class PresenceService:
         #: Joins refused, by error code (gateway.rooms).
         self.room_refusals: Counter[str] = Counter()
         self._started_at = utc_now()
+        self.reconcile_grace = RECONCILE_GRACE
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -338,6 +341,11 @@ class PresenceService:
             utc_now() - timedelta(seconds=max(RECONCILE_WINDOW, 3 * self.settings.sweep_interval)),
         )
         found = await self.store.signed_out_sessions(self.settings.instance_id, since)
+        # The poll is the fallback: a sign-out this recent is still being delivered by its
+        # callback or fan-out, which sends the right message (signed_out for one on demand,
+        # where the poll would send the timeout); the next pass takes what it missed.
+        settled = utc_now() - timedelta(seconds=self.reconcile_grace)
+        found = [s for s in found if s.signed_out_at <= settled]
         if not found:
             return 0
         closed, _ = await self.expire_sessions((s.user_id, s.session_id) for s in found)

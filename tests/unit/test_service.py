@@ -33,6 +33,7 @@ async def test_heartbeat_and_reconcile_run_every_sweep_interval() -> None:
     callback never came is closed with the timeout message and 4408, once."""
     store = MemoryStore()
     service = PresenceService(settings(sweep_interval=0.05, ping_interval=60), store)
+    service.reconcile_grace = 0.0  # the sign-out below counts as settled at once
     await service.start()
     try:
         wire = Recorder()
@@ -62,6 +63,26 @@ async def test_heartbeat_and_reconcile_run_every_sweep_interval() -> None:
     finally:
         await service.stop()
     assert STOPPED_AT in store.docs[(INSTANCES, service.settings.instance_id)]
+
+
+async def test_reconcile_leaves_a_fresh_sign_out_to_its_callback() -> None:
+    """A sign-out younger than the reconcile grace is left to its callback or fan-out (which
+    sends the right message, e.g. signed_out for a sign-out on demand): the poll sends
+    nothing for it yet."""
+    store = MemoryStore()
+    service = PresenceService(settings(sweep_interval=0.05, ping_interval=60), store)
+    await service.start()
+    try:
+        wire = Recorder()
+        conn = Connection("u1", "s1", utc_now(), wire)
+        service.connected(conn)
+        await service.writer.flush_once()
+        store.docs[(SESSIONS, "s1")][SIGNED_OUT_AT] = utc_now()
+        await asyncio.sleep(0.5)  # about ten reconcile passes
+        assert wire.sent == []
+        assert await service.reconcile_once() == 0
+    finally:
+        await service.stop()
 
 
 async def test_every_pong_is_written_by_default() -> None:
