@@ -15,6 +15,7 @@ import uvicorn
 
 from gateway.app import create_asgi
 from gateway.exceptions import ConfigError
+from gateway.handshake import bounded_http
 from gateway.settings import Settings
 from gateway.wsproto_lean import LeanWSProtocol
 
@@ -88,6 +89,8 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         ws=websocket_protocol(settings),
+        # A deadline and a cap on connections that have not sent their request yet.
+        http=bounded_http(settings.handshake_timeout, settings.max_pending_handshakes),
         # Small JSON frames gain nothing from compression, and per-socket deflate state
         # costs about 30 KB (see docs/benchmarks.md).
         ws_per_message_deflate=False,

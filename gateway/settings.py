@@ -64,6 +64,10 @@ class Settings:
     max_messages_per_second: float = 20.0
     max_sockets_per_user: int = 10
     max_connects_per_minute: int = 300
+    #: Seconds a new connection has to deliver its HTTP request (the upgrade) before it is
+    #: closed, and how many may be waiting at once (0: no cap); see gateway.handshake.
+    handshake_timeout: float = 10.0
+    max_pending_handshakes: int = 4096
     #: Rooms one socket may be in at once; 0: no limit.
     max_rooms_per_socket: int = 50
     #: Sockets one room may hold on one instance; 0: no limit.
@@ -208,6 +212,8 @@ class Settings:
             max_messages_per_second=reader.limit("WS_MAX_MESSAGES_PER_SECOND", 20),
             max_sockets_per_user=int(reader.limit("WS_MAX_SOCKETS_PER_USER", 10)),
             max_connects_per_minute=int(reader.limit("WS_MAX_CONNECTS_PER_MINUTE", 300)),
+            handshake_timeout=reader.positive("WS_HANDSHAKE_TIMEOUT", 10.0),
+            max_pending_handshakes=int(reader.limit("WS_MAX_PENDING_HANDSHAKES", 4096)),
             max_rooms_per_socket=int(reader.limit("WS_MAX_ROOMS_PER_SOCKET", 50)),
             max_room_members=int(reader.limit("WS_MAX_ROOM_MEMBERS", 10_000)),
             public_room_prefixes=tuple(p for p in public_prefixes if p),
