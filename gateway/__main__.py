@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import uvicorn
+import wsproto
 
 from gateway.app import create_asgi
 from gateway.exceptions import ConfigError
 from gateway.handshake import bounded_http
 from gateway.settings import Settings
-from gateway.wsproto_lean import LeanWSProtocol
+from gateway.wsproto_lean import LeanWSProtocol, check_versions
 
 
 class RedactTokens(logging.Filter):
@@ -57,6 +58,14 @@ def websocket_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
     sockets (less than half the memory per socket, see gateway.wsproto_lean); the other
     implementations as uvicorn ships them."""
     if settings.ws_implementation == "wsproto":
+        untested = check_versions(uvicorn.__version__, wsproto.__version__)
+        if untested:
+            raise ConfigError(
+                "WS_IMPLEMENTATION",
+                f"wsproto (the default) runs a trimmed copy of uvicorn's protocol that relies on "
+                f"its internals, and {untested} is untested: install the tested release, or "
+                "set WS_IMPLEMENTATION=websockets-sansio",
+            )
         return LeanWSProtocol
     return settings.ws_implementation
 
@@ -64,6 +73,7 @@ def websocket_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
 def main() -> int:
     try:
         settings = Settings.from_env()
+        ws_protocol = websocket_protocol(settings)
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -88,7 +98,7 @@ def main() -> int:
         app,
         host=settings.host,
         port=settings.port,
-        ws=websocket_protocol(settings),
+        ws=ws_protocol,
         # A deadline and a cap on connections that have not sent their request yet.
         http=bounded_http(settings.handshake_timeout, settings.max_pending_handshakes),
         # Small JSON frames gain nothing from compression, and per-socket deflate state

@@ -62,6 +62,22 @@ from wsproto.events import TextMessage
 
 from gateway.registry import SMALL_FRAME
 
+#: The uvicorn and wsproto releases this subclass was written and tested against (their
+#: internals: WSProtocol's attributes, wsproto's frame decoder). Another release may misbehave
+#: quietly, so ``check_versions`` stops the gateway at start-up instead.
+TESTED_UVICORN = "0.54."
+TESTED_WSPROTO = "1.3."
+
+
+def check_versions(uvicorn_version: str, wsproto_version: str) -> str | None:
+    """Why the installed uvicorn or wsproto is not one this module was tested with, or None."""
+    if not uvicorn_version.startswith(TESTED_UVICORN):
+        return f"uvicorn {uvicorn_version} (tested with {TESTED_UVICORN}x)"
+    if not wsproto_version.startswith(TESTED_WSPROTO):
+        return f"wsproto {wsproto_version} (tested with {TESTED_WSPROTO}x)"
+    return None
+
+
 #: Scope keys kept after the accept: who the socket is, for anything that logs it later.
 SCOPE_KEPT = ("type", "path", "client", "server", "scheme")
 #: The scope extension under which the protocol offers its fast paths to the application.
