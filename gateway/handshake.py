@@ -30,7 +30,7 @@ class HandshakeLimits:
         self.timeout = timeout
         self.max_pending = max_pending
         self.pending = 0
-        self.timed_out = 0
+        #: Connections closed on arrival, for the warning's count.
         self.refused = 0
 
 
@@ -91,7 +91,6 @@ class BoundedH11Protocol(H11Protocol):
         if not self._waiting:
             return
         self._handshake_done()
-        self.limits.timed_out += 1
         logger.info("closed a connection that sent no request within %gs", self.limits.timeout)
         self.transport.abort()
 
