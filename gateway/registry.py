@@ -21,6 +21,8 @@ class FrameWriter(Protocol):
 
     def write_frame(self, frame: bytes) -> bool: ...
 
+    def resume_reading(self) -> None: ...
+
 
 def text_frame(text: str) -> bytes:
     """A final, unmasked text frame (what a server sends) carrying ``text``: encoded once, the

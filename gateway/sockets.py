@@ -3,8 +3,10 @@
 ``gateway.app.SocketFastPath`` routes the socket path here before Litestar, because it is the
 one path held open by every client: talking ASGI directly skips a request object and the
 router's frames per socket, which is measurable at 10,000 sockets (see docs/benchmarks.md).
-Pongs, the most frequent frame, are taken synchronously by ``HeartbeatSink`` when the edge
-offers it (``gateway.wsproto_lean``); every other frame reaches ``_on_event``.
+With the default edge (``gateway.wsproto_lean``) the socket keeps no task once accepted: the
+edge hands frames to ``SocketSink``, which takes pongs synchronously and runs every other event
+through ``_on_event``. Other WebSocket implementations run the same ``_on_event`` from a receive
+loop.
 
 Close codes: 1009 frame too large; 1011 internal error; 4400 invalid user id; 4401 missing,
 invalid, expired or revoked token; 4403 token for another user; 4408 session expired; 4429 a
@@ -13,6 +15,7 @@ limit exceeded (messages per second, sockets per user, connection attempts per a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -61,16 +64,30 @@ def valid_user_id(user_id: str) -> bool:
 CANONICAL_PONG = '{"type":"pong"}'
 
 
-class HeartbeatSink:
-    """Takes a client's pongs synchronously, in the socket edge's ``data_received``
-    (``gateway.wsproto_lean``): no wake-up of the socket's task for the most frequent frame.
-    Anything else, and a pong over the rate limit, is declined and reaches ``_on_event``."""
+#: Events a detached socket may hold unhandled before its reading is paused (backpressure on
+#: a client that sends faster than its messages are handled).
+MAX_BACKLOG = 32
 
-    __slots__ = ("service", "conn")
+
+class SocketSink:
+    """What the socket edge (``gateway.wsproto_lean``) hands a client's frames to, in its
+    ``data_received``, once the handshake is done: the socket then keeps no task of its own.
+
+    * ``take_text``: pongs, the most frequent frame, taken synchronously; anything else, and
+      a pong over the rate limit, is declined and comes back through ``put_event``.
+    * ``put_event``: every other event (messages, pings, auth, rooms, the disconnect), handled
+      in order by ``_on_event`` in a task that exists only while there are events to handle.
+    """
+
+    __slots__ = ("service", "conn", "backlog", "worker", "finished")
 
     def __init__(self, service: PresenceService, conn: Connection) -> None:
         self.service = service
         self.conn = conn
+        #: Events waiting for the worker; None while there are none (an idle socket).
+        self.backlog: list[Any] | None = None
+        self.worker: asyncio.Task[None] | None = None
+        self.finished = False
 
     def take_text(self, text: str) -> bool:
         conn, settings = self.conn, self.service.settings
@@ -95,6 +112,48 @@ class HeartbeatSink:
         self.service.pong(conn, utc_now())
         return True
 
+    def put_event(self, event: Any) -> bool:
+        """Take one event from the edge; False asks it to pause reading (a backlog)."""
+        if self.finished:
+            return True
+        if self.worker is None and event["type"] == "websocket.disconnect":
+            # Nothing in flight: the socket's end needs no task (a drain closes thousands).
+            self._finish(int(event.get("code", 1005)))
+            return True
+        if self.backlog is None:
+            self.backlog = [event]
+        else:
+            self.backlog.append(event)
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+        return len(self.backlog) < MAX_BACKLOG
+
+    async def _work(self) -> None:
+        code: int | None = None
+        try:
+            while code is None and self.backlog:
+                event = self.backlog.pop(0)
+                if len(self.backlog) == MAX_BACKLOG - 1 and self.conn.edge is not None:
+                    self.conn.edge.resume_reading()
+                code = await _on_event(self.service, self.conn, event)
+        except Exception:
+            logger.exception(
+                "socket handler failed user=%s session=%s", self.conn.user_id, self.conn.session_id
+            )
+            code = CLOSE_INTERNAL_ERROR
+            await self.conn.close(CLOSE_INTERNAL_ERROR, "internal error")
+        finally:
+            self.worker = None
+        if code is not None:
+            self._finish(code)
+        elif not self.backlog:
+            self.backlog = None
+
+    def _finish(self, code: int) -> None:
+        self.finished = True
+        self.backlog = None
+        self.service.disconnected(self.conn, code)
+
 
 async def serve_socket(
     service: PresenceService, user_id: str, scope: Any, receive: Any, send: Any
@@ -106,15 +165,17 @@ async def serve_socket(
     if conn is None:
         return
     if edge is not None:
+        # The edge calls the sink from here on, and this task ends: an idle socket is held by
+        # its transport alone (see docs/benchmarks.md).
         conn.edge = edge
-        edge.set_text_sink(HeartbeatSink(service, conn))
-        del edge  # not held by this frame for the socket's life
+        sink = SocketSink(service, conn)
+        edge.set_text_sink(sink)
+        service.connected(conn)
+        edge.detach(sink)
+        return
     service.connected(conn)
     code: int | None = None
     try:
-        # This frame is what an idle socket keeps suspended (see docs/benchmarks.md): the
-        # handshake and each event are handled by calls that return, so their locals (the ID
-        # token, the connect event) are not held while the socket waits.
         while code is None:
             code = await _on_event(service, conn, await receive())
     except Exception:

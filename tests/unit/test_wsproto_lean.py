@@ -23,7 +23,14 @@ from wsproto.connection import Connection
 
 from gateway.__main__ import websocket_protocol
 from gateway.settings import Settings
-from gateway.wsproto_lean import SCOPE_KEPT, EventList, Inbox, LeanWSProtocol, WriteGate
+from gateway.wsproto_lean import (
+    FRAMES_EXTENSION,
+    SCOPE_KEPT,
+    EventList,
+    Inbox,
+    LeanWSProtocol,
+    WriteGate,
+)
 
 MAX_SIZE = 1024
 
@@ -125,10 +132,65 @@ class Echo:
                 await send({"type": "websocket.send", "text": event.get("text")})
 
 
+class Consumer:
+    """A detached socket's consumer: echoes each text event from a worker task, one at a
+    time, and reports a backlog beyond ``limit`` events (as ``gateway.sockets.SocketSink``)."""
+
+    def __init__(self, protocol: LeanWSProtocol, limit: int, delay: float) -> None:
+        self.protocol, self.limit, self.delay = protocol, limit, delay
+        self.backlog: list[Any] = []
+        self.seen: list[Any] = []
+        self.worker: asyncio.Task[None] | None = None
+        self.backlog_reported = 0
+
+    def put_event(self, event: Any) -> bool:
+        self.seen.append(event)
+        if event["type"] == "websocket.receive":
+            self.backlog.append(event)
+            if self.worker is None:
+                self.worker = asyncio.get_running_loop().create_task(self._work())
+        full = len(self.backlog) >= self.limit
+        self.backlog_reported += full
+        return not full
+
+    async def _work(self) -> None:
+        while self.backlog:
+            event = self.backlog.pop(0)
+            if len(self.backlog) == self.limit - 1:
+                self.protocol.resume_reading()
+            await asyncio.sleep(self.delay)
+            await self.protocol.send({"type": "websocket.send", "text": event["text"]})
+        self.worker = None
+
+
+@dataclass
+class DetachingEcho:
+    """An ASGI app that accepts, waits ``before`` seconds, then detaches the socket to a
+    ``Consumer`` and returns."""
+
+    before: float = 0.0
+    limit: int = 1000
+    delay: float = 0.0
+    consumers: list[Consumer] = field(default_factory=list)
+    returned: int = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        assert (await receive())["type"] == "websocket.connect"
+        protocol: LeanWSProtocol = scope["extensions"][FRAMES_EXTENSION]
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(self.before)
+        consumer = Consumer(protocol, self.limit, self.delay)
+        self.consumers.append(consumer)
+        protocol.detach(consumer)
+        self.returned += 1
+
+
 @dataclass
 class Running:
     server: uvicorn.Server
-    app: Echo
+    app: Any
     url: str
 
     def protocols(self) -> list[LeanWSProtocol]:
@@ -136,8 +198,8 @@ class Running:
 
 
 @asynccontextmanager
-async def serve(trusted: str) -> AsyncIterator[Running]:
-    app = Echo()
+async def serve(trusted: str, app: Any = None) -> AsyncIterator[Running]:
+    app = Echo() if app is None else app
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -314,6 +376,64 @@ async def test_frames_arriving_together_pause_reading_until_taken(running: Runni
     await _wait_for(lambda: not protocol.read_paused)
     assert protocol.transport.is_reading()
     writer.close()
+
+
+# --- a detached socket (no application task once accepted) -----------------------------------
+
+
+async def test_a_detached_socket_stays_open_with_no_task_and_its_consumer_gets_every_event() -> (
+    None
+):
+    app = DetachingEcho()
+    async with serve("127.0.0.1", app) as running, connect(running.url, compression=None) as ws:
+        await _wait_for(lambda: app.returned == 1)
+        # the application returned, the socket did not close, and no task is left for it
+        await _wait_for(lambda: not running.server.server_state.tasks)
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+        await ws.close()
+        [consumer] = app.consumers
+        await _wait_for(lambda: consumer.seen[-1]["type"] == "websocket.disconnect")
+        # the client's close frame, then the transport's loss (the consumer ignores the second)
+        assert [e.get("text", e.get("code")) for e in consumer.seen][:2] == ["hello", 1000]
+
+
+async def test_events_queued_before_detaching_are_handed_over_in_order() -> None:
+    app = DetachingEcho(before=0.3)
+    async with serve("127.0.0.1", app) as running, connect(running.url, compression=None) as ws:
+        for i in range(5):
+            await ws.send(str(i))
+        assert [await ws.recv() for _ in range(5)] == [str(i) for i in range(5)]
+        [protocol] = running.protocols()
+        # reading paused while they waited in the inbox, and resumed when handed over
+        assert not protocol.read_paused and protocol.transport.is_reading()
+
+
+async def test_a_consumer_backlog_pauses_reading_until_it_drains() -> None:
+    app = DetachingEcho(limit=3, delay=0.02)
+    async with serve("127.0.0.1", app) as running, connect(running.url, compression=None) as ws:
+        await _wait_for(lambda: app.returned == 1)
+        for i in range(30):
+            await ws.send(str(i))
+        assert [await ws.recv() for _ in range(30)] == [str(i) for i in range(30)]
+        [consumer] = app.consumers
+        assert consumer.backlog_reported >= 1  # the backlog was reached, reading paused
+        [protocol] = running.protocols()
+        await _wait_for(lambda: not protocol.read_paused)
+        assert protocol.transport.is_reading()
+
+
+async def test_shutdown_reaches_a_detached_consumer_as_1012() -> None:
+    app = DetachingEcho()
+    async with serve("127.0.0.1", app) as running, connect(running.url, compression=None) as ws:
+        await _wait_for(lambda: app.returned == 1)
+        [protocol] = running.protocols()
+        protocol.shutdown()
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        [consumer] = app.consumers
+        assert consumer.seen[0] == {"type": "websocket.disconnect", "code": 1012}
 
 
 def test_an_untested_uvicorn_or_wsproto_stops_the_start_with_the_reason() -> None:
