@@ -23,6 +23,11 @@ with uvicorn 0.54 and wsproto 1.3 (see docs/benchmarks.md):
 * uvicorn's 33 instance attributes overflow CPython's shared-key instance dict (a 1.6 KB
   table); declared as slots here, they take 8 bytes each.
 
+Once the application has accepted, it may *detach* (``detach``): every event then goes to its
+consumer synchronously, and its task returns without the socket closing, so an idle socket
+keeps no task, coroutine frames or future (about 1.7 KB). The consumer reports a backlog to
+have reading paused, and calls ``resume_reading`` when it has drained.
+
 Less work per frame, as a side effect: uvicorn pauses reading after each message and resumes
 once the application has taken it; here reading is paused only while messages queue up, not
 for one that a waiting application takes at once (two epoll_ctl calls fewer per frame).
