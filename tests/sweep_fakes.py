@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from presence_sweep.adapters import active_sessions
-from presence_sweep.core import ClaimDecision, SessionRef, decide_claim
+from presence_sweep.decision import ClaimDecision, SessionRef, decide_claim
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,
     HEARTBEAT_AT,

@@ -4,6 +4,7 @@ Self-contained (deployed alone from ``functions/``); it shares no code with ``ga
 fields and the callback body both sides rely on are pinned by ``tests/contract``.
 """
 
-from presence_sweep.core import SessionRef, SweepReport, sweep
+from presence_sweep.core import SweepReport, sweep
+from presence_sweep.decision import SessionRef
 
 __all__ = ["SessionRef", "SweepReport", "sweep"]

@@ -14,14 +14,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from presence_sweep.core import (
-    ClaimDecision,
-    Notifier,
-    SessionRef,
-    SweepReport,
-    decide_claim,
-    sweep,
-)
+from presence_sweep.core import Notifier, SweepReport, sweep
+from presence_sweep.decision import ClaimDecision, SessionRef, decide_claim
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,

@@ -20,7 +20,7 @@ from gateway.messages import TimeoutCallback
 from presence_sweep import adapters
 from presence_sweep import schema as sweep_schema
 from presence_sweep.adapters import callback_body
-from presence_sweep.core import SessionRef
+from presence_sweep.decision import SessionRef
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from presence_sweep.adapters import FirebaseAuth, FirestoreMembers
-from presence_sweep.core import ClaimDecision, SessionRef, SweepReport, sweep
+from presence_sweep.core import SweepReport, sweep
+from presence_sweep.decision import ClaimDecision, SessionRef
 from presence_sweep.exceptions import AuthRevokeError
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,

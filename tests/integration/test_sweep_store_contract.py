@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from presence_sweep.adapters import FirestoreInstances, FirestoreMembers
-from presence_sweep.core import ClaimDecision, InstanceDirectory, MemberStore, SessionRef
+from presence_sweep.core import InstanceDirectory, MemberStore
+from presence_sweep.decision import ClaimDecision, SessionRef
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,
     CONNECTED_AT,

@@ -9,13 +9,8 @@ from typing import Any
 
 import pytest
 
-from presence_sweep.core import (
-    ClaimDecision,
-    SessionRef,
-    decide_claim,
-    group_by_instance,
-    sweep,
-)
+from presence_sweep.core import sweep
+from presence_sweep.decision import ClaimDecision, SessionRef, decide_claim, group_by_instance
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
 from presence_sweep.schema import (
     HEARTBEAT_AT,
