@@ -23,14 +23,8 @@ from wsproto.connection import Connection
 
 from gateway.__main__ import websocket_protocol
 from gateway.settings import Settings
-from gateway.wsproto_lean import (
-    FRAMES_EXTENSION,
-    SCOPE_KEPT,
-    EventList,
-    Inbox,
-    LeanWSProtocol,
-    WriteGate,
-)
+from gateway.wsproto_lean import FRAMES_EXTENSION, LeanWSProtocol
+from gateway.wsproto_parts import SCOPE_KEPT, EventList, Inbox, WriteGate
 
 MAX_SIZE = 1024
 
