@@ -45,3 +45,59 @@ def test_a_wrong_anchor_is_caught() -> None:
     operations = anchors(ROOT / "docs" / "operations.md")
     assert "several-instances" in operations
     assert "no-such-section" not in operations
+
+
+_MAKE = re.compile(r"\bmake ([a-z][a-z-]*)")
+_MODULE = re.compile(r"\bpython3? -m ([a-z_][a-z_.]*)")
+_PATH = re.compile(
+    r"(?<![\w./-])((?:scripts|tests|gateway|functions|emulator|clients|docs)/[\w./-]*\w)"
+)
+#: Paths the docs name that exist only once something has run (a build, a test run, a login).
+_MADE_BY_RUNS = ("emulator/node_modules", "functions/.env", "tests/screenshots")
+_OTHER_PROJECTS = ("websockets",)
+
+
+def makefile_targets() -> set[str]:
+    targets = set()
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        match = re.match(r"^([a-z][a-z-]*)\s*:", line)
+        if match:
+            targets.add(match.group(1))
+    return targets
+
+
+def test_every_command_and_path_in_the_docs_exists() -> None:
+    """``make X`` is a Makefile target, ``python -m X`` a module of this repository (or a
+    library it installs), and a path into the repository names a file or folder that exists."""
+    targets = makefile_targets()
+    wrong = []
+    seen = 0
+    for page in PAGES:
+        text = page.read_text()
+        for target in _MAKE.findall(text):
+            seen += 1
+            if target not in targets:
+                wrong.append((page.name, f"make {target}"))
+        for module in _MODULE.findall(text):
+            seen += 1
+            top = module.split(".")[0]
+            path = ROOT / Path(*module.split("."))
+            if top in _OTHER_PROJECTS:
+                continue
+            if not (path.with_suffix(".py").exists() or (path / "__main__.py").exists()):
+                wrong.append((page.name, f"python -m {module}"))
+        for path in _PATH.findall(text):
+            seen += 1
+            base = page.parent if page.parent.name == "js" else ROOT
+            if path.startswith(_MADE_BY_RUNS):
+                continue
+            if not ((ROOT / path).exists() or (base / path).exists()):
+                wrong.append((page.name, path))
+    assert seen >= 40, seen
+    assert not wrong, wrong
+
+
+def test_a_missing_make_target_is_caught() -> None:
+    targets = makefile_targets()
+    assert {"up", "test", "bench", "test-containers"} <= targets
+    assert "deploy-everything" not in targets
