@@ -57,7 +57,7 @@ def websocket_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
     """What uvicorn runs sockets with: for the default, wsproto, its protocol trimmed for idle
     sockets (less than half the memory per socket, see gateway.wsproto_lean); the other
     implementations as uvicorn ships them."""
-    if settings.ws_implementation == "wsproto":
+    if settings.sockets.ws_implementation == "wsproto":
         untested = check_versions(uvicorn.__version__, wsproto.__version__)
         if untested:
             raise ConfigError(
@@ -67,7 +67,7 @@ def websocket_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
                 "set WS_IMPLEMENTATION=websockets-sansio",
             )
         return LeanWSProtocol
-    return settings.ws_implementation
+    return settings.sockets.ws_implementation
 
 
 def main() -> int:
@@ -87,7 +87,7 @@ def main() -> int:
             handler.setFormatter(CloudLoggingJson())
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactTokens())
-    if os.environ.get("K_SERVICE") and not settings.pubsub_topic:
+    if os.environ.get("K_SERVICE") and not settings.fanout.pubsub_topic:
         logging.getLogger("gateway").warning(
             "on Cloud Run with no PUBSUB_TOPIC: instances cannot reach each other; send, "
             "broadcast, stats and the sweep's timeouts reach the instance a request lands on, "
@@ -100,18 +100,20 @@ def main() -> int:
         port=settings.port,
         ws=ws_protocol,
         # A deadline and a cap on connections that have not sent their request yet.
-        http=bounded_http(settings.handshake_timeout, settings.max_pending_handshakes),
+        http=bounded_http(
+            settings.sockets.handshake_timeout, settings.sockets.max_pending_handshakes
+        ),
         # Small JSON frames gain nothing from compression, and per-socket deflate state
         # costs about 30 KB (see docs/benchmarks.md).
         ws_per_message_deflate=False,
         # The application's JSON ping is the heartbeat; protocol pings would double it.
         ws_ping_interval=None,
-        ws_max_size=settings.max_message_bytes,
+        ws_max_size=settings.sockets.max_message_bytes,
         # TLS ends at the front end (Cloud Run's, or a local proxy); the socket's client address
         # (the connect limiter's key) and scheme come from its X-Forwarded-For and
         # X-Forwarded-Proto, believed only from these peers (docs/deployment.md#encryption).
         proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
+        forwarded_allow_ips=settings.sockets.forwarded_allow_ips,
         log_config=None,
         access_log=False,
         lifespan="on",

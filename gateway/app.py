@@ -254,13 +254,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        verifier = FirebaseVerifier(settings.project_id) if settings.auth_required else None
+        verifier = FirebaseVerifier(settings.project_id) if settings.auth.required else None
         service = PresenceService(
             settings, make_store(settings), message_handler=message_handler, verifier=verifier
         )
         broker = (
-            PubSubBroker(settings.pubsub_project, settings.pubsub_topic, settings.instance_id)
-            if settings.pubsub_topic
+            PubSubBroker(
+                settings.fanout.pubsub_project, settings.fanout.pubsub_topic, settings.instance_id
+            )
+            if settings.fanout.pubsub_topic
             else None
         )
         deployment = Deployment(service, broker)
@@ -297,12 +299,12 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers={Exception: _error_body},
         openapi_config=OpenAPIConfig(title="Presence gateway", version="0.1.0"),
-        request_max_body_size=settings.max_message_bytes,
+        request_max_body_size=settings.sockets.max_message_bytes,
         # Logging is configured by the process (python -m gateway honours LOG_LEVEL); Litestar's
         # default config would reset the root logger to INFO.
         logging_config=None,
         cors_config=CORSConfig(
-            allow_origins=list(settings.allowed_origins) or ["*"],
+            allow_origins=list(settings.sockets.allowed_origins) or ["*"],
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
@@ -316,11 +318,11 @@ def create_app(
     )
     app.state.oidc = (
         OidcVerifier(
-            settings.callback_oidc_audience,
-            settings.callback_oidc_service_accounts,
-            settings.callback_oidc_certs_url,
+            settings.callback.oidc_audience,
+            settings.callback.oidc_service_accounts,
+            settings.callback.oidc_certs_url,
         )
-        if settings.callback_oidc_audience
+        if settings.callback.oidc_audience
         else None
     )
     return app

@@ -239,7 +239,7 @@ class Deployment:
                 raise
             self.published[(event.kind, "ok")] += 1
             try:
-                async with asyncio.timeout(self.settings.fanout_timeout):
+                async with asyncio.timeout(self.settings.fanout.fanout_timeout):
                     await pending.done.wait()
             except TimeoutError:
                 pass

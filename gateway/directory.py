@@ -46,7 +46,7 @@ class Directory:
 
     def _live_cutoff(self) -> datetime:
         """Instances beat every SWEEP_INTERVAL; three missed beats and an instance is dead."""
-        return datetime.now(UTC) - timedelta(seconds=3 * self.settings.sweep_interval)
+        return datetime.now(UTC) - timedelta(seconds=3 * self.settings.fanout.sweep_interval)
 
     async def _docs(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """Registry entries by id, cached for a second: a send then costs one Firestore read

@@ -40,13 +40,13 @@ async def require_callback(
     ``GATEWAY_CALLBACK_TOKEN``, or a Google-signed OIDC token for a configured service account."""
     settings: Settings = connection.app.state.settings
     oidc: OidcVerifier | None = connection.app.state.oidc
-    if not settings.callback_tokens and oidc is None:
+    if not settings.callback.tokens and oidc is None:
         raise ServiceUnavailableException(
             "Callback disabled: set GATEWAY_CALLBACK_TOKEN or CALLBACK_OIDC_AUDIENCE"
         )
-    if settings.callback_tokens:
+    if settings.callback.tokens:
         try:
-            _check_bearer(connection, settings.callback_tokens)
+            _check_bearer(connection, settings.callback.tokens)
             return
         except NotAuthorizedException:
             if oidc is None:

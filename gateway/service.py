@@ -81,13 +81,13 @@ class PresenceService:
         self.registry = Registry()
         self.writer = WriteBehind(
             store,
-            flush_interval=settings.flush_interval,
-            batch_size=settings.batch_size,
-            concurrency=settings.flush_concurrency,
-            max_docs=settings.buffer_max_docs,
+            flush_interval=settings.writer.flush_interval,
+            batch_size=settings.writer.batch_size,
+            concurrency=settings.writer.flush_concurrency,
+            max_docs=settings.writer.buffer_max_docs,
         )
         self.message_handler = message_handler
-        self.connect_limiter = ConnectLimiter(settings.max_connects_per_minute)
+        self.connect_limiter = ConnectLimiter(settings.sockets.max_connects_per_minute)
         self.pings_sent = 0
         self.timeouts_sent = 0
         self.callbacks_received = 0
@@ -99,7 +99,7 @@ class PresenceService:
         self.pongs_unwritten = 0
         self.events = ConnectionEvents(settings.instance_id)
         self.rooms: rooms.RoomRegistry[Connection] = rooms.RoomRegistry(
-            settings.max_rooms_per_socket, settings.max_room_members
+            settings.sockets.max_rooms_per_socket, settings.sockets.max_room_members
         )
         #: Joins refused, by error code (gateway.rooms).
         self.room_refusals: Counter[str] = Counter()
@@ -126,8 +126,8 @@ class PresenceService:
         logger.info(
             "gateway instance %s started (ping every %gs, pong timeout %gs)",
             self.settings.instance_id,
-            self.settings.ping_interval,
-            self.settings.pong_timeout,
+            self.settings.sockets.ping_interval,
+            self.settings.sockets.pong_timeout,
         )
 
     async def stop(self) -> None:
@@ -164,7 +164,7 @@ class PresenceService:
 
     def check_socket_limits(self, user_id: str) -> None:
         """Raise AuthError(4429) when the user already holds the most sockets allowed here."""
-        limit = self.settings.max_sockets_per_user
+        limit = self.settings.sockets.max_sockets_per_user
         if limit and self.registry.count_of(user_id) >= limit:
             raise AuthError(CLOSE_RATE_LIMITED, "too many sockets for this user")
 
@@ -180,7 +180,7 @@ class PresenceService:
 
     async def expire_tokens(self, now: float) -> int:
         """Close sockets whose token expired more than TOKEN_GRACE ago; return how many."""
-        limit = now - self.settings.token_grace
+        limit = now - self.settings.auth.token_grace
         stale = [c for c in self.registry if c.token_expires_at and c.token_expires_at < limit]
         if not stale:
             return 0
@@ -199,7 +199,7 @@ class PresenceService:
     async def _last_word(self, conns: list[Connection], text: str, code: int, reason: str) -> None:
         """Send each socket a final frame, close it, and drop it from the registry at once, so
         a second pass (a repeated callback, a reconcile) finds nothing left to close."""
-        timeout = self.settings.send_timeout
+        timeout = self.settings.sockets.send_timeout
 
         async def one(conn: Connection) -> None:
             await conn.send_text(text, timeout)
@@ -210,7 +210,7 @@ class PresenceService:
         await asyncio.gather(*(one(c) for c in conns))
 
     async def _token_loop(self) -> None:
-        every = min(30.0, max(0.25, self.settings.token_grace / 2))
+        every = min(30.0, max(0.25, self.settings.auth.token_grace / 2))
         while True:
             await asyncio.sleep(every)
             try:
@@ -244,7 +244,7 @@ class PresenceService:
         self.events.disconnect(conn, code, left, self.registry.total_connections)
 
     def pong(self, conn: Connection, now: datetime) -> None:
-        every = self.settings.pong_write_interval
+        every = self.settings.writer.pong_write_interval
         if every:
             # The knob trading precision for writes: at most one last_pong_at write per user
             # per PONG_WRITE_INTERVAL; the record then lags the real last pong by less than it.
@@ -272,7 +272,7 @@ class PresenceService:
         return {c.user_id for c in targets if not c.closed}, delivered
 
     async def _send_all(self, conns: Iterable[Connection], text: str) -> int:
-        timeout = self.settings.send_timeout
+        timeout = self.settings.sockets.send_timeout
         delivered = 0
         batch: list[Connection] = []
         # Chunked gather: a slow client delays its chunk by at most the send timeout instead
@@ -338,7 +338,8 @@ class PresenceService:
         """Close sockets whose sessions a sweep signed out, for when its callback was lost."""
         since = max(
             self._started_at,
-            utc_now() - timedelta(seconds=max(RECONCILE_WINDOW, 3 * self.settings.sweep_interval)),
+            utc_now()
+            - timedelta(seconds=max(RECONCILE_WINDOW, 3 * self.settings.fanout.sweep_interval)),
         )
         found = await self.store.signed_out_sessions(self.settings.instance_id, since)
         # The poll is the fallback: a sign-out this recent is still being delivered by its
@@ -357,7 +358,7 @@ class PresenceService:
 
     async def _reconcile_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.sweep_interval)
+            await asyncio.sleep(self.settings.fanout.sweep_interval)
             # The instance's heartbeat rides on the same cadence (one merge-write per interval).
             self.writer.put(Write(INSTANCES, self.settings.instance_id, {HEARTBEAT_AT: utc_now()}))
             try:
@@ -367,7 +368,7 @@ class PresenceService:
 
     async def _ping_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = self.settings.ping_interval
+        interval = self.settings.sockets.ping_interval
         next_at = loop.time() + interval
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
@@ -409,7 +410,7 @@ class PresenceService:
         otherwise. False when it already was a member."""
         try:
             joined = self.rooms.join(
-                conn, room, conn.room_grants, self.settings.public_room_prefixes
+                conn, room, conn.room_grants, self.settings.sockets.public_room_prefixes
             )
         except rooms.RoomRefused as exc:
             self.room_refusals[exc.code] += 1
@@ -431,12 +432,12 @@ class PresenceService:
         dropped = [
             room
             for room in self.rooms.rooms_of(conn)
-            if not rooms.allows(room, conn.room_grants, self.settings.public_room_prefixes)
+            if not rooms.allows(room, conn.room_grants, self.settings.sockets.public_room_prefixes)
         ]
         for room in dropped:
             self.leave_room(conn, room, "not_allowed")
             frame = messages.Left("left", room, iso(utc_now()), reason="not_allowed")
-            await conn.send_text(messages.encode(frame), self.settings.send_timeout)
+            await conn.send_text(messages.encode(frame), self.settings.sockets.send_timeout)
         return dropped
 
     async def send_room_text(self, room: str, text: str) -> tuple[set[str], int]:

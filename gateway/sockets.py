@@ -93,7 +93,7 @@ class SocketSink:
         conn, settings = self.conn, self.service.settings
         if conn.closed:
             return False
-        rate = settings.max_messages_per_second
+        rate = settings.sockets.max_messages_per_second
         now = time.monotonic()
         tokens = conn.bucket
         if rate:
@@ -103,7 +103,7 @@ class SocketSink:
         # Both clients send exactly this; anything else is parsed as usual.
         if text != CANONICAL_PONG:
             try:
-                decoded = decode_frame(text, None, settings.max_message_bytes)
+                decoded = decode_frame(text, None, settings.sockets.max_message_bytes)
             except ProtocolError:
                 return False
             if not isinstance(decoded, PongReceived):
@@ -233,8 +233,8 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
         return int(event.get("code", 1005))
     if kind != "websocket.receive":
         return None
-    timeout = service.settings.send_timeout
-    rate = service.settings.max_messages_per_second
+    timeout = service.settings.sockets.send_timeout
+    rate = service.settings.sockets.max_messages_per_second
     if rate:
         now = time.monotonic()
         allowed, conn.bucket = take_token(conn.bucket, conn.bucket_at, now, rate, 2 * rate)
@@ -246,7 +246,7 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
             return CLOSE_RATE_LIMITED
     try:
         decoded = decode_frame(
-            event.get("text"), event.get("bytes"), service.settings.max_message_bytes
+            event.get("text"), event.get("bytes"), service.settings.sockets.max_message_bytes
         )
     except ProtocolError as exc:
         if exc.close_code is not None:

@@ -42,8 +42,8 @@ def instance_stats(service: PresenceService) -> StatsResponse:
     return StatsResponse(
         total_connections=service.registry.total_connections,
         connected_users=service.registry.users(),
-        ping_interval_seconds=service.settings.ping_interval,
-        pong_timeout_seconds=service.settings.pong_timeout,
+        ping_interval_seconds=service.settings.sockets.ping_interval,
+        pong_timeout_seconds=service.settings.sockets.pong_timeout,
         total_users=service.registry.total_users,
         instance_id=me,
         scope="instance",

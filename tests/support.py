@@ -8,13 +8,24 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from emulator import procs
+from gateway.settings import (
+    AuthSettings,
+    CallbackSettings,
+    FanoutSettings,
+    Settings,
+    SocketSettings,
+    WriterSettings,
+)
 
 T = TypeVar("T")
+
+COMPONENTS = (SocketSettings, WriterSettings, AuthSettings, FanoutSettings, CallbackSettings)
+COMPONENT_FIELDS = ("sockets", "writer", "auth", "fanout", "callback")
 
 #: Every deadline in the suite is a multiple of this; raise TEST_TIME_FACTOR on a slow machine.
 UNIT = float(os.environ.get("TEST_TIME_FACTOR", "1"))
@@ -280,3 +291,28 @@ class Client:
     async def close(self) -> None:
         await self.ws.close()
         await asyncio.gather(self._reader, return_exceptions=True)
+
+
+def unit_settings(**overrides: Any) -> Settings:
+    """Settings for in-process tests: each keyword is a field of ``Settings`` or of one of its
+    components (``ping_interval=0.1`` lands in ``settings.sockets``)."""
+    top = {spec.name for spec in fields(Settings)}
+    parts: dict[str, dict[str, Any]] = {}
+    direct: dict[str, Any] = {"admin_tokens": ("a" * 20,), "project_id": "demo-unit"}
+    for name, value in overrides.items():
+        if name in top:
+            direct[name] = value
+            continue
+        for component in COMPONENTS:
+            if name in {spec.name for spec in fields(component)}:
+                parts.setdefault(component.__name__, {})[name] = value
+                break
+        else:
+            raise TypeError(f"no setting named {name!r}")
+    return Settings(
+        **direct,
+        **{
+            field_name: component(**parts.get(component.__name__, {}))
+            for field_name, component in zip(COMPONENT_FIELDS, COMPONENTS, strict=True)
+        },
+    )

@@ -49,6 +49,6 @@ def test_auth_can_only_be_switched_off_against_the_emulators() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({**base, "AUTH_MODE": "off"})
     assert caught.value.name == "AUTH_MODE"
-    assert Settings.from_env(base).auth_required
+    assert Settings.from_env(base).auth.required
     emulated = {**base, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080", "AUTH_MODE": "off"}
-    assert not Settings.from_env(emulated).auth_required
+    assert not Settings.from_env(emulated).auth.required

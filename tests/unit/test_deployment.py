@@ -32,6 +32,7 @@ from gateway.schema import (
 from gateway.service import CLOSE_SESSION_EXPIRED, PresenceService
 from gateway.settings import Settings
 from gateway.store import MemoryStore
+from tests.support import unit_settings
 
 
 class Recorder:
@@ -84,9 +85,7 @@ class Endpoint:
 
 
 def settings(instance_id: str, **overrides: Any) -> Settings:
-    return Settings(
-        admin_tokens=("a" * 20,),
-        project_id="demo-unit",
+    return unit_settings(
         instance_id=instance_id,
         **{"pubsub_topic": "fanout", "fanout_timeout": 0.5, **overrides},
     )

@@ -29,6 +29,7 @@ from gateway.rooms import (
 from gateway.service import PresenceService
 from gateway.settings import Settings
 from gateway.store import MemoryStore
+from tests.support import unit_settings
 from tests.unit.test_deployment import Cluster, Recorder
 
 
@@ -167,8 +168,8 @@ BASE = {"GATEWAY_ADMIN_TOKEN": "t" * 20, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8
 def test_room_settings_have_defaults_and_are_read_from_the_environment() -> None:
     """50 rooms per socket, 10,000 members per room, no public prefixes by default."""
     default = Settings.from_env(BASE)
-    assert (default.max_rooms_per_socket, default.max_room_members) == (50, 10_000)
-    assert default.public_room_prefixes == ()
+    assert (default.sockets.max_rooms_per_socket, default.sockets.max_room_members) == (50, 10_000)
+    assert default.sockets.public_room_prefixes == ()
     custom = Settings.from_env(
         {
             **BASE,
@@ -177,8 +178,8 @@ def test_room_settings_have_defaults_and_are_read_from_the_environment() -> None
             "WS_PUBLIC_ROOM_PREFIXES": "public:, lobby-",
         }
     )
-    assert (custom.max_rooms_per_socket, custom.max_room_members) == (3, 0)
-    assert custom.public_room_prefixes == ("public:", "lobby-")
+    assert (custom.sockets.max_rooms_per_socket, custom.sockets.max_room_members) == (3, 0)
+    assert custom.sockets.public_room_prefixes == ("public:", "lobby-")
 
 
 @pytest.mark.parametrize(
@@ -205,17 +206,18 @@ def test_forwarded_headers_are_believed_from_loopback_locally_and_from_any_peer_
 ):
     """Locally only a proxy on the same host may set X-Forwarded-*; on Cloud Run (K_SERVICE)
     every peer is Google's front end; FORWARDED_ALLOW_IPS overrides both."""
-    assert Settings.from_env(BASE).forwarded_allow_ips == "127.0.0.1,::1"
-    assert Settings.from_env({**BASE, "K_SERVICE": "gw"}).forwarded_allow_ips == "*"
+    assert Settings.from_env(BASE).sockets.forwarded_allow_ips == "127.0.0.1,::1"
+    assert Settings.from_env({**BASE, "K_SERVICE": "gw"}).sockets.forwarded_allow_ips == "*"
     chosen = "10.0.0.0/8, 192.168.1.7"
-    assert Settings.from_env({**BASE, "FORWARDED_ALLOW_IPS": chosen}).forwarded_allow_ips == chosen
+    trusted = Settings.from_env({**BASE, "FORWARDED_ALLOW_IPS": chosen}).sockets
+    assert trusted.forwarded_allow_ips == chosen
 
 
 # --- the service: joins, analytics, cleanup ---------------------------------------------------
 
 
 def service(**overrides: Any) -> PresenceService:
-    settings = Settings(admin_tokens=("a" * 20,), project_id="demo-unit", **overrides)
+    settings = unit_settings(**overrides)
     return PresenceService(settings, MemoryStore())
 
 

@@ -13,7 +13,7 @@ from gateway.schema import HEARTBEAT_AT, INSTANCES, SESSIONS, SIGNED_OUT_AT, STO
 from gateway.service import CLOSE_SESSION_EXPIRED, PresenceService
 from gateway.settings import Settings
 from gateway.store import MemoryStore
-from tests.support import eventually
+from tests.support import eventually, unit_settings
 
 
 class Recorder:
@@ -25,7 +25,7 @@ class Recorder:
 
 
 def settings(**overrides: Any) -> Settings:
-    return Settings(admin_tokens=("a" * 20,), project_id="demo-unit", **overrides)
+    return unit_settings(**overrides)
 
 
 async def test_heartbeat_and_reconcile_run_every_sweep_interval() -> None:

@@ -13,9 +13,9 @@ BASE = {"GATEWAY_ADMIN_TOKEN": "t" * 20, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8
 def test_defaults_follow_the_guide() -> None:
     """Without overrides: 30 s pings, 3 h timeout, 60 s sweeps, port 8000, a demo project."""
     settings = Settings.from_env(BASE)
-    assert settings.ping_interval == 30
-    assert settings.pong_timeout == 10_800
-    assert settings.sweep_interval == 60
+    assert settings.sockets.ping_interval == 30
+    assert settings.sockets.pong_timeout == 10_800
+    assert settings.fanout.sweep_interval == 60
     assert settings.port == 8000
     assert settings.project_id == "demo-presence"
     assert settings.timeout_text == (
@@ -28,7 +28,8 @@ def test_overrides_are_parsed() -> None:
     settings = Settings.from_env(
         {**BASE, "PING_INTERVAL": "0.2", "PONG_TIMEOUT": "2", "GATEWAY_PORT": "9000"}
     )
-    assert (settings.ping_interval, settings.pong_timeout, settings.port) == (0.2, 2.0, 9000)
+    sockets = settings.sockets
+    assert (sockets.ping_interval, sockets.pong_timeout, settings.port) == (0.2, 2.0, 9000)
     assert settings.internal_url == "http://127.0.0.1:9000"
 
 

@@ -13,9 +13,9 @@ import pytest
 from gateway.messages import utc_now
 from gateway.registry import Connection, text_frame
 from gateway.service import PresenceService
-from gateway.settings import Settings
 from gateway.sockets import MAX_BACKLOG, SocketSink
 from gateway.store import MemoryStore
+from tests.support import unit_settings
 
 
 async def _no_send(message: dict[str, Any]) -> None:
@@ -23,7 +23,7 @@ async def _no_send(message: dict[str, Any]) -> None:
 
 
 def sink(**overrides: Any) -> tuple[PresenceService, SocketSink]:
-    settings = Settings(admin_tokens=("a" * 20,), project_id="demo-unit", **overrides)
+    settings = unit_settings(**overrides)
     service = PresenceService(settings, MemoryStore())
     conn = Connection("u1", "s1", utc_now(), _no_send)
     return service, SocketSink(service, conn)
@@ -103,7 +103,7 @@ class Recorder:
 
 
 def detached(send: Recorder, **overrides: Any) -> tuple[PresenceService, SocketSink, Edge]:
-    settings = Settings(admin_tokens=("a" * 20,), project_id="demo-unit", **overrides)
+    settings = unit_settings(**overrides)
     service = PresenceService(settings, MemoryStore())
     conn = Connection("u1", "s1", utc_now(), send)
     edge = Edge()
