@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
 
+from gateway.callback_auth import GOOGLE_CERTS_URL
 from gateway.exceptions import ConfigError
 from gateway.rooms import ROOM_CHARS, valid_prefix
 
@@ -119,9 +120,7 @@ class CallbackSettings:
     tokens: tuple[str, ...] = ()
     oidc_audience: str = ""
     oidc_service_accounts: tuple[str, ...] = ()
-    oidc_certs_url: str = env(
-        "CALLBACK_OIDC_CERTS_URL", "https://www.googleapis.com/oauth2/v1/certs"
-    )
+    oidc_certs_url: str = env("CALLBACK_OIDC_CERTS_URL", GOOGLE_CERTS_URL)
 
 
 @dataclass(frozen=True, slots=True)
