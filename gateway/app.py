@@ -348,7 +348,7 @@ class SocketFastPath:
 
     def __init__(self, app: Litestar) -> None:
         self.app = app
-        self._origins = frozenset(app.state.settings.allowed_origins)
+        self._origins = frozenset(app.state.settings.sockets.allowed_origins)
 
     def _origin_allowed(self, scope: Any) -> bool:
         """Browsers send Origin on every socket; other clients usually send none."""
