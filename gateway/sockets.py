@@ -69,6 +69,15 @@ CANONICAL_PONG = '{"type":"pong"}'
 MAX_BACKLOG = 32
 
 
+def within_rate(conn: Connection, rate: float) -> bool:
+    """Take one frame from the socket's token bucket (``rate`` per second, bursts of twice
+    that); False when it is empty (the socket is flooding)."""
+    now = time.monotonic()
+    allowed, conn.bucket = take_token(conn.bucket, conn.bucket_at, now, rate, 2 * rate)
+    conn.bucket_at = now
+    return allowed
+
+
 class SocketSink:
     """What the socket edge (``gateway.wsproto_lean``) hands a client's frames to, in its
     ``data_received``, once the handshake is done: the socket then keeps no task of its own.
@@ -90,26 +99,14 @@ class SocketSink:
         self.finished = False
 
     def take_text(self, text: str) -> bool:
-        conn, settings = self.conn, self.service.settings
-        if conn.closed:
+        # Exactly what both clients send; any other spelling of a pong, and every other
+        # frame, is declined here and decoded once, by _on_event.
+        if text != CANONICAL_PONG or self.conn.closed:
             return False
-        rate = settings.sockets.max_messages_per_second
-        now = time.monotonic()
-        tokens = conn.bucket
-        if rate:
-            allowed, tokens = take_token(conn.bucket, conn.bucket_at, now, rate, 2 * rate)
-            if not allowed:
-                return False  # _on_event counts it again and closes the socket
-        # Both clients send exactly this; anything else is parsed as usual.
-        if text != CANONICAL_PONG:
-            try:
-                decoded = decode_frame(text, None, settings.sockets.max_message_bytes)
-            except ProtocolError:
-                return False
-            if not isinstance(decoded, PongReceived):
-                return False
-        conn.bucket, conn.bucket_at = tokens, now
-        self.service.pong(conn, utc_now())
+        rate = self.service.settings.sockets.max_messages_per_second
+        if rate and not within_rate(self.conn, rate):
+            return False  # declined: _on_event counts it again and closes the socket
+        self.service.pong(self.conn, utc_now())
         return True
 
     def put_event(self, event: Any) -> bool:
@@ -235,15 +232,11 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
         return None
     timeout = service.settings.sockets.send_timeout
     rate = service.settings.sockets.max_messages_per_second
-    if rate:
-        now = time.monotonic()
-        allowed, conn.bucket = take_token(conn.bucket, conn.bucket_at, now, rate, 2 * rate)
-        conn.bucket_at = now
-        if not allowed:
-            logger.info("closing flooding socket user=%s", conn.user_id)
-            service.refusals["too many messages"] += 1
-            await conn.close(CLOSE_RATE_LIMITED, "too many messages")
-            return CLOSE_RATE_LIMITED
+    if rate and not within_rate(conn, rate):
+        logger.info("closing flooding socket user=%s", conn.user_id)
+        service.refusals["too many messages"] += 1
+        await conn.close(CLOSE_RATE_LIMITED, "too many messages")
+        return CLOSE_RATE_LIMITED
     try:
         decoded = decode_frame(
             event.get("text"), event.get("bytes"), service.settings.sockets.max_message_bytes
