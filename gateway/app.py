@@ -32,6 +32,7 @@ from gateway import signout, static
 from gateway.auth import FirebaseVerifier
 from gateway.broker import PubSubBroker
 from gateway.callback_auth import OidcVerifier
+from gateway.closes import CloseCode
 from gateway.deployment import Deployment
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.firestore_store import FirestoreStore
@@ -363,14 +364,14 @@ class SocketFastPath:
         if scope["type"] == "websocket" and not self._origin_allowed(scope):
             # A page from a foreign origin: refuse the handshake (HTTP 403) before anything.
             await receive()
-            await send({"type": "websocket.close", "code": 1008})
+            await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
         elif scope["type"] == "websocket" and scope["path"].startswith(self.PREFIX):
             user_id = scope["path"][len(self.PREFIX) :]
             await serve_socket(self.app.state.service, user_id, scope, receive, send)
         elif scope["type"] == "websocket":
             # Litestar has no other socket routes; refuse the handshake (HTTP 403).
             await receive()
-            await send({"type": "websocket.close", "code": 1008})
+            await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
         else:
             await self.app(scope, receive, send)
 

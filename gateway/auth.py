@@ -29,14 +29,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from gateway.closes import CloseCode
 from gateway.exceptions import AuthError
 from gateway.rooms import grants_from_claims
 from gateway.schema import LAST_SIGN_OUT_AT
 
 logger = logging.getLogger("gateway.auth")
 
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
 MAX_TOKEN_LENGTH = 8192
 CLOCK_SKEW = 5
 
@@ -75,10 +74,10 @@ def token_from(query_string: bytes, headers: Mapping[bytes, bytes]) -> str | Non
 def authorize(identity: Identity, user_id: str, member: Mapping[str, Any] | None) -> None:
     """The decision after a token verified: right user, and not signed out since."""
     if identity.uid != user_id:
-        raise AuthError(CLOSE_FORBIDDEN, "token is for another user")
+        raise AuthError(CloseCode.FORBIDDEN, "token is for another user")
     signed_out = (member or {}).get(LAST_SIGN_OUT_AT)
     if isinstance(signed_out, datetime) and identity.auth_time < signed_out:
-        raise AuthError(CLOSE_UNAUTHENTICATED, "token revoked: signed out since")
+        raise AuthError(CloseCode.UNAUTHENTICATED, "token revoked: signed out since")
 
 
 class FirebaseVerifier:
@@ -95,7 +94,7 @@ class FirebaseVerifier:
 
     async def verify(self, token: str) -> Identity:
         if not token or len(token) > MAX_TOKEN_LENGTH:
-            raise AuthError(CLOSE_UNAUTHENTICATED, "invalid token")
+            raise AuthError(CloseCode.UNAUTHENTICATED, "invalid token")
         claims = await asyncio.to_thread(self._verify, token)
         try:
             identity = Identity(
@@ -105,11 +104,11 @@ class FirebaseVerifier:
                 rooms=grants_from_claims(claims),
             )
         except (KeyError, TypeError, ValueError, OverflowError, OSError):
-            raise AuthError(CLOSE_UNAUTHENTICATED, "invalid token") from None
+            raise AuthError(CloseCode.UNAUTHENTICATED, "invalid token") from None
         # firebase-admin skips the expiry check for the Auth emulator's unsigned tokens; check
         # it here for every token (a no-op in production, where the library already has).
         if identity.expires_at + CLOCK_SKEW < time.time():
-            raise AuthError(CLOSE_UNAUTHENTICATED, "token expired")
+            raise AuthError(CloseCode.UNAUTHENTICATED, "token expired")
         return identity
 
     async def revoke(self, uid: str) -> bool:
@@ -131,10 +130,10 @@ class FirebaseVerifier:
                 token, app=self._app, check_revoked=False, clock_skew_seconds=CLOCK_SKEW
             )
         except auth.ExpiredIdTokenError:
-            raise AuthError(CLOSE_UNAUTHENTICATED, "token expired") from None
+            raise AuthError(CloseCode.UNAUTHENTICATED, "token expired") from None
         except auth.CertificateFetchError as exc:
             logger.error("cannot fetch Firebase token certificates: %s", exc)
-            raise AuthError(CLOSE_UNAUTHENTICATED, "token check unavailable") from None
+            raise AuthError(CloseCode.UNAUTHENTICATED, "token check unavailable") from None
         except (auth.InvalidIdTokenError, ValueError):
-            raise AuthError(CLOSE_UNAUTHENTICATED, "invalid token") from None
+            raise AuthError(CloseCode.UNAUTHENTICATED, "invalid token") from None
         return claims

@@ -11,8 +11,6 @@ A limit of 0 disables it.
 
 from __future__ import annotations
 
-CLOSE_RATE_LIMITED = 4429
-
 
 def take_token(
     tokens: float, last: float, now: float, rate: float, burst: float

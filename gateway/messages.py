@@ -1,7 +1,7 @@
 """Wire formats: every message the gateway sends and every REST body, as msgspec Structs.
 
-The field names and order follow ``shared/spec/websocket-guide.md``; encoding with msgspec keeps
-the per-message cost low (a ping goes to every socket every ``PING_INTERVAL``).
+The field names and order are the protocol's (docs/protocol.md, docs/api.md); encoding with
+msgspec keeps the per-message cost low (a ping goes to every socket every ``PING_INTERVAL``).
 """
 
 from __future__ import annotations

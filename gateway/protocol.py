@@ -31,9 +31,9 @@ from typing import Any
 
 import msgspec
 
+from gateway.closes import CloseCode
 from gateway.exceptions import ProtocolError
 
-CLOSE_MESSAGE_TOO_BIG = 1009
 MAX_TYPE_LENGTH = 64
 
 _decoder = msgspec.json.Decoder()
@@ -163,5 +163,5 @@ def _too_large(max_bytes: int) -> ProtocolError:
     return ProtocolError(
         "message_too_large",
         f"Frames are limited to {max_bytes} bytes",
-        close_code=CLOSE_MESSAGE_TOO_BIG,
+        close_code=CloseCode.MESSAGE_TOO_BIG,
     )

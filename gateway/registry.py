@@ -118,7 +118,8 @@ class Connection:
             return
         self.closed = True
         try:
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+            # The wire number of the code (a CloseCode is an int; the ASGI server wants one).
+            await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
         except Exception as exc:
             logger.debug("close failed user=%s: %r", self.user_id, exc)
 

@@ -19,9 +19,10 @@ from typing import Any
 
 from gateway import messages, rooms
 from gateway.analytics import ConnectionEvents
-from gateway.auth import CLOSE_UNAUTHENTICATED, Identity, TokenVerifier, authorize
+from gateway.auth import Identity, TokenVerifier, authorize
+from gateway.closes import CloseCode
 from gateway.exceptions import AuthError
-from gateway.limits import CLOSE_RATE_LIMITED, ConnectLimiter
+from gateway.limits import ConnectLimiter
 from gateway.messages import ErrorMessage, SignedOut, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry, text_frame
 from gateway.schema import HEARTBEAT_AT, INSTANCES, STOPPED_AT
@@ -43,15 +44,13 @@ logger = logging.getLogger("gateway")
 MessageHandler = Callable[[str, str, Any], Awaitable[None]]
 
 SEND_CHUNK = 256
-CLOSE_SESSION_EXPIRED = 4408
 #: Signed out by the service (POST /ws/signout/{user_id}): the client must not reconnect.
-CLOSE_SIGNED_OUT = 4410
 SIGNED_OUT_REASON = "signed out by the service"
 #: The analytics event of each close the gateway decides on.
 CLOSED_BY_SERVICE = {
-    CLOSE_SESSION_EXPIRED: "timeout",
-    CLOSE_SIGNED_OUT: "signout",
-    CLOSE_UNAUTHENTICATED: "token_expired",
+    CloseCode.SESSION_EXPIRED: "timeout",
+    CloseCode.SIGNED_OUT: "signout",
+    CloseCode.UNAUTHENTICATED: "token_expired",
 }
 #: How far back the reconciler looks for sign-outs it may have missed a callback for. A large
 #: sweep commits sign-outs minutes after its own start time, which is what signed_out_at holds.
@@ -151,7 +150,7 @@ class PresenceService:
         if self.verifier is None:
             return None
         if token is None:
-            raise AuthError(CLOSE_UNAUTHENTICATED, "missing token")
+            raise AuthError(CloseCode.UNAUTHENTICATED, "missing token")
         identity = await self.verifier.verify(token)
         try:
             member = await self.store.get_member(user_id, timeout=READ_TIMEOUT)
@@ -166,12 +165,12 @@ class PresenceService:
         """Raise AuthError(4429) when the user already holds the most sockets allowed here."""
         limit = self.settings.sockets.max_sockets_per_user
         if limit and self.registry.count_of(user_id) >= limit:
-            raise AuthError(CLOSE_RATE_LIMITED, "too many sockets for this user")
+            raise AuthError(CloseCode.RATE_LIMITED, "too many sockets for this user")
 
     async def refresh_token(self, conn: Connection, token: str) -> Identity:
         """A fresh token for an open socket (``{"type": "auth"}``); raise AuthError if bad."""
         if self.verifier is None:
-            raise AuthError(CLOSE_UNAUTHENTICATED, "authentication is off")
+            raise AuthError(CloseCode.UNAUTHENTICATED, "authentication is off")
         identity = await self.verifier.verify(token)
         authorize(identity, conn.user_id, None)
         conn.token_expires_at = identity.expires_at
@@ -193,10 +192,12 @@ class PresenceService:
             )
         )
         self.refusals["token expired"] += len(stale)
-        await self._last_word(stale, text, CLOSE_UNAUTHENTICATED, "token expired")
+        await self._last_word(stale, text, CloseCode.UNAUTHENTICATED, "token expired")
         return len(stale)
 
-    async def _last_word(self, conns: list[Connection], text: str, code: int, reason: str) -> None:
+    async def _last_word(
+        self, conns: list[Connection], text: str, code: CloseCode, reason: str
+    ) -> None:
         """Send each socket a final frame, close it, and drop it from the registry at once, so
         a second pass (a repeated callback, a reconcile) finds nothing left to close."""
         timeout = self.settings.sockets.send_timeout
@@ -313,7 +314,7 @@ class PresenceService:
         if not targets:
             return 0, not_found
         text = messages.encode(Timeout("timeout", self.settings.timeout_text, iso(utc_now())))
-        await self._last_word(targets, text, CLOSE_SESSION_EXPIRED, "session expired")
+        await self._last_word(targets, text, CloseCode.SESSION_EXPIRED, "session expired")
         self.timeouts_sent += len(targets)
         return len(targets), not_found
 
@@ -331,7 +332,7 @@ class PresenceService:
                 iso(utc_now()),
             )
         )
-        await self._last_word(targets, text, CLOSE_SIGNED_OUT, SIGNED_OUT_REASON)
+        await self._last_word(targets, text, CloseCode.SIGNED_OUT, SIGNED_OUT_REASON)
         return len(targets)
 
     async def reconcile_once(self) -> int:

@@ -1,6 +1,6 @@
 """Gateway settings, read from the environment once at start-up and validated.
 
-Every setting has an environment variable; the names in ARCHITECTURE.md (``PING_INTERVAL``,
+Every setting has an environment variable; the deployment's shared names (``PING_INTERVAL``,
 ``PONG_TIMEOUT``, ``SWEEP_INTERVAL``, ``GATEWAY_PORT``, ``GATEWAY_ADMIN_TOKEN``,
 ``GOOGLE_CLOUD_PROJECT``) are fixed; the rest are ours and documented in the README.
 """

@@ -25,8 +25,9 @@ from typing import Any
 
 from gateway import messages, rooms
 from gateway.auth import token_from
+from gateway.closes import CloseCode
 from gateway.exceptions import AuthError, ProtocolError
-from gateway.limits import CLOSE_RATE_LIMITED, take_token
+from gateway.limits import take_token
 from gateway.messages import Ack, AuthOk, ErrorMessage, ServerPong, iso, utc_now
 from gateway.protocol import (
     AuthRefresh,
@@ -44,8 +45,6 @@ from gateway.wsproto_lean import FRAMES_EXTENSION
 
 logger = logging.getLogger("gateway.sockets")
 
-CLOSE_INVALID_USER_ID = 4400
-CLOSE_INTERNAL_ERROR = 1011
 
 # Firebase uids are at most 128 characters; Firestore document ids may not contain "/" nor be
 # "." or ".." nor look like "__name__". Allowing this set keeps every id a safe document id.
@@ -137,8 +136,8 @@ class SocketSink:
             logger.exception(
                 "socket handler failed user=%s session=%s", self.conn.user_id, self.conn.session_id
             )
-            code = CLOSE_INTERNAL_ERROR
-            await self.conn.close(CLOSE_INTERNAL_ERROR, "internal error")
+            code = CloseCode.INTERNAL_ERROR
+            await self.conn.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self.worker = None
         if code is not None:
@@ -177,8 +176,8 @@ async def serve_socket(
             code = await _on_event(service, conn, await receive())
     except Exception:
         logger.exception("socket handler failed user=%s session=%s", user_id, conn.session_id)
-        code = CLOSE_INTERNAL_ERROR
-        await conn.close(CLOSE_INTERNAL_ERROR, "internal error")
+        code = CloseCode.INTERNAL_ERROR
+        await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
     finally:
         service.disconnected(conn, code)
 
@@ -195,9 +194,9 @@ async def _admit(
     client = scope.get("client") or ("unknown", 0)
     if not service.connect_limiter.allow(str(client[0]), time.time()):
         # Before the token check: a flood of attempts costs no Auth or Firestore call.
-        refusal = (CLOSE_RATE_LIMITED, "too many connection attempts")
+        refusal = (CloseCode.RATE_LIMITED, "too many connection attempts")
     elif not valid_user_id(user_id):
-        refusal = (CLOSE_INVALID_USER_ID, "invalid user id")
+        refusal = (CloseCode.INVALID_USER_ID, "invalid user id")
     else:
         try:
             token = token_from(scope.get("query_string", b""), dict(scope.get("headers", ())))
@@ -235,8 +234,8 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
     if rate and not within_rate(conn, rate):
         logger.info("closing flooding socket user=%s", conn.user_id)
         service.refusals["too many messages"] += 1
-        await conn.close(CLOSE_RATE_LIMITED, "too many messages")
-        return CLOSE_RATE_LIMITED
+        await conn.close(CloseCode.RATE_LIMITED, "too many messages")
+        return CloseCode.RATE_LIMITED
     try:
         decoded = decode_frame(
             event.get("text"), event.get("bytes"), service.settings.sockets.max_message_bytes
