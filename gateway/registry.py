@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any, Protocol
 
+from gateway.session import Session, SessionLimits
+
 logger = logging.getLogger("gateway.registry")
 
 AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
@@ -36,6 +38,10 @@ def text_frame(text: str) -> bytes:
     return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload
 
 
+#: For a Connection built without a session (tests, tools): the settings' defaults.
+DEFAULT_LIMITS = SessionLimits()
+
+
 class Connection:
     """One accepted socket. Kept small on purpose: there may be tens of thousands."""
 
@@ -45,10 +51,8 @@ class Connection:
         "connected_at",
         "_send",
         "closed",
-        "token_expires_at",
+        "session",
         "room_grants",
-        "bucket",
-        "bucket_at",
         "edge",
     )
 
@@ -58,7 +62,7 @@ class Connection:
         session_id: str,
         connected_at: datetime,
         send: AsgiSend,
-        token_expires_at: float = 0.0,
+        session: Session | None = None,
         room_grants: tuple[str, ...] | None = (),
     ) -> None:
         self.user_id = user_id
@@ -66,13 +70,10 @@ class Connection:
         self.connected_at = connected_at
         self._send = send
         self.closed = False
-        #: Epoch seconds at which the socket's ID token expires; 0 when auth is off.
-        self.token_expires_at = token_expires_at
+        #: The socket's protocol decisions and their state (rate bucket, token expiry).
+        self.session = session if session is not None else Session(DEFAULT_LIMITS)
         #: The token's room grants (gateway.rooms); None only without tokens (AUTH_MODE=off).
         self.room_grants = room_grants
-        #: Message-rate token bucket (see gateway.limits): tokens left, and when counted.
-        self.bucket = float("inf")
-        self.bucket_at = 0.0
         #: The socket's edge when it writes pre-encoded frames; None for other implementations.
         self.edge: FrameWriter | None = None
 

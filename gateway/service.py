@@ -26,6 +26,7 @@ from gateway.limits import ConnectLimiter
 from gateway.messages import ErrorMessage, SignedOut, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry, text_frame
 from gateway.schema import HEARTBEAT_AT, INSTANCES, STOPPED_AT
+from gateway.session import SessionLimits
 from gateway.settings import Settings
 from gateway.store import (
     READ_TIMEOUT,
@@ -86,6 +87,12 @@ class PresenceService:
             max_docs=settings.writer.buffer_max_docs,
         )
         self.message_handler = message_handler
+        #: What every socket's protocol session decides with (gateway.session).
+        self.session_limits = SessionLimits(
+            max_messages_per_second=settings.sockets.max_messages_per_second,
+            max_message_bytes=settings.sockets.max_message_bytes,
+            token_grace=settings.auth.token_grace,
+        )
         self.connect_limiter = ConnectLimiter(settings.sockets.max_connects_per_minute)
         self.pings_sent = 0
         self.timeouts_sent = 0
@@ -173,14 +180,12 @@ class PresenceService:
             raise AuthError(CloseCode.UNAUTHENTICATED, "authentication is off")
         identity = await self.verifier.verify(token)
         authorize(identity, conn.user_id, None)
-        conn.token_expires_at = identity.expires_at
         conn.room_grants = identity.rooms
         return identity
 
     async def expire_tokens(self, now: float) -> int:
         """Close sockets whose token expired more than TOKEN_GRACE ago; return how many."""
-        limit = now - self.settings.auth.token_grace
-        stale = [c for c in self.registry if c.token_expires_at and c.token_expires_at < limit]
+        stale = [c for c in self.registry if c.session.token_expired(now)]
         if not stale:
             return 0
         text = messages.encode(

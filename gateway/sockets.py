@@ -8,9 +8,10 @@ edge hands frames to ``SocketSink``, which takes pongs synchronously and runs ev
 through ``_on_event``. Other WebSocket implementations run the same ``_on_event`` from a receive
 loop.
 
-Close codes: 1009 frame too large; 1011 internal error; 4400 invalid user id; 4401 missing,
-invalid, expired or revoked token; 4403 token for another user; 4408 session expired; 4429 a
-limit exceeded (messages per second, sockets per user, connection attempts per address).
+The edge decides nothing about a frame: ``gateway.session.Session`` does (replies, the rate
+limit, close codes, token expiry), and the edge carries its decision out. What it does decide is
+admission (``_admit``: connect rate, user id, token, sockets per user). Close codes are
+``gateway.closes.CloseCode``.
 """
 
 from __future__ import annotations
@@ -20,27 +21,24 @@ import logging
 import re
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway import messages, rooms
 from gateway.auth import token_from
 from gateway.closes import CloseCode
-from gateway.exceptions import AuthError, ProtocolError
-from gateway.limits import take_token
-from gateway.messages import Ack, AuthOk, ErrorMessage, ServerPong, iso, utc_now
+from gateway.exceptions import AuthError
+from gateway.messages import utc_now
 from gateway.protocol import (
     AuthRefresh,
     JoinRoom,
     LeaveRoom,
     MessageReceived,
-    PingReceived,
     PongReceived,
     UnknownType,
-    decode_frame,
 )
 from gateway.registry import Connection
 from gateway.service import PresenceService
+from gateway.session import Session, Step
 from gateway.wsproto_lean import FRAMES_EXTENSION
 
 logger = logging.getLogger("gateway.sockets")
@@ -59,22 +57,9 @@ def valid_user_id(user_id: str) -> bool:
     )
 
 
-#: The pong as the JavaScript and Python clients send it.
-CANONICAL_PONG = '{"type":"pong"}'
-
-
 #: Events a detached socket may hold unhandled before its reading is paused (backpressure on
 #: a client that sends faster than its messages are handled).
 MAX_BACKLOG = 32
-
-
-def within_rate(conn: Connection, rate: float) -> bool:
-    """Take one frame from the socket's token bucket (``rate`` per second, bursts of twice
-    that); False when it is empty (the socket is flooding)."""
-    now = time.monotonic()
-    allowed, conn.bucket = take_token(conn.bucket, conn.bucket_at, now, rate, 2 * rate)
-    conn.bucket_at = now
-    return allowed
 
 
 class SocketSink:
@@ -98,14 +83,10 @@ class SocketSink:
         self.finished = False
 
     def take_text(self, text: str) -> bool:
-        # Exactly what both clients send; any other spelling of a pong, and every other
-        # frame, is declined here and decoded once, by _on_event.
-        if text != CANONICAL_PONG or self.conn.closed:
-            return False
-        rate = self.service.settings.sockets.max_messages_per_second
-        if rate and not within_rate(self.conn, rate):
-            return False  # declined: _on_event counts it again and closes the socket
-        self.service.pong(self.conn, utc_now())
+        conn = self.conn
+        if conn.closed or not conn.session.take_pong(text, time.monotonic()):
+            return False  # declined: _on_event decides it (and closes a flood)
+        self.service.pong(conn, utc_now())
         return True
 
     def put_event(self, event: Any) -> bool:
@@ -217,82 +198,61 @@ async def _admit(
         uuid.uuid4().hex,
         utc_now(),
         send,
-        token_expires_at=identity.expires_at if identity else 0.0,
+        session=Session(service.session_limits, identity.expires_at if identity else 0.0),
         room_grants=identity.rooms if identity else None,
     )
 
 
 async def _on_event(service: PresenceService, conn: Connection, event: Any) -> int | None:
-    """Handle one event of an accepted socket; return the close code once the socket is done."""
+    """Carry out the session's decision on one event of an accepted socket; return the close
+    code once the socket is done."""
     kind = event["type"]
     if kind == "websocket.disconnect":
         return int(event.get("code", 1005))
     if kind != "websocket.receive":
         return None
-    timeout = service.settings.sockets.send_timeout
-    rate = service.settings.sockets.max_messages_per_second
-    if rate and not within_rate(conn, rate):
-        logger.info("closing flooding socket user=%s", conn.user_id)
-        service.refusals["too many messages"] += 1
-        await conn.close(CloseCode.RATE_LIMITED, "too many messages")
-        return CloseCode.RATE_LIMITED
-    try:
-        decoded = decode_frame(
-            event.get("text"), event.get("bytes"), service.settings.sockets.max_message_bytes
-        )
-    except ProtocolError as exc:
-        if exc.close_code is not None:
-            service.refusals[exc.code] += 1
-            await conn.close(exc.close_code, exc.message)
-            return exc.close_code
-        reply = ErrorMessage("error", exc.code, exc.message, iso(utc_now()))
-        await conn.send_text(messages.encode(reply), timeout)
-        return None
-    if isinstance(decoded, PongReceived):
-        service.pong(conn, utc_now())
-    elif isinstance(decoded, PingReceived):
-        await conn.send_text(messages.encode(ServerPong("pong", iso(utc_now()))), timeout)
-    elif isinstance(decoded, MessageReceived):
-        ack = Ack("ack", iso(utc_now()), decoded.id)
-        await conn.send_text(messages.encode(ack), timeout)
+    at = utc_now()
+    step = conn.session.receive(event.get("text"), event.get("bytes"), time.monotonic(), at)
+    await _send_replies(service, conn, step)
+    if step.close is not None:
+        code, reason, counted_as = step.close
+        if code == CloseCode.RATE_LIMITED:
+            logger.info("closing flooding socket user=%s", conn.user_id)
+        service.refusals[counted_as] += 1
+        await conn.close(code, reason)
+        return int(code)
+    work = step.work
+    if isinstance(work, PongReceived):
+        service.pong(conn, at)
+    elif isinstance(work, MessageReceived):
         try:
-            await service.message_handler(conn.user_id, conn.session_id, decoded.data)
+            await service.message_handler(conn.user_id, conn.session_id, work.data)
         except Exception:
             # The application's handler failing must not take the socket down.
             logger.exception("message handler failed user=%s", conn.user_id)
-    elif isinstance(decoded, AuthRefresh):
+    elif isinstance(work, AuthRefresh):
         try:
-            identity = await service.refresh_token(conn, decoded.token)
+            identity = await service.refresh_token(conn, work.token)
         except AuthError as exc:
-            reply = ErrorMessage("error", "invalid_token", exc.reason, iso(utc_now()))
-            await conn.send_text(messages.encode(reply), timeout)
+            await _send_replies(service, conn, conn.session.refresh_refused(exc.reason, utc_now()))
             return None
-        expires = datetime.fromtimestamp(identity.expires_at, UTC)
-        await conn.send_text(
-            messages.encode(AuthOk("auth_ok", iso(expires), iso(utc_now()))), timeout
-        )
+        await _send_replies(service, conn, conn.session.refreshed(identity.expires_at, utc_now()))
         await service.drop_ungranted_rooms(conn)
-    elif isinstance(decoded, JoinRoom | LeaveRoom):
-        await _on_room(service, conn, decoded, timeout)
-    elif isinstance(decoded, UnknownType):
-        logger.info("ignored unknown message type %.64r from user=%s", decoded.type, conn.user_id)
+    elif isinstance(work, JoinRoom | LeaveRoom):
+        refused: rooms.RoomRefused | None = None
+        try:
+            if isinstance(work, JoinRoom):
+                service.join_room(conn, work.room)
+            else:
+                service.leave_room(conn, work.room)
+        except rooms.RoomRefused as exc:
+            refused = exc
+        await _send_replies(service, conn, conn.session.room_answer(work, refused, utc_now()))
+    elif isinstance(work, UnknownType):
+        logger.info("ignored unknown message type %.64r from user=%s", work.type, conn.user_id)
     return None
 
 
-async def _on_room(
-    service: PresenceService, conn: Connection, request: JoinRoom | LeaveRoom, timeout: float
-) -> None:
-    """Answer a join or leave: ``joined`` / ``left``, or an error naming the room."""
-    reply: messages.Joined | messages.Left | messages.RoomErrorMessage
-    try:
-        if isinstance(request, JoinRoom):
-            service.join_room(conn, request.room)
-            reply = messages.Joined("joined", request.room, iso(utc_now()), request.id)
-        else:
-            service.leave_room(conn, request.room)
-            reply = messages.Left("left", request.room, iso(utc_now()), request.id)
-    except rooms.RoomRefused as exc:
-        reply = messages.RoomErrorMessage(
-            "error", exc.code, exc.message, iso(utc_now()), exc.room, request.id
-        )
-    await conn.send_text(messages.encode(reply), timeout)
+async def _send_replies(service: PresenceService, conn: Connection, step: Step) -> None:
+    for reply in step.replies:
+        await conn.send_text(messages.encode(reply), service.settings.sockets.send_timeout)

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.auth import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED, Identity, authorize, token_from
+from gateway.auth import Identity, authorize, token_from
+from gateway.closes import CloseCode
 from gateway.exceptions import AuthError, ConfigError
 from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT
 from gateway.settings import Settings
@@ -30,14 +31,14 @@ def test_the_token_must_be_for_the_paths_user() -> None:
     """A valid token for another uid is refused with 4403."""
     with pytest.raises(AuthError) as caught:
         authorize(identity("u2"), "u1", None)
-    assert caught.value.close_code == CLOSE_FORBIDDEN
+    assert caught.value.close_code == CloseCode.FORBIDDEN
 
 
 def test_a_token_from_before_the_last_sign_out_is_refused() -> None:
     """auth_time before members/{uid}.last_sign_out_at means the sign-in was revoked."""
     with pytest.raises(AuthError) as caught:
         authorize(identity(), "u1", {LAST_SIGN_OUT_AT: SIGNED_IN + timedelta(seconds=1)})
-    assert caught.value.close_code == CLOSE_UNAUTHENTICATED
+    assert caught.value.close_code == CloseCode.UNAUTHENTICATED
     authorize(identity(), "u1", {LAST_SIGN_OUT_AT: SIGNED_IN - timedelta(seconds=1)})
     authorize(identity(), "u1", {IS_SIGNED_IN: True})
     authorize(identity(), "u1", None)

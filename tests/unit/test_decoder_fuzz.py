@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from gateway.closes import CloseCode
+
 # Hypothesis caches (constants, unicode tables) go to the temp dir, not into the repository; the
 # example database is off (database=None below).
 os.environ.setdefault(
@@ -23,7 +25,6 @@ from hypothesis import strategies as st  # noqa: E402
 
 from gateway.exceptions import ProtocolError
 from gateway.protocol import (
-    CLOSE_MESSAGE_TOO_BIG,
     MAX_TYPE_LENGTH,
     AuthRefresh,
     MessageReceived,
@@ -87,7 +88,7 @@ def outcome(text: str | None, data: bytes | None, max_bytes: int) -> Any:
         assert exc.code in DOCUMENTED_CODES, exc.code
         assert exc.message
         if exc.code == "message_too_large":
-            assert exc.close_code == CLOSE_MESSAGE_TOO_BIG
+            assert exc.close_code == CloseCode.MESSAGE_TOO_BIG
         else:
             assert exc.close_code is None, exc
         return exc

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.broker import BrokerUnavailable, Handler
+from gateway.closes import CloseCode
 from gateway.deployment import Delivery, Deployment
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.messages import utc_now
@@ -29,7 +30,7 @@ from gateway.schema import (
     INTERNAL_URL,
     MEMBERS,
 )
-from gateway.service import CLOSE_SESSION_EXPIRED, PresenceService
+from gateway.service import PresenceService
 from gateway.settings import Settings
 from gateway.store import MemoryStore
 from tests.support import unit_settings
@@ -189,7 +190,7 @@ async def test_timeouts_close_the_sessions_wherever_they_are_and_count_the_rest(
         assert await cluster.at["b"].expire(sessions) == (0, 3)
         for wire in (on_a, on_c):
             assert [m["type"] for m in wire.sent] == ["websocket.send", "websocket.close"]
-            assert wire.sent[1]["code"] == CLOSE_SESSION_EXPIRED
+            assert wire.sent[1]["code"] == CloseCode.SESSION_EXPIRED
 
 
 async def test_stats_merge_every_instance_and_name_the_silent_ones() -> None:
@@ -227,7 +228,7 @@ async def test_with_the_broker_down_local_sockets_are_served_and_the_rest_is_sta
         assert (await a.stats()).scope == "instance"
         with pytest.raises(DeploymentUnavailable, match="poll"):
             await a.expire([("local", "s1"), ("remote", "s2")])
-        assert here.sent[-1]["code"] == CLOSE_SESSION_EXPIRED
+        assert here.sent[-1]["code"] == CloseCode.SESSION_EXPIRED
 
 
 async def test_without_a_broker_everything_stays_on_this_instance() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.closes import CloseCode
 from gateway.exceptions import ProtocolError
 from gateway.protocol import (
-    CLOSE_MESSAGE_TOO_BIG,
     MessageReceived,
     PingReceived,
     PongReceived,
@@ -90,15 +90,15 @@ def test_binary_frames_are_refused_with_a_reply() -> None:
 def test_oversized_frames_close_with_1009() -> None:
     """Text or binary frames over the limit close the socket with 1009."""
     big = '{"type": "message", "data": "' + "x" * LIMIT + '"}'
-    assert error_code(big) == ("message_too_large", CLOSE_MESSAGE_TOO_BIG)
-    assert error_code(None, b"x" * (LIMIT + 1)) == ("message_too_large", CLOSE_MESSAGE_TOO_BIG)
+    assert error_code(big) == ("message_too_large", CloseCode.MESSAGE_TOO_BIG)
+    assert error_code(None, b"x" * (LIMIT + 1)) == ("message_too_large", CloseCode.MESSAGE_TOO_BIG)
 
 
 def test_multibyte_text_is_measured_in_utf8_bytes() -> None:
     """The limit counts UTF-8 bytes, not characters."""
     text = '{"type": "message", "data": "' + "é" * (LIMIT // 2) + '"}'
     assert len(text) < LIMIT * 2
-    assert error_code(text) == ("message_too_large", CLOSE_MESSAGE_TOO_BIG)
+    assert error_code(text) == ("message_too_large", CloseCode.MESSAGE_TOO_BIG)
 
 
 def test_lone_surrogates_are_invalid_json() -> None:

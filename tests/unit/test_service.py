@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from gateway.closes import CloseCode
 from gateway.messages import utc_now
 from gateway.registry import Connection
 from gateway.schema import HEARTBEAT_AT, INSTANCES, SESSIONS, SIGNED_OUT_AT, STOPPED_AT
-from gateway.service import CLOSE_SESSION_EXPIRED, PresenceService
+from gateway.service import PresenceService
 from gateway.settings import Settings
 from gateway.store import MemoryStore
 from tests.support import eventually, unit_settings
@@ -50,7 +51,7 @@ async def test_heartbeat_and_reconcile_run_every_sweep_interval() -> None:
         await eventually(closed, timeout=5)
         kinds = [m["type"] for m in wire.sent]
         assert kinds == ["websocket.send", "websocket.close"]
-        assert wire.sent[1]["code"] == CLOSE_SESSION_EXPIRED
+        assert wire.sent[1]["code"] == CloseCode.SESSION_EXPIRED
         assert '"type":"timeout"' in wire.sent[0]["text"]
         await asyncio.sleep(0.2)  # more reconcile passes: no second timeout
         assert len(wire.sent) == 2

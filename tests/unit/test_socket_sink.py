@@ -13,6 +13,7 @@ import pytest
 from gateway.messages import utc_now
 from gateway.registry import Connection, text_frame
 from gateway.service import PresenceService
+from gateway.session import Session
 from gateway.sockets import MAX_BACKLOG, SocketSink
 from gateway.store import MemoryStore
 from tests.support import unit_settings
@@ -25,7 +26,7 @@ async def _no_send(message: dict[str, Any]) -> None:
 def sink(**overrides: Any) -> tuple[PresenceService, SocketSink]:
     settings = unit_settings(**overrides)
     service = PresenceService(settings, MemoryStore())
-    conn = Connection("u1", "s1", utc_now(), _no_send)
+    conn = Connection("u1", "s1", utc_now(), _no_send, Session(service.session_limits))
     return service, SocketSink(service, conn)
 
 
@@ -112,7 +113,7 @@ class Recorder:
 def detached(send: Recorder, **overrides: Any) -> tuple[PresenceService, SocketSink, Edge]:
     settings = unit_settings(**overrides)
     service = PresenceService(settings, MemoryStore())
-    conn = Connection("u1", "s1", utc_now(), send)
+    conn = Connection("u1", "s1", utc_now(), send, Session(service.session_limits))
     edge = Edge()
     conn.edge = edge
     service.connected(conn)
@@ -197,7 +198,7 @@ async def test_a_failing_handler_closes_the_socket_with_1011(
         raise RuntimeError("boom")
 
     # A bug in the gateway, not the client's fault, must not leave the socket half-handled.
-    monkeypatch.setattr("gateway.sockets.decode_frame", broken)
+    monkeypatch.setattr("gateway.session.decode_frame", broken)
     sink.put_event(receive('{"type":"ping"}'))
     await _settled(sink)
     assert send.sent[-1]["code"] == 1011
