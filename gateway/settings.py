@@ -12,40 +12,26 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar, cast
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from gateway.callback_auth import GOOGLE_CERTS_URL
+from gateway.env import (
+    LIMIT,
+    LIMIT_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    EnvReader,
+    default_of,
+    env,
+)
 from gateway.exceptions import ConfigError
 from gateway.rooms import ROOM_CHARS, valid_prefix
-
-T = TypeVar("T")
 
 DEMO_PROJECT = "demo-presence"
 WS_IMPLEMENTATIONS = ("wsproto", "websockets", "websockets-sansio")
 #: Pub/Sub's rule for topic and subscription ids.
 _PUBSUB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
-
-#: How a plain setting is read (``_Reader``): a positive number, a limit (0 disables it), an
-#: integer of either kind, or a string.
-POSITIVE, LIMIT, POSITIVE_INT, LIMIT_INT, TEXT = (
-    "positive",
-    "limit",
-    "positive_int",
-    "limit_int",
-    "text",
-)
-
-
-def default_of(cls: type[Any], name: str) -> Any:
-    """A field's declared default (a slotted dataclass has no class attribute to read)."""
-    return next(spec.default for spec in fields(cls) if spec.name == name)
-
-
-def env(name: str, default: Any, kind: str = TEXT) -> Any:
-    """A setting's one declaration: its variable, its default and how it is read."""
-    return field(default=default, metadata={"env": name, "kind": kind})
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,17 +143,17 @@ class Settings:
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate the settings; raise :class:`ConfigError` naming the variable."""
-        env = os.environ if env is None else env
-        reader = _Reader(env)
+        variables = os.environ if environ is None else environ
+        reader = EnvReader(variables)
         admin_tokens = reader.tokens("GATEWAY_ADMIN_TOKEN")
         if not admin_tokens:
             raise ConfigError(
                 "GATEWAY_ADMIN_TOKEN",
                 "is required (the REST API's bearer token); `make up` generates one",
             )
-        emulated = bool(env.get("FIRESTORE_EMULATOR_HOST"))
+        emulated = bool(variables.get("FIRESTORE_EMULATOR_HOST"))
         project_id = reader.get("GOOGLE_CLOUD_PROJECT", str, DEMO_PROJECT if emulated else None)
         if not project_id:
             raise ConfigError(
@@ -193,11 +179,11 @@ class Settings:
             ).rstrip("/"),
             log_level=reader.get("LOG_LEVEL", str, "INFO").upper(),
             # Cloud Run sets K_SERVICE: log structured JSON there unless told otherwise.
-            log_format=reader.get("LOG_FORMAT", str, "json" if env.get("K_SERVICE") else "text"),
+            log_format=reader.get("LOG_FORMAT", str, "json" if variables.get("K_SERVICE") else "text"),
             demo_auth_emulator_host=reader.get(
-                "DEMO_AUTH_EMULATOR_HOST", str, env.get("FIREBASE_AUTH_EMULATOR_HOST", "")
+                "DEMO_AUTH_EMULATOR_HOST", str, variables.get("FIREBASE_AUTH_EMULATOR_HOST", "")
             ),
-            sockets=_socket_settings(reader, bool(env.get("K_SERVICE"))),
+            sockets=_socket_settings(reader, bool(variables.get("K_SERVICE"))),
             writer=reader.declared(WriterSettings),
             auth=_auth_settings(reader, emulated),
             fanout=reader.declared(
@@ -212,7 +198,7 @@ class Settings:
         return settings
 
 
-def _socket_settings(reader: _Reader, on_cloud_run: bool) -> SocketSettings:
+def _socket_settings(reader: EnvReader, on_cloud_run: bool) -> SocketSettings:
     public_prefixes = tuple(
         p.strip() for p in reader.get("WS_PUBLIC_ROOM_PREFIXES", str, "").split(",") if p.strip()
     )
@@ -244,7 +230,7 @@ def _socket_settings(reader: _Reader, on_cloud_run: bool) -> SocketSettings:
     return sockets
 
 
-def _auth_settings(reader: _Reader, emulated: bool) -> AuthSettings:
+def _auth_settings(reader: EnvReader, emulated: bool) -> AuthSettings:
     auth_mode = reader.get("AUTH_MODE", str, "firebase").lower()
     if auth_mode not in ("firebase", "off"):
         raise ConfigError("AUTH_MODE", "must be firebase or off")
@@ -257,7 +243,7 @@ def _auth_settings(reader: _Reader, emulated: bool) -> AuthSettings:
     return AuthSettings(required=auth_mode == "firebase", token_grace=grace)
 
 
-def _pubsub_topic(reader: _Reader) -> str:
+def _pubsub_topic(reader: EnvReader) -> str:
     topic = reader.get("PUBSUB_TOPIC", str, "")
     if topic and not _PUBSUB_NAME.fullmatch(topic):
         raise ConfigError(
@@ -268,7 +254,7 @@ def _pubsub_topic(reader: _Reader) -> str:
     return topic
 
 
-def _callback_settings(reader: _Reader, admin_tokens: tuple[str, ...]) -> CallbackSettings:
+def _callback_settings(reader: EnvReader, admin_tokens: tuple[str, ...]) -> CallbackSettings:
     tokens = reader.tokens("GATEWAY_CALLBACK_TOKEN")
     if set(tokens) & set(admin_tokens):
         raise ConfigError("GATEWAY_CALLBACK_TOKEN", "must differ from GATEWAY_ADMIN_TOKEN")
@@ -306,62 +292,6 @@ def _check(settings: Settings, emulated: bool) -> None:
         raise ConfigError("DEMO_DIR", "the demo page is only served against the emulators")
     if settings.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
-
-
-class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def plain(self, cls: type[Any]) -> dict[str, Any]:
-        """The fields of ``cls`` declared with ``env()``, read from their variables."""
-        values: dict[str, Any] = {}
-        for spec in fields(cls):
-            name = spec.metadata.get("env")
-            if name is None:
-                continue
-            kind, default = spec.metadata["kind"], cast(float, spec.default)
-            if kind == TEXT:
-                values[spec.name] = self.get(name, str, cast(str, spec.default))
-            elif kind in (POSITIVE, POSITIVE_INT):
-                value = self.positive(name, default)
-                values[spec.name] = int(value) if kind == POSITIVE_INT else value
-            else:
-                value = self.limit(name, default)
-                values[spec.name] = int(value) if kind == LIMIT_INT else value
-        return values
-
-    def declared(self, cls: type[T], **computed: Any) -> T:
-        """A component: its ``env()`` fields read here, the rest given as ``computed``."""
-        return cls(**self.plain(cls), **computed)
-
-    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
-        raw = self._env.get(name, "").strip()
-        if raw == "":
-            return default
-        try:
-            return parse(raw)
-        except ValueError:
-            raise ConfigError(name, f"cannot parse {raw!r} as {parse.__name__}") from None
-
-    def tokens(self, name: str) -> tuple[str, ...]:
-        """Comma-separated secrets: several are accepted at once, for rotation."""
-        values = tuple(t.strip() for t in self.get(name, str, "").split(",") if t.strip())
-        if any(len(t) < 16 for t in values):
-            raise ConfigError(name, "each token must be at least 16 characters")
-        return values
-
-    def limit(self, name: str, default: float) -> float:
-        """A rate or count limit: 0 disables it."""
-        value = self.get(name, float, default)
-        if not 0 <= value < float("inf"):
-            raise ConfigError(name, f"must be 0 (no limit) or a positive number, got {value!r}")
-        return value
-
-    def positive(self, name: str, default: float) -> float:
-        value = self.get(name, float, default)
-        if not value > 0 or value == float("inf"):
-            raise ConfigError(name, f"must be a positive number, got {value!r}")
-        return value
 
 
 def check_forwarded_allow_ips(value: str) -> None:
