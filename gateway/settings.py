@@ -154,6 +154,7 @@ class Settings:
                 "is required (the REST API's bearer token); `make up` generates one",
             )
         emulated = bool(variables.get("FIRESTORE_EMULATOR_HOST"))
+        on_cloud_run = bool(variables.get("K_SERVICE"))
         project_id = reader.get("GOOGLE_CLOUD_PROJECT", str, DEMO_PROJECT if emulated else None)
         if not project_id:
             raise ConfigError(
@@ -179,11 +180,11 @@ class Settings:
             ).rstrip("/"),
             log_level=reader.get("LOG_LEVEL", str, "INFO").upper(),
             # Cloud Run sets K_SERVICE: log structured JSON there unless told otherwise.
-            log_format=reader.get("LOG_FORMAT", str, "json" if variables.get("K_SERVICE") else "text"),
+            log_format=reader.get("LOG_FORMAT", str, "json" if on_cloud_run else "text"),
             demo_auth_emulator_host=reader.get(
                 "DEMO_AUTH_EMULATOR_HOST", str, variables.get("FIREBASE_AUTH_EMULATOR_HOST", "")
             ),
-            sockets=_socket_settings(reader, bool(variables.get("K_SERVICE"))),
+            sockets=_socket_settings(reader, on_cloud_run),
             writer=reader.declared(WriterSettings),
             auth=_auth_settings(reader, emulated),
             fanout=reader.declared(
