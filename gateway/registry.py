@@ -48,6 +48,7 @@ class Connection:
         "bucket",
         "bucket_at",
         "edge",
+        "replay",
     )
 
     def __init__(
@@ -73,6 +74,9 @@ class Connection:
         self.bucket_at = 0.0
         #: The socket's edge when it writes pre-encoded frames; None for other implementations.
         self.edge: FrameWriter | None = None
+        #: While a recovery replays missed durable messages: the live ones that arrive
+        #: meanwhile, (offset, frame), sent after the replay; None otherwise.
+        self.replay: list[tuple[int, str]] | None = None
 
     async def send_text(self, text: str, timeout: float) -> bool:
         """Send one text frame; False when the socket is gone or too slow to take it."""

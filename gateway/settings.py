@@ -74,6 +74,10 @@ class Settings:
     max_room_members: int = 10_000
     #: Room name prefixes any signed-in user may join, whatever the token's rooms claim.
     public_room_prefixes: tuple[str, ...] = ()
+    #: Durable streams: how many of a user's latest messages, and for how long (seconds),
+    #: a reconnecting client can recover (Centrifugo's history defaults).
+    stream_history_size: int = 300
+    stream_history_ttl: float = 300.0
     #: Peers whose X-Forwarded-For / X-Forwarded-Proto uvicorn believes ("*": every peer).
     forwarded_allow_ips: str = "127.0.0.1,::1"
     #: Browser origins allowed to open sockets and call the REST API; empty: any origin.
@@ -217,6 +221,8 @@ class Settings:
             max_rooms_per_socket=int(reader.limit("WS_MAX_ROOMS_PER_SOCKET", 50)),
             max_room_members=int(reader.limit("WS_MAX_ROOM_MEMBERS", 10_000)),
             public_room_prefixes=tuple(p for p in public_prefixes if p),
+            stream_history_size=int(reader.positive("STREAM_HISTORY_SIZE", 300)),
+            stream_history_ttl=reader.positive("STREAM_HISTORY_TTL", 300.0),
             forwarded_allow_ips=forwarded,
             client_dir=reader.get("CLIENT_DIR", str, ""),
             demo_dir=reader.get("DEMO_DIR", str, ""),
@@ -234,6 +240,11 @@ class Settings:
             raise ConfigError("PONG_WRITE_INTERVAL", "must be under half of PONG_TIMEOUT")
         if settings.batch_size > 500:
             raise ConfigError("PONG_BATCH_SIZE", "Firestore commits hold at most 500 writes")
+        if settings.stream_history_size > 10_000:
+            # A recovery reads every missed entry while the client waits: keep it bounded.
+            raise ConfigError("STREAM_HISTORY_SIZE", "must be at most 10000 messages")
+        if settings.stream_history_ttl > 7 * 86_400:
+            raise ConfigError("STREAM_HISTORY_TTL", "must be at most 604800 seconds (7 days)")
         if settings.log_format not in ("json", "text"):
             raise ConfigError("LOG_FORMAT", "must be json or text")
         if settings.demo_dir and not emulated:

@@ -13,6 +13,7 @@ limit exceeded (messages per second, sockets per user, connection attempts per a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -32,11 +33,13 @@ from gateway.protocol import (
     MessageReceived,
     PingReceived,
     PongReceived,
+    StreamAck,
     UnknownType,
     decode_frame,
 )
 from gateway.registry import Connection
 from gateway.service import PresenceService
+from gateway.streams import Position, recovery_request
 from gateway.wsproto_lean import FRAMES_EXTENSION
 
 logger = logging.getLogger("gateway.sockets")
@@ -109,7 +112,15 @@ async def serve_socket(
         conn.edge = edge
         edge.set_text_sink(HeartbeatSink(service, conn))
         del edge  # not held by this frame for the socket's life
+    recovery: asyncio.Task[Any] | None = None
+    wanted, position = _position(scope)
+    if wanted:
+        # Queue live durable messages from the moment the socket is registered, so none
+        # overtakes the replay (see PresenceService.recover).
+        conn.replay = []
     service.connected(conn)
+    if wanted:
+        recovery = asyncio.create_task(service.recover(conn, position))
     code: int | None = None
     try:
         # This frame is what an idle socket keeps suspended (see docs/benchmarks.md): the
@@ -122,7 +133,19 @@ async def serve_socket(
         code = CLOSE_INTERNAL_ERROR
         await conn.close(CLOSE_INTERNAL_ERROR, "internal error")
     finally:
+        if recovery is not None and not recovery.done():
+            recovery.cancel()
         service.disconnected(conn, code)
+
+
+def _position(scope: Any) -> tuple[bool, Position | None]:
+    """Whether the socket's URL asks for a recovery, and from which position (None: from the
+    user's acknowledged one). A malformed position counts as none: the recovery frame then
+    tells the client where the stream stands."""
+    try:
+        return recovery_request(scope.get("query_string", b""))
+    except ValueError:
+        return True, None
 
 
 async def _admit(
@@ -219,6 +242,8 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
             messages.encode(AuthOk("auth_ok", iso(expires), iso(utc_now()))), timeout
         )
         await service.drop_ungranted_rooms(conn)
+    elif isinstance(decoded, StreamAck):
+        service.stream_ack(conn, decoded.epoch, decoded.offset)
     elif isinstance(decoded, JoinRoom | LeaveRoom):
         await _on_room(service, conn, decoded, timeout)
     elif isinstance(decoded, UnknownType):

@@ -1,0 +1,97 @@
+"""The Firestore backend of :class:`gateway.streams.StreamStore`.
+
+Cost per durable message: the append is one transaction, 1 read (the head) and 2 writes (the
+head's new top, the entry). Acknowledgements add at most one write per user per flush of the
+write-behind buffer (``PONG_FLUSH_INTERVAL``). A recovery reads the head and the missed entries
+(1 + n reads). The entries expire through a TTL policy on ``stream_entries.expires_at``
+(docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from gateway.schema import (
+    CREATED_AT,
+    ENTRY_OFFSET,
+    EXPIRES_AT,
+    PAYLOAD,
+    STREAM_ENTRIES,
+    STREAM_EPOCH,
+    STREAMS,
+    TOP_OFFSET,
+    UPDATED_AT,
+)
+from gateway.streams import Entry, Head, entry_id, head_from, new_epoch
+
+APPEND_TIMEOUT = 10.0
+
+
+class FirestoreStreamStore:
+    def __init__(self, client: Any, ttl: float) -> None:
+        #: The gateway's AsyncClient (shared with FirestoreStore: one channel).
+        self._client = client
+        self.ttl = ttl
+
+    async def append(self, user_id: str, payload: str, now: datetime) -> tuple[str, int]:
+        from google.cloud.firestore import async_transactional
+
+        head_ref = self._client.collection(STREAMS).document(user_id)
+        expires = now + timedelta(seconds=self.ttl)
+
+        @async_transactional
+        async def allocate(transaction: Any) -> tuple[str, int]:
+            snapshot = await head_ref.get(transaction=transaction)
+            head = head_from(snapshot.to_dict() if snapshot.exists else None)
+            epoch = head.epoch if head is not None else new_epoch()
+            offset = head.top + 1 if head is not None else 1
+            # merge: the acknowledged position (written behind) is not this transaction's.
+            transaction.set(
+                head_ref, {STREAM_EPOCH: epoch, TOP_OFFSET: offset, UPDATED_AT: now}, merge=True
+            )
+            transaction.create(
+                head_ref.collection(STREAM_ENTRIES).document(entry_id(offset)),
+                {
+                    ENTRY_OFFSET: offset,
+                    STREAM_EPOCH: epoch,
+                    PAYLOAD: payload,
+                    CREATED_AT: now,
+                    EXPIRES_AT: expires,
+                },
+            )
+            return epoch, offset
+
+        # Contention on one user's head (concurrent sends to the same user) retries the
+        # transaction, up to the library's 5 attempts.
+        result: tuple[str, int] = await allocate(self._client.transaction())
+        return result
+
+    async def head(self, user_id: str, timeout: float) -> Head | None:
+        snapshot = (
+            await self._client.collection(STREAMS)
+            .document(user_id)
+            .get(retry=None, timeout=timeout)
+        )
+        return head_from(snapshot.to_dict() if snapshot.exists else None)
+
+    async def entries(self, user_id: str, after: int, top: int, timeout: float) -> list[Entry]:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        # Single-field ranges on one field: served by Firestore's automatic index.
+        query = (
+            self._client.collection(STREAMS)
+            .document(user_id)
+            .collection(STREAM_ENTRIES)
+            .where(filter=FieldFilter(ENTRY_OFFSET, ">", after))
+            .where(filter=FieldFilter(ENTRY_OFFSET, "<=", top))
+            .order_by(ENTRY_OFFSET)
+        )
+        found = []
+        async for snapshot in query.stream(retry=None, timeout=timeout):
+            data = snapshot.to_dict() or {}
+            found.append(Entry(int(data[ENTRY_OFFSET]), str(data[PAYLOAD]), data[CREATED_AT]))
+        return found
+
+    async def close(self) -> None:
+        return None  # the client belongs to FirestoreStore
