@@ -287,6 +287,7 @@ class Deployment:
             raise DeploymentUnavailable(
                 f"the message could not be stored in user {user_id!r}'s stream: {exc!r}"
             ) from exc
+        self.service.stream_appends += 1
         text = stream_frame(epoch, offset, body)
         try:
             sent = await self.send(user_id, {}, text=text, offset=offset)

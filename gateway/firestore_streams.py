@@ -9,6 +9,7 @@ write-behind buffer (``PONG_FLUSH_INTERVAL``). A recovery reads the head and the
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +26,8 @@ from gateway.schema import (
 )
 from gateway.streams import Entry, Head, entry_id, head_from, new_epoch
 
-APPEND_TIMEOUT = 10.0
+#: Attempts of one append's transaction when other instances append to the same stream.
+APPEND_ATTEMPTS = 10
 
 
 class FirestoreStreamStore:
@@ -33,8 +35,24 @@ class FirestoreStreamStore:
         #: The gateway's AsyncClient (shared with FirestoreStore: one channel).
         self._client = client
         self.ttl = ttl
+        #: One append at a time per user on this instance: concurrent transactions on one head
+        #: would only abort each other (the emulator gives up after a few rounds of 8).
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def append(self, user_id: str, payload: str, now: datetime) -> tuple[str, int]:
+        lock, users = self._locks.get(user_id) or (asyncio.Lock(), 0)
+        self._locks[user_id] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._append(user_id, payload, now)
+        finally:
+            lock, users = self._locks[user_id]
+            if users == 1:
+                del self._locks[user_id]
+            else:
+                self._locks[user_id] = (lock, users - 1)
+
+    async def _append(self, user_id: str, payload: str, now: datetime) -> tuple[str, int]:
         from google.cloud.firestore import async_transactional
 
         head_ref = self._client.collection(STREAMS).document(user_id)
@@ -50,7 +68,8 @@ class FirestoreStreamStore:
             transaction.set(
                 head_ref, {STREAM_EPOCH: epoch, TOP_OFFSET: offset, UPDATED_AT: now}, merge=True
             )
-            transaction.create(
+            # set, not create: a stream lost and started again reuses the old offsets' ids.
+            transaction.set(
                 head_ref.collection(STREAM_ENTRIES).document(entry_id(offset)),
                 {
                     ENTRY_OFFSET: offset,
@@ -62,9 +81,9 @@ class FirestoreStreamStore:
             )
             return epoch, offset
 
-        # Contention on one user's head (concurrent sends to the same user) retries the
-        # transaction, up to the library's 5 attempts.
-        result: tuple[str, int] = await allocate(self._client.transaction())
+        # Another instance appending to the same stream aborts one of the two; it is retried.
+        transaction = self._client.transaction(max_attempts=APPEND_ATTEMPTS)
+        result: tuple[str, int] = await allocate(transaction)
         return result
 
     async def head(self, user_id: str, timeout: float) -> Head | None:

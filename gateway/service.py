@@ -101,6 +101,7 @@ class PresenceService:
         self.recoveries: Counter[str] = Counter()
         self.replayed = 0
         self.stream_acks = 0
+        self.stream_appends = 0
         #: None when AUTH_MODE=off (emulators only).
         self.verifier = verifier
         self.registry = Registry()
