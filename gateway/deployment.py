@@ -325,10 +325,14 @@ class Deployment:
                 ) from exc
             logger.warning("send: Firestore unavailable, delivered on this instance: %r", exc)
             return Delivery(delivered, 1, here, [], "instance")
-        if not elsewhere:
+        if not elsewhere and not offset:
             if not delivered:
                 raise UserNotConnectedError(user_id)
             return Delivery(delivered, 1, here, [], "deployment")
+        # A durable message is published even when Firestore lists no other instance: a socket
+        # that connected since (its record trails by one flush) may have recovered before the
+        # message was stored, and only the live copy reaches it. Instances without the user's
+        # sockets drop it on its attributes; none is waited for beyond those listed.
         event = self._event(
             "send", user_id=user_id, text=text, expect=sorted(elsewhere), offset=offset
         )

@@ -105,6 +105,8 @@ async def serve_socket(
     """Run one client socket from handshake to close."""
     # The edge's fast paths (gateway.wsproto_lean), when the server runs that protocol.
     edge = (scope.get("extensions") or {}).get(FRAMES_EXTENSION)
+    # Read before the accept: the lean edge trims the scope to the socket's identity then.
+    wanted, position = _position(scope)
     conn = await _admit(service, user_id, scope, receive, send)
     if conn is None:
         return
@@ -113,7 +115,6 @@ async def serve_socket(
         edge.set_text_sink(HeartbeatSink(service, conn))
         del edge  # not held by this frame for the socket's life
     recovery: asyncio.Task[Any] | None = None
-    wanted, position = _position(scope)
     if wanted:
         # Queue live durable messages from the moment the socket is registered, so none
         # overtakes the replay (see PresenceService.recover).
@@ -121,6 +122,7 @@ async def serve_socket(
     service.connected(conn)
     if wanted:
         recovery = asyncio.create_task(service.recover(conn, position))
+        recovery.add_done_callback(_log_failure)
     code: int | None = None
     try:
         # This frame is what an idle socket keeps suspended (see docs/benchmarks.md): the
@@ -136,6 +138,11 @@ async def serve_socket(
         if recovery is not None and not recovery.done():
             recovery.cancel()
         service.disconnected(conn, code)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("recovery failed", exc_info=task.exception())
 
 
 def _position(scope: Any) -> tuple[bool, Position | None]:
