@@ -2,9 +2,10 @@
 
 Cost per durable message: the append is one transaction, 1 read (the head) and 2 writes (the
 head's new top, the entry). Acknowledgements add at most one write per user per flush of the
-write-behind buffer (``PONG_FLUSH_INTERVAL``). A recovery reads the head and the missed entries
-(1 + n reads). The entries expire through a TTL policy on ``stream_entries.expires_at``
-(docs/deployment.md).
+write-behind buffer (``PONG_FLUSH_INTERVAL``), to ``stream_acks/{user_id}``: not the head, whose
+transactions' locks the buffer's batches would otherwise wait on. A recovery reads the head and
+the missed entries (1 + n reads; one more, the acknowledgement, when no position is presented).
+The entries expire through a TTL policy on ``stream_entries.expires_at`` (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from gateway.schema import (
     ENTRY_OFFSET,
     EXPIRES_AT,
     PAYLOAD,
+    STREAM_ACKS,
     STREAM_ENTRIES,
     STREAM_EPOCH,
     STREAMS,
@@ -64,7 +66,6 @@ class FirestoreStreamStore:
             head = head_from(snapshot.to_dict() if snapshot.exists else None)
             epoch = head.epoch if head is not None else new_epoch()
             offset = head.top + 1 if head is not None else 1
-            # merge: the acknowledged position (written behind) is not this transaction's.
             transaction.set(
                 head_ref, {STREAM_EPOCH: epoch, TOP_OFFSET: offset, UPDATED_AT: now}, merge=True
             )
@@ -86,13 +87,15 @@ class FirestoreStreamStore:
         result: tuple[str, int] = await allocate(transaction)
         return result
 
-    async def head(self, user_id: str, timeout: float) -> Head | None:
-        snapshot = (
-            await self._client.collection(STREAMS)
-            .document(user_id)
-            .get(retry=None, timeout=timeout)
-        )
-        return head_from(snapshot.to_dict() if snapshot.exists else None)
+    async def head(self, user_id: str, timeout: float, *, with_ack: bool = False) -> Head | None:
+        refs = [self._client.collection(STREAMS).document(user_id)]
+        if with_ack:
+            refs.append(self._client.collection(STREAM_ACKS).document(user_id))
+        found: dict[str, dict[str, Any]] = {}
+        async for snapshot in self._client.get_all(refs, retry=None, timeout=timeout):
+            if snapshot.exists:
+                found[snapshot.reference.parent.id] = snapshot.to_dict() or {}
+        return head_from(found.get(STREAMS), found.get(STREAM_ACKS))
 
     async def entries(self, user_id: str, after: int, top: int, timeout: float) -> list[Entry]:
         from google.cloud.firestore_v1.base_query import FieldFilter

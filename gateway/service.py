@@ -31,7 +31,7 @@ from gateway.schema import (
     HEARTBEAT_AT,
     INSTANCES,
     STOPPED_AT,
-    STREAMS,
+    STREAM_ACKS,
 )
 from gateway.settings import Settings
 from gateway.store import (
@@ -337,7 +337,7 @@ class PresenceService:
     ) -> tuple[RecoveryFrame, list[str]]:
         """The recovery frame and the missed messages' frames, from the stream store."""
         settings = self.settings
-        head = await self.streams.head(user_id, READ_TIMEOUT)
+        head = await self.streams.head(user_id, READ_TIMEOUT, with_ack=position is None)
         decision = plan_recovery(position, head, settings.stream_history_size)
         if not isinstance(decision, Plan):
             return self._recovery(False, decision.epoch, decision.top, 0, decision.reason), []
@@ -365,7 +365,7 @@ class PresenceService:
         resumes from it."""
         self.stream_acks += 1
         fields = {ACKED_EPOCH: epoch, ACKED_OFFSET: offset, ACKED_AT: utc_now()}
-        self.writer.put(Write(STREAMS, conn.user_id, fields))
+        self.writer.put(Write(STREAM_ACKS, conn.user_id, fields))
 
     async def broadcast_text(self, text: str, exclude_user: str | None) -> tuple[set[str], int]:
         """Send an encoded frame to every socket here except ``exclude_user``'s; return the

@@ -25,7 +25,14 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from gateway.schema import ACKED_EPOCH, ACKED_OFFSET, STREAM_EPOCH, STREAMS, TOP_OFFSET
+from gateway.schema import (
+    ACKED_EPOCH,
+    ACKED_OFFSET,
+    STREAM_ACKS,
+    STREAM_EPOCH,
+    STREAMS,
+    TOP_OFFSET,
+)
 
 #: Why a recovery did not recover (the ``reason`` of a ``recovery`` frame).
 Reason = Literal["epoch_changed", "window_exceeded", "no_position", "unavailable"]
@@ -56,13 +63,13 @@ class Entry(NamedTuple):
     created_at: datetime
 
 
-def head_from(doc: Mapping[str, Any] | None) -> Head | None:
-    """The head in a streams/{user_id} document; None when there is no stream (no document,
-    or one holding only an acknowledgement)."""
+def head_from(doc: Mapping[str, Any] | None, ack: Mapping[str, Any] | None = None) -> Head | None:
+    """The head in a streams/{user_id} document, with the stream_acks/{user_id} document's
+    acknowledged position; None when there is no stream."""
     if not doc or not isinstance(doc.get(STREAM_EPOCH), str):
         return None
-    acked_epoch = doc.get(ACKED_EPOCH)
-    acked_offset = doc.get(ACKED_OFFSET)
+    acked_epoch = (ack or {}).get(ACKED_EPOCH)
+    acked_offset = (ack or {}).get(ACKED_OFFSET)
     return Head(
         doc[STREAM_EPOCH],
         int(doc.get(TOP_OFFSET, 0)),
@@ -187,8 +194,9 @@ class StreamStore(Protocol):
     async def append(self, user_id: str, payload: str, now: datetime) -> tuple[str, int]:
         """Allocate the next offset and store the payload, atomically; (epoch, offset)."""
 
-    async def head(self, user_id: str, timeout: float) -> Head | None:
-        """The stream's head, or None when the user has no stream."""
+    async def head(self, user_id: str, timeout: float, *, with_ack: bool = False) -> Head | None:
+        """The stream's head, or None when the user has no stream; ``with_ack``: with the
+        user's acknowledged position (one more read)."""
 
     async def entries(self, user_id: str, after: int, top: int, timeout: float) -> list[Entry]:
         """The stored entries ``after`` < offset <= ``top``, in offset order."""
@@ -220,8 +228,9 @@ class MemoryStreamStore:
         self.stored.setdefault(user_id, {})[offset] = Entry(offset, payload, now)
         return epoch, offset
 
-    async def head(self, user_id: str, timeout: float) -> Head | None:
-        return head_from(self.docs.get((STREAMS, user_id)))
+    async def head(self, user_id: str, timeout: float, *, with_ack: bool = False) -> Head | None:
+        ack = self.docs.get((STREAM_ACKS, user_id)) if with_ack else None
+        return head_from(self.docs.get((STREAMS, user_id)), ack)
 
     async def entries(self, user_id: str, after: int, top: int, timeout: float) -> list[Entry]:
         kept = self.stored.get(user_id, {})

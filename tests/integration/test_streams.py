@@ -25,6 +25,7 @@ from gateway.schema import (
     ENTRY_OFFSET,
     EXPIRES_AT,
     PAYLOAD,
+    STREAM_ACKS,
     STREAM_ENTRIES,
     STREAM_EPOCH,
     STREAMS,
@@ -99,16 +100,17 @@ async def test_concurrent_appends_get_distinct_contiguous_offsets(backend: Backe
     assert [e.offset for e in stored] == list(range(1, 9))
 
 
-async def test_an_acknowledgement_merges_into_the_head_without_touching_it(
+async def test_the_acknowledged_position_is_read_with_the_head_when_asked(
     backend: Backend,
 ) -> None:
-    """The write-behind ack and the append transaction write different fields of one document."""
+    """The write-behind ack lives beside the head; ``with_ack`` reads both."""
     user = uid()
     epoch, _ = await backend.streams.append(user, "{}", utc_now())
     ack = {ACKED_EPOCH: epoch, ACKED_OFFSET: 1, ACKED_AT: utc_now()}
-    await backend.store.commit([Write(STREAMS, user, ack)])
+    await backend.store.commit([Write(STREAM_ACKS, user, ack)])
     await backend.streams.append(user, "{}", utc_now())
-    assert await backend.streams.head(user, 5) == Head(epoch, 2, epoch, 1)
+    assert await backend.streams.head(user, 5, with_ack=True) == Head(epoch, 2, epoch, 1)
+    assert await backend.streams.head(user, 5) == Head(epoch, 2)
 
 
 async def test_a_lost_stream_starts_again_with_a_new_epoch(backend: Backend) -> None:

@@ -14,7 +14,7 @@ from gateway.exceptions import ConfigError, ProtocolError
 from gateway.messages import utc_now
 from gateway.protocol import StreamAck, decode_frame
 from gateway.registry import Connection
-from gateway.schema import ACKED_EPOCH, ACKED_OFFSET, STREAMS
+from gateway.schema import ACKED_EPOCH, ACKED_OFFSET, STREAM_ACKS
 from gateway.service import PresenceService
 from gateway.settings import Settings
 from gateway.store import MemoryStore
@@ -187,7 +187,7 @@ async def test_a_store_failure_answers_not_recovered_unavailable() -> None:
     store = MemoryStore()
     streams = MemoryStreamStore(store.docs, 300)
 
-    async def broken(user_id: str, timeout: float) -> Head | None:
+    async def broken(user_id: str, timeout: float, *, with_ack: bool = False) -> Head | None:
         raise ConnectionError("down")
 
     streams.head = broken  # type: ignore[method-assign]
@@ -214,7 +214,7 @@ async def test_an_ack_is_written_behind_and_stands_in_for_a_missing_position() -
     conn = Connection("u1", "s1", utc_now(), Wire())
     service.stream_ack(conn, epoch, 1)
     await service.writer.flush_once()
-    doc = store.docs[(STREAMS, "u1")]
+    doc = store.docs[(STREAM_ACKS, "u1")]
     assert (doc[ACKED_EPOCH], doc[ACKED_OFFSET]) == (epoch, 1)
     wire = Wire()
     again = Connection("u1", "s2", utc_now(), wire)
