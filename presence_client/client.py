@@ -635,11 +635,13 @@ class PresenceClient:
                 ),
             )
             return
-        # Queued before anything reacts to the frame, so that a stream also gets the frame
+        kind = classify_frame(frame)
+        if kind is FrameKind.STREAM and not self._on_stream(frame):
+            return  # a duplicate (or malformed): nobody hears of it again
+        # Queued before anything else reacts to the frame, so that a stream also gets the frame
         # that ends it (the timeout message); its reader runs later, after the pong went out.
         for stream in list(self._streams):
             stream._offer(frame)
-        kind = classify_frame(frame)
         if kind is FrameKind.PING:
             await self._on_ping(frame)
         elif kind is FrameKind.ACK:
@@ -657,9 +659,6 @@ class PresenceClient:
             self._on_left(frame)
         elif kind is FrameKind.ERROR:
             self._on_server_error(frame)
-        elif kind is FrameKind.STREAM:
-            if not self._on_stream(frame):
-                return  # a duplicate: nobody hears of it again
         elif kind is FrameKind.RECOVERY:
             self._on_recovery(frame)
         elif kind in (FrameKind.TIMEOUT, FrameKind.SIGNED_OUT):
