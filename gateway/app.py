@@ -16,6 +16,7 @@ from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
     HTTPException,
+    ValidationException,
 )
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
@@ -54,9 +55,10 @@ from gateway.metrics import GatewayCollector
 from gateway.rooms import RoomRefused, check_room_name
 from gateway.service import MessageHandler, PresenceService, log_message
 from gateway.settings import Settings
-from gateway.sockets import serve_socket
+from gateway.sockets import serve_socket, valid_user_id
 from gateway.stats import instance_stats
-from gateway.store import Store
+from gateway.store import MemoryStore, Store
+from gateway.streams import MemoryStreamStore, StreamStore
 
 logger = logging.getLogger("gateway.app")
 
@@ -120,10 +122,30 @@ async def ws_stats(
 
 @post("/ws/send/{user_id:str}", guards=[require_admin], status_code=200)
 async def ws_send(
-    request: Request[Any, Any, Any], user_id: str, data: dict[str, Any]
+    request: Request[Any, Any, Any],
+    user_id: str,
+    data: dict[str, Any],
+    durable: Annotated[bool, Parameter(query="durable")] = False,
 ) -> SendResponse:
     """Send the JSON object body, as is, to every socket of the user on every live instance
-    (404 when none holds one)."""
+    (404 when none holds one). ``?durable=true``: store it in the user's stream first, deliver
+    it wrapped in a ``stream`` frame, and answer 200 even when no socket took it (the client
+    recovers it on reconnect); 503 when it could not be stored."""
+    if durable:
+        if not valid_user_id(user_id):
+            raise ValidationException(f"invalid user id {user_id[:130]!r}")
+        stored = await _deployment(request).send_durable(user_id, data)
+        sent = stored.delivery
+        return SendResponse(
+            "success",
+            "Message stored and sent" if sent.connections else "Message stored",
+            sent.connections,
+            sent.scope,
+            sent.instances,
+            sent.unreachable,
+            stored.epoch,
+            stored.offset,
+        )
     sent = await _deployment(request).send(user_id, data)
     return SendResponse(
         "success",
@@ -240,6 +262,17 @@ def _error_body(request: Request[Any, Any, Any], exc: Exception) -> Response[Err
     )
 
 
+def _streams_for(store: Store, settings: Settings) -> StreamStore:
+    """The durable streams beside the store: in Firestore through the same client, or in
+    memory beside a MemoryStore (unit tests)."""
+    if isinstance(store, FirestoreStore):
+        from gateway.firestore_streams import FirestoreStreamStore
+
+        return FirestoreStreamStore(store.client, settings.streams.history_ttl)
+    docs = store.docs if isinstance(store, MemoryStore) else {}
+    return MemoryStreamStore(docs, settings.streams.history_ttl)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -256,8 +289,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         verifier = FirebaseVerifier(settings.project_id) if settings.auth.required else None
+        store = make_store(settings)
         service = PresenceService(
-            settings, make_store(settings), message_handler=message_handler, verifier=verifier
+            settings,
+            store,
+            message_handler=message_handler,
+            verifier=verifier,
+            streams=_streams_for(store, settings),
         )
         broker = (
             PubSubBroker(

@@ -31,6 +31,7 @@ from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.messages import RoomMember, RoomResponse, StatsResponse
 from gateway.service import PresenceService
 from gateway.stats import instance_stats, merge_stats
+from gateway.streams import stream_frame
 
 logger = logging.getLogger("gateway.deployment")
 
@@ -62,6 +63,8 @@ class Event(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     stats: StatsResponse | None = None
     #: The room of a room send or membership request.
     room: str = ""
+    #: A durable send's offset in the user's stream (0: a plain send).
+    offset: int = 0
 
 
 _decode = msgspec.json.Decoder(Event).decode
@@ -79,6 +82,14 @@ class Delivery(NamedTuple):
     #: Live instances that did not answer in time: their sockets may have missed the message.
     unreachable: list[str]
     scope: Scope
+
+
+class DurableDelivery(NamedTuple):
+    """What a durable send stored and reached."""
+
+    delivery: Delivery
+    epoch: str
+    offset: int
 
 
 class _Pending:
@@ -187,7 +198,12 @@ class Deployment:
         service = self.service
         reply = Event("reply", event.id, self.me, instance=self.me)
         if event.kind == "send":
-            reply.connections = await service.send_text(event.user_id, event.text)
+            if event.offset:
+                reply.connections = await service.send_durable(
+                    event.user_id, event.text, event.offset
+                )
+            else:
+                reply.connections = await service.send_text(event.user_id, event.text)
             if not reply.connections and self.me not in event.expect:
                 return
             reply.users = [event.user_id] if reply.connections else []
@@ -258,13 +274,43 @@ class Deployment:
     ) -> Event:
         return Event(kind, uuid.uuid4().hex, self.me, **fields)
 
-    async def send(self, user_id: str, payload: dict[str, Any]) -> Delivery:
-        """Send a JSON object to every socket of the user, on whichever instances hold them.
+    async def send_durable(self, user_id: str, payload: dict[str, Any]) -> DurableDelivery:
+        """Append a JSON object to the user's stream, then deliver it like ``send``. Stored
+        means delivered sooner or later: no socket anywhere, or an instance out of reach, is
+        no error (the client recovers the message when it reconnects).
+
+        Raises DeploymentUnavailable when the stream cannot be written (nothing was sent)."""
+        body = messages.encode(payload)
+        try:
+            epoch, offset = await self.service.streams.append(user_id, body, messages.utc_now())
+        except Exception as exc:
+            raise DeploymentUnavailable(
+                f"the message could not be stored in user {user_id!r}'s stream: {exc!r}"
+            ) from exc
+        self.service.stream_appends += 1
+        text = stream_frame(epoch, offset, body)
+        try:
+            sent = await self.send(user_id, {}, text=text, offset=offset)
+        except UserNotConnectedError:
+            sent = Delivery(0, 0, [], [], "deployment" if self.broker else "instance")
+        except DeploymentUnavailable as exc:
+            logger.warning("durable send stored, not delivered live: %s", exc)
+            sent = Delivery(0, 0, [], [], "instance")
+        return DurableDelivery(sent, epoch, offset)
+
+    async def send(
+        self, user_id: str, payload: dict[str, Any], *, text: str = "", offset: int = 0
+    ) -> Delivery:
+        """Send a JSON object to every socket of the user, on whichever instances hold them
+        (or, from ``send_durable``, the encoded frame ``text`` of stream ``offset``).
 
         Raises UserNotConnectedError when no live instance holds one, DeploymentUnavailable
         when the user is not here and Firestore or the broker cannot be reached."""
-        text = messages.encode(payload)
-        delivered = await self.service.send_text(user_id, text)
+        if offset:
+            delivered = await self.service.send_durable(user_id, text, offset)
+        else:
+            text = messages.encode(payload)
+            delivered = await self.service.send_text(user_id, text)
         here = [self.me] if delivered else []
         if self.broker is None:
             if not delivered:
@@ -279,11 +325,17 @@ class Deployment:
                 ) from exc
             logger.warning("send: Firestore unavailable, delivered on this instance: %r", exc)
             return Delivery(delivered, 1, here, [], "instance")
-        if not elsewhere:
+        if not elsewhere and not offset:
             if not delivered:
                 raise UserNotConnectedError(user_id)
             return Delivery(delivered, 1, here, [], "deployment")
-        event = self._event("send", user_id=user_id, text=text, expect=sorted(elsewhere))
+        # A durable message is published even when Firestore lists no other instance: a socket
+        # that connected since (its record trails by one flush) may have recovered before the
+        # message was stored, and only the live copy reaches it. Instances without the user's
+        # sockets drop it on its attributes; none is waited for beyond those listed.
+        event = self._event(
+            "send", user_id=user_id, text=text, expect=sorted(elsewhere), offset=offset
+        )
         try:
             replies, missing = await self._ask(event, set(elsewhere))
         except BrokerUnavailable as exc:

@@ -45,6 +45,11 @@ class FirestoreStore:
                 "commit to commit_with_batch"
             )
 
+    @property
+    def client(self) -> Any:
+        """The async client, for the durable streams (gateway.firestore_streams)."""
+        return self._client
+
     async def commit(self, writes: Sequence[Write]) -> None:
         # The Commit RPC is called with protobufs built here instead of through the public
         # batch.set(merge=True) + batch.commit() (commit_with_batch, the same single atomic RPC).

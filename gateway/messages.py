@@ -166,7 +166,7 @@ class StatsResponse(msgspec.Struct):
     pong_writers: dict[str, PongWriterStats]
 
 
-class SendResponse(msgspec.Struct):
+class SendResponse(msgspec.Struct, omit_defaults=True):
     status: Literal["success"]
     message: str
     connections: int
@@ -175,6 +175,9 @@ class SendResponse(msgspec.Struct):
     scope: Literal["deployment", "instance"]
     instances: list[str]
     unreachable_instances: list[str]
+    #: A durable send's place in the user's stream (absent for a plain send).
+    epoch: str | None = None
+    offset: int | None = None
 
 
 class BroadcastResponse(msgspec.Struct):

@@ -69,6 +69,27 @@ class GatewayCollector:
             "Writes dropped because the buffer was full",
             writer.dropped_writes,
         )
+        yield CounterMetricFamily(
+            "gateway_stream_appends",
+            "Durable messages stored in users' streams (each: 1 read, 2 writes)",
+            service.stream_appends,
+        )
+        yield CounterMetricFamily(
+            "gateway_stream_acks", "stream_ack frames received", service.stream_acks
+        )
+        yield CounterMetricFamily(
+            "gateway_stream_replayed",
+            "Durable messages replayed to reconnecting clients",
+            service.replayed,
+        )
+        recoveries = CounterMetricFamily(
+            "gateway_stream_recoveries",
+            "Recoveries, by result: recovered or the reason they were not",
+            labels=["result"],
+        )
+        for result, count in sorted(service.recoveries.items()):
+            recoveries.add_metric([result], count)
+        yield recoveries
         yield GaugeMetricFamily(
             "gateway_buffer_documents",
             "Documents waiting in the write-behind buffer",

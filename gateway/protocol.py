@@ -89,8 +89,23 @@ class LeaveRoom:
     id: str | int | None
 
 
+@dataclass(frozen=True, slots=True)
+class StreamAck:
+    """The client has processed its durable stream up to ``offset`` of ``epoch``."""
+
+    epoch: str
+    offset: int
+
+
 ClientEvent = (
-    PongReceived | PingReceived | MessageReceived | AuthRefresh | JoinRoom | LeaveRoom | UnknownType
+    PongReceived
+    | PingReceived
+    | MessageReceived
+    | AuthRefresh
+    | JoinRoom
+    | LeaveRoom
+    | StreamAck
+    | UnknownType
 )
 
 _PONG = PongReceived()
@@ -144,6 +159,15 @@ def decode_value(value: Any) -> ClientEvent:
             raise ProtocolError("invalid_field", f'A "{kind}" needs a string "room"')
         # The name itself is checked by gateway.rooms, whose refusal echoes the room and id.
         return JoinRoom(room, _ident(value)) if kind == "join" else LeaveRoom(room, _ident(value))
+    if kind == "stream_ack":
+        epoch, offset = value.get("epoch"), value.get("offset")
+        if not isinstance(epoch, str) or len(epoch) > 64:
+            raise ProtocolError("invalid_field", 'A "stream_ack" needs a string "epoch"')
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ProtocolError(
+                "invalid_field", 'A "stream_ack" needs a non-negative integer "offset"'
+            )
+        return StreamAck(epoch, offset)
     if kind == "auth":
         token = value.get("token")
         if not isinstance(token, str) or not token:

@@ -54,6 +54,7 @@ class Connection:
         "session",
         "room_grants",
         "edge",
+        "replay",
     )
 
     def __init__(
@@ -76,6 +77,9 @@ class Connection:
         self.room_grants = room_grants
         #: The socket's edge when it writes pre-encoded frames; None for other implementations.
         self.edge: FrameWriter | None = None
+        #: While a recovery replays missed durable messages: the live ones that arrive
+        #: meanwhile, (offset, frame), sent after the replay; None otherwise.
+        self.replay: list[tuple[int, str]] | None = None
 
     async def send_text(self, text: str, timeout: float) -> bool:
         """Send one text frame; False when the socket is gone or too slow to take it."""

@@ -25,7 +25,15 @@ from gateway.exceptions import AuthError
 from gateway.limits import ConnectLimiter
 from gateway.messages import ErrorMessage, SignedOut, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry, text_frame
-from gateway.schema import HEARTBEAT_AT, INSTANCES, STOPPED_AT
+from gateway.schema import (
+    ACKED_AT,
+    ACKED_EPOCH,
+    ACKED_OFFSET,
+    HEARTBEAT_AT,
+    INSTANCES,
+    STOPPED_AT,
+    STREAM_ACKS,
+)
 from gateway.session import SessionLimits
 from gateway.settings import Settings
 from gateway.store import (
@@ -36,6 +44,16 @@ from gateway.store import (
     disconnect_writes,
     instance_write,
     pong_write,
+)
+from gateway.streams import (
+    MemoryStreamStore,
+    Plan,
+    Position,
+    RecoveryFrame,
+    StreamStore,
+    check_entries,
+    plan_recovery,
+    stream_frame,
 )
 from gateway.writer import WriteBehind
 
@@ -73,9 +91,17 @@ class PresenceService:
         *,
         message_handler: MessageHandler = log_message,
         verifier: TokenVerifier | None = None,
+        streams: StreamStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        #: Durable message streams (gateway.streams); in memory unless given (unit tests).
+        self.streams: StreamStore = streams or MemoryStreamStore({}, settings.streams.history_ttl)
+        #: Recoveries by outcome (recovered, or the reason they did not), and messages replayed.
+        self.recoveries: Counter[str] = Counter()
+        self.replayed = 0
+        self.stream_acks = 0
+        self.stream_appends = 0
         #: None when AUTH_MODE=off (emulators only).
         self.verifier = verifier
         self.registry = Registry()
@@ -145,6 +171,7 @@ class PresenceService:
         # stopped and flush everything before the process ends.
         self.writer.put(Write(INSTANCES, self.settings.instance_id, {STOPPED_AT: utc_now()}))
         await self.writer.close()
+        await self.streams.close()
         await self.store.close()
         logger.info("gateway instance %s stopped", self.settings.instance_id)
 
@@ -269,6 +296,82 @@ class PresenceService:
         took it."""
         sockets = self.registry.sockets_of(user_id)
         return await self._send_all(sockets, text) if sockets else 0
+
+    async def send_durable(self, user_id: str, text: str, offset: int) -> int:
+        """Send a durable message's frame to the user's sockets here. A socket still replaying
+        what it missed gets it queued, behind the replay, so the client sees offsets in order."""
+        live = []
+        queued = 0
+        for conn in self.registry.sockets_of(user_id):
+            if conn.replay is not None:
+                conn.replay.append((offset, text))
+                queued += 1
+            else:
+                live.append(conn)
+        return queued + (await self._send_all(live, text) if live else 0)
+
+    async def recover(self, conn: Connection, position: Position | None) -> RecoveryFrame:
+        """Replay what the socket's client missed of the user's stream, send the ``recovery``
+        frame, then the live messages queued meanwhile (``conn.replay``, set before the socket
+        was registered). Returns the frame sent."""
+        timeout = self.settings.sockets.send_timeout
+        try:
+            result, frames = await self._plan_replay(conn.user_id, position)
+        except Exception as exc:
+            logger.warning("recovery failed user=%s: %r", conn.user_id, exc)
+            # Without the stream nobody can tell what the client missed: it refetches.
+            epoch, offset = (position.epoch, position.offset) if position else ("", 0)
+            result, frames = self._recovery(False, epoch, offset, 0, "unavailable"), []
+        for frame in frames:
+            await conn.send_text(frame, timeout)
+        self.replayed += len(frames)
+        await conn.send_text(messages.encode(result), timeout)
+        # Live messages that arrived during the replay: those it covered are dropped (the
+        # client would drop them too), the rest follow in the order they came.
+        queued = conn.replay or []
+        while queued:
+            batch = list(queued)
+            queued.clear()
+            for offset, text in batch:
+                if not (result.epoch and offset <= result.offset):
+                    await conn.send_text(text, timeout)
+        conn.replay = None
+        return result
+
+    async def _plan_replay(
+        self, user_id: str, position: Position | None
+    ) -> tuple[RecoveryFrame, list[str]]:
+        """The recovery frame and the missed messages' frames, from the stream store."""
+        settings = self.settings
+        head = await self.streams.head(user_id, READ_TIMEOUT, with_ack=position is None)
+        decision = plan_recovery(position, head, settings.streams.history_size)
+        if not isinstance(decision, Plan):
+            return self._recovery(False, decision.epoch, decision.top, 0, decision.reason), []
+        entries = []
+        if decision.top > decision.after:
+            entries = await self.streams.entries(
+                user_id, decision.after, decision.top, READ_TIMEOUT
+            )
+            if not check_entries(entries, decision, utc_now(), settings.streams.history_ttl):
+                return (
+                    self._recovery(False, decision.epoch, decision.top, 0, "window_exceeded"),
+                    [],
+                )
+        frames = [stream_frame(decision.epoch, e.offset, e.payload) for e in entries]
+        return self._recovery(True, decision.epoch, decision.top, len(frames), None), frames
+
+    def _recovery(
+        self, recovered: bool, epoch: str, offset: int, missed: int, reason: str | None
+    ) -> RecoveryFrame:
+        self.recoveries["recovered" if recovered else reason or "not_recovered"] += 1
+        return RecoveryFrame("recovery", recovered, epoch, offset, missed, iso(utc_now()), reason)
+
+    def stream_ack(self, conn: Connection, epoch: str, offset: int) -> None:
+        """Store the user's acknowledged position, written behind: a reconnect presenting none
+        resumes from it."""
+        self.stream_acks += 1
+        fields = {ACKED_EPOCH: epoch, ACKED_OFFSET: offset, ACKED_AT: utc_now()}
+        self.writer.put(Write(STREAM_ACKS, conn.user_id, fields))
 
     async def broadcast_text(self, text: str, exclude_user: str | None) -> tuple[set[str], int]:
         """Send an encoded frame to every socket here except ``exclude_user``'s; return the

@@ -100,6 +100,15 @@ class FanoutSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """Durable streams: how many of a user's latest messages, and for how long (seconds), a
+    reconnecting client can recover (Centrifugo's history defaults)."""
+
+    history_size: int = env("STREAM_HISTORY_SIZE", 300, POSITIVE_INT)
+    history_ttl: float = env("STREAM_HISTORY_TTL", 300.0, POSITIVE)
+
+
+@dataclass(frozen=True, slots=True)
 class CallbackSettings:
     """Who may call the internal callback: shared tokens, or Google-signed OIDC tokens."""
 
@@ -133,6 +142,7 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     fanout: FanoutSettings = field(default_factory=FanoutSettings)
     callback: CallbackSettings = field(default_factory=CallbackSettings)
+    streams: StreamSettings = field(default_factory=StreamSettings)
 
     @property
     def timeout_text(self) -> str:
@@ -193,6 +203,7 @@ class Settings:
                 pubsub_project=reader.get("PUBSUB_PROJECT", str, project_id),
             ),
             callback=_callback_settings(reader, admin_tokens),
+            streams=reader.declared(StreamSettings),
             **reader.plain(cls),
         )
         _check(settings, emulated)
@@ -286,6 +297,11 @@ def _check(settings: Settings, emulated: bool) -> None:
         raise ConfigError("PONG_WRITE_INTERVAL", "must be under half of PONG_TIMEOUT")
     if writer.batch_size > 500:
         raise ConfigError("PONG_BATCH_SIZE", "Firestore commits hold at most 500 writes")
+    if settings.streams.history_size > 10_000:
+        # A recovery reads every missed entry while the client waits: keep it bounded.
+        raise ConfigError("STREAM_HISTORY_SIZE", "must be at most 10000 messages")
+    if settings.streams.history_ttl > 7 * 86_400:
+        raise ConfigError("STREAM_HISTORY_TTL", "must be at most 604800 seconds (7 days)")
     if settings.log_format not in ("json", "text"):
         raise ConfigError("LOG_FORMAT", "must be json or text")
     if settings.demo_dir and not emulated:

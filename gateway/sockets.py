@@ -34,11 +34,13 @@ from gateway.protocol import (
     LeaveRoom,
     MessageReceived,
     PongReceived,
+    StreamAck,
     UnknownType,
 )
 from gateway.registry import Connection
 from gateway.service import PresenceService
 from gateway.session import Session, Step
+from gateway.streams import Position, recovery_request
 from gateway.wsproto_lean import FRAMES_EXTENSION
 
 logger = logging.getLogger("gateway.sockets")
@@ -72,7 +74,7 @@ class SocketSink:
       in order by ``_on_event`` in a task that exists only while there are events to handle.
     """
 
-    __slots__ = ("service", "conn", "backlog", "worker", "finished")
+    __slots__ = ("service", "conn", "backlog", "worker", "finished", "recovery")
 
     def __init__(self, service: PresenceService, conn: Connection) -> None:
         self.service = service
@@ -81,6 +83,8 @@ class SocketSink:
         self.backlog: list[Any] | None = None
         self.worker: asyncio.Task[None] | None = None
         self.finished = False
+        #: A replay of missed durable messages in progress (gateway.streams), if any.
+        self.recovery: asyncio.Task[Any] | None = None
 
     def take_text(self, text: str) -> bool:
         conn = self.conn
@@ -129,6 +133,9 @@ class SocketSink:
     def _finish(self, code: int) -> None:
         self.finished = True
         self.backlog = None
+        if self.recovery is not None and not self.recovery.done():
+            self.recovery.cancel()
+        self.recovery = None
         self.service.disconnected(self.conn, code)
 
 
@@ -138,6 +145,8 @@ async def serve_socket(
     """Run one client socket from handshake to close."""
     # The edge's fast paths (gateway.wsproto_lean), when the server runs that protocol.
     edge = (scope.get("extensions") or {}).get(FRAMES_EXTENSION)
+    # Read before the accept: the lean edge trims the scope to the socket's identity then.
+    wanted, position = _position(scope)
     conn = await _admit(service, user_id, scope, receive, send)
     if conn is None:
         return
@@ -147,10 +156,10 @@ async def serve_socket(
         conn.edge = edge
         sink = SocketSink(service, conn)
         edge.set_text_sink(sink)
-        service.connected(conn)
+        sink.recovery = _connected(service, conn, wanted, position)
         edge.detach(sink)
         return
-    service.connected(conn)
+    recovery = _connected(service, conn, wanted, position)
     code: int | None = None
     try:
         while code is None:
@@ -160,7 +169,40 @@ async def serve_socket(
         code = CloseCode.INTERNAL_ERROR
         await conn.close(CloseCode.INTERNAL_ERROR, "internal error")
     finally:
+        if recovery is not None and not recovery.done():
+            recovery.cancel()
         service.disconnected(conn, code)
+
+
+def _connected(
+    service: PresenceService, conn: Connection, wanted: bool, position: Position | None
+) -> asyncio.Task[Any] | None:
+    """Register the accepted socket, and start replaying what it missed when it asked to."""
+    if not wanted:
+        service.connected(conn)
+        return None
+    # Queue live durable messages from the moment the socket is registered, so none
+    # overtakes the replay (see PresenceService.recover).
+    conn.replay = []
+    service.connected(conn)
+    recovery = asyncio.create_task(service.recover(conn, position))
+    recovery.add_done_callback(_log_failure)
+    return recovery
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("recovery failed", exc_info=task.exception())
+
+
+def _position(scope: Any) -> tuple[bool, Position | None]:
+    """Whether the socket's URL asks for a recovery, and from which position (None: from the
+    user's acknowledged one). A malformed position counts as none: the recovery frame then
+    tells the client where the stream stands."""
+    try:
+        return recovery_request(scope.get("query_string", b""))
+    except ValueError:
+        return True, None
 
 
 async def _admit(
@@ -238,6 +280,8 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
             return None
         await _send_replies(service, conn, conn.session.refreshed(identity.expires_at, utc_now()))
         await service.drop_ungranted_rooms(conn)
+    elif isinstance(work, StreamAck):
+        service.stream_ack(conn, work.epoch, work.offset)
     elif isinstance(work, JoinRoom | LeaveRoom):
         refused: rooms.RoomRefused | None = None
         try:

@@ -62,6 +62,8 @@ reason, will_reconnect, delay), ``signed_out`` (SignedOut: reason ``"signed out 
 inactivity"``, the server's message), ``auth_error`` (AuthError), ``message`` and ``ping`` (the
 frame dict), ``pong`` (Pong), ``overflow`` (Overflow), ``token_refreshed`` (TokenRefreshed),
 ``joined`` (Joined), ``left`` (Left: reason ``leave`` or ``not_allowed``),
+``stream`` (StreamMessage: a durable message, once), ``recovery`` and ``not_recovered``
+(Recovery),
 ``error`` (ErrorEvent: source ``server``, ``get_token``, ``protocol``, ``socket`` or ``client``).
 
 Close codes (:func:`~presence_client.core.decide_close`, the JavaScript client's table):
@@ -85,6 +87,14 @@ close they fail with code ``disconnected`` and ``maybe_delivered=True``. ``close
 sign-out and an auth error fail everything still waiting (``closed``, ``signed_out``,
 ``auth_error``).
 
+Durable delivery (``recover=True``; docs/protocol.md, Durable delivery): the client holds its
+stream position (``stream_position``: epoch and offset) across reconnects and presents it in
+the socket URL (``?recover=true&epoch=...&offset=...``), drops stream frames whose offset it
+has already seen, hands each new one to ``stream`` listeners and to ``on_message`` handlers of
+the inner message's type, and acknowledges what it processed with ``stream_ack`` at most every
+``ack_interval`` seconds. Each reconnect ends with a ``recovery`` event; ``not_recovered``
+means messages were lost to the window or a new epoch: refetch the application's state.
+
 The decisions live in :mod:`presence_client.core` (sans-I/O, pure functions and small state
 holders); :mod:`presence_client.client` is the asyncio shell.
 """
@@ -100,6 +110,7 @@ from presence_client.core import (
     CloseCode,
     RateLimit,
     State,
+    StreamPosition,
     backoff_delay,
     decide_close,
     refresh_delay,
@@ -120,8 +131,10 @@ from presence_client.events import (
     Pong,
     PresenceRoomError,
     PresenceSendError,
+    Recovery,
     SignedOut,
     StateChanged,
+    StreamMessage,
     TokenRefreshed,
 )
 
@@ -146,6 +159,9 @@ __all__ = [
     "MessageStream",
     "Overflow",
     "Pong",
+    "Recovery",
+    "StreamMessage",
+    "StreamPosition",
     "PresenceClient",
     "PresenceRoomError",
     "PresenceSendError",

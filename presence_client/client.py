@@ -40,6 +40,7 @@ from presence_client.core import (
     RateLimit,
     SendBuffer,
     State,
+    StreamPosition,
     TokenBucket,
     backoff_delay,
     classify_frame,
@@ -69,8 +70,10 @@ from presence_client.events import (
     Pong,
     PresenceRoomError,
     PresenceSendError,
+    Recovery,
     SignedOut,
     StateChanged,
+    StreamMessage,
     TokenRefreshed,
 )
 
@@ -157,6 +160,8 @@ class PresenceClient:
         max_message_bytes: int = 65_536,
         connect_timeout: float = 15.0,
         token_in_url: bool = False,
+        recover: bool = False,
+        ack_interval: float = 0.5,
         random: Callable[[], float] = _random.random,
         connect_options: Mapping[str, Any] | None = None,
         report_error: Callable[[BaseException], None] = _log_listener_error,
@@ -182,6 +187,11 @@ class PresenceClient:
         self._max_message_bytes = max_message_bytes
         self._connect_timeout = connect_timeout
         self._token_in_url = token_in_url
+        #: Durable streams: present the position on every connect, de-duplicate, acknowledge.
+        self._recover = recover
+        self._ack_interval = ack_interval
+        self.stream_position = StreamPosition()
+        self._ack_task: asyncio.Task[None] | None = None
         self._random = random
         self._connect_options = dict(connect_options or {})
         self._report_error = report_error
@@ -438,6 +448,16 @@ class PresenceClient:
     def on(self, event: Literal["joined"], callback: Callable[[Joined], object]) -> Unsubscribe: ...
     @overload
     def on(self, event: Literal["left"], callback: Callable[[Left], object]) -> Unsubscribe: ...
+    @overload
+    def on(
+        self, event: Literal["stream"], callback: Callable[[StreamMessage], object]
+    ) -> Unsubscribe: ...
+    @overload
+    def on(
+        self,
+        event: Literal["recovery", "not_recovered"],
+        callback: Callable[[Recovery], object],
+    ) -> Unsubscribe: ...
     def on(self, event: str, callback: Callable[[Any], object]) -> Unsubscribe:
         """Subscribe ``callback`` to an event; returns a function that unsubscribes. A callback
         may be a plain function (called inline, so keep it short) or return an awaitable (run
@@ -502,7 +522,8 @@ class PresenceClient:
         # The header keeps the token out of URLs, which proxies and servers log; browsers
         # cannot set it, which is why the JavaScript client uses ?token=.
         in_url = self._token_in_url and token is not None
-        url = socket_url(self._url, self._user_id, token if in_url else None)
+        params = self.stream_position.params() if self._recover else None
+        url = socket_url(self._url, self._user_id, token if in_url else None, params)
         options: dict[str, Any] = {"open_timeout": self._connect_timeout or None}
         options.update(self._connect_options)
         headers = dict(options.pop("additional_headers", None) or {})
@@ -614,11 +635,13 @@ class PresenceClient:
                 ),
             )
             return
-        # Queued before anything reacts to the frame, so that a stream also gets the frame
+        kind = classify_frame(frame)
+        if kind is FrameKind.STREAM and not self._on_stream(frame):
+            return  # a duplicate (or malformed): nobody hears of it again
+        # Queued before anything else reacts to the frame, so that a stream also gets the frame
         # that ends it (the timeout message); its reader runs later, after the pong went out.
         for stream in list(self._streams):
             stream._offer(frame)
-        kind = classify_frame(frame)
         if kind is FrameKind.PING:
             await self._on_ping(frame)
         elif kind is FrameKind.ACK:
@@ -636,6 +659,8 @@ class PresenceClient:
             self._on_left(frame)
         elif kind is FrameKind.ERROR:
             self._on_server_error(frame)
+        elif kind is FrameKind.RECOVERY:
+            self._on_recovery(frame)
         elif kind in (FrameKind.TIMEOUT, FrameKind.SIGNED_OUT):
             message = frame.get("message")
             self._sign_out(
@@ -647,6 +672,56 @@ class PresenceClient:
         if isinstance(frame_type, str):
             for handler in list(self._handlers.get(frame_type, ())):
                 self._call(handler, frame)
+
+    def _on_stream(self, frame: Frame) -> bool:
+        """Deliver a durable message unless it is a duplicate; acknowledge it afterwards."""
+        epoch, offset = frame.get("epoch"), frame.get("offset")
+        if not isinstance(epoch, str) or not isinstance(offset, int) or isinstance(offset, bool):
+            self._emit(
+                "error", ErrorEvent("protocol", "invalid_frame", "stream frame", frame=frame)
+            )
+            return False
+        if not self.stream_position.accept(epoch, offset):
+            return False
+        data = frame.get("data")
+        self._emit("stream", StreamMessage(epoch, offset, data))
+        inner = data.get("type") if isinstance(data, dict) else None
+        if isinstance(inner, str):
+            # The backend's message reaches on_message(type) as if it had been sent plainly.
+            for handler in list(self._handlers.get(inner, ())):
+                self._call(handler, data)
+        self._schedule_ack()
+        return True
+
+    def _on_recovery(self, frame: Frame) -> None:
+        epoch, offset = frame.get("epoch"), frame.get("offset")
+        if not isinstance(epoch, str) or not isinstance(offset, int):
+            return
+        recovered = frame.get("recovered") is True
+        missed, reason = frame.get("missed"), frame.get("reason")
+        self.stream_position.recovered(epoch, offset, recovered)
+        event = Recovery(
+            recovered,
+            epoch,
+            offset,
+            missed if isinstance(missed, int) else 0,
+            reason if isinstance(reason, str) else None,
+        )
+        self._emit("recovery", event)
+        if not recovered:
+            self._emit("not_recovered", event)
+
+    def _schedule_ack(self) -> None:
+        # One stream_ack per ack_interval at most: a replay of 300 messages must not cost 300
+        # frames against the gateway's per-socket rate limit.
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = self._spawn(self._ack_later())
+
+    async def _ack_later(self) -> None:
+        await asyncio.sleep(self._ack_interval)
+        frame = self.stream_position.ack_frame()
+        if frame is not None and not await self._send_text(frame):
+            self.stream_position.acked = 0  # not sent: the next message acknowledges again
 
     async def _on_ping(self, frame: Frame) -> None:
         if self._state is not State.CONNECTED:

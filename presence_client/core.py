@@ -17,11 +17,11 @@ import json
 import math
 import random as _random
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Any, Generic, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 W = TypeVar("W")
 
@@ -231,6 +231,8 @@ class FrameKind(StrEnum):
     SIGNED_OUT = "signed_out"  # signed out by the service: stop, never reconnect
     JOINED = "joined"  # a join was accepted: resolve its waiters
     LEFT = "left"  # a leave was done, or a refreshed token lost the room (reason)
+    STREAM = "stream"  # a durable message: de-duplicate by offset, deliver, acknowledge
+    RECOVERY = "recovery"  # the end of a recovery: hold its position; not recovered: refetch
     OTHER = "other"  # application frames (notification, broadcast, ...), server pongs
 
 
@@ -322,9 +324,12 @@ def token_is_stale(token: str | None, current: str | None, current_expiry: float
     return expiry is not None and current_expiry is not None and expiry <= current_expiry
 
 
-def socket_url(base: str, user_id: str, token: str | None = None) -> str:
+def socket_url(
+    base: str, user_id: str, token: str | None = None, params: Mapping[str, str] | None = None
+) -> str:
     """The socket URL for a gateway base URL (``ws://host:8000``; ``http(s)://`` becomes
-    ``ws(s)://``, trailing slashes are dropped), with the token as ``?token=`` when given."""
+    ``ws(s)://``, trailing slashes are dropped), with the token as ``?token=`` when given and
+    ``params`` (a recovery's position) after it."""
     root = base.strip()
     lowered = root.lower()
     if lowered.startswith("http://"):
@@ -333,7 +338,68 @@ def socket_url(base: str, user_id: str, token: str | None = None) -> str:
         root = "wss://" + root[len("https://") :]
     root = root.rstrip("/")
     path = f"{root}/ws/connect/{quote(user_id, safe='')}"
-    return f"{path}?token={quote(token, safe='')}" if token else path
+    query = {"token": token} if token else {}
+    query.update(params or {})
+    return f"{path}?{urlencode(query, quote_via=quote)}" if query else path
+
+
+class StreamPosition:
+    """A client's place in its durable stream: the epoch, the offset up to which every message
+    was processed, and the offsets above it already seen (live messages may come out of order
+    when several instances send, and during a recovery). Sans-I/O."""
+
+    #: Offsets seen above the contiguous one; past this, the gap is given up (the message is
+    #: beyond any recovery window by then).
+    MAX_SEEN = 1000
+
+    def __init__(self) -> None:
+        #: None until the gateway has told the client where its stream stands.
+        self.epoch: str | None = None
+        self.offset = 0
+        self.seen: set[int] = set()
+        #: The offset last acknowledged to the gateway.
+        self.acked = 0
+
+    def params(self) -> dict[str, str]:
+        """The recovery query parameters for the next socket."""
+        if self.epoch is None:
+            return {"recover": "true"}
+        return {"recover": "true", "epoch": self.epoch, "offset": str(self.offset)}
+
+    def accept(self, epoch: str, offset: int) -> bool:
+        """Whether a stream frame is new (deliver it) or a duplicate (drop it)."""
+        if self.epoch != epoch:
+            if self.epoch:
+                # Another epoch: the stream was started again; the recovery says so.
+                return False
+            self.epoch, self.offset, self.seen = epoch, 0, set()
+        if offset <= self.offset or offset in self.seen:
+            return False
+        self.seen.add(offset)
+        while self.offset + 1 in self.seen:
+            self.offset += 1
+            self.seen.discard(self.offset)
+        if len(self.seen) > self.MAX_SEEN:
+            self.offset = min(self.seen)
+            self.seen = {o for o in self.seen if o > self.offset}
+        return True
+
+    def recovered(self, epoch: str, offset: int, recovered: bool) -> None:
+        """After a recovery frame: its position is the client's (a not-recovered stream starts
+        over there; the app refetches its state)."""
+        if not recovered or self.epoch != epoch or offset > self.offset:
+            self.epoch, self.offset = epoch, offset
+            self.seen = {o for o in self.seen if o > offset} if recovered else set()
+
+    def ack_frame(self) -> str | None:
+        """The ``stream_ack`` frame to send, or None when nothing new was processed."""
+        if self.epoch is None or self.offset == self.acked:
+            return None
+        self.acked = self.offset
+        return json.dumps(
+            {"type": "stream_ack", "epoch": self.epoch, "offset": self.offset},
+            separators=(",", ":"),
+        )
 
 
 # --- outgoing messages ---------------------------------------------------------------------

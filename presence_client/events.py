@@ -29,6 +29,9 @@ EVENTS = frozenset(
         "error",
         "joined",
         "left",
+        "stream",
+        "recovery",
+        "not_recovered",
     }
 )
 
@@ -158,6 +161,29 @@ class PresenceRoomError(Exception):
 
     def __repr__(self) -> str:
         return f"PresenceRoomError({self.code!r}, {str(self)!r}, room={self.room!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMessage:
+    """``stream``: a durable message, once (duplicates by offset are dropped before this).
+    ``data`` is what the backend sent; the client acknowledges it after the listeners ran."""
+
+    epoch: str
+    offset: int
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """``recovery`` (every socket opened with ``recover=True``) and ``not_recovered`` (when
+    ``recovered`` is False: the window was exceeded or the epoch changed, ``reason`` says which;
+    refetch the application's state). ``missed``: messages replayed before it."""
+
+    recovered: bool
+    epoch: str
+    offset: int
+    missed: int
+    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,11 @@ export interface PresenceClientOptions {
   connectTimeout?: number;
   /** Where a listener's exception goes (default: reportError, else rethrown in a microtask). */
   reportError?: (error: unknown) => void;
+  /** Durable delivery (default false): present the stream position on every connect, drop
+   * duplicate offsets, acknowledge processed messages; see docs/protocol.md. */
+  recover?: boolean;
+  /** At most one `stream_ack` per this many ms (default 500). */
+  ackInterval?: number;
   /** Injected for tests. */
   random?: () => number;
   setTimeout?: (fn: () => void, ms: number) => unknown;
@@ -167,6 +172,43 @@ export interface PresenceEvents {
   /** The socket left a room: `leave` when asked, `not_allowed` when a refreshed token
    * no longer grants it. */
   left: { room: string; reason: "leave" | "not_allowed" | string };
+  /** A durable message, once (duplicates by offset are dropped); acknowledged afterwards. */
+  stream: StreamMessageEvent;
+  /** The end of each recovery (`recover: true`). */
+  recovery: RecoveryEvent;
+  /** The recovery failed (window exceeded, epoch changed): refetch the application's state. */
+  notRecovered: RecoveryEvent;
+}
+
+export interface StreamMessageEvent {
+  epoch: string;
+  offset: number;
+  data: unknown;
+}
+
+export interface RecoveryEvent {
+  recovered: boolean;
+  epoch: string;
+  offset: number;
+  /** Messages replayed before the result. */
+  missed: number;
+  /** `epoch_changed`, `window_exceeded`, `no_position` or `unavailable` when not recovered. */
+  reason: string | null;
+}
+
+/** A client's place in its durable stream (what it presents on reconnect). */
+export declare class StreamPosition {
+  static MAX_SEEN: number;
+  /** null until the gateway said where the stream stands; "" before any stream exists. */
+  epoch: string | null;
+  /** Every message up to this offset was processed. */
+  offset: number;
+  seen: Set<number>;
+  acked: number;
+  params(): Record<string, string>;
+  accept(epoch: string, offset: number): boolean;
+  recovered(epoch: string, offset: number, recovered: boolean): void;
+  ackFrame(): string | null;
 }
 
 export interface Ack {
@@ -219,6 +261,8 @@ export declare class PresenceClient {
   readonly unacked: number;
   /** Testing aid: set to false to stop answering pings and watch the inactivity sign-out. */
   answerPings: boolean;
+  /** The durable stream's position (with `recover: true`). */
+  readonly streamPosition: StreamPosition;
   /** Open the connection; a no-op while connecting, connected or waiting to reconnect. */
   connect(): void;
   /** Close for good (state `closed`); pending sends reject with code `closed`. */
@@ -246,7 +290,12 @@ export declare function backoffDelay(
 ): number;
 export declare function tokenExpiry(token: unknown): number | null;
 export declare function refreshDelay(expiresAt: number, now: number, lead?: number): number;
-export declare function socketUrl(base: string, userId: string, token?: string | null): string;
+export declare function socketUrl(
+  base: string,
+  userId: string,
+  token?: string | null,
+  params?: Record<string, string> | null,
+): string;
 
 export declare const DEFAULTS: Readonly<{
   bufferSize: number;

@@ -119,13 +119,83 @@ export function refreshDelay(expiresAt, now, lead = DEFAULTS.tokenRefreshLead) {
   return left > 2 * lead ? left - lead : left / 2;
 }
 
-/** The socket URL for a gateway base URL (`ws://host:8000`, `https://…` is turned into `wss://`). */
-export function socketUrl(base, userId, token) {
+/** The socket URL for a gateway base URL (`ws://host:8000`, `https://…` is turned into `wss://`),
+ * with the token and then `params` (a recovery's position) as query parameters. */
+export function socketUrl(base, userId, token, params = null) {
   const root = String(base)
     .replace(/^http(s?):\/\//i, "ws$1://")
     .replace(/\/+$/, "");
   const path = `${root}/ws/connect/${encodeURIComponent(userId)}`;
-  return token ? `${path}?token=${encodeURIComponent(token)}` : path;
+  const query = token ? [`token=${encodeURIComponent(token)}`] : [];
+  for (const [key, value] of Object.entries(params ?? {})) {
+    query.push(`${encodeURIComponent(key)}=${encodeURIComponent(value)}`);
+  }
+  return query.length ? `${path}?${query.join("&")}` : path;
+}
+
+/**
+ * A client's place in its durable stream: the epoch, the offset up to which every message was
+ * processed, and the offsets above it already seen (live messages may arrive out of order when
+ * several instances send, and during a recovery). No I/O.
+ */
+export class StreamPosition {
+  /** Offsets seen above the contiguous one; past this the gap is given up (it is beyond any
+   * recovery window by then). */
+  static MAX_SEEN = 1000;
+
+  constructor() {
+    /** null until the gateway has said where the stream stands; "" for no stream yet. */
+    this.epoch = null;
+    this.offset = 0;
+    this.seen = new Set();
+    /** The offset last acknowledged to the gateway. */
+    this.acked = 0;
+  }
+
+  /** The recovery query parameters for the next socket. */
+  params() {
+    if (this.epoch === null) return { recover: "true" };
+    return { recover: "true", epoch: this.epoch, offset: String(this.offset) };
+  }
+
+  /** Whether a stream frame is new (deliver it) or a duplicate (drop it). */
+  accept(epoch, offset) {
+    if (this.epoch !== epoch) {
+      // Another epoch: the stream was started again, which the recovery result says.
+      if (this.epoch) return false;
+      this.epoch = epoch;
+      this.offset = 0;
+      this.seen = new Set();
+    }
+    if (offset <= this.offset || this.seen.has(offset)) return false;
+    this.seen.add(offset);
+    while (this.seen.has(this.offset + 1)) {
+      this.offset += 1;
+      this.seen.delete(this.offset);
+    }
+    if (this.seen.size > StreamPosition.MAX_SEEN) {
+      this.offset = Math.min(...this.seen);
+      this.seen = new Set([...this.seen].filter((o) => o > this.offset));
+    }
+    return true;
+  }
+
+  /** After a recovery frame: its position becomes the client's (a stream not recovered starts
+   * over there, and the app refetches its state). */
+  recovered(epoch, offset, recovered) {
+    if (!recovered || this.epoch !== epoch || offset > this.offset) {
+      this.epoch = epoch;
+      this.offset = offset;
+      this.seen = recovered ? new Set([...this.seen].filter((o) => o > offset)) : new Set();
+    }
+  }
+
+  /** The `stream_ack` frame to send, or null when nothing new was processed. */
+  ackFrame() {
+    if (this.epoch === null || this.offset === this.acked) return null;
+    this.acked = this.offset;
+    return JSON.stringify({ type: "stream_ack", epoch: this.epoch, offset: this.offset });
+  }
 }
 
 function utf8Length(text) {
@@ -184,7 +254,11 @@ export class PresenceClient {
   #tokenExp = null;
   #pendingAuth = null;
 
-  #timers = { reconnect: null, refresh: null, pump: null, connect: null };
+  #timers = { reconnect: null, refresh: null, pump: null, connect: null, ack: null };
+  #recover = false;
+  #ackInterval = 500;
+  /** The durable stream's position (with `recover: true`): presented on every connect. */
+  streamPosition = new StreamPosition();
 
   #listeners = new Map();
   #handlers = new Map();
@@ -219,6 +293,8 @@ export class PresenceClient {
       maxMessageBytes = DEFAULTS.maxMessageBytes,
       connectTimeout = DEFAULTS.connectTimeout,
       reportError = defaultReportError,
+      recover = false,
+      ackInterval = 500,
     } = options;
     if (!url) throw new TypeError("PresenceClient: `url` is required");
     if (userId === undefined || userId === null || userId === "") {
@@ -253,6 +329,8 @@ export class PresenceClient {
     this.#maxMessageBytes = maxMessageBytes;
     this.#connectTimeout = connectTimeout;
     this.#reportError = reportError;
+    this.#recover = Boolean(recover);
+    this.#ackInterval = ackInterval;
     this.#tokens = this.#rateLimit ? this.#rateLimit.burst : 0;
     this.#tokensAt = now();
   }
@@ -449,7 +527,8 @@ export class PresenceClient {
     }
     let ws;
     try {
-      ws = new this.#WebSocket(socketUrl(this.#url, this.#userId, token));
+      const params = this.#recover ? this.streamPosition.params() : null;
+      ws = new this.#WebSocket(socketUrl(this.#url, this.#userId, token, params));
     } catch (error) {
       this.#emit("error", {
         source: "socket",
@@ -537,6 +616,12 @@ export class PresenceClient {
       case "left":
         this.#onLeft(frame);
         break;
+      case "stream":
+        if (!this.#onStream(frame)) return; // a duplicate: nobody hears of it again
+        break;
+      case "recovery":
+        this.#onRecovery(frame);
+        break;
       default:
         break;
     }
@@ -544,6 +629,50 @@ export class PresenceClient {
     if (typeof frame.type === "string") {
       for (const fn of [...(this.#handlers.get(frame.type) ?? [])]) this.#call(fn, frame);
     }
+  }
+
+  #onStream(frame) {
+    const { epoch, offset, data } = frame;
+    if (typeof epoch !== "string" || !Number.isInteger(offset)) {
+      this.#emit("error", { source: "protocol", code: "invalid_frame", message: "stream frame" });
+      return false;
+    }
+    if (!this.streamPosition.accept(epoch, offset)) return false;
+    this.#emit("stream", { epoch, offset, data });
+    if (data !== null && typeof data === "object" && typeof data.type === "string") {
+      // The backend's message reaches onMessage(type) as if it had been sent plainly.
+      for (const fn of [...(this.#handlers.get(data.type) ?? [])]) this.#call(fn, data);
+    }
+    this.#scheduleAck();
+    return true;
+  }
+
+  #onRecovery(frame) {
+    const { epoch, offset } = frame;
+    if (typeof epoch !== "string" || !Number.isInteger(offset)) return;
+    const recovered = frame.recovered === true;
+    this.streamPosition.recovered(epoch, offset, recovered);
+    const event = {
+      recovered,
+      epoch,
+      offset,
+      missed: Number.isInteger(frame.missed) ? frame.missed : 0,
+      reason: typeof frame.reason === "string" ? frame.reason : null,
+    };
+    this.#emit("recovery", event);
+    if (!recovered) this.#emit("notRecovered", event);
+  }
+
+  #scheduleAck() {
+    // One stream_ack per ackInterval at most: a replay of 300 messages must not cost 300
+    // frames against the gateway's per-socket rate limit.
+    if (this.#timers.ack !== null) return;
+    this.#timers.ack = this.#setTimeout(() => {
+      this.#timers.ack = null;
+      const frame = this.streamPosition.ackFrame();
+      // Not sent (the socket went away): the next message acknowledges again.
+      if (frame !== null && !this.#sendFrame(frame)) this.streamPosition.acked = 0;
+    }, this.#ackInterval);
   }
 
   #onPing(frame) {

@@ -20,6 +20,16 @@ token), hence one declaration per side and a test.
 ``gateway_instances/{instance_id}``
     ``internal_url``, ``started_at``, ``heartbeat_at`` (every ``SWEEP_INTERVAL``), ``stopped_at``
     (on a clean shutdown).
+``streams/{user_id}`` (the head of a user's durable message stream; gateway only)
+    ``stream_epoch`` (random, fixed when the head is created), ``top_offset`` (the last offset
+    allocated), ``updated_at``.
+``stream_acks/{user_id}``
+    the acknowledged position ``acked_epoch``, ``acked_offset``, ``acked_at`` (written behind,
+    from the clients' ``stream_ack`` frames). A document of its own: the write-behind batches
+    must not wait on the locks of the heads' transactions.
+``streams/{user_id}/stream_entries/{offset:020d}`` (one per durable message)
+    ``entry_offset``, ``stream_epoch``, ``payload`` (the message, JSON text), ``created_at``,
+    ``expires_at`` (the TTL policy's field: Firestore deletes the entry after it).
 """
 
 from __future__ import annotations
@@ -31,6 +41,10 @@ from typing import Final
 MEMBERS: Final = "members"
 SESSIONS: Final = "sessions"
 INSTANCES: Final = "gateway_instances"
+STREAMS: Final = "streams"
+#: A subcollection of each streams/{user_id} document (its TTL policy is on this group).
+STREAM_ENTRIES: Final = "stream_entries"
+STREAM_ACKS: Final = "stream_acks"
 
 # Fields of members/{user_id}.
 IS_SIGNED_IN: Final = "is_signed_in"
@@ -56,6 +70,21 @@ INTERNAL_URL: Final = "internal_url"
 STARTED_AT: Final = "started_at"
 HEARTBEAT_AT: Final = "heartbeat_at"
 STOPPED_AT: Final = "stopped_at"
+
+# Fields of streams/{user_id} (and, for stream_epoch, of its entries).
+STREAM_EPOCH: Final = "stream_epoch"
+TOP_OFFSET: Final = "top_offset"
+
+# Fields of stream_acks/{user_id}.
+ACKED_EPOCH: Final = "acked_epoch"
+ACKED_OFFSET: Final = "acked_offset"
+ACKED_AT: Final = "acked_at"
+
+# Fields of streams/{user_id}/stream_entries/{offset}.
+ENTRY_OFFSET: Final = "entry_offset"
+PAYLOAD: Final = "payload"
+CREATED_AT: Final = "created_at"
+EXPIRES_AT: Final = "expires_at"
 
 #: Each collection's top-level fields.
 FIELDS: Final[Mapping[str, frozenset[str]]] = {
@@ -85,6 +114,9 @@ FIELDS: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     INSTANCES: frozenset({INTERNAL_URL, STARTED_AT, HEARTBEAT_AT, STOPPED_AT}),
+    STREAMS: frozenset({STREAM_EPOCH, TOP_OFFSET, UPDATED_AT}),
+    STREAM_ACKS: frozenset({ACKED_EPOCH, ACKED_OFFSET, ACKED_AT}),
+    STREAM_ENTRIES: frozenset({ENTRY_OFFSET, STREAM_EPOCH, PAYLOAD, CREATED_AT, EXPIRES_AT}),
 }
 #: The fields of each entry of a member's ``active_sessions`` map.
 ACTIVE_SESSION_FIELDS: Final = frozenset({INSTANCE_ID, INTERNAL_URL})

@@ -32,6 +32,10 @@ in front standing in for Cloud Run (3,000 sockets, every REST call and the sweep
 through it); send and broadcast latency to the client's receipt, the real sweep function's
 commit -> timeout frame, and gateway CPU per delivered message; see ``fanout_bench``. The HTTP
 mesh it replaced (the former ``peers`` scenario) is quoted in the summary, not re-measured.
+
+Scenario D (durable): three gateways on a Pub/Sub topic; durable sends against plain ones
+(throughput, latency to the socket), Firestore writes per durable message, and the recovery of
+a client that missed 300 messages; see ``durable_bench``.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ import httpx
 import psutil
 
 from emulator.procs import Process, firestore_process, free_port, gateway_process
-from tests.bench import fanout_bench, load_bench, sweep_bench, timeout_bench
+from tests.bench import durable_bench, fanout_bench, load_bench, sweep_bench, timeout_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run" / "bench"
@@ -931,7 +935,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench", description="Gateway benchmarks (see tests/bench/runner.py)"
     )
-    parser.add_argument("--only", choices=("memory", "pongs", "load", "timeout", "fanout", "sweep"))
+    parser.add_argument(
+        "--only", choices=("memory", "pongs", "load", "timeout", "fanout", "durable", "sweep")
+    )
     parser.add_argument(
         "--connections",
         type=int,
@@ -1022,6 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile-pongs-ceiling.txt",
         "timeout-auth.log",
         "fanout-pubsub.log",
+        "durable-pubsub.log",
         "fanout-auth.log",
         "fanout-proxy.log",
         "fanout-sweep.log",
@@ -1075,6 +1082,8 @@ def main(argv: list[str] | None = None) -> int:
             results["timeout"] = timeout_bench.run(fs_host, args, stack)
         if args.only in (None, "fanout"):
             results["fanout"] = fanout_bench.run(fs_host, args, stack)
+        if args.only in (None, "durable"):
+            results["durable"] = durable_bench.run(fs_host, args, stack)
         if args.only in (None, "sweep"):
             firestore.stop()  # the sweep scenarios start their own emulators
             results["sweep"] = sweep_bench.run(RUN_DIR, log)
@@ -1104,6 +1113,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         + timeout_bench.rows(results.get("timeout", {}))
         + fanout_bench.rows(results.get("fanout", {}))
+        + durable_bench.rows(results.get("durable", {}))
         + sweep_bench.rows(results.get("sweep", {}))
     )
     results["summary"] = rows

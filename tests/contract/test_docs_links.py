@@ -48,6 +48,8 @@ def test_a_wrong_anchor_is_caught() -> None:
 
 
 _MAKE = re.compile(r"\bmake ([a-z][a-z-]*)")
+_FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
+_SPAN = re.compile(r"`([^`\n]+)`")
 _MODULE = re.compile(r"\bpython3? -m ([a-z_][a-z_.]*)")
 _PATH = re.compile(
     r"(?<![\w./-])((?:scripts|tests|gateway|functions|emulator|clients|docs)/[\w./-]*\w)"
@@ -55,6 +57,13 @@ _PATH = re.compile(
 #: Paths the docs name that exist only once something has run (a build, a test run, a login).
 _MADE_BY_RUNS = ("emulator/node_modules", "functions/.env", "tests/screenshots")
 _OTHER_PROJECTS = ("websockets",)
+
+
+def code_of(text: str) -> str:
+    """What a page shows as code (fenced blocks and inline spans), where commands are."""
+    blocks = _FENCE.findall(text)
+    spans = _SPAN.findall(_FENCE.sub("", text))
+    return "\n".join(blocks + spans)
 
 
 def makefile_targets() -> set[str]:
@@ -74,11 +83,11 @@ def test_every_command_and_path_in_the_docs_exists() -> None:
     seen = 0
     for page in PAGES:
         text = page.read_text()
-        for target in _MAKE.findall(text):
+        for target in _MAKE.findall(code_of(text)):
             seen += 1
             if target not in targets:
                 wrong.append((page.name, f"make {target}"))
-        for module in _MODULE.findall(text):
+        for module in _MODULE.findall(code_of(text)):
             seen += 1
             top = module.split(".")[0]
             path = ROOT / Path(*module.split("."))

@@ -64,7 +64,14 @@ def test_every_declared_name_belongs_to_a_collection(module: ModuleType) -> None
     and every collection has its field set."""
     constants = set(string_constants(module).values())
     assert constants == all_names(module)
-    assert {module.MEMBERS, module.SESSIONS, module.INSTANCES} == set(module.FIELDS)
+    assert {
+        module.MEMBERS,
+        module.SESSIONS,
+        module.INSTANCES,
+        module.STREAMS,
+        module.STREAM_ENTRIES,
+        module.STREAM_ACKS,
+    } == set(module.FIELDS)
     # The fields the issue names as shared must be declared on the right collection.
     assert {module.LAST_PONG_AT, module.LAST_SIGN_OUT_AT, module.IS_SIGNED_IN} <= module.FIELDS[
         module.MEMBERS

@@ -2,10 +2,22 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
+import httpx
 import pytest
 
-from tests.support import GatewayProc, SweepStack, TokenMinter, start_gateway, start_short_sweep
+from emulator import procs
+from tests.conftest import PubSubEmulator
+from tests.support import (
+    GatewayProc,
+    SweepStack,
+    TokenMinter,
+    start_gateway,
+    start_proxy,
+    start_short_sweep,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +50,56 @@ def sweeper(
     )
     yield stack
     stack.stop()
+
+
+@dataclass
+class Cluster:
+    """Three (or more) gateway instances on one Pub/Sub topic behind the round-robin proxy
+    (tests/proxy.py), the deployment as its callers see it: one URL, any instance behind it."""
+
+    instances: list[GatewayProc]
+    proxy: procs.Process
+    port: int
+    topic: str
+    admin_token: str
+    #: What every instance was started with (for instances a test adds).
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request on a fresh connection, so consecutive calls land on different
+        instances."""
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30) as http:
+            return await http.request(method, path, **kwargs)
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        for gateway in self.instances:
+            gateway.stop()
+
+
+def start_cluster(
+    firestore_host: str,
+    project: str,
+    minter: TokenMinter | None,
+    pubsub: PubSubEmulator,
+    name: str,
+    count: int = 3,
+    **env: str,
+) -> Cluster:
+    """``count`` gateways on a fresh topic named after ``name``, behind one proxy."""
+    topic = f"{name}-{secrets.token_hex(4)}"
+    admin_token = secrets.token_urlsafe(24)
+    shared = {
+        "GATEWAY_ADMIN_TOKEN": admin_token,
+        "PUBSUB_EMULATOR_HOST": pubsub.host,
+        "PUBSUB_TOPIC": topic,
+        **env,
+    }
+    started = [start_gateway(firestore_host, project, minter, **shared) for _ in range(count)]
+    proxy, port = start_proxy([g.port for g in started])
+    return Cluster(started, proxy, port, topic, admin_token, shared)

@@ -27,6 +27,7 @@ import pytest
 from emulator import procs
 from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS
 from tests.conftest import PubSubEmulator
+from tests.e2e.conftest import start_cluster
 from tests.support import (
     UNIT,
     Client,
@@ -97,26 +98,24 @@ def service(
     callback_token: str,
     pubsub: PubSubEmulator,
 ) -> Iterator[Service]:
-    topic = f"fanout-{secrets.token_hex(4)}"
-    admin_token = secrets.token_urlsafe(24)
-    started = [
-        start_gateway(
-            firestore_host,
-            project_id,
-            minter,
-            GATEWAY_ADMIN_TOKEN=admin_token,
-            GATEWAY_CALLBACK_TOKEN=callback_token,
-            PUBSUB_EMULATOR_HOST=pubsub.host,
-            PUBSUB_TOPIC=topic,
-            **SHORT,
-        )
-        for _ in range(3)
-    ]
-    proxy, port = start_proxy([g.port for g in started])
-    yield Service(started, proxy, port, minter, topic, admin_token)
-    proxy.stop()
-    for gateway in started:
-        gateway.stop()
+    cluster = start_cluster(
+        firestore_host,
+        project_id,
+        minter,
+        pubsub,
+        "fanout",
+        GATEWAY_CALLBACK_TOKEN=callback_token,
+        **SHORT,
+    )
+    yield Service(
+        cluster.instances,
+        cluster.proxy,
+        cluster.port,
+        minter,
+        cluster.topic,
+        cluster.admin_token,
+    )
+    cluster.stop()
 
 
 @pytest.fixture(scope="module")

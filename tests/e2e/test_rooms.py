@@ -20,6 +20,7 @@ import pytest
 
 from emulator import procs
 from tests.conftest import PubSubEmulator
+from tests.e2e.conftest import start_cluster
 from tests.support import (
     UNIT,
     Client,
@@ -28,7 +29,6 @@ from tests.support import (
     eventually,
     id_token_for,
     start_gateway,
-    start_proxy,
 )
 
 pytestmark = pytest.mark.e2e
@@ -89,25 +89,9 @@ class Rooms:
 def rooms(
     firestore_host: str, project_id: str, minter: TokenMinter, pubsub: PubSubEmulator
 ) -> Iterator[Rooms]:
-    topic = f"rooms-{secrets.token_hex(4)}"
-    admin_token = secrets.token_urlsafe(24)
-    started = [
-        start_gateway(
-            firestore_host,
-            project_id,
-            minter,
-            GATEWAY_ADMIN_TOKEN=admin_token,
-            PUBSUB_EMULATOR_HOST=pubsub.host,
-            PUBSUB_TOPIC=topic,
-            **LIMITS,
-        )
-        for _ in range(3)
-    ]
-    proxy, port = start_proxy([g.port for g in started])
-    yield Rooms(started, proxy, port, minter, admin_token)
-    proxy.stop()
-    for gateway in started:
-        gateway.stop()
+    cluster = start_cluster(firestore_host, project_id, minter, pubsub, "rooms", **LIMITS)
+    yield Rooms(cluster.instances, cluster.proxy, cluster.port, minter, cluster.admin_token)
+    cluster.stop()
 
 
 @pytest.fixture

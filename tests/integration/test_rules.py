@@ -36,6 +36,10 @@ from gateway.schema import (
     MEMBERS,
     SESSIONS,
     STARTED_AT,
+    STREAM_ACKS,
+    STREAM_ENTRIES,
+    STREAMS,
+    TOP_OFFSET,
     UPDATED_AT,
     USER_ID,
 )
@@ -275,6 +279,25 @@ def test_sessions_and_instances_are_closed_to_clients(emu: RulesEmulator, path: 
     assert_denied(emu.http.get(emu.url(path.split("/")[0]), headers=me))  # list
     assert_denied(
         emu.http.patch(emu.url(path), json={"fields": fields({INTERNAL_URL: "x"})}, headers=me)
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"{STREAMS}/{ALICE}",
+        f"{STREAMS}/{ALICE}/{STREAM_ENTRIES}/00000000000000000001",
+        f"{STREAM_ACKS}/{ALICE}",
+    ],
+)
+def test_a_users_own_durable_stream_is_closed_to_the_client(emu: RulesEmulator, path: str) -> None:
+    """Messages reach a client over its socket only: its stream's head, entries and
+    acknowledged position can be neither read, listed nor written."""
+    me = emu.as_user(ALICE)
+    assert_denied(emu.http.get(emu.url(path), headers=me))
+    assert_denied(emu.http.get(emu.url(path.rsplit("/", 1)[0]), headers=me))  # list
+    assert_denied(
+        emu.http.patch(emu.url(path), json={"fields": fields({TOP_OFFSET: 1})}, headers=me)
     )
 
 
