@@ -2,7 +2,8 @@
 
 A REST call (or the sweep's callback) lands on any instance. That instance acts on the sockets
 it holds at once, publishes the work on the fan-out topic (``gateway.broker``), and every other
-instance does the same for the sockets it holds and publishes a receipt addressed to the first.
+instance does the same for the sockets it holds and publishes a receipt addressed to the first
+(the requests and receipts themselves: ``gateway.fanout``).
 The first answers once every instance it expects has replied, or after ``FANOUT_TIMEOUT`` with
 those that did, naming the others in ``unreachable_instances``. Whom to expect comes from
 Firestore: the live instances (heartbeats in ``gateway_instances``) for a broadcast, stats or
@@ -15,19 +16,15 @@ Firestore.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import uuid
-from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Literal, NamedTuple
-
-import msgspec
 
 from gateway import messages
 from gateway.broker import Broker, BrokerUnavailable
 from gateway.directory import Directory
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
+from gateway.fanout import Event, Fanout, RequestKind
 from gateway.messages import RoomMember, RoomResponse, StatsResponse
 from gateway.service import PresenceService
 from gateway.stats import instance_stats, merge_stats
@@ -36,39 +33,6 @@ from gateway.streams import stream_frame
 logger = logging.getLogger("gateway.deployment")
 
 Scope = Literal["deployment", "instance"]
-#: How many recent message ids each instance remembers to drop Pub/Sub's redeliveries.
-SEEN_IDS = 20_000
-
-
-class Event(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
-    """One fan-out message (JSON in the Pub/Sub message's data). Requests carry the work;
-    a ``reply`` carries one instance's receipt back to the request's origin."""
-
-    kind: Literal[
-        "send", "broadcast", "timeout", "stats", "signout", "room", "room_members", "reply"
-    ]
-    id: str
-    origin: str
-    user_id: str = ""
-    #: The encoded JSON frame for the sockets (send, broadcast): encoded once, by the origin.
-    text: str = ""
-    exclude_user: str | None = None
-    sessions: list[tuple[str, str]] = []
-    #: Instances that must answer a send even when they deliver nothing.
-    expect: list[str] = []
-    instance: str = ""
-    connections: int = 0
-    users: list[str] = []
-    closed: int = 0
-    stats: StatsResponse | None = None
-    #: The room of a room send or membership request.
-    room: str = ""
-    #: A durable send's offset in the user's stream (0: a plain send).
-    offset: int = 0
-
-
-_decode = msgspec.json.Decoder(Event).decode
-_encode = msgspec.json.Encoder().encode
 
 
 class Delivery(NamedTuple):
@@ -92,22 +56,6 @@ class DurableDelivery(NamedTuple):
     offset: int
 
 
-class _Pending:
-    """Receipts for one request, complete when every expected instance has replied."""
-
-    def __init__(self, expect: set[str] | None) -> None:
-        self.expect = expect
-        self.replies: dict[str, Event] = {}
-        self.done = asyncio.Event()
-        if expect is not None and not expect:
-            self.done.set()
-
-    def add(self, reply: Event) -> None:
-        self.replies[reply.instance] = reply
-        if self.expect is not None and self.expect <= self.replies.keys():
-            self.done.set()
-
-
 class Deployment:
     """Cross-instance operations over the broker, plus the Firestore-backed status view."""
 
@@ -117,84 +65,37 @@ class Deployment:
         self.me = service.settings.instance_id
         #: None: no PUBSUB_TOPIC, this instance is alone.
         self.broker = broker
-        self._pending: dict[str, _Pending] = {}
-        self._seen: set[str] = set()
-        self._seen_order: deque[str] = deque()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.fanout = (
+            Fanout(
+                broker,
+                self.me,
+                self.settings.fanout.fanout_timeout,
+                serve=self._serve,
+                holds=lambda user_id: bool(service.registry.count_of(user_id)),
+            )
+            if broker is not None
+            else None
+        )
         self.directory = Directory(service.store, self.settings)
-        #: Messages received, by (kind, outcome): served, replied, dropped, duplicate.
-        self.received: Counter[tuple[str, str]] = Counter()
-        #: Requests published, by kind and outcome (ok, failed); receipts missing at deadline.
-        self.published: Counter[tuple[str, str]] = Counter()
-        self.missing_receipts = 0
 
     async def start(self) -> None:
-        if self.broker is None:
+        if self.fanout is None:
             logger.warning(
                 "no PUBSUB_TOPIC: this instance is alone; send, broadcast, stats and the "
                 "sweep's timeouts reach the sockets it holds only"
             )
             return
-        await self.broker.start(self.on_message)
+        await self.fanout.start()
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.broker is not None:
-            await self.broker.stop()
+        if self.fanout is not None:
+            await self.fanout.stop()
 
-    # --- inbound -------------------------------------------------------------------------
+    # --- requests from other instances -----------------------------------------------------
 
-    def on_message(self, data: bytes, attributes: Mapping[str, str]) -> None:
-        """Called on the event loop for every message pulled from this instance's
-        subscription. Decides cheaply from the attributes first: most messages of a large
-        deployment are sends for users held elsewhere."""
-        kind = attributes.get("kind", "?")
-        to = attributes.get("to")
-        if (to is not None and to != self.me) or (
-            kind != "reply" and attributes.get("origin") == self.me
-        ):
-            # A reply for another instance (the emulator ignores the filter), or our own
-            # request, already served locally before it was published.
-            self.received[(kind, "dropped")] += 1
-            return
-        if (
-            kind in ("send", "signout")
-            and not self.service.registry.count_of(attributes.get("user_id", ""))
-            and self.me not in attributes.get("expect", "").split(",")
-        ):
-            self.received[(kind, "dropped")] += 1
-            return
-        try:
-            event = _decode(data)
-        except msgspec.DecodeError as exc:
-            logger.warning("undecodable fan-out message dropped: %s", exc)
-            self.received[(kind, "undecodable")] += 1
-            return
-        if event.id in self._seen and event.kind != "reply":
-            # Pub/Sub delivers at least once: a repeated request must not reach a socket twice.
-            self.received[(kind, "duplicate")] += 1
-            return
-        if event.kind == "reply":
-            pending = self._pending.get(event.id)
-            if pending is not None:
-                pending.add(event)
-            self.received[(kind, "served" if pending else "late")] += 1
-            return
-        self._remember(event.id)
-        self.received[(kind, "served")] += 1
-        task = asyncio.create_task(self._serve(event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _remember(self, event_id: str) -> None:
-        self._seen.add(event_id)
-        self._seen_order.append(event_id)
-        if len(self._seen_order) > SEEN_IDS:
-            self._seen.discard(self._seen_order.popleft())
-
-    async def _serve(self, event: Event) -> None:
+    async def _serve(self, event: Event) -> Event | None:
+        """Do a request's work on this instance's sockets; return the receipt (None: none is
+        owed, a send that reached nobody here and did not expect this instance)."""
         service = self.service
         reply = Event("reply", event.id, self.me, instance=self.me)
         if event.kind == "send":
@@ -205,7 +106,7 @@ class Deployment:
             else:
                 reply.connections = await service.send_text(event.user_id, event.text)
             if not reply.connections and self.me not in event.expect:
-                return
+                return None
             reply.users = [event.user_id] if reply.connections else []
         elif event.kind == "broadcast":
             users, reply.connections = await service.broadcast_text(event.text, event.exclude_user)
@@ -222,57 +123,20 @@ class Deployment:
         elif event.kind == "room_members":
             # (user_id, session_id) pairs, in the field the sweep's timeouts use.
             reply.sessions = service.room_members(event.room)
-        try:
-            await self._publish(reply, to=event.origin)
-        except BrokerUnavailable as exc:
-            logger.warning("receipt for %s %s not sent: %s", event.kind, event.id, exc)
+        return reply
 
-    # --- outbound ------------------------------------------------------------------------
-
-    async def _publish(self, event: Event, *, to: str | None = None) -> None:
-        assert self.broker is not None
-        attributes = {"kind": event.kind, "origin": self.me}
-        if to is not None:
-            attributes["to"] = to
-        if event.user_id:
-            attributes["user_id"] = event.user_id
-        if event.expect:
-            attributes["expect"] = ",".join(event.expect)
-        await self.broker.publish(_encode(event), attributes)
+    def _event(self, kind: RequestKind, **fields: Any) -> Event:
+        # Requests are made only with a broker: every caller has checked self.broker.
+        assert self.fanout is not None
+        return self.fanout.event(kind, **fields)
 
     async def _ask(
         self, event: Event, expect: set[str] | None
     ) -> tuple[dict[str, Event], list[str]]:
-        """Publish a request and gather receipts until ``expect`` (None: unknown) have all
-        replied or FANOUT_TIMEOUT passes. Raises BrokerUnavailable when publishing fails."""
-        pending = _Pending(expect)
-        self._pending[event.id] = pending
-        try:
-            try:
-                await self._publish(event)
-            except BrokerUnavailable:
-                self.published[(event.kind, "failed")] += 1
-                raise
-            self.published[(event.kind, "ok")] += 1
-            try:
-                async with asyncio.timeout(self.settings.fanout.fanout_timeout):
-                    await pending.done.wait()
-            except TimeoutError:
-                pass
-        finally:
-            del self._pending[event.id]
-        missing = sorted((expect or set()) - pending.replies.keys())
-        self.missing_receipts += len(missing)
-        if missing:
-            logger.warning("%s: no receipt from %s", event.kind, ", ".join(missing))
-        return pending.replies, missing
+        assert self.fanout is not None
+        return await self.fanout.ask(event, expect)
 
-    def _event(
-        self,
-        kind: Literal["send", "broadcast", "timeout", "stats", "signout", "room", "room_members"],
-        **fields: Any,
-    ) -> Event:
-        return Event(kind, uuid.uuid4().hex, self.me, **fields)
+    # --- operations ----------------------------------------------------------------------
 
     async def send_durable(self, user_id: str, payload: dict[str, Any]) -> DurableDelivery:
         """Append a JSON object to the user's stream, then deliver it like ``send``. Stored

@@ -159,7 +159,8 @@ class GatewayCollector:
             "room, room_members)",
             labels=["kind", "outcome"],
         )
-        for (kind, outcome), count in sorted(deployment.published.items()):
+        fanout = deployment.fanout
+        for (kind, outcome), count in sorted((fanout.published if fanout else {}).items()):
             published.add_metric([kind, outcome], count)
         yield published
         received = CounterMetricFamily(
@@ -167,13 +168,13 @@ class GatewayCollector:
             "Fan-out messages pulled, by kind and what became of them",
             labels=["kind", "outcome"],
         )
-        for (kind, outcome), count in sorted(deployment.received.items()):
+        for (kind, outcome), count in sorted((fanout.received if fanout else {}).items()):
             received.add_metric([kind, outcome], count)
         yield received
         yield CounterMetricFamily(
             "gateway_fanout_missing_receipts",
             "Instances that had not answered a request by FANOUT_TIMEOUT",
-            deployment.missing_receipts,
+            fanout.missing_receipts if fanout else 0,
         )
         broker = deployment.broker
         yield GaugeMetricFamily(

@@ -142,8 +142,8 @@ async def test_send_reaches_the_users_sockets_on_every_instance_exactly_once() -
         assert sent == Delivery(2, 1, ["a", "c"], [], "deployment")
         await asyncio.sleep(0.05)
         assert on_a.texts() == on_c.texts() == ['{"type":"hello"}']
-        assert cluster.at["b"].received[("send", "dropped")] == 2
-        assert cluster.at["c"].received[("send", "duplicate")] == 1
+        assert cluster.at["b"].fanout.received[("send", "dropped")] == 2
+        assert cluster.at["c"].fanout.received[("send", "duplicate")] == 1
 
 
 async def test_send_to_nobody_is_404_and_to_a_silent_instance_names_it() -> None:
@@ -262,7 +262,7 @@ async def test_garbage_and_replies_for_others_are_dropped() -> None:
     nothing and is counted."""
     async with Cluster("a") as cluster:
         a = cluster.at["a"]
-        a.on_message(b"not json", {"kind": "send", "origin": "x", "expect": "a"})
-        a.on_message(b"{}", {"kind": "reply", "to": "someone-else"})
-        assert a.received[("send", "undecodable")] == 1
-        assert a.received[("reply", "dropped")] == 1
+        a.fanout.on_message(b"not json", {"kind": "send", "origin": "x", "expect": "a"})
+        a.fanout.on_message(b"{}", {"kind": "reply", "to": "someone-else"})
+        assert a.fanout.received[("send", "undecodable")] == 1
+        assert a.fanout.received[("reply", "dropped")] == 1
