@@ -112,6 +112,7 @@ async def serve_socket(
     service.connected(conn)
     code: int | None = None
     try:
+        await service.first_ping(conn)
         # This frame is what an idle socket keeps suspended (see docs/benchmarks.md): the
         # handshake and each event are handled by calls that return, so their locals (the ID
         # token, the connect event) are not held while the socket waits.
