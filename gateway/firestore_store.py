@@ -113,6 +113,17 @@ class FirestoreStore:
         )
         return snapshot.to_dict() if snapshot.exists else None
 
+    async def get_members(
+        self, user_ids: Sequence[str], timeout: float
+    ) -> dict[str, dict[str, Any]]:
+        # One BatchGetDocuments for all of them: what admission's BatchReader coalesces into.
+        refs = [self._client.collection(MEMBERS).document(u) for u in user_ids]
+        found: dict[str, dict[str, Any]] = {}
+        async for snapshot in self._client.get_all(refs, retry=None, timeout=timeout):
+            if snapshot.exists:
+                found[snapshot.id] = snapshot.to_dict() or {}
+        return found
+
     async def get_instances(self, ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
         refs = [self._client.collection(INSTANCES).document(i) for i in ids]
         found: dict[str, dict[str, Any]] = {}
