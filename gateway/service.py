@@ -103,6 +103,8 @@ class PresenceService:
             max_in_flight=MEMBER_READS_IN_FLIGHT,
         )
         self.pings_sent = 0
+        #: Connects admitted without the revocation check (their member read failed).
+        self.member_reads_failed = 0
         self.timeouts_sent = 0
         self.callbacks_received = 0
         #: Sockets refused or closed by policy, by reason (close reason text).
@@ -178,6 +180,7 @@ class PresenceService:
                 member = await self.member_reads.get(user_id)
         except Exception as exc:
             # Fail open on the revocation check only: the token itself was verified.
+            self.member_reads_failed += 1
             logger.warning("member read failed, admitting on the token alone: %r", exc)
             member = None
         authorize(identity, user_id, member)

@@ -32,12 +32,14 @@ records so far, ``fanout``: the bench frames received since the last ``fanout`` 
 broadcast's tally, ``stop``; EOF means stop).
 
 In ``storm`` mode (a reconnect storm, ``tests/bench/storm_bench.py``) the ``--plan`` entries
-carry a third element, the user's ID token, sent as ``?token=``; every socket is opened at once
-(``--concurrency`` as large as the plan) and only once (``--attempts 1``: a refusal must show,
-not be retried away), and each records, on this process's monotonic clock, when its connect
-started, when the upgrade was answered, when its first ping arrived and the close code of a
-refusal. Sockets answer pings like ``pong`` mode; ``ready`` comes once every socket has its
-first ping or is closed (``--ping-wait`` at most) and ``report`` returns the records.
+carry a third element, the user's ID token, sent as ``?token=``; every socket is opened at once,
+without a concurrency limit (``--burst`` connects started per loop iteration, so that each
+socket sends its request as soon as it is connected, as independent clients would) and only
+once (``--attempts 1``: a refusal must show, not be retried away). Each records, on this
+process's monotonic clock, when its connect started, when the upgrade was answered, when its
+first ping arrived and the close code of a refusal. Sockets answer pings like ``pong`` mode;
+``ready`` comes once every socket has its first ping or is closed (``--ping-wait`` at most) and
+``report`` returns the records.
 """
 
 from __future__ import annotations
@@ -665,8 +667,24 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.sleep(1.0)
             emit("progress", **stats.as_dict(), seconds=round(time.monotonic() - started, 2))
 
+    async def storm() -> None:
+        # Every socket at once, as independent clients would: each writes its upgrade request
+        # as soon as its TCP connect completes. Starting all of them in one loop iteration
+        # would instead leave thousands connected with nothing sent while this process works
+        # through the rest of the connects (the gateway then sees silent connections); one
+        # burst of connects per iteration lets the earlier ones send their requests meanwhile.
+        opening = []
+        for first in range(0, args.count, args.burst):
+            for index in range(first, min(first + args.burst, args.count)):
+                opening.append(asyncio.create_task(pool.open_one(index)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*opening)
+
     reporter = asyncio.create_task(progress())
-    await asyncio.gather(*(worker() for _ in range(min(args.concurrency, args.count))))
+    if args.mode == "storm":
+        await storm()
+    else:
+        await asyncio.gather(*(worker() for _ in range(min(args.concurrency, args.count))))
     reporter.cancel()
     emit("ready", **stats.as_dict(), seconds=round(time.monotonic() - started, 3))
 
@@ -721,6 +739,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connect-timeout", type=float, default=20.0)
     parser.add_argument("--close-timeout", type=float, default=15.0)
     parser.add_argument("--attempts", type=int, default=3)
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=100,
+        help="storm mode: connects started per loop iteration (all of them, without waiting)",
+    )
     parser.add_argument(
         "--ping-wait",
         type=float,
