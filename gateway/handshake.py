@@ -5,22 +5,15 @@ its HTTP request (the WebSocket upgrade included) holds a socket, a protocol obj
 descriptor for as long as it likes, and thousands of them exhaust the open-file limit. Here
 each connection must deliver a complete request head within ``WS_HANDSHAKE_TIMEOUT`` seconds,
 or it is closed; and at most ``WS_MAX_PENDING_HANDSHAKES`` connections may be waiting for
-theirs at once: beyond that, a new connection is closed as soon as it opens, unless its whole
-request head is already waiting to be read. Once a request has arrived, uvicorn's own rules
-apply (its keep-alive timeout between requests; the socket's own lifetime after an upgrade).
-
-Why the exception: in a reconnect storm the event loop accepts connections (thousands per
-iteration) faster than it reads them, so legitimate clients whose upgrade request sits in the
-kernel's buffer counted as waiting, and 5,904 of 10,000 were closed on arrival (``make bench``,
-``--only storm``). Looking at the buffer (a non-consuming ``MSG_PEEK``), only when the cap is
-reached, tells them from the silent connections the cap is for.
+theirs at once: beyond that, a new connection is closed as soon as it opens. Once a request
+has arrived, uvicorn's own rules apply (its keep-alive timeout between requests; the socket's
+own lifetime after an upgrade).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import Any
 
 from uvicorn.config import Config
@@ -28,28 +21,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 logger = logging.getLogger("gateway.handshake")
-
-#: How much of a new connection's buffer is looked at for a complete request head: h11's own
-#: limit on an incomplete head, so any head uvicorn would take fits.
-PEEK_BYTES = 16 * 1024
-
-
-def request_head_waiting(sock: Any) -> bool:
-    """Whether a complete HTTP request head is already in this socket's receive buffer (read
-    without consuming it). ``sock`` is the transport's socket, or anything with a fileno."""
-    if sock is None:
-        return False
-    try:
-        probe = socket.socket(fileno=sock.fileno())
-    except OSError:
-        return False
-    try:
-        data = probe.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except OSError:  # nothing there yet (EAGAIN), or already reset
-        return False
-    finally:
-        probe.detach()  # the transport owns the descriptor: do not close it
-    return b"\r\n\r\n" in data
 
 
 class HandshakeLimits:
@@ -83,11 +54,7 @@ class BoundedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         limits = self.limits
-        if (
-            limits.max_pending
-            and limits.pending >= limits.max_pending
-            and not request_head_waiting(transport.get_extra_info("socket"))
-        ):
+        if limits.max_pending and limits.pending >= limits.max_pending:
             limits.refused += 1
             if limits.refused == 1 or limits.refused % 1000 == 0:
                 logger.warning(
