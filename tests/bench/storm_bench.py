@@ -200,6 +200,8 @@ def summarize(records: list[list[Any]], expected: int) -> dict[str, Any]:
         "connect_to_ping_p99_ms": _ms(percentile(waits, 0.99)),
         "connect_to_ping_max_ms": _ms(max(waits) if waits else None),
         "all_pinged_seconds": round(max((r[2] for r in pinged), default=t0) - t0, 3),
+        # How long the client itself took to start every connect (one process, shared cores).
+        "connects_started_seconds": round(max(starts, default=t0) - t0, 3),
         "connect_to_upgrade_p50_ms": _ms(percentile([r[1] - r[0] for r in admitted], 0.5)),
         "connect_to_upgrade_p99_ms": _ms(percentile([r[1] - r[0] for r in admitted], 0.99)),
     }
@@ -337,7 +339,8 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         },
         {
             "figure": "S: storm start -> every socket pinged",
-            "value": f"{result['all_pinged_seconds']:.1f} s ({result['pinged']:,} pinged)",
+            "value": f"{result['all_pinged_seconds']:.1f} s ({result['pinged']:,} pinged; the "
+            f"client started its last connect at {result['connects_started_seconds']:.1f} s)",
             "target": f"< {TARGET_SECONDS:g} s",
             "ok": result["pinged"] == n and result["all_pinged_seconds"] < TARGET_SECONDS,
         },
