@@ -11,9 +11,10 @@ descends from) is older than the last sign-out is refused. That is one Firestore
 connect instead of one Firebase Auth ``get_user`` call (``check_revoked=True``): the same
 latency on the emulators (docs/protocol.md), but made with the async client the gateway already
 holds, and drawing on no Auth Admin API quota when many clients reconnect at once (a Cloud Run
-rollout). If Firestore cannot answer within ``READ_TIMEOUT`` (2 s)
-the connect is allowed on the token alone (logged): the gateway keeps serving while Firestore
-is down, as it does for pongs.
+rollout). Connects waiting at once share one batched read (``PresenceService.member_reads``) and
+one trip to the verification thread (``FirebaseVerifier``). If Firestore cannot answer within
+``READ_TIMEOUT`` (2 s) the connect is allowed on the token alone (logged): the gateway keeps
+serving while Firestore is down, as it does for pongs.
 
 Close codes: 4401 missing, malformed, forged, expired, foreign-project or revoked token;
 4403 a valid token for another user.
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from gateway.batching import BatchReader
 from gateway.closes import CloseCode
 from gateway.exceptions import AuthError
 from gateway.rooms import grants_from_claims
@@ -38,6 +40,12 @@ logger = logging.getLogger("gateway.auth")
 
 MAX_TOKEN_LENGTH = 8192
 CLOCK_SKEW = 5
+#: Tokens verified per trip to a worker thread, and trips out at once (gateway.batching): in a
+#: reconnect storm one thread hop per connect, each contending for the GIL with the event loop,
+#: was the admission path's largest cost (docs/benchmarks.md). Two trips at once keep a slow
+#: certificate fetch in one from holding up every connect.
+VERIFY_BATCH = 100
+VERIFIES_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,19 @@ def token_from(query_string: bytes, headers: Mapping[bytes, bytes]) -> str | Non
     return None
 
 
+def identity_from(claims: Mapping[str, Any]) -> Identity:
+    """The identity in a verified token's claims; AuthError(4401) when they lack a part."""
+    try:
+        return Identity(
+            uid=str(claims["uid"]),
+            auth_time=datetime.fromtimestamp(int(claims["auth_time"]), UTC),
+            expires_at=float(claims["exp"]),
+            rooms=grants_from_claims(claims),
+        )
+    except (KeyError, TypeError, ValueError, OverflowError, OSError):
+        raise AuthError(CloseCode.UNAUTHENTICATED, "invalid token") from None
+
+
 def authorize(identity: Identity, user_id: str, member: Mapping[str, Any] | None) -> None:
     """The decision after a token verified: right user, and not signed out since."""
     if identity.uid != user_id:
@@ -81,7 +102,8 @@ def authorize(identity: Identity, user_id: str, member: Mapping[str, Any] | None
 
 
 class FirebaseVerifier:
-    """firebase-admin's verify_id_token, off the event loop (it may fetch Google's certs)."""
+    """firebase-admin's verify_id_token, off the event loop (it may fetch Google's certs); the
+    tokens of connects waiting at once go to the worker thread together."""
 
     def __init__(self, project_id: str) -> None:
         import firebase_admin
@@ -91,20 +113,19 @@ class FirebaseVerifier:
             self._app = firebase_admin.get_app(name)
         except ValueError:
             self._app = firebase_admin.initialize_app(options={"projectId": project_id}, name=name)
+        self._batches: BatchReader[Identity | AuthError] = BatchReader(
+            self._verify_batch, max_batch=VERIFY_BATCH, max_in_flight=VERIFIES_IN_FLIGHT
+        )
 
     async def verify(self, token: str) -> Identity:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise AuthError(CloseCode.UNAUTHENTICATED, "invalid token")
-        claims = await asyncio.to_thread(self._verify, token)
-        try:
-            identity = Identity(
-                uid=str(claims["uid"]),
-                auth_time=datetime.fromtimestamp(int(claims["auth_time"]), UTC),
-                expires_at=float(claims["exp"]),
-                rooms=grants_from_claims(claims),
-            )
-        except (KeyError, TypeError, ValueError, OverflowError, OSError):
-            raise AuthError(CloseCode.UNAUTHENTICATED, "invalid token") from None
+        identity = await self._batches.get(token)
+        if identity is None:  # pragma: no cover - every token of a batch gets an outcome
+            raise AuthError(CloseCode.UNAUTHENTICATED, "invalid token")
+        if isinstance(identity, AuthError):
+            # A fresh error per caller: the same token may have been presented twice.
+            raise AuthError(identity.close_code, identity.reason)
         # firebase-admin skips the expiry check for the Auth emulator's unsigned tokens; check
         # it here for every token (a no-op in production, where the library already has).
         if identity.expires_at + CLOCK_SKEW < time.time():
@@ -121,6 +142,23 @@ class FirebaseVerifier:
         except auth.UserNotFoundError:
             return False
         return True
+
+    async def _verify_batch(self, tokens: list[str]) -> dict[str, Identity | AuthError]:
+        return await asyncio.to_thread(self._verify_many, tokens)
+
+    def _verify_many(self, tokens: list[str]) -> dict[str, Identity | AuthError]:
+        """Each token's identity, or the AuthError refusing it (in the worker thread)."""
+        outcomes: dict[str, Identity | AuthError] = {}
+        for token in tokens:
+            try:
+                outcomes[token] = identity_from(self._verify(token))
+            except AuthError as exc:
+                outcomes[token] = exc
+            except Exception:
+                # Contained to this token: the others in the batch are not refused for it.
+                logger.exception("token verification failed unexpectedly")
+                outcomes[token] = AuthError(CloseCode.UNAUTHENTICATED, "token check unavailable")
+        return outcomes
 
     def _verify(self, token: str) -> dict[str, Any]:
         from firebase_admin import auth

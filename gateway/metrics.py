@@ -43,6 +43,11 @@ class GatewayCollector:
         )
         yield CounterMetricFamily("gateway_pings_sent", "Server pings sent", service.pings_sent)
         yield CounterMetricFamily(
+            "gateway_member_reads_failed",
+            "Connects admitted on the token alone: the member read failed or took over 2 s",
+            service.member_reads_failed,
+        )
+        yield CounterMetricFamily(
             "gateway_pongs_received", "Client pongs received", writer.pongs_received
         )
         yield CounterMetricFamily(

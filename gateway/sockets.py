@@ -157,9 +157,11 @@ async def serve_socket(
         sink = SocketSink(service, conn)
         edge.set_text_sink(sink)
         sink.recovery = _connected(service, conn, wanted, position)
+        await service.first_ping(conn)
         edge.detach(sink)
         return
     recovery = _connected(service, conn, wanted, position)
+    await service.first_ping(conn)
     code: int | None = None
     try:
         while code is None:

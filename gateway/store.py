@@ -100,6 +100,11 @@ class Store(Protocol):
     async def get_member(self, user_id: str, timeout: float) -> dict[str, Any] | None:
         """The member document, or None when there is none."""
 
+    async def get_members(
+        self, user_ids: Sequence[str], timeout: float
+    ) -> dict[str, dict[str, Any]]:
+        """The member documents that exist, by user id, in one read (admission's batches)."""
+
     async def get_instances(self, ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
         """The gateway_instances documents that exist, by id."""
 
@@ -259,6 +264,13 @@ class MemoryStore:
     async def get_member(self, user_id: str, timeout: float) -> dict[str, Any] | None:
         doc = self.docs.get((MEMBERS, user_id))
         return _copy(doc) if doc is not None else None
+
+    async def get_members(
+        self, user_ids: Sequence[str], timeout: float
+    ) -> dict[str, dict[str, Any]]:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return {u: _copy(self.docs[(MEMBERS, u)]) for u in user_ids if (MEMBERS, u) in self.docs}
 
     async def get_instances(self, ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
         return {i: _copy(self.docs[(INSTANCES, i)]) for i in ids if (INSTANCES, i) in self.docs}

@@ -1,6 +1,6 @@
 """Scenario L (``--only load``): the gateway under load, measured against Node's ``ws``.
 
-Three parts, each printed as rows of the summary table:
+Printed as rows of the summary table:
 
 * **CPU and memory against Node ``ws``.** The same load client drives the gateway (pongs
   persisted to the Firestore emulator, ``AUTH_MODE=off``) and then the reference server
@@ -10,8 +10,9 @@ Three parts, each printed as rows of the summary table:
   CPU time over the window divided by the pongs it took; memory per socket is the RSS growth
   divided by the sockets held. The goals are ratios: CPU at most 2 x Node's, memory at most
   Node's.
-* **Reconnect storm** (``storm_bench``): real ID tokens, every socket at once.
-* **Half-open handshakes** (``storm_bench``): TCP connections that never send the upgrade.
+
+The reconnect storm (real ID tokens, every socket at once) is its own scenario, ``storm_bench``
+(``--only storm``); half-open handshakes are held by ``tests/e2e/test_handshakes.py``.
 """
 
 from __future__ import annotations

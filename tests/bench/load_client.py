@@ -4,16 +4,18 @@
 
 Opens ``--count`` sockets to ``ws://127.0.0.{k}:PORT/ws/connect/{user_id}`` (``k`` cycles over
 ``--hosts`` loopback addresses so no single address pair runs out of ephemeral ports), one
-distinct user id per socket. In ``pong`` mode every server ``{"type":"ping"}`` is answered with
-``{"type":"pong"}``; in ``idle`` mode frames are read and discarded. In ``timeout`` mode sockets
-are idle too and each records the wall-clock time of every ``{"type":"timeout"}`` frame and of
-the server's close frame (with its code); ``--plan FILE`` (a JSON list of ``[port, user_id]``)
-then names each socket's gateway and user, so one process can hold a user's sockets on several
-gateway instances. In ``fanout`` mode sockets answer pings like ``pong`` mode, except one in
-``--silent-every`` (by user number), which never answers; every socket also records the
-timeout frame and close frame as in ``timeout`` mode and the wall-clock arrival of each
-``{"type":"bench"}`` frame: one carrying ``n`` (a send) as ``[n, user_id, time]``, one carrying
-``b`` (a broadcast) as a count and the first and last arrival per ``b``.
+distinct user id per socket. The source address is 127.0.0.1 for all of them unless
+``--bind-source`` binds each to the address it connects to. In ``pong`` mode every server
+``{"type":"ping"}`` is answered with ``{"type":"pong"}``; in ``idle`` mode frames are read and
+discarded. In ``timeout`` mode sockets are idle too and each records the wall-clock time of
+every ``{"type":"timeout"}`` frame and of the server's close frame (with its code);
+``--plan FILE`` (a JSON list of ``[port, user_id]``) then names each socket's gateway and user,
+so one process can hold a user's sockets on several gateway instances. In ``fanout`` mode
+sockets answer pings like ``pong`` mode, except one in ``--silent-every`` (by user number),
+which never answers; every socket also records the timeout frame and close frame as in
+``timeout`` mode and the wall-clock arrival of each ``{"type":"bench"}`` frame: one carrying
+``n`` (a send) as ``[n, user_id, time]``, one carrying ``b`` (a broadcast) as a count and the
+first and last arrival per ``b``.
 
 Two implementations:
 
@@ -28,6 +30,16 @@ Talks to its parent in JSON lines: stdout carries events (``progress``, ``ready`
 ``stopped``, ``report``, ``fanout``); stdin takes commands (``stats``, ``report``: the timeout
 records so far, ``fanout``: the bench frames received since the last ``fanout`` and every
 broadcast's tally, ``stop``; EOF means stop).
+
+In ``storm`` mode (a reconnect storm, ``tests/bench/storm_bench.py``) the ``--plan`` entries
+carry a third element, the user's ID token, sent as ``?token=``; every socket is opened at once,
+without a concurrency limit (``--burst`` connects started per loop iteration, so that each
+socket sends its request as soon as it is connected, as independent clients would) and only
+once (``--attempts 1``: a refusal must show, not be retried away). Each records, on this
+process's monotonic clock, when its connect started, when the upgrade was answered, when its
+first ping arrived and the close code of a refusal. Sockets answer pings like ``pong`` mode;
+``ready`` comes once every socket has its first ping or is closed (``--ping-wait`` at most) and
+``report`` returns the records.
 """
 
 from __future__ import annotations
@@ -367,6 +379,51 @@ class FanoutSocket(TimeoutSocket):
             tally[2] = now
 
 
+class StormSocket(RawSocket):
+    """A socket of the reconnect storm: stamps its upgrade and its first ping, and the close
+    code when the server closes it first (a refusal)."""
+
+    __slots__ = ("started", "upgraded_at", "pinged_at", "close_code", "settled")
+
+    PING_MARK = b'"type":"ping"'
+
+    def __init__(self, request: bytes, accept: bytes, stats: Stats, started: float) -> None:
+        super().__init__(request, accept, stats, pong=True)
+        self.started = started
+        self.upgraded_at = 0.0
+        self.pinged_at = 0.0
+        self.close_code: int | None = None
+        #: Done at the first ping, or when the socket closes without one.
+        self.settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        # Stamped before parsing: the receipt is the figure. Server frames are not masked, so
+        # the ping's JSON is visible in the raw bytes (the 101 response may share the read).
+        now = time.monotonic()
+        if not self.upgraded:
+            self.upgraded_at = now
+        if not self.pinged_at and self.PING_MARK in data:
+            self.pinged_at = now
+            if not self.settled.done():
+                self.settled.set_result(None)
+        super().data_received(data)
+
+    def on_close(self, payload: bytes) -> None:
+        if self.close_code is None and not self.pinged_at:
+            self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        if not self.settled.done():
+            self.settled.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.settled.done():
+            self.settled.set_result(None)
+        super().connection_lost(exc)
+
+    def record(self) -> list[Any]:
+        """[started, upgraded at, first ping at, close code]: monotonic seconds, 0 for never."""
+        return [self.started, self.upgraded_at, self.pinged_at, self.close_code]
+
+
 _pool_done: Callable[[RawSocket], None] | None = None
 
 
@@ -381,12 +438,13 @@ def handshake(host: str, port: int, path: str) -> tuple[bytes, bytes]:
     return request, accept
 
 
-def target(args: argparse.Namespace, index: int) -> tuple[int, str]:
-    """(port, user id) of socket ``index``: from ``--plan``, else ``--port`` and a numbered id."""
+def target(args: argparse.Namespace, index: int) -> tuple[int, str, str | None]:
+    """(port, user id, ID token or None) of socket ``index``: from ``--plan``, else ``--port``
+    and a numbered id."""
     if args.plan_entries is not None:
-        port, user_id = args.plan_entries[index]
-        return int(port), str(user_id)
-    return args.port, f"{args.prefix}-{args.first_id + index:06d}"
+        port, user_id, *token = args.plan_entries[index]
+        return int(port), str(user_id), str(token[0]) if token else None
+    return args.port, f"{args.prefix}-{args.first_id + index:06d}", None
 
 
 class RawPool:
@@ -394,8 +452,9 @@ class RawPool:
         self.args = args
         self.stats = stats
         self.sockets: set[RawSocket] = set()
-        #: Every TimeoutSocket that connected, kept after it closes (its record is the result).
-        self.tracked: list[TimeoutSocket] = []
+        #: Every TimeoutSocket that connected and every StormSocket, kept after it closes (its
+        #: record is the result).
+        self.tracked: list[TimeoutSocket | StormSocket] = []
         self.fanout_log = FanoutLog()
         self.all_gone = asyncio.Event()
         global _pool_done
@@ -410,13 +469,16 @@ class RawPool:
         args = self.args
         loop = asyncio.get_running_loop()
         host = f"127.0.0.{index % args.hosts + 1}"
-        port, user_id = target(args, index)
-        path = f"/ws/connect/{user_id}"
+        port, user_id, token = target(args, index)
+        path = f"/ws/connect/{user_id}" + (f"?token={token}" if token else "")
         for attempt in range(args.attempts):
             request, accept = handshake(host, port, path)
             proto: RawSocket | None = None
+            started = time.monotonic()
 
-            def factory(r: bytes = request, a: bytes = accept) -> RawSocket:
+            def factory(r: bytes = request, a: bytes = accept, t: float = started) -> RawSocket:
+                if args.mode == "storm":
+                    return StormSocket(r, a, self.stats, t)
                 if args.mode == "fanout":
                     number = args.first_id + index
                     silent = bool(args.silent_every) and number % args.silent_every == 0
@@ -427,11 +489,15 @@ class RawPool:
 
             try:
                 async with asyncio.timeout(args.connect_timeout):
-                    _, proto = await loop.create_connection(factory, host, port)
+                    _, proto = await loop.create_connection(
+                        factory, host, port, local_addr=(host, 0) if args.bind_source else None
+                    )
                     assert proto.ready is not None
                     await proto.ready
             except (OSError, TimeoutError, ConnectionError) as exc:
                 self.stats.last_error = repr(exc)[:200]
+                if isinstance(proto, StormSocket):
+                    self.tracked.append(proto)  # a failed storm socket is a result too
                 if proto is not None:
                     proto.abort()
                 if attempt + 1 < args.attempts:
@@ -441,10 +507,18 @@ class RawPool:
                 self.stats.failed += 1
                 return
             self.sockets.add(proto)
-            if isinstance(proto, TimeoutSocket):
+            if isinstance(proto, TimeoutSocket | StormSocket):
                 self.tracked.append(proto)
             self.stats.open += 1
             self.stats.connected += 1
+            if isinstance(proto, StormSocket):
+                # Held until the first ping (or a refusal's close): ``ready`` then means every
+                # socket's outcome is known.
+                try:
+                    async with asyncio.timeout(args.ping_wait):
+                        await proto.settled
+                except TimeoutError:
+                    pass
             return
 
     def records(self) -> list[list[Any]]:
@@ -489,8 +563,8 @@ class LibPool:
 
         args = self.args
         host = f"127.0.0.{index % args.hosts + 1}"
-        port, user_id = target(args, index)
-        uri = f"ws://{host}:{port}/ws/connect/{user_id}"
+        port, user_id, token = target(args, index)
+        uri = f"ws://{host}:{port}/ws/connect/{user_id}" + (f"?token={token}" if token else "")
         for attempt in range(args.attempts):
             try:
                 ws = await connect(
@@ -593,8 +667,24 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.sleep(1.0)
             emit("progress", **stats.as_dict(), seconds=round(time.monotonic() - started, 2))
 
+    async def storm() -> None:
+        # Every socket at once, as independent clients would: each writes its upgrade request
+        # as soon as its TCP connect completes. Starting all of them in one loop iteration
+        # would instead leave thousands connected with nothing sent while this process works
+        # through the rest of the connects (the gateway then sees silent connections); one
+        # burst of connects per iteration lets the earlier ones send their requests meanwhile.
+        opening = []
+        for first in range(0, args.count, args.burst):
+            for index in range(first, min(first + args.burst, args.count)):
+                opening.append(asyncio.create_task(pool.open_one(index)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*opening)
+
     reporter = asyncio.create_task(progress())
-    await asyncio.gather(*(worker() for _ in range(min(args.concurrency, args.count))))
+    if args.mode == "storm":
+        await storm()
+    else:
+        await asyncio.gather(*(worker() for _ in range(min(args.concurrency, args.count))))
     reporter.cancel()
     emit("ready", **stats.as_dict(), seconds=round(time.monotonic() - started, 3))
 
@@ -626,20 +716,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)
-    parser.add_argument("--mode", choices=("idle", "pong", "timeout", "fanout"), default="idle")
+    parser.add_argument(
+        "--mode", choices=("idle", "pong", "timeout", "fanout", "storm"), default="idle"
+    )
     parser.add_argument(
         "--plan",
         default=None,
-        help="JSON list of [port, user_id], one per socket (instead of --port/--count/--prefix)",
+        help="JSON list of [port, user_id] or [port, user_id, id_token], one per socket "
+        "(instead of --port/--count/--prefix)",
     )
     parser.add_argument("--impl", choices=("raw", "websockets"), default="raw")
     parser.add_argument("--prefix", default="bench")
     parser.add_argument("--first-id", type=int, default=0)
     parser.add_argument("--hosts", type=int, default=50, help="loopback addresses 127.0.0.1..N")
     parser.add_argument("--concurrency", type=int, default=200, help="handshakes in flight")
+    parser.add_argument(
+        "--bind-source",
+        action="store_true",
+        help="connect from the same loopback address as the one connected to, so the gateway "
+        "sees --hosts client addresses (else every socket comes from 127.0.0.1)",
+    )
     parser.add_argument("--connect-timeout", type=float, default=20.0)
     parser.add_argument("--close-timeout", type=float, default=15.0)
     parser.add_argument("--attempts", type=int, default=3)
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=100,
+        help="storm mode: connects started per loop iteration (all of them, without waiting)",
+    )
+    parser.add_argument(
+        "--ping-wait",
+        type=float,
+        default=120.0,
+        help="storm mode: longest a socket waits for its first ping before ready",
+    )
     parser.add_argument(
         "--silent-every",
         type=int,
@@ -656,7 +767,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.count = len(args.plan_entries)
     elif not args.port or not args.count:
         parser.error("--port and --count are required without --plan")
-    if args.mode in ("timeout", "fanout") and args.impl != "raw":
+    if args.mode in ("timeout", "fanout", "storm") and args.impl != "raw":
         parser.error(f"--mode {args.mode} needs --impl raw")
     return args
 

@@ -1,6 +1,7 @@
 """Gateway benchmarks: memory per idle socket, pong persistence under PING_INTERVAL=1, timeout
 delivery across instances (``timeout_bench``), cross-instance send, broadcast and timeouts over
-Pub/Sub behind a round-robin proxy (``fanout_bench``) and sweep throughput (``sweep_bench``).
+Pub/Sub behind a round-robin proxy (``fanout_bench``), a reconnect storm with real ID tokens
+(``storm_bench``) and sweep throughput (``sweep_bench``).
 
     .venv/bin/python -m tests.bench                      # full run (about 5 minutes)
     .venv/bin/python -m tests.bench --connections 500    # quick variant of every scenario
@@ -63,7 +64,14 @@ import httpx
 import psutil
 
 from emulator.procs import Process, firestore_process, free_port, gateway_process
-from tests.bench import durable_bench, fanout_bench, load_bench, sweep_bench, timeout_bench
+from tests.bench import (
+    durable_bench,
+    fanout_bench,
+    load_bench,
+    storm_bench,
+    sweep_bench,
+    timeout_bench,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_DIR = ROOT / ".run" / "bench"
@@ -916,7 +924,7 @@ def print_summary(
         )
     for line in extra_lines:
         print(line)
-    for name in ("connect", "pongs-sustained", "pongs-ceiling"):
+    for name in ("connect", "pongs-sustained", "pongs-ceiling", "storm"):
         top = top_frames(RUN_DIR / f"profile-{name}.txt", 8)
         if top:
             print(
@@ -936,7 +944,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m tests.bench", description="Gateway benchmarks (see tests/bench/runner.py)"
     )
     parser.add_argument(
-        "--only", choices=("memory", "pongs", "load", "timeout", "fanout", "durable", "sweep")
+        "--only",
+        choices=("memory", "pongs", "load", "timeout", "fanout", "durable", "storm", "sweep"),
     )
     parser.add_argument(
         "--connections",
@@ -951,6 +960,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pong-connections", type=int, default=None, help="B ceiling (5,000)")
     parser.add_argument("--timeout-users", type=int, default=None, help="T users (1,500)")
     parser.add_argument("--fanout-sockets", type=int, default=None, help="F sockets (3,000)")
+    parser.add_argument("--storm-sockets", type=int, default=None, help="S sockets (10,000)")
+    parser.add_argument(
+        "--storm-ping-interval",
+        type=float,
+        default=storm_bench.PING_INTERVAL,
+        help="S: the gateway's PING_INTERVAL (30, the default)",
+    )
     parser.add_argument("--ping-interval", type=float, default=1.0, help="scenario B")
     parser.add_argument(
         "--sustained-window",
@@ -980,7 +996,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="BIN",
         default=None,
         help="profile the gateway with this py-spy binary (A: connecting, "
-        "B: steady windows) into .run/bench/profile-*.txt",
+        "B: steady windows, S: the storm) into .run/bench/profile-*.txt",
     )
     parser.add_argument(
         "--gateway-cmd",
@@ -998,6 +1014,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args.timeout_users = args.timeout_users or args.connections or timeout_bench.DEFAULT_USERS
     args.fanout_sockets = args.fanout_sockets or args.connections or fanout_bench.DEFAULT_SOCKETS
+    args.storm_sockets = args.storm_sockets or args.connections or storm_bench.DEFAULT_SOCKETS
     return args
 
 
@@ -1035,6 +1052,8 @@ def main(argv: list[str] | None = None) -> int:
         "fanout-scheduler.log",
         "node-ws.log",
         "profile-load-cpu.txt",
+        "profile-storm.txt",
+        "storm-auth.log",
     ):
         (RUN_DIR / name).unlink(missing_ok=True)
     soft, hard = raise_fd_limit()
@@ -1084,6 +1103,8 @@ def main(argv: list[str] | None = None) -> int:
             results["fanout"] = fanout_bench.run(fs_host, args, stack)
         if args.only in (None, "durable"):
             results["durable"] = durable_bench.run(fs_host, args, stack)
+        if args.only in (None, "storm"):
+            results["storm"] = storm_bench.run(fs_host, args, stack)
         if args.only in (None, "sweep"):
             firestore.stop()  # the sweep scenarios start their own emulators
             results["sweep"] = sweep_bench.run(RUN_DIR, log)
@@ -1114,6 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
         + timeout_bench.rows(results.get("timeout", {}))
         + fanout_bench.rows(results.get("fanout", {}))
         + durable_bench.rows(results.get("durable", {}))
+        + storm_bench.rows(results.get("storm", {}))
         + sweep_bench.rows(results.get("sweep", {}))
     )
     results["summary"] = rows

@@ -2,9 +2,9 @@
 the unit tests use) and ``FirestoreStore`` against the Firestore emulator (what runs).
 
 Every method of the protocol is covered: ``commit`` (merge semantics, nested maps, deletes,
-values, atomicity) and the reads ``get_member``, ``get_instances``, ``recent_instances``,
-``signed_out_sessions``, and ``close``. Each Firestore test runs in a project of its own, so the
-collection queries see only what the test wrote.
+values, atomicity) and the reads ``get_member``, ``get_members``, ``get_instances``,
+``recent_instances``, ``signed_out_sessions``, and ``close``. Each Firestore test runs in a
+project of its own, so the collection queries see only what the test wrote.
 """
 
 from __future__ import annotations
@@ -255,6 +255,22 @@ async def test_get_member_returns_the_document_or_none(backend: Backend) -> None
         INSTANCE_ID: "i",
         ACTIVE_SESSIONS: {"s1": {INSTANCE_ID: "i", INTERNAL_URL: "http://gw"}},
     }
+
+
+async def test_get_members_reads_many_in_one_call(backend: Backend) -> None:
+    """Admission's batched read (one get_all on Firestore): the members that exist, by user id,
+    with their fields as stored; ids without a document are absent; no ids, no answer."""
+    store = backend.store
+    assert await store.get_members([], timeout=READ_TIMEOUT) == {}
+    await store.commit(connect_writes("m1", "s1", "i", "http://gw", T0))
+    await store.commit(connect_writes("m2", "s2", "i", "http://gw", T0))
+    await store.commit(sign_out_writes("m2", ["s2"], T0 + timedelta(hours=1)))
+    ids = [f"absent-{k}" for k in range(150)] + ["m2", "m1"]
+    found = await store.get_members(ids, timeout=READ_TIMEOUT)
+    assert sorted(found) == ["m1", "m2"]
+    assert found["m1"] == await store.get_member("m1", timeout=READ_TIMEOUT)
+    assert found["m2"][LAST_SIGN_OUT_AT] == T0 + timedelta(hours=1)
+    assert found["m2"][IS_SIGNED_IN] is False
 
 
 async def test_a_read_document_is_a_copy(backend: Backend) -> None:

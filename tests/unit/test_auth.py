@@ -1,7 +1,9 @@
-"""Token extraction and the admission decision, without Firebase."""
+"""Token extraction and the admission decision, without Firebase; the verifier's batching with
+emulator-style (unsigned, locally checked) tokens."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -53,3 +55,29 @@ def test_auth_can_only_be_switched_off_against_the_emulators() -> None:
     assert Settings.from_env(base).auth.required
     emulated = {**base, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080", "AUTH_MODE": "off"}
     assert not Settings.from_env(emulated).auth.required
+
+
+async def test_tokens_of_connects_waiting_at_once_are_verified_in_one_trip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A storm's tokens go to the worker thread together (one trip for all of them), and each
+    connect still gets its own outcome: valid, malformed, expired, or a duplicate."""
+    import time
+    import uuid
+
+    from gateway.auth import FirebaseVerifier
+    from tests.support import unsigned_token
+
+    # Emulator tokens are unsigned and checked locally: no network in this test.
+    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", "127.0.0.1:9")
+    project = f"demo-unit-{uuid.uuid4().hex[:6]}"
+    verifier = FirebaseVerifier(project)
+    good = [unsigned_token(project, f"u{i}") for i in range(40)]
+    expired = unsigned_token(project, "old", exp=int(time.time()) - 600, iat=1, auth_time=1)
+    tokens = [*good, "not-a-jwt", expired, good[0]]
+    outcomes = await asyncio.gather(*(verifier.verify(t) for t in tokens), return_exceptions=True)
+    assert [o.uid for o in outcomes[:40] if isinstance(o, Identity)] == [f"u{i}" for i in range(40)]
+    assert isinstance(outcomes[42], Identity) and outcomes[42].uid == "u0"
+    for refused in outcomes[40:42]:
+        assert isinstance(refused, AuthError) and refused.close_code == CloseCode.UNAUTHENTICATED
+    assert verifier._batches.batches == 1

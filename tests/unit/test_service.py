@@ -119,3 +119,115 @@ async def test_pong_write_interval_writes_a_user_at_most_once_per_interval(
     service.disconnected(a1, 1000)
     service.disconnected(a2, 1000)
     assert "a" not in service._pong_written and "b" in service._pong_written
+
+
+class FrameEdge:
+    """A socket edge that takes pre-encoded frames (as gateway.wsproto_lean does)."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def write_frame(self, frame: bytes) -> bool:
+        self.frames.append(frame)
+        return True
+
+
+async def test_a_socket_is_pinged_at_admission_without_waiting_for_the_round() -> None:
+    """first_ping sends a ping at once (PING_INTERVAL an hour away), through the edge's frame
+    path when there is one and as an ASGI send otherwise; both are counted as pings sent."""
+    service = PresenceService(settings(ping_interval=3600), MemoryStore())
+    wire = Recorder()
+    plain = Connection("u1", "s1", utc_now(), wire)
+    service.connected(plain)
+    assert await service.first_ping(plain)
+    assert [m["type"] for m in wire.sent] == ["websocket.send"]
+    assert '"type":"ping"' in wire.sent[0]["text"]
+    edged = Connection("u2", "s2", utc_now(), Recorder())
+    edged.edge = edge = FrameEdge()
+    service.connected(edged)
+    assert await service.first_ping(edged)
+    assert len(edge.frames) == 1 and b'"type":"ping"' in edge.frames[0]
+    assert service.pings_sent == 2
+
+
+async def test_admissions_share_a_recent_ping_and_a_round_makes_a_new_one() -> None:
+    """Sockets admitted within ADMISSION_PING_REUSE get the same encoded frame (a storm encodes
+    one a second); a round always encodes its own, which later admissions then reuse."""
+    service = PresenceService(settings(ping_interval=3600), MemoryStore())
+    edges = []
+    for i in range(3):
+        conn = Connection(f"u{i}", f"s{i}", utc_now(), Recorder())
+        conn.edge = edge = FrameEdge()
+        edges.append(edge)
+        service.connected(conn)
+        await service.first_ping(conn)
+    assert edges[0].frames[0] is edges[1].frames[0] is edges[2].frames[0]
+    await service.ping_round()
+    round_frame = edges[0].frames[1]
+    assert round_frame is not edges[0].frames[0]
+    late = Connection("late", "s9", utc_now(), Recorder())
+    late.edge = late_edge = FrameEdge()
+    service.connected(late)
+    await service.first_ping(late)
+    assert late_edge.frames[0] is round_frame
+
+
+async def test_a_stale_ping_is_not_reused_for_an_admission(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ADMISSION_PING_REUSE the admission ping is encoded afresh (its timestamp is now)."""
+    from gateway import service as service_module
+
+    service = PresenceService(settings(ping_interval=3600), MemoryStore())
+    first = Connection("u1", "s1", utc_now(), Recorder())
+    first.edge = first_edge = FrameEdge()
+    await service.first_ping(first)
+    monkeypatch.setattr(service_module, "ADMISSION_PING_REUSE", 0.0)
+    await asyncio.sleep(0.01)
+    second = Connection("u2", "s2", utc_now(), Recorder())
+    second.edge = second_edge = FrameEdge()
+    await service.first_ping(second)
+    assert second_edge.frames[0] is not first_edge.frames[0]
+
+
+class StubVerifier:
+    """Accepts any token as ``uid:auth_time`` (epoch seconds)."""
+
+    async def verify(self, token: str) -> Any:
+        from datetime import UTC, datetime
+
+        from gateway.auth import Identity
+
+        uid, _, auth_time = token.partition(":")
+        return Identity(uid, datetime.fromtimestamp(int(auth_time), UTC), 4e9)
+
+    async def revoke(self, uid: str) -> bool:
+        return True
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.member_batches: list[list[str]] = []
+
+    async def get_members(self, user_ids: Any, timeout: float) -> dict[str, dict[str, Any]]:
+        self.member_batches.append(list(user_ids))
+        return await super().get_members(user_ids, timeout)
+
+
+async def test_connects_waiting_at_once_share_one_member_read_and_revocation_holds() -> None:
+    """A storm's admissions read their member records in one batch; a user signed out after
+    the token's sign-in is still refused (4401), the others admitted."""
+    from datetime import UTC, datetime
+
+    from gateway.exceptions import AuthError
+    from gateway.store import sign_out_writes
+
+    store = CountingStore()
+    await store.commit(sign_out_writes("u7", [], datetime.fromtimestamp(2_000, UTC)))
+    service = PresenceService(settings(), store, verifier=StubVerifier())
+    outcomes = await asyncio.gather(
+        *(service.admit(f"u{i}", f"u{i}:1000") for i in range(50)), return_exceptions=True
+    )
+    refused = [i for i, o in enumerate(outcomes) if isinstance(o, AuthError)]
+    assert refused == [7]
+    assert isinstance(outcomes[7], AuthError) and outcomes[7].close_code == 4401
+    assert store.member_batches == [[f"u{i}" for i in range(50)]]
