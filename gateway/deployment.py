@@ -100,7 +100,7 @@ class Deployment:
         reply = Event("reply", event.id, self.me, instance=self.me)
         if event.kind == "send":
             if event.offset:
-                reply.connections = await service.send_durable(
+                reply.connections = await service.streams.send(
                     event.user_id, event.text, event.offset
                 )
             else:
@@ -146,12 +146,14 @@ class Deployment:
         Raises DeploymentUnavailable when the stream cannot be written (nothing was sent)."""
         body = messages.encode(payload)
         try:
-            epoch, offset = await self.service.streams.append(user_id, body, messages.utc_now())
+            epoch, offset = await self.service.streams.store.append(
+                user_id, body, messages.utc_now()
+            )
         except Exception as exc:
             raise DeploymentUnavailable(
                 f"the message could not be stored in user {user_id!r}'s stream: {exc!r}"
             ) from exc
-        self.service.stream_appends += 1
+        self.service.streams.appends += 1
         text = stream_frame(epoch, offset, body)
         try:
             sent = await self.send(user_id, {}, text=text, offset=offset)
@@ -171,7 +173,7 @@ class Deployment:
         Raises UserNotConnectedError when no live instance holds one, DeploymentUnavailable
         when the user is not here and Firestore or the broker cannot be reached."""
         if offset:
-            delivered = await self.service.send_durable(user_id, text, offset)
+            delivered = await self.service.streams.send(user_id, text, offset)
         else:
             text = messages.encode(payload)
             delivered = await self.service.send_text(user_id, text)

@@ -41,7 +41,9 @@ class GatewayCollector:
         yield GaugeMetricFamily(
             "gateway_users", "Users with an open socket here", service.registry.total_users
         )
-        yield CounterMetricFamily("gateway_pings_sent", "Server pings sent", service.pings_sent)
+        yield CounterMetricFamily(
+            "gateway_pings_sent", "Server pings sent", service.heartbeat.pings_sent
+        )
         yield CounterMetricFamily(
             "gateway_member_reads_failed",
             "Connects admitted on the token alone: the member read failed or took over 2 s",
@@ -77,22 +79,22 @@ class GatewayCollector:
         yield CounterMetricFamily(
             "gateway_stream_appends",
             "Durable messages stored in users' streams (each: 1 read, 2 writes)",
-            service.stream_appends,
+            service.streams.appends,
         )
         yield CounterMetricFamily(
-            "gateway_stream_acks", "stream_ack frames received", service.stream_acks
+            "gateway_stream_acks", "stream_ack frames received", service.streams.acks
         )
         yield CounterMetricFamily(
             "gateway_stream_replayed",
             "Durable messages replayed to reconnecting clients",
-            service.replayed,
+            service.streams.replayed,
         )
         recoveries = CounterMetricFamily(
             "gateway_stream_recoveries",
             "Recoveries, by result: recovered or the reason they were not",
             labels=["result"],
         )
-        for result, count in sorted(service.recoveries.items()):
+        for result, count in sorted(service.streams.recoveries.items()):
             recoveries.add_metric([result], count)
         yield recoveries
         yield GaugeMetricFamily(

@@ -23,17 +23,14 @@ from gateway.auth import Identity, TokenVerifier, authorize
 from gateway.batching import BatchReader
 from gateway.closes import CloseCode
 from gateway.exceptions import AuthError
+from gateway.heartbeat import SEND_CHUNK, Heartbeat
 from gateway.limits import ConnectLimiter
 from gateway.messages import ErrorMessage, SignedOut, Timeout, iso, utc_now
-from gateway.registry import Connection, Registry, text_frame
+from gateway.registry import Connection, Registry
 from gateway.schema import (
-    ACKED_AT,
-    ACKED_EPOCH,
-    ACKED_OFFSET,
     HEARTBEAT_AT,
     INSTANCES,
     STOPPED_AT,
-    STREAM_ACKS,
 )
 from gateway.session import SessionLimits
 from gateway.settings import Settings
@@ -46,15 +43,10 @@ from gateway.store import (
     instance_write,
     pong_write,
 )
+from gateway.stream_delivery import StreamDelivery
 from gateway.streams import (
     MemoryStreamStore,
-    Plan,
-    Position,
-    RecoveryFrame,
     StreamStore,
-    check_entries,
-    plan_recovery,
-    stream_frame,
 )
 from gateway.writer import WriteBehind
 
@@ -63,7 +55,6 @@ logger = logging.getLogger("gateway")
 #: Application hook for client ``message`` frames: (user_id, session_id, data) -> None.
 MessageHandler = Callable[[str, str, Any], Awaitable[None]]
 
-SEND_CHUNK = 256
 #: Signed out by the service (POST /ws/signout/{user_id}): the client must not reconnect.
 SIGNED_OUT_REASON = "signed out by the service"
 #: The analytics event of each close the gateway decides on.
@@ -86,9 +77,6 @@ MEMBER_READS_IN_FLIGHT = 4
 #: Not READ_TIMEOUT as well: in a storm the gateway's own backlog made most connects miss 2 s
 #: and skip the revocation check although Firestore answered (make bench --only storm).
 ADMISSION_READ_WAIT = 10.0
-#: How long an encoded ping may be reused for sockets being admitted: a storm of connects then
-#: shares one frame a second instead of encoding one each, and a timestamp is never staler.
-ADMISSION_PING_REUSE = 1.0
 
 
 async def log_message(user_id: str, session_id: str, data: Any) -> None:
@@ -108,13 +96,6 @@ class PresenceService:
     ) -> None:
         self.settings = settings
         self.store = store
-        #: Durable message streams (gateway.streams); in memory unless given (unit tests).
-        self.streams: StreamStore = streams or MemoryStreamStore({}, settings.streams.history_ttl)
-        #: Recoveries by outcome (recovered, or the reason they did not), and messages replayed.
-        self.recoveries: Counter[str] = Counter()
-        self.replayed = 0
-        self.stream_acks = 0
-        self.stream_appends = 0
         #: None when AUTH_MODE=off (emulators only).
         self.verifier = verifier
         self.registry = Registry()
@@ -126,6 +107,17 @@ class PresenceService:
             max_docs=settings.writer.buffer_max_docs,
         )
         self.message_handler = message_handler
+        self.heartbeat = Heartbeat(self.registry, settings.sockets.ping_interval)
+        #: Durable streams (gateway.stream_delivery); in memory unless given (unit tests).
+        self.streams = StreamDelivery(
+            streams or MemoryStreamStore({}, settings.streams.history_ttl),
+            self.registry,
+            self.writer,
+            self._send_all,
+            send_timeout=settings.sockets.send_timeout,
+            history_size=settings.streams.history_size,
+            history_ttl=settings.streams.history_ttl,
+        )
         #: What every socket's protocol session decides with (gateway.session).
         self.session_limits = SessionLimits(
             max_messages_per_second=settings.sockets.max_messages_per_second,
@@ -139,7 +131,6 @@ class PresenceService:
             max_batch=MEMBER_READ_BATCH,
             max_in_flight=MEMBER_READS_IN_FLIGHT,
         )
-        self.pings_sent = 0
         #: Connects admitted without the revocation check (their member read failed).
         self.member_reads_failed = 0
         self.timeouts_sent = 0
@@ -158,10 +149,6 @@ class PresenceService:
         self.room_refusals: Counter[str] = Counter()
         self._started_at = utc_now()
         self.reconcile_grace = RECONCILE_GRACE
-        #: The latest ping (its text and frame) and when it was encoded (loop-independent
-        #: monotonic seconds): the round's, or one made for sockets being admitted.
-        self._ping: tuple[str, bytes] | None = None
-        self._ping_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -173,7 +160,7 @@ class PresenceService:
             instance_write(self.settings.instance_id, self.settings.internal_url, utc_now())
         )
         self._tasks = [
-            asyncio.create_task(self._ping_loop(), name="ping-loop"),
+            asyncio.create_task(self.heartbeat.run(), name="ping-loop"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile-loop"),
         ]
         if self.verifier is not None:
@@ -196,7 +183,7 @@ class PresenceService:
         # stopped and flush everything before the process ends.
         self.writer.put(Write(INSTANCES, self.settings.instance_id, {STOPPED_AT: utc_now()}))
         await self.writer.close()
-        await self.streams.close()
+        await self.streams.store.close()
         await self.store.close()
         logger.info("gateway instance %s stopped", self.settings.instance_id)
 
@@ -324,82 +311,6 @@ class PresenceService:
         sockets = self.registry.sockets_of(user_id)
         return await self._send_all(sockets, text) if sockets else 0
 
-    async def send_durable(self, user_id: str, text: str, offset: int) -> int:
-        """Send a durable message's frame to the user's sockets here. A socket still replaying
-        what it missed gets it queued, behind the replay, so the client sees offsets in order."""
-        live = []
-        queued = 0
-        for conn in self.registry.sockets_of(user_id):
-            if conn.replay is not None:
-                conn.replay.append((offset, text))
-                queued += 1
-            else:
-                live.append(conn)
-        return queued + (await self._send_all(live, text) if live else 0)
-
-    async def recover(self, conn: Connection, position: Position | None) -> RecoveryFrame:
-        """Replay what the socket's client missed of the user's stream, send the ``recovery``
-        frame, then the live messages queued meanwhile (``conn.replay``, set before the socket
-        was registered). Returns the frame sent."""
-        timeout = self.settings.sockets.send_timeout
-        try:
-            result, frames = await self._plan_replay(conn.user_id, position)
-        except Exception as exc:
-            logger.warning("recovery failed user=%s: %r", conn.user_id, exc)
-            # Without the stream nobody can tell what the client missed: it refetches.
-            epoch, offset = (position.epoch, position.offset) if position else ("", 0)
-            result, frames = self._recovery(False, epoch, offset, 0, "unavailable"), []
-        for frame in frames:
-            await conn.send_text(frame, timeout)
-        self.replayed += len(frames)
-        await conn.send_text(messages.encode(result), timeout)
-        # Live messages that arrived during the replay: those it covered are dropped (the
-        # client would drop them too), the rest follow in the order they came.
-        queued = conn.replay or []
-        while queued:
-            batch = list(queued)
-            queued.clear()
-            for offset, text in batch:
-                if not (result.epoch and offset <= result.offset):
-                    await conn.send_text(text, timeout)
-        conn.replay = None
-        return result
-
-    async def _plan_replay(
-        self, user_id: str, position: Position | None
-    ) -> tuple[RecoveryFrame, list[str]]:
-        """The recovery frame and the missed messages' frames, from the stream store."""
-        settings = self.settings
-        head = await self.streams.head(user_id, READ_TIMEOUT, with_ack=position is None)
-        decision = plan_recovery(position, head, settings.streams.history_size)
-        if not isinstance(decision, Plan):
-            return self._recovery(False, decision.epoch, decision.top, 0, decision.reason), []
-        entries = []
-        if decision.top > decision.after:
-            entries = await self.streams.entries(
-                user_id, decision.after, decision.top, READ_TIMEOUT
-            )
-            if not check_entries(entries, decision, utc_now(), settings.streams.history_ttl):
-                return (
-                    self._recovery(False, decision.epoch, decision.top, 0, "window_exceeded"),
-                    [],
-                )
-        frames = [stream_frame(decision.epoch, e.offset, e.payload) for e in entries]
-        return self._recovery(True, decision.epoch, decision.top, len(frames), None), frames
-
-    def _recovery(
-        self, recovered: bool, epoch: str, offset: int, missed: int, reason: str | None
-    ) -> RecoveryFrame:
-        self.recoveries["recovered" if recovered else reason or "not_recovered"] += 1
-        return RecoveryFrame("recovery", recovered, epoch, offset, missed, iso(utc_now()), reason)
-
-    def stream_ack(self, conn: Connection, epoch: str, offset: int) -> None:
-        """Store the user's acknowledged position, written behind: a reconnect presenting none
-        resumes from it."""
-        self.stream_acks += 1
-        fields = {ACKED_EPOCH: epoch, ACKED_OFFSET: offset, ACKED_AT: utc_now()}
-        self.writer.put(Write(STREAM_ACKS, conn.user_id, fields))
-
     async def broadcast_text(self, text: str, exclude_user: str | None) -> tuple[set[str], int]:
         """Send an encoded frame to every socket here except ``exclude_user``'s; return the
         users reached and how many sockets took it."""
@@ -501,62 +412,6 @@ class PresenceService:
                 await self.reconcile_once()
             except Exception as exc:
                 logger.warning("reconcile pass failed: %r", exc)
-
-    async def _ping_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.settings.sockets.ping_interval
-        next_at = loop.time() + interval
-        while True:
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            started = loop.time()
-            try:
-                await self.ping_round()
-            except Exception:
-                logger.exception("ping round failed")
-            took = loop.time() - started
-            next_at += interval
-            if next_at < loop.time():
-                # Behind schedule: start the next round now rather than bursting to catch up.
-                if took > interval:
-                    logger.warning(
-                        "ping round took %.2fs, longer than PING_INTERVAL=%gs", took, interval
-                    )
-                next_at = loop.time()
-
-    def _current_ping(self, fresh: bool) -> tuple[str, bytes]:
-        """The ping to send now, as text and as a frame: a new one for a round (``fresh``),
-        else the latest if it is under ``ADMISSION_PING_REUSE`` seconds old."""
-        now = time.monotonic()
-        if fresh or self._ping is None or now - self._ping_at > ADMISSION_PING_REUSE:
-            text = messages.encode_ping(utc_now())
-            self._ping, self._ping_at = (text, text_frame(text)), now
-        return self._ping
-
-    async def first_ping(self, conn: Connection) -> bool:
-        """Ping a socket just accepted, so that it need not wait up to PING_INTERVAL for the
-        next round: a client learns at once that its token was taken, and its pong (merged
-        in the write-behind buffer with the connect's own member write) starts its clock.
-        The rounds carry on as before; one may follow within moments."""
-        text, frame = self._current_ping(fresh=False)
-        written = conn.push_frame(frame)
-        sent = await conn.push(text) if written is None else written
-        self.pings_sent += sent
-        return sent
-
-    async def ping_round(self) -> int:
-        """Send one ping to every socket; return how many took it."""
-        if not self.registry.total_connections:
-            return 0
-        text, frame = self._current_ping(fresh=True)
-        sent = 0
-        for index, conn in enumerate(list(self.registry), 1):
-            written = conn.push_frame(frame)
-            sent += await conn.push(text) if written is None else written
-            if index % SEND_CHUNK == 0:
-                # wsproto sends complete without suspending: yield so pongs keep flowing.
-                await asyncio.sleep(0)
-        self.pings_sent += sent
-        return sent
 
     # --- rooms -------------------------------------------------------------------------------
 

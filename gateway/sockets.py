@@ -157,11 +157,11 @@ async def serve_socket(
         sink = SocketSink(service, conn)
         edge.set_text_sink(sink)
         sink.recovery = _connected(service, conn, wanted, position)
-        await service.first_ping(conn)
+        await service.heartbeat.first_ping(conn)
         edge.detach(sink)
         return
     recovery = _connected(service, conn, wanted, position)
-    await service.first_ping(conn)
+    await service.heartbeat.first_ping(conn)
     code: int | None = None
     try:
         while code is None:
@@ -187,7 +187,7 @@ def _connected(
     # overtakes the replay (see PresenceService.recover).
     conn.replay = []
     service.connected(conn)
-    recovery = asyncio.create_task(service.recover(conn, position))
+    recovery = asyncio.create_task(service.streams.recover(conn, position))
     recovery.add_done_callback(_log_failure)
     return recovery
 
@@ -283,7 +283,7 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
         await _send_replies(service, conn, conn.session.refreshed(identity.expires_at, utc_now()))
         await service.drop_ungranted_rooms(conn)
     elif isinstance(work, StreamAck):
-        service.stream_ack(conn, work.epoch, work.offset)
+        service.streams.ack(conn, work.epoch, work.offset)
     elif isinstance(work, JoinRoom | LeaveRoom):
         refused: rooms.RoomRefused | None = None
         try:

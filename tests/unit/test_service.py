@@ -139,15 +139,15 @@ async def test_a_socket_is_pinged_at_admission_without_waiting_for_the_round() -
     wire = Recorder()
     plain = Connection("u1", "s1", utc_now(), wire)
     service.connected(plain)
-    assert await service.first_ping(plain)
+    assert await service.heartbeat.first_ping(plain)
     assert [m["type"] for m in wire.sent] == ["websocket.send"]
     assert '"type":"ping"' in wire.sent[0]["text"]
     edged = Connection("u2", "s2", utc_now(), Recorder())
     edged.edge = edge = FrameEdge()
     service.connected(edged)
-    assert await service.first_ping(edged)
+    assert await service.heartbeat.first_ping(edged)
     assert len(edge.frames) == 1 and b'"type":"ping"' in edge.frames[0]
-    assert service.pings_sent == 2
+    assert service.heartbeat.pings_sent == 2
 
 
 async def test_admissions_share_a_recent_ping_and_a_round_makes_a_new_one() -> None:
@@ -160,31 +160,31 @@ async def test_admissions_share_a_recent_ping_and_a_round_makes_a_new_one() -> N
         conn.edge = edge = FrameEdge()
         edges.append(edge)
         service.connected(conn)
-        await service.first_ping(conn)
+        await service.heartbeat.first_ping(conn)
     assert edges[0].frames[0] is edges[1].frames[0] is edges[2].frames[0]
-    await service.ping_round()
+    await service.heartbeat.ping_round()
     round_frame = edges[0].frames[1]
     assert round_frame is not edges[0].frames[0]
     late = Connection("late", "s9", utc_now(), Recorder())
     late.edge = late_edge = FrameEdge()
     service.connected(late)
-    await service.first_ping(late)
+    await service.heartbeat.first_ping(late)
     assert late_edge.frames[0] is round_frame
 
 
 async def test_a_stale_ping_is_not_reused_for_an_admission(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past ADMISSION_PING_REUSE the admission ping is encoded afresh (its timestamp is now)."""
-    from gateway import service as service_module
+    from gateway import heartbeat as heartbeat_module
 
     service = PresenceService(settings(ping_interval=3600), MemoryStore())
     first = Connection("u1", "s1", utc_now(), Recorder())
     first.edge = first_edge = FrameEdge()
-    await service.first_ping(first)
-    monkeypatch.setattr(service_module, "ADMISSION_PING_REUSE", 0.0)
+    await service.heartbeat.first_ping(first)
+    monkeypatch.setattr(heartbeat_module, "ADMISSION_PING_REUSE", 0.0)
     await asyncio.sleep(0.01)
     second = Connection("u2", "s2", utc_now(), Recorder())
     second.edge = second_edge = FrameEdge()
-    await service.first_ping(second)
+    await service.heartbeat.first_ping(second)
     assert second_edge.frames[0] is not first_edge.frames[0]
 
 

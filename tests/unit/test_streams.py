@@ -168,11 +168,11 @@ async def test_live_messages_during_a_replay_follow_it_in_order_without_duplicat
     conn = Connection("u1", "s1", utc_now(), wire)
     conn.replay = []
     service.connected(conn)
-    recovery = asyncio.create_task(service.recover(conn, Position(epoch, 1)))
+    recovery = asyncio.create_task(service.streams.recover(conn, Position(epoch, 1)))
     await asyncio.sleep(0)
-    await service.send_durable("u1", stream_frame(epoch, 3, '{"n":3}'), 3)
+    await service.streams.send("u1", stream_frame(epoch, 3, '{"n":3}'), 3)
     _, four = await streams.append("u1", '{"n":4}', utc_now())
-    await service.send_durable("u1", stream_frame(epoch, four, '{"n":4}'), four)
+    await service.streams.send("u1", stream_frame(epoch, four, '{"n":4}'), four)
     assert wire.frames == []
     streams.release.set()
     result = await recovery
@@ -180,7 +180,7 @@ async def test_live_messages_during_a_replay_follow_it_in_order_without_duplicat
     kinds = [(f["type"], f.get("offset")) for f in wire.frames]
     assert kinds == [("stream", 2), ("stream", 3), ("recovery", 3), ("stream", 4)]
     assert conn.replay is None
-    await service.send_durable("u1", stream_frame(epoch, 5, "{}"), 5)
+    await service.streams.send("u1", stream_frame(epoch, 5, "{}"), 5)
     assert wire.frames[-1]["offset"] == 5
 
 
@@ -196,7 +196,7 @@ async def test_a_store_failure_answers_not_recovered_unavailable() -> None:
     wire = Wire()
     conn = Connection("u1", "s1", utc_now(), wire)
     conn.replay = []
-    result = await service.recover(conn, Position("e", 4))
+    result = await service.streams.recover(conn, Position("e", 4))
     assert (result.recovered, result.reason, result.epoch, result.offset) == (
         False,
         "unavailable",
@@ -213,12 +213,12 @@ async def test_an_ack_is_written_behind_and_stands_in_for_a_missing_position() -
     epoch, _ = await streams.append("u1", "{}", utc_now())
     await streams.append("u1", '{"n":2}', utc_now())
     conn = Connection("u1", "s1", utc_now(), Wire())
-    service.stream_ack(conn, epoch, 1)
+    service.streams.ack(conn, epoch, 1)
     await service.writer.flush_once()
     doc = store.docs[(STREAM_ACKS, "u1")]
     assert (doc[ACKED_EPOCH], doc[ACKED_OFFSET]) == (epoch, 1)
     wire = Wire()
     again = Connection("u1", "s2", utc_now(), wire)
     again.replay = []
-    result = await service.recover(again, None)
+    result = await service.streams.recover(again, None)
     assert result.recovered and [f.get("offset") for f in wire.frames] == [2, 2]

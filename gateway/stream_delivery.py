@@ -1,0 +1,133 @@
+"""Durable delivery on one instance: a durable message's frame to the user's sockets here,
+a reconnecting socket's recovery (replaying what its client missed, then the ``recovery``
+frame, then the live messages queued meanwhile), and the client's acknowledgements.
+
+The stream itself (offsets, epoch, entries) lives in a ``gateway.streams.StreamStore``; what to
+replay is ``gateway.streams``' pure decision (``plan_recovery``, ``check_entries``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+
+from gateway import messages
+from gateway.messages import iso, utc_now
+from gateway.registry import Connection, Registry
+from gateway.schema import ACKED_AT, ACKED_EPOCH, ACKED_OFFSET, STREAM_ACKS
+from gateway.store import READ_TIMEOUT, Write
+from gateway.streams import (
+    Plan,
+    Position,
+    RecoveryFrame,
+    StreamStore,
+    check_entries,
+    plan_recovery,
+    stream_frame,
+)
+from gateway.writer import WriteBehind
+
+logger = logging.getLogger("gateway.stream_delivery")
+
+
+class StreamDelivery:
+    """The service's side of durable streams (``PresenceService.streams``)."""
+
+    def __init__(
+        self,
+        store: StreamStore,
+        registry: Registry,
+        writer: WriteBehind,
+        send_all: Callable[[Iterable[Connection], str], Awaitable[int]],
+        *,
+        send_timeout: float,
+        history_size: int,
+        history_ttl: float,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.writer = writer
+        #: The service's chunked send to several sockets.
+        self._send_all = send_all
+        self.send_timeout = send_timeout
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        #: Recoveries by outcome (recovered, or the reason they did not), and messages replayed.
+        self.recoveries: Counter[str] = Counter()
+        self.replayed = 0
+        self.acks = 0
+        self.appends = 0
+
+    async def send(self, user_id: str, text: str, offset: int) -> int:
+        """Send a durable message's frame to the user's sockets here. A socket still replaying
+        what it missed gets it queued, behind the replay, so the client sees offsets in order."""
+        live = []
+        queued = 0
+        for conn in self.registry.sockets_of(user_id):
+            if conn.replay is not None:
+                conn.replay.append((offset, text))
+                queued += 1
+            else:
+                live.append(conn)
+        return queued + (await self._send_all(live, text) if live else 0)
+
+    async def recover(self, conn: Connection, position: Position | None) -> RecoveryFrame:
+        """Replay what the socket's client missed of the user's stream, send the ``recovery``
+        frame, then the live messages queued meanwhile (``conn.replay``, set before the socket
+        was registered). Returns the frame sent."""
+        timeout = self.send_timeout
+        try:
+            result, frames = await self._plan_replay(conn.user_id, position)
+        except Exception as exc:
+            logger.warning("recovery failed user=%s: %r", conn.user_id, exc)
+            # Without the stream nobody can tell what the client missed: it refetches.
+            epoch, offset = (position.epoch, position.offset) if position else ("", 0)
+            result, frames = self._recovery(False, epoch, offset, 0, "unavailable"), []
+        for frame in frames:
+            await conn.send_text(frame, timeout)
+        self.replayed += len(frames)
+        await conn.send_text(messages.encode(result), timeout)
+        # Live messages that arrived during the replay: those it covered are dropped (the
+        # client would drop them too), the rest follow in the order they came.
+        queued = conn.replay or []
+        while queued:
+            batch = list(queued)
+            queued.clear()
+            for offset, text in batch:
+                if not (result.epoch and offset <= result.offset):
+                    await conn.send_text(text, timeout)
+        conn.replay = None
+        return result
+
+    async def _plan_replay(
+        self, user_id: str, position: Position | None
+    ) -> tuple[RecoveryFrame, list[str]]:
+        """The recovery frame and the missed messages' frames, from the stream store."""
+        head = await self.store.head(user_id, READ_TIMEOUT, with_ack=position is None)
+        decision = plan_recovery(position, head, self.history_size)
+        if not isinstance(decision, Plan):
+            return self._recovery(False, decision.epoch, decision.top, 0, decision.reason), []
+        entries = []
+        if decision.top > decision.after:
+            entries = await self.store.entries(user_id, decision.after, decision.top, READ_TIMEOUT)
+            if not check_entries(entries, decision, utc_now(), self.history_ttl):
+                return (
+                    self._recovery(False, decision.epoch, decision.top, 0, "window_exceeded"),
+                    [],
+                )
+        frames = [stream_frame(decision.epoch, e.offset, e.payload) for e in entries]
+        return self._recovery(True, decision.epoch, decision.top, len(frames), None), frames
+
+    def _recovery(
+        self, recovered: bool, epoch: str, offset: int, missed: int, reason: str | None
+    ) -> RecoveryFrame:
+        self.recoveries["recovered" if recovered else reason or "not_recovered"] += 1
+        return RecoveryFrame("recovery", recovered, epoch, offset, missed, iso(utc_now()), reason)
+
+    def ack(self, conn: Connection, epoch: str, offset: int) -> None:
+        """Store the user's acknowledged position, written behind: a reconnect presenting none
+        resumes from it."""
+        self.acks += 1
+        fields = {ACKED_EPOCH: epoch, ACKED_OFFSET: offset, ACKED_AT: utc_now()}
+        self.writer.put(Write(STREAM_ACKS, conn.user_id, fields))
