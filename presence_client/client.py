@@ -1,10 +1,10 @@
 """The asyncio shell of the presence client, on ``websockets.asyncio.client.connect``.
 
 One supervisor task per started client runs the connection loop: ask ``get_token``, open the
-socket, read frames until it closes, ask :func:`~presence_client.core.decide_close` what to do,
+socket, read frames until it closes, ask :func:`~presence_client.closing.decide_close` what to do,
 wait, go again. Per live socket two helper tasks run beside it: the pump, which sends buffered
 messages paced by a token bucket, and the token refresh timer. Every decision is made by
-:mod:`presence_client.core`; this module only waits, reads and writes.
+the sans-I/O modules; this module only waits, reads and writes.
 """
 
 from __future__ import annotations
@@ -25,36 +25,19 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from presence_client.core import (
+from presence_client.buffer import Outgoing, RateLimit, SendBuffer, TokenBucket, encode_message
+from presence_client.closing import (
     ACTIVE_STATES,
-    PONG_FRAME,
     SIGNED_OUT_BY_SERVICE_REASON,
     SIGNED_OUT_REASON,
     TERMINAL_STATES,
     Action,
     Backoff,
     CloseCode,
-    Frame,
-    FrameKind,
-    Outgoing,
-    RateLimit,
-    SendBuffer,
     State,
-    StreamPosition,
-    TokenBucket,
     backoff_delay,
-    classify_frame,
     decide_close,
-    encode_message,
     is_stable,
-    on_invalid_token,
-    parse_frame,
-    refresh_delay,
-    room_frame,
-    room_refused,
-    socket_url,
-    token_expiry,
-    token_is_stale,
 )
 from presence_client.events import (
     EVENTS,
@@ -76,6 +59,18 @@ from presence_client.events import (
     StreamMessage,
     TokenRefreshed,
 )
+from presence_client.frames import (
+    PONG_FRAME,
+    Frame,
+    FrameKind,
+    classify_frame,
+    parse_frame,
+    room_frame,
+    room_refused,
+    socket_url,
+)
+from presence_client.streams import StreamPosition
+from presence_client.tokens import on_invalid_token, refresh_delay, token_expiry, token_is_stale
 
 logger = logging.getLogger("presence_client")
 
