@@ -105,7 +105,7 @@ stream position) and :mod:`~presence_client.buffer` (the send buffer, pacing);
 from __future__ import annotations
 
 from presence_client.buffer import RateLimit
-from presence_client.client import GetToken, MessageStream, PresenceClient
+from presence_client.client import PresenceClient
 from presence_client.closing import (
     SIGNED_OUT_BY_SERVICE_REASON,
     SIGNED_OUT_REASON,
@@ -136,6 +136,8 @@ from presence_client.events import (
     TokenRefreshed,
 )
 from presence_client.frames import ROOM_ERRORS, socket_url
+from presence_client.listeners import MessageStream
+from presence_client.refresh import GetToken
 from presence_client.streams import StreamPosition
 from presence_client.tokens import refresh_delay, token_expiry
 

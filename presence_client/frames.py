@@ -1,5 +1,5 @@
 """The wire format: parsing and classifying server frames, the frames the client writes for
-rooms, and the socket URL.
+rooms, and the socket URL with its connect options.
 
 Pure functions over decoded JSON objects (:data:`Frame`), so that the shell in
 :mod:`presence_client.connection` only reads and writes text and asks here what a frame means.
@@ -88,3 +88,30 @@ def socket_url(
     query = {"token": token} if token else {}
     query.update(params or {})
     return f"{path}?{urlencode(query, quote_via=quote)}" if query else path
+
+
+def connect_args(
+    base: str,
+    user_id: str,
+    token: str | None,
+    *,
+    token_in_url: bool,
+    params: Mapping[str, str] | None,
+    timeout: float,
+    options: Mapping[str, Any],
+) -> tuple[str, dict[str, Any]]:
+    """The URL and the ``websockets`` connect options of the next socket: the token in an
+    ``Authorization`` header (or ``?token=`` with ``token_in_url``), the application's
+    ``connect_options`` and their headers kept."""
+    # The header keeps the token out of URLs, which proxies and servers log; browsers
+    # cannot set it, which is why the JavaScript client uses ?token=.
+    in_url = token_in_url and token is not None
+    url = socket_url(base, user_id, token if in_url else None, params)
+    merged: dict[str, Any] = {"open_timeout": timeout or None}
+    merged.update(options)
+    headers = dict(merged.pop("additional_headers", None) or {})
+    if token is not None and not in_url:
+        headers["Authorization"] = f"Bearer {token}"
+    if headers:
+        merged["additional_headers"] = headers
+    return url, merged
