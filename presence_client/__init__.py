@@ -66,7 +66,7 @@ frame dict), ``pong`` (Pong), ``overflow`` (Overflow), ``token_refreshed`` (Toke
 (Recovery),
 ``error`` (ErrorEvent: source ``server``, ``get_token``, ``protocol``, ``socket`` or ``client``).
 
-Close codes (:func:`~presence_client.core.decide_close`, the JavaScript client's table):
+Close codes (:func:`~presence_client.closing.decide_close`, the JavaScript client's table):
 
 ======================  ==================================================================
 4401                    one forced ``get_token(True)`` and an immediate reconnect; a second
@@ -95,27 +95,30 @@ the inner message's type, and acknowledges what it processed with ``stream_ack``
 ``ack_interval`` seconds. Each reconnect ends with a ``recovery`` event; ``not_recovered``
 means messages were lost to the window or a new epoch: refetch the application's state.
 
-The decisions live in :mod:`presence_client.core` (sans-I/O, pure functions and small state
-holders); :mod:`presence_client.client` is the asyncio shell.
+The decisions live in sans-I/O modules (pure functions and small state holders):
+:mod:`~presence_client.closing` (close codes, states, backoff), :mod:`~presence_client.frames`
+(frames, socket URL), :mod:`~presence_client.tokens`, :mod:`~presence_client.streams` (the
+stream position) and :mod:`~presence_client.buffer` (the send buffer, pacing). The asyncio
+shell is :class:`PresenceClient` (:mod:`~presence_client.client`) and the parts it owns:
+:mod:`~presence_client.connection` (the connect loop, frames, closes),
+:mod:`~presence_client.outbox` (sends), :mod:`~presence_client.rooms`,
+:mod:`~presence_client.durable` (durable delivery), :mod:`~presence_client.refresh` (token
+refresh), :mod:`~presence_client.listeners` (events, ``messages()``) and
+:mod:`~presence_client.link` (the state and socket they share).
 """
 
 from __future__ import annotations
 
-from presence_client.client import GetToken, MessageStream, PresenceClient
-from presence_client.core import (
-    ROOM_ERRORS,
+from presence_client.buffer import RateLimit
+from presence_client.client import PresenceClient
+from presence_client.closing import (
     SIGNED_OUT_BY_SERVICE_REASON,
     SIGNED_OUT_REASON,
     Backoff,
     CloseCode,
-    RateLimit,
     State,
-    StreamPosition,
     backoff_delay,
     decide_close,
-    refresh_delay,
-    socket_url,
-    token_expiry,
 )
 from presence_client.events import (
     EVENTS,
@@ -137,6 +140,11 @@ from presence_client.events import (
     StreamMessage,
     TokenRefreshed,
 )
+from presence_client.frames import ROOM_ERRORS, socket_url
+from presence_client.listeners import MessageStream
+from presence_client.refresh import GetToken
+from presence_client.streams import StreamPosition
+from presence_client.tokens import refresh_delay, token_expiry
 
 __version__ = "0.1.0"
 

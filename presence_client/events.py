@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from presence_client.core import CloseCode, Frame, State
+from presence_client.closing import CloseCode, State
+from presence_client.frames import Frame
 
 #: Every event name ``on()`` accepts.
 EVENTS = frozenset(

@@ -30,21 +30,10 @@ from presence_client import (
     socket_url,
     token_expiry,
 )
-from presence_client.core import (
-    Action,
-    Backoff,
-    FrameKind,
-    Outgoing,
-    RateLimit,
-    SendBuffer,
-    TokenBucket,
-    classify_frame,
-    encode_message,
-    is_stable,
-    on_invalid_token,
-    parse_frame,
-    token_is_stale,
-)
+from presence_client.buffer import Outgoing, RateLimit, SendBuffer, TokenBucket, encode_message
+from presence_client.closing import Action, Backoff, is_stable
+from presence_client.frames import FrameKind, classify_frame, parse_frame
+from presence_client.tokens import on_invalid_token, token_is_stale
 
 TIMEOUT_TEXT = "Your session has expired due to inactivity (3 hours). Please sign in again."
 

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection
 
 from presence_client import Joined, Left, PresenceRoomError
-from presence_client.core import FrameKind, classify_frame, room_frame, room_refused
+from presence_client.frames import FrameKind, classify_frame, room_frame, room_refused
 from tests.unit.test_presence_client import client_for, hold, record, recv_json, stand_in
 
 

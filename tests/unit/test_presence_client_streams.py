@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 
 from presence_client import Recovery, StreamMessage, StreamPosition
-from presence_client.core import socket_url
+from presence_client.frames import socket_url
 from tests.unit.test_presence_client import client_for, hold, record, recv_json, stand_in
 
 
