@@ -112,11 +112,11 @@ class Deployment:
             users, reply.connections = await service.broadcast_text(event.text, event.exclude_user)
             reply.users = sorted(users)
         elif event.kind == "timeout":
-            reply.closed, _ = await service.expire_sessions(event.sessions)
+            reply.closed, _ = await service.endings.expire_sessions(event.sessions)
         elif event.kind == "stats":
             reply.stats = instance_stats(service)
         elif event.kind == "signout":
-            reply.closed = await service.sign_out_local(event.user_id)
+            reply.closed = await service.endings.sign_out_local(event.user_id)
         elif event.kind == "room":
             users, reply.connections = await service.send_room_text(event.room, event.text)
             reply.users = sorted(users)
@@ -294,7 +294,7 @@ class Deployment:
         (closed, not_found); raises DeploymentUnavailable when sessions not held here could
         not be handed to the other instances (the reconcile poll closes them later)."""
         wanted = sorted(set(sessions))
-        closed, _ = await self.service.expire_sessions(wanted)
+        closed, _ = await self.service.endings.expire_sessions(wanted)
         if self.broker is None or closed == len(wanted):
             return closed, len(wanted) - closed
         expect = await self.directory.live_instances()
@@ -337,7 +337,7 @@ class Deployment:
         with 4410 (``POST /ws/signout/{user_id}``). Sockets on an instance that Firestore does
         not list yet (the record trails a connect by one flush) are asked for too when it
         cannot answer: then every live instance is."""
-        closed = await self.service.sign_out_local(user_id)
+        closed = await self.service.endings.sign_out_local(user_id)
         here = [self.me] if closed else []
         if self.broker is None:
             return Delivery(closed, 1 if closed else 0, here, [], "instance")

@@ -4,7 +4,7 @@
   ``burst``; a frame that finds it empty closes the socket with 4429.
 * Connection attempts per client address: a fixed one-minute window; attempts beyond the limit
   are closed with 4429 before any token check or Firestore read.
-* Sockets per user are counted by the registry; see ``PresenceService.admit``.
+* Sockets per user are counted by the registry; see ``PresenceService.check_socket_limits``.
 
 A limit of 0 disables it.
 """

@@ -117,7 +117,7 @@ class GatewayCollector:
         yield CounterMetricFamily(
             "gateway_timeouts_sent",
             "Timeout messages sent (sockets closed 4408)",
-            service.timeouts_sent,
+            service.endings.timeouts_sent,
         )
         yield CounterMetricFamily(
             "gateway_callbacks_received",

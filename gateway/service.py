@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from gateway import messages, rooms
@@ -22,13 +22,13 @@ from gateway.analytics import ConnectionEvents
 from gateway.auth import Identity, TokenVerifier, authorize
 from gateway.batching import BatchReader
 from gateway.closes import CloseCode
+from gateway.endings import Endings
 from gateway.exceptions import AuthError
 from gateway.heartbeat import SEND_CHUNK, Heartbeat
 from gateway.limits import ConnectLimiter
-from gateway.messages import ErrorMessage, SignedOut, Timeout, iso, utc_now
+from gateway.messages import iso, utc_now
 from gateway.registry import Connection, Registry
 from gateway.schema import (
-    HEARTBEAT_AT,
     INSTANCES,
     STOPPED_AT,
 )
@@ -55,19 +55,6 @@ logger = logging.getLogger("gateway")
 #: Application hook for client ``message`` frames: (user_id, session_id, data) -> None.
 MessageHandler = Callable[[str, str, Any], Awaitable[None]]
 
-#: Signed out by the service (POST /ws/signout/{user_id}): the client must not reconnect.
-SIGNED_OUT_REASON = "signed out by the service"
-#: The analytics event of each close the gateway decides on.
-CLOSED_BY_SERVICE = {
-    CloseCode.SESSION_EXPIRED: "timeout",
-    CloseCode.SIGNED_OUT: "signout",
-    CloseCode.UNAUTHENTICATED: "token_expired",
-}
-#: How far back the reconciler looks for sign-outs it may have missed a callback for. A large
-#: sweep commits sign-outs minutes after its own start time, which is what signed_out_at holds.
-RECONCILE_WINDOW = 600.0
-#: How old a sign-out must be before the reconcile poll closes its sockets itself.
-RECONCILE_GRACE = 5.0
 #: Member records read in one batch at admission (gateway.batching), and batches out at once:
 #: under a storm the next batch takes every connect that queued meanwhile.
 MEMBER_READ_BATCH = 100
@@ -133,7 +120,6 @@ class PresenceService:
         )
         #: Connects admitted without the revocation check (their member read failed).
         self.member_reads_failed = 0
-        self.timeouts_sent = 0
         self.callbacks_received = 0
         #: Sockets refused or closed by policy, by reason (close reason text).
         self.refusals: Counter[str] = Counter()
@@ -148,7 +134,15 @@ class PresenceService:
         #: Joins refused, by error code (gateway.rooms).
         self.room_refusals: Counter[str] = Counter()
         self._started_at = utc_now()
-        self.reconcile_grace = RECONCILE_GRACE
+        self.endings = Endings(
+            settings,
+            self.registry,
+            store,
+            self.writer,
+            self.events,
+            self.refusals,
+            self._started_at,
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -161,10 +155,10 @@ class PresenceService:
         )
         self._tasks = [
             asyncio.create_task(self.heartbeat.run(), name="ping-loop"),
-            asyncio.create_task(self._reconcile_loop(), name="reconcile-loop"),
+            asyncio.create_task(self.endings.reconcile_loop(), name="reconcile-loop"),
         ]
         if self.verifier is not None:
-            self._tasks.append(asyncio.create_task(self._token_loop(), name="token-expiry"))
+            self._tasks.append(asyncio.create_task(self.endings.token_loop(), name="token-expiry"))
         else:
             logger.warning("AUTH_MODE=off: sockets are accepted without ID tokens")
         logger.info(
@@ -223,47 +217,6 @@ class PresenceService:
         authorize(identity, conn.user_id, None)
         conn.room_grants = identity.rooms
         return identity
-
-    async def expire_tokens(self, now: float) -> int:
-        """Close sockets whose token expired more than TOKEN_GRACE ago; return how many."""
-        stale = [c for c in self.registry if c.session.token_expired(now)]
-        if not stale:
-            return 0
-        text = messages.encode(
-            ErrorMessage(
-                "error",
-                "token_expired",
-                'The ID token expired; send {"type": "auth", "token": ...} before it does',
-                iso(utc_now()),
-            )
-        )
-        self.refusals["token expired"] += len(stale)
-        await self._last_word(stale, text, CloseCode.UNAUTHENTICATED, "token expired")
-        return len(stale)
-
-    async def _last_word(
-        self, conns: list[Connection], text: str, code: CloseCode, reason: str
-    ) -> None:
-        """Send each socket a final frame, close it, and drop it from the registry at once, so
-        a second pass (a repeated callback, a reconcile) finds nothing left to close."""
-        timeout = self.settings.sockets.send_timeout
-
-        async def one(conn: Connection) -> None:
-            await conn.send_text(text, timeout)
-            await conn.close(code, reason)
-            self.registry.remove(conn)
-            self.events.closed_by_service(CLOSED_BY_SERVICE[code], conn, code, reason)
-
-        await asyncio.gather(*(one(c) for c in conns))
-
-    async def _token_loop(self) -> None:
-        every = min(30.0, max(0.25, self.settings.auth.token_grace / 2))
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.expire_tokens(time.time())
-            except Exception:
-                logger.exception("token expiry pass failed")
 
     # --- socket events -----------------------------------------------------------------------
 
@@ -337,81 +290,6 @@ class PresenceService:
     async def _send_chunk(batch: list[Connection], text: str, timeout: float) -> int:
         results = await asyncio.gather(*(c.send_text(text, timeout) for c in batch))
         return sum(results)
-
-    async def expire_sessions(self, sessions: Iterable[tuple[str, str]]) -> tuple[int, int]:
-        """Send the timeout message to these (user_id, session_id) sockets and close them.
-
-        Returns (closed, not_found). Sessions no longer open here (already closed, or closed by
-        an earlier callback or reconcile pass) are not found: each socket gets one timeout.
-        """
-        wanted: dict[str, set[str]] = {}
-        for user_id, session_id in sessions:
-            wanted.setdefault(user_id, set()).add(session_id)
-        targets: list[Connection] = []
-        not_found = 0
-        for user_id, session_ids in wanted.items():
-            open_here = {c.session_id: c for c in self.registry.sockets_of(user_id)}
-            for session_id in session_ids:
-                conn = open_here.get(session_id)
-                if conn is None or conn.closed:
-                    not_found += 1
-                else:
-                    targets.append(conn)
-        if not targets:
-            return 0, not_found
-        text = messages.encode(Timeout("timeout", self.settings.timeout_text, iso(utc_now())))
-        await self._last_word(targets, text, CloseCode.SESSION_EXPIRED, "session expired")
-        self.timeouts_sent += len(targets)
-        return len(targets), not_found
-
-    async def sign_out_local(self, user_id: str) -> int:
-        """Send the user's sockets here the signed_out message and close them with 4410;
-        return how many. A second call finds none."""
-        targets = [c for c in self.registry.sockets_of(user_id) if not c.closed]
-        if not targets:
-            return 0
-        text = messages.encode(
-            SignedOut(
-                "signed_out",
-                SIGNED_OUT_REASON,
-                "You have been signed out. Please sign in again.",
-                iso(utc_now()),
-            )
-        )
-        await self._last_word(targets, text, CloseCode.SIGNED_OUT, SIGNED_OUT_REASON)
-        return len(targets)
-
-    async def reconcile_once(self) -> int:
-        """Close sockets whose sessions a sweep signed out, for when its callback was lost."""
-        since = max(
-            self._started_at,
-            utc_now()
-            - timedelta(seconds=max(RECONCILE_WINDOW, 3 * self.settings.fanout.sweep_interval)),
-        )
-        found = await self.store.signed_out_sessions(self.settings.instance_id, since)
-        # The poll is the fallback: a sign-out this recent is still being delivered by its
-        # callback or fan-out, which sends the right message (signed_out for one on demand,
-        # where the poll would send the timeout); the next pass takes what it missed.
-        settled = utc_now() - timedelta(seconds=self.reconcile_grace)
-        found = [s for s in found if s.signed_out_at <= settled]
-        if not found:
-            return 0
-        closed, _ = await self.expire_sessions((s.user_id, s.session_id) for s in found)
-        if closed:
-            logger.warning(
-                "reconcile closed %d signed-out sockets whose callback never arrived", closed
-            )
-        return closed
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.fanout.sweep_interval)
-            # The instance's heartbeat rides on the same cadence (one merge-write per interval).
-            self.writer.put(Write(INSTANCES, self.settings.instance_id, {HEARTBEAT_AT: utc_now()}))
-            try:
-                await self.reconcile_once()
-            except Exception as exc:
-                logger.warning("reconcile pass failed: %r", exc)
 
     # --- rooms -------------------------------------------------------------------------------
 

@@ -184,7 +184,7 @@ def _connected(
         service.connected(conn)
         return None
     # Queue live durable messages from the moment the socket is registered, so none
-    # overtakes the replay (see PresenceService.recover).
+    # overtakes the replay (see StreamDelivery.recover).
     conn.replay = []
     service.connected(conn)
     recovery = asyncio.create_task(service.streams.recover(conn, position))

@@ -36,7 +36,7 @@ def test_callback_body_from_the_function_decodes_on_the_gateway() -> None:
 
 def test_callback_path_matches_the_gateway_route() -> None:
     """The function posts to the path the gateway serves."""
-    from gateway.app import internal_timeout
+    from gateway.routes import internal_timeout
 
     assert adapters.CALLBACK_PATH in internal_timeout.paths
 

@@ -34,7 +34,7 @@ async def test_heartbeat_and_reconcile_run_every_sweep_interval() -> None:
     callback never came is closed with the timeout message and 4408, once."""
     store = MemoryStore()
     service = PresenceService(settings(sweep_interval=0.05, ping_interval=60), store)
-    service.reconcile_grace = 0.0  # the sign-out below counts as settled at once
+    service.endings.reconcile_grace = 0.0  # the sign-out below counts as settled at once
     await service.start()
     try:
         wire = Recorder()
@@ -81,7 +81,7 @@ async def test_reconcile_leaves_a_fresh_sign_out_to_its_callback() -> None:
         store.docs[(SESSIONS, "s1")][SIGNED_OUT_AT] = utc_now()
         await asyncio.sleep(0.5)  # about ten reconcile passes
         assert wire.sent == []
-        assert await service.reconcile_once() == 0
+        assert await service.endings.reconcile_once() == 0
     finally:
         await service.stop()
 
