@@ -60,15 +60,17 @@ def sessions_of(firestore_client: Any, user: str) -> list[dict[str, Any]]:
 
 
 async def test_server_pings_in_the_guides_format(gateway: GatewayProc) -> None:
-    """Pings arrive every PING_INTERVAL with exactly type, timestamp and message."""
+    """Pings arrive every PING_INTERVAL with exactly type, timestamp and message. The first
+    comes at admission, and the next round may follow it within moments (docs/protocol.md):
+    the interval is measured between two rounds."""
     async with connect(gateway.ws(uid())) as ws:
-        first = await next_of(ws, "ping")
-        second = await next_of(ws, "ping")
-    assert list(first) == ["type", "timestamp", "message"]
-    assert first["message"] == PING_TEXT
-    stamps = [datetime.fromisoformat(m["timestamp"]) for m in (first, second)]
+        pings = [await next_of(ws, "ping") for _ in range(3)]
+    for ping in pings:
+        assert list(ping) == ["type", "timestamp", "message"]
+        assert ping["message"] == PING_TEXT
+    stamps = [datetime.fromisoformat(m["timestamp"]) for m in pings]
     assert all(s.tzinfo is not None for s in stamps)
-    assert 0.05 < (stamps[1] - stamps[0]).total_seconds() < 2 * UNIT
+    assert 0.05 < (stamps[2] - stamps[1]).total_seconds() < 2 * UNIT
 
 
 async def test_connect_records_member_and_session(
