@@ -1,16 +1,16 @@
 """The Firestore backend of :class:`gateway.store.Store`: google-cloud-firestore's async
-client, with the write-behind buffer's commits sent as raw protobufs (see ``commit``)."""
+client, with the write-behind buffer's commits sent as wire bytes (see ``commit``)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from gateway.firestore_wire import CommitEncoder, field_path, timestamp_parts
 from gateway.schema import (
     HEARTBEAT_AT,
     INSTANCE_ID,
@@ -23,9 +23,9 @@ from gateway.schema import (
 from gateway.store import DELETE_FIELD, SignedOutSession, Write
 
 COMMIT_TIMEOUT = 10.0
+COMMIT_METHOD = "/google.firestore.v1.Firestore/Commit"
 #: The client's private members ``commit`` uses (checked when the store is built).
 _PRIVATE_API = ("_firestore_api", "_database_string", "_rpc_metadata")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class FirestoreStore:
@@ -48,6 +48,10 @@ class FirestoreStore:
         #: Batched member reads only (``get_members``): see there why they do not use the
         #: async client.
         self._blocking_client = firestore.Client(project=project_id)
+        self._encoder = CommitEncoder(self._client._database_string)
+        #: Built at the first commit: the channel belongs to the running event loop.
+        self._commit_rpc: Any = None
+        self._commit_metadata: tuple[tuple[str, str], ...] = ()
 
     @property
     def client(self) -> Any:
@@ -55,43 +59,53 @@ class FirestoreStore:
         return self._client
 
     async def commit(self, writes: Sequence[Write]) -> None:
-        # The Commit RPC is called with protobufs built here instead of through the public
-        # batch.set(merge=True) + batch.commit() (commit_with_batch, the same single atomic RPC).
-        # Measured with `.venv/bin/python -m tests.bench.commit_bench --batches 30` (30
-        # alternating batches of 500 pong writes per path against gcloud's Firestore emulator on
-        # the same machine; Python 3.11.7, google-cloud-firestore 2.34.1, a 2-vCPU AMD EPYC VM
-        # shared with other work, load average 3-5; medians, range over three runs):
+        # The Commit RPC is sent as wire bytes encoded here (gateway.firestore_wire) on the
+        # client's own gRPC channel, instead of through the public batch.set(merge=True) +
+        # batch.commit() (commit_with_batch: the same single atomic RPC). Measured with
+        # `.venv/bin/python -m tests.bench.commit_bench` (alternating batches of 500 pong writes
+        # per path against gcloud's Firestore emulator on this 2-core machine, medians):
         #
-        #   path                  loop CPU/write  process CPU/write  wall/batch   loop stall
-        #   this (raw protobufs)     24-33 us         25-34 us        74-101 ms    11-15 ms
-        #
-        # (measured before Writes were filled in place and the request wrapped without a copy,
-        # which took this path's encoding from ~9 to ~5 us per write)
-        #   WriteBatch (public)      79-110 us        80-112 us      126-165 ms    68-84 ms
-        #   BulkWriter (threads)      9-19 us        140-189 us      148-210 ms    17-27 ms
+        #   path                              loop CPU/write   wall/batch   loop stall
+        #   this (wire bytes)                     ~13 us         ~50 ms        ~6 ms
+        #   raw protobufs through the GAPIC       ~20 us         ~60 ms       ~10 ms
+        #   WriteBatch (public)                   ~80 us        ~130 ms       ~70 ms
         #
         # The library walks every value in Python on the way in and wraps every write result on
-        # the way out, on the event loop: ~3x this path's CPU. At 5,000 pongs/s (10 batches/s)
-        # that is 0.3-0.4 s more loop CPU every second, and each batch holds up every socket of
-        # the instance for ~70 ms instead of ~13. Worth the private API, fenced by the start-up
-        # check above and by tests/integration/test_firestore_store.py, which holds this path to
-        # what commit_with_batch stores. BulkWriter is no candidate: it is not atomic
-        # (Store.commit must be) and burns the most process CPU. No library retry: the write-behind
-        # buffer owns retries and backoff, so an outage shows up here at once instead of
-        # stalling a flush for a minute.
-        raw = _raw_types()
-        request = raw.wrap_commit(
-            raw.CommitRequest(
-                database=self._client._database_string,
-                writes=[self._write_pb(w) for w in writes],
-            )
-        )
-        await self._client._firestore_api.commit(
-            request=request,
-            metadata=self._client._rpc_metadata,
+        # the way out, on the event loop. At 5,000 pongs/s (10 batches/s) that is 0.3-0.4 s
+        # more loop CPU every second, and each batch holds up every socket of the instance for
+        # ~70 ms. Worth the private API (the client's database name and metadata), fenced by
+        # the start-up check above and by tests/integration/test_firestore_store.py, which holds
+        # this path to what commit_with_batch stores. BulkWriter is no candidate: it is not
+        # atomic (Store.commit must be) and burns more process CPU still. No library retry: the
+        # write-behind buffer owns retries and backoff, so an outage shows up here at once
+        # instead of stalling a flush for a minute.
+        if self._commit_rpc is None:
+            self._commit_rpc, self._commit_metadata = self._commit_call()
+        await self._commit_rpc(
+            self._encoder.request(writes, self._serialized_write),
+            metadata=self._commit_metadata,
             timeout=COMMIT_TIMEOUT,
-            retry=None,
         )
+
+    def _commit_call(self) -> tuple[Any, tuple[tuple[str, str], ...]]:
+        """The Commit method on the client's channel, bytes in and bytes out (the response is
+        not read: a failure raises), with the metadata the library's own call sends."""
+        from google.api_core import gapic_v1
+
+        channel = self._client._firestore_api.transport.grpc_channel
+        database = self._client._database_string
+        metadata = (
+            *self._client._rpc_metadata,
+            # Routes the call to the named database, as the generated client does.
+            gapic_v1.routing_header.to_grpc_metadata(  # type: ignore[no-untyped-call]
+                (("database", database),)
+            ),
+        )
+        return channel.unary_unary(COMMIT_METHOD), metadata
+
+    def _serialized_write(self, write: Write) -> bytes:
+        serialized: bytes = merge_write(self._client._database_string, write).SerializeToString()
+        return serialized
 
     async def commit_with_batch(self, writes: Sequence[Write]) -> None:
         """What ``commit`` does, through the library's public WriteBatch: the reference the raw
@@ -103,16 +117,6 @@ class FirestoreStore:
             ref = self._client.collection(write.collection).document(write.doc_id)
             batch.set(ref, _public_fields(write.fields, firestore.DELETE_FIELD), merge=True)
         await batch.commit(retry=None, timeout=COMMIT_TIMEOUT)
-
-    def _write_pb(self, write: Write) -> Any:
-        """A merge-set of ``write.fields`` as a raw protobuf Write (nested maps merge,
-        DELETE_FIELD removes)."""
-        out = _raw_types().Write()
-        update = out.update
-        update.name = f"{self._client._database_string}/documents/{write.collection}/{write.doc_id}"
-        if not _encode_flat(write.fields, update.fields, out.update_mask.field_paths):
-            _encode_merge(write.fields, (), update.fields, out.update_mask.field_paths)
-        return out
 
     async def get_member(self, user_id: str, timeout: float) -> dict[str, Any] | None:
         snapshot = (
@@ -216,9 +220,6 @@ class _RawTypes:
     MapValue: Any
     Timestamp: Any
     CommitRequest: Any
-    #: The raw request in its proto-plus wrapper, without a copy: a dict of raw writes would
-    #: be converted write by write (~2 us each).
-    wrap_commit: Any
 
 
 @functools.cache
@@ -237,7 +238,6 @@ def _raw_types() -> _RawTypes:
         MapValue=document.MapValue.pb(),
         Timestamp=Timestamp,
         CommitRequest=firestore.CommitRequest.pb(),
-        wrap_commit=firestore.CommitRequest.wrap,
     )
 
 
@@ -273,43 +273,22 @@ def _set_value(target: Any, value: Any) -> None:
 
 
 def _set_timestamp(target: Any, value: datetime) -> None:
-    if value.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    delta = value - _EPOCH
     stamp = target.timestamp_value
-    stamp.seconds = delta.days * 86_400 + delta.seconds
-    stamp.nanos = delta.microseconds * 1000
+    stamp.seconds, stamp.nanos = timestamp_parts(value)
+
+
+def merge_write(database: str, write: Write) -> Any:
+    """A merge-set of ``write.fields`` as a raw protobuf Write (nested maps merge,
+    DELETE_FIELD removes): the writes the wire encoder leaves to the library's types."""
+    out = _raw_types().Write()
+    update = out.update
+    update.name = f"{database}/documents/{write.collection}/{write.doc_id}"
+    _encode_merge(write.fields, (), update.fields, out.update_mask.field_paths)
+    return out
 
 
 #: Types that are never maps: tested by exact class before the (slower) Mapping ABC check.
 _LEAVES = frozenset({datetime, str, int, float, bool, type(None)})
-
-
-def _encode_flat(fields: Mapping[str, Any], values: Any, mask: Any) -> bool:
-    """The common write (every pong: ``last_pong_at`` and ``updated_at``, one datetime): only
-    timestamps and strings, no nesting, no deletions. Encoded without ``_encode_merge``'s
-    per-field path tuples and type dispatch, and the shared datetime converted once (~1.3 us
-    of ~4.7 per write). Returns False, having written nothing, for any other write."""
-    for value in fields.values():
-        if value.__class__ is not datetime and value.__class__ is not str:
-            return False
-    last: datetime | None = None
-    seconds = nanos = 0
-    for key, value in fields.items():
-        if value.__class__ is str:
-            values[key].string_value = value
-        else:
-            if value is not last:
-                if value.tzinfo is None:
-                    raise ValueError("timestamps must be timezone-aware")
-                delta = value - _EPOCH
-                seconds, nanos = delta.days * 86_400 + delta.seconds, delta.microseconds * 1000
-                last = value
-            stamp = values[key].timestamp_value
-            stamp.seconds = seconds
-            stamp.nanos = nanos
-        mask.append(_field_path((key,)))
-    return True
 
 
 def _encode_merge(
@@ -321,26 +300,12 @@ def _encode_merge(
     for key, value in fields.items():
         path = (*prefix, key)
         if value is DELETE_FIELD:
-            mask.append(_field_path(path))
+            mask.append(field_path(path))
         elif value.__class__ not in _LEAVES and isinstance(value, Mapping) and value:
             nested = _raw_types().MapValue()
             _encode_merge(value, path, nested.fields, mask)
             if nested.fields:  # a map of deletions only leaves no value behind
                 values[key].map_value.CopyFrom(nested)
         else:
-            mask.append(_field_path(path))
+            mask.append(field_path(path))
             _set_value(values[key], value)
-
-
-_SIMPLE_SEGMENT = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*")
-
-
-@functools.lru_cache(maxsize=4096)
-def _field_path(path: tuple[str, ...]) -> str:
-    """Firestore's field path syntax: segments joined by dots, backquoted unless simple."""
-    return ".".join(
-        part
-        if _SIMPLE_SEGMENT.fullmatch(part)
-        else "`" + part.replace("\\", "\\\\").replace("`", "\\`") + "`"
-        for part in path
-    )

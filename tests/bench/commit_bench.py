@@ -1,9 +1,12 @@
 """The Firestore commit paths compared on the same batches of pong writes (issue 14, part 5).
 
-``FirestoreStore.commit`` sends raw protobufs through the client's private Commit stub. This
-script measures it against the public paths for the same writes, against a Firestore emulator:
+``FirestoreStore.commit`` sends wire bytes (gateway.firestore_wire) on the client's gRPC
+channel. This script measures it against the other paths for the same writes, against a
+Firestore emulator:
 
-* ``private``: ``FirestoreStore.commit`` as it runs;
+* ``wire``: ``FirestoreStore.commit`` as it runs;
+* ``protobufs``: the path it replaced, each write built as the library's raw protobuf
+  ``Write`` and the request sent through the generated client's ``commit``;
 * ``public``: ``FirestoreStore.commit_with_batch``, the library's ``AsyncWriteBatch``:
   ``batch.set(ref, fields, merge=True)`` per write, then ``await batch.commit(retry=None)`` (the
   same atomic Commit RPC, built by the library);
@@ -37,7 +40,13 @@ from importlib.metadata import version
 from typing import Any
 
 from emulator import procs
-from gateway.firestore_store import FirestoreStore, _public_fields
+from gateway.firestore_store import (
+    COMMIT_TIMEOUT,
+    FirestoreStore,
+    _public_fields,
+    _raw_types,
+    merge_write,
+)
 from gateway.store import Write, pong_write
 
 LOG_DIR = procs.ROOT / ".run" / "bench"
@@ -55,6 +64,20 @@ def commit_bulk_writer(client: Any, writes: Sequence[Write]) -> None:
         ref = client.collection(write.collection).document(write.doc_id)
         bulk.set(ref, _public_fields(write.fields, firestore.DELETE_FIELD), merge=True)
     bulk.close()  # flushes and waits
+
+
+async def commit_protobufs(client: Any, writes: Sequence[Write]) -> None:
+    from google.cloud.firestore_v1.types import firestore
+
+    database = client._database_string
+    request = firestore.CommitRequest.wrap(
+        _raw_types().CommitRequest(
+            database=database, writes=[merge_write(database, w) for w in writes]
+        )
+    )
+    await client._firestore_api.commit(
+        request=request, metadata=client._rpc_metadata, timeout=COMMIT_TIMEOUT, retry=None
+    )
 
 
 @dataclass
@@ -128,7 +151,8 @@ async def run(project: str, batches: int, size: int, bulk_writer: bool) -> dict[
     sync_client = firestore.Client(project=project)
     users = [f"u-{i}" for i in range(size)]
     paths: dict[str, Callable[[Sequence[Write]], Awaitable[None]]] = {
-        "private": store.commit,
+        "wire": store.commit,
+        "protobufs": lambda writes: commit_protobufs(store.client, writes),
         "public": store.commit_with_batch,
     }
     if bulk_writer:
