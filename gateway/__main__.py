@@ -99,6 +99,9 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         ws=ws_protocol,
+        # libuv's loop: its transports write and read in C, which took CPU per ping/pong cycle
+        # from about 2.0 to 1.9 x Node's ws (make bench --only load, docs/benchmarks.md).
+        loop="uvloop",
         # A deadline and a cap on connections that have not sent their request yet.
         http=bounded_http(
             settings.sockets.handshake_timeout, settings.sockets.max_pending_handshakes
