@@ -7,6 +7,9 @@ Prometheus middleware; ``GET /metrics`` serves both.
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import platform
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +18,20 @@ from gateway.writer import COMMIT_BUCKETS, LAG_BUCKETS
 if TYPE_CHECKING:
     from gateway.deployment import Deployment
     from gateway.service import PresenceService
+
+
+def runtime_labels() -> dict[str, str]:
+    """The event loop (``uvloop`` from ``python -m gateway``) and the collector's thresholds
+    (see gateway.__main__): what a CPU profile of an instance depends on."""
+    try:
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    except RuntimeError:
+        loop = "none"
+    return {
+        "event_loop": loop,
+        "gc_thresholds": ",".join(map(str, gc.get_threshold())),
+        "python": platform.python_version(),
+    }
 
 
 class GatewayCollector:
@@ -30,9 +47,11 @@ class GatewayCollector:
             CounterMetricFamily,
             GaugeMetricFamily,
             HistogramMetricFamily,
+            InfoMetricFamily,
         )
 
         service, writer = self.service, self.service.writer
+        yield InfoMetricFamily("gateway_runtime", "What this process runs on", runtime_labels())
         yield GaugeMetricFamily(
             "gateway_connections",
             "Open sockets on this instance",
