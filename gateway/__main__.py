@@ -116,9 +116,11 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         ws=ws_protocol,
-        # libuv's loop: its transports write and read in C, which took CPU per ping/pong cycle
-        # from about 2.0 to 1.9 x Node's ws (make bench --only load, docs/benchmarks.md).
-        loop="uvloop",
+        # asyncio's own loop, even where uvloop is installed: uvloop took about 10 % off the
+        # CPU per ping/pong cycle, but in the reconnect storm (make bench --only storm) its
+        # gateway's CPU and time to admit 10,000 sockets swung from 5.8 to 12.1 s between runs,
+        # against 4.5-5.9 s and 5.3-6.9 s here (docs/benchmarks.md).
+        loop="asyncio",
         # A deadline and a cap on connections that have not sent their request yet.
         http=bounded_http(
             settings.sockets.handshake_timeout, settings.sockets.max_pending_handshakes
