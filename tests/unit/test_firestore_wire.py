@@ -99,6 +99,16 @@ def test_varints_are_protobufs(number: int, wire: bytes) -> None:
     assert varint(number) == wire
 
 
+@pytest.mark.parametrize("bits", [7, 14, 21, 28, 35, 63])
+def test_varints_either_side_of_each_byte_boundary_match_the_protobuf_runtime(bits: int) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    for number in (2**bits - 1, 2**bits, -(2**bits)):
+        if -(2**63) <= number < 2**63:
+            # A Timestamp holding only seconds is that field's tag, then the varint.
+            assert varint(number) == Timestamp(seconds=number).SerializeToString()[1:]
+
+
 keys = st.text(min_size=1, max_size=40)
 moments = st.datetimes(
     min_value=datetime(1, 1, 2),  # noqa: DTZ001 (hypothesis wants naive bounds)
