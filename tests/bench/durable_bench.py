@@ -34,8 +34,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from emulator import procs
-
 if TYPE_CHECKING:
     from tests.bench.runner import Gateway
 
@@ -215,28 +213,18 @@ async def _recovery(gateways: list[Gateway], admin: str, round_: int) -> dict[st
 def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, Any]:
     """The durable scenario: Pub/Sub emulator, three gateways, sockets in this process."""
     from tests.bench.fanout_bench import _metrics
-    from tests.bench.runner import RUN_DIR, Gateway, clear_firestore, log
+    from tests.bench.runner import Gateway, Owned, clear_firestore, log, start_pubsub
 
     log(f"D: durable against plain sends, {USERS} sockets on {INSTANCES} instances")
     clear_firestore(fs_host)
-    owned: list[Any] = []
-
-    def own(item: Any) -> Any:
-        stack.append(item)
-        owned.append(item)
-        return item
-
-    try:
-        pubsub_port = procs.free_port()
-        pubsub = own(procs.pubsub_process("127.0.0.1", pubsub_port, RUN_DIR))
-        pubsub.log_path = RUN_DIR / "durable-pubsub.log"
-        pubsub.start()
+    with Owned(stack) as own:
+        pubsub, pubsub_host = start_pubsub(own, "durable")
         pubsub.wait_ready(60)
         admin = secrets.token_urlsafe(24)
         env = {
             "GATEWAY_ADMIN_TOKEN": admin,
             "PUBSUB_TOPIC": TOPIC,
-            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{pubsub_port}",
+            "PUBSUB_EMULATOR_HOST": pubsub_host,
             "WS_MAX_MESSAGES_PER_SECOND": "0",
         }
         gateways: list[Gateway] = []
@@ -252,10 +240,6 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
                 raise TimeoutError("D: the gateways' Pub/Sub pull streams did not open in 60 s")
             time.sleep(0.2)
         return asyncio.run(_measure(gateways, admin, _metrics, log))
-    finally:
-        for item in reversed(owned):
-            stack.remove(item)
-            item.stop()
 
 
 def _writes(metrics: dict[str, dict[str, float]], name: str) -> float:

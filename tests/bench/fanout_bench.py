@@ -436,7 +436,16 @@ def _size(path: Path) -> int:
 def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, Any]:
     """The fan-out scenario: Pub/Sub emulator, three gateways, proxy, client, sweep."""
     # Imported here: the runner imports this module at its top.
-    from tests.bench.runner import PROJECT, RUN_DIR, ClientProc, Gateway, clear_firestore, log
+    from tests.bench.runner import (
+        PROJECT,
+        RUN_DIR,
+        ClientProc,
+        Gateway,
+        Owned,
+        clear_firestore,
+        log,
+        start_pubsub,
+    )
     from tests.bench.timeout_bench import _wait_recorded
 
     sockets = args.fanout_sockets
@@ -446,19 +455,8 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
     gateway_log = RUN_DIR / "gateway.log"
     log_offset = _size(gateway_log)
     callback_token = f"bench-callback-{secrets.token_hex(12)}"
-    owned: list[Any] = []
-
-    def own(item: Any) -> Any:
-        stack.append(item)
-        owned.append(item)
-        return item
-
-    try:
-        pubsub_port = procs.free_port()
-        pubsub_host = f"127.0.0.1:{pubsub_port}"
-        pubsub = own(procs.pubsub_process("127.0.0.1", pubsub_port, RUN_DIR))
-        pubsub.log_path = RUN_DIR / "fanout-pubsub.log"
-        pubsub.start()
+    with Owned(stack) as own:
+        pubsub, pubsub_host = start_pubsub(own, "fanout")
         # The Auth emulator (node) takes a while: start it now, wait for it before the sweep.
         auth_port = procs.free_port()
         auth_host = f"127.0.0.1:{auth_port}"
@@ -646,22 +644,6 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
 
         client.command("stop")
         client.wait_for("stopped", 30)
-        for item in reversed(owned):
-            # Gateways before the Pub/Sub emulator: each deletes its subscription on the way out.
-            if isinstance(item, Gateway):
-                item.stop()
-            elif isinstance(item, procs.Process):
-                item.stop()
-            else:
-                item.kill()
-            stack.remove(item)
-        owned.clear()
-    finally:
-        for item in reversed(owned):
-            with contextlib.suppress(Exception):
-                item.kill() if hasattr(item, "kill") else item.stop()
-            with contextlib.suppress(ValueError):
-                stack.remove(item)
     reconciled = 0
     with contextlib.suppress(OSError), gateway_log.open("rb") as fh:
         fh.seek(log_offset)

@@ -42,6 +42,7 @@ a client that missed 300 messages; see ``durable_bench``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -63,7 +64,13 @@ from typing import Any
 import httpx
 import psutil
 
-from emulator.procs import Process, firestore_process, free_port, gateway_process
+from emulator.procs import (
+    Process,
+    firestore_process,
+    free_port,
+    gateway_process,
+    pubsub_process,
+)
 from tests.bench import (
     durable_bench,
     fanout_bench,
@@ -448,6 +455,53 @@ class Gateway:
 
 
 # --- Firestore helpers -------------------------------------------------------------------------
+
+
+class Owned:
+    """The processes a scenario starts: each goes on the runner's stack (so Ctrl-C stops it)
+    and is stopped, the last started first, when the scenario's ``with`` block ends. Gateways
+    and emulators are stopped gracefully (a gateway deletes its Pub/Sub subscription on the
+    way out, so it goes before the emulator), load clients killed; after a failure everything
+    is killed and errors in stopping are swallowed, so the scenario's own error is the one
+    reported."""
+
+    def __init__(self, stack: list[Any]) -> None:
+        self._stack = stack
+        self._items: list[Any] = []
+
+    def __call__(self, item: Any) -> Any:
+        self._stack.append(item)
+        self._items.append(item)
+        return item
+
+    def __enter__(self) -> Owned:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        failed = kind is not None
+        while self._items:
+            item = self._items.pop()
+            try:
+                if failed:
+                    with contextlib.suppress(Exception):
+                        item.kill() if hasattr(item, "kill") else item.stop()
+                elif isinstance(item, Gateway | Process):
+                    item.stop()
+                else:
+                    item.kill()
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._stack.remove(item)
+
+
+def start_pubsub(own: Owned, name: str) -> tuple[Process, str]:
+    """The Pub/Sub emulator on a free port, owned and started (wait for it with
+    ``wait_ready``), logging to .run/bench/NAME-pubsub.log; and its host:port."""
+    port = free_port()
+    pubsub = own(pubsub_process("127.0.0.1", port, RUN_DIR))
+    pubsub.log_path = RUN_DIR / f"{name}-pubsub.log"
+    pubsub.start()
+    return pubsub, f"127.0.0.1:{port}"
 
 
 def clear_firestore(host: str) -> None:
