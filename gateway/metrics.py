@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.writer import COMMIT_BUCKETS, LAG_BUCKETS
@@ -50,77 +50,17 @@ class GatewayCollector:
             InfoMetricFamily,
         )
 
-        service, writer = self.service, self.service.writer
+        writer = self.service.writer
         yield InfoMetricFamily("gateway_runtime", "What this process runs on", runtime_labels())
-        yield GaugeMetricFamily(
-            "gateway_connections",
-            "Open sockets on this instance",
-            service.registry.total_connections,
-        )
-        yield GaugeMetricFamily(
-            "gateway_users", "Users with an open socket here", service.registry.total_users
-        )
-        yield CounterMetricFamily(
-            "gateway_pings_sent", "Server pings sent", service.heartbeat.pings_sent
-        )
-        yield CounterMetricFamily(
-            "gateway_member_reads_failed",
-            "Connects admitted on the token alone: the member read failed or took over 2 s",
-            service.member_reads_failed,
-        )
-        yield CounterMetricFamily(
-            "gateway_pongs_received", "Client pongs received", writer.pongs_received
-        )
-        yield CounterMetricFamily(
-            "gateway_pongs_unwritten",
-            "Pongs not written because of PONG_WRITE_INTERVAL",
-            service.pongs_unwritten,
-        )
-        yield CounterMetricFamily(
-            "gateway_pongs_persisted", "Pongs committed to Firestore", writer.pongs_persisted
-        )
-        yield CounterMetricFamily(
-            "gateway_firestore_commits", "Write-behind commits that succeeded", writer.commits
-        )
-        yield CounterMetricFamily(
-            "gateway_firestore_commit_failures",
-            "Write-behind commits that failed (retried)",
-            writer.failed_commits,
-        )
-        yield CounterMetricFamily(
-            "gateway_firestore_writes", "Documents written by the buffer", writer.writes_committed
-        )
-        yield CounterMetricFamily(
-            "gateway_writes_dropped",
-            "Writes dropped because the buffer was full",
-            writer.dropped_writes,
-        )
-        yield CounterMetricFamily(
-            "gateway_stream_appends",
-            "Durable messages stored in users' streams (each: 1 read, 2 writes)",
-            service.streams.appends,
-        )
-        yield CounterMetricFamily(
-            "gateway_stream_acks", "stream_ack frames received", service.streams.acks
-        )
-        yield CounterMetricFamily(
-            "gateway_stream_replayed",
-            "Durable messages replayed to reconnecting clients",
-            service.streams.replayed,
-        )
-        recoveries = CounterMetricFamily(
-            "gateway_stream_recoveries",
-            "Recoveries, by result: recovered or the reason they were not",
-            labels=["result"],
-        )
-        for result, count in sorted(service.streams.recoveries.items()):
-            recoveries.add_metric([result], count)
-        yield recoveries
-        yield GaugeMetricFamily(
-            "gateway_buffer_documents",
-            "Documents waiting in the write-behind buffer",
-            writer.buffered,
-        )
+        for name, doc, value in self._gauges():
+            yield GaugeMetricFamily(name, doc, value)
+        for name, doc, value in self._counters():
+            yield CounterMetricFamily(name, doc, value)
+        for name, doc, labels, counts in self._labelled_counters():
+            family = CounterMetricFamily(name, doc, labels=labels)
+            for key, count in sorted(counts.items()):
+                family.add_metric(list(key) if isinstance(key, tuple) else [key], count)
+            yield family
         yield HistogramMetricFamily(
             "gateway_pong_persist_lag_seconds",
             "Time from a pong's arrival to its commit",
@@ -133,81 +73,143 @@ class GatewayCollector:
             buckets=_cumulative(COMMIT_BUCKETS, writer.commit_counts),
             sum_value=writer.commit_sum,
         )
-        yield CounterMetricFamily(
-            "gateway_timeouts_sent",
-            "Timeout messages sent (sockets closed 4408)",
-            service.endings.timeouts_sent,
-        )
-        yield CounterMetricFamily(
-            "gateway_callbacks_received",
-            "Timeout callbacks from the sweep",
-            service.callbacks_received,
-        )
-        refusals = CounterMetricFamily(
-            "gateway_refusals", "Sockets refused or closed by policy", labels=["reason"]
-        )
-        for reason, count in sorted(service.refusals.items()):
-            refusals.add_metric([reason], count)
-        yield refusals
-        yield GaugeMetricFamily(
-            "gateway_rooms", "Rooms with a member socket here", service.rooms.total_rooms
-        )
-        yield GaugeMetricFamily(
-            "gateway_room_memberships",
-            "Room memberships of the sockets here (a socket in 3 rooms counts 3)",
-            service.rooms.total_memberships,
-        )
-        room_refusals = CounterMetricFamily(
-            "gateway_room_refusals", "Room joins refused, by error code", labels=["code"]
-        )
-        for code, count in sorted(service.room_refusals.items()):
-            room_refusals.add_metric([code], count)
-        yield room_refusals
-        events = CounterMetricFamily(
-            "gateway_connection_events",
-            "Connection events: connect, disconnect, timeout, signout, token_expired, "
-            "room_join, room_leave",
-            labels=["event"],
-        )
-        for kind, count in sorted(service.events.counts.items()):
-            events.add_metric([kind], count)
-        yield events
-        disconnects = CounterMetricFamily(
-            "gateway_disconnects", "Sockets closed, by close code", labels=["code"]
-        )
-        for code, count in sorted(service.events.close_codes.items()):
-            disconnects.add_metric([code], count)
-        yield disconnects
-        deployment = self.deployment
-        published = CounterMetricFamily(
-            "gateway_fanout_published",
-            "Requests published on the fan-out topic (send, broadcast, timeout, stats, signout, "
-            "room, room_members)",
-            labels=["kind", "outcome"],
-        )
-        fanout = deployment.fanout
-        for (kind, outcome), count in sorted((fanout.published if fanout else {}).items()):
-            published.add_metric([kind, outcome], count)
-        yield published
-        received = CounterMetricFamily(
-            "gateway_fanout_received",
-            "Fan-out messages pulled, by kind and what became of them",
-            labels=["kind", "outcome"],
-        )
-        for (kind, outcome), count in sorted((fanout.received if fanout else {}).items()):
-            received.add_metric([kind, outcome], count)
-        yield received
-        yield CounterMetricFamily(
-            "gateway_fanout_missing_receipts",
-            "Instances that had not answered a request by FANOUT_TIMEOUT",
-            fanout.missing_receipts if fanout else 0,
-        )
-        broker = deployment.broker
-        yield GaugeMetricFamily(
-            "gateway_fanout_connected",
-            "1 while the Pub/Sub pull stream is open (absent without a broker)",
-            float(broker.connected) if broker is not None else float("nan"),
-        )
+
+    def _gauges(self) -> list[tuple[str, str, float]]:
+        service, broker = self.service, self.deployment.broker
+        return [
+            (
+                "gateway_connections",
+                "Open sockets on this instance",
+                service.registry.total_connections,
+            ),
+            ("gateway_users", "Users with an open socket here", service.registry.total_users),
+            (
+                "gateway_buffer_documents",
+                "Documents waiting in the write-behind buffer",
+                service.writer.buffered,
+            ),
+            ("gateway_rooms", "Rooms with a member socket here", service.rooms.total_rooms),
+            (
+                "gateway_room_memberships",
+                "Room memberships of the sockets here (a socket in 3 rooms counts 3)",
+                service.rooms.total_memberships,
+            ),
+            (
+                "gateway_fanout_connected",
+                "1 while the Pub/Sub pull stream is open (absent without a broker)",
+                float(broker.connected) if broker is not None else float("nan"),
+            ),
+        ]
+
+    def _counters(self) -> list[tuple[str, str, float]]:
+        service, writer, fanout = self.service, self.service.writer, self.deployment.fanout
+        return [
+            ("gateway_pings_sent", "Server pings sent", service.heartbeat.pings_sent),
+            (
+                "gateway_member_reads_failed",
+                "Connects admitted on the token alone: the member read failed or took over 2 s",
+                service.member_reads_failed,
+            ),
+            ("gateway_pongs_received", "Client pongs received", writer.pongs_received),
+            (
+                "gateway_pongs_unwritten",
+                "Pongs not written because of PONG_WRITE_INTERVAL",
+                service.pongs_unwritten,
+            ),
+            ("gateway_pongs_persisted", "Pongs committed to Firestore", writer.pongs_persisted),
+            ("gateway_firestore_commits", "Write-behind commits that succeeded", writer.commits),
+            (
+                "gateway_firestore_commit_failures",
+                "Write-behind commits that failed (retried)",
+                writer.failed_commits,
+            ),
+            (
+                "gateway_firestore_writes",
+                "Documents written by the buffer",
+                writer.writes_committed,
+            ),
+            (
+                "gateway_writes_dropped",
+                "Writes dropped because the buffer was full",
+                writer.dropped_writes,
+            ),
+            (
+                "gateway_stream_appends",
+                "Durable messages stored in users' streams (each: 1 read, 2 writes)",
+                service.streams.appends,
+            ),
+            ("gateway_stream_acks", "stream_ack frames received", service.streams.acks),
+            (
+                "gateway_stream_replayed",
+                "Durable messages replayed to reconnecting clients",
+                service.streams.replayed,
+            ),
+            (
+                "gateway_timeouts_sent",
+                "Timeout messages sent (sockets closed 4408)",
+                service.endings.timeouts_sent,
+            ),
+            (
+                "gateway_callbacks_received",
+                "Timeout callbacks from the sweep",
+                service.callbacks_received,
+            ),
+            (
+                "gateway_fanout_missing_receipts",
+                "Instances that had not answered a request by FANOUT_TIMEOUT",
+                fanout.missing_receipts if fanout else 0,
+            ),
+        ]
+
+    def _labelled_counters(self) -> list[tuple[str, str, list[str], Mapping[Any, int]]]:
+        """Counters by label: (name, help, label names, counts by label value or tuple)."""
+        service, fanout = self.service, self.deployment.fanout
+        return [
+            (
+                "gateway_stream_recoveries",
+                "Recoveries, by result: recovered or the reason they were not",
+                ["result"],
+                service.streams.recoveries,
+            ),
+            (
+                "gateway_refusals",
+                "Sockets refused or closed by policy",
+                ["reason"],
+                service.refusals,
+            ),
+            (
+                "gateway_room_refusals",
+                "Room joins refused, by error code",
+                ["code"],
+                service.room_refusals,
+            ),
+            (
+                "gateway_connection_events",
+                "Connection events: connect, disconnect, timeout, signout, token_expired, "
+                "room_join, room_leave",
+                ["event"],
+                service.events.counts,
+            ),
+            (
+                "gateway_disconnects",
+                "Sockets closed, by close code",
+                ["code"],
+                service.events.close_codes,
+            ),
+            (
+                "gateway_fanout_published",
+                "Requests published on the fan-out topic (send, broadcast, timeout, stats, "
+                "signout, room, room_members)",
+                ["kind", "outcome"],
+                fanout.published if fanout else {},
+            ),
+            (
+                "gateway_fanout_received",
+                "Fan-out messages pulled, by kind and what became of them",
+                ["kind", "outcome"],
+                fanout.received if fanout else {},
+            ),
+        ]
 
 
 def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
