@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -46,6 +47,15 @@ async def test_sigterm_closes_sockets_with_1012_and_loses_no_pong(
                 assert loads(await ws.recv())["type"] == "ping"
                 await ws.send(json.dumps({"type": "pong"}))
         assert proc.process.popen is not None
+
+        async def all_pongs_read() -> bool:
+            # A pong still in the kernel's buffers when the signal lands was never the
+            # gateway's to lose: wait until it has read all 100, then signal at once.
+            async with httpx.AsyncClient(base_url=proc.http) as http:
+                text = (await http.get("/metrics")).text
+            return "gateway_pongs_received_total 100.0" in text.splitlines()
+
+        await eventually(all_pongs_read)
         # The last pongs are still in the write-behind buffer (flushed once a second).
         os.kill(proc.process.popen.pid, signal.SIGTERM)
         codes = []
