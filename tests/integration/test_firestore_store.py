@@ -122,7 +122,7 @@ def every_kind_of_write(suffix: str) -> list[list[Write]]:
 async def test_the_raw_commit_stores_what_the_librarys_write_batch_stores(
     firestore_host: str,
 ) -> None:
-    """commit (raw protobufs, private API) and commit_with_batch (public WriteBatch with
+    """commit (wire bytes on the client's channel) and commit_with_batch (public WriteBatch with
     merge=True) leave identical documents for the same batches. In a project of its own: the
     odd documents it writes must not meet other tests' scans of the shared project."""
     from google.cloud import firestore
