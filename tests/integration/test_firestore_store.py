@@ -116,17 +116,25 @@ def every_kind_of_write(suffix: str) -> list[list[Write]]:
         ],
         [Write(SESSIONS, f"odd{suffix}", {"keys": {"a.b": DELETE_FIELD}, "empty": {"k": 1}})],
         [Write(SESSIONS, f"odd{suffix}", {"values": {}, "gone": DELETE_FIELD})],
+        # Flat writes (strings and timestamps: the wire encoder's own) with keys that need
+        # backquoting, mixed in one request with writes it leaves to the library's types.
+        [
+            Write(SESSIONS, f"flat{suffix}", {"sp ace": "é ✓", "back`quote": T0, "a.b": ""}),
+            Write(SESSIONS, f"odd{suffix}", {"values": {"later": 1}}),
+            Write(SESSIONS, f"flat{suffix}", {"sp ace": T0 - timedelta(days=20_000)}),
+        ],
     ]
 
 
 async def test_the_raw_commit_stores_what_the_librarys_write_batch_stores(
-    firestore_host: str,
+    firestore_host: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """commit (wire bytes on the client's channel) and commit_with_batch (public WriteBatch with
     merge=True) leave identical documents for the same batches. In a project of its own: the
     odd documents it writes must not meet other tests' scans of the shared project."""
     from google.cloud import firestore
 
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)  # also when run alone
     project = f"demo-equivalence-{uuid.uuid4().hex[:10]}"
     store = FirestoreStore(project)
     firestore_client = firestore.Client(project=project)
@@ -157,9 +165,14 @@ async def test_the_raw_commit_stores_what_the_librarys_write_batch_stores(
     assert from_raw[(SESSIONS, "odd")] == {
         "keys": {"sp ace": 2, "back`quote": 3, "9x": 4, "é": 5},
         "empty": {"k": 1},
-        "values": {},
+        "values": {"later": 1},
     }
     assert from_raw[(MEMBERS, "ghost")] == {}
+    assert from_raw[(SESSIONS, "flat")] == {
+        "sp ace": T0 - timedelta(days=20_000),  # before 1970: negative seconds
+        "back`quote": T0,
+        "a.b": "",
+    }
     await store.close()
     firestore_client.close()
 
