@@ -48,6 +48,11 @@ from gateway.stats import instance_stats
 logger = logging.getLogger("gateway.routes")
 
 
+#: ``?scope=deployment|instance``: "scope" is Litestar's reserved name for the ASGI scope, so
+#: the query parameter is mapped onto another name.
+ScopeQuery = Annotated[Literal["deployment", "instance"], Parameter(query="scope")]
+
+
 def _service(request: ASGIConnection[Any, Any, Any, Any]) -> PresenceService:
     service: PresenceService = request.app.state.service
     return service
@@ -62,8 +67,7 @@ def _deployment(request: ASGIConnection[Any, Any, Any, Any]) -> Deployment:
 async def ws_status(
     request: Request[Any, Any, Any],
     user_id: str,
-    # "scope" is Litestar's reserved name for the ASGI scope; the query parameter is mapped.
-    view: Annotated[Literal["deployment", "instance"], Parameter(query="scope")] = "deployment",
+    view: ScopeQuery = "deployment",
 ) -> StatusResponse:
     """Whether the user holds a socket anywhere in the deployment (default), or on this
     instance (``?scope=instance``). If Firestore cannot answer, the instance's view is given
@@ -93,7 +97,7 @@ async def ws_status(
 @get("/ws/stats", guards=[require_admin])
 async def ws_stats(
     request: Request[Any, Any, Any],
-    view: Annotated[Literal["deployment", "instance"], Parameter(query="scope")] = "deployment",
+    view: ScopeQuery = "deployment",
 ) -> StatsResponse:
     """Connections across every live instance (default), or on this one (``?scope=instance``),
     with the heartbeat settings and each counted instance's pong writer. Without a broker, or
@@ -182,7 +186,7 @@ async def ws_room_send(
 async def ws_room(
     request: Request[Any, Any, Any],
     room: str,
-    view: Annotated[Literal["deployment", "instance"], Parameter(query="scope")] = "deployment",
+    view: ScopeQuery = "deployment",
 ) -> RoomResponse:
     """The room's member sockets (user, session, instance) on every live instance (default),
     or on this one (``?scope=instance``); gathered over the broker like ``/ws/stats``."""
