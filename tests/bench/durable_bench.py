@@ -212,8 +212,8 @@ async def _recovery(gateways: list[Gateway], admin: str, round_: int) -> dict[st
 
 def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, Any]:
     """The durable scenario: Pub/Sub emulator, three gateways, sockets in this process."""
-    from tests.bench.fanout_bench import _metrics
-    from tests.bench.runner import Gateway, Owned, clear_firestore, log, start_pubsub
+    from tests.bench.fanout_bench import _metrics, start_fanout_gateways
+    from tests.bench.runner import Owned, clear_firestore, log, start_pubsub
 
     log(f"D: durable against plain sends, {USERS} sockets on {INSTANCES} instances")
     clear_firestore(fs_host)
@@ -227,18 +227,9 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
             "PUBSUB_EMULATOR_HOST": pubsub_host,
             "WS_MAX_MESSAGES_PER_SECOND": "0",
         }
-        gateways: list[Gateway] = []
-        for k in range(INSTANCES):
-            gw = own(Gateway(fs_host, PING_INTERVAL, args, f"durable-{k}", extra_env=env))
-            gw.token = admin
-            gw.http.headers["Authorization"] = f"Bearer {admin}"
-            gw.start()
-            gateways.append(gw)
-        deadline = time.monotonic() + 60
-        while not all(m.get("gateway_fanout_connected") == 1 for m in _metrics(gateways).values()):
-            if time.monotonic() > deadline:
-                raise TimeoutError("D: the gateways' Pub/Sub pull streams did not open in 60 s")
-            time.sleep(0.2)
+        gateways = start_fanout_gateways(
+            own, fs_host, args, "durable", admin, env, count=INSTANCES, ping_interval=PING_INTERVAL
+        )
         return asyncio.run(_measure(gateways, admin, _metrics, log))
 
 

@@ -63,7 +63,7 @@ from emulator import procs
 from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS
 
 if TYPE_CHECKING:
-    from tests.bench.runner import ClientProc, Gateway
+    from tests.bench.runner import ClientProc, Gateway, Owned
 
 INSTANCES = 3
 DEFAULT_SOCKETS = 3_000
@@ -134,6 +134,37 @@ def _published(kind: str) -> str:
 
 def _received(kind: str, outcome: str) -> str:
     return f'gateway_fanout_received_total{{kind="{kind}",outcome="{outcome}"}}'
+
+
+def start_fanout_gateways(
+    own: Owned,
+    fs_host: str,
+    args: argparse.Namespace,
+    name: str,
+    admin: str,
+    env: dict[str, str],
+    *,
+    count: int,
+    ping_interval: float,
+) -> list[Gateway]:
+    """``count`` gateways on one Pub/Sub topic, owned, with the admin token for their REST
+    calls; returned once every one's pull stream is open (a message published before its
+    subscription exists never reaches it)."""
+    from tests.bench.runner import Gateway
+
+    gateways: list[Gateway] = []
+    for k in range(count):
+        gw = own(Gateway(fs_host, ping_interval, args, f"{name}-{k}", extra_env=env))
+        gw.token = admin
+        gw.http.headers["Authorization"] = f"Bearer {admin}"
+        gw.start()
+        gateways.append(gw)
+    deadline = time.monotonic() + 60
+    while not all(m.get("gateway_fanout_connected") == 1 for m in _metrics(gateways).values()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name}: the gateways' Pub/Sub pull streams did not open in 60 s")
+        time.sleep(0.2)
+    return gateways
 
 
 def _instance_id(gw: Gateway) -> str:
@@ -440,7 +471,6 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
         PROJECT,
         RUN_DIR,
         ClientProc,
-        Gateway,
         Owned,
         clear_firestore,
         log,
@@ -474,20 +504,10 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
             "PONG_TIMEOUT": f"{PONG_TIMEOUT:g}",
             "SWEEP_INTERVAL": f"{SWEEP_INTERVAL:g}",
         }
-        gateways: list[Gateway] = []
-        for k in range(INSTANCES):
-            gw = own(Gateway(fs_host, PING_INTERVAL, args, f"fanout-{k}", extra_env=env))
-            gw.token = admin
-            gw.http.headers["Authorization"] = f"Bearer {admin}"
-            gw.start()
-            gateways.append(gw)
+        gateways = start_fanout_gateways(
+            own, fs_host, args, "fanout", admin, env, count=INSTANCES, ping_interval=PING_INTERVAL
+        )
         ids = [_instance_id(gw) for gw in gateways]
-        # Subscriptions first: a message published before one exists never reaches it.
-        deadline = time.monotonic() + 60
-        while not all(m.get("gateway_fanout_connected") == 1 for m in _metrics(gateways).values()):
-            if time.monotonic() > deadline:
-                raise TimeoutError("F: the gateways' Pub/Sub pull streams did not open in 60 s")
-            time.sleep(0.2)
 
         proxy_port = procs.free_port()
         proxy_url = f"http://127.0.0.1:{proxy_port}"
