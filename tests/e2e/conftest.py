@@ -3,7 +3,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -64,6 +64,8 @@ class Cluster:
     admin_token: str
     #: What every instance was started with (for instances a test adds).
     env: dict[str, str]
+    #: Mints the ID tokens the instances were started to verify (None: AUTH_MODE=off).
+    minter: TokenMinter | None
 
     @property
     def url(self) -> str:
@@ -82,6 +84,9 @@ class Cluster:
             gateway.stop()
 
 
+ClusterT = TypeVar("ClusterT", bound=Cluster)
+
+
 def start_cluster(
     firestore_host: str,
     project: str,
@@ -89,9 +94,11 @@ def start_cluster(
     pubsub: PubSubEmulator,
     name: str,
     count: int = 3,
+    kind: type[ClusterT] = Cluster,  # type: ignore[assignment]
     **env: str,
-) -> Cluster:
-    """``count`` gateways on a fresh topic named after ``name``, behind one proxy."""
+) -> ClusterT:
+    """``count`` gateways on a fresh topic named after ``name``, behind one proxy; as a
+    ``kind`` of Cluster, for a module that adds its own helpers."""
     topic = f"{name}-{secrets.token_hex(4)}"
     admin_token = secrets.token_urlsafe(24)
     shared = {
@@ -102,4 +109,4 @@ def start_cluster(
     }
     started = [start_gateway(firestore_host, project, minter, **shared) for _ in range(count)]
     proxy, port = start_proxy([g.port for g in started])
-    return Cluster(started, proxy, port, topic, admin_token, shared)
+    return kind(started, proxy, port, topic, admin_token, shared, minter)

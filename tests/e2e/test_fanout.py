@@ -24,10 +24,9 @@ from typing import Any
 import httpx
 import pytest
 
-from emulator import procs
 from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS
 from tests.conftest import PubSubEmulator
-from tests.e2e.conftest import start_cluster
+from tests.e2e.conftest import Cluster, start_cluster
 from tests.support import (
     UNIT,
     Client,
@@ -51,29 +50,13 @@ SHORT = {
 
 
 @dataclass
-class Service:
+class Service(Cluster):
     """The deployment as its callers see it: one URL, any instance behind it."""
 
-    instances: list[GatewayProc]
-    proxy: procs.Process
-    port: int
     minter: TokenMinter
-    topic: str
-    admin_token: str
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def ws(self, user: str) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/connect/{user}?token={self.minter(user)}"
-
-    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request on a fresh connection, so consecutive calls land on different
-        instances."""
-        headers = {"Authorization": f"Bearer {self.admin_token}"}
-        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30) as http:
-            return await http.request(method, path, **kwargs)
 
     async def get(self, path: str, **params: str) -> dict[str, Any]:
         response = await self.request("GET", path, params=params)
@@ -98,24 +81,18 @@ def service(
     callback_token: str,
     pubsub: PubSubEmulator,
 ) -> Iterator[Service]:
-    cluster = start_cluster(
+    service = start_cluster(
         firestore_host,
         project_id,
         minter,
         pubsub,
         "fanout",
+        kind=Service,
         GATEWAY_CALLBACK_TOKEN=callback_token,
         **SHORT,
     )
-    yield Service(
-        cluster.instances,
-        cluster.proxy,
-        cluster.port,
-        minter,
-        cluster.topic,
-        cluster.admin_token,
-    )
-    cluster.stop()
+    yield service
+    service.stop()
 
 
 @pytest.fixture(scope="module")

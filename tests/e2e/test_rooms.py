@@ -18,9 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from emulator import procs
 from tests.conftest import PubSubEmulator
-from tests.e2e.conftest import start_cluster
+from tests.e2e.conftest import Cluster, start_cluster
 from tests.support import (
     UNIT,
     Client,
@@ -42,18 +41,10 @@ LIMITS = {
 
 
 @dataclass
-class Rooms:
+class Rooms(Cluster):
     """Three instances behind one proxy URL, and a way to mint tokens with room grants."""
 
-    instances: list[GatewayProc]
-    proxy: procs.Process
-    port: int
     minter: TokenMinter
-    admin_token: str
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def token(self, user: str, rooms: list[str] | None) -> str:
         """A fresh ID token for the user, carrying ``rooms`` as a custom claim (none: the
@@ -71,13 +62,6 @@ class Rooms:
         port = gateway.port if gateway is not None else self.port
         return f"ws://127.0.0.1:{port}/ws/connect/{user}?token={token}"
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One request on a fresh connection, so consecutive calls land on different
-        instances."""
-        headers = {"Authorization": f"Bearer {self.admin_token}"}
-        async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30) as http:
-            return await http.request(method, path, **kwargs)
-
     async def members(self, room: str) -> dict[str, Any]:
         response = await self.request("GET", f"/ws/rooms/{room}")
         assert response.status_code == 200, response.text
@@ -89,9 +73,9 @@ class Rooms:
 def rooms(
     firestore_host: str, project_id: str, minter: TokenMinter, pubsub: PubSubEmulator
 ) -> Iterator[Rooms]:
-    cluster = start_cluster(firestore_host, project_id, minter, pubsub, "rooms", **LIMITS)
-    yield Rooms(cluster.instances, cluster.proxy, cluster.port, minter, cluster.admin_token)
-    cluster.stop()
+    rooms = start_cluster(firestore_host, project_id, minter, pubsub, "rooms", kind=Rooms, **LIMITS)
+    yield rooms
+    rooms.stop()
 
 
 @pytest.fixture
