@@ -187,9 +187,10 @@ class CommitEncoder:
                 head = self._entry_head(key, len(encoded))
             parts += (head, encoded)
         document = b"".join(parts)
-        mask = self._masks.get(tuple(write.fields))
+        keys = tuple(write.fields)
+        mask = self._masks.get(keys)
         if mask is None:
-            mask = self._mask(tuple(write.fields))
+            mask = self._mask(keys)
         return b"".join((tags.write_update, varint(len(document)), document, mask))
 
     def _timestamp(self, value: datetime) -> bytes:
