@@ -15,7 +15,7 @@ from litestar.exceptions import (
     HTTPException,
     ValidationException,
 )
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
@@ -50,7 +50,7 @@ logger = logging.getLogger("gateway.routes")
 
 #: ``?scope=deployment|instance``: "scope" is Litestar's reserved name for the ASGI scope, so
 #: the query parameter is mapped onto another name.
-ScopeQuery = Annotated[Literal["deployment", "instance"], Parameter(query="scope")]
+ScopeQuery = Annotated[Literal["deployment", "instance"], QueryParameter(name="scope")]
 
 
 def _service(request: ASGIConnection[Any, Any, Any, Any]) -> PresenceService:
@@ -112,7 +112,7 @@ async def ws_send(
     request: Request[Any, Any, Any],
     user_id: str,
     data: dict[str, Any],
-    durable: Annotated[bool, Parameter(query="durable")] = False,
+    durable: Annotated[bool, QueryParameter(name="durable")] = False,
 ) -> SendResponse:
     """Send the JSON object body, as is, to every socket of the user on every live instance
     (404 when none holds one). ``?durable=true``: store it in the user's stream first, deliver
