@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from gateway.batching import BatchReader
 from gateway.closes import CloseCode
 from gateway.exceptions import AuthError
-from gateway.rooms import grants_from_claims
+from gateway.rooms import grants_from_claims, refused_grants
 from gateway.schema import LAST_SIGN_OUT_AT
 
 logger = logging.getLogger("gateway.auth")
@@ -46,6 +46,10 @@ CLOCK_SKEW = 5
 #: certificate fetch in one from holding up every connect.
 VERIFY_BATCH = 100
 VERIFIES_IN_FLIGHT = 2
+#: Distinct refused room grants logged (then no more): a backend's mistake is usually in every
+#: user's claim, so it is worth one line, not one per connect, and claims cannot grow the set.
+MAX_REPORTED_GRANTS = 100
+_reported_grants: set[str] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,7 @@ class Identity:
     uid: str
     auth_time: datetime
     expires_at: float  # epoch seconds
-    #: The ``rooms`` custom claim: rooms (or ``prefix*``) this token may join.
+    #: The ``rooms`` custom claim: rooms (or ``prefix:*``) this token may join.
     rooms: tuple[str, ...] = ()
 
 
@@ -82,7 +86,7 @@ def token_from(query_string: bytes, headers: Mapping[bytes, bytes]) -> str | Non
 def identity_from(claims: Mapping[str, Any]) -> Identity:
     """The identity in a verified token's claims; AuthError(4401) when they lack a part."""
     try:
-        return Identity(
+        identity = Identity(
             uid=str(claims["uid"]),
             auth_time=datetime.fromtimestamp(int(claims["auth_time"]), UTC),
             expires_at=float(claims["exp"]),
@@ -90,6 +94,22 @@ def identity_from(claims: Mapping[str, Any]) -> Identity:
         )
     except (KeyError, TypeError, ValueError, OverflowError, OSError):
         raise AuthError(CloseCode.UNAUTHENTICATED, "invalid token") from None
+    _report_refused_grants(identity.rooms)
+    return identity
+
+
+def _report_refused_grants(grants: tuple[str, ...]) -> None:
+    """Log, once per distinct grant, the ``*`` grants that grant nothing (gateway.rooms)."""
+    for grant in refused_grants(grants):
+        if grant in _reported_grants or len(_reported_grants) >= MAX_REPORTED_GRANTS:
+            continue
+        _reported_grants.add(grant)
+        logger.warning(
+            "rooms claim grant %.140r grants nothing: a prefix grant ends with ':*' "
+            "(doc:7f:* covers doc:7f and doc:7f:...), and a bare '*' is refused "
+            "(logged once per distinct grant)",
+            grant,
+        )
 
 
 def authorize(identity: Identity, user_id: str, member: Mapping[str, Any] | None) -> None:

@@ -9,9 +9,13 @@ a socket's rooms die with it, and a reconnecting client joins again (both client
 Who may join which room is the server's decision, never the client's:
 
 * the ID token's ``rooms`` custom claim, a list of grants set by the application's backend
-  (``auth.set_custom_user_claims(uid, {"rooms": ["team-42", "doc:7f3a*"]})``): a grant is a
-  room name, or a prefix ending in ``*`` that matches every room starting with it;
-* ``WS_PUBLIC_ROOM_PREFIXES``: prefixes any signed-in user may join (a server-side rule);
+  (``auth.set_custom_user_claims(uid, {"rooms": ["team-42", "doc:7f3a:*"]})``): a grant is a
+  room name, or a prefix grant ``prefix:*`` that matches the room ``prefix`` and every room
+  under it (``prefix:…``). A prefix grant ends at a separator (``:``), so that ``doc:7f:*``
+  never reaches ``doc:7fX``, another document; a ``*`` grant whose prefix does not end at one
+  (``doc:7f*``, a bare ``*``) grants nothing: see ``allows``;
+* ``WS_PUBLIC_ROOM_PREFIXES``: prefixes any signed-in user may join (a server-side rule), held
+  to the same separator at start-up;
 * with ``AUTH_MODE=off`` (emulators only) there are no tokens, so every room is open.
 
 Refusals (documented in docs/protocol.md), each an ``error`` reply; the socket stays open:
@@ -39,6 +43,10 @@ MAX_ROOM_NAME = 128
 #: Pub/Sub attribute, and free of ``*``, which marks a prefix grant in the claim.
 ROOM_CHARS = "A-Z a-z 0-9 _ - . : @"
 _ROOM = re.compile(rf"[A-Za-z0-9_\-.:@]{{1,{MAX_ROOM_NAME}}}")
+#: Where a prefix grant may end: the one character of ROOM_CHARS that separates a name's
+#: segments and never occurs inside the ids rooms are named after (``_ - . @`` do: UUIDs,
+#: e-mail addresses, ``team-42``), so that a prefix ending in it covers whole segments only.
+SEPARATOR = ":"
 #: The custom claim holding a user's room grants.
 ROOMS_CLAIM = "rooms"
 #: Firebase custom claims are at most 1,000 bytes in all, so a longer list cannot be genuine.
@@ -81,7 +89,8 @@ def check_room_name(room: str) -> None:
 
 
 def valid_prefix(prefix: str) -> bool:
-    return _ROOM.fullmatch(prefix) is not None
+    """A public room prefix: room name characters ending at a separator (``public:``)."""
+    return _ROOM.fullmatch(prefix) is not None and prefix.endswith(SEPARATOR)
 
 
 def grants_from_claims(claims: Mapping[str, Any]) -> tuple[str, ...]:
@@ -94,16 +103,35 @@ def grants_from_claims(claims: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(g for g in value[:MAX_GRANTS] if isinstance(g, str) and g)
 
 
+def refused_grants(grants: Iterable[str]) -> list[str]:
+    """The ``*`` grants that grant nothing because their prefix does not end at a separator
+    (a bare ``*``, ``doc:7f*``): the backend meant something by them, so they are worth a log
+    line."""
+    return [g for g in grants if g.endswith("*") and not g[:-1].endswith(SEPARATOR)]
+
+
+def _under(room: str, prefix: str) -> bool:
+    """``room`` is the prefix's own room or one under it: ``doc:7f:`` covers ``doc:7f`` and
+    ``doc:7f:…``. The caller has checked that ``prefix`` ends with SEPARATOR."""
+    return room.startswith(prefix) or room == prefix[:-1]
+
+
 def allows(room: str, grants: Iterable[str] | None, public_prefixes: Iterable[str] = ()) -> bool:
     """Whether a socket with these grants may join ``room``. ``None``: no token at all
-    (``AUTH_MODE=off``), every room is open. A grant ending in ``*`` is a prefix."""
+    (``AUTH_MODE=off``), every room is open. A grant ``prefix:*`` covers ``prefix`` and every
+    room under ``prefix:``; a ``*`` grant whose prefix does not end at SEPARATOR grants
+    nothing (a bare ``*`` would grant every room; ``doc:7f*`` would grant ``doc:7fX``, another
+    document), and neither does a public prefix that does not (settings refuse one at
+    start-up; checked here too so that the rule holds wherever the prefixes come from)."""
     if grants is None:
         return True
-    if any(room.startswith(prefix) for prefix in public_prefixes):
-        return True
+    for prefix in public_prefixes:
+        if prefix.endswith(SEPARATOR) and _under(room, prefix):
+            return True
     for grant in grants:
         if grant.endswith("*"):
-            if room.startswith(grant[:-1]):
+            prefix = grant[:-1]
+            if prefix.endswith(SEPARATOR) and _under(room, prefix):
                 return True
         elif room == grant:
             return True

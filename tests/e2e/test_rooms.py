@@ -133,13 +133,13 @@ async def test_a_token_without_the_rooms_claim_is_refused_and_one_with_it_joins(
 ) -> None:
     """Without the claim (or with a claim for other rooms) a join is refused with
     ``room_forbidden``, echoing the room and the id; a ``public:`` room is open to any token;
-    a ``team-*`` grant lets the holder join ``team-…`` rooms. Refusals are counted."""
-    room = uid("team")
+    a ``team:*`` grant lets the holder join ``team:…`` rooms. Refusals are counted."""
+    room = f"team:{secrets.token_hex(4)}"
     refused_before = await metric_total(rooms, 'gateway_room_refusals_total{code="room_forbidden"}')
     plain_user, other_user, member_user = uid("plain"), uid("other"), uid("member")
     plain = await Client.open(rooms.ws(plain_user, rooms.token(plain_user, None)))
     other = await Client.open(rooms.ws(other_user, rooms.token(other_user, ["elsewhere"])))
-    member = await Client.open(rooms.ws(member_user, rooms.token(member_user, ["team-*"])))
+    member = await Client.open(rooms.ws(member_user, rooms.token(member_user, ["team:*"])))
     clients.extend([plain, other, member])
     for client in (plain, other):
         refusal = await ask(client, {"type": "join", "room": room, "id": "j1"})
@@ -155,6 +155,44 @@ async def test_a_token_without_the_rooms_claim_is_refused_and_one_with_it_joins(
     assert body["users"] == [member_user] and body["connections"] == 1
     refused = await metric_total(rooms, 'gateway_room_refusals_total{code="room_forbidden"}')
     assert refused - refused_before == 2
+
+
+async def test_prefix_grants_end_at_a_separator_and_a_bare_star_grants_nothing(
+    rooms: Rooms, clients: list[Client]
+) -> None:
+    """Real tokens: ``doc:…:*`` joins the document's room and those under it but not a longer
+    id (``doc:…X``); ``doc:…*`` (no separator) and a bare ``*`` grant nothing, and each is
+    logged once however many sockets present it; a ``public:`` room is open to every token,
+    ``publicity`` is not."""
+    gateway = rooms.instances[2]
+    doc = f"doc:{secrets.token_hex(4)}"
+
+    async def answer(grants: list[str], room: str) -> str:
+        user = uid("grant")
+        client = await Client.open(rooms.ws(user, rooms.token(user, grants), gateway))
+        clients.append(client)
+        reply = await ask(client, {"type": "join", "room": room})
+        return str(reply["type"] if reply["type"] == "joined" else reply["code"])
+
+    bounded = [f"{doc}:*"]
+    assert await answer(bounded, doc) == "joined"
+    assert await answer(bounded, f"{doc}:comments") == "joined"
+    assert await answer(bounded, f"{doc}X") == "room_forbidden"
+    assert await answer(bounded, f"{doc}-1") == "room_forbidden"
+    for unbounded in ([f"{doc}*"], ["*"]):
+        for room in (doc, f"{doc}X", f"{doc}:comments", uid("any")):
+            assert await answer(unbounded, room) == "room_forbidden", (unbounded, room)
+    assert await answer(["*"], "public:lobby") == "joined"
+    assert await answer(["*"], "public") == "joined"
+    assert await answer(["*"], "publicity") == "room_forbidden"
+
+    def warnings(grant: str) -> int:
+        return gateway.log().count(f"rooms claim grant {grant!r} grants nothing")
+
+    async def logged_once() -> bool:
+        return warnings("*") == 1 and warnings(f"{doc}*") == 1
+
+    await eventually(logged_once)
 
 
 async def test_a_room_send_reaches_members_on_three_instances_and_not_non_members(
@@ -250,7 +288,7 @@ async def test_room_limits_and_names_are_refused_with_the_documented_errors(
     ``room_full``; each refusal leaves the socket open and its rooms as they were."""
     gateway = rooms.instances[0]
     user = uid("limits")
-    token = rooms.token(user, ["lim-*"])
+    token = rooms.token(user, ["lim:*"])
     first = await Client.open(rooms.ws(user, token, gateway))
     clients.append(first)
     for bad in ("has space", "a/b", "x" * 129, "star*", ""):
@@ -258,17 +296,17 @@ async def test_room_limits_and_names_are_refused_with_the_documented_errors(
         assert (refusal["type"], refusal["code"]) == ("error", "invalid_room")
         assert "1 to 128 characters" in refusal["message"]
     for n in range(3):
-        assert (await ask(first, {"type": "join", "room": f"lim-{n}"}))["type"] == "joined"
-    fourth = await ask(first, {"type": "join", "room": "lim-3"})
-    assert (fourth["code"], fourth["room"]) == ("too_many_rooms", "lim-3")
+        assert (await ask(first, {"type": "join", "room": f"lim:{n}"}))["type"] == "joined"
+    fourth = await ask(first, {"type": "join", "room": "lim:3"})
+    assert (fourth["code"], fourth["room"]) == ("too_many_rooms", "lim:3")
     assert "at most 3 rooms" in fourth["message"]
     second = await Client.open(rooms.ws(user, token, gateway))
     third = await Client.open(rooms.ws(user, token, gateway))
     clients.extend([second, third])
-    assert (await ask(second, {"type": "join", "room": "lim-0"}))["type"] == "joined"
-    full = await ask(third, {"type": "join", "room": "lim-0"})
-    assert (full["code"], full["room"]) == ("room_full", "lim-0")
-    listed = await rooms.members("lim-0")
+    assert (await ask(second, {"type": "join", "room": "lim:0"}))["type"] == "joined"
+    full = await ask(third, {"type": "join", "room": "lim:0"})
+    assert (full["code"], full["room"]) == ("room_full", "lim:0")
+    listed = await rooms.members("lim:0")
     assert listed["connections"] == 2 and first.close_code is None and third.close_code is None
     # The REST API applies the same naming rule.
     bad_send = await rooms.request("POST", "/ws/rooms/a%20b/send", json={"type": "x"})
@@ -276,7 +314,7 @@ async def test_room_limits_and_names_are_refused_with_the_documented_errors(
     assert "1 to 128 characters" in bad_send.json()["message"]
     assert (await rooms.request("GET", "/ws/rooms/a%20b")).status_code == 400
     async with httpx.AsyncClient(base_url=rooms.url) as anonymous:
-        assert (await anonymous.get("/ws/rooms/lim-0")).status_code == 401
+        assert (await anonymous.get("/ws/rooms/lim:0")).status_code == 401
 
 
 async def test_joins_and_leaves_are_counted_in_metrics_on_the_instance_that_holds_the_socket(
@@ -286,7 +324,7 @@ async def test_joins_and_leaves_are_counted_in_metrics_on_the_instance_that_hold
     and shows the rooms and memberships held."""
     gateway = rooms.instances[1]
     user = uid("counted")
-    client = await Client.open(rooms.ws(user, rooms.token(user, ["cnt-*"]), gateway))
+    client = await Client.open(rooms.ws(user, rooms.token(user, ["cnt:*"]), gateway))
     clients.append(client)
 
     async def sample(name: str) -> float:
@@ -299,7 +337,7 @@ async def test_joins_and_leaves_are_counted_in_metrics_on_the_instance_that_hold
 
     joins = await sample('gateway_connection_events_total{event="room_join"}')
     leaves = await sample('gateway_connection_events_total{event="room_leave"}')
-    for room in ("cnt-a", "cnt-b"):
+    for room in ("cnt:a", "cnt:b"):
         assert (await ask(client, {"type": "join", "room": room}))["type"] == "joined"
     assert await sample('gateway_connection_events_total{event="room_join"}') == joins + 2
     assert await sample("gateway_room_memberships") >= 2
@@ -380,11 +418,11 @@ async def test_room_join_and_leave_are_structured_log_events(
     """With LOG_FORMAT=json each join and leave is a log entry whose ``event`` (Cloud
     Logging's jsonPayload.event) names the room; a close leaves with reason ``disconnect``."""
     user = uid("logged")
-    client = await Client.open(rooms.ws(user, rooms.token(user, ["log-*"]), json_gateway))
+    client = await Client.open(rooms.ws(user, rooms.token(user, ["log:*"]), json_gateway))
     clients.append(client)
-    for room in ("log-a", "log-b"):
+    for room in ("log:a", "log:b"):
         assert (await ask(client, {"type": "join", "room": room}))["type"] == "joined"
-    assert (await ask(client, {"type": "leave", "room": "log-a"}))["type"] == "left"
+    assert (await ask(client, {"type": "leave", "room": "log:a"}))["type"] == "left"
     await client.close()
 
     def room_events() -> list[tuple[str, str, str | None]]:
@@ -401,8 +439,8 @@ async def test_room_join_and_leave_are_structured_log_events(
         return found if len(found) == 4 else []
 
     assert await eventually(all_four) == [
-        ("room_join", "log-a", None),
-        ("room_join", "log-b", None),
-        ("room_leave", "log-a", "leave"),
-        ("room_leave", "log-b", "disconnect"),
+        ("room_join", "log:a", None),
+        ("room_join", "log:b", None),
+        ("room_leave", "log:a", "leave"),
+        ("room_leave", "log:b", "disconnect"),
     ]

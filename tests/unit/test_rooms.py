@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from gateway import auth
+from gateway.auth import identity_from
 from gateway.exceptions import ConfigError, ProtocolError
 from gateway.messages import utc_now
 from gateway.protocol import JoinRoom, LeaveRoom, decode_frame
@@ -24,6 +26,8 @@ from gateway.rooms import (
     RoomRegistry,
     allows,
     grants_from_claims,
+    refused_grants,
+    valid_prefix,
     valid_room_name,
 )
 from gateway.service import PresenceService
@@ -66,16 +70,73 @@ def test_the_rooms_claim_becomes_grants_and_a_malformed_claim_grants_nothing() -
 
 
 def test_a_grant_is_an_exact_name_or_a_prefix_ending_in_a_star() -> None:
-    """``team-42`` allows that room only; ``doc:*`` every room starting with ``doc:``; public
-    prefixes allow anyone with a token; no token at all (auth off) allows everything."""
+    """``team-42`` allows that room only; ``doc:*`` the room ``doc`` and every room under
+    ``doc:``; public prefixes allow anyone with a token; no token at all (auth off) allows
+    everything."""
     grants = ("team-42", "doc:*")
     assert allows("team-42", grants)
     assert not allows("team-420", grants)
-    assert allows("doc:7f3a", grants) and allows("doc:", grants)
+    assert allows("doc:7f3a", grants) and allows("doc:", grants) and allows("doc", grants)
     assert not allows("docs", grants)
     assert not allows("lobby", ())
     assert allows("public:lobby", (), ["public:"])
     assert allows("anything", None)
+
+
+def test_a_prefix_grant_ends_at_a_separator_and_covers_its_own_room_and_those_under_it() -> None:
+    """``doc:7f:*`` allows ``doc:7f`` and ``doc:7f:…``, never ``doc:7fX`` (another document)
+    nor ``doc:7`` or ``doc``."""
+    grants = ("doc:7f:*",)
+    assert allows("doc:7f", grants) and allows("doc:7f:comments", grants)
+    assert allows("doc:7f:a:b", grants)
+    for room in ("doc:7fX", "doc:7f0", "doc:7f-x", "doc:7f.x", "doc:7", "doc", "doc:7e:x"):
+        assert not allows(room, grants), room
+
+
+@pytest.mark.parametrize("grant", ["*", "doc:7f*", "doc*", "team-*", "a.b*", "x@*", "doc:7f:**"])
+def test_a_star_grant_whose_prefix_does_not_end_at_a_separator_grants_nothing(grant: str) -> None:
+    """A bare ``*`` and ``prefix*`` without the ``:`` grant no room at all, not even the ones
+    they start with, and are the grants reported as refused."""
+    for room in ("doc:7f", "doc:7fX", "doc:7f:x", "team-42", "a.bc", "x@y", "anything", "doc"):
+        assert not allows(room, (grant,)), room
+    assert refused_grants((grant, "doc:7f:*", "lobby")) == [grant]
+
+
+def test_a_refused_grant_leaves_the_tokens_other_grants_working() -> None:
+    """A claim mixing a bare ``*`` with good grants still allows what the good ones allow."""
+    grants = grants_from_claims({"rooms": ["*", "lobby", "doc:7f:*"]})
+    assert allows("lobby", grants) and allows("doc:7f:x", grants)
+    assert not allows("other", grants) and not allows("doc:7fX", grants)
+
+
+def test_a_public_prefix_ends_at_a_separator_like_a_grant() -> None:
+    """``public:`` opens ``public`` and ``public:…``, not ``publicity``; a prefix without the
+    separator (which settings refuse at start-up) opens nothing."""
+    assert allows("public", (), ["public:"]) and allows("public:lobby", (), ["public:"])
+    assert not allows("publicity", (), ["public:"])
+    assert not allows("publicity", (), ["public"]) and not allows("public:x", (), ["public"])
+    assert valid_prefix("public:") and valid_prefix("org-9:team:")
+    assert not valid_prefix("public") and not valid_prefix("lobby-") and not valid_prefix(":*")
+
+
+def test_refused_grants_are_logged_once_each(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verifying tokens whose claims carry ``*`` or ``doc:7f*`` logs one warning per distinct
+    refused grant, however many tokens carry it; good grants log nothing; past
+    MAX_REPORTED_GRANTS distinct ones, no more are logged (claims cannot grow the set)."""
+    monkeypatch.setattr(auth, "_reported_grants", set())
+    monkeypatch.setattr(auth, "MAX_REPORTED_GRANTS", 3)
+    caplog.set_level(logging.WARNING, logger="gateway.auth")
+    claims = {"uid": "u1", "auth_time": 1_700_000_000, "exp": 1_700_003_600}
+    for _ in range(3):
+        identity_from({**claims, "rooms": ["*", "doc:7f*", "lobby", "doc:7f:*"]})
+        identity_from({**claims, "rooms": ["doc:7f*"]})
+    logged = [r.getMessage() for r in caplog.records if r.name == "gateway.auth"]
+    assert len(logged) == 2, logged
+    assert "'*' grants nothing" in logged[0] and "'doc:7f*' grants nothing" in logged[1]
+    identity_from({**claims, "rooms": [f"x{n}*" for n in range(5)]})
+    assert len([r for r in caplog.records if r.name == "gateway.auth"]) == 3
 
 
 # --- the registry ---------------------------------------------------------------------------
@@ -175,11 +236,11 @@ def test_room_settings_have_defaults_and_are_read_from_the_environment() -> None
             **BASE,
             "WS_MAX_ROOMS_PER_SOCKET": "3",
             "WS_MAX_ROOM_MEMBERS": "0",
-            "WS_PUBLIC_ROOM_PREFIXES": "public:, lobby-",
+            "WS_PUBLIC_ROOM_PREFIXES": "public:, lobby:",
         }
     )
     assert (custom.sockets.max_rooms_per_socket, custom.sockets.max_room_members) == (3, 0)
-    assert custom.sockets.public_room_prefixes == ("public:", "lobby-")
+    assert custom.sockets.public_room_prefixes == ("public:", "lobby:")
 
 
 @pytest.mark.parametrize(
@@ -190,6 +251,8 @@ def test_room_settings_have_defaults_and_are_read_from_the_environment() -> None
         ("WS_MAX_ROOM_MEMBERS", "inf"),
         ("WS_PUBLIC_ROOM_PREFIXES", "public/"),
         ("WS_PUBLIC_ROOM_PREFIXES", "ok:,every*"),
+        ("WS_PUBLIC_ROOM_PREFIXES", "public"),
+        ("WS_PUBLIC_ROOM_PREFIXES", "ok:,lobby-"),
         ("FORWARDED_ALLOW_IPS", "10.0.0.1,proxy.internal"),
         ("FORWARDED_ALLOW_IPS", "10.0.0.0/33"),
     ],
@@ -228,23 +291,23 @@ def test_joins_and_leaves_are_analytics_events_and_a_closed_socket_leaves_its_ro
     closing the socket leaves every room with reason ``disconnect``; refusals are counted by
     code."""
     svc = service(max_rooms_per_socket=2)
-    member = conn("u1", "s1", ("team-*",))
+    member = conn("u1", "s1", ("team:*",))
     svc.connected(member)
     caplog.set_level(logging.INFO, logger="gateway.events")
-    assert svc.join_room(member, "team-1") and svc.join_room(member, "team-2")
+    assert svc.join_room(member, "team:1") and svc.join_room(member, "team:2")
     with pytest.raises(RoomRefused):
-        svc.join_room(member, "team-3")
+        svc.join_room(member, "team:3")
     with pytest.raises(RoomRefused):
         svc.join_room(member, "other")
-    assert svc.leave_room(member, "team-1") and not svc.leave_room(member, "team-1")
+    assert svc.leave_room(member, "team:1") and not svc.leave_room(member, "team:1")
     svc.disconnected(member, 1000)
     events = [r.event for r in caplog.records if hasattr(r, "event")]  # type: ignore[attr-defined]
     rooms = [(e["kind"], e["room"], e.get("reason")) for e in events if "room" in e]
     assert rooms == [
-        ("room_join", "team-1", None),
-        ("room_join", "team-2", None),
-        ("room_leave", "team-1", "leave"),
-        ("room_leave", "team-2", "disconnect"),
+        ("room_join", "team:1", None),
+        ("room_join", "team:2", None),
+        ("room_leave", "team:1", "leave"),
+        ("room_leave", "team:2", "disconnect"),
     ]
     assert svc.events.counts["room_join"] == 2 and svc.events.counts["room_leave"] == 2
     assert svc.room_refusals == {"too_many_rooms": 1, "room_forbidden": 1}
