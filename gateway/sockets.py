@@ -27,6 +27,7 @@ from gateway import messages, rooms
 from gateway.auth import token_from
 from gateway.closes import CloseCode
 from gateway.exceptions import AuthError
+from gateway.limits import connect_address
 from gateway.messages import utc_now
 from gateway.protocol import (
     AuthRefresh,
@@ -216,8 +217,12 @@ async def _admit(
         return None
     identity = None
     refusal: tuple[int, str] | None = None
-    client = scope.get("client") or ("unknown", 0)
-    if not service.connect_limiter.allow(str(client[0]), time.time()):
+    address = connect_address(
+        scope.get("client"),
+        scope.get("headers", ()),
+        trust_every_peer=service.settings.sockets.forwarded_allow_ips.strip() == "*",
+    )
+    if not service.connect_limiter.allow(address, time.time()):
         # Before the token check: a flood of attempts costs no Auth or Firestore call.
         refusal = (CloseCode.RATE_LIMITED, "too many connection attempts")
     elif not valid_user_id(user_id):
