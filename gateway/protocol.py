@@ -27,7 +27,7 @@ A ``join`` the rooms' rules refuse is answered by the edge with the codes of ``g
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 
@@ -35,6 +35,15 @@ from gateway.closes import CloseCode
 from gateway.exceptions import ProtocolError
 
 MAX_TYPE_LENGTH = 64
+#: The largest integer a client may send (``id``, ``offset``): JavaScript's
+#: ``Number.MAX_SAFE_INTEGER``, the largest every JSON client represents exactly, and far
+#: inside the signed 64 bits Firestore stores. A value beyond it would fail every commit of
+#: the write-behind batch it lands in, so it is refused here, at the edge.
+MAX_SAFE_INTEGER = 2**53 - 1
+#: Longest ``id`` string (echoed in replies), ``epoch`` and ping ``timestamp``, in characters.
+MAX_ID_LENGTH = 128
+MAX_EPOCH_LENGTH = 64
+MAX_TIMESTAMP_LENGTH = 64
 
 _decoder = msgspec.json.Decoder()
 
@@ -146,8 +155,11 @@ def decode_value(value: Any) -> ClientEvent:
         return _PONG
     if kind == "ping":
         stamp = value.get("timestamp")
-        if stamp is not None and not isinstance(stamp, str):
-            raise ProtocolError("invalid_field", '"timestamp" must be a string')
+        if stamp is not None and (not isinstance(stamp, str) or len(stamp) > MAX_TIMESTAMP_LENGTH):
+            raise ProtocolError(
+                "invalid_field",
+                f'"timestamp" must be a string of at most {MAX_TIMESTAMP_LENGTH} characters',
+            )
         return PingReceived(stamp)
     if kind == "message":
         if "data" not in value:
@@ -161,11 +173,15 @@ def decode_value(value: Any) -> ClientEvent:
         return JoinRoom(room, _ident(value)) if kind == "join" else LeaveRoom(room, _ident(value))
     if kind == "stream_ack":
         epoch, offset = value.get("epoch"), value.get("offset")
-        if not isinstance(epoch, str) or len(epoch) > 64:
-            raise ProtocolError("invalid_field", 'A "stream_ack" needs a string "epoch"')
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LENGTH:
             raise ProtocolError(
-                "invalid_field", 'A "stream_ack" needs a non-negative integer "offset"'
+                "invalid_field",
+                f'A "stream_ack" needs a string "epoch" of at most {MAX_EPOCH_LENGTH} characters',
+            )
+        if not _is_int(offset) or not 0 <= offset <= MAX_SAFE_INTEGER:
+            raise ProtocolError(
+                "invalid_field",
+                f'A "stream_ack" needs an integer "offset" from 0 to {MAX_SAFE_INTEGER}',
             )
         return StreamAck(epoch, offset)
     if kind == "auth":
@@ -176,11 +192,23 @@ def decode_value(value: Any) -> ClientEvent:
     return UnknownType(kind)
 
 
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _ident(value: dict[str, Any]) -> str | int | None:
     ident = value.get("id")
-    if ident is not None and (isinstance(ident, bool) or not isinstance(ident, str | int)):
-        raise ProtocolError("invalid_field", '"id" must be a string or an integer')
-    return ident
+    if ident is None:
+        return None
+    if isinstance(ident, str) and len(ident) <= MAX_ID_LENGTH:
+        return ident
+    if _is_int(ident) and -MAX_SAFE_INTEGER <= ident <= MAX_SAFE_INTEGER:
+        return ident
+    raise ProtocolError(
+        "invalid_field",
+        f'"id" must be a string of at most {MAX_ID_LENGTH} characters or an integer '
+        f"of at most {MAX_SAFE_INTEGER} in magnitude",
+    )
 
 
 def _too_large(max_bytes: int) -> ProtocolError:

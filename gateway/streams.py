@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from gateway.protocol import MAX_EPOCH_LENGTH, MAX_SAFE_INTEGER
 from gateway.schema import (
     ACKED_EPOCH,
     ACKED_OFFSET,
@@ -100,8 +101,13 @@ def recovery_request(query_string: bytes) -> tuple[bool, Position | None]:
         if epoch:
             raise ValueError("an epoch needs an offset")
         return True, None
-    if not offset.isdigit() or len(offset) > 18 or len(epoch or "") > 64:
-        raise ValueError("the offset must be a non-negative integer")
+    if (
+        not (offset.isascii() and offset.isdigit())
+        or len(offset) > 16
+        or int(offset) > MAX_SAFE_INTEGER
+        or len(epoch or "") > MAX_EPOCH_LENGTH
+    ):
+        raise ValueError(f"the offset must be an integer from 0 to {MAX_SAFE_INTEGER}")
     return True, Position(epoch or "", int(offset))
 
 

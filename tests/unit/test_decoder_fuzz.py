@@ -25,11 +25,18 @@ from hypothesis import strategies as st  # noqa: E402
 
 from gateway.exceptions import ProtocolError
 from gateway.protocol import (
+    MAX_EPOCH_LENGTH,
+    MAX_ID_LENGTH,
+    MAX_SAFE_INTEGER,
+    MAX_TIMESTAMP_LENGTH,
     MAX_TYPE_LENGTH,
     AuthRefresh,
+    JoinRoom,
+    LeaveRoom,
     MessageReceived,
     PingReceived,
     PongReceived,
+    StreamAck,
     UnknownType,
     decode_frame,
 )
@@ -45,8 +52,31 @@ DOCUMENTED_CODES = {
     "binary_frame",
     "message_too_large",
 }
-EVENTS = (PongReceived, PingReceived, MessageReceived, AuthRefresh, UnknownType)
-KNOWN_TYPES = ("pong", "ping", "message", "auth")
+EVENTS = (
+    PongReceived,
+    PingReceived,
+    MessageReceived,
+    AuthRefresh,
+    JoinRoom,
+    LeaveRoom,
+    StreamAck,
+    UnknownType,
+)
+KNOWN_TYPES = ("pong", "ping", "message", "auth", "join", "leave", "stream_ack")
+#: Integers at the edges that matter: JavaScript's safe range, Firestore's signed 64 bits,
+#: and beyond what msgspec decodes as a machine integer.
+BOUNDARY_INTS = [
+    MAX_SAFE_INTEGER,
+    MAX_SAFE_INTEGER + 1,
+    -MAX_SAFE_INTEGER,
+    -MAX_SAFE_INTEGER - 1,
+    2**63 - 1,
+    2**63,
+    2**64,
+    -(2**63),
+    -(2**63) - 1,
+    10**30,
+]
 
 FUZZ = settings(
     max_examples=300,
@@ -76,7 +106,24 @@ type_values = (
     | st.text(alphabet=string.ascii_lowercase, min_size=60, max_size=70)
     | json_values
 )
-field_values = st.sampled_from([None, "", "t", 0, -1, True, False, 1.5]) | json_values
+field_values = (
+    st.sampled_from([None, "", "t", 0, -1, True, False, 1.5, *BOUNDARY_INTS])
+    | st.integers(min_value=-(2**65), max_value=2**65)
+    | st.sampled_from([MAX_ID_LENGTH, MAX_EPOCH_LENGTH, MAX_TIMESTAMP_LENGTH]).flatmap(
+        lambda n: st.sampled_from(["x" * n, "x" * (n + 1), "é" * n])
+    )
+    | json_values
+)
+
+
+def valid_ident(ident: Any) -> bool:
+    if ident is None:
+        return True
+    if isinstance(ident, str):
+        return len(ident) <= MAX_ID_LENGTH
+    return isinstance(ident, int) and not isinstance(ident, bool) and abs(ident) <= MAX_SAFE_INTEGER
+
+
 max_sizes = st.sampled_from([4096, 65536]) | st.integers(min_value=1, max_value=200)
 
 
@@ -111,14 +158,26 @@ def expected(value: Any) -> Any:
         return PongReceived()
     if kind == "ping":
         stamp = value.get("timestamp")
-        return PingReceived(stamp) if stamp is None or isinstance(stamp, str) else "invalid_field"
+        if stamp is None or (isinstance(stamp, str) and len(stamp) <= MAX_TIMESTAMP_LENGTH):
+            return PingReceived(stamp)
+        return "invalid_field"
     if kind == "message":
         ident = value.get("id")
-        if "data" not in value:
-            return "invalid_field"
-        if ident is not None and (isinstance(ident, bool) or not isinstance(ident, str | int)):
+        if "data" not in value or not valid_ident(ident):
             return "invalid_field"
         return MessageReceived(value["data"], ident)
+    if kind in ("join", "leave"):
+        room, ident = value.get("room"), value.get("id")
+        if not isinstance(room, str) or not valid_ident(ident):
+            return "invalid_field"
+        return (JoinRoom if kind == "join" else LeaveRoom)(room, ident)
+    if kind == "stream_ack":
+        epoch, offset = value.get("epoch"), value.get("offset")
+        if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LENGTH:
+            return "invalid_field"
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            return "invalid_field"
+        return StreamAck(epoch, offset) if 0 <= offset <= MAX_SAFE_INTEGER else "invalid_field"
     if kind == "auth":
         token = value.get("token")
         return AuthRefresh(token) if isinstance(token, str) and token else "invalid_field"
@@ -169,13 +228,18 @@ def test_any_json_value_gets_the_documented_answer(
 @given(
     kind=type_values,
     fields=st.dictionaries(
-        st.sampled_from(["timestamp", "data", "id", "token", "extra"]), field_values
+        st.sampled_from(["timestamp", "data", "id", "token", "room", "epoch", "offset", "extra"]),
+        field_values,
     ),
     max_bytes=st.sampled_from([4096, 65536]),
 )
 @example(kind="message", fields={"data": None, "id": True}, max_bytes=4096)
 @example(kind="message", fields={"data": 1, "id": 10**1000}, max_bytes=4096)
 @example(kind="auth", fields={"token": ""}, max_bytes=4096)
+@example(kind="stream_ack", fields={"epoch": "x", "offset": 2**63}, max_bytes=4096)
+@example(kind="stream_ack", fields={"epoch": "x", "offset": MAX_SAFE_INTEGER}, max_bytes=4096)
+@example(kind="stream_ack", fields={"epoch": "x", "offset": MAX_SAFE_INTEGER + 1}, max_bytes=4096)
+@example(kind="join", fields={"room": "r", "id": -(2**63) - 1}, max_bytes=4096)
 @example(kind="x" * (MAX_TYPE_LENGTH + 1), fields={}, max_bytes=4096)
 def test_any_type_with_any_fields_gets_the_documented_answer(
     kind: Any, fields: dict[str, Any], max_bytes: int
