@@ -10,8 +10,11 @@ Hierarchy::
     │                          another user (mapped to close code 4401 or 4403)
     ├── UserNotConnectedError  a REST call targets a user with no socket in the deployment
     │                          (mapped to 404)
-    └── DeploymentUnavailable  the deployment-wide answer needs Firestore or the message
-                               broker, and it cannot be reached (mapped to 503)
+    ├── DeploymentUnavailable  the deployment-wide answer needs Firestore or the message
+    │                          broker, and it cannot be reached (mapped to 503)
+    └── WriteRejected          Firestore refused a commit as invalid, not as unavailable:
+                               sent again unchanged it can never land (the write-behind
+                               buffer isolates and drops the write at fault)
 
 Only the edges (the socket handler, the REST controllers) turn these into close codes and
 HTTP statuses; the core raises and returns plain values.
@@ -73,3 +76,11 @@ class UserNotConnectedError(GatewayError):
 
 class DeploymentUnavailable(GatewayError):
     """The deployment-wide answer needs Firestore or the message broker, which did not answer."""
+
+
+class WriteRejected(GatewayError):
+    """Firestore refused a commit because of what it holds (a value out of range, a field it
+    cannot store), as opposed to being unreachable or overloaded.
+
+    Retrying the same commit can never succeed, so the writer must not treat it like an
+    outage: it splits the batch until the write at fault is alone, and drops that one."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gateway.exceptions import WriteRejected
 from gateway.firestore_wire import CommitEncoder, field_path, timestamp_parts
 from gateway.schema import (
     HEARTBEAT_AT,
@@ -83,11 +84,18 @@ class FirestoreStore:
         # instead of stalling a flush for a minute.
         if self._commit_rpc is None:
             self._commit_rpc, self._commit_metadata = self._commit_call()
-        await self._commit_rpc(
-            self._encoder.request(writes, self._serialized_write),
-            metadata=self._commit_metadata,
-            timeout=COMMIT_TIMEOUT,
-        )
+        try:
+            request = self._encoder.request(writes, self._serialized_write)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # A value Firestore cannot hold (an integer beyond 64 bits, a naive timestamp):
+            # the same batch would fail the same way forever.
+            raise WriteRejected(f"cannot encode the commit: {exc!r}") from exc
+        try:
+            await self._commit_rpc(request, metadata=self._commit_metadata, timeout=COMMIT_TIMEOUT)
+        except Exception as exc:
+            if _refused_as_invalid(exc):
+                raise WriteRejected(f"Firestore refused the commit: {exc!r}") from exc
+            raise
 
     def _commit_call(self) -> tuple[Any, tuple[tuple[str, str], ...]]:
         """The Commit method on the client's channel, bytes in and bytes out (the response is
@@ -193,6 +201,16 @@ class FirestoreStore:
     async def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
         self._blocking_client.close()  # type: ignore[no-untyped-call]
+
+
+def _refused_as_invalid(exc: BaseException) -> bool:
+    """Whether Firestore answered that the request itself is wrong (INVALID_ARGUMENT: a
+    document over 1 MiB, a field it cannot store), which no retry can cure. Every other
+    status (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, PERMISSION_DENIED...) may pass
+    and is retried."""
+    import grpc
+
+    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def _public_fields(fields: Mapping[str, Any], delete: Any) -> dict[str, Any]:

@@ -140,6 +140,8 @@ class PongWriterStats(msgspec.Struct):
     commits: int
     failed_commits: int
     dropped_writes: int
+    #: Writes Firestore refused as invalid, isolated from their batch and dropped.
+    rejected_writes: int
     lag_p50_ms: float | None
     lag_p99_ms: float | None
     #: Cumulative count of persisted pongs by lag, keyed by the bucket's upper bound in ms

@@ -24,6 +24,7 @@ def pong_writer_stats(service: PresenceService) -> PongWriterStats:
         commits=writer.commits,
         failed_commits=writer.failed_commits,
         dropped_writes=writer.dropped_writes,
+        rejected_writes=writer.rejected_writes,
         lag_p50_ms=None if p50 is None else round(p50 * 1000, 2),
         lag_p99_ms=None if p99 is None else round(p99 * 1000, 2),
         lag_histogram_ms=dict(

@@ -15,6 +15,12 @@ Guarantees:
   earlier commit ends), so a document's fields never move backwards.
 * A failed batch goes back into the buffer (newer pending fields still win) and the writer backs
   off exponentially, up to ``MAX_BACKOFF``; sockets are unaffected.
+* A batch that Firestore refuses as invalid (:class:`WriteRejected`, as opposed to unavailable)
+  is split in halves, committed again at once, and so on down to the write at fault, which is
+  dropped, counted (``rejected_writes``) and logged once. One bad document therefore costs
+  about ``2 * log2(batch_size)`` extra commits, and never stalls the writes batched beside it:
+  a buffer that retried it forever would stop every write of the instance, heartbeats
+  included, and the sweep would then sign out everyone the instance holds.
 * Memory is bounded by ``max_docs`` pending documents: the buffer holds one entry per
   document, and a write to a new document beyond the bound is dropped, counted and logged.
 * :meth:`close` flushes what is left, within a deadline.
@@ -33,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.exceptions import WriteRejected
 from gateway.store import Store, Write, merge_fields
 
 logger = logging.getLogger("gateway.writer")
@@ -109,6 +116,7 @@ class WriteBehind:
         self.commits = 0
         self.failed_commits = 0
         self.dropped_writes = 0
+        self.rejected_writes = 0
 
     # --- producers (called from socket handlers; never block) ------------------------------
 
@@ -177,7 +185,7 @@ class WriteBehind:
     async def run(self) -> None:
         """Keep up to ``concurrency`` commits in flight, each started as soon as a slot frees
         and a batch is due (full, or its oldest write has waited ``flush_interval``)."""
-        inflight: dict[asyncio.Task[None], list[tuple[tuple[str, str], _Pending]]] = {}
+        inflight: dict[asyncio.Task[Exception | None], list[tuple[tuple[str, str], _Pending]]] = {}
         backoff = 0.0
         retry_at = 0.0
         wake: asyncio.Task[bool] | None = None
@@ -188,7 +196,7 @@ class WriteBehind:
                     chunk = self._take_due(now)
                     if not chunk:
                         break
-                    inflight[asyncio.create_task(self._commit(chunk))] = chunk
+                    inflight[asyncio.create_task(self._commit_isolating(chunk))] = chunk
                 if not inflight and not self._buffer and self._closing:
                     return
                 if wake is None or wake.done():
@@ -207,12 +215,11 @@ class WriteBehind:
                     if chunk is None:
                         continue
                     self._inflight_keys.difference_update(key for key, _ in chunk)
-                    error = task.exception()
+                    error = task.result()
                     if error is None:
                         backoff = 0.0
                         continue
                     self.failed_commits += 1
-                    self._requeue(chunk)
                     backoff = min(max(backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
                     retry_at = time.monotonic() + backoff
                     logger.warning(
@@ -260,15 +267,12 @@ class WriteBehind:
             [(key, self._buffer.pop(key)) for key in taken[i : i + self.batch_size]]
             for i in range(0, len(taken), self.batch_size)
         ]
-        results = await asyncio.gather(
-            *(self._commit(chunk) for chunk in chunks), return_exceptions=True
-        )
+        results = await asyncio.gather(*(self._commit_isolating(chunk) for chunk in chunks))
         ok = True
         for chunk, result in zip(chunks, results, strict=True):
-            if isinstance(result, BaseException):
+            if result is not None:
                 ok = False
                 self.failed_commits += 1
-                self._requeue(chunk)
                 logger.warning(
                     "commit of %d writes failed (%d now pending): %r",
                     len(chunk),
@@ -276,6 +280,40 @@ class WriteBehind:
                     result,
                 )
         return ok
+
+    async def _commit_isolating(
+        self, chunk: list[tuple[tuple[str, str], _Pending]]
+    ) -> Exception | None:
+        """Commit ``chunk``, isolating and dropping any write Firestore refuses as invalid;
+        what failed for another reason goes back into the buffer. Returns that other error
+        (None: everything landed or was dropped)."""
+        try:
+            await self._commit(chunk)
+        except WriteRejected as exc:
+            if len(chunk) == 1:
+                self._drop_rejected(chunk[0], exc)
+                return None
+            middle = len(chunk) // 2
+            first = await self._commit_isolating(chunk[:middle])
+            second = await self._commit_isolating(chunk[middle:])
+            return first or second
+        except Exception as exc:
+            self._requeue(chunk)
+            return exc
+        return None
+
+    def _drop_rejected(self, entry: tuple[tuple[str, str], _Pending], error: Exception) -> None:
+        (collection, doc_id), pending = entry
+        self.rejected_writes += 1
+        # Once per write dropped: a client cannot make this line repeat, since the write is
+        # gone (and the protocol already refuses the values that could cause it).
+        logger.error(
+            "dropped a write Firestore refused as invalid: %s/%.80s fields=%s: %s",
+            collection,
+            doc_id,
+            sorted(pending.fields),
+            error,
+        )
 
     async def _commit(self, chunk: list[tuple[tuple[str, str], _Pending]]) -> None:
         started = time.monotonic()
