@@ -26,7 +26,7 @@ from presence_sweep.adapters import (  # noqa: E402
     sweep_firestore,
 )
 from presence_sweep.exceptions import SweepFailed  # noqa: E402
-from presence_sweep.settings import SweepSettings  # noqa: E402
+from presence_sweep.settings import ALLOW_EMULATOR, SweepSettings  # noqa: E402
 
 
 @cache
@@ -36,6 +36,15 @@ def _clients() -> tuple[SweepSettings, Any, Any]:
     from google.cloud import firestore
 
     settings = SweepSettings.from_env()
+    for emulator in settings.emulators_allowed:
+        # Every cold start, loudly: an instance that trusts an emulator must not pass for a
+        # production one in the log (one JSON line, like the report, so it keeps its severity).
+        message = (
+            f"EMULATOR IN USE for project {emulator.project}, allowed by {ALLOW_EMULATOR}: "
+            f"{emulator.variable}={emulator.host}, so {emulator.consequence}. "
+            "Never run this way in production"
+        )
+        print(json.dumps({"severity": "WARNING", "message": message}), flush=True)
     try:
         app = firebase_admin.get_app("presence-sweep")
     except ValueError:

@@ -18,7 +18,7 @@ import wsproto
 from gateway.app import create_asgi
 from gateway.exceptions import ConfigError
 from gateway.handshake import bounded_http
-from gateway.settings import Settings
+from gateway.settings import ALLOW_EMULATOR, Settings
 from gateway.wsproto_lean import LeanWSProtocol, check_versions
 
 #: Tracked objects allocated, net of those freed, between young-generation collections.
@@ -69,6 +69,23 @@ class CloudLoggingJson(logging.Formatter):
         return json.dumps(entry)
 
 
+def warn_of_emulators(settings: Settings) -> None:
+    """At every start, one WARNING per emulator that ALLOW_EMULATOR_FOR_PROJECT let through for
+    a project that is not a demo- one: such an instance trusts whoever runs the emulator, and
+    it must not be mistaken for a production one in its log."""
+    log = logging.getLogger("gateway")
+    for emulator in settings.emulators_allowed:
+        log.warning(
+            "EMULATOR IN USE for project %s, allowed by %s: %s=%s, so %s. "
+            "Never run this way in production",
+            emulator.project,
+            ALLOW_EMULATOR,
+            emulator.variable,
+            emulator.host,
+            emulator.consequence,
+        )
+
+
 def websocket_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
     """What uvicorn runs sockets with: for the default, wsproto, its protocol trimmed for idle
     sockets (less than half the memory per socket, see gateway.wsproto_lean); the other
@@ -103,6 +120,7 @@ def main() -> int:
             handler.setFormatter(CloudLoggingJson())
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactTokens())
+    warn_of_emulators(settings)
     if os.environ.get("K_SERVICE") and not settings.fanout.pubsub_topic:
         logging.getLogger("gateway").warning(
             "on Cloud Run with no PUBSUB_TOPIC: instances cannot reach each other; send, "

@@ -29,9 +29,38 @@ from gateway.exceptions import ConfigError
 from gateway.rooms import ROOM_CHARS, valid_prefix
 
 DEMO_PROJECT = "demo-presence"
+#: Firebase's convention: a project whose id starts with this exists only in the emulators.
+EMULATOR_PROJECT_PREFIX = "demo-"
+#: The one way to run against an emulator with another project: this variable naming that
+#: exact project id (comma-separated when PUBSUB_PROJECT is another one).
+ALLOW_EMULATOR = "ALLOW_EMULATOR_FOR_PROJECT"
+#: Each emulator's variable and what its client library stops doing once it is set: the reason
+#: one of them must never reach a production instance unnoticed.
+EMULATOR_HOSTS = {
+    "FIREBASE_AUTH_EMULATOR_HOST": "firebase-admin accepts ID tokens without checking their "
+    "signature: anyone may connect as any user",
+    "FIRESTORE_EMULATOR_HOST": "presence records are read from and written to that host, "
+    "without credentials",
+    "PUBSUB_EMULATOR_HOST": "the fan-out (sends, broadcasts, timeouts) goes through that host, "
+    "without credentials",
+}
 WS_IMPLEMENTATIONS = ("wsproto", "websockets", "websockets-sansio")
 #: Pub/Sub's rule for topic and subscription ids.
 _PUBSUB_NAME = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedEmulator:
+    """An emulator variable set for a project that is not a demo- one, which
+    ALLOW_EMULATOR_FOR_PROJECT allowed by naming the project."""
+
+    variable: str
+    host: str
+    project: str
+
+    @property
+    def consequence(self) -> str:
+        return EMULATOR_HOSTS[self.variable]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +166,9 @@ class Settings:
     demo_dir: str = env("DEMO_DIR", "")
     #: The Auth emulator's host:port as the demo page's browser reaches it.
     demo_auth_emulator_host: str = ""
+    #: Emulators let through for a project that is not a demo- one because
+    #: ALLOW_EMULATOR_FOR_PROJECT names it; python -m gateway warns of each at every start.
+    emulators_allowed: tuple[AllowedEmulator, ...] = ()
     sockets: SocketSettings = field(default_factory=SocketSettings)
     writer: WriterSettings = field(default_factory=WriterSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -171,6 +203,8 @@ class Settings:
                 "GOOGLE_CLOUD_PROJECT",
                 "is required when FIRESTORE_EMULATOR_HOST is not set",
             )
+        pubsub_project = reader.get("PUBSUB_PROJECT", str, project_id)
+        emulators_allowed = check_emulators(variables, project_id, pubsub_project)
         host = reader.get("GATEWAY_HOST", str, "127.0.0.1")
         # Cloud Run tells a container its port through PORT; GATEWAY_PORT wins when both are set.
         port = reader.get("GATEWAY_PORT", int, reader.get("PORT", int, 8000))
@@ -194,13 +228,14 @@ class Settings:
             demo_auth_emulator_host=reader.get(
                 "DEMO_AUTH_EMULATOR_HOST", str, variables.get("FIREBASE_AUTH_EMULATOR_HOST", "")
             ),
+            emulators_allowed=emulators_allowed,
             sockets=_socket_settings(reader, on_cloud_run),
             writer=reader.declared(WriterSettings),
             auth=_auth_settings(reader, emulated),
             fanout=reader.declared(
                 FanoutSettings,
                 pubsub_topic=_pubsub_topic(reader),
-                pubsub_project=reader.get("PUBSUB_PROJECT", str, project_id),
+                pubsub_project=pubsub_project,
             ),
             callback=_callback_settings(reader, admin_tokens),
             streams=reader.declared(StreamSettings),
@@ -208,6 +243,40 @@ class Settings:
         )
         _check(settings, emulated)
         return settings
+
+
+def check_emulators(
+    variables: Mapping[str, str], project_id: str, pubsub_project: str
+) -> tuple[AllowedEmulator, ...]:
+    """Refuse an emulator for a project that is not an emulator-only (``demo-``) one, unless
+    ALLOW_EMULATOR_FOR_PROJECT names that project; return what the override let through.
+
+    One stray variable would otherwise turn a production instance's checks off (an Auth
+    emulator host makes firebase-admin take unsigned tokens for any uid), and the project id
+    is what tells production from the emulators. A variable counts as set even when empty:
+    google-cloud-firestore switches to anonymous credentials as soon as it exists.
+    """
+    allowed = {p.strip() for p in variables.get(ALLOW_EMULATOR, "").split(",") if p.strip()}
+    let_through: list[AllowedEmulator] = []
+    for name, consequence in EMULATOR_HOSTS.items():
+        if name not in variables:
+            continue
+        pubsub = name == "PUBSUB_EMULATOR_HOST"
+        project = pubsub_project if pubsub else project_id
+        if project.startswith(EMULATOR_PROJECT_PREFIX):
+            continue
+        if project in allowed:
+            let_through.append(AllowedEmulator(name, variables[name], project))
+            continue
+        project_variable = "PUBSUB_PROJECT" if pubsub else "GOOGLE_CLOUD_PROJECT"
+        raise ConfigError(
+            name,
+            f"is set ({variables[name]!r}) but {project_variable} is {project!r}, not an "
+            f"emulator-only {EMULATOR_PROJECT_PREFIX}* project; with it {consequence}. Unset "
+            f"it in production; against the emulators use a {EMULATOR_PROJECT_PREFIX}* "
+            f"project, or set {ALLOW_EMULATOR}={project} if you mean it",
+        )
+    return tuple(let_through)
 
 
 def _socket_settings(reader: EnvReader, on_cloud_run: bool) -> SocketSettings:

@@ -9,6 +9,33 @@ from dataclasses import dataclass
 
 from presence_sweep.exceptions import SweepConfigError
 
+#: Firebase's convention: a project whose id starts with this exists only in the emulators.
+EMULATOR_PROJECT_PREFIX = "demo-"
+#: The one way to run against an emulator with another project: this variable naming that
+#: exact project id. The gateway reads the same variable (this package imports nothing from it).
+ALLOW_EMULATOR = "ALLOW_EMULATOR_FOR_PROJECT"
+#: The emulators the sweep's clients follow, and what each then stops doing: the reason one of
+#: them must never reach the deployed function unnoticed.
+EMULATOR_HOSTS = {
+    "FIREBASE_AUTH_EMULATOR_HOST": "sign-outs revoke tokens at that host, not in Firebase Auth",
+    "FIRESTORE_EMULATOR_HOST": "members and sessions are read from and written to that host, "
+    "without credentials",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedEmulator:
+    """An emulator variable set for a project that is not a demo- one, which
+    ALLOW_EMULATOR_FOR_PROJECT allowed by naming the project."""
+
+    variable: str
+    host: str
+    project: str
+
+    @property
+    def consequence(self) -> str:
+        return EMULATOR_HOSTS[self.variable]
+
 
 @dataclass(frozen=True, slots=True)
 class SweepSettings:
@@ -28,6 +55,9 @@ class SweepSettings:
     #: The gateway's service URL: one callback per page there (any instance answers and fans
     #: out through Pub/Sub). Empty: call each instance at its recorded internal URL.
     gateway_url: str = ""
+    #: Emulators let through for a project that is not a demo- one because
+    #: ALLOW_EMULATOR_FOR_PROJECT names it; main.py warns of each when it builds its clients.
+    emulators_allowed: tuple[AllowedEmulator, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SweepSettings:
@@ -51,6 +81,7 @@ class SweepSettings:
                 project = "demo-presence"
             else:
                 raise SweepConfigError("GOOGLE_CLOUD_PROJECT", "is required")
+        emulators_allowed = check_emulators(env, project)
         gateway_url = env.get("GATEWAY_URL", "").strip()
         if gateway_url and not gateway_url.startswith(("http://", "https://")):
             raise SweepConfigError("GATEWAY_URL", f"must be an http(s) URL, got {gateway_url!r}")
@@ -74,4 +105,32 @@ class SweepSettings:
             # the sweep.
             instance_stale_after=3 * number("SWEEP_INTERVAL", 60.0),
             gateway_url=gateway_url.rstrip("/"),
+            emulators_allowed=emulators_allowed,
         )
+
+
+def check_emulators(env: Mapping[str, str], project: str) -> tuple[AllowedEmulator, ...]:
+    """Refuse an emulator for a project that is not an emulator-only (``demo-``) one, unless
+    ALLOW_EMULATOR_FOR_PROJECT names that project; return what the override let through.
+
+    One stray variable would otherwise send a deployed sweep's sign-outs to an emulator (its
+    revocations then revoke nothing), and the project id is what tells production from the
+    emulators. A variable counts as set even when empty: google-cloud-firestore switches to
+    anonymous credentials as soon as it exists.
+    """
+    allowed = {p.strip() for p in env.get(ALLOW_EMULATOR, "").split(",") if p.strip()}
+    let_through: list[AllowedEmulator] = []
+    for name, consequence in EMULATOR_HOSTS.items():
+        if name not in env or project.startswith(EMULATOR_PROJECT_PREFIX):
+            continue
+        if project not in allowed:
+            raise SweepConfigError(
+                name,
+                f"is set ({env[name]!r}) but GOOGLE_CLOUD_PROJECT (else GCLOUD_PROJECT) is "
+                f"{project!r}, not an emulator-only {EMULATOR_PROJECT_PREFIX}* project; with it "
+                f"{consequence}. Unset it in production; against the emulators use a "
+                f"{EMULATOR_PROJECT_PREFIX}* project, or set {ALLOW_EMULATOR}={project} if you "
+                "mean it",
+            )
+        let_through.append(AllowedEmulator(name, env[name], project))
+    return tuple(let_through)

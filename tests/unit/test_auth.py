@@ -53,7 +53,13 @@ def test_auth_can_only_be_switched_off_against_the_emulators() -> None:
         Settings.from_env({**base, "AUTH_MODE": "off"})
     assert caught.value.name == "AUTH_MODE"
     assert Settings.from_env(base).auth.required
-    emulated = {**base, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080", "AUTH_MODE": "off"}
+    # An emulator needs an emulator-only (demo-) project.
+    emulated = {
+        **base,
+        "GOOGLE_CLOUD_PROJECT": "demo-prod",
+        "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080",
+        "AUTH_MODE": "off",
+    }
     assert not Settings.from_env(emulated).auth.required
 
 

@@ -88,3 +88,101 @@ def test_invalid_settings_name_the_variable(env: dict[str, str], name: str) -> N
 def test_timeout_duration_is_written_for_people(seconds: float, text: str) -> None:
     """The timeout message's duration follows PONG_TIMEOUT."""
     assert describe_duration(seconds) == text
+
+
+PRODUCTION = {"GATEWAY_ADMIN_TOKEN": "t" * 20, "GOOGLE_CLOUD_PROJECT": "prod-proj"}
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"FIREBASE_AUTH_EMULATOR_HOST": "203.0.113.1:9099"}, "FIREBASE_AUTH_EMULATOR_HOST"),
+        ({"FIRESTORE_EMULATOR_HOST": "203.0.113.1:8080"}, "FIRESTORE_EMULATOR_HOST"),
+        ({"PUBSUB_EMULATOR_HOST": "203.0.113.1:8085"}, "PUBSUB_EMULATOR_HOST"),
+        # google-cloud-firestore takes an empty variable for an emulator too.
+        ({"FIRESTORE_EMULATOR_HOST": ""}, "FIRESTORE_EMULATOR_HOST"),
+        # The override must name the project itself, not a similar one.
+        (
+            {"FIREBASE_AUTH_EMULATOR_HOST": "h:1", "ALLOW_EMULATOR_FOR_PROJECT": "prod"},
+            "FIREBASE_AUTH_EMULATOR_HOST",
+        ),
+        # Pub/Sub's project is PUBSUB_PROJECT when set: a demo- main project does not cover it.
+        (
+            {
+                "GOOGLE_CLOUD_PROJECT": "demo-x",
+                "PUBSUB_PROJECT": "prod-pubsub",
+                "PUBSUB_EMULATOR_HOST": "h:1",
+            },
+            "PUBSUB_EMULATOR_HOST",
+        ),
+    ],
+)
+def test_an_emulator_for_a_production_project_stops_the_start(
+    env: dict[str, str], name: str
+) -> None:
+    """An emulator variable with a project that is not a demo- one raises ConfigError naming
+    the variable and the override that would allow it."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({**PRODUCTION, **env})
+    assert caught.value.name == name
+    assert "ALLOW_EMULATOR_FOR_PROJECT=" in caught.value.problem
+
+
+def test_emulators_with_demo_projects_need_no_override() -> None:
+    """Every emulator variable is accepted for demo- projects, with nothing to warn of."""
+    settings = Settings.from_env(
+        {
+            **PRODUCTION,
+            "GOOGLE_CLOUD_PROJECT": "demo-presence",
+            "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099",
+            "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080",
+            "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085",
+        }
+    )
+    assert settings.emulators_allowed == ()
+
+
+def test_a_production_project_without_emulators_starts_as_before() -> None:
+    """No emulator variable: any project id, and no override needed."""
+    assert Settings.from_env(PRODUCTION).emulators_allowed == ()
+
+
+def test_the_override_naming_the_project_lets_each_emulator_through_for_the_warning() -> None:
+    """ALLOW_EMULATOR_FOR_PROJECT with the exact project ids (the main one and Pub/Sub's)
+    allows the emulators, and the settings list each one for the start-up warning."""
+    settings = Settings.from_env(
+        {
+            **PRODUCTION,
+            "PUBSUB_PROJECT": "prod-pubsub",
+            "FIREBASE_AUTH_EMULATOR_HOST": "10.0.0.1:9099",
+            "FIRESTORE_EMULATOR_HOST": "10.0.0.1:8080",
+            "PUBSUB_EMULATOR_HOST": "10.0.0.1:8085",
+            "ALLOW_EMULATOR_FOR_PROJECT": "prod-proj, prod-pubsub",
+        }
+    )
+    assert [(e.variable, e.host, e.project) for e in settings.emulators_allowed] == [
+        ("FIREBASE_AUTH_EMULATOR_HOST", "10.0.0.1:9099", "prod-proj"),
+        ("FIRESTORE_EMULATOR_HOST", "10.0.0.1:8080", "prod-proj"),
+        ("PUBSUB_EMULATOR_HOST", "10.0.0.1:8085", "prod-pubsub"),
+    ]
+    assert "signature" in settings.emulators_allowed[0].consequence
+
+
+def test_the_start_warns_of_each_allowed_emulator(caplog: pytest.LogCaptureFixture) -> None:
+    """python -m gateway's start-up logs one WARNING per emulator the override let through,
+    naming its variable, its host and the project."""
+    from gateway.__main__ import warn_of_emulators
+
+    settings = Settings.from_env(
+        {
+            **PRODUCTION,
+            "FIREBASE_AUTH_EMULATOR_HOST": "10.0.0.1:9099",
+            "ALLOW_EMULATOR_FOR_PROJECT": "prod-proj",
+        }
+    )
+    with caplog.at_level("WARNING", logger="gateway"):
+        warn_of_emulators(settings)
+    [record] = caplog.records
+    assert record.levelname == "WARNING"
+    assert "EMULATOR IN USE for project prod-proj" in record.getMessage()
+    assert "FIREBASE_AUTH_EMULATOR_HOST=10.0.0.1:9099" in record.getMessage()
