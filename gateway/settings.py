@@ -26,7 +26,7 @@ from gateway.env import (
     env,
 )
 from gateway.exceptions import ConfigError
-from gateway.rooms import ROOM_CHARS, valid_prefix
+from gateway.rooms import ROOM_CHARS, SEPARATOR, valid_prefix
 
 DEMO_PROJECT = "demo-presence"
 #: Firebase's convention: a project whose id starts with this exists only in the emulators.
@@ -287,7 +287,9 @@ def _socket_settings(reader: EnvReader, on_cloud_run: bool) -> SocketSettings:
         if not valid_prefix(prefix):
             raise ConfigError(
                 "WS_PUBLIC_ROOM_PREFIXES",
-                f"{prefix!r} is not a room name prefix (characters of {ROOM_CHARS})",
+                # Ending at the separator: "public" would also open "publicity".
+                f"{prefix!r} is not a room name prefix (characters of {ROOM_CHARS}, "
+                f"ending with {SEPARATOR!r})",
             )
     origins = tuple(
         o.strip().rstrip("/") for o in reader.get("ALLOWED_ORIGINS", str, "").split(",")
@@ -295,8 +297,9 @@ def _socket_settings(reader: EnvReader, on_cloud_run: bool) -> SocketSettings:
     forwarded = reader.get(
         "FORWARDED_ALLOW_IPS",
         str,
-        # On Cloud Run the container is reached only through Google's front end, which
-        # overwrites X-Forwarded-For with the client's address: believe it from any peer.
+        # On Cloud Run the container is reached only through Google's front end, which puts
+        # the client's address last in X-Forwarded-For: believe it from any peer (the connect
+        # limiter reads that last entry, see gateway.limits.connect_address).
         "*" if on_cloud_run else default_of(SocketSettings, "forwarded_allow_ips"),
     )
     check_forwarded_allow_ips(forwarded)
