@@ -11,11 +11,12 @@ import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 import uvicorn
 import wsproto
 
-from gateway.app import create_asgi
+from gateway.app import SocketFastPath, create_asgi
 from gateway.exceptions import ConfigError
 from gateway.handshake import bounded_http
 from gateway.settings import ALLOW_EMULATOR, Settings
@@ -38,14 +39,47 @@ def tune_gc() -> None:
 
 
 class RedactTokens(logging.Filter):
-    """uvicorn logs each socket's path with its query string; ID tokens must not reach logs."""
+    """ID tokens must not reach logs, however a client spells them.
 
-    _token = re.compile(r"(token=)[^&\s\"]+")
+    uvicorn logs each socket's request target with its raw query string, in which a parameter
+    name may be percent-encoded (``tok%65n=`` is the ``token`` the gateway decodes and reads),
+    and the ``websockets`` implementation at DEBUG logs the request line, every header and the
+    start and end of every frame (a fresh token comes in ``{"type": "auth", "token": ...}``).
+    So the whole query of a socket path is replaced (its other parameters are not worth the
+    risk of a spelling missed), elsewhere the value of any parameter whose decoded name holds
+    "token" is, and so are the credential of an ``Authorization`` header and the string value
+    of a JSON key holding "token".
+    """
+
+    #: A socket path's query, up to the end of the target: a closing quote (uvicorn quotes the
+    #: target) followed by a space or the end. A quote inside the query does not end it.
+    _socket_query = re.compile(
+        "(" + re.escape(SocketFastPath.PREFIX) + r"[^\s?]*)\?\S*?(?=\"?(?:\s|$))"
+    )
+    #: One name=value pair of any other query string (or a bare name=value in a message).
+    _parameter = re.compile(r"(^|[?&;\s])([^=&;\s\"?]+)=([^&;\s\"]*)")
+    _authorization = re.compile(r"(?i)(authorization:\s*)(?:[\w-]+\s+)?\S+")
+    _json_token = re.compile(r'(?i)("[^"]*token[^"]*"\s*:\s*")[^"]*')
+
+    @classmethod
+    def redact(cls, message: str) -> str:
+        message = cls._socket_query.sub(r"\1?[redacted]", message)
+        message = cls._parameter.sub(cls._redact_parameter, message)
+        message = cls._authorization.sub(r"\1[redacted]", message)
+        return cls._json_token.sub(r"\1[redacted]", message)
+
+    @staticmethod
+    def _redact_parameter(match: re.Match[str]) -> str:
+        separator, name, value = match.groups()
+        if value and "token" in unquote_plus(name).lower():
+            return f"{separator}{name}=[redacted]"
+        return match.group(0)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "token=" in message:
-            record.msg, record.args = self._token.sub(r"\1[redacted]", message), ()
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
         return True
 
 
