@@ -28,6 +28,7 @@ from gateway.auth import token_from
 from gateway.closes import CloseCode
 from gateway.exceptions import AuthError
 from gateway.limits import connect_address
+from gateway.logs import FRAME_LINES_BURST, FRAME_LINES_WINDOW, LogBudget
 from gateway.messages import utc_now
 from gateway.protocol import (
     AuthRefresh,
@@ -45,6 +46,11 @@ from gateway.streams import Position, recovery_request
 from gateway.wsproto_lean import FRAMES_EXTENSION
 
 logger = logging.getLogger("gateway.sockets")
+#: Unknown frame types are logged within a budget: one line per frame would let a client
+#: write log lines at its frame rate (gateway.logs).
+_unknown_lines: LogBudget[str] = LogBudget(
+    logger, burst=FRAME_LINES_BURST, window=FRAME_LINES_WINDOW
+)
 
 
 # Firebase uids are at most 128 characters; Firestore document ids may not contain "/" nor be
@@ -300,7 +306,12 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
             refused = exc
         await _send_replies(service, conn, conn.session.room_answer(work, refused, utc_now()))
     elif isinstance(work, UnknownType):
-        logger.info("ignored unknown message type %.64r from user=%s", work.type, conn.user_id)
+        _unknown_lines.info(
+            "unknown message types",
+            "ignored unknown message type %.64r from user=%s",
+            work.type,
+            conn.user_id,
+        )
     return None
 
 
