@@ -47,6 +47,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def firestore_rules(path: Path = ROOT / "firebase.json") -> Path:
+    """The Firestore rules file firebase.json names: the one `firebase deploy` puts in force in
+    production, and so the one the local stack's emulator enforces."""
+    rules: str = json.loads(path.read_text())["firestore"]["rules"]
+    return path.parent / rules
+
+
 def firebase_ports(path: Path = ROOT / "firebase.json") -> dict[str, int]:
     """Emulator ports declared in firebase.json, by emulator name."""
     emulators = json.loads(path.read_text())["emulators"]
@@ -143,13 +150,17 @@ def tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def firestore_process(host: str, port: int, log_dir: Path) -> Process:
+def firestore_process(host: str, port: int, log_dir: Path, rules: Path | None = None) -> Process:
     """The Firestore emulator: gcloud's official one, or the Node fallback without the SDK.
 
     ``FIRESTORE_EMULATOR_IMPL`` chooses: ``gcloud`` (the official emulator, its launcher script
     directly or through ``gcloud``; an error when absent), ``node`` (the
     ``@firestore-emulator/server`` fallback) or unset/``auto`` (gcloud's when installed, else
     the fallback, with a line on stderr saying so).
+
+    ``rules``: a security rules file gcloud's emulator enforces for every project (admin
+    requests, the server client libraries' included, pass whatever they say). Without it the
+    emulator lets every client read and write everything. The fallback enforces none.
     """
     impl = os.environ.get(FIRESTORE_IMPL_ENV, "").strip().lower() or "auto"
     if impl not in ("auto", "gcloud", "node"):
@@ -160,11 +171,22 @@ def firestore_process(host: str, port: int, log_dir: Path) -> Process:
     log_path = log_dir / "firestore.log"
     if impl != "node":
         launcher = next((p for p in FIRESTORE_LAUNCHERS if p.exists()), None)
+        # Relative to the process's working directory (the repository): the launcher script
+        # passes its arguments on unquoted ($*), so a space in the checkout's path would split
+        # an absolute one.
+        with_rules = [f"--rules={rules.relative_to(ROOT)}"] if rules is not None else []
         if launcher is not None:
-            argv = [str(launcher), "start", f"--host={host}", f"--port={port}"]
+            argv = [str(launcher), "start", f"--host={host}", f"--port={port}", *with_rules]
             return Process("firestore", argv, f"http://{host}:{port}/", log_path)
         if shutil.which("gcloud"):
-            argv = ["gcloud", "emulators", "firestore", "start", f"--host-port={host}:{port}"]
+            argv = [
+                "gcloud",
+                "emulators",
+                "firestore",
+                "start",
+                f"--host-port={host}:{port}",
+                *with_rules,
+            ]
             return Process("firestore", argv, f"http://{host}:{port}/", log_path)
         if impl == "gcloud":
             raise ToolMissingError(
@@ -181,7 +203,12 @@ def firestore_process(host: str, port: int, log_dir: Path) -> Process:
         "enforce security rules or indexes, runs transactions optimistically (a conflicting "
         "commit is ABORTED and retried) rather than with locks, and rejects queries on "
         "null/NaN, document ids or nested fields and collection-group queries. For the "
-        "official one: `apt-get install google-cloud-cli-firestore-emulator` (needs Java 17+).",
+        "official one: `apt-get install google-cloud-cli-firestore-emulator` (needs Java 17+)."
+        + (
+            f" {rules.name} is therefore not in force: any client may read and write anything."
+            if rules is not None
+            else ""
+        ),
         file=sys.stderr,
     )
     argv = [node, str(FIRESTORE_FALLBACK_SCRIPT), "--host", host, "--port", str(port)]

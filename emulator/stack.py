@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from types import FrameType
 
 from emulator import compose, procs
@@ -29,6 +30,13 @@ RUN_DIR = procs.ROOT / ".run"
 ENV_FILE = RUN_DIR / "stack.env"
 #: The demo page's build (`make demo`; `make up` builds it first).
 DEMO_DIR = procs.ROOT / "clients" / "js" / "dist" / "demo"
+
+
+def firestore_process(host: str, port: int, log_dir: Path) -> procs.Process:
+    """The stack's Firestore emulator, enforcing the rules firebase.json names, as production
+    does: without them every local client could read and write everything, and a client that
+    works here could fail in production. The gateway and the sweep are admins and pass."""
+    return procs.firestore_process(host, port, log_dir, rules=procs.firestore_rules())
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -130,7 +138,7 @@ def up(environ: Mapping[str, str] | None = None, *, in_containers: bool = False)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        firestore = procs.firestore_process(HOST, ports["firestore"], log_dir)
+        firestore = firestore_process(HOST, ports["firestore"], log_dir)
         auth = procs.auth_process(HOST, ports["auth"], env["GOOGLE_CLOUD_PROJECT"], log_dir)
         pubsub = procs.pubsub_process(HOST, ports["pubsub"], log_dir)
         for child in (firestore, auth, pubsub):

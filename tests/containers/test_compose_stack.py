@@ -128,3 +128,20 @@ async def test_a_silent_client_is_timed_out_signed_out_and_revoked(stack: Stack)
         finally:
             db.close()
             firebase_admin.delete_app(app)
+
+
+def test_the_stacks_firestore_enforces_the_repositorys_rules(stack: Stack) -> None:
+    """The Firestore container runs with firestore.rules mounted (as make up's emulator does):
+    a client without a token is denied a member document, which an admin may read."""
+    import httpx
+
+    project = stack.env["GOOGLE_CLOUD_PROJECT"]
+    url = (
+        f"http://{stack.host('firestore')}/v1/projects/{project}/databases/(default)/documents/"
+        f"{MEMBERS}/nobody"
+    )
+    denied = httpx.get(url, timeout=10 * UNIT)
+    assert denied.status_code == 403, denied.text
+    # Missing, but readable: the admin bypass (what the gateway and the sweep use) passes.
+    admin = httpx.get(url, headers={"Authorization": "Bearer owner"}, timeout=10 * UNIT)
+    assert admin.status_code == 404, admin.text
