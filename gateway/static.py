@@ -96,7 +96,9 @@ def _serve(request: Request[Any, Any, Any], asset: Asset | None, cache: str) -> 
     headers = {"Cache-Control": cache, "ETag": asset.etag}
     if request.headers.get("if-none-match") == asset.etag:
         return Response(b"", status_code=304, headers=headers)
-    return Response(asset.body, media_type=asset.media_type, headers=headers)
+    # The header itself, not media_type=: Litestar appends "; charset=utf-8" to every text/
+    # media type, so one that names its charset already was sent with it twice.
+    return Response(asset.body, headers={**headers, "Content-Type": asset.media_type})
 
 
 @get("/client.js", sync_to_thread=False, include_in_schema=False)

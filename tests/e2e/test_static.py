@@ -48,6 +48,20 @@ async def test_the_client_is_served_cacheable_and_versioned(gateway: GatewayProc
         assert types.status_code == 200 and b"PresenceClient" in types.content
 
 
+async def test_each_client_route_names_its_content_type_once(gateway: GatewayProc) -> None:
+    """The client's routes send exactly one media type with exactly one charset."""
+    async with httpx.AsyncClient(base_url=gateway.http) as http:
+        version = (await http.get("/client.js")).headers["x-client-version"]
+        for path, expected in (
+            ("/client.js", "text/javascript; charset=utf-8"),
+            (f"/client/{version}/presence-client.js", "text/javascript; charset=utf-8"),
+            ("/client.d.ts", "text/plain; charset=utf-8"),
+        ):
+            response = await http.get(path)
+            assert response.status_code == 200, path
+            assert response.headers.get_list("content-type") == [expected], path
+
+
 async def test_without_demo_dir_there_is_no_demo(gateway: GatewayProc) -> None:
     async with httpx.AsyncClient(base_url=gateway.http) as http:
         page = await http.get("/demo")
@@ -69,3 +83,19 @@ async def test_the_demo_page_and_its_config(demo_gateway: GatewayProc, project_i
             "authEmulatorHost": demo_gateway.env["FIREBASE_AUTH_EMULATOR_HOST"],
         }
         assert (await http.get("/demo/secrets.txt")).status_code == 404
+
+
+async def test_each_demo_route_names_its_content_type_once(demo_gateway: GatewayProc) -> None:
+    """The demo's page, bundle, style sheet, licences and config each send exactly one
+    media type, text ones with exactly one charset."""
+    async with httpx.AsyncClient(base_url=demo_gateway.http) as http:
+        for path, expected in (
+            ("/demo", "text/html; charset=utf-8"),
+            ("/demo/demo.js", "text/javascript; charset=utf-8"),
+            ("/demo/demo.css", "text/css; charset=utf-8"),
+            ("/demo/THIRD_PARTY_LICENSES.txt", "text/plain; charset=utf-8"),
+            ("/demo/config.json", "application/json"),
+        ):
+            response = await http.get(path)
+            assert response.status_code == 200, path
+            assert response.headers.get_list("content-type") == [expected], path
