@@ -21,7 +21,7 @@ from gateway.analytics import ConnectionEvents
 from gateway.closes import CloseCode
 from gateway.messages import ErrorMessage, SignedOut, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry
-from gateway.schema import HEARTBEAT_AT, INSTANCES
+from gateway.schema import HEARTBEAT_AT, INSTANCES, INTERNAL_URL
 from gateway.settings import Settings
 from gateway.store import Store, Write
 from gateway.writer import WriteBehind
@@ -63,6 +63,7 @@ class Endings:
         #: The service's refusals by reason (``/metrics``), shared.
         self.refusals = refusals
         self.instance_id = settings.instance_id
+        self.internal_url = settings.internal_url
         self.send_timeout = settings.sockets.send_timeout
         self.token_grace = settings.auth.token_grace
         self.sweep_interval = settings.fanout.sweep_interval
@@ -181,8 +182,16 @@ class Endings:
         """Write the instance's heartbeat and reconcile every SWEEP_INTERVAL."""
         while True:
             await asyncio.sleep(self.sweep_interval)
-            # The instance's heartbeat rides on the same cadence (one merge-write per interval).
-            self.writer.put(Write(INSTANCES, self.instance_id, {HEARTBEAT_AT: utc_now()}))
+            # The instance's heartbeat rides on the same cadence (one merge-write per interval),
+            # and repeats the internal URL: the registry is the only place the sweep finds it,
+            # so a lost start-up registration must not leave this instance unaddressable.
+            self.writer.put(
+                Write(
+                    INSTANCES,
+                    self.instance_id,
+                    {HEARTBEAT_AT: utc_now(), INTERNAL_URL: self.internal_url},
+                )
+            )
             try:
                 await self.reconcile_once()
             except Exception as exc:

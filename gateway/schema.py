@@ -12,14 +12,17 @@ drifted on one side would fail silently at run time (a missing ``last_sign_out_a
     sign-out (``is_signed_in: false``, ``last_sign_out_at``, ``updated_at``) and, between its claim
     and its sign-out, ``sign_out_claim`` and ``sign_out_claimed_at``.
 ``members/{user_id}.active_sessions.{session_id}``
-    ``instance_id``, ``internal_url``: where the socket lives, so the sweep finds a user's sockets
-    in the member it already reads, without a query.
+    ``instance_id``: where the socket lives, so the sweep finds a user's sockets in the member it
+    already reads, without a query. The instance's address is not here: ``firestore.rules`` lets
+    a user read their own member, and no client may learn an internal URL. The sweep looks it up
+    in ``gateway_instances``. Entries written by an older gateway also hold ``internal_url``
+    (``LEGACY_ACTIVE_SESSION_FIELDS``), which the sweep still reads when the registry has none.
 ``sessions/{session_id}`` (one per socket)
-    ``user_id``, ``is_active``, ``connected_at``, ``instance_id``, ``internal_url``; on close
-    ``disconnected_at``, ``close_code``; on sign-out ``signed_out_at``.
-``gateway_instances/{instance_id}``
-    ``internal_url``, ``started_at``, ``heartbeat_at`` (every ``SWEEP_INTERVAL``), ``stopped_at``
-    (on a clean shutdown).
+    ``user_id``, ``is_active``, ``connected_at``, ``instance_id``; on close ``disconnected_at``,
+    ``close_code``; on sign-out ``signed_out_at``.
+``gateway_instances/{instance_id}`` (closed to clients)
+    ``internal_url``, ``started_at``, ``heartbeat_at`` (every ``SWEEP_INTERVAL``, with
+    ``internal_url`` again), ``stopped_at`` (on a clean shutdown).
 ``streams/{user_id}`` (the head of a user's durable message stream; gateway only)
     ``stream_epoch`` (random, fixed when the head is created), ``top_offset`` (the last offset
     allocated), ``updated_at``.
@@ -56,7 +59,8 @@ ACTIVE_SESSIONS: Final = "active_sessions"
 SIGN_OUT_CLAIM: Final = "sign_out_claim"
 SIGN_OUT_CLAIMED_AT: Final = "sign_out_claimed_at"
 
-# Fields of sessions/{session_id} (and, for the two location fields, of members and instances).
+# Fields of sessions/{session_id} (and, for instance_id, of members; internal_url is the
+# instance registry's).
 USER_ID: Final = "user_id"
 IS_ACTIVE: Final = "is_active"
 CONNECTED_AT: Final = "connected_at"
@@ -107,7 +111,6 @@ FIELDS: Final[Mapping[str, frozenset[str]]] = {
             IS_ACTIVE,
             CONNECTED_AT,
             INSTANCE_ID,
-            INTERNAL_URL,
             DISCONNECTED_AT,
             CLOSE_CODE,
             SIGNED_OUT_AT,
@@ -119,4 +122,7 @@ FIELDS: Final[Mapping[str, frozenset[str]]] = {
     STREAM_ENTRIES: frozenset({ENTRY_OFFSET, STREAM_EPOCH, PAYLOAD, CREATED_AT, EXPIRES_AT}),
 }
 #: The fields of each entry of a member's ``active_sessions`` map.
-ACTIVE_SESSION_FIELDS: Final = frozenset({INSTANCE_ID, INTERNAL_URL})
+ACTIVE_SESSION_FIELDS: Final = frozenset({INSTANCE_ID})
+#: Fields an older gateway also wrote in an ``active_sessions`` entry: never written now, read by
+#: the sweep only as a fallback until the sessions that carry them end.
+LEGACY_ACTIVE_SESSION_FIELDS: Final = frozenset({INTERNAL_URL})

@@ -13,11 +13,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from presence_sweep.adapters import active_sessions
-from presence_sweep.decision import ClaimDecision, SessionRef, decide_claim
+from presence_sweep.adapters import active_sessions, instance_entry
+from presence_sweep.decision import ClaimDecision, InstanceEntry, SessionRef, decide_claim
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,
-    HEARTBEAT_AT,
     INSTANCE_ID,
     INTERNAL_URL,
     IS_ACTIVE,
@@ -27,7 +26,6 @@ from presence_sweep.schema import (
     SIGN_OUT_CLAIM,
     SIGN_OUT_CLAIMED_AT,
     SIGNED_OUT_AT,
-    STOPPED_AT,
     UPDATED_AT,
 )
 
@@ -46,10 +44,13 @@ class MemoryMembers:
         self._lock = threading.Lock()
 
     def connect(self, ref: SessionRef) -> None:
-        """Record a socket on its member and in its session document, as the gateway does."""
-        where = {INSTANCE_ID: ref.instance_id, INTERNAL_URL: ref.internal_url}
+        """Record a socket on its member and in its session document, as the gateway does (and,
+        for a ref with a ``legacy_url``, as an older gateway did: the URL on the member too)."""
+        where = {INSTANCE_ID: ref.instance_id}
+        if ref.legacy_url:
+            where[INTERNAL_URL] = ref.legacy_url
         self.members[ref.user_id].setdefault(ACTIVE_SESSIONS, {})[ref.session_id] = where
-        self.sessions[ref.session_id] = {IS_ACTIVE: True, **where}
+        self.sessions[ref.session_id] = {IS_ACTIVE: True, INSTANCE_ID: ref.instance_id}
 
     def expired_page(
         self, cutoff: datetime, limit: int, after: Any | None
@@ -119,14 +120,7 @@ class MemoryInstances:
     def __init__(self, instances: Mapping[str, Mapping[str, Any]]) -> None:
         self.instances = instances
 
-    def heartbeats(self, instance_ids: Sequence[str]) -> dict[str, datetime | None]:
-        found: dict[str, datetime | None] = {}
-        for instance_id in instance_ids:
-            data = self.instances.get(instance_id)
-            if data is None:
-                continue
-            beat = data.get(HEARTBEAT_AT)
-            found[instance_id] = (
-                beat if isinstance(beat, datetime) and STOPPED_AT not in data else None
-            )
-        return found
+    def entries(self, instance_ids: Sequence[str]) -> dict[str, InstanceEntry]:
+        return {
+            i: instance_entry(dict(self.instances[i])) for i in instance_ids if i in self.instances
+        }

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from presence_sweep.core import Notifier, SweepReport, sweep
-from presence_sweep.decision import ClaimDecision, SessionRef, decide_claim
+from presence_sweep.decision import ClaimDecision, InstanceEntry, SessionRef, decide_claim
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,
@@ -163,7 +163,8 @@ class FirestoreMembers:
 
 
 def active_sessions(user_id: str, member: dict[str, Any]) -> list[SessionRef]:
-    """The sockets the gateway recorded on the member (``active_sessions`` map)."""
+    """The sockets the gateway recorded on the member (``active_sessions`` map): the instance
+    of each, and the URL an older gateway also recorded there (see ``presence_sweep.schema``)."""
     recorded = member.get(ACTIVE_SESSIONS)
     if not isinstance(recorded, dict):
         return []
@@ -172,30 +173,36 @@ def active_sessions(user_id: str, member: dict[str, Any]) -> list[SessionRef]:
             user_id=user_id,
             session_id=str(session_id),
             instance_id=str(where.get(INSTANCE_ID, "")) if isinstance(where, dict) else "",
-            internal_url=str(where.get(INTERNAL_URL, "")) if isinstance(where, dict) else "",
+            legacy_url=str(where.get(INTERNAL_URL, "")) if isinstance(where, dict) else "",
         )
         for session_id, where in recorded.items()
     ]
 
 
+def instance_entry(data: dict[str, Any]) -> InstanceEntry:
+    """A ``gateway_instances`` document as the sweep reads it: a stopped instance, or one
+    whose heartbeat is no timestamp, has none; a URL that is no string is none."""
+    beat, url = data.get(HEARTBEAT_AT), data.get(INTERNAL_URL)
+    return InstanceEntry(
+        heartbeat=beat if isinstance(beat, datetime) and STOPPED_AT not in data else None,
+        internal_url=url if isinstance(url, str) else "",
+    )
+
+
 class FirestoreInstances:
-    """The gateway's instance registry (``gateway_instances``), read to skip dead instances."""
+    """The gateway's instance registry (``gateway_instances``), read to skip dead instances
+    and to find where the live ones take callbacks."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
 
-    def heartbeats(self, instance_ids: Sequence[str]) -> dict[str, datetime | None]:
+    def entries(self, instance_ids: Sequence[str]) -> dict[str, InstanceEntry]:
         refs = [self._client.collection(INSTANCES).document(i) for i in instance_ids]
-        found: dict[str, datetime | None] = {}
-        for snapshot in self._client.get_all(refs):
-            if not snapshot.exists:
-                continue
-            data = snapshot.to_dict() or {}
-            beat = data.get(HEARTBEAT_AT)
-            found[snapshot.id] = (
-                beat if isinstance(beat, datetime) and STOPPED_AT not in data else None
-            )
-        return found
+        return {
+            snapshot.id: instance_entry(snapshot.to_dict() or {})
+            for snapshot in self._client.get_all(refs)
+            if snapshot.exists
+        }
 
 
 class FirebaseAuth:

@@ -15,7 +15,9 @@ Order of actions for each page of expired members, and why:
 4. **Notify** the gateway. With ``gateway_url`` (the service URL, as on Cloud Run, where
    instances cannot be addressed) one callback per page carries every live session: whichever
    instance answers hands them to the others through the message broker. Without it, each
-   instance holding sessions is called at its recorded internal URL, all at once. Either way,
+   instance holding sessions is called at the internal URL of its registry entry
+   (``gateway_instances``, one batched read per page for the instances not seen yet in the run;
+   members name only the instance, since users may read their own), all at once. Either way,
    sessions of an instance whose registry entry is stale (no heartbeat for
    ``instance_stale_after``, or stopped) is skipped: its sockets died with it. One that fails is
    not called again in this run, so a dead instance costs one timeout, not one per page. A failed
@@ -39,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from presence_sweep.decision import ClaimDecision, SessionRef, group_by_instance
+from presence_sweep.decision import ClaimDecision, InstanceEntry, SessionRef, group_by_instance
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
 
 logger = logging.getLogger("presence_sweep")
@@ -76,9 +78,9 @@ class AuthBackend(Protocol):
 
 
 class InstanceDirectory(Protocol):
-    def heartbeats(self, instance_ids: Sequence[str]) -> dict[str, datetime | None]:
-        """Each registered instance's last heartbeat, None for one that has stopped;
-        ids with no registry entry are absent."""
+    def entries(self, instance_ids: Sequence[str]) -> dict[str, InstanceEntry]:
+        """Each registered instance's entry (last heartbeat, None for one that has stopped;
+        internal URL), in one read; ids with no registry entry are absent."""
 
 
 class Notifier(Protocol):
@@ -168,8 +170,9 @@ def sweep(
     so one page's Firestore transactions overlap another's Auth calls; a page's users are
     disjoint from every other page's, so pages never contend with each other. With
     ``instances``, callbacks to instances without a heartbeat in ``instance_stale_after``
-    seconds are skipped. With ``gateway_url``, each page's sessions go in one callback to that
-    URL instead of one per instance.
+    seconds are skipped, and the others called at their registry entry's internal URL. With
+    ``gateway_url``, each page's sessions go in one callback to that URL instead of one per
+    instance.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -287,40 +290,56 @@ class _Callbacks:
         self._pool = pool
         self._stale_before = stale_before
         self._lock = threading.Lock()
-        #: instance id -> alive, learnt once per run.
-        self._alive: dict[str, bool] = {}
+        #: instance id -> its registry entry (None: it has none), learnt once per run.
+        self._entries: dict[str, InstanceEntry | None] = {}
         #: internal URLs that failed in this run.
         self._failed: set[str] = set()
 
-    def _liveness(self, instance_ids: set[str]) -> dict[str, bool]:
+    def _lookup(self, instance_ids: set[str]) -> tuple[dict[str, InstanceEntry | None], bool]:
+        """These instances' registry entries, those not seen yet in this run read in one
+        batch, and whether that read failed."""
         with self._lock:
-            unknown = sorted(i for i in instance_ids if i not in self._alive)
+            unknown = sorted(i for i in instance_ids if i not in self._entries)
+        unreadable = False
         if unknown and self._directory is not None:
             try:
-                beats = self._directory.heartbeats(unknown)
+                found = self._directory.entries(unknown)
             except Exception as exc:
-                # Without the registry every instance is called: a skipped live instance would
-                # leave its sockets open until its own poll.
-                logger.warning("instance registry unreadable, calling every instance: %r", exc)
-                beats = {}
-            with self._lock:
-                for instance_id in unknown:
-                    if instance_id in beats:
-                        beat = beats[instance_id]
-                        self._alive[instance_id] = beat is not None and beat >= self._stale_before
+                # Not remembered: the next page reads the registry again.
+                logger.warning("instance registry unreadable: %r", exc)
+                unreadable = True
+            else:
+                with self._lock:
+                    for instance_id in unknown:
+                        self._entries[instance_id] = found.get(instance_id)
         with self._lock:
-            # No registry entry (or none read): call it rather than guess it dead.
-            return {i: self._alive.get(i, True) for i in instance_ids}
+            return {i: self._entries.get(i) for i in instance_ids}, unreadable
 
     def send(self, sessions: Sequence[SessionRef], now: datetime, report: SweepReport) -> None:
-        alive = self._liveness({ref.instance_id for ref in sessions})
-        stale = {ref.instance_id for ref in sessions if not alive[ref.instance_id]}
+        entries, unreadable = self._lookup({ref.instance_id for ref in sessions})
+        # No registry entry (or none read): the instance counts as alive, since skipping a live
+        # one would leave its sockets open until its own poll.
+        stale = {
+            instance_id
+            for instance_id, entry in entries.items()
+            if entry is not None
+            and (entry.heartbeat is None or entry.heartbeat < self._stale_before)
+        }
         for instance_id in sorted(stale):
             report.callbacks_skipped["stale instance"] += 1
             logger.info("skipping sessions of stale instance %s", instance_id)
         live = [ref for ref in sessions if ref.instance_id not in stale]
+        urls = {i: e.internal_url for i, e in entries.items() if e is not None and e.internal_url}
+        grouped, unaddressed = group_by_instance(live, urls, self._gateway_url)
+        for instance_id in sorted(unaddressed):
+            if unreadable:
+                # Its address is in the registry that could not be read: the callback failed.
+                report.callback_failures += 1
+            else:
+                report.callbacks_skipped["no internal url"] += 1
+            logger.warning("no internal URL known for instance %s: not called", instance_id)
         pending: list[tuple[str, int, Future[int]]] = []
-        for url, refs in group_by_instance(live, self._gateway_url).items():
+        for url, refs in grouped.items():
             with self._lock:
                 failed_before = url in self._failed
             if failed_before:

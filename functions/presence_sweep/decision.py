@@ -13,12 +13,24 @@ from presence_sweep.schema import IS_SIGNED_IN, LAST_PONG_AT, SIGN_OUT_CLAIM, SI
 
 @dataclass(frozen=True, slots=True)
 class SessionRef:
-    """An active socket session of a user being signed out, and where it lives."""
+    """An active socket session of a user being signed out, and the instance holding it."""
 
     user_id: str
     session_id: str
     instance_id: str
-    internal_url: str
+    #: The instance's URL as an older gateway recorded it on the member; "" on entries written
+    #: now, whose instance is found in the registry (``InstanceEntry``) instead.
+    legacy_url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEntry:
+    """A gateway instance's registry entry (``gateway_instances``) as the sweep reads it."""
+
+    #: The last heartbeat; None when the instance stopped or never beat.
+    heartbeat: datetime | None
+    #: Where the instance takes callbacks; "" when the entry has none.
+    internal_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +66,19 @@ def decide_claim(
 
 
 def group_by_instance(
-    sessions: Iterable[SessionRef], gateway_url: str = ""
-) -> dict[str, list[SessionRef]]:
-    """Sessions grouped by the URL to call: ``gateway_url`` for all when set (the service
-    URL, any instance answers), else the internal URL of the instance holding each."""
+    sessions: Iterable[SessionRef], urls: Mapping[str, str], gateway_url: str = ""
+) -> tuple[dict[str, list[SessionRef]], set[str]]:
+    """Sessions grouped by the URL to call, and the instances no URL is known for.
+
+    The URL is ``gateway_url`` for all when set (the service URL, any instance answers), else
+    the instance's internal URL from the registry (``urls``, by instance id), else the one an
+    older gateway recorded with the session: the registry's is the instance's current one."""
     grouped: dict[str, list[SessionRef]] = {}
+    unaddressed: set[str] = set()
     for ref in sessions:
-        url = gateway_url or ref.internal_url
+        url = gateway_url or urls.get(ref.instance_id) or ref.legacy_url
         if url:
             grouped.setdefault(url, []).append(ref)
-    return grouped
+        else:
+            unaddressed.add(ref.instance_id)
+    return grouped, unaddressed

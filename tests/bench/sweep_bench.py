@@ -22,7 +22,9 @@ import httpx
 from emulator import procs
 from gateway.schema import (
     ACTIVE_SESSIONS,
+    HEARTBEAT_AT,
     INSTANCE_ID,
+    INSTANCES,
     INTERNAL_URL,
     IS_ACTIVE,
     IS_SIGNED_IN,
@@ -67,8 +69,11 @@ def _seed(db: Any, auth: Any, app: Any, expired: int, total: int, url: str) -> f
         ]
         result = auth.import_users(users, app=app)
         assert result.failure_count == 0, result.errors
+    # The sessions name their instance, as the gateway records them; the sweep finds its
+    # callback URL in the instance's registry entry.
+    db.collection(INSTANCES).document("bench").set({INTERNAL_URL: url, HEARTBEAT_AT: now})
     batch, count = db.batch(), 0
-    where = {INSTANCE_ID: "bench", INTERNAL_URL: url}
+    where = {INSTANCE_ID: "bench"}
     for i in range(total):
         if i < expired:
             batch.set(

@@ -6,7 +6,8 @@ which deploys alone and may not import the gateway, declares them in
 ``functions/presence_sweep/schema.py``. These tests check that:
 
 1. both modules declare the same upper-case names with the same values, including the
-   per-collection field sets (``FIELDS``) and the fields of an ``active_sessions`` entry;
+   per-collection field sets (``FIELDS``) and the fields of an ``active_sessions`` entry (and
+   those an older gateway also wrote there);
 2. each declaration is whole: every field constant belongs to some collection's ``FIELDS`` (or to
    an ``active_sessions`` entry) and every collection constant has a ``FIELDS`` entry;
 3. ``firestore.indexes.json`` names only collections of the schema, and in each index or field
@@ -14,7 +15,9 @@ which deploys alone and may not import the gateway, declares them in
 4. ``firestore.rules`` matches only collections of the schema, and every field it reads through
    ``resource.data`` or ``request.resource.data`` is a field of the collection matched around it;
 5. outside the schema modules neither package spells a Firestore-only name as a bare string, so
-   a rename in the schema reaches every reader and writer.
+   a rename in the schema reaches every reader and writer;
+6. no collection ``firestore.rules`` lets a client read declares an internal URL, nor does a
+   member's ``active_sessions`` entry.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def test_gateway_and_function_declare_the_same_schema() -> None:
     assert string_constants(gateway_schema) == string_constants(sweep_schema)
     assert dict(gateway_schema.FIELDS) == dict(sweep_schema.FIELDS)
     assert gateway_schema.ACTIVE_SESSION_FIELDS == sweep_schema.ACTIVE_SESSION_FIELDS
+    assert gateway_schema.LEGACY_ACTIVE_SESSION_FIELDS == sweep_schema.LEGACY_ACTIVE_SESSION_FIELDS
 
 
 @pytest.mark.parametrize("module", SCHEMAS, ids=lambda m: m.__name__)
@@ -203,3 +207,58 @@ def test_no_module_spells_a_firestore_name_as_a_bare_string() -> None:
         if isinstance(node, ast.Constant) and node.value in firestore_only
     ]
     assert found == []
+
+
+_READ_GRANT = re.compile(
+    r"match\s+(?P<path>\S+)\s*\{|(?P<open>\{)|(?P<close>\})"
+    r"|allow\s+(?P<methods>[\w\s,]+?)\s*:\s*if\s+(?P<condition>[^;]+);"
+)
+
+
+def client_readable(source: str, collections: set[str]) -> set[str]:
+    """The collections (of ``collections``) whose documents some client may read: those matched
+    around an ``allow`` of read, get or list on a condition other than ``false``; a grant under
+    a wildcard match (``{document=**}``) opens every collection."""
+    text = re.sub(r"//[^\n]*", "", source)
+    readable: set[str] = set()
+    stack: list[str | None] = []
+    for token in _READ_GRANT.finditer(text):
+        if token["path"] is not None:
+            segment = _COLLECTION_SEGMENT.match(token["path"])
+            stack.append(segment[1] if segment and segment[1] != "databases" else None)
+            if "=**}" in token["path"]:
+                stack[-1] = "*"
+        elif token["open"]:
+            stack.append(None)
+        elif token["close"]:
+            stack.pop()
+        elif token["condition"].strip() != "false" and {"read", "get", "list"} & set(
+            re.split(r"[\s,]+", token["methods"].strip())
+        ):
+            inside = next((c for c in reversed(stack) if c is not None), "*")
+            readable |= collections if inside == "*" else {inside}
+    return readable
+
+
+def test_the_readability_parser_sees_grants_and_wildcards() -> None:
+    """The parser behind the next test finds the deployed grant, and sees a wildcard grant as
+    opening everything (without this the next test could pass by finding nothing)."""
+    collections = set(gateway_schema.FIELDS)
+    assert client_readable(RULES.read_text(), collections) == {gateway_schema.MEMBERS}
+    opened = RULES.read_text().replace(
+        "allow read, write: if false;", "allow get, write: if request.auth != null;"
+    )
+    assert client_readable(opened, collections) == collections
+
+
+@pytest.mark.parametrize("module", SCHEMAS, ids=lambda m: m.__name__)
+def test_no_client_readable_document_declares_an_internal_url(module: ModuleType) -> None:
+    """A user may read their own member document: neither it, its active_sessions entries nor
+    any other collection the rules open to clients carries a gateway instance's internal URL,
+    which only the sweep needs (from gateway_instances, closed to clients)."""
+    readable = client_readable(RULES.read_text(), set(module.FIELDS))
+    assert module.MEMBERS in readable
+    assert module.INSTANCES not in readable
+    for collection in readable:
+        assert module.INTERNAL_URL not in module.FIELDS[collection], collection
+    assert module.INTERNAL_URL not in module.ACTIVE_SESSION_FIELDS

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 from collections.abc import Iterator
 from datetime import datetime
@@ -103,8 +104,9 @@ async def test_silent_client_is_timed_out_and_signed_out_while_a_live_one_stays(
     firestore_client: Any,
     firebase_app: Any,
 ) -> None:
-    """The silent client gets the timeout message and 4408; Firestore and Auth record the
-    sign-out; the client that keeps answering stays connected and signed in."""
+    """The silent client gets the timeout message and 4408, through the sweep's callback to
+    the instance at the URL of its registry entry (members do not carry it); Firestore and Auth
+    record the sign-out; the client that keeps answering stays connected and signed in."""
     from firebase_admin import auth
 
     silent, live = f"silent-{secrets.token_hex(4)}", f"live-{secrets.token_hex(4)}"
@@ -125,6 +127,9 @@ async def test_silent_client_is_timed_out_and_signed_out_while_a_live_one_stays(
         assert timeout["message"] == TIMEOUT_TEXT
         assert datetime.fromisoformat(timeout["timestamp"]).tzinfo is not None
         assert [f["type"] for f in frames[:-1]] == ["ping"] * (len(frames) - 1)
+        # The callback closed it, not the gateway's own poll (which waits out a grace first).
+        assert "reconcile closed" not in gateway.log()
+        assert re.search(r'"sockets_closed": [1-9]', sweeper.log()), sweeper.log()[-2000:]
         # The live client outlasts several timeouts' worth of sweeps.
         await asyncio.sleep(3 * 2 * UNIT)
         stop.set()

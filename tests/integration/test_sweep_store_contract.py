@@ -3,7 +3,7 @@ the unit tests use (``tests/sweep_fakes.py``) and ``FirestoreMembers`` / ``Fires
 against the Firestore emulator.
 
 Covers every method of ``MemberStore`` (``expired_page``, ``claim``, ``release``, ``finalize``)
-and of ``InstanceDirectory`` (``heartbeats``). Each Firestore test runs in a project of its own,
+and of ``InstanceDirectory`` (``entries``). Each Firestore test runs in a project of its own,
 so the member query sees only what the test wrote.
 """
 
@@ -19,7 +19,7 @@ import pytest
 
 from presence_sweep.adapters import FirestoreInstances, FirestoreMembers
 from presence_sweep.core import InstanceDirectory, MemberStore
-from presence_sweep.decision import ClaimDecision, SessionRef
+from presence_sweep.decision import ClaimDecision, InstanceEntry, SessionRef
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,
     CONNECTED_AT,
@@ -98,7 +98,7 @@ def member(last_pong: Any = CUTOFF - timedelta(seconds=1), **fields: Any) -> dic
 
 
 def where(instance: str) -> dict[str, str]:
-    return {INSTANCE_ID: instance, INTERNAL_URL: f"http://{instance}"}
+    return {INSTANCE_ID: instance}
 
 
 # --- expired_page -------------------------------------------------------------------------------
@@ -205,8 +205,10 @@ def test_finalize_signs_out_this_sweeps_members_and_their_sessions(backend: Back
     """A member claimed by this sweep is signed out (is_signed_in false, last_sign_out_at and
     updated_at now; active_sessions and the claim removed) and each of its sessions marked
     inactive and signed out, a session document missing until now included; members claimed by
-    another sweep or by none are not touched or returned."""
-    sessions = {"s1": where("i1"), "s2": where("i2"), "s3": where("i1")}
+    another sweep or by none are not touched or returned. Each session comes back with its
+    instance, and with the URL an older gateway recorded beside it where there is one."""
+    legacy = {**where("i1"), INTERNAL_URL: "http://old-i1"}
+    sessions = {"s1": where("i1"), "s2": where("i2"), "s3": legacy}
     backend.put(MEMBERS, "mine", member(**{ACTIVE_SESSIONS: sessions}))
     for session_id in ("s1", "s2"):
         backend.put(
@@ -229,9 +231,9 @@ def test_finalize_signs_out_this_sweeps_members_and_their_sessions(backend: Back
 
     assert done == ["mine"]
     assert sorted(refs, key=lambda r: r.session_id) == [
-        SessionRef("mine", "s1", "i1", "http://i1"),
-        SessionRef("mine", "s2", "i2", "http://i2"),
-        SessionRef("mine", "s3", "i1", "http://i1"),
+        SessionRef("mine", "s1", "i1"),
+        SessionRef("mine", "s2", "i2"),
+        SessionRef("mine", "s3", "i1", legacy_url="http://old-i1"),
     ]
     assert backend.read(MEMBERS, "mine") == {
         IS_SIGNED_IN: False,
@@ -263,20 +265,26 @@ def test_finalize_of_a_member_without_sessions_returns_none(backend: Backend) ->
     assert stored is not None and stored[IS_SIGNED_IN] is False
 
 
-# --- heartbeats ---------------------------------------------------------------------------------
+# --- entries -----------------------------------------------------------------------------------
 
 
-def test_heartbeats_report_beats_stopped_instances_and_omit_unknown_ones(
-    backend: Backend,
-) -> None:
-    """A registered instance's last heartbeat; None for one that stopped or has no timestamp
-    heartbeat; ids without a registry entry are absent."""
+def test_entries_report_beats_and_urls_and_omit_unknown_instances(backend: Backend) -> None:
+    """A registered instance's last heartbeat (None for one that stopped or has no timestamp
+    heartbeat) and internal URL ("" for none, or one that is no string); ids without a
+    registry entry are absent."""
     beat = NOW - timedelta(seconds=30)
     backend.put(INSTANCES, "live", {INTERNAL_URL: "http://live", HEARTBEAT_AT: beat})
-    backend.put(INSTANCES, "stopped", {HEARTBEAT_AT: beat, STOPPED_AT: NOW})
+    backend.put(
+        INSTANCES, "stopped", {INTERNAL_URL: "http://s", HEARTBEAT_AT: beat, STOPPED_AT: NOW}
+    )
     backend.put(INSTANCES, "no-beat", {INTERNAL_URL: "http://no-beat"})
-    backend.put(INSTANCES, "text-beat", {HEARTBEAT_AT: "recently"})
+    backend.put(INSTANCES, "text-beat", {HEARTBEAT_AT: "recently", INTERNAL_URL: 8000})
 
-    found = backend.instances.heartbeats(["live", "stopped", "no-beat", "text-beat", "unknown"])
+    found = backend.instances.entries(["live", "stopped", "no-beat", "text-beat", "unknown"])
 
-    assert found == {"live": beat, "stopped": None, "no-beat": None, "text-beat": None}
+    assert found == {
+        "live": InstanceEntry(beat, "http://live"),
+        "stopped": InstanceEntry(None, "http://s"),
+        "no-beat": InstanceEntry(None, "http://no-beat"),
+        "text-beat": InstanceEntry(None, ""),
+    }

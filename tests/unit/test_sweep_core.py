@@ -10,10 +10,17 @@ from typing import Any
 import pytest
 
 from presence_sweep.core import sweep
-from presence_sweep.decision import ClaimDecision, SessionRef, decide_claim, group_by_instance
+from presence_sweep.decision import (
+    ClaimDecision,
+    InstanceEntry,
+    SessionRef,
+    decide_claim,
+    group_by_instance,
+)
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
 from presence_sweep.schema import (
     HEARTBEAT_AT,
+    INTERNAL_URL,
     IS_SIGNED_IN,
     LAST_PONG_AT,
     SIGN_OUT_CLAIM,
@@ -27,6 +34,11 @@ CUTOFF = NOW - timedelta(hours=3)
 
 def member(**fields: Any) -> dict[str, Any]:
     return {IS_SIGNED_IN: True, LAST_PONG_AT: CUTOFF - timedelta(seconds=1), **fields}
+
+
+def registry(**urls: str) -> MemoryInstances:
+    """The instance registry with each named instance beating now at its internal URL."""
+    return MemoryInstances({i: {HEARTBEAT_AT: NOW, INTERNAL_URL: url} for i, url in urls.items()})
 
 
 @pytest.mark.parametrize(
@@ -54,14 +66,27 @@ def test_claim_decision(record: dict[str, Any] | None, expected: ClaimDecision) 
 
 
 def test_sessions_are_grouped_per_gateway_instance() -> None:
-    """One callback per instance; sessions without a URL cannot be called back."""
+    """One callback per instance, at the registry's URL, else at the one an older gateway
+    recorded with the session; instances with neither are named as unaddressed."""
     refs = [
-        SessionRef("a", "1", "i1", "http://g1"),
-        SessionRef("b", "2", "i2", "http://g2"),
-        SessionRef("a", "3", "i1", "http://g1"),
-        SessionRef("c", "4", "i3", ""),
+        SessionRef("a", "1", "i1"),
+        SessionRef("b", "2", "i2", legacy_url="http://old2"),
+        SessionRef("a", "3", "i1", legacy_url="http://old1"),
+        SessionRef("c", "4", "i3"),
     ]
-    assert group_by_instance(refs) == {"http://g1": [refs[0], refs[2]], "http://g2": [refs[1]]}
+    assert group_by_instance(refs, {"i1": "http://g1"}) == (
+        {"http://g1": [refs[0], refs[2]], "http://old2": [refs[1]]},
+        {"i3"},
+    )
+
+
+def test_a_gateway_url_takes_every_session() -> None:
+    """With the service URL set, one callback carries every session, addressed or not."""
+    refs = [SessionRef("a", "1", "i1"), SessionRef("c", "4", "i3", legacy_url="http://old")]
+    assert group_by_instance(refs, {"i1": "http://g1"}, "https://svc") == (
+        {"https://svc": refs},
+        set(),
+    )
 
 
 class FakeStore(MemoryMembers):
@@ -115,14 +140,22 @@ def test_sweep_signs_out_expired_users_and_notifies_each_instance_once() -> None
             "fresh": member(last_pong_at=NOW),
             "gone": member(is_signed_in=False),
         },
-        [SessionRef("old1", "s1", "i1", "http://g1"), SessionRef("old2", "s2", "i1", "http://g1")],
+        [SessionRef("old1", "s1", "i1"), SessionRef("old2", "s2", "i1")],
     )
     auth, notifier = FakeAuth(), FakeNotifier()
-    report = sweep(store, auth, notifier, NOW, pong_timeout=3 * 3600, page_size=1)
+    report = sweep(
+        store,
+        auth,
+        notifier,
+        NOW,
+        pong_timeout=3 * 3600,
+        page_size=1,
+        instances=registry(i1="http://g1"),
+    )
     assert sorted(auth.revoked) == ["old1", "old2"]
     assert report.signed_out == 2 and report.examined == 2
     assert store.members["fresh"][IS_SIGNED_IN] and not store.members["old1"][IS_SIGNED_IN]
-    assert sorted(s for _, ids in notifier.calls for s in ids) == ["s1", "s2"]
+    assert sorted(notifier.calls) == [("http://g1", ["s1"]), ("http://g1", ["s2"])]
     assert report.ok and report.sockets_closed == 2
 
 
@@ -145,8 +178,15 @@ def test_user_unknown_to_auth_is_still_signed_out() -> None:
 
 def test_callback_failure_keeps_the_sign_out_and_fails_the_run() -> None:
     """An unreachable gateway does not undo the sign-out; the run reports failure."""
-    store = FakeStore({"u": member()}, [SessionRef("u", "s", "i", "http://down")])
-    report = sweep(store, FakeAuth(), FakeNotifier(down={"http://down"}), NOW, pong_timeout=10800)
+    store = FakeStore({"u": member()}, [SessionRef("u", "s", "i")])
+    report = sweep(
+        store,
+        FakeAuth(),
+        FakeNotifier(down={"http://down"}),
+        NOW,
+        pong_timeout=10800,
+        instances=registry(i="http://down"),
+    )
     assert store.members["u"][IS_SIGNED_IN] is False
     assert report.callback_failures == 1 and not report.ok
 
@@ -174,20 +214,21 @@ def test_naive_now_is_refused() -> None:
 
 def test_stale_and_stopped_instances_are_skipped_and_unknown_ones_still_called() -> None:
     """A registry entry without a recent heartbeat (or stopped) is not called back; an instance
-    with no registry entry is, since skipping a live one would leave its sockets open."""
+    with no registry entry is, at the URL an older gateway recorded on the member, since
+    skipping a live one would leave its sockets open."""
     sessions = [
-        SessionRef("a", "s1", "live", "http://live"),
-        SessionRef("b", "s2", "dead", "http://dead"),
-        SessionRef("c", "s3", "stopped", "http://stopped"),
-        SessionRef("d", "s4", "unregistered", "http://unregistered"),
+        SessionRef("a", "s1", "live"),
+        SessionRef("b", "s2", "dead"),
+        SessionRef("c", "s3", "stopped"),
+        SessionRef("d", "s4", "unregistered", legacy_url="http://unregistered"),
     ]
     store = FakeStore({u: member() for u in "abcd"}, sessions)
     beat = NOW - timedelta(seconds=30)
     directory = MemoryInstances(
         {
-            "live": {HEARTBEAT_AT: beat},
-            "dead": {HEARTBEAT_AT: NOW - timedelta(minutes=10)},
-            "stopped": {HEARTBEAT_AT: beat, STOPPED_AT: beat},
+            "live": {HEARTBEAT_AT: beat, INTERNAL_URL: "http://live"},
+            "dead": {HEARTBEAT_AT: NOW - timedelta(minutes=10), INTERNAL_URL: "http://dead"},
+            "stopped": {HEARTBEAT_AT: beat, STOPPED_AT: beat, INTERNAL_URL: "http://stopped"},
         }
     )
     notifier = FakeNotifier()
@@ -208,13 +249,20 @@ def test_stale_and_stopped_instances_are_skipped_and_unknown_ones_still_called()
 
 def test_an_instance_that_fails_is_not_called_again_in_the_run() -> None:
     """One page's failed callback marks the instance; later pages skip it, others go on."""
-    sessions = [SessionRef(u, f"s{u}", "down", "http://down") for u in "abc"] + [
-        SessionRef(u, f"t{u}", "up", "http://up") for u in "abc"
+    sessions = [SessionRef(u, f"s{u}", "down") for u in "abc"] + [
+        SessionRef(u, f"t{u}", "up") for u in "abc"
     ]
     store = FakeStore({u: member() for u in "abc"}, sessions)
     notifier = FakeNotifier(down={"http://down"})
     report = sweep(
-        store, FakeAuth(), notifier, NOW, pong_timeout=10800, page_size=1, pages_in_flight=1
+        store,
+        FakeAuth(),
+        notifier,
+        NOW,
+        pong_timeout=10800,
+        page_size=1,
+        pages_in_flight=1,
+        instances=registry(down="http://down", up="http://up"),
     )
     assert report.signed_out == 3
     assert [url for url, _ in notifier.calls] == ["http://up"] * 3
@@ -238,9 +286,16 @@ def test_a_slow_instance_does_not_hold_up_the_others() -> None:
             fast_done.set()
             return count
 
-    sessions = [SessionRef("a", "s1", "slow", "http://slow"), SessionRef("b", "s2", "fast", "x")]
+    sessions = [SessionRef("a", "s1", "slow"), SessionRef("b", "s2", "fast")]
     store = FakeStore({"a": member(), "b": member()}, sessions)
-    report = sweep(store, FakeAuth(), SlowNotifier(), NOW, pong_timeout=10800)
+    report = sweep(
+        store,
+        FakeAuth(),
+        SlowNotifier(),
+        NOW,
+        pong_timeout=10800,
+        instances=registry(slow="http://slow", fast="http://fast"),
+    )
     assert report.ok and report.sockets_closed == 2
 
 
@@ -268,3 +323,84 @@ def test_one_query_serves_several_claim_pages() -> None:
     assert report.signed_out == 7
     assert store.limits == [5, 5]
     assert sorted(store.claimed_pages) == [1, 2, 2, 2]
+
+
+class CountingInstances(MemoryInstances):
+    """The registry, with each batched read's ids kept."""
+
+    def __init__(self, instances: dict[str, dict[str, Any]]) -> None:
+        super().__init__(instances)
+        self.reads: list[list[str]] = []
+
+    def entries(self, instance_ids: Sequence[str]) -> dict[str, InstanceEntry]:
+        self.reads.append(list(instance_ids))
+        return super().entries(instance_ids)
+
+
+def test_instances_are_called_at_their_registry_url_read_once_per_run() -> None:
+    """Members name only the instance: its URL comes from the registry, in one batched read
+    per page for the instances not seen yet, and wins over a URL an older gateway recorded."""
+    sessions = [
+        SessionRef("a", "s1", "i1"),
+        SessionRef("b", "s2", "i2"),
+        SessionRef("c", "s3", "i1", legacy_url="http://moved"),
+        SessionRef("c", "s4", "i2"),
+    ]
+    store = FakeStore({u: member() for u in "abc"}, sessions)
+    directory = CountingInstances(
+        {
+            "i1": {HEARTBEAT_AT: NOW, INTERNAL_URL: "http://g1"},
+            "i2": {HEARTBEAT_AT: NOW, INTERNAL_URL: "http://g2"},
+        }
+    )
+    notifier = FakeNotifier()
+    report = sweep(
+        store,
+        FakeAuth(),
+        notifier,
+        NOW,
+        pong_timeout=10800,
+        page_size=1,
+        pages_in_flight=1,
+        instances=directory,
+    )
+    assert sorted(notifier.calls) == [
+        ("http://g1", ["s1"]),
+        ("http://g1", ["s3"]),
+        ("http://g2", ["s2"]),
+        ("http://g2", ["s4"]),
+    ]
+    assert directory.reads == [["i1"], ["i2"]]
+    assert report.ok and report.sockets_closed == 4
+
+
+def test_an_instance_without_a_known_url_is_skipped_and_named() -> None:
+    """A registered instance with no URL (nor one on the member) cannot be called: counted as
+    skipped, while an instance whose entry lacks the URL but whose member has one is called."""
+    sessions = [SessionRef("a", "s1", "bare"), SessionRef("b", "s2", "old", legacy_url="http://o")]
+    store = FakeStore({"a": member(), "b": member()}, sessions)
+    directory = MemoryInstances({"bare": {HEARTBEAT_AT: NOW}, "old": {HEARTBEAT_AT: NOW}})
+    notifier = FakeNotifier()
+    report = sweep(store, FakeAuth(), notifier, NOW, pong_timeout=10800, instances=directory)
+    assert notifier.calls == [("http://o", ["s2"])]
+    assert report.callbacks_skipped == {"no internal url": 1}
+    assert report.ok and report.signed_out == 2
+
+
+def test_an_unreadable_registry_fails_the_callbacks_it_would_have_addressed() -> None:
+    """Without the registry an instance's URL is unknown: its callback counts as failed (the
+    run asks for a retry), while a URL recorded by an older gateway is still called."""
+
+    class DownInstances(MemoryInstances):
+        def entries(self, instance_ids: Sequence[str]) -> dict[str, InstanceEntry]:
+            raise ConnectionError("registry down")
+
+    sessions = [SessionRef("a", "s1", "new"), SessionRef("b", "s2", "old", legacy_url="http://o")]
+    store = FakeStore({"a": member(), "b": member()}, sessions)
+    notifier = FakeNotifier()
+    report = sweep(
+        store, FakeAuth(), notifier, NOW, pong_timeout=10800, instances=DownInstances({})
+    )
+    assert notifier.calls == [("http://o", ["s2"])]
+    assert report.callback_failures == 1 and not report.ok
+    assert report.signed_out == 2
