@@ -13,7 +13,7 @@ DEMO_BUILD := clients/js/dist/demo/index.html
 export DOCKER_HOST ?= unix:///run/presence-docker.sock
 
 .PHONY: help deps demo up up-containers images engine-stop token test test-unit test-containers lint format \
-	bench clean functions-discover
+	bench clean functions-discover capacity
 
 help:
 	@echo "make up     run the local stack (emulators, gateway) and print where it is"
@@ -24,6 +24,8 @@ help:
 	@echo "make test-containers  integration + end-to-end tests with the emulators in containers,"
 	@echo "                      plus the compose scenario; stops the engine afterwards"
 	@echo "make bench  run the benchmarks and print the figures"
+	@echo "make capacity [USERS=n]  needs and costs at n connected users (default: 10k to 10M),"
+	@echo "                         the tables of docs/capacity.md"
 	@echo "make functions-discover  build functions/venv and run the Firebase CLI's discovery of"
 	@echo "                         the deployed functions, offline (what firebase deploy runs)"
 	@echo "make lint   ruff + mypy only;  make format  apply ruff's formatting"
@@ -107,6 +109,11 @@ $(BENCH_NODE_STAMP): tests/bench/node/package.json tests/bench/node/package-lock
 
 bench: deps $(BENCH_NODE_STAMP)
 	$(PY) -m tests.bench
+
+# The tables of docs/capacity.md, from the constants of scripts/capacity.py; USERS=1000000 (or a
+# space-separated list) prints the same figures for those sizes.
+capacity: $(VENV_STAMP)
+	@$(PY) -m scripts.capacity $(foreach n,$(USERS),--users $(n))
 
 clean:
 	rm -rf $(VENV) emulator/node_modules tests/bench/node/node_modules functions/venv .run .mypy_cache .ruff_cache .pytest_cache
