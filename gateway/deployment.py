@@ -24,10 +24,10 @@ from gateway import messages
 from gateway.broker import Broker, BrokerUnavailable
 from gateway.directory import Directory
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
-from gateway.fanout import Event, Fanout, RequestKind
-from gateway.messages import RoomMember, RoomResponse, StatsResponse
+from gateway.fanout import DEFAULT_LIST_LIMIT, Event, Fanout, Recipients, RequestKind, user_digests
+from gateway.messages import RoomResponse, StatsResponse
 from gateway.service import PresenceService
-from gateway.stats import instance_stats, merge_stats
+from gateway.stats import instance_stats, merge_room, merge_stats, room_receipt
 from gateway.streams import stream_frame
 
 logger = logging.getLogger("gateway.deployment")
@@ -110,19 +110,18 @@ class Deployment:
             reply.users = [event.user_id] if reply.connections else []
         elif event.kind == "broadcast":
             users, reply.connections = await service.broadcast_text(event.text, event.exclude_user)
-            reply.users = sorted(users)
+            reply.user_count, reply.digests = len(users), user_digests(users)
         elif event.kind == "timeout":
             reply.closed, _ = await service.endings.expire_sessions(event.sessions)
         elif event.kind == "stats":
-            reply.stats = instance_stats(service)
+            reply.stats = instance_stats(service, event.limit)
         elif event.kind == "signout":
             reply.closed = await service.endings.sign_out_local(event.user_id)
         elif event.kind == "room":
             users, reply.connections = await service.send_room_text(event.room, event.text)
-            reply.users = sorted(users)
+            reply.user_count, reply.digests = len(users), user_digests(users)
         elif event.kind == "room_members":
-            # (user_id, session_id) pairs, in the field the sweep's timeouts use.
-            reply.sessions = service.room_members(event.room)
+            room_receipt(service, event.room, event.limit, reply)
         return reply
 
     def _event(self, kind: RequestKind, **fields: Any) -> Event:
@@ -231,12 +230,12 @@ class Deployment:
         except BrokerUnavailable as exc:
             logger.warning("broadcast reached this instance only: %s", exc)
             return Delivery(delivered, len(users), [self.me], sorted(expect or ()), "instance")
+        recipients = Recipients(users)
         for reply in replies.values():
             delivered += reply.connections
-            users.update(reply.users)
-        users.discard(exclude_user or "")
+            recipients.add(reply)
         reached = [self.me, *sorted(replies)]
-        return Delivery(delivered, len(users), reached, missing, "deployment")
+        return Delivery(delivered, len(recipients), reached, missing, "deployment")
 
     async def room_send(self, room: str, payload: dict[str, Any]) -> Delivery:
         """Send a JSON object to every member socket of the room on every instance: one
@@ -254,40 +253,33 @@ class Deployment:
         except BrokerUnavailable as exc:
             logger.warning("room send reached this instance only: %s", exc)
             return Delivery(delivered, len(users), [self.me], sorted(expect or ()), "instance")
+        recipients = Recipients(users)
         for reply in replies.values():
             delivered += reply.connections
-            users.update(reply.users)
-        return Delivery(delivered, len(users), [self.me, *sorted(replies)], missing, "deployment")
+            recipients.add(reply)
+        reached = [self.me, *sorted(replies)]
+        return Delivery(delivered, len(recipients), reached, missing, "deployment")
 
-    async def room_members(self, room: str, *, everywhere: bool = True) -> RoomResponse:
+    async def room_members(
+        self, room: str, limit: int = DEFAULT_LIST_LIMIT, *, everywhere: bool = True
+    ) -> RoomResponse:
         """The room's member sockets on every live instance (gathered like stats), or on this
-        one (``everywhere=False``, no broker, or the broker unreachable; ``scope`` says which)."""
-        found = [(u, s, self.me) for u, s in self.service.room_members(room)]
-        instances, missing = [self.me], list[str]()
+        one (``everywhere=False``, no broker, or the broker unreachable; ``scope`` says which):
+        the first ``limit`` members and users, and the counts."""
+        views = {self.me: room_receipt(self.service, room, limit, Event("reply", "", self.me))}
+        missing: list[str] = []
         scope: Scope = "instance"
         if everywhere and self.broker is not None:
             expect = await self.directory.live_instances()
+            request = self._event("room_members", room=room, limit=limit)
             try:
-                replies, missing = await self._ask(self._event("room_members", room=room), expect)
+                replies, missing = await self._ask(request, expect)
             except BrokerUnavailable as exc:
                 logger.warning("room members of this instance only: %s", exc)
             else:
                 scope = "deployment"
-                for instance, reply in replies.items():
-                    found += [(u, s, instance) for u, s in reply.sessions]
-                instances = sorted({self.me, *replies})
-        found.sort()
-        users = sorted({u for u, _, _ in found})
-        return RoomResponse(
-            room=room,
-            connections=len(found),
-            users=users,
-            total_users=len(users),
-            members=[RoomMember(u, s, i) for u, s, i in found],
-            scope=scope,
-            instances=instances,
-            unreachable_instances=sorted(missing),
-        )
+                views.update(replies)
+        return merge_room(room, limit, views, scope, missing)
 
     async def expire(self, sessions: Iterable[tuple[str, str]]) -> tuple[int, int]:
         """The sweep's callback: time out these sessions' sockets wherever they are. Returns
@@ -308,20 +300,21 @@ class Deployment:
         closed += sum(r.closed for r in replies.values())
         return closed, len(wanted) - closed
 
-    async def stats(self) -> StatsResponse:
-        """Every live instance's connections (users once), or this instance's alone when
-        there is no broker or it cannot be reached (``scope`` says which)."""
-        local = instance_stats(self.service)
+    async def stats(self, limit: int = DEFAULT_LIST_LIMIT) -> StatsResponse:
+        """Every live instance's connections (users once, the first ``limit`` listed), or
+        this instance's alone when there is no broker or it cannot be reached (``scope`` says
+        which)."""
+        local = instance_stats(self.service, limit)
         if self.broker is None:
             return local
         expect = await self.directory.live_instances()
         try:
-            replies, missing = await self._ask(self._event("stats"), expect)
+            replies, missing = await self._ask(self._event("stats", limit=limit), expect)
         except BrokerUnavailable as exc:
             logger.warning("stats for this instance only: %s", exc)
             return local
         theirs = [r.stats for r in replies.values() if r.stats is not None]
-        return merge_stats(local, theirs, missing)
+        return merge_stats(local, theirs, missing, limit)
 
     async def user_instances(self, user_id: str) -> dict[str, int]:
         """The user's sockets by instance across the deployment: this instance's from its

@@ -15,7 +15,9 @@ import asyncio
 import logging
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from hashlib import blake2b
+from itertools import islice
 from typing import Any, Literal
 
 import msgspec
@@ -27,6 +29,24 @@ logger = logging.getLogger("gateway.fanout")
 
 #: How many recent message ids each instance remembers to drop Pub/Sub's redeliveries.
 SEEN_IDS = 20_000
+
+#: Pub/Sub refuses a larger message. A message over it is not even tried (``Fanout.publish``
+#: raises BrokerUnavailable), and the caps below keep every receipt far under it, whatever the
+#: number of sockets an instance holds (tests/unit/test_bounded_replies.py measures them).
+PUBSUB_MAX_MESSAGE_BYTES = 10_000_000
+#: ``?limit=`` of ``/ws/stats`` and ``/ws/rooms/{room}``: how many users and members their
+#: lists carry, by default and at most. A receipt carries at most the request's limit of each
+#: (user ids are up to 128 characters, session ids 32), so at MAX_LIST_LIMIT a stats receipt
+#: is under 10,000 x 131 bytes of ids plus about 1 KB of pong-writer figures (1.3 MB), a room
+#: receipt under 10,000 x (131 + 168) bytes (3 MB): a third of Pub/Sub's limit.
+DEFAULT_LIST_LIMIT = 1_000
+MAX_LIST_LIMIT = 10_000
+#: A broadcast or room receipt names the users it reached by 8-byte digests (10.7 characters
+#: each in JSON's base64, against up to 131 for the id), so that the origin counts a user on
+#: several instances once: up to 250,000 digests (2.7 MB). An instance that reached more
+#: counts the rest without digests.
+DIGEST_BYTES = 8
+MAX_USER_DIGESTS = 250_000
 
 RequestKind = Literal["send", "broadcast", "timeout", "stats", "signout", "room", "room_members"]
 
@@ -50,16 +70,51 @@ class Event(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     instance: str = ""
     connections: int = 0
     users: list[str] = []
+    #: A receipt's count of the users it reached or holds (beside the capped lists).
+    user_count: int = 0
+    #: A broadcast or room receipt's users, as ``user_digests``.
+    digests: bytes = b""
     closed: int = 0
     stats: StatsResponse | None = None
     #: The room of a room send or membership request.
     room: str = ""
     #: A durable send's offset in the user's stream (0: a plain send).
     offset: int = 0
+    #: A stats or room membership request's ``?limit=``: the most users (and members) each
+    #: receipt lists.
+    limit: int = DEFAULT_LIST_LIMIT
 
 
 _decode = msgspec.json.Decoder(Event).decode
 _encode = msgspec.json.Encoder().encode
+
+
+def _digest(user_id: str) -> bytes:
+    return blake2b(user_id.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+def user_digests(users: Iterable[str]) -> bytes:
+    """Up to MAX_USER_DIGESTS of the users as 8-byte digests, concatenated. Two users of a
+    million share one with odds of about 3 in 100 million: ``recipients`` is then one short."""
+    return b"".join(_digest(user_id) for user_id in islice(users, MAX_USER_DIGESTS))
+
+
+class Recipients:
+    """Distinct users reached by a broadcast or room send across instances: this instance's,
+    then each receipt's digests and the users it reached beyond them (counted as they come:
+    a user among those who also is on another instance counts twice)."""
+
+    def __init__(self, local: Iterable[str]) -> None:
+        self._seen = {_digest(user_id) for user_id in local}
+        self._undigested = 0
+
+    def add(self, reply: Event) -> None:
+        blob = reply.digests
+        self._seen.update(blob[i : i + DIGEST_BYTES] for i in range(0, len(blob), DIGEST_BYTES))
+        self._undigested += max(0, reply.user_count - len(blob) // DIGEST_BYTES)
+
+    def __len__(self) -> int:
+        return len(self._seen) + self._undigested
 
 
 class _Pending:
@@ -181,7 +236,14 @@ class Fanout:
             attributes["user_id"] = event.user_id
         if event.expect:
             attributes["expect"] = ",".join(event.expect)
-        await self.broker.publish(_encode(event), attributes)
+        data = _encode(event)
+        if len(data) > PUBSUB_MAX_MESSAGE_BYTES:
+            # Pub/Sub would refuse it after a round trip; say why here.
+            raise BrokerUnavailable(
+                f"{event.kind} message of {len(data):,} bytes is over Pub/Sub's "
+                f"{PUBSUB_MAX_MESSAGE_BYTES:,}"
+            )
+        await self.broker.publish(data, attributes)
 
     async def ask(
         self, event: Event, expect: set[str] | None

@@ -149,12 +149,21 @@ class PongWriterStats(msgspec.Struct):
     lag_histogram_ms: dict[str, int]
 
 
-class StatsResponse(msgspec.Struct):
+class StatsResponse(msgspec.Struct, kw_only=True):
+    """Also an instance's stats receipt on the fan-out topic: the fields added since the first
+    version have defaults, so that a receipt from an instance that predates them decodes."""
+
     total_connections: int
+    #: The first ``limit`` connected users by id (``?limit=``, 1,000 unless asked).
     connected_users: list[str]
+    #: True when ``connected_users`` leaves users out.
+    truncated: bool = False
     ping_interval_seconds: float
     pong_timeout_seconds: float
     total_users: int
+    #: False when ``total_users`` is a lower bound: instances send at most ``limit`` users
+    #: each, so users on several instances cannot always be told apart.
+    total_users_exact: bool = True
     #: The instance that answered.
     instance_id: str
     #: "instance": this instance's sockets; "deployment": every live instance's (the users of
@@ -215,11 +224,16 @@ class RoomResponse(msgspec.Struct):
     room: str
     #: Member sockets, on every counted instance.
     connections: int
-    #: Distinct member users, sorted.
+    #: Distinct member users, sorted: the first ``limit``.
     users: list[str]
     total_users: int
-    #: One entry per member socket, sorted by user, then session.
+    #: False when ``total_users`` is a lower bound (as in ``StatsResponse``).
+    total_users_exact: bool
+    #: One entry per member socket, sorted by user, then session, then instance: the first
+    #: ``limit``.
     members: list[RoomMember]
+    #: True when ``members`` (and so maybe ``users``) leaves some out.
+    truncated: bool
     scope: Literal["deployment", "instance"]
     #: Instances counted.
     instances: list[str]

@@ -26,6 +26,7 @@ from litestar.status_codes import (
 from gateway import signout
 from gateway.deployment import Deployment
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
+from gateway.fanout import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from gateway.guards import require_admin, require_callback
 from gateway.messages import (
     BroadcastResponse,
@@ -51,6 +52,16 @@ logger = logging.getLogger("gateway.routes")
 #: ``?scope=deployment|instance``: "scope" is Litestar's reserved name for the ASGI scope, so
 #: the query parameter is mapped onto another name.
 ScopeQuery = Annotated[Literal["deployment", "instance"], QueryParameter(name="scope")]
+#: ``?limit=``: at most this many users (and room members) listed; socket counts stay exact.
+#: Bounded so that every instance's receipt stays far under Pub/Sub's message limit.
+LimitQuery = Annotated[
+    int,
+    QueryParameter(
+        ge=0,
+        le=MAX_LIST_LIMIT,
+        description=f"Most users (and members) listed, 0 to {MAX_LIST_LIMIT:,}",
+    ),
+]
 
 
 def _service(request: ASGIConnection[Any, Any, Any, Any]) -> PresenceService:
@@ -98,13 +109,15 @@ async def ws_status(
 async def ws_stats(
     request: Request[Any, Any, Any],
     view: ScopeQuery = "deployment",
+    limit: LimitQuery = DEFAULT_LIST_LIMIT,
 ) -> StatsResponse:
     """Connections across every live instance (default), or on this one (``?scope=instance``),
-    with the heartbeat settings and each counted instance's pong writer. Without a broker, or
-    when it cannot be reached, this instance answers alone and says so in ``scope``."""
+    with the heartbeat settings and each counted instance's pong writer; the first ``limit``
+    users by id. Without a broker, or when it cannot be reached, this instance answers alone
+    and says so in ``scope``."""
     if view == "instance":
-        return instance_stats(_service(request))
-    return await _deployment(request).stats()
+        return instance_stats(_service(request), limit)
+    return await _deployment(request).stats(limit)
 
 
 @post("/ws/send/{user_id:str}", guards=[require_admin], status_code=200)
@@ -187,11 +200,14 @@ async def ws_room(
     request: Request[Any, Any, Any],
     room: str,
     view: ScopeQuery = "deployment",
+    limit: LimitQuery = DEFAULT_LIST_LIMIT,
 ) -> RoomResponse:
     """The room's member sockets (user, session, instance) on every live instance (default),
-    or on this one (``?scope=instance``); gathered over the broker like ``/ws/stats``."""
+    or on this one (``?scope=instance``), the first ``limit`` of them; gathered over the broker
+    like ``/ws/stats``."""
     check_room_name(room)
-    return await _deployment(request).room_members(room, everywhere=view == "deployment")
+    deployment = _deployment(request)
+    return await deployment.room_members(room, limit, everywhere=view == "deployment")
 
 
 @post("/internal/timeout", guards=[require_callback], status_code=200)

@@ -264,6 +264,44 @@ async def test_status_and_stats_answer_for_the_deployment_from_any_instance(
         assert sorted(stats["pong_writers"]) == stats["instances"]
 
 
+async def test_stats_list_the_first_limit_users_and_keep_the_counts_exact(
+    service: Service, clients: list[Client]
+) -> None:
+    """u1 on the first and second instances, u2 on the first, u3 on the third: ``limit=1``
+    and ``limit=2`` list the first users by id and say ``truncated``, from any instance;
+    sockets are counted exactly, and users too once no instance holds more than ``limit``
+    (before that, a lower bound that says so). A limit out of 0..10,000 or not an integer
+    answers 400 with the error body."""
+    prefix = uid("limit")
+    u1, u2, u3 = (f"{prefix}-{n}" for n in (1, 2, 3))
+    first, second, third = service.instances
+    for gateway, user in [(first, u1), (first, u2), (second, u1), (third, u3)]:
+        clients.append(await Client.open(gateway.ws(user, service.minter(user))))
+
+    async def settled() -> dict[str, Any]:
+        stats = await service.get("/ws/stats", limit="10")
+        everyone = stats["connected_users"] == [u1, u2, u3]
+        return stats if everyone and stats["total_connections"] == 4 else {}
+
+    await eventually(settled)
+    expected = {1: ([u1], 2, False), 2: ([u1, u2], 3, True), 3: ([u1, u2, u3], 3, True)}
+    for limit, (users, total_users, exact) in expected.items():
+        for _ in range(3):  # through the proxy: each instance answers in turn
+            stats = await service.get("/ws/stats", limit=str(limit))
+            assert (stats["scope"], stats["unreachable_instances"]) == ("deployment", [])
+            assert stats["connected_users"] == users, limit
+            assert (stats["truncated"], stats["total_connections"]) == (limit < 3, 4), limit
+            assert (stats["total_users"], stats["total_users_exact"]) == (total_users, exact)
+    alone = await service.get("/ws/stats", scope="instance", limit="1")
+    assert (alone["total_users_exact"], len(alone["connected_users"])) == (True, 1)
+    for bad in ("-1", "10001", "ten", "1.5"):
+        response = await service.request("GET", "/ws/stats", params={"limit": bad})
+        assert response.status_code == 400, (bad, response.text)
+        body = response.json()
+        assert (body["status"], body["status_code"]) == ("error", 400)
+        assert "limit" in body["message"]
+
+
 async def test_the_sweeps_callback_times_out_a_users_sockets_on_all_three_instances(
     service: Service, sweeper: SweepStack, clients: list[Client], firestore_client: Any
 ) -> None:

@@ -280,6 +280,37 @@ async def test_a_room_send_reaches_members_on_three_instances_and_not_non_member
     await quiet_for(leaver, 1)
 
 
+async def test_room_members_list_the_first_limit_and_keep_the_counts_exact(
+    rooms: Rooms, clients: list[Client]
+) -> None:
+    """Members u1 on the first and second instances, u2 on the first, u3 on the third:
+    ``limit=1`` and ``limit=2`` list the first members and users by id and say ``truncated``,
+    from any instance; sockets are counted exactly, and users too once no instance holds more
+    than ``limit`` (before that, a lower bound that says so). An out-of-range limit answers
+    400 with the error body."""
+    room, prefix = uid("bounded"), uid("listed")
+    u1, u2, u3 = (f"{prefix}-{n}" for n in (1, 2, 3))
+    first, second, third = rooms.instances
+    for gateway, user in [(first, u1), (first, u2), (second, u1), (third, u3)]:
+        client = await Client.open(rooms.ws(user, rooms.token(user, [room]), gateway))
+        clients.append(client)
+        assert (await ask(client, {"type": "join", "room": room}))["type"] == "joined"
+    expected = {1: ([u1], 2, False), 2: ([u1, u2], 3, True), 4: ([u1, u2, u3], 3, True)}
+    for limit, (users, total_users, exact) in expected.items():
+        for _ in range(3):  # through the proxy: each instance answers in turn
+            response = await rooms.request("GET", f"/ws/rooms/{room}", params={"limit": limit})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert (body["scope"], body["unreachable_instances"]) == ("deployment", [])
+            assert body["users"] == users, limit
+            assert [m["user_id"] for m in body["members"]] == [u1, u1, u2, u3][:limit]
+            assert (body["connections"], body["truncated"]) == (4, limit < 4), limit
+            assert (body["total_users"], body["total_users_exact"]) == (total_users, exact)
+    response = await rooms.request("GET", f"/ws/rooms/{room}", params={"limit": "10001"})
+    assert response.status_code == 400, response.text
+    assert (response.json()["status"], response.json()["status_code"]) == ("error", 400)
+
+
 async def test_room_limits_and_names_are_refused_with_the_documented_errors(
     rooms: Rooms, clients: list[Client]
 ) -> None:
