@@ -86,10 +86,14 @@ def token_from(query_string: bytes, headers: Mapping[bytes, bytes]) -> str | Non
 def identity_from(claims: Mapping[str, Any]) -> Identity:
     """The identity in a verified token's claims; AuthError(4401) when they lack a part."""
     try:
+        expires_at = float(claims["exp"])
+        # Both times must be dates the socket's session can compute with: an exp of 2^64 in
+        # an emulator token (whose claims nothing signs) once failed the socket with 1011.
+        datetime.fromtimestamp(expires_at, UTC)
         identity = Identity(
             uid=str(claims["uid"]),
             auth_time=datetime.fromtimestamp(int(claims["auth_time"]), UTC),
-            expires_at=float(claims["exp"]),
+            expires_at=expires_at,
             rooms=grants_from_claims(claims),
         )
     except (KeyError, TypeError, ValueError, OverflowError, OSError):

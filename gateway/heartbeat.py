@@ -39,6 +39,9 @@ class Heartbeat:
         #: monotonic seconds): the round's, or one made for sockets being admitted.
         self._ping: tuple[str, bytes] | None = None
         self._ping_at = 0.0
+        #: Counts the pings encoded: a pong is written once per generation per socket
+        #: (``PresenceService.pong``), so pongs nobody asked for cost no Firestore writes.
+        self.generation = 0
 
     async def run(self) -> None:
         """Ping every socket every PING_INTERVAL, until cancelled."""
@@ -69,6 +72,7 @@ class Heartbeat:
         if fresh or self._ping is None or now - self._ping_at > ADMISSION_PING_REUSE:
             text = messages.encode_ping(utc_now())
             self._ping, self._ping_at = (text, text_frame(text)), now
+            self.generation += 1
         return self._ping
 
     async def first_ping(self, conn: Connection) -> bool:

@@ -134,11 +134,26 @@ class GatewayCollector:
                 writer.dropped_writes,
             ),
             (
+                "gateway_writes_rejected",
+                "Writes dropped because Firestore refused them as invalid (each logged once)",
+                writer.rejected_writes,
+            ),
+            (
+                "gateway_pongs_unrequested",
+                "Pongs not written: the socket had already answered this ping round",
+                service.pongs_unrequested,
+            ),
+            (
                 "gateway_stream_appends",
                 "Durable messages stored in users' streams (each: 1 read, 2 writes)",
                 service.streams.appends,
             ),
             ("gateway_stream_acks", "stream_ack frames received", service.streams.acks),
+            (
+                "gateway_stream_acks_coalesced",
+                "stream_acks folded into a later write of the user's position (1 write/s/user)",
+                service.streams.acks_coalesced,
+            ),
             (
                 "gateway_stream_replayed",
                 "Durable messages replayed to reconnecting clients",

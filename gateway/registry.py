@@ -55,6 +55,7 @@ class Connection:
         "room_grants",
         "edge",
         "replay",
+        "pong_round",
     )
 
     def __init__(
@@ -80,6 +81,9 @@ class Connection:
         #: While a recovery replays missed durable messages: the live ones that arrive
         #: meanwhile, (offset, frame), sent after the replay; None otherwise.
         self.replay: list[tuple[int, str]] | None = None
+        #: The heartbeat's ping generation this socket last had a pong written for (-1:
+        #: none yet): one pong write per ping, however many pongs the client sends.
+        self.pong_round = -1
 
     async def send_text(self, text: str, timeout: float) -> bool:
         """Send one text frame; False when the socket is gone or too slow to take it."""

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from gateway.endings import Endings
 from gateway.exceptions import AuthError
 from gateway.heartbeat import SEND_CHUNK, Heartbeat
 from gateway.limits import ConnectLimiter
+from gateway.logs import FRAME_LINES_BURST, FRAME_LINES_WINDOW, LogBudget
 from gateway.messages import iso, utc_now
 from gateway.registry import Connection, Registry
 from gateway.schema import (
@@ -51,6 +52,11 @@ from gateway.streams import (
 from gateway.writer import WriteBehind
 
 logger = logging.getLogger("gateway")
+#: The default handler's lines, within a budget: one per message would let a client write log
+#: lines at its frame rate (gateway.logs).
+_message_lines: LogBudget[str] = LogBudget(
+    logger, burst=FRAME_LINES_BURST, window=FRAME_LINES_WINDOW
+)
 
 #: Application hook for client ``message`` frames: (user_id, session_id, data) -> None.
 MessageHandler = Callable[[str, str, Any], Awaitable[None]]
@@ -67,8 +73,10 @@ ADMISSION_READ_WAIT = 10.0
 
 
 async def log_message(user_id: str, session_id: str, data: Any) -> None:
-    """The default message handler: log the message and do nothing else."""
-    logger.info("message from user=%s session=%s: %.200r", user_id, session_id, data)
+    """The default message handler: log the message (within a budget) and do nothing else."""
+    _message_lines.info(
+        "messages", "message from user=%s session=%s: %.200r", user_id, session_id, data
+    )
 
 
 class PresenceService:
@@ -127,6 +135,7 @@ class PresenceService:
         self._pong_written: dict[str, float] = {}
         #: Pongs not written because of PONG_WRITE_INTERVAL.
         self.pongs_unwritten = 0
+        self.pongs_unrequested = 0
         self.events = ConnectionEvents(settings.instance_id)
         self.rooms: rooms.RoomRegistry[Connection] = rooms.RoomRegistry(
             settings.sockets.max_rooms_per_socket, settings.sockets.max_room_members
@@ -175,6 +184,7 @@ class PresenceService:
         # uvicorn has already closed every socket with 1012 (service restart), so clients
         # reconnect elsewhere and their disconnects are in the buffer: mark the instance
         # stopped and flush everything before the process ends.
+        self.streams.flush_acks()
         self.writer.put(Write(INSTANCES, self.settings.instance_id, {STOPPED_AT: utc_now()}))
         await self.writer.close()
         await self.streams.store.close()
@@ -192,16 +202,20 @@ class PresenceService:
         if token is None:
             raise AuthError(CloseCode.UNAUTHENTICATED, "missing token")
         identity = await self.verifier.verify(token)
+        authorize(identity, user_id, await self._member_for_revocation(user_id))
+        return identity
+
+    async def _member_for_revocation(self, user_id: str) -> Mapping[str, Any] | None:
+        """The member record whose ``last_sign_out_at`` a token must postdate: every token
+        the gateway accepts, at connect or in an ``auth`` frame, is checked against it."""
         try:
             async with asyncio.timeout(ADMISSION_READ_WAIT):
-                member = await self.member_reads.get(user_id)
+                return await self.member_reads.get(user_id)
         except Exception as exc:
             # Fail open on the revocation check only: the token itself was verified.
             self.member_reads_failed += 1
-            logger.warning("member read failed, admitting on the token alone: %r", exc)
-            member = None
-        authorize(identity, user_id, member)
-        return identity
+            logger.warning("member read failed, accepting the token alone: %r", exc)
+            return None
 
     def check_socket_limits(self, user_id: str) -> None:
         """Raise AuthError(4429) when the user already holds the most sockets allowed here."""
@@ -214,7 +228,10 @@ class PresenceService:
         if self.verifier is None:
             raise AuthError(CloseCode.UNAUTHENTICATED, "authentication is off")
         identity = await self.verifier.verify(token)
-        authorize(identity, conn.user_id, None)
+        # A token issued before the user's last sign-out is revoked here as at connect: else
+        # an old token, with the wider room grants it may carry, comes back through a socket
+        # opened with a new one.
+        authorize(identity, conn.user_id, await self._member_for_revocation(conn.user_id))
         conn.room_grants = identity.rooms
         return identity
 
@@ -223,11 +240,7 @@ class PresenceService:
     def connected(self, conn: Connection) -> None:
         held = self.registry.add(conn)
         for write in connect_writes(
-            conn.user_id,
-            conn.session_id,
-            self.settings.instance_id,
-            self.settings.internal_url,
-            conn.connected_at,
+            conn.user_id, conn.session_id, self.settings.instance_id, conn.connected_at
         ):
             self.writer.put(write)
         self.events.connect(conn, held, self.registry.total_connections)
@@ -244,6 +257,15 @@ class PresenceService:
         self.events.disconnect(conn, code, left, self.registry.total_connections)
 
     def pong(self, conn: Connection, now: datetime) -> None:
+        generation = self.heartbeat.generation
+        if conn.pong_round == generation:
+            # The socket already answered this ping: a client that pongs unasked (or floods
+            # pongs within its frame rate) must not turn each one into a Firestore write. The
+            # pong still moves a write that is pending anyway, which costs nothing.
+            if not self.writer.refresh(pong_write(conn.user_id, now)):
+                self.pongs_unrequested += 1
+            return
+        conn.pong_round = generation
         every = self.settings.writer.pong_write_interval
         if every:
             # The knob trading precision for writes: at most one last_pong_at write per user

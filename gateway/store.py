@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
+from gateway.exceptions import WriteRejected
 from gateway.schema import (
     ACTIVE_SESSIONS,
     CLOSE_CODE,
@@ -90,7 +91,8 @@ class SignedOutSession:
 
 class Store(Protocol):
     async def commit(self, writes: Sequence[Write]) -> None:
-        """Commit all writes atomically or raise."""
+        """Commit all writes atomically or raise: :class:`WriteRejected` when Firestore
+        refuses them as invalid (no retry can help), anything else when it may pass."""
 
     async def signed_out_sessions(
         self, instance_id: str, since: datetime
@@ -114,9 +116,9 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-def connect_writes(
-    user_id: str, session_id: str, instance_id: str, internal_url: str, now: datetime
-) -> list[Write]:
+def connect_writes(user_id: str, session_id: str, instance_id: str, now: datetime) -> list[Write]:
+    """A socket's member and session records. They name the instance only: the user may read
+    their member document, so its internal URL stays in ``gateway_instances`` (the sweep's)."""
     return [
         Write(
             MEMBERS,
@@ -127,21 +129,13 @@ def connect_writes(
                 LAST_CONNECTED_AT: now,
                 UPDATED_AT: now,
                 INSTANCE_ID: instance_id,
-                ACTIVE_SESSIONS: {
-                    session_id: {INSTANCE_ID: instance_id, INTERNAL_URL: internal_url}
-                },
+                ACTIVE_SESSIONS: {session_id: {INSTANCE_ID: instance_id}},
             },
         ),
         Write(
             SESSIONS,
             session_id,
-            {
-                USER_ID: user_id,
-                IS_ACTIVE: True,
-                CONNECTED_AT: now,
-                INSTANCE_ID: instance_id,
-                INTERNAL_URL: internal_url,
-            },
+            {USER_ID: user_id, IS_ACTIVE: True, CONNECTED_AT: now, INSTANCE_ID: instance_id},
         ),
     ]
 
@@ -192,18 +186,25 @@ def is_live(instance: Mapping[str, Any], cutoff: datetime) -> bool:
     return STOPPED_AT not in instance and isinstance(beat, datetime) and beat >= cutoff
 
 
+#: Firestore stores integers as signed 64-bit values.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _check(value: Any) -> None:
     """Refuse what the Firestore backend cannot encode, before anything is applied, so that a
-    bad batch fails whole in memory as it does there."""
+    bad batch fails whole in memory as it does there (:class:`WriteRejected`)."""
     if isinstance(value, Mapping):
         for nested in value.values():
             _check(nested)
     elif isinstance(value, datetime):
         if value.tzinfo is None:
-            raise ValueError("timestamps must be timezone-aware")
+            raise WriteRejected("timestamps must be timezone-aware")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise WriteRejected(f"Value out of range: {value}")
     elif value is not None and value is not DELETE_FIELD:
-        if not isinstance(value, bool | int | float | str):
-            raise TypeError(f"cannot store {type(value).__name__} in Firestore")
+        if not isinstance(value, bool | float | str):
+            raise WriteRejected(f"cannot store {type(value).__name__} in Firestore")
 
 
 def _sets_a_value(fields: Mapping[str, Any]) -> bool:

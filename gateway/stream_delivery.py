@@ -8,6 +8,7 @@ replay is ``gateway.streams``' pure decision (``plan_recovery``, ``check_entries
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -29,6 +30,13 @@ from gateway.streams import (
 from gateway.writer import WriteBehind
 
 logger = logging.getLogger("gateway.stream_delivery")
+
+#: Seconds between two writes of one user's acknowledged position. A client acks each durable
+#: message (or floods acks within its frame rate); the position only matters to a reconnect
+#: that presents none, so within this window only the latest ack is kept and it is written
+#: when the window ends: a hostile socket then costs at most one ack write a second, and no
+#: acknowledgement is lost.
+ACK_WRITE_INTERVAL = 1.0
 
 
 class StreamDelivery:
@@ -57,7 +65,12 @@ class StreamDelivery:
         self.recoveries: Counter[str] = Counter()
         self.replayed = 0
         self.acks = 0
+        #: Acks folded into a later write of the same user's position (ACK_WRITE_INTERVAL).
+        self.acks_coalesced = 0
         self.appends = 0
+        #: Users whose position was written in the last ACK_WRITE_INTERVAL, with the latest
+        #: ack held since (None: none held). An entry leaves when its window ends quietly.
+        self._acks_held: dict[str, tuple[str, int] | None] = {}
 
     async def send(self, user_id: str, text: str, offset: int) -> int:
         """Send a durable message's frame to the user's sockets here. A socket still replaying
@@ -129,5 +142,34 @@ class StreamDelivery:
         """Store the user's acknowledged position, written behind: a reconnect presenting none
         resumes from it."""
         self.acks += 1
-        fields = {ACKED_EPOCH: epoch, ACKED_OFFSET: offset, ACKED_AT: utc_now()}
-        self.writer.put(Write(STREAM_ACKS, conn.user_id, fields))
+        user_id = conn.user_id
+        if user_id in self._acks_held:
+            self._acks_held[user_id] = (epoch, offset)
+            self.acks_coalesced += 1
+            return
+        self._write_ack(user_id, epoch, offset)
+
+    def flush_acks(self) -> None:
+        """Write every held ack now (the instance is stopping)."""
+        held, self._acks_held = self._acks_held, {}
+        for user_id, position in held.items():
+            if position is not None:
+                self.writer.put(Write(STREAM_ACKS, user_id, _ack_fields(*position)), urgent=False)
+
+    def _write_ack(self, user_id: str, epoch: str, offset: int) -> None:
+        # Not urgent: a position may wait behind pongs (recovery falls back to the stream's
+        # own retention), where a heartbeat or a session record may not.
+        self.writer.put(Write(STREAM_ACKS, user_id, _ack_fields(epoch, offset)), urgent=False)
+        self._acks_held[user_id] = None
+        asyncio.get_running_loop().call_later(ACK_WRITE_INTERVAL, self._window_ended, user_id)
+
+    def _window_ended(self, user_id: str) -> None:
+        if user_id not in self._acks_held:
+            return  # flushed at stop
+        position = self._acks_held.pop(user_id)
+        if position is not None:
+            self._write_ack(user_id, *position)
+
+
+def _ack_fields(epoch: str, offset: int) -> dict[str, object]:
+    return {ACKED_EPOCH: epoch, ACKED_OFFSET: offset, ACKED_AT: utc_now()}

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_callback_body_from_the_function_decodes_on_the_gateway() -> None:
     """The function's callback body is exactly what the gateway's endpoint decodes."""
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    body = callback_body([SessionRef("u1", "s1", "i", "http://g")], now)
+    body = callback_body([SessionRef("u1", "s1", "i")], now)
     decoded = msgspec.json.decode(json.dumps(body), type=TimeoutCallback)
     assert [(s.user_id, s.session_id) for s in decoded.sessions] == [("u1", "s1")]
     assert decoded.signed_out_at == now.isoformat()
@@ -48,14 +48,38 @@ def test_collection_and_field_names_agree() -> None:
         gateway_schema.SESSIONS,
         gateway_schema.INSTANCES,
     )
-    member, session = gateway_store.connect_writes("u", "s", "i", "http://g", datetime.now(UTC))
+    member, session = gateway_store.connect_writes("u", "s", "i", datetime.now(UTC))
     assert {sweep_schema.IS_SIGNED_IN, sweep_schema.LAST_PONG_AT} <= set(member.fields)
     assert sweep_schema.ACTIVE_SESSIONS == gateway_schema.ACTIVE_SESSIONS
     # The function finds a user's sockets in the member's active_sessions map.
-    assert adapters.active_sessions("u", dict(member.fields)) == [
-        SessionRef("u", "s", "i", "http://g")
-    ]
+    assert adapters.active_sessions("u", dict(member.fields)) == [SessionRef("u", "s", "i")]
     assert sweep_schema.IS_ACTIVE in session.fields
+
+
+def test_the_sweep_finds_an_instances_url_where_the_gateway_registers_it() -> None:
+    """The gateway writes its internal URL to its registry entry, at start and with every
+    heartbeat, and the function reads it from there; a member's session entry holds exactly
+    the declared fields, so no URL."""
+    now = datetime.now(UTC)
+    registered = gateway_store.instance_write("i", "http://g:8000", now)
+    assert registered.collection == sweep_schema.INSTANCES
+    # As stored: the write's deletes (a restart clears stopped_at) leave no field behind.
+    stored = {k: v for k, v in registered.fields.items() if v is not gateway_store.DELETE_FIELD}
+    entry = adapters.instance_entry(stored)
+    assert (entry.heartbeat, entry.internal_url) == (now, "http://g:8000")
+    member, _ = gateway_store.connect_writes("u", "s", "i", now)
+    (where,) = member.fields[gateway_schema.ACTIVE_SESSIONS].values()
+    assert set(where) == sweep_schema.ACTIVE_SESSION_FIELDS
+
+
+def test_the_sweep_still_reads_the_url_an_older_gateway_recorded_on_the_member() -> None:
+    """A member written before the URL moved to the registry is still called back there."""
+    old_entry = {sweep_schema.INSTANCE_ID: "i", sweep_schema.INTERNAL_URL: "http://old"}
+    assert set(old_entry) == (
+        sweep_schema.ACTIVE_SESSION_FIELDS | sweep_schema.LEGACY_ACTIVE_SESSION_FIELDS
+    )
+    member = {sweep_schema.ACTIVE_SESSIONS: {"s": old_entry}}
+    assert adapters.active_sessions("u", member) == [SessionRef("u", "s", "i", "http://old")]
 
 
 def _declared_indexes() -> set[tuple[str, tuple[str, ...]]]:

@@ -166,3 +166,46 @@ async def test_refreshing_the_token_keeps_the_socket_open(
         await asyncio.sleep(4 * UNIT)
         async with asyncio.timeout(5 * UNIT):
             assert loads(await ws.recv())["type"] == "ping"
+
+
+async def next_reply(ws: Any, kind: str) -> dict[str, Any]:
+    """The next frame of type ``kind`` or ``error`` (pings and others skipped)."""
+    async with asyncio.timeout(5 * UNIT):
+        while (frame := loads(await ws.recv()))["type"] not in (kind, "error"):
+            pass
+    return frame
+
+
+async def test_an_auth_frame_with_a_token_from_before_the_sign_out_is_refused(
+    gateway: GatewayProc, project_id: str, minter: TokenMinter
+) -> None:
+    """A token issued before the user's last sign-out is refused in an ``auth`` frame as it is
+    at connect, so the wider room grants it carries do not come back through a socket opened
+    with a newer, narrower token."""
+    import httpx
+
+    user = uid()
+    minter(user)  # the account exists in the Auth emulator, as for any signed-in user
+    old = unsigned_token(
+        project_id, user, auth_time=int(time.time()) - 60, rooms=["team-1", "secret-room"]
+    )
+    async with httpx.AsyncClient(base_url=gateway.http, timeout=10 * UNIT) as http:
+        answer = await http.post(f"/ws/signout/{user}", headers=gateway.auth)
+    assert answer.status_code == 200, answer.text
+    assert await close_code(gateway.ws(user, old)) == (4401, "token revoked: signed out since")
+    await asyncio.sleep(1.1)  # auth_time has whole seconds: the new sign-in is after the sign-out
+    new = unsigned_token(project_id, user, auth_time=int(time.time()), rooms=["team-1"])
+    async with connect(gateway.ws(user, new)) as ws:
+        await ws.send(json.dumps({"type": "join", "room": "secret-room", "id": 1}))
+        assert (await next_reply(ws, "joined"))["code"] == "room_forbidden"
+        await ws.send(json.dumps({"type": "auth", "token": old}))
+        refused = await next_reply(ws, "auth_ok")
+        assert (refused["type"], refused["code"]) == ("error", "invalid_token")
+        assert "revoked" in refused["message"]
+        await ws.send(json.dumps({"type": "join", "room": "secret-room", "id": 2}))
+        assert (await next_reply(ws, "joined"))["code"] == "room_forbidden"
+        await ws.send(json.dumps({"type": "join", "room": "team-1", "id": 3}))
+        assert (await next_reply(ws, "joined"))["type"] == "joined"
+        # A token of the new sign-in is still taken.
+        await ws.send(json.dumps({"type": "auth", "token": new}))
+        assert (await next_reply(ws, "auth_ok"))["type"] == "auth_ok"

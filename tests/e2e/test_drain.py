@@ -36,7 +36,7 @@ async def test_sigterm_closes_sockets_with_1012_and_loses_no_pong(
 ) -> None:
     """Pongs sent right up to SIGTERM all land; sessions record 1012; stopped_at is set."""
     proc = start_gateway(
-        firestore_host, project_id, minter, PONG_FLUSH_INTERVAL="1", PING_INTERVAL="0.1"
+        firestore_host, project_id, minter, PONG_FLUSH_INTERVAL="1", PING_INTERVAL="0.5"
     )
     users = [f"d-{uuid.uuid4().hex[:10]}" for _ in range(20)]
     try:

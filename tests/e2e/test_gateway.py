@@ -14,10 +14,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.schema import (
+    ACTIVE_SESSIONS,
     CLOSE_CODE,
     CONNECTED_AT,
     DISCONNECTED_AT,
     INSTANCE_ID,
+    INTERNAL_URL,
     IS_ACTIVE,
     IS_SIGNED_IN,
     LAST_CONNECTED_AT,
@@ -76,7 +78,8 @@ async def test_server_pings_in_the_guides_format(gateway: GatewayProc) -> None:
 async def test_connect_records_member_and_session(
     gateway: GatewayProc, firestore_client: Any
 ) -> None:
-    """Connecting marks the member signed in and opens a session; closing ends the session."""
+    """Connecting marks the member signed in and opens a session, both naming the instance
+    but not its internal URL (the user may read their member); closing ends the session."""
     user = uid()
     async with connect(gateway.ws(user)) as ws:
         await next_of(ws, "ping")
@@ -91,6 +94,9 @@ async def test_connect_records_member_and_session(
         assert {LAST_PONG_AT, UPDATED_AT, LAST_CONNECTED_AT} <= set(record)
         assert len(sessions) == 1 and sessions[0][IS_ACTIVE] is True
         assert sessions[0][INSTANCE_ID] == gateway.env["GATEWAY_INSTANCE_ID"]
+        where = {INSTANCE_ID: gateway.env["GATEWAY_INSTANCE_ID"]}
+        assert list(record[ACTIVE_SESSIONS].values()) == [where]
+        assert INTERNAL_URL not in record and INTERNAL_URL not in sessions[0]
 
     async def closed() -> list[dict[str, Any]]:
         found = sessions_of(firestore_client, user)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from emulator import procs
+from gateway.exceptions import WriteRejected
 from gateway.firestore_store import FirestoreStore
 from gateway.schema import (
     ACTIVE_SESSIONS,
@@ -19,7 +20,6 @@ from gateway.schema import (
     DISCONNECTED_AT,
     INSTANCE_ID,
     INSTANCES,
-    INTERNAL_URL,
     IS_ACTIVE,
     IS_SIGNED_IN,
     LAST_CONNECTED_AT,
@@ -64,9 +64,9 @@ async def test_commit_merges_fields_into_existing_documents(
 ) -> None:
     """Connect, pong and disconnect writes merge into members and sessions as documented."""
     user, session = uid(), uid()
-    await store.commit(connect_writes(user, session, "inst-1", "http://gw:1", T0))
+    await store.commit(connect_writes(user, session, "inst-1", T0))
     other = uid()
-    await store.commit(connect_writes(user, other, "inst-2", "http://gw:2", T0))
+    await store.commit(connect_writes(user, other, "inst-2", T0))
     await store.commit([pong_write(user, T0 + timedelta(seconds=30))])
     await store.commit(disconnect_writes(user, session, 1000, T0 + timedelta(seconds=40)))
 
@@ -77,7 +77,7 @@ async def test_commit_merges_fields_into_existing_documents(
         LAST_CONNECTED_AT: T0,
         UPDATED_AT: T0 + timedelta(seconds=30),
         INSTANCE_ID: "inst-2",
-        ACTIVE_SESSIONS: {other: {INSTANCE_ID: "inst-2", INTERNAL_URL: "http://gw:2"}},
+        ACTIVE_SESSIONS: {other: {INSTANCE_ID: "inst-2"}},
     }
     record = firestore_client.collection(SESSIONS).document(session).get().to_dict()
     assert record == {
@@ -85,7 +85,6 @@ async def test_commit_merges_fields_into_existing_documents(
         IS_ACTIVE: False,
         CONNECTED_AT: T0,
         INSTANCE_ID: "inst-1",
-        INTERNAL_URL: "http://gw:1",
         DISCONNECTED_AT: T0 + timedelta(seconds=40),
         CLOSE_CODE: 1000,
     }
@@ -96,8 +95,8 @@ def every_kind_of_write(suffix: str) -> list[list[Write]]:
     (top-level, nested, absent, delete-only), empty maps, odd map keys and each value type."""
     user, session, instance = f"u{suffix}", f"s{suffix}", f"i{suffix}"
     return [
-        connect_writes(user, session, instance, "http://gw", T0),
-        connect_writes(user, f"{session}-2", instance, "http://gw", T0 + timedelta(seconds=1)),
+        connect_writes(user, session, instance, T0),
+        connect_writes(user, f"{session}-2", instance, T0 + timedelta(seconds=1)),
         [pong_write(user, T0 + timedelta(microseconds=123_456))],
         disconnect_writes(user, session, None, T0 + timedelta(seconds=2)),
         sign_out_writes(user, [f"{session}-2"], T0 + timedelta(seconds=3)),
@@ -270,3 +269,36 @@ async def test_writer_survives_a_firestore_outage_and_loses_nothing(project_id: 
         first.stop()
         if second is not None:
             second.stop()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"__reserved__": 1}, {"blob": "x" * (1024 * 1024 + 1)}],
+    ids=["reserved-field-name", "document-over-1-MiB"],
+)
+async def test_a_commit_the_emulator_refuses_as_invalid_raises_write_rejected(
+    store: FirestoreStore, fields: dict[str, Any]
+) -> None:
+    """Firestore's own INVALID_ARGUMENT (a reserved field name, a document over 1 MiB: values
+    the encoder accepts) is reported as WriteRejected, not as an outage to retry."""
+    with pytest.raises(WriteRejected):
+        await store.commit([Write(SESSIONS, uid(), fields)])
+
+
+async def test_the_writer_drops_a_refused_write_and_commits_its_batch_to_the_emulator(
+    store: FirestoreStore, firestore_client: Any
+) -> None:
+    """A batch of 50 pongs holding one write the emulator refuses: the 50 pongs are stored,
+    the refused write is dropped and counted, and no commit is left failing."""
+    users = [uid() for _ in range(50)]
+    writer = WriteBehind(store, batch_size=500)
+    for user in users[:25]:
+        writer.put(pong_write(user, T0), pong=True)
+    writer.put(Write(SESSIONS, uid(), {"__reserved__": 1}))
+    for user in users[25:]:
+        writer.put(pong_write(user, T0), pong=True)
+    assert await writer.flush_once()
+    assert (writer.rejected_writes, writer.failed_commits, writer.buffered) == (1, 0, 0)
+    refs = [firestore_client.collection(MEMBERS).document(u) for u in users]
+    stored = [s for s in firestore_client.get_all(refs) if s.exists]
+    assert len(stored) == 50

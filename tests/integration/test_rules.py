@@ -25,24 +25,19 @@ from emulator import procs
 from emulator.exceptions import EmulatorError
 from gateway.schema import (
     ACTIVE_SESSIONS,
-    CONNECTED_AT,
-    HEARTBEAT_AT,
     INSTANCE_ID,
     INSTANCES,
     INTERNAL_URL,
     IS_ACTIVE,
     IS_SIGNED_IN,
-    LAST_PONG_AT,
     MEMBERS,
     SESSIONS,
-    STARTED_AT,
     STREAM_ACKS,
     STREAM_ENTRIES,
     STREAMS,
     TOP_OFFSET,
-    UPDATED_AT,
-    USER_ID,
 )
+from gateway.store import DELETE_FIELD, connect_writes, instance_write
 from tests.support import LOG_DIR, UNIT, unsigned_token
 
 pytestmark = pytest.mark.integration
@@ -50,7 +45,7 @@ pytestmark = pytest.mark.integration
 RULES = procs.ROOT / "firestore.rules"
 ALICE, BOB = "alice", "bob"
 SESSION_ID = f"{ALICE}-s1"
-INSTANCE = "inst-1"
+INSTANCE, INSTANCE_URL = "inst-1", "http://gateway.invalid"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ADMIN = {"Authorization": "Bearer owner"}
 
@@ -121,27 +116,19 @@ def _load_rules(emu: RulesEmulator) -> None:
 
 
 def _seed(db: Any) -> None:
-    where = {INSTANCE_ID: INSTANCE, INTERNAL_URL: "http://gateway.invalid"}
-    batch = db.batch()
+    """What the gateway writes when it starts and when Alice and Bob connect to it."""
+    from google.cloud import firestore
+
+    writes = [instance_write(INSTANCE, INSTANCE_URL, T0)]
     for uid in (ALICE, BOB):
-        batch.set(
-            db.collection(MEMBERS).document(uid),
-            {
-                IS_SIGNED_IN: True,
-                LAST_PONG_AT: T0,
-                UPDATED_AT: T0,
-                INSTANCE_ID: INSTANCE,
-                ACTIVE_SESSIONS: {f"{uid}-s1": where},
-            },
-        )
-    batch.set(
-        db.collection(SESSIONS).document(SESSION_ID),
-        {USER_ID: ALICE, IS_ACTIVE: True, CONNECTED_AT: T0, **where},
-    )
-    batch.set(
-        db.collection(INSTANCES).document(INSTANCE),
-        {INTERNAL_URL: "http://gateway.invalid", STARTED_AT: T0, HEARTBEAT_AT: T0},
-    )
+        writes += connect_writes(uid, f"{uid}-s1", INSTANCE, T0)
+    batch = db.batch()
+    for write in writes:
+        fields = {
+            key: firestore.DELETE_FIELD if value is DELETE_FIELD else value
+            for key, value in write.fields.items()
+        }
+        batch.set(db.collection(write.collection).document(write.doc_id), fields, merge=True)
     batch.commit()
 
 
@@ -195,6 +182,27 @@ def test_signed_in_user_reads_own_member_document(emu: RulesEmulator) -> None:
     assert doc["name"] == emu.name(f"{MEMBERS}/{ALICE}")
     assert doc["fields"][IS_SIGNED_IN] == {"booleanValue": True}
     assert doc["fields"][INSTANCE_ID] == {"stringValue": INSTANCE}
+
+
+def test_a_user_reads_no_internal_url_of_their_own(emu: RulesEmulator) -> None:
+    """Alice's member document, as the rules let her read it, names her session's instance but
+    not its internal URL; her session document and the instance registry, where the URL is,
+    are closed to her, and her session holds no URL either should the rules ever open it."""
+    me = emu.as_user(ALICE)
+    member = emu.http.get(emu.url(f"{MEMBERS}/{ALICE}"), headers=me)
+    assert member.status_code == 200, member.text
+    entry = member.json()["fields"][ACTIVE_SESSIONS]["mapValue"]["fields"][SESSION_ID]
+    assert entry == {"mapValue": {"fields": {INSTANCE_ID: {"stringValue": INSTANCE}}}}
+    assert INTERNAL_URL not in member.text and INSTANCE_URL not in member.text
+
+    assert_denied(emu.http.get(emu.url(f"{SESSIONS}/{SESSION_ID}"), headers=me))
+    session = emu.http.get(emu.url(f"{SESSIONS}/{SESSION_ID}"), headers=ADMIN)
+    assert session.status_code == 200, session.text
+    assert INTERNAL_URL not in session.text and INSTANCE_URL not in session.text
+
+    assert_denied(emu.http.get(emu.url(f"{INSTANCES}/{INSTANCE}"), headers=me))
+    registry = emu.http.get(emu.url(f"{INSTANCES}/{INSTANCE}"), headers=ADMIN)
+    assert registry.json()["fields"][INTERNAL_URL] == {"stringValue": INSTANCE_URL}
 
 
 # (2) -------------------------------------------------------------------------------------------

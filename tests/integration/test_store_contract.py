@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from gateway.exceptions import WriteRejected
 from gateway.firestore_store import FirestoreStore
 from gateway.schema import (
     ACTIVE_SESSIONS,
@@ -105,8 +106,8 @@ async def test_connect_pong_and_disconnect_merge_into_members_and_sessions(
     """Writes merge into existing documents: later values win, untouched fields stay, a second
     session joins the member's active_sessions and a disconnect removes only its own entry."""
     store = backend.store
-    await store.commit(connect_writes("u", "s1", "inst-1", "http://gw:1", T0))
-    await store.commit(connect_writes("u", "s2", "inst-2", "http://gw:2", T0 + timedelta(1)))
+    await store.commit(connect_writes("u", "s1", "inst-1", T0))
+    await store.commit(connect_writes("u", "s2", "inst-2", T0 + timedelta(1)))
     await store.commit([pong_write("u", T0 + timedelta(days=2))])
     await store.commit(disconnect_writes("u", "s1", 1000, T0 + timedelta(days=3)))
 
@@ -116,14 +117,13 @@ async def test_connect_pong_and_disconnect_merge_into_members_and_sessions(
         LAST_CONNECTED_AT: T0 + timedelta(1),
         UPDATED_AT: T0 + timedelta(days=2),
         INSTANCE_ID: "inst-2",
-        ACTIVE_SESSIONS: {"s2": {INSTANCE_ID: "inst-2", INTERNAL_URL: "http://gw:2"}},
+        ACTIVE_SESSIONS: {"s2": {INSTANCE_ID: "inst-2"}},
     }
     assert backend.read(SESSIONS, "s1") == {
         USER_ID: "u",
         IS_ACTIVE: False,
         CONNECTED_AT: T0,
         INSTANCE_ID: "inst-1",
-        INTERNAL_URL: "http://gw:1",
         DISCONNECTED_AT: T0 + timedelta(days=3),
         CLOSE_CODE: 1000,
     }
@@ -155,7 +155,7 @@ async def test_delete_field_removes_top_level_and_nested_fields(backend: Backend
         STARTED_AT: T0,
         HEARTBEAT_AT: T0,
     }
-    await store.commit(connect_writes("u", "s1", "i", "http://gw", T0))
+    await store.commit(connect_writes("u", "s1", "i", T0))
     await store.commit(
         [Write(MEMBERS, "u", {ACTIVE_SESSIONS: {"s1": DELETE_FIELD, "absent": DELETE_FIELD}})]
     )
@@ -180,7 +180,7 @@ async def test_an_empty_map_replaces_the_field(backend: Backend) -> None:
     """An empty map is a value, not a merge of nothing: it replaces what was there (as
     Firestore's set(merge=True) does)."""
     store = backend.store
-    await store.commit(connect_writes("u", "s1", "i", "http://gw", T0))
+    await store.commit(connect_writes("u", "s1", "i", T0))
     await store.commit([Write(MEMBERS, "u", {ACTIVE_SESSIONS: {}})])
     member = backend.read(MEMBERS, "u")
     assert member is not None and member[ACTIVE_SESSIONS] == {}
@@ -215,20 +215,33 @@ async def test_values_of_every_supported_type_round_trip(backend: Backend) -> No
 
 
 @pytest.mark.parametrize(
-    ("value", "error"),
-    [(datetime(2026, 1, 1), ValueError), (object(), TypeError), ([1, 2], TypeError)],  # noqa: DTZ001
-    ids=["naive-datetime", "object", "list"],
+    ("fields"),
+    [
+        {UPDATED_AT: datetime(2026, 1, 1)},  # noqa: DTZ001
+        {UPDATED_AT: object()},
+        {UPDATED_AT: [1, 2]},
+        {"offset": 2**63},
+        {"offset": -(2**63) - 1},
+        {"nested": {"offset": 2**64}},
+    ],
+    ids=["naive-datetime", "object", "list", "int-2^63", "int-below-int64", "nested-2^64"],
 )
-async def test_a_batch_with_a_value_firestore_cannot_store_fails_whole(
-    backend: Backend, value: object, error: type[Exception]
+async def test_a_batch_with_a_value_firestore_cannot_store_is_rejected_whole(
+    backend: Backend, fields: dict[str, Any]
 ) -> None:
-    """A naive timestamp or an unsupported type raises and nothing of the batch is stored."""
-    with pytest.raises(error):
-        await backend.store.commit(
-            [pong_write("before", T0), Write(MEMBERS, "bad", {UPDATED_AT: value})]
-        )
+    """A naive timestamp, an unsupported type or an integer outside Firestore's signed 64 bits
+    raises WriteRejected (no retry can store it), and nothing of the batch is stored."""
+    with pytest.raises(WriteRejected):
+        await backend.store.commit([pong_write("before", T0), Write(MEMBERS, "bad", fields)])
     assert backend.read(MEMBERS, "before") is None
     assert backend.read(MEMBERS, "bad") is None
+
+
+async def test_the_int64_bounds_themselves_are_stored(backend: Backend) -> None:
+    """The largest and smallest signed 64-bit integers are accepted and read back."""
+    fields = {"high": 2**63 - 1, "low": -(2**63)}
+    await backend.store.commit([Write(SESSIONS, "edge", fields)])
+    assert backend.read(SESSIONS, "edge") == fields
 
 
 async def test_an_empty_batch_commits_nothing(backend: Backend) -> None:
@@ -244,7 +257,7 @@ async def test_get_member_returns_the_document_or_none(backend: Backend) -> None
     """The member's fields as stored; None for a member never written."""
     store = backend.store
     assert await store.get_member("u", timeout=READ_TIMEOUT) is None
-    await store.commit(connect_writes("u", "s1", "i", "http://gw", T0))
+    await store.commit(connect_writes("u", "s1", "i", T0))
     await store.commit(sign_out_writes("u", ["s1"], T0 + timedelta(hours=1)))
     assert await store.get_member("u", timeout=READ_TIMEOUT) == {
         IS_SIGNED_IN: False,
@@ -253,7 +266,7 @@ async def test_get_member_returns_the_document_or_none(backend: Backend) -> None
         LAST_SIGN_OUT_AT: T0 + timedelta(hours=1),
         UPDATED_AT: T0 + timedelta(hours=1),
         INSTANCE_ID: "i",
-        ACTIVE_SESSIONS: {"s1": {INSTANCE_ID: "i", INTERNAL_URL: "http://gw"}},
+        ACTIVE_SESSIONS: {"s1": {INSTANCE_ID: "i"}},
     }
 
 
@@ -262,8 +275,8 @@ async def test_get_members_reads_many_in_one_call(backend: Backend) -> None:
     with their fields as stored; ids without a document are absent; no ids, no answer."""
     store = backend.store
     assert await store.get_members([], timeout=READ_TIMEOUT) == {}
-    await store.commit(connect_writes("m1", "s1", "i", "http://gw", T0))
-    await store.commit(connect_writes("m2", "s2", "i", "http://gw", T0))
+    await store.commit(connect_writes("m1", "s1", "i", T0))
+    await store.commit(connect_writes("m2", "s2", "i", T0))
     await store.commit(sign_out_writes("m2", ["s2"], T0 + timedelta(hours=1)))
     ids = [f"absent-{k}" for k in range(150)] + ["m2", "m1"]
     found = await store.get_members(ids, timeout=READ_TIMEOUT)
@@ -276,7 +289,7 @@ async def test_get_members_reads_many_in_one_call(backend: Backend) -> None:
 async def test_a_read_document_is_a_copy(backend: Backend) -> None:
     """Changing what a read returned, nested maps included, changes nothing stored."""
     store = backend.store
-    await store.commit(connect_writes("u", "s1", "i", "http://gw", T0))
+    await store.commit(connect_writes("u", "s1", "i", T0))
     await store.commit([instance_write("i", "http://gw", T0)])
     member = await store.get_member("u", timeout=READ_TIMEOUT)
     assert member is not None
@@ -347,7 +360,7 @@ async def test_signed_out_sessions_are_this_instances_since_the_given_time(
         ("u3", "s4", "other"),
         ("u4", "s5", "me"),
     ]:
-        await store.commit(connect_writes(user, session, instance, f"http://{instance}", T0))
+        await store.commit(connect_writes(user, session, instance, T0))
     await store.commit(sign_out_writes("u1", ["s1", "s2"], since))
     await store.commit(sign_out_writes("u2", ["s3"], since - timedelta(seconds=1)))
     await store.commit(sign_out_writes("u3", ["s4"], since + timedelta(minutes=1)))

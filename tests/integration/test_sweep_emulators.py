@@ -11,14 +11,17 @@ from typing import Any
 
 import pytest
 
-from presence_sweep.adapters import FirebaseAuth, FirestoreMembers
+from gateway.store import connect_writes, instance_write
+from presence_sweep.adapters import FirebaseAuth, FirestoreInstances, FirestoreMembers
 from presence_sweep.core import SweepReport, sweep
 from presence_sweep.decision import ClaimDecision, SessionRef
 from presence_sweep.exceptions import AuthRevokeError
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,
     CONNECTED_AT,
+    HEARTBEAT_AT,
     INSTANCE_ID,
+    INSTANCES,
     INTERNAL_URL,
     IS_ACTIVE,
     IS_SIGNED_IN,
@@ -29,6 +32,7 @@ from presence_sweep.schema import (
     SIGN_OUT_CLAIM,
     SIGN_OUT_CLAIMED_AT,
     SIGNED_OUT_AT,
+    STOPPED_AT,
     UPDATED_AT,
     USER_ID,
 )
@@ -37,6 +41,8 @@ from tests.support import id_token_for
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 3 * 3600.0
+#: The instance every seeded session lives on, and where its registry entry says it listens.
+INSTANCE, INSTANCE_URL = "inst", "http://gateway.invalid"
 
 
 def tag() -> str:
@@ -46,17 +52,25 @@ def tag() -> str:
 class RecordingNotifier:
     def __init__(self) -> None:
         self.sessions: list[str] = []
+        #: session id -> the URL its callback went to.
+        self.urls: dict[str, str] = {}
         self.lock = threading.Lock()
 
     def notify(self, internal_url: str, sessions: Sequence[SessionRef], now: datetime) -> int:
         with self.lock:
             self.sessions.extend(s.session_id for s in sessions)
+            self.urls.update((s.session_id, internal_url) for s in sessions)
         return len(sessions)
 
 
 def seed(db: Any, users: list[str], last_pong: datetime, sessions_per_user: int = 1) -> None:
+    """Expired members, each with its sessions on ``INSTANCE``, as the gateway records them,
+    and that instance's registry entry, beating now."""
+    db.collection(INSTANCES).document(INSTANCE).set(
+        {INTERNAL_URL: INSTANCE_URL, HEARTBEAT_AT: datetime.now(UTC)}
+    )
     batch, count = db.batch(), 0
-    where = {INSTANCE_ID: "inst", INTERNAL_URL: "http://gateway.invalid"}
+    where = {INSTANCE_ID: INSTANCE}
     for user in users:
         batch.set(
             db.collection(MEMBERS).document(user),
@@ -74,8 +88,7 @@ def seed(db: Any, users: list[str], last_pong: datetime, sessions_per_user: int 
                     USER_ID: user,
                     IS_ACTIVE: True,
                     CONNECTED_AT: last_pong,
-                    INSTANCE_ID: "inst",
-                    INTERNAL_URL: "http://gateway.invalid",
+                    INSTANCE_ID: INSTANCE,
                 },
             )
         count += 1 + sessions_per_user
@@ -87,7 +100,13 @@ def seed(db: Any, users: list[str], last_pong: datetime, sessions_per_user: int 
 
 def run(db: Any, auth: Any, notifier: Any, now: datetime, page_size: int = 300) -> SweepReport:
     return sweep(
-        FirestoreMembers(db), auth, notifier, now, pong_timeout=TIMEOUT, page_size=page_size
+        FirestoreMembers(db),
+        auth,
+        notifier,
+        now,
+        pong_timeout=TIMEOUT,
+        page_size=page_size,
+        instances=FirestoreInstances(db),
     )
 
 
@@ -122,6 +141,7 @@ def test_expired_user_is_signed_out_everywhere(
         f"{user}-s0",
         f"{user}-s1",
     ]
+    assert {notifier.urls[f"{user}-s{n}"] for n in range(2)} == {INSTANCE_URL}
     assert auth.get_user(user, app=firebase_app).tokens_valid_after_timestamp > before
     with pytest.raises(auth.RevokedIdTokenError):
         auth.verify_id_token(id_token, app=firebase_app, check_revoked=True)
@@ -286,3 +306,38 @@ def test_pages_cover_every_expired_user(firestore_client: Any, firebase_app: Any
         page_size=100,
     )
     assert set(users) <= set(report.signed_out_users)
+
+
+def test_each_instance_is_called_at_its_registry_url_and_old_members_at_theirs(
+    firestore_client: Any, firebase_app: Any
+) -> None:
+    """A member the gateway writes now names only its instance, whose callback goes to the URL
+    in gateway_instances; a member an older gateway wrote, with the URL beside its session, is
+    still called there when the registry has no entry for its instance."""
+    db, now = firestore_client, datetime.now(UTC)
+    user, old_user, instance = f"reg-{tag()}", f"old-{tag()}", f"gw-{tag()}"
+    expired = now - timedelta(hours=4)
+    for write in [
+        *connect_writes(user, f"{user}-s0", instance, expired),
+        instance_write(instance, f"http://{instance}.invalid", now),
+    ]:
+        # instance_write's one delete (stopped_at) has nothing to delete here: drop it.
+        fields = {k: v for k, v in write.fields.items() if k != STOPPED_AT}
+        db.collection(write.collection).document(write.doc_id).set(fields, merge=True)
+    legacy = {INSTANCE_ID: f"gone-{tag()}", INTERNAL_URL: "http://old.invalid"}
+    db.collection(MEMBERS).document(old_user).set(
+        {IS_SIGNED_IN: True, LAST_PONG_AT: expired, ACTIVE_SESSIONS: {f"{old_user}-s0": legacy}}
+    )
+    member = db.collection(MEMBERS).document(user).get().to_dict()
+    assert INTERNAL_URL not in member[ACTIVE_SESSIONS][f"{user}-s0"]
+
+    class AnyAuth(FirebaseAuth):
+        def revoke(self, user_id: str) -> bool:
+            return True  # Auth is covered above; this test is about where callbacks go
+
+    notifier = RecordingNotifier()
+    report = run(db, AnyAuth(firebase_app), notifier, now)
+
+    assert {user, old_user} <= set(report.signed_out_users)
+    assert notifier.urls[f"{user}-s0"] == f"http://{instance}.invalid"
+    assert notifier.urls[f"{old_user}-s0"] == "http://old.invalid"

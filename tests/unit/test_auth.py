@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,25 @@ async def test_tokens_of_connects_waiting_at_once_are_verified_in_one_trip(
     for refused in outcomes[40:42]:
         assert isinstance(refused, AuthError) and refused.close_code == CloseCode.UNAUTHENTICATED
     assert verifier._batches.batches == 1
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"exp": 2**64, "auth_time": 1},
+        {"exp": 2**53, "auth_time": 1},
+        {"exp": float("inf"), "auth_time": 1},
+        {"exp": 4_000_000_000, "auth_time": 10**30},
+        {"exp": 4_000_000_000, "auth_time": 2**63},
+        {"exp": "soon", "auth_time": 1},
+    ],
+    ids=["exp-2^64", "exp-2^53", "exp-inf", "auth_time-10^30", "auth_time-2^63", "exp-text"],
+)
+def test_claims_with_times_no_date_can_hold_are_an_invalid_token(times: dict[str, Any]) -> None:
+    """An exp or auth_time beyond any date (possible in the Auth emulator's unsigned tokens)
+    refuses the token with 4401 instead of failing the socket later with 1011."""
+    from gateway.auth import identity_from
+
+    with pytest.raises(AuthError) as caught:
+        identity_from({"uid": "u", **times})
+    assert caught.value.close_code == CloseCode.UNAUTHENTICATED

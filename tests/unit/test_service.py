@@ -10,7 +10,18 @@ import pytest
 from gateway.closes import CloseCode
 from gateway.messages import utc_now
 from gateway.registry import Connection
-from gateway.schema import HEARTBEAT_AT, INSTANCES, SESSIONS, SIGNED_OUT_AT, STOPPED_AT
+from gateway.schema import (
+    ACKED_OFFSET,
+    HEARTBEAT_AT,
+    INSTANCES,
+    INTERNAL_URL,
+    LAST_PONG_AT,
+    MEMBERS,
+    SESSIONS,
+    SIGNED_OUT_AT,
+    STOPPED_AT,
+    STREAM_ACKS,
+)
 from gateway.service import PresenceService
 from gateway.settings import Settings
 from gateway.store import MemoryStore
@@ -66,6 +77,25 @@ async def test_heartbeat_and_reconcile_run_every_sweep_interval() -> None:
     assert STOPPED_AT in store.docs[(INSTANCES, service.settings.instance_id)]
 
 
+async def test_a_heartbeat_restores_a_lost_registration() -> None:
+    """Each heartbeat writes the instance's internal URL again: the sweep finds an instance's
+    address in the registry only, so a start-up registration that was lost heals at once."""
+    store = MemoryStore()
+    service = PresenceService(settings(sweep_interval=0.05, ping_interval=60), store)
+    await service.start()
+    try:
+        await service.writer.flush_once()
+        key = (INSTANCES, service.settings.instance_id)
+        del store.docs[key]
+
+        async def registered() -> bool:
+            return store.docs.get(key, {}).get(INTERNAL_URL) == service.settings.internal_url
+
+        await eventually(registered, timeout=5)
+    finally:
+        await service.stop()
+
+
 async def test_reconcile_leaves_a_fresh_sign_out_to_its_callback() -> None:
     """A sign-out younger than the reconcile grace is left to its callback or fan-out (which
     sends the right message, e.g. signed_out for a sign-out on demand): the poll sends
@@ -87,11 +117,39 @@ async def test_reconcile_leaves_a_fresh_sign_out_to_its_callback() -> None:
 
 
 async def test_every_pong_is_written_by_default() -> None:
+    """Without PONG_WRITE_INTERVAL the pong answering each ping is written."""
     service = PresenceService(settings(), MemoryStore())
     conn = Connection("u", "s1", utc_now(), Recorder())
     for _ in range(3):
+        service.heartbeat.generation += 1  # a new ping
         service.pong(conn, utc_now())
     assert (service.writer.pongs_received, service.pongs_unwritten) == (3, 0)
+
+
+async def test_pongs_nobody_asked_for_cost_no_write() -> None:
+    """A socket that sends many pongs for one ping costs one write: while that write is
+    pending the others only move its time (free), once it is committed they are counted as
+    unrequested and dropped; another socket's pong in the same round is written."""
+    store = MemoryStore()
+    service = PresenceService(settings(), store)
+    flooder = Connection("u", "s1", utc_now(), Recorder())
+    other = Connection("v", "s2", utc_now(), Recorder())
+    service.heartbeat.generation += 1
+    for _ in range(10):
+        service.pong(flooder, utc_now())
+    service.pong(other, utc_now())
+    assert (service.writer.buffered, service.pongs_unrequested) == (2, 0)
+    last = utc_now()
+    service.pong(flooder, last)
+    assert await service.writer.flush_once()
+    assert store.docs[(MEMBERS, "u")][LAST_PONG_AT] == last
+    for _ in range(9):
+        service.pong(flooder, utc_now())
+    assert (service.writer.buffered, service.pongs_unrequested) == (0, 9)
+    assert len([w for c in store.commits for w in c if w.doc_id == "u"]) == 1
+    service.heartbeat.generation += 1
+    service.pong(flooder, utc_now())
+    assert service.writer.buffered == 1
 
 
 async def test_pong_write_interval_writes_a_user_at_most_once_per_interval(
@@ -111,9 +169,11 @@ async def test_pong_write_interval_writes_a_user_at_most_once_per_interval(
     service.pong(a2, utc_now())  # same user, within the interval
     service.pong(b, utc_now())
     clock[0] += 30
+    service.heartbeat.generation += 1  # the next ping round
     service.pong(a1, utc_now())
     assert (service.writer.pongs_received, service.pongs_unwritten) == (2, 2)
     clock[0] += 31
+    service.heartbeat.generation += 1
     service.pong(a2, utc_now())
     assert service.writer.pongs_received == 3
     service.disconnected(a1, 1000)
@@ -231,3 +291,41 @@ async def test_connects_waiting_at_once_share_one_member_read_and_revocation_hol
     assert refused == [7]
     assert isinstance(outcomes[7], AuthError) and outcomes[7].close_code == 4401
     assert store.member_batches == [[f"u{i}" for i in range(50)]]
+
+
+async def test_acks_are_written_at_most_once_a_second_per_user_and_the_last_one_lands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood of stream_acks costs one position write per user per ACK_WRITE_INTERVAL: the
+    first at once, the latest of the window when it ends; the stored position is the last."""
+    monkeypatch.setattr("gateway.stream_delivery.ACK_WRITE_INTERVAL", 0.2)
+    store = MemoryStore()
+    service = PresenceService(settings(), store)
+    conn = Connection("u", "s1", utc_now(), Recorder())
+    for offset in range(1, 20):
+        service.streams.ack(conn, "e", offset)
+    await service.writer.flush_once()
+    assert store.docs[(STREAM_ACKS, "u")][ACKED_OFFSET] == 1
+    assert service.streams.acks_coalesced == 18
+
+    async def latest_written() -> bool:
+        await service.writer.flush_once()
+        return bool(store.docs[(STREAM_ACKS, "u")][ACKED_OFFSET] == 19)
+
+    await eventually(latest_written, timeout=5)
+    ack_writes = [w for commit in store.commits for w in commit if w.collection == STREAM_ACKS]
+    assert len(ack_writes) == 2
+    await asyncio.sleep(0.5)  # the window after the trailing write ends quietly
+    assert service.streams._acks_held == {}
+
+
+async def test_held_acks_are_written_when_the_instance_stops() -> None:
+    """An ack held in its window is not lost at shutdown."""
+    store = MemoryStore()
+    service = PresenceService(settings(), store)
+    conn = Connection("u", "s1", utc_now(), Recorder())
+    service.streams.ack(conn, "e", 1)
+    service.streams.ack(conn, "e", 2)
+    service.streams.flush_acks()
+    await service.writer.flush_once()
+    assert store.docs[(STREAM_ACKS, "u")][ACKED_OFFSET] == 2
