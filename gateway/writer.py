@@ -11,6 +11,15 @@ Guarantees:
   a flush costs one write and ``last_pong_at`` still ends at the newest pong.
 * A batch is committed as soon as it is full, or when its oldest write has waited
   ``flush_interval``, whichever comes first, and a commit slot is free.
+* Urgent writes go first: every write that is not a pong or an acknowledgement (an instance's
+  heartbeat, a socket's connect and close records) is taken before any pong, and may start a
+  commit of its own when every slot is busy with pongs. The sweep reads the heartbeat to tell
+  a live instance from a dead one, so it must never starve behind a pong backlog.
+* What is in flight adapts to Firestore (``gateway.congestion.CommitWindow``): fewer, smaller
+  commits when commits slow down or fail, back to the full ceiling when they are quick. Pongs
+  are taken oldest first (the buffer is ordered by each document's first pending write), so a
+  Firestore that cannot keep every record fresh keeps them evenly stale rather than some
+  fresh and some expiring; :meth:`backlog_age` says how far behind the oldest one is.
 * A document is never in two commits at once (later writes wait in the buffer until the
   earlier commit ends), so a document's fields never move backwards.
 * A failed batch goes back into the buffer (newer pending fields still win) and the writer backs
@@ -35,12 +44,11 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
+from gateway.congestion import CommitWindow
 from gateway.exceptions import WriteRejected
-from gateway.store import Store, Write, merge_fields
+from gateway.store import Store, Write
+from gateway.write_buffer import Chunk, Key, Pending, PendingWrites
 
 logger = logging.getLogger("gateway.writer")
 
@@ -77,14 +85,6 @@ LAG_BUCKETS = (
 )
 
 
-@dataclass(slots=True)
-class _Pending:
-    fields: dict[str, Any]
-    pongs: int
-    first_pong: float  # monotonic receive time of the oldest pong not yet committed
-    since: float  # monotonic time of the oldest write not yet committed
-
-
 class WriteBehind:
     def __init__(
         self,
@@ -100,9 +100,13 @@ class WriteBehind:
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.max_docs = max_docs
-        self._buffer: dict[tuple[str, str], _Pending] = {}
+        self._pending = PendingWrites()
+        self.window = CommitWindow(batch_size * concurrency)
+        #: Commits in flight (run's), with what each carries and when it started.
+        self._inflight: dict[asyncio.Task[Exception | None], tuple[Chunk, float]] = {}
+        self._inflight_writes = 0
+        self._urgent_inflight = 0
         self._wakeup = asyncio.Event()
-        self._inflight_keys: set[tuple[str, str]] = set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._lags: deque[float] = deque(maxlen=LAG_SAMPLES)
@@ -120,41 +124,50 @@ class WriteBehind:
 
     # --- producers (called from socket handlers; never block) ------------------------------
 
-    def put(self, write: Write, *, pong: bool = False) -> bool:
-        """Queue a merge-write; False when the buffer is full and the write was dropped."""
-        key = (write.collection, write.doc_id)
-        pending = self._buffer.get(key)
+    def put(self, write: Write, *, pong: bool = False, urgent: bool | None = None) -> bool:
+        """Queue a merge-write; False when the buffer is full and the write was dropped.
+        ``urgent`` (default: any write but a pong) puts the document ahead of the pongs."""
         if pong:
             self.pongs_received += 1
-        if pending is None:
-            if len(self._buffer) >= self.max_docs:
-                self.dropped_writes += 1
-                if self.dropped_writes == 1 or self.dropped_writes % 1000 == 0:
-                    logger.error(
-                        "write buffer full (%d documents): dropped %d writes so far; "
-                        "Firestore is not keeping up or is down",
-                        self.max_docs,
-                        self.dropped_writes,
-                    )
-                return False
-            fields: dict[str, Any] = {}
-            merge_fields(fields, write.fields)
-            now = time.monotonic()
-            self._buffer[key] = _Pending(fields, int(pong), now if pong else math.inf, now)
-            if len(self._buffer) == 1 or len(self._buffer) % self.batch_size == 0:
-                # The buffer became non-empty (start the flush timer) or filled another batch.
-                self._wakeup.set()
-        else:
-            merge_fields(pending.fields, write.fields)
-            if pong:
-                if not pending.pongs:
-                    pending.first_pong = time.monotonic()
-                pending.pongs += 1
+        pending = self._pending
+        before = len(pending)
+        if not pending.put(write, pong, not pong if urgent is None else urgent, self.max_docs):
+            self.dropped_writes += 1
+            if self.dropped_writes == 1 or self.dropped_writes % 1000 == 0:
+                logger.error(
+                    "write buffer full (%d documents): dropped %d writes so far; "
+                    "Firestore is not keeping up or is down",
+                    self.max_docs,
+                    self.dropped_writes,
+                )
+            return False
+        size = len(pending)
+        if (size != before and (size == 1 or size % self.batch_size == 0)) or (
+            urgent or (urgent is None and not pong)
+        ):
+            # The buffer became non-empty (start the flush timer), filled another batch, or
+            # holds an urgent write (which may start a commit of its own).
+            self._wakeup.set()
+        return True
+
+    def refresh(self, write: Write) -> bool:
+        """Merge a pong into a write already pending for its document, at no extra cost;
+        False (nothing done) when none is pending."""
+        if not self._pending.merge_pong(write):
+            return False
+        self.pongs_received += 1
         return True
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._pending)
+
+    def backlog_age(self) -> float:
+        """Seconds the oldest pong not yet committed has waited (0 when none): how far the
+        stored records of this instance's users lag behind their pongs, beyond one ping."""
+        in_flight = (p for chunk, _ in self._inflight.values() for _, p in chunk)
+        oldest = self._pending.oldest_pong(in_flight)
+        return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
 
     def lag_percentiles(self, *quantiles: float) -> list[float | None]:
         """Pong-received-to-commit lag in seconds at each quantile, over recent pongs."""
@@ -179,95 +192,103 @@ class WriteBehind:
         except TimeoutError:
             self._task.cancel()
             logger.error(
-                "shutdown: %d documents still unwritten after %.1fs", len(self._buffer), deadline
+                "shutdown: %d documents still unwritten after %.1fs", len(self._pending), deadline
             )
 
     async def run(self) -> None:
-        """Keep up to ``concurrency`` commits in flight, each started as soon as a slot frees
-        and a batch is due (full, or its oldest write has waited ``flush_interval``)."""
-        inflight: dict[asyncio.Task[Exception | None], list[tuple[tuple[str, str], _Pending]]] = {}
+        """Keep commits in flight within ``concurrency`` and the window, each started as soon
+        as there is room and a batch is due (full, or its oldest write has waited
+        ``flush_interval``); urgent writes may start one commit beyond both."""
+        inflight = self._inflight
         backoff = 0.0
         retry_at = 0.0
         wake: asyncio.Task[bool] | None = None
         try:
             while True:
                 now = time.monotonic()
-                while len(inflight) < self.concurrency and now >= retry_at:
-                    chunk = self._take_due(now)
-                    if not chunk:
-                        break
-                    inflight[asyncio.create_task(self._commit_isolating(chunk))] = chunk
-                if not inflight and not self._buffer and self._closing:
+                while now >= retry_at and (chunk := self._next_chunk(now)):
+                    task = asyncio.create_task(self._commit_isolating(chunk))
+                    inflight[task] = (chunk, now)
+                    self._inflight_writes += len(chunk)
+                    self._urgent_inflight += sum(p.urgent for _, p in chunk)
+                if not inflight and not self._pending and self._closing:
                     return
                 if wake is None or wake.done():
                     self._wakeup.clear()
                     wake = asyncio.create_task(self._wakeup.wait())
-                # With every slot busy only a commit's end (or close) can start another, so
+                # With no room only a commit's end (or a new write) can start another, so
                 # wait for that instead of spinning on a batch that is already due.
-                full = len(inflight) >= self.concurrency
                 done, _ = await asyncio.wait(
                     [*inflight, wake],
-                    timeout=None if full else self._until_due(now, retry_at),
+                    timeout=self._until_due(now, retry_at) if self._room() else None,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                for task in done:
-                    chunk = inflight.pop(task, None)  # type: ignore[arg-type]
-                    if chunk is None:
+                for finished in done:
+                    entry = inflight.pop(finished, None)  # type: ignore[arg-type]
+                    if entry is None:
                         continue
-                    self._inflight_keys.difference_update(key for key, _ in chunk)
-                    error = task.result()
-                    if error is None:
+                    chunk, started = entry
+                    self._pending.release(chunk)
+                    self._inflight_writes -= len(chunk)
+                    self._urgent_inflight -= sum(p.urgent for _, p in chunk)
+                    error = finished.result()
+                    if not isinstance(error, Exception):
+                        self.window.succeeded(len(chunk), time.monotonic() - started)
                         backoff = 0.0
                         continue
+                    self.window.failed()
                     self.failed_commits += 1
                     backoff = min(max(backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
                     retry_at = time.monotonic() + backoff
                     logger.warning(
-                        "commit of %d writes failed (%d now pending, retry in %.1fs): %r",
+                        "commit of %d writes failed (%d now pending, window %d, retry in "
+                        "%.1fs): %r",
                         len(chunk),
-                        len(self._buffer),
+                        len(self._pending),
+                        self.window.size,
                         backoff,
                         error,
                     )
         finally:
-            for task in [*inflight, *([wake] if wake else [])]:
-                task.cancel()
+            for leftover in [*inflight, *([wake] if wake else [])]:
+                leftover.cancel()
 
-    def _eligible(self) -> Iterator[tuple[str, str]]:
-        """Pending documents not already in a commit in flight, oldest first."""
-        return (key for key in self._buffer if key not in self._inflight_keys)
+    def _room(self) -> int:
+        """Writes a new commit may carry now (0: none may start)."""
+        if len(self._inflight) < self.concurrency:
+            room = min(self.batch_size, self.window.room(self._inflight_writes))
+            if room:
+                return room
+        # Full: an urgent write still gets a commit of its own, one at a time.
+        return self.batch_size if self._pending.has_urgent and not self._urgent_inflight else 0
 
-    def _take_due(self, now: float) -> list[tuple[tuple[str, str], _Pending]]:
-        first = next(self._eligible(), None)
-        if first is None:
+    def _next_chunk(self, now: float) -> Chunk:
+        room = self._room()
+        if not room:
             return []
-        due = self._closing or now - self._buffer[first].since >= self.flush_interval
-        keys = list(itertools.islice(self._eligible(), self.batch_size))
-        if not due and len(keys) < self.batch_size:
-            return []
-        self._inflight_keys.update(keys)
-        return [(key, self._buffer.pop(key)) for key in keys]
+        full = len(self._inflight) >= self.concurrency or not self.window.room(
+            self._inflight_writes
+        )
+        flush_after = 0.0 if self._closing else self.flush_interval
+        return self._pending.take(now, room, flush_after, urgent_only=full)
 
     def _until_due(self, now: float, retry_at: float) -> float | None:
         """Seconds until the oldest eligible write is due (None: wait for an event)."""
-        first = next(self._eligible(), None)
-        if first is None:
+        oldest = self._pending.oldest_since()
+        if oldest is None:
             return None
-        due_at = max(self._buffer[first].since + self.flush_interval, retry_at)
-        return max(0.0, due_at - now)
+        return max(0.0, max(oldest + self.flush_interval, retry_at) - now)
 
     async def flush_once(self) -> bool:
         """Commit up to ``concurrency`` batches of pending writes at once; True when all
         succeeded. For a writer that is not running (tests, tools): :meth:`run` does its own
         scheduling and must not be combined with this."""
-        if not self._buffer:
+        if not self._pending:
             return True
-        taken = list(itertools.islice(self._buffer, self.batch_size * self.concurrency))
-        chunks = [
-            [(key, self._buffer.pop(key)) for key in taken[i : i + self.batch_size]]
-            for i in range(0, len(taken), self.batch_size)
-        ]
+        taken = self._pending.take(math.inf, self.batch_size * self.concurrency, 0.0)
+        chunks = [taken[i : i + self.batch_size] for i in range(0, len(taken), self.batch_size)]
         results = await asyncio.gather(*(self._commit_isolating(chunk) for chunk in chunks))
+        self._pending.release(taken)
         ok = True
         for chunk, result in zip(chunks, results, strict=True):
             if result is not None:
@@ -276,14 +297,12 @@ class WriteBehind:
                 logger.warning(
                     "commit of %d writes failed (%d now pending): %r",
                     len(chunk),
-                    len(self._buffer),
+                    len(self._pending),
                     result,
                 )
         return ok
 
-    async def _commit_isolating(
-        self, chunk: list[tuple[tuple[str, str], _Pending]]
-    ) -> Exception | None:
+    async def _commit_isolating(self, chunk: Chunk) -> Exception | None:
         """Commit ``chunk``, isolating and dropping any write Firestore refuses as invalid;
         what failed for another reason goes back into the buffer. Returns that other error
         (None: everything landed or was dropped)."""
@@ -298,11 +317,12 @@ class WriteBehind:
             second = await self._commit_isolating(chunk[middle:])
             return first or second
         except Exception as exc:
-            self._requeue(chunk)
+            self._pending.requeue(chunk)
+            self._wakeup.set()
             return exc
         return None
 
-    def _drop_rejected(self, entry: tuple[tuple[str, str], _Pending], error: Exception) -> None:
+    def _drop_rejected(self, entry: tuple[Key, Pending], error: Exception) -> None:
         (collection, doc_id), pending = entry
         self.rejected_writes += 1
         # Once per write dropped: a client cannot make this line repeat, since the write is
@@ -315,7 +335,7 @@ class WriteBehind:
             error,
         )
 
-    async def _commit(self, chunk: list[tuple[tuple[str, str], _Pending]]) -> None:
+    async def _commit(self, chunk: Chunk) -> None:
         started = time.monotonic()
         await self._store.commit([Write(c, d, p.fields) for (c, d), p in chunk])
         done = time.monotonic()
@@ -331,20 +351,3 @@ class WriteBehind:
                 self._lags.extend(itertools.repeat(lag, min(pending.pongs, 16)))
                 self.lag_counts[bisect.bisect_left(LAG_BUCKETS, lag)] += pending.pongs
                 self.lag_sum += lag * pending.pongs
-
-    def _requeue(self, chunk: list[tuple[tuple[str, str], _Pending]]) -> None:
-        # Requeued entries may push the buffer past max_docs by at most one flush's worth;
-        # they were inside the bound when they arrived and are never dropped.
-        for key, failed in chunk:
-            newer = self._buffer.get(key)
-            if newer is None:
-                self._buffer[key] = failed
-                continue
-            merge_fields(failed.fields, newer.fields)
-            newer.fields = failed.fields
-            newer.since = min(newer.since, failed.since)
-            if failed.pongs:
-                newer.first_pong = min(newer.first_pong, failed.first_pong)
-                newer.pongs += failed.pongs
-        if self._buffer:
-            self._wakeup.set()

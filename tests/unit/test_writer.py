@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from gateway.schema import (
+    ACKED_EPOCH,
+    ACKED_OFFSET,
     ACTIVE_SESSIONS,
+    HEARTBEAT_AT,
     INSTANCE_ID,
-    INTERNAL_URL,
+    INSTANCES,
     IS_ACTIVE,
     IS_SIGNED_IN,
     LAST_PONG_AT,
     MEMBERS,
     SESSIONS,
+    STREAM_ACKS,
     UPDATED_AT,
 )
 from gateway.store import MemoryStore, Write, pong_write
@@ -173,23 +178,20 @@ async def test_nested_maps_merge_and_deletes_survive_merging() -> None:
 
     store = MemoryStore()
     writer = WriteBehind(store)
-    for write in connect_writes("u", "s1", "i", "http://g", at(0)):
+    for write in connect_writes("u", "s1", "i", at(0)):
         writer.put(write)
-    for write in connect_writes("u", "s2", "i", "http://g", at(1)):
+    for write in connect_writes("u", "s2", "i", at(1)):
         writer.put(write)
     for write in disconnect_writes("u", "s1", 1000, at(2)):
         writer.put(write)
     assert await writer.flush_once()
-    assert store.docs[(MEMBERS, "u")][ACTIVE_SESSIONS] == {
-        "s2": {INSTANCE_ID: "i", INTERNAL_URL: "http://g"}
-    }
+    assert store.docs[(MEMBERS, "u")][ACTIVE_SESSIONS] == {"s2": {INSTANCE_ID: "i"}}
     assert store.docs[(SESSIONS, "s1")][IS_ACTIVE] is False
 
 
 async def test_running_writer_never_has_one_document_in_two_commits_at_once() -> None:
     """With slow commits overlapping, a document waits for its earlier commit; the newest
     value lands last."""
-    from collections.abc import Sequence
 
     class SlowStore(MemoryStore):
         def __init__(self) -> None:
@@ -222,3 +224,201 @@ async def test_running_writer_never_has_one_document_in_two_commits_at_once() ->
     assert len(store.commits) > 1
     newest = {f"u{i % 7}": at(i) for i in range(200)}
     assert {d: f[LAST_PONG_AT] for (_, d), f in store.docs.items()} == newest
+
+
+def poison(user_id: str) -> Write:
+    """A write Firestore refuses whatever the batch: an integer beyond its signed 64 bits."""
+    return Write(STREAM_ACKS, user_id, {ACKED_EPOCH: "x", ACKED_OFFSET: 2**63})
+
+
+async def test_a_write_firestore_refuses_is_dropped_and_the_rest_of_its_batch_lands() -> None:
+    """One refused write among 40: the 40 others are committed in the same flush, the bad one
+    is dropped and counted, and nothing is left to retry (no commit counts as failed)."""
+    store = MemoryStore()
+    writer = WriteBehind(store, batch_size=500)
+    for i in range(20):
+        writer.put(pong_write(f"u{i}", at(i)), pong=True)
+    writer.put(poison("bad"))
+    for i in range(20, 40):
+        writer.put(pong_write(f"u{i}", at(i)), pong=True)
+    assert await writer.flush_once()
+    assert writer.buffered == 0
+    assert (writer.rejected_writes, writer.failed_commits) == (1, 0)
+    assert writer.pongs_persisted == 40
+    assert all((MEMBERS, f"u{i}") in store.docs for i in range(40))
+    assert (STREAM_ACKS, "bad") not in store.docs
+
+
+async def test_a_refused_write_never_stalls_the_running_writer() -> None:
+    """The running writer keeps committing after a refused write: later pongs land within a
+    flush interval, as if nothing had happened."""
+    store = MemoryStore()
+    writer = WriteBehind(store, flush_interval=0.01, batch_size=8)
+    writer.start()
+    try:
+        writer.put(poison("bad"))
+        for i in range(30):
+            writer.put(pong_write(f"u{i}", at(i)), pong=True)
+
+        async def all_landed() -> bool:
+            return writer.pongs_persisted == 30 and writer.buffered == 0
+
+        await eventually(all_landed, timeout=5)
+        writer.put(pong_write("late", at(99)), pong=True)
+
+        async def late_landed() -> bool:
+            return (MEMBERS, "late") in store.docs
+
+        await eventually(late_landed, timeout=5)
+        assert (writer.rejected_writes, writer.failed_commits) == (1, 0)
+    finally:
+        await writer.close(deadline=1)
+
+
+async def test_a_newer_valid_value_replaces_a_refused_one_before_the_flush() -> None:
+    """Pending writes merge: a valid acknowledgement after the bad one is what is written."""
+    store = MemoryStore()
+    writer = WriteBehind(store)
+    writer.put(poison("u"))
+    writer.put(Write(STREAM_ACKS, "u", {ACKED_EPOCH: "x", ACKED_OFFSET: 7}))
+    assert await writer.flush_once()
+    assert store.docs[(STREAM_ACKS, "u")][ACKED_OFFSET] == 7
+    assert writer.rejected_writes == 0
+
+
+class OutageAfterRejection(MemoryStore):
+    """Refuses invalid writes like Firestore, and is unavailable for every commit that holds
+    the document ``down`` until ``recover`` is called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        if self.down and any(w.doc_id == "down" for w in writes) and len(writes) < 8:
+            raise ConnectionError("unavailable")
+        await super().commit(writes)
+
+
+async def test_an_outage_while_isolating_keeps_the_unwritten_half_for_a_retry() -> None:
+    """While a refused write is being isolated, a part that fails for another reason (the
+    store unavailable) goes back into the buffer and is retried later: nothing valid is lost,
+    and what did land is not held back."""
+    store = OutageAfterRejection()
+    writer = WriteBehind(store)
+    for doc_id in ("a", "b", "down", "c", "d", "e", "f"):
+        writer.put(pong_write(doc_id, at(1)), pong=True)
+    writer.put(poison("bad"), urgent=False)  # an acknowledgement: behind the urgent writes
+    assert not await writer.flush_once()
+    assert writer.rejected_writes == 1
+    assert writer.buffered >= 1 and (MEMBERS, "down") not in store.docs
+    store.down = False
+    while writer.buffered:
+        assert await writer.flush_once()
+    assert all((MEMBERS, d) in store.docs for d in ("a", "b", "down", "c", "d", "e", "f"))
+    assert writer.pongs_persisted == 7
+
+
+class SlowStore(MemoryStore):
+    """Commits holding a pong take ``pong_delay`` seconds; the others are quick."""
+
+    def __init__(self, pong_delay: float) -> None:
+        super().__init__()
+        self.pong_delay = pong_delay
+        self.sizes: list[int] = []
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        self.sizes.append(len(writes))
+        if any(w.collection == MEMBERS for w in writes):
+            await asyncio.sleep(self.pong_delay)
+        await super().commit(writes)
+
+
+async def test_urgent_writes_are_committed_first_and_never_wait_behind_pongs() -> None:
+    """Every commit slot busy with slow pong batches: a heartbeat written meanwhile lands in
+    a commit of its own at once, and flush_once takes urgent documents before pongs."""
+    store = SlowStore(pong_delay=2.0)
+    writer = WriteBehind(store, flush_interval=0.01, batch_size=10, concurrency=2)
+    for i in range(100):
+        writer.put(pong_write(f"u{i}", at(i)), pong=True)
+    writer.start()
+    try:
+        await asyncio.sleep(0.1)  # both slots now hold pong commits for 2 s
+        writer.put(Write(INSTANCES, "me", {HEARTBEAT_AT: at(1)}))
+
+        async def beat_landed() -> bool:
+            return (INSTANCES, "me") in store.docs
+
+        await eventually(beat_landed, timeout=1.5)
+    finally:
+        await writer.close(deadline=0.1)
+
+    ordered = WriteBehind(MemoryStore(), batch_size=3, concurrency=1)
+    for i in range(5):
+        ordered.put(pong_write(f"u{i}", at(i)), pong=True)
+    ordered.put(Write(INSTANCES, "me", {HEARTBEAT_AT: at(1)}))
+    ordered.put(pong_write("u0", at(9)), pong=True)
+    assert await ordered.flush_once()
+    first = ordered._store.commits[0]  # type: ignore[attr-defined]
+    assert [w.doc_id for w in first] == ["me", "u0", "u1"]
+
+
+async def test_slow_commits_shrink_what_is_in_flight_and_quick_ones_restore_it() -> None:
+    """Commits slower than the target latency shrink the window (fewer, smaller commits, so
+    none reaches its deadline); once commits are quick again it grows back to the ceiling."""
+    store = SlowStore(pong_delay=0.3)
+    writer = WriteBehind(store, flush_interval=0.01, batch_size=50, concurrency=2)
+    writer.window.target_latency = 0.1
+    ceiling = writer.window.size
+    for i in range(400):
+        writer.put(pong_write(f"u{i}", at(i)), pong=True)
+    writer.start()
+    try:
+
+        async def shrunk() -> bool:
+            return writer.window.size <= ceiling // 4
+
+        await eventually(shrunk, timeout=10)
+        store.pong_delay = 0.0
+
+        async def restored() -> bool:
+            for i in range(20):
+                writer.put(pong_write(f"v{i}", at(i)), pong=True)
+            return writer.window.size == ceiling
+
+        await eventually(restored, timeout=10)
+    finally:
+        await writer.close(deadline=5)
+    assert min(store.sizes) < 50  # commits got smaller than a full batch meanwhile
+    assert writer.failed_commits == 0
+
+
+async def test_backlog_age_is_the_wait_of_the_oldest_unwritten_pong() -> None:
+    """No pong pending: 0. Pongs pending for a while: about how long the oldest has waited."""
+    writer = WriteBehind(MemoryStore())
+    assert writer.backlog_age() == 0.0
+    writer.put(pong_write("u1", at(1)), pong=True)
+    await asyncio.sleep(0.2)
+    writer.put(pong_write("u2", at(2)), pong=True)
+    assert 0.15 <= writer.backlog_age() < 5
+    assert await writer.flush_once()
+    assert writer.backlog_age() == 0.0
+
+
+def test_commit_window_grows_while_quick_and_backs_off_when_slow_or_failing() -> None:
+    """AIMD: +half a commit while quick, x0.7 when slow, /2 on failure, within its bounds."""
+    from gateway.congestion import CommitWindow
+
+    window = CommitWindow(maximum=1000, minimum=10, target_latency=1.0)
+    window.failed()
+    assert window.size == 500
+    window.succeeded(100, latency=5.0)
+    assert window.size == 350
+    window.succeeded(100, latency=0.1)
+    assert window.size == 400
+    for _ in range(20):
+        window.failed()
+    assert window.size == 10 and window.room(in_flight=4) == 6
+    for _ in range(100):
+        window.succeeded(500, latency=0.1)
+    assert window.size == 1000

@@ -1,0 +1,48 @@
+"""How many writes the write-behind buffer keeps in flight: a congestion window, as TCP keeps
+one, adapted to how Firestore answers. No I/O here: the writer reports each commit's outcome.
+
+A fixed amount in flight fails exactly when Firestore slows down: commits that took 30 ms take
+seconds, pass the commit deadline, are retried whole, and the retries take the bandwidth the
+next commits needed (a congestion collapse: nothing lands, every record goes stale, and the
+sweep signs out people who are answering every ping). So the window
+
+* grows by half of what a commit carried while commits answer within ``target_latency``;
+* shrinks to 70 % when one answers slower, before commits reach their deadline;
+* halves when one fails (and the writer backs off);
+
+between ``minimum`` (a few writes always go) and ``maximum`` (``PONG_BATCH_SIZE`` times
+``PONG_FLUSH_CONCURRENCY``, the configured ceiling). A healthy Firestore never leaves the
+ceiling; a slow one gets fewer, smaller commits that land, oldest records first.
+"""
+
+from __future__ import annotations
+
+#: Commits answering slower than this shrink the window (the commit deadline is 10 s).
+TARGET_LATENCY = 2.0
+MIN_WINDOW = 10
+SLOW_FACTOR = 0.7
+
+
+class CommitWindow:
+    """Writes allowed in flight at once."""
+
+    def __init__(
+        self, maximum: int, minimum: int = MIN_WINDOW, target_latency: float = TARGET_LATENCY
+    ) -> None:
+        self.maximum = maximum
+        self.minimum = min(minimum, maximum)
+        self.target_latency = target_latency
+        self.size = maximum
+
+    def room(self, in_flight: int) -> int:
+        """How many more writes may start now."""
+        return max(0, self.size - in_flight)
+
+    def succeeded(self, writes: int, latency: float) -> None:
+        if latency > self.target_latency:
+            self.size = max(self.minimum, int(self.size * SLOW_FACTOR))
+        else:
+            self.size = min(self.maximum, self.size + max(1, writes // 2))
+
+    def failed(self) -> None:
+        self.size = max(self.minimum, self.size // 2)
