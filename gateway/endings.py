@@ -21,7 +21,7 @@ from gateway.analytics import ConnectionEvents
 from gateway.closes import CloseCode
 from gateway.messages import ErrorMessage, SignedOut, Timeout, iso, utc_now
 from gateway.registry import Connection, Registry
-from gateway.schema import HEARTBEAT_AT, INSTANCES, INTERNAL_URL
+from gateway.schema import HEARTBEAT_AT, INSTANCES, INTERNAL_URL, PONG_BACKLOG_SECONDS
 from gateway.settings import Settings
 from gateway.store import Store, Write
 from gateway.writer import WriteBehind
@@ -189,7 +189,12 @@ class Endings:
                 Write(
                     INSTANCES,
                     self.instance_id,
-                    {HEARTBEAT_AT: utc_now(), INTERNAL_URL: self.internal_url},
+                    {
+                        HEARTBEAT_AT: utc_now(),
+                        INTERNAL_URL: self.internal_url,
+                        # The sweep's measure of how far this instance's records lag.
+                        PONG_BACKLOG_SECONDS: round(self.writer.backlog_age(), 1),
+                    },
                 )
             )
             try:

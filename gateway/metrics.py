@@ -88,6 +88,17 @@ class GatewayCollector:
                 "Documents waiting in the write-behind buffer",
                 service.writer.buffered,
             ),
+            (
+                "gateway_pong_backlog_seconds",
+                "Age of the oldest pong not yet written: a connected user's stored "
+                "last_pong_at is at most this plus PING_INTERVAL old",
+                service.writer.backlog_age(),
+            ),
+            (
+                "gateway_write_window",
+                "Writes the buffer may have in flight now (shrinks while Firestore is slow)",
+                service.writer.window.size,
+            ),
             ("gateway_rooms", "Rooms with a member socket here", service.rooms.total_rooms),
             (
                 "gateway_room_memberships",

@@ -32,6 +32,7 @@ from gateway.schema import (
     LAST_PONG_AT,
     LAST_SIGN_OUT_AT,
     MEMBERS,
+    PONG_BACKLOG_SECONDS,
     SESSIONS,
     SIGNED_OUT_AT,
     STARTED_AT,
@@ -176,6 +177,7 @@ def instance_write(instance_id: str, internal_url: str, now: datetime) -> Write:
             STARTED_AT: now,
             HEARTBEAT_AT: now,
             STOPPED_AT: DELETE_FIELD,
+            PONG_BACKLOG_SECONDS: 0.0,
         },
     )
 

@@ -17,6 +17,7 @@ from presence_sweep.adapters import active_sessions, instance_entry
 from presence_sweep.decision import ClaimDecision, InstanceEntry, SessionRef, decide_claim
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,
+    HEARTBEAT_AT,
     INSTANCE_ID,
     INTERNAL_URL,
     IS_ACTIVE,
@@ -74,12 +75,13 @@ class MemoryMembers:
         cutoff: datetime,
         now: datetime,
         claim_ttl: float,
+        allowances: Mapping[str, float] | None = None,
     ) -> dict[str, ClaimDecision]:
         decisions: dict[str, ClaimDecision] = {}
         with self._lock:
             for user_id in user_ids:
                 member = self.members.get(user_id)
-                decisions[user_id] = decide_claim(member, cutoff, now, claim_ttl)
+                decisions[user_id] = decide_claim(member, cutoff, now, claim_ttl, allowances)
                 if member is not None and decisions[user_id].claim:
                     member.update({SIGN_OUT_CLAIM: sweep_id, SIGN_OUT_CLAIMED_AT: now})
         return decisions
@@ -123,4 +125,11 @@ class MemoryInstances:
     def entries(self, instance_ids: Sequence[str]) -> dict[str, InstanceEntry]:
         return {
             i: instance_entry(dict(self.instances[i])) for i in instance_ids if i in self.instances
+        }
+
+    def recent(self, since: datetime) -> dict[str, InstanceEntry]:
+        return {
+            i: instance_entry(dict(doc))
+            for i, doc in self.instances.items()
+            if isinstance(doc.get(HEARTBEAT_AT), datetime) and doc[HEARTBEAT_AT] >= since
         }

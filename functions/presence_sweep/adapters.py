@@ -10,7 +10,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from presence_sweep.schema import (
     LAST_PONG_AT,
     LAST_SIGN_OUT_AT,
     MEMBERS,
+    PONG_BACKLOG_SECONDS,
     SESSIONS,
     SIGN_OUT_CLAIM,
     SIGN_OUT_CLAIMED_AT,
@@ -76,6 +77,7 @@ class FirestoreMembers:
         cutoff: datetime,
         now: datetime,
         claim_ttl: float,
+        allowances: Mapping[str, float] | None = None,
     ) -> dict[str, ClaimDecision]:
         from google.cloud import firestore
 
@@ -86,7 +88,11 @@ class FirestoreMembers:
             decisions: dict[str, ClaimDecision] = {}
             for snapshot in transaction.get_all(refs):
                 decision = decide_claim(
-                    snapshot.to_dict() if snapshot.exists else None, cutoff, now, claim_ttl
+                    snapshot.to_dict() if snapshot.exists else None,
+                    cutoff,
+                    now,
+                    claim_ttl,
+                    allowances,
                 )
                 decisions[snapshot.id] = decision
                 if decision.claim:
@@ -183,9 +189,13 @@ def instance_entry(data: dict[str, Any]) -> InstanceEntry:
     """A ``gateway_instances`` document as the sweep reads it: a stopped instance, or one
     whose heartbeat is no timestamp, has none; a URL that is no string is none."""
     beat, url = data.get(HEARTBEAT_AT), data.get(INTERNAL_URL)
+    backlog = data.get(PONG_BACKLOG_SECONDS)
     return InstanceEntry(
         heartbeat=beat if isinstance(beat, datetime) and STOPPED_AT not in data else None,
         internal_url=url if isinstance(url, str) else "",
+        pong_backlog=float(backlog)
+        if isinstance(backlog, int | float) and not isinstance(backlog, bool)
+        else 0.0,
     )
 
 
@@ -203,6 +213,15 @@ class FirestoreInstances:
             for snapshot in self._client.get_all(refs)
             if snapshot.exists
         }
+
+    def recent(self, since: datetime) -> dict[str, InstanceEntry]:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        # Served by heartbeat_at's single-field index (the gateway's own recent_instances).
+        query = self._client.collection(INSTANCES).where(
+            filter=FieldFilter(HEARTBEAT_AT, ">=", since)
+        )
+        return {s.id: instance_entry(s.to_dict() or {}) for s in query.stream()}
 
 
 class FirebaseAuth:

@@ -31,118 +31,34 @@ user over and finish the job.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from presence_sweep.decision import ClaimDecision, InstanceEntry, SessionRef, group_by_instance
-from presence_sweep.exceptions import AuthRevokeError, CallbackError
+from presence_sweep.callbacks import Callbacks
+from presence_sweep.decision import lag_allowances
+from presence_sweep.exceptions import AuthRevokeError
+from presence_sweep.ports import (
+    AuthBackend,
+    InstanceDirectory,
+    MemberStore,
+    Notifier,
+    SweepReport,
+)
+
+__all__ = [
+    "AuthBackend",
+    "InstanceDirectory",
+    "MemberStore",
+    "Notifier",
+    "SweepReport",
+    "sweep",
+]
 
 logger = logging.getLogger("presence_sweep")
-
-
-class MemberStore(Protocol):
-    def expired_page(
-        self, cutoff: datetime, limit: int, after: Any | None
-    ) -> tuple[list[str], Any | None]:
-        """User ids of signed-in members with last_pong_at < cutoff, oldest first, and a
-        cursor for the next page (None when this was the last)."""
-
-    def claim(
-        self,
-        user_ids: Sequence[str],
-        sweep_id: str,
-        cutoff: datetime,
-        now: datetime,
-        claim_ttl: float,
-    ) -> dict[str, ClaimDecision]: ...
-
-    def release(self, user_ids: Sequence[str], sweep_id: str) -> None: ...
-
-    def finalize(
-        self, user_ids: Sequence[str], sweep_id: str, now: datetime
-    ) -> tuple[list[str], list[SessionRef]]:
-        """Sign out the members this sweep claimed; return them and their active sessions."""
-
-
-class AuthBackend(Protocol):
-    def revoke(self, user_id: str) -> bool:
-        """Revoke the user's refresh tokens; False when Auth has no such user.
-        Raises AuthRevokeError on failure."""
-
-
-class InstanceDirectory(Protocol):
-    def entries(self, instance_ids: Sequence[str]) -> dict[str, InstanceEntry]:
-        """Each registered instance's entry (last heartbeat, None for one that has stopped;
-        internal URL), in one read; ids with no registry entry are absent."""
-
-
-class Notifier(Protocol):
-    def notify(self, internal_url: str, sessions: Sequence[SessionRef], now: datetime) -> int:
-        """Ask one gateway instance to send the timeout and close; return sockets closed.
-        Raises CallbackError on failure."""
-
-
-@dataclass
-class SweepReport:
-    sweep_id: str
-    started_at: datetime
-    cutoff: datetime
-    examined: int = 0
-    signed_out: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    auth_user_missing: int = 0
-    auth_failures: int = 0
-    callbacks: int = 0
-    callback_failures: int = 0
-    #: Callbacks not attempted, by reason (stale registry entry, failed earlier in the run).
-    callbacks_skipped: Counter[str] = field(default_factory=Counter)
-    sockets_closed: int = 0
-    sessions_signed_out: int = 0
-    duration_seconds: float = 0.0
-    signed_out_users: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """False when something must be retried (Cloud Scheduler should see a failure)."""
-        return self.auth_failures == 0 and self.callback_failures == 0
-
-    def add(self, page: SweepReport) -> None:
-        """Fold one page's counts into this run's report."""
-        self.signed_out += page.signed_out
-        self.skipped.update(page.skipped)
-        self.auth_user_missing += page.auth_user_missing
-        self.auth_failures += page.auth_failures
-        self.callbacks += page.callbacks
-        self.callback_failures += page.callback_failures
-        self.callbacks_skipped.update(page.callbacks_skipped)
-        self.sockets_closed += page.sockets_closed
-        self.sessions_signed_out += page.sessions_signed_out
-        self.signed_out_users.extend(page.signed_out_users)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "sweep_id": self.sweep_id,
-            "cutoff": self.cutoff.isoformat(),
-            "examined": self.examined,
-            "signed_out": self.signed_out,
-            "skipped": dict(self.skipped),
-            "auth_user_missing": self.auth_user_missing,
-            "auth_failures": self.auth_failures,
-            "sessions_signed_out": self.sessions_signed_out,
-            "callbacks": self.callbacks,
-            "callback_failures": self.callback_failures,
-            "callbacks_skipped": dict(self.callbacks_skipped),
-            "sockets_closed": self.sockets_closed,
-            "duration_seconds": round(self.duration_seconds, 3),
-            "ok": self.ok,
-        }
 
 
 def sweep(
@@ -186,7 +102,9 @@ def sweep(
         ThreadPoolExecutor(pages_in_flight, thread_name_prefix="page") as page_pool,
         ThreadPoolExecutor(callback_concurrency, thread_name_prefix="callback") as callback_pool,
     ):
-        callbacks = _Callbacks(
+        # Read once a run: a live instance whose pong writes lag gives its users more time.
+        allowances = _allowances(instances, now, instance_stale_after)
+        callbacks = Callbacks(
             notifier,
             instances,
             callback_pool,
@@ -214,6 +132,7 @@ def sweep(
                         cutoff,
                         claim_ttl,
                         SweepReport(report.sweep_id, now, cutoff),
+                        allowances,
                     )
                 )
                 if len(in_flight) >= pages_in_flight:
@@ -231,15 +150,16 @@ def sweep(
 def _sweep_page(
     store: MemberStore,
     auth: AuthBackend,
-    callbacks: _Callbacks,
+    callbacks: Callbacks,
     pool: ThreadPoolExecutor,
     user_ids: list[str],
     now: datetime,
     cutoff: datetime,
     claim_ttl: float,
     report: SweepReport,
+    allowances: Mapping[str, float],
 ) -> SweepReport:
-    decisions = store.claim(user_ids, report.sweep_id, cutoff, now, claim_ttl)
+    decisions = store.claim(user_ids, report.sweep_id, cutoff, now, claim_ttl, allowances)
     claimed = [u for u in user_ids if decisions[u].claim]
     report.skipped.update(d.reason for d in decisions.values() if not d.claim)
 
@@ -272,88 +192,23 @@ def _sweep_page(
     return report
 
 
-class _Callbacks:
-    """One run's callbacks to the gateway instances, shared by the page threads: each page's
-    instances are called at once, so one slow or dead instance does not hold up the others."""
-
-    def __init__(
-        self,
-        notifier: Notifier,
-        directory: InstanceDirectory | None,
-        pool: ThreadPoolExecutor,
-        stale_before: datetime,
-        gateway_url: str = "",
-    ) -> None:
-        self._notifier = notifier
-        self._gateway_url = gateway_url
-        self._directory = directory
-        self._pool = pool
-        self._stale_before = stale_before
-        self._lock = threading.Lock()
-        #: instance id -> its registry entry (None: it has none), learnt once per run.
-        self._entries: dict[str, InstanceEntry | None] = {}
-        #: internal URLs that failed in this run.
-        self._failed: set[str] = set()
-
-    def _lookup(self, instance_ids: set[str]) -> tuple[dict[str, InstanceEntry | None], bool]:
-        """These instances' registry entries, those not seen yet in this run read in one
-        batch, and whether that read failed."""
-        with self._lock:
-            unknown = sorted(i for i in instance_ids if i not in self._entries)
-        unreadable = False
-        if unknown and self._directory is not None:
-            try:
-                found = self._directory.entries(unknown)
-            except Exception as exc:
-                # Not remembered: the next page reads the registry again.
-                logger.warning("instance registry unreadable: %r", exc)
-                unreadable = True
-            else:
-                with self._lock:
-                    for instance_id in unknown:
-                        self._entries[instance_id] = found.get(instance_id)
-        with self._lock:
-            return {i: self._entries.get(i) for i in instance_ids}, unreadable
-
-    def send(self, sessions: Sequence[SessionRef], now: datetime, report: SweepReport) -> None:
-        entries, unreadable = self._lookup({ref.instance_id for ref in sessions})
-        # No registry entry (or none read): the instance counts as alive, since skipping a live
-        # one would leave its sockets open until its own poll.
-        stale = {
-            instance_id
-            for instance_id, entry in entries.items()
-            if entry is not None
-            and (entry.heartbeat is None or entry.heartbeat < self._stale_before)
-        }
-        for instance_id in sorted(stale):
-            report.callbacks_skipped["stale instance"] += 1
-            logger.info("skipping sessions of stale instance %s", instance_id)
-        live = [ref for ref in sessions if ref.instance_id not in stale]
-        urls = {i: e.internal_url for i, e in entries.items() if e is not None and e.internal_url}
-        grouped, unaddressed = group_by_instance(live, urls, self._gateway_url)
-        for instance_id in sorted(unaddressed):
-            if unreadable:
-                # Its address is in the registry that could not be read: the callback failed.
-                report.callback_failures += 1
-            else:
-                report.callbacks_skipped["no internal url"] += 1
-            logger.warning("no internal URL known for instance %s: not called", instance_id)
-        pending: list[tuple[str, int, Future[int]]] = []
-        for url, refs in grouped.items():
-            with self._lock:
-                failed_before = url in self._failed
-            if failed_before:
-                report.callbacks_skipped["failed earlier in this run"] += 1
-                continue
-            pending.append(
-                (url, len(refs), self._pool.submit(self._notifier.notify, url, refs, now))
-            )
-        for url, count, future in pending:
-            report.callbacks += 1
-            try:
-                report.sockets_closed += future.result()
-            except CallbackError as exc:
-                report.callback_failures += 1
-                with self._lock:
-                    self._failed.add(url)
-                logger.warning("callback to %s failed (%d sessions): %s", url, count, exc)
+def _allowances(
+    instances: InstanceDirectory | None, now: datetime, stale_after: float
+) -> dict[str, float]:
+    """Each lagging live instance's grace (``decision.lag_allowances``); none when the
+    registry cannot be read, which only means a lagging instance's users are judged on their
+    stored records, as before."""
+    if instances is None:
+        return {}
+    stale_before = now - timedelta(seconds=stale_after)
+    try:
+        entries = instances.recent(stale_before)
+    except Exception as exc:
+        logger.warning("instance registry unreadable, no lag allowances: %r", exc)
+        return {}
+    allowances = lag_allowances(entries, now, stale_before)
+    for instance_id, grace in sorted(allowances.items()):
+        logger.warning(
+            "instance %s lags: its users get %.0fs more before sign-out", instance_id, grace
+        )
+    return allowances

@@ -74,6 +74,10 @@ INTERNAL_URL: Final = "internal_url"
 STARTED_AT: Final = "started_at"
 HEARTBEAT_AT: Final = "heartbeat_at"
 STOPPED_AT: Final = "stopped_at"
+#: With each heartbeat: how long the instance's oldest unwritten pong has waited (seconds).
+#: While it is large, its users' stored last_pong_at lag their real pongs by about as much,
+#: and the sweep gives them that much longer before signing them out.
+PONG_BACKLOG_SECONDS: Final = "pong_backlog_seconds"
 
 # Fields of streams/{user_id} (and, for stream_epoch, of its entries).
 STREAM_EPOCH: Final = "stream_epoch"
@@ -116,7 +120,9 @@ FIELDS: Final[Mapping[str, frozenset[str]]] = {
             SIGNED_OUT_AT,
         }
     ),
-    INSTANCES: frozenset({INTERNAL_URL, STARTED_AT, HEARTBEAT_AT, STOPPED_AT}),
+    INSTANCES: frozenset(
+        {INTERNAL_URL, STARTED_AT, HEARTBEAT_AT, STOPPED_AT, PONG_BACKLOG_SECONDS}
+    ),
     STREAMS: frozenset({STREAM_EPOCH, TOP_OFFSET, UPDATED_AT}),
     STREAM_ACKS: frozenset({ACKED_EPOCH, ACKED_OFFSET, ACKED_AT}),
     STREAM_ENTRIES: frozenset({ENTRY_OFFSET, STREAM_EPOCH, PAYLOAD, CREATED_AT, EXPIRES_AT}),

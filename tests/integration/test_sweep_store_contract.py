@@ -32,6 +32,7 @@ from presence_sweep.schema import (
     LAST_PONG_AT,
     LAST_SIGN_OUT_AT,
     MEMBERS,
+    PONG_BACKLOG_SECONDS,
     SESSIONS,
     SIGN_OUT_CLAIM,
     SIGN_OUT_CLAIMED_AT,
@@ -287,4 +288,25 @@ def test_entries_report_beats_and_urls_and_omit_unknown_instances(backend: Backe
         "stopped": InstanceEntry(None, "http://s"),
         "no-beat": InstanceEntry(None, "http://no-beat"),
         "text-beat": InstanceEntry(None, ""),
+    }
+
+
+def test_recent_lists_instances_beating_since_with_their_pong_backlog(backend: Backend) -> None:
+    """recent(since): the instances whose heartbeat is at or after ``since``, with the pong
+    backlog their heartbeat carried (0 when absent or not a number)."""
+    backend.put(
+        INSTANCES,
+        "lagging",
+        {HEARTBEAT_AT: NOW, INTERNAL_URL: "http://l", PONG_BACKLOG_SECONDS: 42.5},
+    )
+    backend.put(INSTANCES, "plain", {HEARTBEAT_AT: NOW - timedelta(seconds=10)})
+    backend.put(INSTANCES, "odd", {HEARTBEAT_AT: NOW, PONG_BACKLOG_SECONDS: "lots"})
+    backend.put(INSTANCES, "old", {HEARTBEAT_AT: NOW - timedelta(hours=1)})
+
+    found = backend.instances.recent(NOW - timedelta(seconds=10))
+
+    assert found == {
+        "lagging": InstanceEntry(NOW, "http://l", 42.5),
+        "plain": InstanceEntry(NOW - timedelta(seconds=10), ""),
+        "odd": InstanceEntry(NOW, ""),
     }

@@ -16,6 +16,7 @@ from presence_sweep.decision import (
     SessionRef,
     decide_claim,
     group_by_instance,
+    lag_allowances,
 )
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
 from presence_sweep.schema import (
@@ -23,6 +24,7 @@ from presence_sweep.schema import (
     INTERNAL_URL,
     IS_SIGNED_IN,
     LAST_PONG_AT,
+    PONG_BACKLOG_SECONDS,
     SIGN_OUT_CLAIM,
     STOPPED_AT,
 )
@@ -404,3 +406,55 @@ def test_an_unreadable_registry_fails_the_callbacks_it_would_have_addressed() ->
     assert notifier.calls == [("http://o", ["s2"])]
     assert report.callback_failures == 1 and not report.ok
     assert report.signed_out == 2
+
+
+def test_lag_allowances_go_to_live_instances_whose_backlog_is_large() -> None:
+    """A live instance with a backlog over the threshold gets its backlog plus its
+    heartbeat's age; a healthy one, a stale one and a stopped one get none."""
+    stale_before = NOW - timedelta(seconds=180)
+    entries = {
+        "lagging": InstanceEntry(NOW - timedelta(seconds=5), pong_backlog=40.0),
+        "healthy": InstanceEntry(NOW, pong_backlog=0.2),
+        "dead": InstanceEntry(NOW - timedelta(seconds=600), pong_backlog=40.0),
+        "stopped": InstanceEntry(None, pong_backlog=40.0),
+    }
+    assert lag_allowances(entries, NOW, stale_before) == {"lagging": 45.0}
+
+
+def test_a_lagging_instance_s_users_are_not_signed_out_while_within_its_backlog() -> None:
+    """Records 20 s past the cutoff: the user held by an instance 40 s behind on its pong
+    writes is skipped (instance_lagging) and keeps their tokens; the same age on a healthy
+    instance, on a dead lagging one, or 60 s past the cutoff on the lagging one, is signed
+    out. The lagging instance's own sessions are matched through active_sessions too."""
+    late = CUTOFF - timedelta(seconds=20)
+    sessions = [
+        SessionRef("held", "s1", "lagging"),
+        SessionRef("healthy", "s2", "healthy"),
+        SessionRef("orphan", "s3", "dead"),
+        SessionRef("silent", "s4", "lagging"),
+    ]
+    store = FakeStore(
+        {
+            "held": member(last_pong_at=late),
+            "healthy": member(last_pong_at=late),
+            "orphan": member(last_pong_at=late),
+            "silent": member(last_pong_at=CUTOFF - timedelta(seconds=60)),
+        },
+        sessions,
+    )
+    directory = MemoryInstances(
+        {
+            "lagging": {HEARTBEAT_AT: NOW, INTERNAL_URL: "http://l", PONG_BACKLOG_SECONDS: 40.0},
+            "healthy": {HEARTBEAT_AT: NOW, INTERNAL_URL: "http://h", PONG_BACKLOG_SECONDS: 0.2},
+            "dead": {
+                HEARTBEAT_AT: NOW - timedelta(hours=1),
+                INTERNAL_URL: "http://d",
+                PONG_BACKLOG_SECONDS: 40.0,
+            },
+        }
+    )
+    auth = FakeAuth()
+    report = sweep(store, auth, FakeNotifier(), NOW, pong_timeout=10800, instances=directory)
+    assert sorted(auth.revoked) == ["healthy", "orphan", "silent"]
+    assert report.skipped["instance_lagging"] == 1
+    assert store.members["held"][IS_SIGNED_IN] is True
