@@ -254,6 +254,9 @@ class PresenceService:
             self._pong_written.pop(conn.user_id, None)
         for write in disconnect_writes(conn.user_id, conn.session_id, code, utc_now()):
             self.writer.put(write)
+        # The client's last acknowledgement may be held in its one-second window: a device
+        # that closes now and another that connects without a position must resume after it.
+        self.streams.release_ack(conn.user_id)
         self.events.disconnect(conn, code, left, self.registry.total_connections)
 
     def pong(self, conn: Connection, now: datetime) -> None:

@@ -149,6 +149,12 @@ class StreamDelivery:
             return
         self._write_ack(user_id, epoch, offset)
 
+    def release_ack(self, user_id: str) -> None:
+        """Write the user's held ack now, if there is one (a socket of theirs closed)."""
+        position = self._acks_held.get(user_id)
+        if position is not None:
+            self._write_ack(user_id, *position)
+
     def flush_acks(self) -> None:
         """Write every held ack now (the instance is stopping)."""
         held, self._acks_held = self._acks_held, {}

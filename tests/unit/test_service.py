@@ -329,3 +329,17 @@ async def test_held_acks_are_written_when_the_instance_stops() -> None:
     service.streams.flush_acks()
     await service.writer.flush_once()
     assert store.docs[(STREAM_ACKS, "u")][ACKED_OFFSET] == 2
+
+
+async def test_a_held_ack_is_written_when_a_socket_of_the_user_closes() -> None:
+    """A device that acks twice and closes at once leaves its last position stored, so another
+    device connecting without a position resumes after it, not a second earlier."""
+    store = MemoryStore()
+    service = PresenceService(settings(), store)
+    conn = Connection("u", "s1", utc_now(), Recorder())
+    service.connected(conn)
+    service.streams.ack(conn, "e", 1)
+    service.streams.ack(conn, "e", 2)
+    service.disconnected(conn, 1000)
+    await service.writer.flush_once()
+    assert store.docs[(STREAM_ACKS, "u")][ACKED_OFFSET] == 2
