@@ -1,13 +1,18 @@
 """Half-open handshakes over real sockets: TCP connections that never send their request are
-dropped after WS_HANDSHAKE_TIMEOUT, at most WS_MAX_PENDING_HANDSHAKES wait at once, and a
-legitimate client is served meanwhile."""
+dropped after WS_HANDSHAKE_TIMEOUT, at most WS_MAX_PENDING_HANDSHAKES stay silent past a
+second (the oldest are closed), a legitimate client is served meanwhile, and a storm of
+clients that send their request at once is never refused by the cap."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import socket
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -18,6 +23,7 @@ from tests.support import UNIT, GatewayProc, TokenMinter, loads, start_gateway
 pytestmark = pytest.mark.e2e
 
 HALF_OPEN = 2000
+SMALL_CAP = 500
 
 
 def uid() -> str:
@@ -52,7 +58,7 @@ def small_cap(firestore_host: str, project_id: str, minter: TokenMinter) -> Iter
         project_id,
         minter,
         WS_HANDSHAKE_TIMEOUT="60",
-        WS_MAX_PENDING_HANDSHAKES="50",
+        WS_MAX_PENDING_HANDSHAKES=str(SMALL_CAP),
         PING_INTERVAL="0.5",
     )
     yield proc
@@ -98,8 +104,9 @@ async def closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool
 
 
 async def first_ping_seconds(gateway: GatewayProc) -> float:
+    url = gateway.ws(uid())  # the token is minted before the clock starts
     started = time.monotonic()
-    async with connect(gateway.ws(uid())) as ws:
+    async with connect(url) as ws:
         async with asyncio.timeout(10 * UNIT):
             while loads(await ws.recv())["type"] != "ping":
                 pass
@@ -124,18 +131,124 @@ async def test_silent_connections_are_dropped_after_the_deadline_while_others_ar
     assert await first_ping_seconds(short_deadline) < 10 * UNIT
 
 
-async def test_beyond_the_cap_a_new_connection_is_closed_on_arrival(
+async def test_beyond_the_cap_the_oldest_silent_connections_are_closed(
     small_cap: GatewayProc,
 ) -> None:
-    """With 50 connections waiting (WS_MAX_PENDING_HANDSHAKES=50, deadline 60 s), the 51st is
-    closed at once; once they are gone, clients connect again."""
-    waiting = await open_silent(small_cap.port, 50)
-    await asyncio.sleep(0.5)
-    (extra,) = await open_silent(small_cap.port, 1)
-    assert await closed_by_server(extra, 10 * UNIT)
-    # The waiting ones are still open: the deadline is a minute away.
-    assert not await closed_by_server(waiting[0], 0.5)
-    for writer in _opened:
-        writer.close()
-    await asyncio.sleep(1)
-    assert await first_ping_seconds(small_cap) < 10 * UNIT
+    """With 2,000 connections silent for over a second and WS_MAX_PENDING_HANDSHAKES=500
+    (deadline 60 s), a real client still connects and gets its first ping within a second,
+    and only the oldest 1,500 silent connections are closed."""
+    silent = await open_silent(small_cap.port, HALF_OPEN)
+    await asyncio.sleep(1.5)
+    # Its arrival is what closes the oldest: the cap is checked as connections arrive.
+    assert await first_ping_seconds(small_cap) < 1 * UNIT
+    evicted, kept = silent[: HALF_OPEN - SMALL_CAP], silent[HALF_OPEN - SMALL_CAP :]
+    outcomes = await asyncio.gather(*(closed_by_server(r, 10 * UNIT) for r in evicted))
+    assert all(outcomes), f"{outcomes.count(False)} of the oldest {len(evicted)} still open"
+    # The newest are still open: the deadline is a minute away.
+    outcomes = await asyncio.gather(*(closed_by_server(r, 0.5) for r in kept))
+    assert not any(outcomes), f"{sum(outcomes)} of the newest {len(kept)} closed"
+
+
+#: The storm: this many clients at once, from this many loopback addresses, against a cap of
+#: STORM_CAP connections waiting for their request (one accept batch of uvicorn's, up to its
+#: backlog of 2,048, is far more than that).
+STORM = 4000
+STORM_ADDRESSES = 8
+STORM_CAP = 500
+#: Threads connecting at once: each blocks in connect() while the gateway's listen queue is full.
+STORM_THREADS = 32
+
+
+@pytest.fixture
+def storm_cap(firestore_host: str, project_id: str) -> Iterator[GatewayProc]:
+    # Without token checks (AUTH_MODE=off) and without the connect limiter: only the
+    # handshake cap can refuse anyone here.
+    proc = start_gateway(
+        firestore_host,
+        project_id,
+        None,
+        WS_MAX_PENDING_HANDSHAKES=str(STORM_CAP),
+        WS_MAX_CONNECTS_PER_MINUTE="0",
+        PING_INTERVAL="3600",
+    )
+    yield proc
+    proc.stop()
+
+
+def connect_and_send(port: int, index: int) -> socket.socket | None:
+    """Client ``index``'s TCP connect from 127.0.0.N with its upgrade request written the
+    moment the connect completes, as an independent client does (None: the connect failed).
+
+    Blocking calls in a thread, not this test's event loop: a loop starting thousands of
+    connects reaches each one's write late, and the gateway would rightly see it silent."""
+    request = (
+        f"GET /ws/connect/storm-{index} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    sock = socket.socket()
+    try:
+        sock.bind((f"127.0.0.{index % STORM_ADDRESSES + 1}", 0))
+        sock.settimeout(60 * UNIT)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(request)
+    except OSError:
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+class StormClient(asyncio.Protocol):
+    """Reads one storm client's socket: admitted at its first ping (the gateway pings every
+    socket it accepts), refused when the gateway closes it first."""
+
+    def __init__(self, outcome: asyncio.Future[bool]) -> None:
+        self.outcome = outcome
+        self.received = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        # Server frames are not masked: the ping's JSON is readable after the 101 response.
+        if b'"type":"ping"' in self.received and not self.outcome.done():
+            self.outcome.set_result(True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.outcome.done():
+            self.outcome.set_result(False)
+
+
+async def storm_client(port: int, index: int, threads: ThreadPoolExecutor) -> bool:
+    """Whether client ``index`` is admitted and pinged; its socket is closed after the test."""
+    loop = asyncio.get_running_loop()
+    sock = await loop.run_in_executor(threads, connect_and_send, port, index)
+    if sock is None:
+        return False
+    outcome: asyncio.Future[bool] = loop.create_future()
+    transport, _ = await loop.create_connection(lambda: StormClient(outcome), sock=sock)
+    _storm_transports.append(transport)
+    return await outcome
+
+
+#: Every storm client's transport, closed after the test.
+_storm_transports: list[asyncio.Transport] = []
+
+
+async def test_a_storm_of_clients_sending_at_once_is_never_refused_by_the_cap(
+    storm_cap: GatewayProc,
+) -> None:
+    """4,000 clients connect at once from 8 addresses, each sending its request as soon as it
+    is connected, against WS_MAX_PENDING_HANDSHAKES=500: every one is admitted and pinged."""
+    try:
+        with ThreadPoolExecutor(STORM_THREADS) as threads:
+            async with asyncio.timeout(120 * UNIT):
+                outcomes = await asyncio.gather(
+                    *(storm_client(storm_cap.port, i, threads) for i in range(STORM))
+                )
+    finally:
+        for transport in _storm_transports:
+            transport.abort()
+        _storm_transports.clear()
+    refused = outcomes.count(False)
+    assert not refused, f"{refused} of {STORM} refused by the gateway or failed"

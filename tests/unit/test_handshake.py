@@ -1,0 +1,100 @@
+"""The handshake cap's bookkeeping (gateway.handshake.HandshakeLimits), on a fake clock: it
+counts only connections silent past the grace, closes the oldest of those, and spares one
+whose request bytes wait unread. Real sockets: tests/e2e/test_handshakes.py."""
+
+from __future__ import annotations
+
+import socket
+import time
+from types import SimpleNamespace
+from typing import Any, cast
+
+from gateway.handshake import BoundedH11Protocol, HandshakeLimits
+
+
+class Conn:
+    """A waiting connection: whether its bytes wait unread, and whether the cap closed it."""
+
+    def __init__(self, unread: bool = False) -> None:
+        self.unread = unread
+        self.closed = False
+
+    def has_unread_request(self) -> bool:
+        return self.unread
+
+    def close_silent(self) -> None:
+        self.closed = True
+
+
+def arrive(limits: HandshakeLimits, count: int, now: float, unread: bool = False) -> list[Conn]:
+    conns = [Conn(unread) for _ in range(count)]
+    for conn in conns:
+        limits.arrived(conn, now)
+    return conns
+
+
+def test_connections_within_the_grace_are_never_closed_however_many() -> None:
+    """A burst ten times the cap, all arriving within the grace, closes none."""
+    limits = HandshakeLimits(timeout=10, max_pending=5, grace=1.0)
+    burst = arrive(limits, 50, now=0.0) + arrive(limits, 50, now=0.9)
+    assert not any(c.closed for c in burst)
+    assert limits.pending == 100
+
+
+def test_beyond_the_cap_the_oldest_silent_connections_are_closed() -> None:
+    """Once connections have been silent past the grace, a new arrival closes the oldest of
+    them down to the cap; the newest stay, and so does the arrival."""
+    limits = HandshakeLimits(timeout=10, max_pending=5, grace=1.0)
+    old = arrive(limits, 8, now=0.0)
+    (new,) = arrive(limits, 1, now=1.5)
+    assert [c.closed for c in old] == [True] * 3 + [False] * 5
+    assert not new.closed
+    assert limits.evicted == 3
+    assert limits.pending == 6
+
+
+def test_a_connection_whose_request_waits_unread_is_spared() -> None:
+    """A candidate whose bytes are in its receive buffer (the loop has not read them yet) is
+    not closed but given another grace; a silent one behind it goes instead."""
+    limits = HandshakeLimits(timeout=10, max_pending=1, grace=1.0)
+    (unread,) = arrive(limits, 1, now=0.0, unread=True)
+    silent = arrive(limits, 2, now=0.1)
+    arrive(limits, 1, now=1.5)
+    assert not unread.closed
+    assert [c.closed for c in silent] == [True, False]
+    assert unread in limits.recent
+
+
+def test_finished_handshakes_leave_the_count() -> None:
+    """A connection whose request arrived no longer counts, counted yet or not."""
+    limits = HandshakeLimits(timeout=10, max_pending=2, grace=1.0)
+    first, second = arrive(limits, 2, now=0.0)
+    (third,) = arrive(limits, 1, now=1.5)
+    limits.forget(first)
+    limits.forget(third)
+    assert limits.pending == 1
+    arrive(limits, 1, now=3.0)
+    assert not first.closed and not second.closed
+
+
+def test_no_cap_closes_nothing() -> None:
+    """WS_MAX_PENDING_HANDSHAKES=0: connections are tracked for the deadline only."""
+    limits = HandshakeLimits(timeout=10, max_pending=0, grace=1.0)
+    conns = arrive(limits, 10, now=0.0) + arrive(limits, 1, now=5.0)
+    assert not any(c.closed for c in conns)
+
+
+def test_unread_request_bytes_are_seen_in_the_receive_buffer() -> None:
+    """A TCP connection's unread bytes are seen (FIONREAD) before anything reads them."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with client, accepted:
+            transport = SimpleNamespace(get_extra_info=lambda name: accepted)
+            conn = cast(Any, SimpleNamespace(transport=transport))
+            assert not BoundedH11Protocol.has_unread_request(conn)
+            client.sendall(b"GET / HTTP/1.1\r\n")
+            deadline = time.monotonic() + 5
+            while not BoundedH11Protocol.has_unread_request(conn):
+                assert time.monotonic() < deadline, "the bytes never showed"
+                time.sleep(0.01)
