@@ -37,6 +37,10 @@ mesh it replaced (the former ``peers`` scenario) is quoted in the summary, not r
 Scenario D (durable): three gateways on a Pub/Sub topic; durable sends against plain ones
 (throughput, latency to the socket), Firestore writes per durable message, and the recovery of
 a client that missed 300 messages; see ``durable_bench``.
+
+Scenario P (backpressure): one gateway whose Firestore link goes through a throttling proxy,
+1,000 users answering every ping, the real sweep; stored pong ages and wrongful sign-outs at a
+tenth and a fortieth of the unthrottled bytes/s; see ``backpressure_bench``.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ from emulator.procs import (
     pubsub_process,
 )
 from tests.bench import (
+    backpressure_bench,
     durable_bench,
     fanout_bench,
     load_bench,
@@ -999,7 +1004,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=("memory", "pongs", "load", "timeout", "fanout", "durable", "storm", "sweep"),
+        choices=(
+            "memory",
+            "pongs",
+            "load",
+            "timeout",
+            "fanout",
+            "durable",
+            "storm",
+            "backpressure",
+            "sweep",
+        ),
     )
     parser.add_argument(
         "--connections",
@@ -1015,6 +1030,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout-users", type=int, default=None, help="T users (1,500)")
     parser.add_argument("--fanout-sockets", type=int, default=None, help="F sockets (3,000)")
     parser.add_argument("--storm-sockets", type=int, default=None, help="S sockets (10,000)")
+    parser.add_argument("--backpressure-users", type=int, default=None, help="P users (1,000)")
     parser.add_argument(
         "--storm-ping-interval",
         type=float,
@@ -1075,6 +1091,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
+    args.backpressure_users = (
+        args.backpressure_users or args.connections or backpressure_bench.DEFAULT_USERS
+    )
 
 def busy_cpus() -> float:
     """Machine-wide busy CPU-seconds so far (all cores): to spot other load during a window."""
@@ -1165,6 +1184,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted")
         status = 130
+        if args.only in (None, "backpressure"):
+            results["backpressure"] = backpressure_bench.run(fs_host, args, stack)
     except Exception as exc:
         log(f"FAILED: {exc!r}")
         results["error"] = repr(exc)
@@ -1196,6 +1217,7 @@ def main(argv: list[str] | None = None) -> int:
     results.pop("args", None)
     results["args"] = {
         k: (str(v) if isinstance(v, Path) else v)
+        + backpressure_bench.rows(results.get("backpressure", {}))
         for k, v in vars(args).items()
         if not k.startswith("_")
     }
@@ -1205,7 +1227,8 @@ def main(argv: list[str] | None = None) -> int:
         rows,
         results,
         timeout_bench.summary_lines(results.get("timeout", {}))
-        + fanout_bench.summary_lines(results.get("fanout", {})),
+        + fanout_bench.summary_lines(results.get("fanout", {}))
+        + backpressure_bench.summary_lines(results.get("backpressure", {})),
     )
     log(f"done in {results['seconds']:.0f}s")
     if status == 0 and any(r["ok"] is False for r in rows):
