@@ -1085,15 +1085,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.timeout_users = args.timeout_users or args.connections or timeout_bench.DEFAULT_USERS
     args.fanout_sockets = args.fanout_sockets or args.connections or fanout_bench.DEFAULT_SOCKETS
     args.storm_sockets = args.storm_sockets or args.connections or storm_bench.DEFAULT_SOCKETS
+    args.backpressure_users = (
+        args.backpressure_users or args.connections or backpressure_bench.DEFAULT_USERS
+    )
     return args
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
-    args.backpressure_users = (
-        args.backpressure_users or args.connections or backpressure_bench.DEFAULT_USERS
-    )
 
 def busy_cpus() -> float:
     """Machine-wide busy CPU-seconds so far (all cores): to spot other load during a window."""
@@ -1178,14 +1178,14 @@ def main(argv: list[str] | None = None) -> int:
             results["durable"] = durable_bench.run(fs_host, args, stack)
         if args.only in (None, "storm"):
             results["storm"] = storm_bench.run(fs_host, args, stack)
+        if args.only in (None, "backpressure"):
+            results["backpressure"] = backpressure_bench.run(fs_host, args, stack)
         if args.only in (None, "sweep"):
             firestore.stop()  # the sweep scenarios start their own emulators
             results["sweep"] = sweep_bench.run(RUN_DIR, log)
     except KeyboardInterrupt:
         log("interrupted")
         status = 130
-        if args.only in (None, "backpressure"):
-            results["backpressure"] = backpressure_bench.run(fs_host, args, stack)
     except Exception as exc:
         log(f"FAILED: {exc!r}")
         results["error"] = repr(exc)
@@ -1211,13 +1211,13 @@ def main(argv: list[str] | None = None) -> int:
         + fanout_bench.rows(results.get("fanout", {}))
         + durable_bench.rows(results.get("durable", {}))
         + storm_bench.rows(results.get("storm", {}))
+        + backpressure_bench.rows(results.get("backpressure", {}))
         + sweep_bench.rows(results.get("sweep", {}))
     )
     results["summary"] = rows
     results.pop("args", None)
     results["args"] = {
         k: (str(v) if isinstance(v, Path) else v)
-        + backpressure_bench.rows(results.get("backpressure", {}))
         for k, v in vars(args).items()
         if not k.startswith("_")
     }
