@@ -1037,6 +1037,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=storm_bench.PING_INTERVAL,
         help="S: the gateway's PING_INTERVAL (30, the default)",
     )
+    parser.add_argument(
+        "--storm-burst",
+        type=int,
+        default=storm_bench.BURST,
+        help="S: connects the client starts per loop iteration (100; --storm-sockets: all in one)",
+    )
     parser.add_argument("--ping-interval", type=float, default=1.0, help="scenario B")
     parser.add_argument(
         "--sustained-window",

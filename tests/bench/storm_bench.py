@@ -59,6 +59,9 @@ WARMUP_SOCKETS = 20
 MINT_CONCURRENCY = 64
 #: The production default: the first ping comes either at admission or with the next round.
 PING_INTERVAL = 30.0
+#: Connects the client starts per loop iteration (``--storm-burst``): with all of them in one,
+#: the client's own loop writes the first requests only after it has started every connect.
+BURST = 100
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -152,6 +155,7 @@ def _client(plan_path: str, name: str, args: argparse.Namespace) -> Any:
             "--bind-source",
             # Every socket at once (storm mode has no concurrency limit), once: a refusal shows.
             "--attempts=1",
+            f"--burst={args.storm_burst}",
             "--connect-timeout=120",
             "--ping-wait=120",
         ],
