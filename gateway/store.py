@@ -34,11 +34,13 @@ from gateway.schema import (
     MEMBERS,
     PONG_BACKLOG_SECONDS,
     SESSIONS,
+    SHARD,
     SIGNED_OUT_AT,
     STARTED_AT,
     STOPPED_AT,
     UPDATED_AT,
     USER_ID,
+    member_shard,
 )
 
 #: Reads on a request's path (admission, status, send, sign-out) fail fast: a caller is waiting.
@@ -131,6 +133,13 @@ def connect_writes(user_id: str, session_id: str, instance_id: str, now: datetim
                 UPDATED_AT: now,
                 INSTANCE_ID: instance_id,
                 ACTIVE_SESSIONS: {session_id: {INSTANCE_ID: instance_id}},
+                # With the connect only, not with every pong: only this write sets
+                # is_signed_in, so every member the sweep looks for got its shard here (and a
+                # connected user reconnects at least hourly on Cloud Run; members written
+                # before the field get theirs from presence_sweep.backfill). On a pong it would
+                # only repeat the value, and an integer takes the pong off the commit encoder's
+                # fast path (str and datetime only, gateway.firestore_wire.is_flat).
+                SHARD: member_shard(user_id),
             },
         ),
         Write(

@@ -62,7 +62,8 @@ SWEEP_USERS_PER_S = 410.0
 #: "Sharded timestamps": a collection whose documents hold a monotonically increasing indexed
 #: field takes at most 500 writes/s; each value of a leading shard field gets its own 500/s.
 SEQUENTIAL_INDEX_WRITES_PER_S = 500.0
-#: The members design being built: shard = zlib.crc32(uid.encode()) % MEMBER_SHARDS.
+#: members' shards: shard = zlib.crc32(uid.encode()) % MEMBER_SHARDS (gateway/schema.py, held
+#: equal to this by tests/contract/test_capacity_doc.py).
 MEMBER_SHARDS = 100
 #: The 500/50/5 rule ("Best practices", ramping up traffic): start near 500 operations/s and
 #: grow by at most 50 % every 5 minutes.
@@ -433,7 +434,7 @@ def _limits_table() -> list[str]:
                 f"{users_within_members_cap(PONG_WRITE_INTERVAL_ALT_S):,} users",
             ],
             [
-                f"members, unsharded (`last_pong_at` indexed as today): {sequential}",
+                f"members, unsharded (`last_pong_at` indexed, as before the shard): {sequential}",
                 f"{users_within_members_cap(0.0, sharded=False):,} users",
                 f"{users_within_members_cap(PONG_WRITE_INTERVAL_ALT_S, sharded=False):,} users",
             ],

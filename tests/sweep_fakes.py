@@ -24,6 +24,8 @@ from presence_sweep.schema import (
     IS_SIGNED_IN,
     LAST_PONG_AT,
     LAST_SIGN_OUT_AT,
+    MEMBER_SHARDS,
+    SHARD,
     SIGN_OUT_CLAIM,
     SIGN_OUT_CLAIMED_AT,
     SIGNED_OUT_AT,
@@ -57,16 +59,20 @@ class MemoryMembers:
         self, cutoff: datetime, limit: int, after: Any | None
     ) -> tuple[list[str], Any | None]:
         with self._lock:
-            # Firestore orders by the inequality field, then by document id.
+            # FirestoreMembers queries one shard after the other, each ordered by the
+            # inequality field, then by document id; a member without a shard is in no
+            # shard's query (presence_sweep.backfill gives it one).
             expired = sorted(
-                (member[LAST_PONG_AT], user_id)
+                (member[SHARD], member[LAST_PONG_AT], user_id)
                 for user_id, member in self.members.items()
                 if member.get(IS_SIGNED_IN) is True
+                and member.get(SHARD).__class__ is int
+                and 0 <= member[SHARD] < MEMBER_SHARDS
                 and isinstance(member.get(LAST_PONG_AT), datetime)
                 and member[LAST_PONG_AT] < cutoff
             )
         page = [key for key in expired if after is None or key > after][:limit]
-        return [user_id for _, user_id in page], (page[-1] if len(page) == limit else None)
+        return [user_id for *_, user_id in page], (page[-1] if len(page) == limit else None)
 
     def claim(
         self,

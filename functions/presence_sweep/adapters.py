@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from presence_sweep import shards
 from presence_sweep.core import Notifier, SweepReport, sweep
 from presence_sweep.decision import ClaimDecision, InstanceEntry, SessionRef, decide_claim
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
@@ -25,7 +26,6 @@ from presence_sweep.schema import (
     INTERNAL_URL,
     IS_ACTIVE,
     IS_SIGNED_IN,
-    LAST_PONG_AT,
     LAST_SIGN_OUT_AT,
     MEMBERS,
     PONG_BACKLOG_SECONDS,
@@ -51,24 +51,10 @@ class FirestoreMembers:
         self._db = client
 
     def expired_page(
-        self, cutoff: datetime, limit: int, after: Any | None
-    ) -> tuple[list[str], Any | None]:
-        from google.cloud.firestore_v1.base_query import FieldFilter
-
-        # The composite index (is_signed_in, last_pong_at) is declared in firestore.indexes.json.
-        query = (
-            self._db.collection(MEMBERS)
-            .where(filter=FieldFilter(IS_SIGNED_IN, "==", True))
-            .where(filter=FieldFilter(LAST_PONG_AT, "<", cutoff))
-            .order_by(LAST_PONG_AT)
-            .select([LAST_PONG_AT])
-            .limit(limit)
-        )
-        if after is not None:
-            query = query.start_after(after)
-        snapshots = list(query.stream())
-        next_cursor = snapshots[-1] if len(snapshots) == limit else None
-        return [s.id for s in snapshots], next_cursor
+        self, cutoff: datetime, limit: int, after: shards.ShardCursor | None
+    ) -> tuple[list[str], shards.ShardCursor | None]:
+        # One query per shard, over the index (shard, is_signed_in, last_pong_at).
+        return shards.expired_page(self._db, cutoff, limit, after)
 
     def claim(
         self,

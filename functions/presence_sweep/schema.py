@@ -7,10 +7,12 @@ would fail silently at run time (a ``last_sign_out_at`` the gateway does not rea
 token), hence one declaration per side and a test.
 
 ``members/{user_id}``
-    written by the gateway on connect and on every pong (``is_signed_in``, ``last_pong_at``,
-    ``updated_at``, ``last_connected_at``, ``instance_id``, ``active_sessions``); by the sweep on
-    sign-out (``is_signed_in: false``, ``last_sign_out_at``, ``updated_at``) and, between its claim
-    and its sign-out, ``sign_out_claim`` and ``sign_out_claimed_at``.
+    written by the gateway on connect (``is_signed_in``, ``last_pong_at``, ``updated_at``,
+    ``last_connected_at``, ``instance_id``, ``active_sessions``, ``shard``) and on every pong
+    (``last_pong_at``, ``updated_at``); by the sweep on sign-out (``is_signed_in: false``,
+    ``last_sign_out_at``, ``updated_at``) and, between its claim and its sign-out,
+    ``sign_out_claim`` and ``sign_out_claimed_at``. ``shard`` (``member_shard``) leads the sweep's
+    index: see ``MEMBER_SHARDS``.
 ``members/{user_id}.active_sessions.{session_id}``
     ``instance_id``: where the socket lives, so the sweep finds a user's sockets in the member it
     already reads, without a query. The instance's address is not here: ``firestore.rules`` lets
@@ -37,6 +39,7 @@ token), hence one declaration per side and a test.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Final
 
@@ -58,6 +61,16 @@ UPDATED_AT: Final = "updated_at"
 ACTIVE_SESSIONS: Final = "active_sessions"
 SIGN_OUT_CLAIM: Final = "sign_out_claim"
 SIGN_OUT_CLAIMED_AT: Final = "sign_out_claimed_at"
+#: The member's shard, ``member_shard(user_id)``, written with every connect.
+SHARD: Final = "shard"
+#: Firestore takes about 500 writes a second into a collection while one of its indexes holds a
+#: field that only grows (a timestamp set to now), unless that index leads with a shard field:
+#: each shard value then takes its own 500 (Google's "sharded timestamps"). Every pong sets
+#: last_pong_at, which the sweep's index (shard, is_signed_in, last_pong_at) holds, so members
+#: take 100 x 500 writes a second; the sweep queries each shard. The sweep finds only members
+#: whose stored shard is below this: after changing it, rewrite every member's shard
+#: (``python -m presence_sweep.backfill``) before the sweep runs.
+MEMBER_SHARDS: Final = 100
 
 # Fields of sessions/{session_id} (and, for instance_id, of members; internal_url is the
 # instance registry's).
@@ -107,6 +120,7 @@ FIELDS: Final[Mapping[str, frozenset[str]]] = {
             ACTIVE_SESSIONS,
             SIGN_OUT_CLAIM,
             SIGN_OUT_CLAIMED_AT,
+            SHARD,
         }
     ),
     SESSIONS: frozenset(
@@ -132,3 +146,9 @@ ACTIVE_SESSION_FIELDS: Final = frozenset({INSTANCE_ID})
 #: Fields an older gateway also wrote in an ``active_sessions`` entry: never written now, read by
 #: the sweep only as a fallback until the sessions that carry them end.
 LEGACY_ACTIVE_SESSION_FIELDS: Final = frozenset({INTERNAL_URL})
+
+
+def member_shard(user_id: str) -> int:
+    """The shard of ``members/{user_id}``: CRC-32 of the id, so it never changes for a user and
+    spreads ids evenly (each shard takes about 1 % of the pongs)."""
+    return zlib.crc32(user_id.encode("utf-8")) % MEMBER_SHARDS

@@ -1,9 +1,10 @@
 """Sweep throughput against the Firestore and Auth emulators (part of ``make bench``).
 
 Seeds N members of which E have a last pong 4 hours old (each with one active session and an
-Auth account), runs the real sweep (FirestoreMembers, FirebaseAuth, HttpNotifier against a
-local callback server) and times it. Three populations with the same 10,000 expired users
-show whether the cost follows the expired users or the members.
+Auth account; every member with its shard, as the gateway writes it), runs the real sweep
+(FirestoreMembers, FirebaseAuth, HttpNotifier against a local callback server) and times it.
+Three populations with the same 10,000 expired users show whether the cost follows the
+expired users or the members.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from gateway.schema import (
     LAST_PONG_AT,
     MEMBERS,
     SESSIONS,
+    SHARD,
     USER_ID,
+    member_shard,
 )
 
 PROJECT = "demo-bench-sweep"
@@ -78,7 +81,12 @@ def _seed(db: Any, auth: Any, app: Any, expired: int, total: int, url: str) -> f
         if i < expired:
             batch.set(
                 db.collection(MEMBERS).document(f"x{i}"),
-                {IS_SIGNED_IN: True, LAST_PONG_AT: old, ACTIVE_SESSIONS: {f"s{i}": where}},
+                {
+                    IS_SIGNED_IN: True,
+                    LAST_PONG_AT: old,
+                    ACTIVE_SESSIONS: {f"s{i}": where},
+                    SHARD: member_shard(f"x{i}"),
+                },
             )
             batch.set(
                 db.collection(SESSIONS).document(f"s{i}"),
@@ -88,7 +96,7 @@ def _seed(db: Any, auth: Any, app: Any, expired: int, total: int, url: str) -> f
         else:
             batch.set(
                 db.collection(MEMBERS).document(f"m{i}"),
-                {IS_SIGNED_IN: True, LAST_PONG_AT: now},
+                {IS_SIGNED_IN: True, LAST_PONG_AT: now, SHARD: member_shard(f"m{i}")},
             )
             count += 1
         if count >= 498:

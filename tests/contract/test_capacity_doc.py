@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+from gateway import schema as gateway_schema
+from presence_sweep import schema as sweep_schema
 from scripts import capacity
 
 DOC = capacity.DOC.read_text()
@@ -66,6 +68,11 @@ def test_members_caps() -> None:
     # By hand: 500 / (1/30 + 2/3600) writes per user per second.
     assert capacity.users_within_members_cap(sharded=False) == math.floor(500 / (1 / 30 + 2 / 3600))
     assert 1_470_000 < capacity.users_within_members_cap() < 1_480_000
+
+
+def test_the_shards_counted_are_the_deployed_ones() -> None:
+    """The script's MEMBER_SHARDS is the one the gateway and the sweep use."""
+    assert capacity.MEMBER_SHARDS == gateway_schema.MEMBER_SHARDS == sweep_schema.MEMBER_SHARDS
 
 
 def test_ten_million_users_are_flagged_with_their_fix() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import zlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -60,6 +61,16 @@ def test_gateway_and_function_declare_the_same_schema() -> None:
     assert dict(gateway_schema.FIELDS) == dict(sweep_schema.FIELDS)
     assert gateway_schema.ACTIVE_SESSION_FIELDS == sweep_schema.ACTIVE_SESSION_FIELDS
     assert gateway_schema.LEGACY_ACTIVE_SESSION_FIELDS == sweep_schema.LEGACY_ACTIVE_SESSION_FIELDS
+
+
+def test_both_sides_give_a_member_the_same_shard() -> None:
+    """Same count, same function: CRC-32 of the UTF-8 id modulo MEMBER_SHARDS, in range."""
+    assert gateway_schema.MEMBER_SHARDS == sweep_schema.MEMBER_SHARDS == 100
+    for user_id in ["u", "user123", "a" * 128, "x@example.com", "é", *map(str, range(500))]:
+        shard = gateway_schema.member_shard(user_id)
+        assert shard == sweep_schema.member_shard(user_id) == zlib.crc32(user_id.encode()) % 100
+    spread = {gateway_schema.member_shard(str(n)) for n in range(2000)}
+    assert spread == set(range(gateway_schema.MEMBER_SHARDS))
 
 
 @pytest.mark.parametrize("module", SCHEMAS, ids=lambda m: m.__name__)

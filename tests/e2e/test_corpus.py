@@ -60,6 +60,7 @@ from gateway.schema import (
     LAST_SIGN_OUT_AT,
     MEMBERS,
     SESSIONS,
+    SHARD,
     SIGN_OUT_CLAIM,
     SIGN_OUT_CLAIMED_AT,
     SIGNED_OUT_AT,
@@ -953,6 +954,7 @@ MEMBER_FIELDS: dict[str, type | tuple[type, ...]] = {
     LAST_SIGN_OUT_AT: datetime,
     INSTANCE_ID: str,
     ACTIVE_SESSIONS: dict,
+    SHARD: int,
     # The sweep's transient claim (docs/operations.md, Firestore data).
     SIGN_OUT_CLAIM: str,
     SIGN_OUT_CLAIMED_AT: datetime,

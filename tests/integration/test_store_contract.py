@@ -36,11 +36,13 @@ from gateway.schema import (
     LAST_SIGN_OUT_AT,
     MEMBERS,
     SESSIONS,
+    SHARD,
     SIGNED_OUT_AT,
     STARTED_AT,
     STOPPED_AT,
     UPDATED_AT,
     USER_ID,
+    member_shard,
 )
 from gateway.store import (
     DELETE_FIELD,
@@ -118,6 +120,7 @@ async def test_connect_pong_and_disconnect_merge_into_members_and_sessions(
         UPDATED_AT: T0 + timedelta(days=2),
         INSTANCE_ID: "inst-2",
         ACTIVE_SESSIONS: {"s2": {INSTANCE_ID: "inst-2"}},
+        SHARD: member_shard("u"),
     }
     assert backend.read(SESSIONS, "s1") == {
         USER_ID: "u",
@@ -267,6 +270,7 @@ async def test_get_member_returns_the_document_or_none(backend: Backend) -> None
         UPDATED_AT: T0 + timedelta(hours=1),
         INSTANCE_ID: "i",
         ACTIVE_SESSIONS: {"s1": {INSTANCE_ID: "i"}},
+        SHARD: member_shard("u"),
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,12 +29,14 @@ from presence_sweep.schema import (
     LAST_SIGN_OUT_AT,
     MEMBERS,
     SESSIONS,
+    SHARD,
     SIGN_OUT_CLAIM,
     SIGN_OUT_CLAIMED_AT,
     SIGNED_OUT_AT,
     STOPPED_AT,
     UPDATED_AT,
     USER_ID,
+    member_shard,
 )
 from tests.support import id_token_for
 
@@ -78,6 +80,7 @@ def seed(db: Any, users: list[str], last_pong: datetime, sessions_per_user: int 
                 IS_SIGNED_IN: True,
                 LAST_PONG_AT: last_pong,
                 UPDATED_AT: last_pong,
+                SHARD: member_shard(user),
                 ACTIVE_SESSIONS: {f"{user}-s{n}": where for n in range(sessions_per_user)},
             },
         )
@@ -174,12 +177,13 @@ class PongBeforeClaim(FirestoreMembers):
         cutoff: datetime,
         now: datetime,
         claim_ttl: float,
+        allowances: Mapping[str, float] | None = None,
     ) -> dict[str, ClaimDecision]:
         if self._user in user_ids:
             self._client.collection(MEMBERS).document(self._user).update(
                 {LAST_PONG_AT: datetime.now(UTC)}
             )
-        return super().claim(user_ids, sweep_id, cutoff, now, claim_ttl)
+        return super().claim(user_ids, sweep_id, cutoff, now, claim_ttl, allowances)
 
 
 def test_a_pong_committed_before_the_claim_keeps_the_user_signed_in(
@@ -308,6 +312,30 @@ def test_pages_cover_every_expired_user(firestore_client: Any, firebase_app: Any
     assert set(users) <= set(report.signed_out_users)
 
 
+def test_small_queries_walk_every_shard_once(firestore_client: Any, firebase_app: Any) -> None:
+    """Queries of 7 ids, pages of 5: the cursor resumes inside a shard and across shards, and
+    every expired user, wherever its shard, is signed out exactly once."""
+    users = [f"walk-{tag()}" for _ in range(60)]
+    assert len({member_shard(u) for u in users}) > 30
+    seed(firestore_client, users, datetime.now(UTC) - timedelta(hours=4))
+
+    class AnyAuth(FirebaseAuth):
+        def revoke(self, user_id: str) -> bool:
+            return True  # Auth is covered above; this test is about the member query
+
+    report = sweep(
+        FirestoreMembers(firestore_client),
+        AnyAuth(firebase_app),
+        RecordingNotifier(),
+        datetime.now(UTC),
+        pong_timeout=TIMEOUT,
+        page_size=5,
+        query_size=7,
+    )
+    signed = [u for u in report.signed_out_users if u in users]
+    assert sorted(signed) == sorted(users)
+
+
 def test_each_instance_is_called_at_its_registry_url_and_old_members_at_theirs(
     firestore_client: Any, firebase_app: Any
 ) -> None:
@@ -326,7 +354,13 @@ def test_each_instance_is_called_at_its_registry_url_and_old_members_at_theirs(
         db.collection(write.collection).document(write.doc_id).set(fields, merge=True)
     legacy = {INSTANCE_ID: f"gone-{tag()}", INTERNAL_URL: "http://old.invalid"}
     db.collection(MEMBERS).document(old_user).set(
-        {IS_SIGNED_IN: True, LAST_PONG_AT: expired, ACTIVE_SESSIONS: {f"{old_user}-s0": legacy}}
+        {
+            IS_SIGNED_IN: True,
+            LAST_PONG_AT: expired,
+            ACTIVE_SESSIONS: {f"{old_user}-s0": legacy},
+            # What presence_sweep.backfill added to the members of gateways older than shards.
+            SHARD: member_shard(old_user),
+        }
     )
     member = db.collection(MEMBERS).document(user).get().to_dict()
     assert INTERNAL_URL not in member[ACTIVE_SESSIONS][f"{user}-s0"]

@@ -31,15 +31,18 @@ from presence_sweep.schema import (
     IS_SIGNED_IN,
     LAST_PONG_AT,
     LAST_SIGN_OUT_AT,
+    MEMBER_SHARDS,
     MEMBERS,
     PONG_BACKLOG_SECONDS,
     SESSIONS,
+    SHARD,
     SIGN_OUT_CLAIM,
     SIGN_OUT_CLAIMED_AT,
     SIGNED_OUT_AT,
     STOPPED_AT,
     UPDATED_AT,
     USER_ID,
+    member_shard,
 )
 from tests.sweep_fakes import MemoryInstances, MemoryMembers
 
@@ -105,6 +108,11 @@ def where(instance: str) -> dict[str, str]:
 # --- expired_page -------------------------------------------------------------------------------
 
 
+def in_shard(doc: dict[str, Any], shard: int = 0) -> dict[str, Any]:
+    """``doc`` with a shard, as the gateway's connect write records one."""
+    return {**doc, SHARD: shard}
+
+
 def test_expired_page_lists_signed_in_members_past_the_cutoff_oldest_first(
     backend: Backend,
 ) -> None:
@@ -122,8 +130,8 @@ def test_expired_page_lists_signed_in_members_past_the_cutoff_oldest_first(
         "signed-out": member(CUTOFF - 3 * hour, **{IS_SIGNED_IN: False}),
         "text-pong": member("2020-01-01T00:00:00Z"),
     }.items():
-        backend.put(MEMBERS, user_id, doc)
-    backend.put(MEMBERS, "no-pong", {IS_SIGNED_IN: True})
+        backend.put(MEMBERS, user_id, in_shard(doc))
+    backend.put(MEMBERS, "no-pong", in_shard({IS_SIGNED_IN: True}))
 
     ids, cursor = backend.members.expired_page(CUTOFF, 10, None)
     assert ids == ["a", "b", "c", "d", "claimed"]
@@ -134,15 +142,56 @@ def test_expired_page_cursor_walks_every_page_once(backend: Backend) -> None:
     """Pages of two follow each other without gap or repeat; a full last page still returns a
     cursor, and the page after it is empty."""
     for n in range(6):
-        backend.put(MEMBERS, f"u{n}", member(CUTOFF - timedelta(minutes=10 - n)))
+        backend.put(MEMBERS, f"u{n}", in_shard(member(CUTOFF - timedelta(minutes=10 - n))))
+    assert walk(backend, 2) == [["u0", "u1"], ["u2", "u3"], ["u4", "u5"], []]
+
+
+def walk(backend: Backend, limit: int) -> list[list[str]]:
+    """Every page of expired members, from the first to the one the cursor ends on."""
     pages: list[list[str]] = []
     cursor: Any | None = None
     while True:
-        ids, cursor = backend.members.expired_page(CUTOFF, 2, cursor)
+        ids, cursor = backend.members.expired_page(CUTOFF, limit, cursor)
         pages.append(ids)
         if cursor is None:
-            break
-    assert pages == [["u0", "u1"], ["u2", "u3"], ["u4", "u5"], []]
+            return pages
+
+
+def test_expired_page_fills_pages_from_one_shard_after_the_other(backend: Backend) -> None:
+    """Shards in ascending order, each oldest first: a page takes up where the last one
+    stopped, within a shard or across empty ones, down to the last shard."""
+    minute = timedelta(minutes=1)
+    for user_id, shard, last_pong in [
+        ("late-in-0", 0, CUTOFF - minute),
+        ("early-in-0", 0, CUTOFF - 9 * minute),
+        ("in-1", 1, CUTOFF - 20 * minute),
+        ("early-in-57", 57, CUTOFF - 8 * minute),
+        ("late-in-57", 57, CUTOFF - 2 * minute),
+        ("fresh-in-57", 57, NOW),
+        ("last", MEMBER_SHARDS - 1, CUTOFF - 30 * minute),
+    ]:
+        backend.put(MEMBERS, user_id, in_shard(member(last_pong), shard))
+
+    assert walk(backend, 3) == [
+        ["early-in-0", "late-in-0", "in-1"],
+        ["early-in-57", "late-in-57", "last"],
+        [],
+    ]
+    assert walk(backend, 100) == [
+        ["early-in-0", "late-in-0", "in-1", "early-in-57", "late-in-57", "last"]
+    ]
+
+
+def test_expired_page_misses_members_without_a_valid_shard(backend: Backend) -> None:
+    """A member written before the shard field (or with a shard no query names) is in no page:
+    presence_sweep.backfill gives it one."""
+    backend.put(MEMBERS, "sharded", in_shard(member(), member_shard("sharded")))
+    backend.put(MEMBERS, "before-shards", member())
+    backend.put(MEMBERS, "past-the-last", in_shard(member(), MEMBER_SHARDS))
+    backend.put(MEMBERS, "negative", in_shard(member(), -1))
+    backend.put(MEMBERS, "text", {**member(), SHARD: "0"})
+
+    assert backend.members.expired_page(CUTOFF, 10, None) == (["sharded"], None)
 
 
 # --- claim --------------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ from presence_sweep.schema import (
     IS_SIGNED_IN,
     LAST_PONG_AT,
     PONG_BACKLOG_SECONDS,
+    SHARD,
     SIGN_OUT_CLAIM,
     STOPPED_AT,
+    member_shard,
 )
 from tests.sweep_fakes import MemoryInstances, MemoryMembers
 
@@ -97,6 +99,9 @@ class FakeStore(MemoryMembers):
     as the gateway records them, and the released user ids kept."""
 
     def __init__(self, members: dict[str, dict[str, Any]], sessions: list[SessionRef]) -> None:
+        for user_id, doc in members.items():
+            # As the gateway's connect write records it: the sweep queries shard by shard.
+            doc.setdefault(SHARD, member_shard(user_id))
         super().__init__(members)
         self.released: list[str] = []
         for ref in sessions:
@@ -199,7 +204,7 @@ def test_nothing_expired_changes_nothing() -> None:
     auth, notifier = FakeAuth(), FakeNotifier()
     report = sweep(store, auth, notifier, NOW, pong_timeout=10800)
     assert (report.examined, report.signed_out, auth.revoked, notifier.calls) == (0, 0, [], [])
-    assert store.members["u"] == member(last_pong_at=NOW)
+    assert store.members["u"] == {**member(last_pong_at=NOW), SHARD: member_shard("u")}
 
 
 def test_naive_now_is_refused() -> None:
