@@ -101,7 +101,7 @@ class WriteBehind:
         self.concurrency = concurrency
         self.max_docs = max_docs
         self._pending = PendingWrites()
-        self.window = CommitWindow(batch_size * concurrency)
+        self.window = CommitWindow(batch_size * concurrency, start=batch_size)
         #: Commits in flight (run's), with what each carries and when it started.
         self._inflight: dict[asyncio.Task[Exception | None], tuple[Chunk, float]] = {}
         self._inflight_writes = 0
@@ -253,24 +253,34 @@ class WriteBehind:
             for leftover in [*inflight, *([wake] if wake else [])]:
                 leftover.cancel()
 
+    def _open_room(self) -> int:
+        """Writes a new commit of any kind may carry now: none while every slot is busy, the
+        window is used up, or a commit has been in flight past the target latency (the link
+        is queueing: more bytes behind it would only delay the heartbeat and reach their
+        deadline; its end, or its failure, adjusts the window)."""
+        if len(self._inflight) >= self.concurrency:
+            return 0
+        oldest = min((started for _, started in self._inflight.values()), default=None)
+        if oldest is not None and time.monotonic() - oldest > self.window.target_latency:
+            return 0
+        return min(self.batch_size, self.window.room(self._inflight_writes))
+
     def _room(self) -> int:
         """Writes a new commit may carry now (0: none may start)."""
-        if len(self._inflight) < self.concurrency:
-            room = min(self.batch_size, self.window.room(self._inflight_writes))
-            if room:
-                return room
         # Full: an urgent write still gets a commit of its own, one at a time.
-        return self.batch_size if self._pending.has_urgent and not self._urgent_inflight else 0
+        return self._open_room() or (
+            self.batch_size if self._pending.has_urgent and not self._urgent_inflight else 0
+        )
 
     def _next_chunk(self, now: float) -> Chunk:
-        room = self._room()
-        if not room:
-            return []
-        full = len(self._inflight) >= self.concurrency or not self.window.room(
-            self._inflight_writes
-        )
+        room = self._open_room()
+        urgent_only = not room
+        if urgent_only:
+            room = self._room()
+            if not room:
+                return []
         flush_after = 0.0 if self._closing else self.flush_interval
-        return self._pending.take(now, room, flush_after, urgent_only=full)
+        return self._pending.take(now, room, flush_after, urgent_only=urgent_only)
 
     def _until_due(self, now: float, retry_at: float) -> float | None:
         """Seconds until the oldest eligible write is due (None: wait for an event)."""

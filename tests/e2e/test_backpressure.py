@@ -15,7 +15,9 @@ Phases (``tests.bench.backpressure_bench.run_phases``, the same as ``make bench`
 ``--only backpressure`` with 1,000 users): unthrottled for 10 s, measuring the bytes/s through
 the proxy; a tenth of that for 60 s; a fortieth for 90 s. Every 3 s every member is read from
 the emulator, not through the proxy. The goals: at a tenth, no connected user's stored
-``last_pong_at`` is ``PONG_TIMEOUT / 2`` old; in every phase, no answering user is signed out
+``last_pong_at`` is ``PONG_TIMEOUT / 2`` old once the writer has adapted (from 30 s in: the
+commits on the link when the rate drops tenfold take ten times longer, once), nor
+``PONG_TIMEOUT`` old at any time; in every phase, no answering user is signed out
 or revoked, no socket gets a timeout or is closed, and none is left open while its user is
 signed out. ``pytest -s`` prints the figures of each phase.
 """
@@ -78,8 +80,8 @@ def test_throttled_firestore_link_keeps_records_fresh_and_answering_users_signed
     firestore_client: Any,
 ) -> None:
     """At a tenth of the unthrottled bytes/s every stored pong stays fresher than
-    PONG_TIMEOUT / 2; at a tenth and a fortieth nobody answering is signed out, revoked or
-    closed, and no signed-out user's socket stays open."""
+    PONG_TIMEOUT / 2 once the writer has adapted; at a tenth and a fortieth nobody answering
+    is signed out, revoked or closed, and no signed-out user's socket stays open."""
     assert gateway.env["FIRESTORE_EMULATOR_HOST"] == proxy.address
     users = [f"bp-{secrets.token_hex(3)}-{i:04d}" for i in range(USERS)]
     tokens = bp.mint_tokens(minter, users)

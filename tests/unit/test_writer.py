@@ -369,7 +369,7 @@ async def test_slow_commits_shrink_what_is_in_flight_and_quick_ones_restore_it()
     store = SlowStore(pong_delay=0.3)
     writer = WriteBehind(store, flush_interval=0.01, batch_size=50, concurrency=2)
     writer.window.target_latency = 0.1
-    ceiling = writer.window.size
+    ceiling = writer.window.maximum
     for i in range(400):
         writer.put(pong_write(f"u{i}", at(i)), pong=True)
     writer.start()
@@ -406,18 +406,20 @@ async def test_backlog_age_is_the_wait_of_the_oldest_unwritten_pong() -> None:
 
 
 def test_commit_window_grows_while_quick_and_backs_off_when_slow_or_failing() -> None:
-    """AIMD: +half a commit while quick, x0.7 when slow, /2 on failure, within its bounds."""
+    """+half a commit while quick; when slow, what the link carried in the target latency at
+    that pace (and at least x0.7); back to the minimum on a failure; within its bounds."""
     from gateway.congestion import CommitWindow
 
     window = CommitWindow(maximum=1000, minimum=10, target_latency=1.0)
-    window.failed()
-    assert window.size == 500
-    window.succeeded(100, latency=5.0)
-    assert window.size == 350
+    assert window.size == 1000
+    assert CommitWindow(maximum=1000, start=250).size == 250  # slow start from one batch
+    window.succeeded(500, latency=2.0)
+    assert window.size == 250  # 500 writes in 2 s: 250 in the target second
+    window.succeeded(100, latency=1.1)
+    assert window.size == 90  # 100 writes in 1.1 s: 90 (below 70 % of 250)
     window.succeeded(100, latency=0.1)
-    assert window.size == 400
-    for _ in range(20):
-        window.failed()
+    assert window.size == 140
+    window.failed()
     assert window.size == 10 and window.room(in_flight=4) == 6
     for _ in range(100):
         window.succeeded(500, latency=0.1)
