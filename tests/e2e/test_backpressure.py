@@ -13,12 +13,12 @@ where a wrongful sign-out is a revoked refresh token, which this test looks for 
 
 Phases (``tests.bench.backpressure_bench.run_phases``, the same as ``make bench``'s
 ``--only backpressure`` with 1,000 users): unthrottled for 10 s, measuring the bytes/s through
-the proxy; a tenth of that for 60 s; a fortieth for 90 s. Every 3 s every member is read from
-the emulator, not through the proxy. The goals: at a tenth, no connected user's stored
-``last_pong_at`` is ``PONG_TIMEOUT / 2`` old once the writer has adapted (from 30 s in: the
-commits on the link when the rate drops tenfold take ten times longer, once), nor
-``PONG_TIMEOUT`` old at any time; in every phase, no answering user is signed out
-or revoked, no socket gets a timeout or is closed, and none is left open while its user is
+the proxy; a tenth of that for 60 s; a fortieth for 60 s (the bench: 90). Every 3 s every
+member is read from the emulator, not through the proxy. The goals: at a tenth, no connected
+user's stored ``last_pong_at`` is ``PONG_TIMEOUT / 2`` old once the writer has adapted (from
+30 s in: the commits on the link when the rate drops tenfold take ten times longer, once),
+nor ``PONG_TIMEOUT`` old at any time; in every phase, no answering user is signed out or
+revoked, no socket gets a timeout or is closed, and none is left open while its user is
 signed out. ``pytest -s`` prints the figures of each phase.
 """
 
@@ -108,7 +108,9 @@ def test_throttled_firestore_link_keeps_records_fresh_and_answering_users_signed
             metrics,
             sweeper.function.log_path,
         )
-        phases = bp.run_phases(proxy, observer, print)
+        # 60 s at a fortieth, where the bench holds 90: before the writer's changes every
+        # answering user was signed out within 40 s of the drop.
+        phases = bp.run_phases(proxy, observer, print, fortieth=60.0)
     finally:
         bp.stop_clients(clients)
 
