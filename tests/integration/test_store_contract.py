@@ -35,6 +35,7 @@ from gateway.schema import (
     LAST_PONG_AT,
     LAST_SIGN_OUT_AT,
     MEMBERS,
+    PONG_BACKLOG_SECONDS,
     SESSIONS,
     SHARD,
     SIGNED_OUT_AT,
@@ -157,6 +158,7 @@ async def test_delete_field_removes_top_level_and_nested_fields(backend: Backend
         INTERNAL_URL: "http://gw",
         STARTED_AT: T0,
         HEARTBEAT_AT: T0,
+        PONG_BACKLOG_SECONDS: 0.0,
     }
     await store.commit(connect_writes("u", "s1", "i", T0))
     await store.commit(
@@ -169,6 +171,7 @@ async def test_delete_field_removes_top_level_and_nested_fields(backend: Backend
         INTERNAL_URL: "http://gw",
         STARTED_AT: T0,
         HEARTBEAT_AT: T0,
+        PONG_BACKLOG_SECONDS: 0.0,
     }
 
 
@@ -315,11 +318,17 @@ async def test_get_instances_returns_the_existing_ones_by_id(backend: Backend) -
     await store.commit([instance_write("a", "http://a", T0), instance_write("b", "http://b", T0)])
     await store.commit([Write(INSTANCES, "b", {STOPPED_AT: T0 + timedelta(minutes=1)})])
     assert await store.get_instances(["a", "b", "missing"], timeout=READ_TIMEOUT) == {
-        "a": {INTERNAL_URL: "http://a", STARTED_AT: T0, HEARTBEAT_AT: T0},
+        "a": {
+            INTERNAL_URL: "http://a",
+            STARTED_AT: T0,
+            HEARTBEAT_AT: T0,
+            PONG_BACKLOG_SECONDS: 0.0,
+        },
         "b": {
             INTERNAL_URL: "http://b",
             STARTED_AT: T0,
             HEARTBEAT_AT: T0,
+            PONG_BACKLOG_SECONDS: 0.0,
             STOPPED_AT: T0 + timedelta(minutes=1),
         },
     }
