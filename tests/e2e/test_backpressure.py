@@ -37,7 +37,7 @@ from tests.support import LOG_DIR, UNIT, GatewayProc, SweepStack, TokenMinter, s
 from tests.throttle import ThrottleProxy
 
 #: Phases of 160 s plus the set-up; the suite's 300 s would not leave a loaded machine room.
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480 * UNIT)]
+pytestmark = [pytest.mark.e2e, pytest.mark.long, pytest.mark.timeout(480 * UNIT)]
 
 #: The gateway's and the sweep's settings (the ``sweeper`` fixture reads ``SHORT``).
 SHORT = bp.SETTINGS

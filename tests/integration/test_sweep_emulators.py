@@ -362,6 +362,16 @@ def test_each_instance_is_called_at_its_registry_url_and_old_members_at_theirs(
             SHARD: member_shard(old_user),
         }
     )
+    # ... and its session, as that gateway recorded it (the project is shared with the e2e
+    # corpus, which holds every session to having its user).
+    db.collection(SESSIONS).document(f"{old_user}-s0").set(
+        {
+            USER_ID: old_user,
+            IS_ACTIVE: True,
+            CONNECTED_AT: expired,
+            INSTANCE_ID: legacy[INSTANCE_ID],
+        }
+    )
     member = db.collection(MEMBERS).document(user).get().to_dict()
     assert INTERNAL_URL not in member[ACTIVE_SESSIONS][f"{user}-s0"]
 
