@@ -129,9 +129,11 @@ class WriteBehind:
         ``urgent`` (default: any write but a pong) puts the document ahead of the pongs."""
         if pong:
             self.pongs_received += 1
+        if urgent is None:
+            urgent = not pong
         pending = self._pending
         before = len(pending)
-        if not pending.put(write, pong, not pong if urgent is None else urgent, self.max_docs):
+        if not pending.put(write, pong, urgent, self.max_docs):
             self.dropped_writes += 1
             if self.dropped_writes == 1 or self.dropped_writes % 1000 == 0:
                 logger.error(
@@ -142,9 +144,7 @@ class WriteBehind:
                 )
             return False
         size = len(pending)
-        if (size != before and (size == 1 or size % self.batch_size == 0)) or (
-            urgent or (urgent is None and not pong)
-        ):
+        if urgent or (size != before and (size == 1 or size % self.batch_size == 0)):
             # The buffer became non-empty (start the flush timer), filled another batch, or
             # holds an urgent write (which may start a commit of its own).
             self._wakeup.set()
