@@ -16,11 +16,11 @@ from urllib.parse import unquote_plus
 import uvicorn
 import wsproto
 
-from gateway.app import SocketFastPath, create_asgi
+from gateway.edge.handshake import bounded_http
+from gateway.edge.wsproto_lean import LeanWSProtocol, check_versions
 from gateway.exceptions import ConfigError
-from gateway.handshake import bounded_http
 from gateway.settings import ALLOW_EMULATOR, Settings
-from gateway.wsproto_lean import LeanWSProtocol, check_versions
+from gateway.web.app import SocketFastPath, create_asgi
 
 #: Tracked objects allocated, net of those freed, between young-generation collections.
 #: CPython's default, 700, is crossed several times a second by the write-behind buffer alone
@@ -96,7 +96,7 @@ class CloudLoggingJson(logging.Formatter):
         }
         event = getattr(record, "event", None)
         if isinstance(event, dict):
-            # Connection events (gateway.analytics): jsonPayload.event in Cloud Logging.
+            # Connection events (gateway.instance.analytics): jsonPayload.event in Cloud Logging.
             entry["event"] = event
         if record.exc_info:
             entry["message"] += "\n" + self.formatException(record.exc_info)
@@ -122,7 +122,7 @@ def warn_of_emulators(settings: Settings) -> None:
 
 def websocket_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
     """What uvicorn runs sockets with: for the default, wsproto, its protocol trimmed for idle
-    sockets (less than half the memory per socket, see gateway.wsproto_lean); the other
+    sockets (less than half the memory per socket, see gateway.edge.wsproto_lean); the other
     implementations as uvicorn ships them."""
     if settings.sockets.ws_implementation == "wsproto":
         untested = check_versions(uvicorn.__version__, wsproto.__version__)

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gateway.callback_auth import GOOGLE_CERTS_URL
 from gateway.env import (
     LIMIT,
     LIMIT_INT,
@@ -26,7 +25,10 @@ from gateway.env import (
     env,
 )
 from gateway.exceptions import ConfigError
-from gateway.rooms import ROOM_CHARS, SEPARATOR, valid_prefix
+from gateway.protocol.rooms import ROOM_CHARS, SEPARATOR, valid_prefix
+
+#: Where Google publishes the keys that sign its ID tokens (the callback's OIDC credential).
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 DEMO_PROJECT = "demo-presence"
 #: Firebase's convention: a project whose id starts with this exists only in the emulators.
@@ -75,7 +77,7 @@ class SocketSettings:
     max_sockets_per_user: int = env("WS_MAX_SOCKETS_PER_USER", 10, LIMIT_INT)
     max_connects_per_minute: int = env("WS_MAX_CONNECTS_PER_MINUTE", 300, LIMIT_INT)
     #: Seconds a new connection has to deliver its HTTP request (the upgrade) before it is
-    #: closed, and how many may be waiting at once (0: no cap); see gateway.handshake.
+    #: closed, and how many may be waiting at once (0: no cap); see gateway.edge.handshake.
     handshake_timeout: float = env("WS_HANDSHAKE_TIMEOUT", 10.0, POSITIVE)
     max_pending_handshakes: int = env("WS_MAX_PENDING_HANDSHAKES", 4096, LIMIT_INT)
     #: Rooms one socket may be in at once; 0: no limit.
@@ -299,7 +301,7 @@ def _socket_settings(reader: EnvReader, on_cloud_run: bool) -> SocketSettings:
         str,
         # On Cloud Run the container is reached only through Google's front end, which puts
         # the client's address last in X-Forwarded-For: believe it from any peer (the connect
-        # limiter reads that last entry, see gateway.limits.connect_address).
+        # limiter reads that last entry, see gateway.protocol.limits.connect_address).
         "*" if on_cloud_run else default_of(SocketSettings, "forwarded_allow_ips"),
     )
     check_forwarded_allow_ips(forwarded)

@@ -62,8 +62,8 @@ SWEEP_USERS_PER_S = 410.0
 #: "Sharded timestamps": a collection whose documents hold a monotonically increasing indexed
 #: field takes at most 500 writes/s; each value of a leading shard field gets its own 500/s.
 SEQUENTIAL_INDEX_WRITES_PER_S = 500.0
-#: members' shards: shard = zlib.crc32(uid.encode()) % MEMBER_SHARDS (gateway/schema.py, held
-#: equal to this by tests/contract/test_capacity_doc.py).
+#: members' shards: shard = zlib.crc32(uid.encode()) % MEMBER_SHARDS (gateway/storage/schema.py,
+#: held equal to this by tests/contract/test_capacity_doc.py).
 MEMBER_SHARDS = 100
 #: The 500/50/5 rule ("Best practices", ramping up traffic): start near 500 operations/s and
 #: grow by at most 50 % every 5 minutes.

@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.schema import INSTANCE_ID, MEMBERS, SESSIONS, SHARD
+from gateway.storage.schema import INSTANCE_ID, MEMBERS, SESSIONS, SHARD
 
 ROOT = Path(__file__).resolve().parent.parent
 INDEXES = ROOT / "firestore.indexes.json"

@@ -1,10 +1,10 @@
 """The Firestore schema the sweep function and the gateway share: every collection and field name.
 
 This package deploys alone and imports nothing from ``gateway/``, so the gateway declares the same
-names in ``gateway/schema.py``; ``tests/contract/test_schema.py`` holds the two declarations equal
-and both to ``firestore.indexes.json`` and ``firestore.rules``. A name that drifted on one side
-would fail silently at run time (a ``last_sign_out_at`` the gateway does not read admits a revoked
-token), hence one declaration per side and a test.
+names in ``gateway/storage/schema.py``; ``tests/contract/test_schema.py`` holds the two
+declarations equal and both to ``firestore.indexes.json`` and ``firestore.rules``. A name that
+drifted on one side would fail silently at run time (a ``last_sign_out_at`` the gateway does not
+read admits a revoked token), hence one declaration per side and a test.
 
 ``members/{user_id}``
     written by the gateway on connect (``is_signed_in``, ``last_pong_at``, ``updated_at``,

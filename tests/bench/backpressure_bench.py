@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emulator import procs
-from gateway.schema import HEARTBEAT_AT, INSTANCES, IS_SIGNED_IN, LAST_PONG_AT, MEMBERS
+from gateway.storage.schema import HEARTBEAT_AT, INSTANCES, IS_SIGNED_IN, LAST_PONG_AT, MEMBERS
 
 if TYPE_CHECKING:
     from tests.bench.runner import ClientProc

@@ -1,6 +1,6 @@
 """The Firestore commit paths compared on the same batches of pong writes (issue 14, part 5).
 
-``FirestoreStore.commit`` sends wire bytes (gateway.firestore_wire) on the client's gRPC
+``FirestoreStore.commit`` sends wire bytes (gateway.storage.firestore_wire) on the client's gRPC
 channel. This script measures it against the other paths for the same writes, against a
 Firestore emulator:
 
@@ -40,14 +40,14 @@ from importlib.metadata import version
 from typing import Any
 
 from emulator import procs
-from gateway.firestore_store import (
+from gateway.storage.firestore_store import (
     COMMIT_TIMEOUT,
     FirestoreStore,
     _public_fields,
     _raw_types,
     merge_write,
 )
-from gateway.store import Write, pong_write
+from gateway.storage.store import Write, pong_write
 
 LOG_DIR = procs.ROOT / ".run" / "bench"
 

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from emulator import procs
-from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS
+from gateway.storage.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS
 
 if TYPE_CHECKING:
     from tests.bench.runner import ClientProc, Gateway, Owned

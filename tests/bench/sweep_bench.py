@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from emulator import procs
-from gateway.schema import (
+from gateway.storage.schema import (
     ACTIVE_SESSIONS,
     HEARTBEAT_AT,
     INSTANCE_ID,

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from emulator import procs
-from gateway.schema import ACTIVE_SESSIONS, IS_SIGNED_IN, LAST_PONG_AT, MEMBERS
+from gateway.storage.schema import ACTIVE_SESSIONS, IS_SIGNED_IN, LAST_PONG_AT, MEMBERS
 
 if TYPE_CHECKING:
     from tests.bench.runner import ClientProc

@@ -23,7 +23,7 @@ import pytest
 
 from emulator import procs
 from emulator.stack import DEMO_DIR
-from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS, UPDATED_AT
+from gateway.storage.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS, UPDATED_AT
 from tests.support import (
     LOG_DIR,
     UNIT,

@@ -19,7 +19,7 @@ from unittest import mock
 import pytest
 
 from emulator import compose, procs
-from gateway.schema import (
+from gateway.storage.schema import (
     IS_ACTIVE,
     IS_SIGNED_IN,
     LAST_SIGN_OUT_AT,

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from emulator import procs
-from gateway.schema import INSTANCES, STOPPED_AT
+from gateway.storage.schema import INSTANCES, STOPPED_AT
 from tests.support import UNIT, Client, eventually
 
 pytestmark = pytest.mark.e2e

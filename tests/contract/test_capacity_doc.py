@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from gateway import schema as gateway_schema
+from gateway.storage import schema as gateway_schema
 from presence_sweep import schema as sweep_schema
 from scripts import capacity
 

@@ -1,11 +1,12 @@
-"""The close codes the docs promise are exactly the ones the gateway uses (gateway.closes)."""
+"""The close codes the docs promise are exactly the ones the gateway uses
+(gateway.protocol.closes)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from gateway.closes import CloseCode
+from gateway.protocol.closes import CloseCode
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 

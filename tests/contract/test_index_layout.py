@@ -15,9 +15,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway import schema
-from gateway.store import Write, connect_writes, disconnect_writes, pong_write, sign_out_writes
-from gateway.stream_delivery import _ack_fields
+from gateway.instance.stream_delivery import _ack_fields
+from gateway.storage import schema
+from gateway.storage.store import (
+    Write,
+    connect_writes,
+    disconnect_writes,
+    pong_write,
+    sign_out_writes,
+)
 from presence_sweep import schema as sweep_schema
 from tests.index_layout import (
     Query,

@@ -1,8 +1,8 @@
 """The Firestore schema: declared once per deployable, the two declarations held equal, and both
 held to the files deployed with them.
 
-The gateway declares every collection and field name in ``gateway/schema.py``; the sweep function,
-which deploys alone and may not import the gateway, declares them in
+The gateway declares every collection and field name in ``gateway/storage/schema.py``; the sweep
+function, which deploys alone and may not import the gateway, declares them in
 ``functions/presence_sweep/schema.py``. These tests check that:
 
 1. both modules declare the same upper-case names with the same values, including the
@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from gateway import schema as gateway_schema
+from gateway.storage import schema as gateway_schema
 from presence_sweep import schema as sweep_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,7 +200,7 @@ _SHARED_WORDS = {
 def _package_sources() -> list[Path]:
     return [
         path
-        for path in [*(ROOT / "gateway").glob("*.py"), *(ROOT / "functions").rglob("*.py")]
+        for path in [*(ROOT / "gateway").rglob("*.py"), *(ROOT / "functions").rglob("*.py")]
         if path.name != "schema.py" and "venv" not in path.parts
     ]
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
-from gateway import schema as gateway_schema
-from gateway import store as gateway_store
-from gateway.messages import TimeoutCallback
+from gateway.protocol.messages import TimeoutCallback
+from gateway.storage import schema as gateway_schema
+from gateway.storage import store as gateway_store
 from presence_sweep import adapters
 from presence_sweep import schema as sweep_schema
 from presence_sweep.adapters import callback_body
@@ -36,7 +36,7 @@ def test_callback_body_from_the_function_decodes_on_the_gateway() -> None:
 
 def test_callback_path_matches_the_gateway_route() -> None:
     """The function posts to the path the gateway serves."""
-    from gateway.routes import internal_timeout
+    from gateway.web.routes import internal_timeout
 
     assert adapters.CALLBACK_PATH in internal_timeout.paths
 
@@ -118,7 +118,7 @@ def test_every_composite_query_has_its_index_declared() -> None:
     # tests/integration/test_index_layout.py; this reads the sources, without an emulator.
     sources = [
         *sorted((ROOT / "functions" / "presence_sweep").glob("*.py")),
-        *sorted((ROOT / "gateway").glob("*.py")),
+        *sorted((ROOT / "gateway").rglob("*.py")),
     ]
     queries = [q for path in sources for q in _queries_in(path)]
     declared = _declared_indexes()

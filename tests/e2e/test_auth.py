@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS, SESSIONS, USER_ID
+from gateway.storage.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS, SESSIONS, USER_ID
 from tests.support import (
     UNIT,
     GatewayProc,

@@ -45,7 +45,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gateway.schema import (
+from gateway.storage.schema import (
     ACTIVE_SESSION_FIELDS,
     ACTIVE_SESSIONS,
     CLOSE_CODE,

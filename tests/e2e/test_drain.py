@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.schema import (
+from gateway.storage.schema import (
     ACTIVE_SESSIONS,
     CLOSE_CODE,
     INSTANCES,

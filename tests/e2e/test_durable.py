@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.schema import STREAMS
+from gateway.storage.schema import STREAMS
 from presence_client import PresenceClient, Recovery, State, StreamMessage
 from tests.conftest import PubSubEmulator
 from tests.e2e.conftest import Cluster, start_cluster

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS
+from gateway.storage.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS
 from tests.conftest import PubSubEmulator
 from tests.e2e.conftest import Cluster, start_cluster
 from tests.support import (

@@ -35,8 +35,8 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.protocol import MAX_EPOCH_LENGTH, MAX_ID_LENGTH, MAX_SAFE_INTEGER
-from gateway.schema import ACKED_EPOCH, ACKED_OFFSET, LAST_PONG_AT, MEMBERS, STREAM_ACKS
+from gateway.protocol.frames import MAX_EPOCH_LENGTH, MAX_ID_LENGTH, MAX_SAFE_INTEGER
+from gateway.storage.schema import ACKED_EPOCH, ACKED_OFFSET, LAST_PONG_AT, MEMBERS, STREAM_ACKS
 from tests.support import UNIT, GatewayProc, TokenMinter, eventually, loads, start_gateway
 
 os.environ.setdefault(

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.schema import (
+from gateway.storage.schema import (
     ACTIVE_SESSIONS,
     CLOSE_CODE,
     CONNECTED_AT,

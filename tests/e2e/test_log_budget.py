@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.analytics import ROOM_EVENTS_PER_SOCKET
+from gateway.instance.analytics import ROOM_EVENTS_PER_SOCKET
 from gateway.logs import FRAME_LINES_BURST, FRAME_LINES_WINDOW
 from tests.support import Client, GatewayProc, TokenMinter, eventually, start_gateway
 
@@ -82,7 +82,7 @@ async def test_a_frame_flood_writes_a_bounded_number_of_lines_and_a_summary_of_t
 
     async def summaries_written() -> bool:
         return bool(
-            lines("gateway.sockets unknown message types: ")
+            lines("gateway.web.sockets unknown message types: ")
             and lines("gateway messages: ")
             and lines(f"room events suppressed user={user}")
         )

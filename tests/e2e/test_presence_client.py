@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.schema import IS_SIGNED_IN, LAST_PONG_AT, MEMBERS
+from gateway.storage.schema import IS_SIGNED_IN, LAST_PONG_AT, MEMBERS
 from presence_client import Ack, PresenceClient, SignedOut, State
 from tests.support import (
     UNIT,

@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gateway.schema import (
+from gateway.storage.schema import (
     IS_ACTIVE,
     IS_SIGNED_IN,
     LAST_SIGN_OUT_AT,
@@ -193,7 +193,11 @@ async def test_callback_requires_its_own_token(gateway: GatewayProc) -> None:
 
     body = {"sessions": [{"user_id": "u", "session_id": "s"}]}
     async with httpx.AsyncClient(base_url=gateway.http) as http:
-        for headers in ({}, gateway.auth, {"Authorization": "Bearer not-the-callback-token"}):
+        for headers in (
+            {},
+            gateway.auth,
+            {"Authorization": "Bearer not-the-callback-token"},
+        ):
             response = await http.post("/internal/timeout", json=body, headers=headers)
             assert response.status_code == 401, headers
         ok = await http.post(

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from gateway.schema import ACKED_OFFSET, STREAM_ACKS
-from gateway.stream_delivery import ACK_WRITE_INTERVAL
+from gateway.instance.stream_delivery import ACK_WRITE_INTERVAL
+from gateway.storage.schema import ACKED_OFFSET, STREAM_ACKS
 from tests.support import UNIT, GatewayProc, TokenMinter, eventually, start_gateway
 
 pytestmark = pytest.mark.e2e

@@ -1,5 +1,5 @@
-"""gateway.broker against gcloud's Pub/Sub emulator: the subscription's lifecycle, delivery to
-every instance, and recovery after the emulator restarts empty."""
+"""gateway.cluster.broker against gcloud's Pub/Sub emulator: the subscription's lifecycle, delivery
+to every instance, and recovery after the emulator restarts empty."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import BrokerUnavailable, PubSubBroker, reply_filter, subscription_id
+from gateway.cluster.broker import BrokerUnavailable, PubSubBroker, reply_filter, subscription_id
 from tests.conftest import PubSubEmulator
 from tests.support import UNIT, eventually
 

@@ -12,8 +12,8 @@ import pytest
 
 from emulator import procs
 from gateway.exceptions import WriteRejected
-from gateway.firestore_store import FirestoreStore
-from gateway.schema import (
+from gateway.storage.firestore_store import FirestoreStore
+from gateway.storage.schema import (
     ACTIVE_SESSIONS,
     CLOSE_CODE,
     CONNECTED_AT,
@@ -32,7 +32,7 @@ from gateway.schema import (
     USER_ID,
     member_shard,
 )
-from gateway.store import (
+from gateway.storage.store import (
     DELETE_FIELD,
     Write,
     connect_writes,
@@ -41,7 +41,7 @@ from gateway.store import (
     pong_write,
     sign_out_writes,
 )
-from gateway.writer import WriteBehind
+from gateway.storage.writer import WriteBehind
 from tests.support import LOG_DIR, UNIT, eventually
 
 pytestmark = pytest.mark.integration

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from gateway.firestore_store import FirestoreStore
-from gateway.firestore_streams import FirestoreStreamStore
-from gateway.schema import (
+from gateway.storage.firestore_store import FirestoreStore
+from gateway.storage.firestore_streams import FirestoreStreamStore
+from gateway.storage.schema import (
     CREATED_AT,
     EXPIRES_AT,
     HEARTBEAT_AT,
@@ -41,7 +41,13 @@ from gateway.schema import (
     UPDATED_AT,
     member_shard,
 )
-from gateway.store import DELETE_FIELD, Write, connect_writes, instance_write, sign_out_writes
+from gateway.storage.store import (
+    DELETE_FIELD,
+    Write,
+    connect_writes,
+    instance_write,
+    sign_out_writes,
+)
 from presence_sweep.adapters import sweep_firestore
 from presence_sweep.backfill import backfill_shards
 from presence_sweep.decision import SessionRef

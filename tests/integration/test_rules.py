@@ -23,7 +23,7 @@ import pytest
 
 from emulator import procs
 from emulator.exceptions import EmulatorError
-from gateway.schema import (
+from gateway.storage.schema import (
     ACTIVE_SESSIONS,
     INSTANCE_ID,
     INSTANCES,
@@ -37,7 +37,7 @@ from gateway.schema import (
     STREAMS,
     TOP_OFFSET,
 )
-from gateway.store import DELETE_FIELD, connect_writes, instance_write
+from gateway.storage.store import DELETE_FIELD, connect_writes, instance_write
 from tests.support import LOG_DIR, UNIT, unsigned_token
 
 pytestmark = pytest.mark.integration

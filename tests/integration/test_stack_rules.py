@@ -16,7 +16,7 @@ import pytest
 
 from emulator import procs, stack
 from emulator.exceptions import EmulatorError
-from gateway.schema import INSTANCES, IS_SIGNED_IN, MEMBERS
+from gateway.storage.schema import INSTANCES, IS_SIGNED_IN, MEMBERS
 from tests.support import LOG_DIR, UNIT, Client, eventually, start_gateway, unsigned_token
 
 pytestmark = pytest.mark.integration
@@ -135,7 +135,7 @@ async def test_a_gateways_writes_pass_the_rules(firestore: StackFirestore) -> No
     """A gateway process on the stack's Firestore records a socket's connect and pongs (its
     commits go through the client's channel as wire bytes, with the client's credentials):
     the rules hold clients, not the gateway."""
-    from gateway.schema import LAST_PONG_AT
+    from gateway.storage.schema import LAST_PONG_AT
 
     gateway = start_gateway(firestore.host, firestore.project, None)
     carol = f"carol-{uuid.uuid4().hex[:8]}"

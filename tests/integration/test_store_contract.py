@@ -1,5 +1,6 @@
-"""One contract for :class:`gateway.store.Store`, run against both backends: ``MemoryStore`` (what
-the unit tests use) and ``FirestoreStore`` against the Firestore emulator (what runs).
+"""One contract for :class:`gateway.storage.store.Store`, run against both backends:
+``MemoryStore`` (what the unit tests use) and ``FirestoreStore`` against the Firestore emulator
+(what runs).
 
 Every method of the protocol is covered: ``commit`` (merge semantics, nested maps, deletes,
 values, atomicity) and the reads ``get_member``, ``get_members``, ``get_instances``,
@@ -19,8 +20,8 @@ from typing import Any
 import pytest
 
 from gateway.exceptions import WriteRejected
-from gateway.firestore_store import FirestoreStore
-from gateway.schema import (
+from gateway.storage.firestore_store import FirestoreStore
+from gateway.storage.schema import (
     ACTIVE_SESSIONS,
     CLOSE_CODE,
     CONNECTED_AT,
@@ -45,7 +46,7 @@ from gateway.schema import (
     USER_ID,
     member_shard,
 )
-from gateway.store import (
+from gateway.storage.store import (
     DELETE_FIELD,
     READ_TIMEOUT,
     MemoryStore,

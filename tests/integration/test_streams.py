@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from gateway.firestore_store import FirestoreStore
-from gateway.firestore_streams import FirestoreStreamStore
-from gateway.messages import utc_now
-from gateway.schema import (
+from gateway.protocol.messages import utc_now
+from gateway.storage.firestore_store import FirestoreStore
+from gateway.storage.firestore_streams import FirestoreStreamStore
+from gateway.storage.schema import (
     ACKED_AT,
     ACKED_EPOCH,
     ACKED_OFFSET,
@@ -31,8 +31,8 @@ from gateway.schema import (
     STREAMS,
     TOP_OFFSET,
 )
-from gateway.store import MemoryStore, Write
-from gateway.streams import Head, MemoryStreamStore, StreamStore, entry_id
+from gateway.storage.store import MemoryStore, Write
+from gateway.storage.streams import Head, MemoryStreamStore, StreamStore, entry_id
 
 pytestmark = pytest.mark.integration
 

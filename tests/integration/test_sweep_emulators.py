@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.store import connect_writes, instance_write
+from gateway.storage.store import connect_writes, instance_write
 from presence_sweep.adapters import FirebaseAuth, FirestoreInstances, FirestoreMembers
 from presence_sweep.core import SweepReport, sweep
 from presence_sweep.decision import ClaimDecision, SessionRef

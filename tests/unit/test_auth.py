@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from gateway.auth import Identity, authorize, token_from
-from gateway.closes import CloseCode
 from gateway.exceptions import AuthError, ConfigError
-from gateway.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT
+from gateway.instance.auth import Identity, authorize, token_from
+from gateway.protocol.closes import CloseCode
 from gateway.settings import Settings
+from gateway.storage.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT
 
 SIGNED_IN = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -72,7 +72,7 @@ async def test_tokens_of_connects_waiting_at_once_are_verified_in_one_trip(
     import time
     import uuid
 
-    from gateway.auth import FirebaseVerifier
+    from gateway.instance.auth import FirebaseVerifier
     from tests.support import unsigned_token
 
     # Emulator tokens are unsigned and checked locally: no network in this test.
@@ -105,7 +105,7 @@ async def test_tokens_of_connects_waiting_at_once_are_verified_in_one_trip(
 def test_claims_with_times_no_date_can_hold_are_an_invalid_token(times: dict[str, Any]) -> None:
     """An exp or auth_time beyond any date (possible in the Auth emulator's unsigned tokens)
     refuses the token with 4401 instead of failing the socket later with 1011."""
-    from gateway.auth import identity_from
+    from gateway.instance.auth import identity_from
 
     with pytest.raises(AuthError) as caught:
         identity_from({"uid": "u", **times})

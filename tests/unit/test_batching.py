@@ -1,5 +1,5 @@
-"""Coalesced reads (``gateway.batching.BatchReader``) against a fetch that records its calls:
-which keys go in which batch, who gets which answer, failures and callers that give up."""
+"""Coalesced reads (``gateway.storage.batching.BatchReader``) against a fetch that records its
+calls: which keys go in which batch, who gets which answer, failures and callers that give up."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from gateway.batching import BatchReader
+from gateway.storage.batching import BatchReader
 
 
 class Backend:

@@ -13,8 +13,8 @@ from typing import cast
 
 import msgspec
 
-from gateway.deployment import Deployment
-from gateway.fanout import (
+from gateway.cluster.deployment import Deployment
+from gateway.cluster.fanout import (
     DEFAULT_LIST_LIMIT,
     MAX_LIST_LIMIT,
     PUBSUB_MAX_MESSAGE_BYTES,
@@ -22,10 +22,10 @@ from gateway.fanout import (
     Recipients,
     user_digests,
 )
-from gateway.registry import Connection
-from gateway.service import PresenceService
-from gateway.stats import count_users
-from gateway.store import MemoryStore
+from gateway.cluster.stats import count_users
+from gateway.instance.registry import Connection
+from gateway.instance.service import PresenceService
+from gateway.storage.store import MemoryStore
 from tests.unit.test_deployment import Cluster, Endpoint, LoopbackBus, register, settings
 
 #: The sockets one instance is sized for, each of a distinct user with the longest id allowed.

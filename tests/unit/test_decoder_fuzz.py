@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.closes import CloseCode
+from gateway.protocol.closes import CloseCode
 
 # Hypothesis caches (constants, unicode tables) go to the temp dir, not into the repository; the
 # example database is off (database=None below).
@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from gateway.exceptions import ProtocolError
-from gateway.protocol import (
+from gateway.protocol.frames import (
     MAX_EPOCH_LENGTH,
     MAX_ID_LENGTH,
     MAX_SAFE_INTEGER,

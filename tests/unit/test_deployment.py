@@ -16,13 +16,15 @@ from typing import Any
 
 import pytest
 
-from gateway.broker import BrokerUnavailable, Handler
-from gateway.closes import CloseCode
-from gateway.deployment import Delivery, Deployment
+from gateway.cluster.broker import BrokerUnavailable, Handler
+from gateway.cluster.deployment import Delivery, Deployment
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
-from gateway.messages import utc_now
-from gateway.registry import Connection
-from gateway.schema import (
+from gateway.instance.registry import Connection
+from gateway.instance.service import PresenceService
+from gateway.protocol.closes import CloseCode
+from gateway.protocol.messages import utc_now
+from gateway.settings import Settings
+from gateway.storage.schema import (
     ACTIVE_SESSIONS,
     HEARTBEAT_AT,
     INSTANCE_ID,
@@ -30,9 +32,7 @@ from gateway.schema import (
     INTERNAL_URL,
     MEMBERS,
 )
-from gateway.service import PresenceService
-from gateway.settings import Settings
-from gateway.store import MemoryStore
+from gateway.storage.store import MemoryStore
 from tests.support import unit_settings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.firestore_store import FirestoreStore
+from gateway.storage.firestore_store import FirestoreStore
 
 
 class ClientWithoutPrivateApi:

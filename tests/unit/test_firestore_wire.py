@@ -20,9 +20,9 @@ os.environ.setdefault(
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from gateway.firestore_store import _raw_types, merge_write  # noqa: E402
-from gateway.firestore_wire import CommitEncoder, is_flat, varint  # noqa: E402
-from gateway.store import DELETE_FIELD, Write, pong_write  # noqa: E402
+from gateway.storage.firestore_store import _raw_types, merge_write  # noqa: E402
+from gateway.storage.firestore_wire import CommitEncoder, is_flat, varint  # noqa: E402
+from gateway.storage.store import DELETE_FIELD, Write, pong_write  # noqa: E402
 
 DATABASE = "projects/demo-wire/databases/(default)"
 

@@ -1,4 +1,4 @@
-"""The handshake cap's bookkeeping (gateway.handshake.HandshakeLimits), on a fake clock: it
+"""The handshake cap's bookkeeping (gateway.edge.handshake.HandshakeLimits), on a fake clock: it
 counts only connections silent past the grace, closes the oldest of those, and spares one
 whose request bytes wait unread. Real sockets: tests/e2e/test_handshakes.py."""
 
@@ -9,7 +9,7 @@ import time
 from types import SimpleNamespace
 from typing import Any, cast
 
-from gateway.handshake import BoundedH11Protocol, HandshakeLimits
+from gateway.edge.handshake import BoundedH11Protocol, HandshakeLimits
 
 
 class Conn:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.limits import ConnectLimiter, connect_address, take_token
+from gateway.protocol.limits import ConnectLimiter, connect_address, take_token
 
 
 def test_bucket_allows_a_burst_then_the_rate() -> None:

@@ -1,5 +1,6 @@
 """The budget on log lines clients cause (gateway.logs), and its use by the room analytics
-entries (gateway.analytics). The same over a real gateway process: tests/e2e/test_log_budget.py.
+entries (gateway.instance.analytics). The same over a real gateway process:
+tests/e2e/test_log_budget.py.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ import logging
 
 import pytest
 
-from gateway.analytics import ROOM_EVENTS_PER_SOCKET, ConnectionEvents
+from gateway.instance.analytics import ROOM_EVENTS_PER_SOCKET, ConnectionEvents
+from gateway.instance.registry import Connection
 from gateway.logs import LogBudget
-from gateway.messages import utc_now
-from gateway.registry import Connection
+from gateway.protocol.messages import utc_now
 from tests.unit.test_deployment import Recorder
 
 

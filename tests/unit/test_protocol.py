@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.closes import CloseCode
 from gateway.exceptions import ProtocolError
-from gateway.protocol import (
+from gateway.protocol.closes import CloseCode
+from gateway.protocol.frames import (
     MessageReceived,
     PingReceived,
     PongReceived,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.messages import utc_now
-from gateway.registry import Connection, Registry
+from gateway.instance.registry import Connection, Registry
+from gateway.protocol.messages import utc_now
 
 
 async def _noop(_: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""Rooms: names, grants, limits and the registry (gateway.rooms), the join/leave frames, the
-service's analytics, and room send / membership across instances over a loopback broker.
+"""Rooms: names, grants, limits and the registry (gateway.protocol.rooms), the join/leave frames,
+the service's analytics, and room send / membership across instances over a loopback broker.
 
 The same behaviour with real gateway processes, tokens and Pub/Sub is in
 tests/e2e/test_rooms.py.
@@ -13,13 +13,14 @@ from typing import Any
 
 import pytest
 
-from gateway import auth
-from gateway.auth import identity_from
 from gateway.exceptions import ConfigError, ProtocolError
-from gateway.messages import utc_now
-from gateway.protocol import JoinRoom, LeaveRoom, decode_frame
-from gateway.registry import Connection
-from gateway.rooms import (
+from gateway.instance import auth
+from gateway.instance.auth import identity_from
+from gateway.instance.registry import Connection
+from gateway.instance.service import PresenceService
+from gateway.protocol.frames import JoinRoom, LeaveRoom, decode_frame
+from gateway.protocol.messages import utc_now
+from gateway.protocol.rooms import (
     MAX_GRANTS,
     MAX_ROOM_NAME,
     RoomRefused,
@@ -30,9 +31,8 @@ from gateway.rooms import (
     valid_prefix,
     valid_room_name,
 )
-from gateway.service import PresenceService
 from gateway.settings import Settings
-from gateway.store import MemoryStore
+from gateway.storage.store import MemoryStore
 from tests.support import unit_settings
 from tests.unit.test_deployment import Cluster, Recorder
 
@@ -127,16 +127,16 @@ def test_refused_grants_are_logged_once_each(
     MAX_REPORTED_GRANTS distinct ones, no more are logged (claims cannot grow the set)."""
     monkeypatch.setattr(auth, "_reported_grants", set())
     monkeypatch.setattr(auth, "MAX_REPORTED_GRANTS", 3)
-    caplog.set_level(logging.WARNING, logger="gateway.auth")
+    caplog.set_level(logging.WARNING, logger="gateway.instance.auth")
     claims = {"uid": "u1", "auth_time": 1_700_000_000, "exp": 1_700_003_600}
     for _ in range(3):
         identity_from({**claims, "rooms": ["*", "doc:7f*", "lobby", "doc:7f:*"]})
         identity_from({**claims, "rooms": ["doc:7f*"]})
-    logged = [r.getMessage() for r in caplog.records if r.name == "gateway.auth"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "gateway.instance.auth"]
     assert len(logged) == 2, logged
     assert "'*' grants nothing" in logged[0] and "'doc:7f*' grants nothing" in logged[1]
     identity_from({**claims, "rooms": [f"x{n}*" for n in range(5)]})
-    assert len([r for r in caplog.records if r.name == "gateway.auth"]) == 3
+    assert len([r for r in caplog.records if r.name == "gateway.instance.auth"]) == 3
 
 
 # --- the registry ---------------------------------------------------------------------------

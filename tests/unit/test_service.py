@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
-from gateway.closes import CloseCode
-from gateway.messages import utc_now
-from gateway.registry import Connection
-from gateway.schema import (
+from gateway.instance.registry import Connection
+from gateway.instance.service import PresenceService
+from gateway.protocol.closes import CloseCode
+from gateway.protocol.messages import utc_now
+from gateway.settings import Settings
+from gateway.storage.schema import (
     ACKED_OFFSET,
     HEARTBEAT_AT,
     INSTANCES,
@@ -22,9 +24,7 @@ from gateway.schema import (
     STOPPED_AT,
     STREAM_ACKS,
 )
-from gateway.service import PresenceService
-from gateway.settings import Settings
-from gateway.store import MemoryStore
+from gateway.storage.store import MemoryStore
 from tests.support import eventually, unit_settings
 
 
@@ -158,7 +158,7 @@ async def test_pong_write_interval_writes_a_user_at_most_once_per_interval(
     """With PONG_WRITE_INTERVAL=60 a user's pongs within 60 s cost one write; the next one
     after 60 s is written; a user's state is dropped with the last socket."""
     clock = [1000.0]
-    monkeypatch.setattr("gateway.service.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("gateway.instance.service.time.monotonic", lambda: clock[0])
     service = PresenceService(settings(pong_write_interval=60.0), MemoryStore())
     a1 = Connection("a", "s1", utc_now(), Recorder())
     a2 = Connection("a", "s2", utc_now(), Recorder())
@@ -182,7 +182,7 @@ async def test_pong_write_interval_writes_a_user_at_most_once_per_interval(
 
 
 class FrameEdge:
-    """A socket edge that takes pre-encoded frames (as gateway.wsproto_lean does)."""
+    """A socket edge that takes pre-encoded frames (as gateway.edge.wsproto_lean does)."""
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
@@ -234,7 +234,7 @@ async def test_admissions_share_a_recent_ping_and_a_round_makes_a_new_one() -> N
 
 async def test_a_stale_ping_is_not_reused_for_an_admission(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past ADMISSION_PING_REUSE the admission ping is encoded afresh (its timestamp is now)."""
-    from gateway import heartbeat as heartbeat_module
+    from gateway.instance import heartbeat as heartbeat_module
 
     service = PresenceService(settings(ping_interval=3600), MemoryStore())
     first = Connection("u1", "s1", utc_now(), Recorder())
@@ -254,7 +254,7 @@ class StubVerifier:
     async def verify(self, token: str) -> Any:
         from datetime import UTC, datetime
 
-        from gateway.auth import Identity
+        from gateway.instance.auth import Identity
 
         uid, _, auth_time = token.partition(":")
         return Identity(uid, datetime.fromtimestamp(int(auth_time), UTC), 4e9)
@@ -279,7 +279,7 @@ async def test_connects_waiting_at_once_share_one_member_read_and_revocation_hol
     from datetime import UTC, datetime
 
     from gateway.exceptions import AuthError
-    from gateway.store import sign_out_writes
+    from gateway.storage.store import sign_out_writes
 
     store = CountingStore()
     await store.commit(sign_out_writes("u7", [], datetime.fromtimestamp(2_000, UTC)))
@@ -298,7 +298,7 @@ async def test_acks_are_written_at_most_once_a_second_per_user_and_the_last_one_
 ) -> None:
     """A flood of stream_acks costs one position write per user per ACK_WRITE_INTERVAL: the
     first at once, the latest of the window when it ends; the stored position is the last."""
-    monkeypatch.setattr("gateway.stream_delivery.ACK_WRITE_INTERVAL", 0.2)
+    monkeypatch.setattr("gateway.instance.stream_delivery.ACK_WRITE_INTERVAL", 0.2)
     store = MemoryStore()
     service = PresenceService(settings(), store)
     conn = Connection("u", "s1", utc_now(), Recorder())

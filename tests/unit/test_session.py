@@ -1,4 +1,4 @@
-"""gateway.session: one socket's protocol decisions, driven without a server: every reply,
+"""gateway.protocol.session: one socket's protocol decisions, driven without a server: every reply,
 every close code, the rate limit and the token's expiry."""
 
 from __future__ import annotations
@@ -7,9 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.closes import CloseCode
-from gateway.messages import Ack, AuthOk, ErrorMessage, Joined, Left, RoomErrorMessage, ServerPong
-from gateway.protocol import (
+from gateway.protocol.closes import CloseCode
+from gateway.protocol.frames import (
     AuthRefresh,
     JoinRoom,
     LeaveRoom,
@@ -17,8 +16,17 @@ from gateway.protocol import (
     PongReceived,
     UnknownType,
 )
-from gateway.rooms import RoomRefused
-from gateway.session import Close, Session, SessionLimits, Step
+from gateway.protocol.messages import (
+    Ack,
+    AuthOk,
+    ErrorMessage,
+    Joined,
+    Left,
+    RoomErrorMessage,
+    ServerPong,
+)
+from gateway.protocol.rooms import RoomRefused
+from gateway.protocol.session import Close, Session, SessionLimits, Step
 
 AT = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 STAMP = "2026-12-03T12:00:00.000000+00:00"

@@ -1,5 +1,5 @@
 """The socket edge's consumer, ``sockets.SocketSink``: the ping frame encoded once
-(``registry.text_frame``), the pong taken synchronously (everything else declined to the usual
+(``framing.text_frame``), the pong taken synchronously (everything else declined to the usual
 handler), and every other event handled in order by a task that exists only while events wait,
 with reading paused beyond a backlog."""
 
@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
-from gateway.messages import utc_now
-from gateway.registry import Connection, text_frame
-from gateway.service import PresenceService
-from gateway.session import Session
-from gateway.sockets import MAX_BACKLOG, SocketSink
-from gateway.store import MemoryStore
+from gateway.edge.framing import text_frame
+from gateway.instance.registry import Connection
+from gateway.instance.service import PresenceService
+from gateway.protocol.messages import utc_now
+from gateway.protocol.session import Session
+from gateway.storage.store import MemoryStore
+from gateway.web.sockets import MAX_BACKLOG, SocketSink
 from tests.support import unit_settings
 
 
@@ -198,7 +199,7 @@ async def test_a_failing_handler_closes_the_socket_with_1011(
         raise RuntimeError("boom")
 
     # A bug in the gateway, not the client's fault, must not leave the socket half-handled.
-    monkeypatch.setattr("gateway.session.decode_frame", broken)
+    monkeypatch.setattr("gateway.protocol.session.decode_frame", broken)
     sink.put_event(receive('{"type":"ping"}'))
     await _settled(sink)
     assert send.sent[-1]["code"] == 1011

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from gateway.exceptions import ConfigError, ProtocolError
-from gateway.messages import utc_now
-from gateway.protocol import StreamAck, decode_frame
-from gateway.registry import Connection
-from gateway.schema import ACKED_EPOCH, ACKED_OFFSET, STREAM_ACKS
-from gateway.service import PresenceService
+from gateway.instance.registry import Connection
+from gateway.instance.service import PresenceService
+from gateway.protocol.frames import StreamAck, decode_frame
+from gateway.protocol.messages import utc_now
 from gateway.settings import Settings
-from gateway.store import MemoryStore
-from gateway.streams import (
+from gateway.storage.schema import ACKED_EPOCH, ACKED_OFFSET, STREAM_ACKS
+from gateway.storage.store import MemoryStore
+from gateway.storage.streams import (
     Entry,
     Head,
     MemoryStreamStore,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.schema import (
+from gateway.storage.schema import (
     ACKED_EPOCH,
     ACKED_OFFSET,
     ACTIVE_SESSIONS,
@@ -23,8 +23,8 @@ from gateway.schema import (
     STREAM_ACKS,
     UPDATED_AT,
 )
-from gateway.store import MemoryStore, Write, pong_write
-from gateway.writer import WriteBehind
+from gateway.storage.store import MemoryStore, Write, pong_write
+from gateway.storage.writer import WriteBehind
 from tests.support import eventually
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -174,7 +174,7 @@ async def test_documents_in_flight_are_never_split_across_batches(concurrency: i
 
 async def test_nested_maps_merge_and_deletes_survive_merging() -> None:
     """Two connects and a disconnect before one flush leave exactly the open session listed."""
-    from gateway.store import connect_writes, disconnect_writes
+    from gateway.storage.store import connect_writes, disconnect_writes
 
     store = MemoryStore()
     writer = WriteBehind(store)
@@ -408,7 +408,7 @@ async def test_backlog_age_is_the_wait_of_the_oldest_unwritten_pong() -> None:
 def test_commit_window_grows_while_quick_and_backs_off_when_slow_or_failing() -> None:
     """+half a commit while quick; when slow, what the link carried in the target latency at
     that pace (and at least x0.7); back to the minimum on a failure; within its bounds."""
-    from gateway.congestion import CommitWindow
+    from gateway.storage.congestion import CommitWindow
 
     window = CommitWindow(maximum=1000, minimum=10, target_latency=1.0)
     assert window.size == 1000

@@ -1,4 +1,4 @@
-"""gateway.wsproto_lean: the trimmed uvicorn protocol behaves like uvicorn's, holding less.
+"""gateway.edge.wsproto_lean: the trimmed uvicorn protocol behaves like uvicorn's, holding less.
 
 The in-process tests run a real uvicorn server with ``LeanWSProtocol`` on a loopback port and a
 small ASGI application, and talk to it with the ``websockets`` client.
@@ -22,9 +22,9 @@ from websockets.exceptions import ConnectionClosed
 from wsproto.connection import Connection
 
 from gateway.__main__ import websocket_protocol
+from gateway.edge.wsproto_lean import FRAMES_EXTENSION, LeanWSProtocol
+from gateway.edge.wsproto_parts import SCOPE_KEPT, EventList, Inbox, WriteGate
 from gateway.settings import Settings
-from gateway.wsproto_lean import FRAMES_EXTENSION, LeanWSProtocol
-from gateway.wsproto_parts import SCOPE_KEPT, EventList, Inbox, WriteGate
 
 MAX_SIZE = 1024
 
@@ -128,7 +128,7 @@ class Echo:
 
 class Consumer:
     """A detached socket's consumer: echoes each text event from a worker task, one at a
-    time, and reports a backlog beyond ``limit`` events (as ``gateway.sockets.SocketSink``)."""
+    time, and reports a backlog beyond ``limit`` events (as ``gateway.web.sockets.SocketSink``)."""
 
     def __init__(self, protocol: LeanWSProtocol, limit: int, delay: float) -> None:
         self.protocol, self.limit, self.delay = protocol, limit, delay
@@ -433,7 +433,7 @@ async def test_shutdown_reaches_a_detached_consumer_as_1012() -> None:
 def test_an_untested_uvicorn_or_wsproto_stops_the_start_with_the_reason() -> None:
     """The trimmed protocol leans on uvicorn's and wsproto's internals: only the tested
     releases pass; any other is named, and ``python -m gateway`` exits with it."""
-    from gateway.wsproto_lean import check_versions
+    from gateway.edge.wsproto_lean import check_versions
 
     assert check_versions("0.54.0", "1.3.2") is None
     assert check_versions("0.55.0", "1.3.2") == "uvicorn 0.55.0 (tested with 0.54.x)"

@@ -1,0 +1,253 @@
+"""The Pub/Sub edge: one topic for the deployment, one subscription per instance.
+
+Cloud Run gives instances no address of their own, so cross-instance work (a send, a
+broadcast, the sweep's timeouts, stats) is published once on ``PUBSUB_TOPIC`` by whichever
+instance a request lands on, and every instance reads it from a subscription of its own.
+
+This module only moves bytes: :class:`PubSubBroker` creates the topic and this instance's
+subscription, publishes, and feeds every message it pulls to a handler on the event loop. What
+the messages mean is ``gateway.cluster.deployment``'s business.
+
+Built on the asyncio (grpc.aio) GAPIC clients rather than google-cloud-pubsub's threaded
+``SubscriberClient``: messages arrive on the event loop itself, so no callback ever runs on a
+thread beside the sockets, and the pull loop can recreate a subscription that vanished (an
+emulator restart, an expiry after a long partition) instead of dying with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+logger = logging.getLogger("gateway.cluster.broker")
+
+#: Pub/Sub's minimum: a subscription nobody pulls from for a day is deleted, which is how a
+#: crashed instance's subscription goes away.
+EXPIRATION_SECONDS = 86_400
+#: Pub/Sub's minimum retention. A message older than a few seconds is useless here (the REST
+#: call that published it has answered), so keep the backlog of a stuck subscription small.
+RETENTION_SECONDS = 600
+ACK_DEADLINE_SECONDS = 10
+#: Admin calls (create, delete) and publishes fail fast: a broker outage must not hold a REST
+#: call or a shutdown for a minute of library retries.
+RPC_TIMEOUT = 5.0
+RETRY_FIRST, RETRY_MAX = 0.2, 5.0
+
+#: handler(data, attributes), called on the event loop for every message pulled.
+Handler = Callable[[bytes, Mapping[str, str]], None]
+
+
+class BrokerUnavailable(Exception):
+    """Publishing failed: Pub/Sub did not accept the message in time."""
+
+
+class Broker(Protocol):
+    """What ``gateway.cluster.deployment`` needs of a broker: Pub/Sub here, a loopback in unit
+    tests."""
+
+    #: True while messages are being received.
+    connected: bool
+
+    async def start(self, handler: Handler) -> None:
+        """Start receiving; ``handler`` is called on the event loop for every message."""
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, data: bytes, attributes: Mapping[str, str]) -> None:
+        """Publish to every instance; raise BrokerUnavailable on failure."""
+
+
+def subscription_id(topic: str, instance_id: str) -> str:
+    """This instance's subscription: the topic's name plus the instance id, in Pub/Sub's
+    alphabet (letters, digits, ``-_.~+%``), at most 255 characters."""
+    clean = re.sub(r"[^A-Za-z0-9\-_.~+%]", "-", instance_id)
+    return f"{topic}-{clean}"[:255]
+
+
+def reply_filter(instance_id: str) -> str:
+    """A subscription filter keeping requests for everyone and replies for this instance.
+    Filters are immutable and at most 256 bytes; the instance drops strays in code as well,
+    since the emulator accepts filters without applying them."""
+    quoted = instance_id.replace("\\", "\\\\").replace('"', '\\"')
+    return f'NOT attributes:to OR attributes.to = "{quoted}"'
+
+
+class PubSubBroker:
+    """Publishes to the deployment's topic and pulls this instance's subscription."""
+
+    def __init__(self, project: str, topic: str, instance_id: str) -> None:
+        self.topic_path = f"projects/{project}/topics/{topic}"
+        self.subscription_path = (
+            f"projects/{project}/subscriptions/{subscription_id(topic, instance_id)}"
+        )
+        self.instance_id = instance_id
+        self._handler: Handler = lambda data, attributes: None
+        self._publisher: Any = None
+        self._subscriber: Any = None
+        self._task: asyncio.Task[None] | None = None
+        #: True while the pull stream is open; the stats and /healthz say so.
+        self.connected = False
+        self.published = 0
+        self.publish_failures = 0
+        self.received = 0
+        self.reconnects = 0
+
+    async def start(self, handler: Handler) -> None:
+        """Build the clients and start pulling. The topic and the subscription are created by
+        the pull loop, so an unreachable broker delays cross-instance work, not the start."""
+        from google.pubsub_v1.services.publisher import PublisherAsyncClient
+        from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
+
+        self._handler = handler
+        emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
+        if emulator:
+            import grpc
+            from google.pubsub_v1.services.publisher.transports import (
+                PublisherGrpcAsyncIOTransport,
+            )
+            from google.pubsub_v1.services.subscriber.transports import (
+                SubscriberGrpcAsyncIOTransport,
+            )
+
+            self._publisher = PublisherAsyncClient(
+                transport=PublisherGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(emulator))
+            )
+            self._subscriber = SubscriberAsyncClient(
+                transport=SubscriberGrpcAsyncIOTransport(
+                    channel=grpc.aio.insecure_channel(emulator)
+                )
+            )
+        else:
+            self._publisher = PublisherAsyncClient()
+            self._subscriber = SubscriberAsyncClient()
+        self._task = asyncio.create_task(self._pull_forever(), name="pubsub-pull")
+
+    async def stop(self) -> None:
+        """Stop pulling and delete this instance's subscription (best effort: if Pub/Sub cannot
+        be reached, the expiration policy collects it within a day)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._subscriber is not None:
+            try:
+                await self._subscriber.delete_subscription(
+                    subscription=self.subscription_path, timeout=RPC_TIMEOUT, retry=None
+                )
+                logger.info("deleted subscription %s", self.subscription_path)
+            except Exception as exc:
+                logger.warning("could not delete %s: %r", self.subscription_path, exc)
+            await self._subscriber.transport.close()
+        if self._publisher is not None:
+            await self._publisher.transport.close()
+
+    async def publish(self, data: bytes, attributes: Mapping[str, str]) -> None:
+        """Publish one message; raise BrokerUnavailable if Pub/Sub does not take it within
+        ``RPC_TIMEOUT`` (a missing topic is created once and the publish retried)."""
+        from google.api_core import exceptions
+        from google.pubsub_v1 import types
+
+        message = types.PubsubMessage(data=data, attributes=dict(attributes))
+        for attempt in (1, 2):
+            try:
+                await self._publisher.publish(
+                    topic=self.topic_path, messages=[message], timeout=RPC_TIMEOUT, retry=None
+                )
+                self.published += 1
+                return
+            except exceptions.NotFound:
+                if attempt == 2:
+                    break
+                await self._ensure_topic()
+            except Exception as exc:
+                self.publish_failures += 1
+                raise BrokerUnavailable(f"Pub/Sub did not take the message: {exc!r}") from exc
+        self.publish_failures += 1
+        raise BrokerUnavailable(f"Pub/Sub topic {self.topic_path} cannot be created")
+
+    async def _ensure_topic(self) -> None:
+        from google.api_core import exceptions
+
+        try:
+            await self._publisher.create_topic(name=self.topic_path, timeout=RPC_TIMEOUT)
+            logger.info("created topic %s", self.topic_path)
+        except exceptions.AlreadyExists:
+            pass
+
+    async def _ensure_subscription(self) -> None:
+        from google.api_core import exceptions
+        from google.pubsub_v1 import types
+
+        await self._ensure_topic()
+        try:
+            await self._subscriber.create_subscription(
+                request=types.Subscription(
+                    name=self.subscription_path,
+                    topic=self.topic_path,
+                    ack_deadline_seconds=ACK_DEADLINE_SECONDS,
+                    message_retention_duration={"seconds": RETENTION_SECONDS},
+                    expiration_policy=types.ExpirationPolicy(ttl={"seconds": EXPIRATION_SECONDS}),
+                    filter=reply_filter(self.instance_id),
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+            logger.info("created subscription %s", self.subscription_path)
+        except exceptions.AlreadyExists:
+            pass
+
+    async def _pull_forever(self) -> None:
+        """Keep one streaming pull open; on any failure wait (0.2 s doubling to 5 s), make
+        sure the topic and subscription exist, and open it again."""
+        delay, failing = RETRY_FIRST, False
+        while True:
+            try:
+                await self._ensure_subscription()
+                await self._pull_stream()
+                # The server ended the stream (it does now and then): reopen it soon.
+                delay, failing = RETRY_FIRST, False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.connected:
+                    delay, failing = RETRY_FIRST, False
+                if not failing:
+                    # Once per outage, not once per retry.
+                    logger.warning("Pub/Sub unreachable, retrying in the background: %r", exc)
+                    failing = True
+                self.reconnects += 1
+            finally:
+                self.connected = False
+            await asyncio.sleep(delay)
+            delay = min(RETRY_MAX, delay * 2)
+
+    async def _pull_stream(self) -> None:
+        from google.pubsub_v1 import types
+
+        acks: asyncio.Queue[list[str]] = asyncio.Queue()
+
+        async def requests() -> Any:
+            yield types.StreamingPullRequest(
+                subscription=self.subscription_path,
+                stream_ack_deadline_seconds=ACK_DEADLINE_SECONDS,
+                max_outstanding_messages=10_000,
+            )
+            while True:
+                yield types.StreamingPullRequest(ack_ids=await acks.get())
+
+        stream = await self._subscriber.streaming_pull(requests=requests())
+        logger.info("pulling %s", self.subscription_path)
+        self.connected = True
+        async for response in stream:
+            received = response.received_messages
+            # Acknowledged at once: a message is a nudge to act on sockets this instance holds
+            # now; redelivering it after a crash would find those sockets gone.
+            acks.put_nowait([m.ack_id for m in received])
+            self.received += len(received)
+            for item in received:
+                try:
+                    self._handler(item.message.data, item.message.attributes)
+                except Exception:
+                    logger.exception("fan-out message handler failed")

@@ -1,0 +1,367 @@
+"""One instance's sockets and their lifecycle, independent of HTTP routing.
+
+Holds the registry of sockets and the write-behind buffer, admits and closes sockets, runs the
+ping, token-expiry and reconcile loops, and sends to the sockets this instance holds. What
+spans instances (send, broadcast, timeouts and stats for the whole deployment) is
+``gateway.cluster.deployment``'s; the Litestar layer (``gateway.web.app``) and the socket edge
+(``gateway.web.sockets``) only translate to and from these two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from gateway.exceptions import AuthError
+from gateway.instance.analytics import ConnectionEvents
+from gateway.instance.auth import Identity, TokenVerifier, authorize
+from gateway.instance.endings import Endings
+from gateway.instance.heartbeat import SEND_CHUNK, Heartbeat
+from gateway.instance.registry import Connection, Registry
+from gateway.instance.stream_delivery import StreamDelivery
+from gateway.logs import FRAME_LINES_BURST, FRAME_LINES_WINDOW, LogBudget
+from gateway.protocol import messages, rooms
+from gateway.protocol.closes import CloseCode
+from gateway.protocol.limits import ConnectLimiter
+from gateway.protocol.messages import iso, utc_now
+from gateway.protocol.session import SessionLimits
+from gateway.settings import Settings
+from gateway.storage.batching import BatchReader
+from gateway.storage.schema import (
+    INSTANCES,
+    STOPPED_AT,
+)
+from gateway.storage.store import (
+    READ_TIMEOUT,
+    Store,
+    Write,
+    connect_writes,
+    disconnect_writes,
+    instance_write,
+    pong_write,
+)
+from gateway.storage.streams import (
+    MemoryStreamStore,
+    StreamStore,
+)
+from gateway.storage.writer import WriteBehind
+
+logger = logging.getLogger("gateway")
+#: The default handler's lines, within a budget: one per message would let a client write log
+#: lines at its frame rate (gateway.logs).
+_message_lines: LogBudget[str] = LogBudget(
+    logger, burst=FRAME_LINES_BURST, window=FRAME_LINES_WINDOW
+)
+
+#: Application hook for client ``message`` frames: (user_id, session_id, data) -> None.
+MessageHandler = Callable[[str, str, Any], Awaitable[None]]
+
+#: Member records read in one batch at admission (gateway.storage.batching), and batches out at
+#: once: under a storm the next batch takes every connect that queued meanwhile.
+MEMBER_READ_BATCH = 100
+MEMBER_READS_IN_FLIGHT = 4
+#: The longest a connect waits for its member record, its turn in a batch included. Each read
+#: itself gives up after READ_TIMEOUT (Firestore down: fail open at once); this bounds the queue.
+#: Not READ_TIMEOUT as well: in a storm the gateway's own backlog made most connects miss 2 s
+#: and skip the revocation check although Firestore answered (make bench --only storm).
+ADMISSION_READ_WAIT = 10.0
+
+
+async def log_message(user_id: str, session_id: str, data: Any) -> None:
+    """The default message handler: log the message (within a budget) and do nothing else."""
+    _message_lines.info(
+        "messages", "message from user=%s session=%s: %.200r", user_id, session_id, data
+    )
+
+
+class PresenceService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        message_handler: MessageHandler = log_message,
+        verifier: TokenVerifier | None = None,
+        streams: StreamStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        #: None when AUTH_MODE=off (emulators only).
+        self.verifier = verifier
+        self.registry = Registry()
+        self.writer = WriteBehind(
+            store,
+            flush_interval=settings.writer.flush_interval,
+            batch_size=settings.writer.batch_size,
+            concurrency=settings.writer.flush_concurrency,
+            max_docs=settings.writer.buffer_max_docs,
+        )
+        self.message_handler = message_handler
+        self.heartbeat = Heartbeat(self.registry, settings.sockets.ping_interval)
+        #: Durable streams (gateway.instance.stream_delivery); in memory unless given (unit tests).
+        self.streams = StreamDelivery(
+            streams or MemoryStreamStore({}, settings.streams.history_ttl),
+            self.registry,
+            self.writer,
+            self._send_all,
+            send_timeout=settings.sockets.send_timeout,
+            history_size=settings.streams.history_size,
+            history_ttl=settings.streams.history_ttl,
+        )
+        #: What every socket's protocol session decides with (gateway.protocol.session).
+        self.session_limits = SessionLimits(
+            max_messages_per_second=settings.sockets.max_messages_per_second,
+            max_message_bytes=settings.sockets.max_message_bytes,
+            token_grace=settings.auth.token_grace,
+        )
+        self.connect_limiter = ConnectLimiter(settings.sockets.max_connects_per_minute)
+        #: The revocation check's member reads, coalesced across connects waiting at once.
+        self.member_reads: BatchReader[dict[str, Any]] = BatchReader(
+            lambda user_ids: store.get_members(user_ids, READ_TIMEOUT),
+            max_batch=MEMBER_READ_BATCH,
+            max_in_flight=MEMBER_READS_IN_FLIGHT,
+        )
+        #: Connects admitted without the revocation check (their member read failed).
+        self.member_reads_failed = 0
+        self.callbacks_received = 0
+        #: Sockets refused or closed by policy, by reason (close reason text).
+        self.refusals: Counter[str] = Counter()
+        #: user id -> monotonic time of the last pong written (PONG_WRITE_INTERVAL > 0 only).
+        self._pong_written: dict[str, float] = {}
+        #: Pongs not written because of PONG_WRITE_INTERVAL.
+        self.pongs_unwritten = 0
+        self.pongs_unrequested = 0
+        self.events = ConnectionEvents(settings.instance_id)
+        self.rooms: rooms.RoomRegistry[Connection] = rooms.RoomRegistry(
+            settings.sockets.max_rooms_per_socket, settings.sockets.max_room_members
+        )
+        #: Joins refused, by error code (gateway.protocol.rooms).
+        self.room_refusals: Counter[str] = Counter()
+        self._started_at = utc_now()
+        self.endings = Endings(
+            settings,
+            self.registry,
+            store,
+            self.writer,
+            self.events,
+            self.refusals,
+            self._started_at,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.writer.start()
+        # Registering the instance is best effort: the gateway serves sockets without it.
+        self.writer.put(
+            instance_write(self.settings.instance_id, self.settings.internal_url, utc_now())
+        )
+        self._tasks = [
+            asyncio.create_task(self.heartbeat.run(), name="ping-loop"),
+            asyncio.create_task(self.endings.reconcile_loop(), name="reconcile-loop"),
+        ]
+        if self.verifier is not None:
+            self._tasks.append(asyncio.create_task(self.endings.token_loop(), name="token-expiry"))
+        else:
+            logger.warning("AUTH_MODE=off: sockets are accepted without ID tokens")
+        logger.info(
+            "gateway instance %s started (ping every %gs, pong timeout %gs)",
+            self.settings.instance_id,
+            self.settings.sockets.ping_interval,
+            self.settings.sockets.pong_timeout,
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # uvicorn has already closed every socket with 1012 (service restart), so clients
+        # reconnect elsewhere and their disconnects are in the buffer: mark the instance
+        # stopped and flush everything before the process ends.
+        self.streams.flush_acks()
+        self.writer.put(Write(INSTANCES, self.settings.instance_id, {STOPPED_AT: utc_now()}))
+        await self.writer.close()
+        await self.streams.store.close()
+        await self.store.close()
+        logger.info("gateway instance %s stopped", self.settings.instance_id)
+
+    # --- admission -----------------------------------------------------------------------
+
+    async def admit(self, user_id: str, token: str | None) -> Identity | None:
+        """Check a socket's token before it is accepted; raise AuthError to refuse it.
+
+        Returns None when auth is off."""
+        if self.verifier is None:
+            return None
+        if token is None:
+            raise AuthError(CloseCode.UNAUTHENTICATED, "missing token")
+        identity = await self.verifier.verify(token)
+        authorize(identity, user_id, await self._member_for_revocation(user_id))
+        return identity
+
+    async def _member_for_revocation(self, user_id: str) -> Mapping[str, Any] | None:
+        """The member record whose ``last_sign_out_at`` a token must postdate: every token
+        the gateway accepts, at connect or in an ``auth`` frame, is checked against it."""
+        try:
+            async with asyncio.timeout(ADMISSION_READ_WAIT):
+                return await self.member_reads.get(user_id)
+        except Exception as exc:
+            # Fail open on the revocation check only: the token itself was verified.
+            self.member_reads_failed += 1
+            logger.warning("member read failed, accepting the token alone: %r", exc)
+            return None
+
+    def check_socket_limits(self, user_id: str) -> None:
+        """Raise AuthError(4429) when the user already holds the most sockets allowed here."""
+        limit = self.settings.sockets.max_sockets_per_user
+        if limit and self.registry.count_of(user_id) >= limit:
+            raise AuthError(CloseCode.RATE_LIMITED, "too many sockets for this user")
+
+    async def refresh_token(self, conn: Connection, token: str) -> Identity:
+        """A fresh token for an open socket (``{"type": "auth"}``); raise AuthError if bad."""
+        if self.verifier is None:
+            raise AuthError(CloseCode.UNAUTHENTICATED, "authentication is off")
+        identity = await self.verifier.verify(token)
+        # A token issued before the user's last sign-out is revoked here as at connect: else
+        # an old token, with the wider room grants it may carry, comes back through a socket
+        # opened with a new one.
+        authorize(identity, conn.user_id, await self._member_for_revocation(conn.user_id))
+        conn.room_grants = identity.rooms
+        return identity
+
+    # --- socket events -----------------------------------------------------------------------
+
+    def connected(self, conn: Connection) -> None:
+        held = self.registry.add(conn)
+        for write in connect_writes(
+            conn.user_id, conn.session_id, self.settings.instance_id, conn.connected_at
+        ):
+            self.writer.put(write)
+        self.events.connect(conn, held, self.registry.total_connections)
+
+    def disconnected(self, conn: Connection, code: int | None) -> None:
+        conn.closed = True
+        for room in self.rooms.leave_all(conn):
+            self.events.room_leave(conn, room, "disconnect", 0)
+        left = self.registry.remove(conn)
+        if not left:
+            self._pong_written.pop(conn.user_id, None)
+        for write in disconnect_writes(conn.user_id, conn.session_id, code, utc_now()):
+            self.writer.put(write)
+        # The client's last acknowledgement may be held in its one-second window: a device
+        # that closes now and another that connects without a position must resume after it.
+        self.streams.release_ack(conn.user_id)
+        self.events.disconnect(conn, code, left, self.registry.total_connections)
+
+    def pong(self, conn: Connection, now: datetime) -> None:
+        generation = self.heartbeat.generation
+        if conn.pong_round == generation:
+            # The socket already answered this ping: a client that pongs unasked (or floods
+            # pongs within its frame rate) must not turn each one into a Firestore write. The
+            # pong still moves a write that is pending anyway, which costs nothing.
+            if not self.writer.refresh(pong_write(conn.user_id, now)):
+                self.pongs_unrequested += 1
+            return
+        conn.pong_round = generation
+        every = self.settings.writer.pong_write_interval
+        if every:
+            # The knob trading precision for writes: at most one last_pong_at write per user
+            # per PONG_WRITE_INTERVAL; the record then lags the real last pong by less than it.
+            moment = time.monotonic()
+            last = self._pong_written.get(conn.user_id)
+            if last is not None and moment - last < every:
+                self.pongs_unwritten += 1
+                return
+            self._pong_written[conn.user_id] = moment
+        self.writer.put(pong_write(conn.user_id, now), pong=True)
+
+    # --- outbound ----------------------------------------------------------------------------
+
+    async def send_text(self, user_id: str, text: str) -> int:
+        """Send an encoded frame to the user's sockets on this instance; return how many
+        took it."""
+        sockets = self.registry.sockets_of(user_id)
+        return await self._send_all(sockets, text) if sockets else 0
+
+    async def broadcast_text(self, text: str, exclude_user: str | None) -> tuple[set[str], int]:
+        """Send an encoded frame to every socket here except ``exclude_user``'s; return the
+        users reached and how many sockets took it."""
+        targets = [c for c in self.registry if c.user_id != exclude_user]
+        delivered = await self._send_all(targets, text)
+        return {c.user_id for c in targets if not c.closed}, delivered
+
+    async def _send_all(self, conns: Iterable[Connection], text: str) -> int:
+        timeout = self.settings.sockets.send_timeout
+        delivered = 0
+        batch: list[Connection] = []
+        # Chunked gather: a slow client delays its chunk by at most the send timeout instead
+        # of serialising everyone behind it, without one task per socket for 10,000 sockets.
+        for conn in conns:
+            batch.append(conn)
+            if len(batch) >= SEND_CHUNK:
+                delivered += await self._send_chunk(batch, text, timeout)
+                batch = []
+        if batch:
+            delivered += await self._send_chunk(batch, text, timeout)
+        return delivered
+
+    @staticmethod
+    async def _send_chunk(batch: list[Connection], text: str, timeout: float) -> int:
+        results = await asyncio.gather(*(c.send_text(text, timeout) for c in batch))
+        return sum(results)
+
+    # --- rooms -------------------------------------------------------------------------------
+
+    def join_room(self, conn: Connection, room: str) -> bool:
+        """Add the socket to the room if its token and the limits allow; raise RoomRefused
+        otherwise. False when it already was a member."""
+        try:
+            joined = self.rooms.join(
+                conn, room, conn.room_grants, self.settings.sockets.public_room_prefixes
+            )
+        except rooms.RoomRefused as exc:
+            self.room_refusals[exc.code] += 1
+            raise
+        if joined:
+            self.events.room_join(conn, room, len(self.rooms.rooms_of(conn)))
+        return joined
+
+    def leave_room(self, conn: Connection, room: str, reason: str = "leave") -> bool:
+        """Take the socket out of the room; False when it was not a member."""
+        left = self.rooms.leave(conn, room)
+        if left:
+            self.events.room_leave(conn, room, reason, len(self.rooms.rooms_of(conn)))
+        return left
+
+    async def drop_ungranted_rooms(self, conn: Connection) -> list[str]:
+        """After a token refresh: leave the rooms the new token no longer grants, telling the
+        client with ``left`` and ``reason: "not_allowed"``; return those rooms."""
+        dropped = [
+            room
+            for room in self.rooms.rooms_of(conn)
+            if not rooms.allows(room, conn.room_grants, self.settings.sockets.public_room_prefixes)
+        ]
+        for room in dropped:
+            self.leave_room(conn, room, "not_allowed")
+            frame = messages.Left("left", room, iso(utc_now()), reason="not_allowed")
+            await conn.send_text(messages.encode(frame), self.settings.sockets.send_timeout)
+        return dropped
+
+    async def send_room_text(self, room: str, text: str) -> tuple[set[str], int]:
+        """Send an encoded frame to the room's member sockets here; return the users reached
+        and how many sockets took it."""
+        targets = self.rooms.members(room)
+        if not targets:
+            return set(), 0
+        delivered = await self._send_all(targets, text)
+        return {c.user_id for c in targets if not c.closed}, delivered
+
+    def room_members(self, room: str) -> list[tuple[str, str]]:
+        """The room's member sockets here, as (user_id, session_id)."""
+        return sorted((c.user_id, c.session_id) for c in self.rooms.members(room))
