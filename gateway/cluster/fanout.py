@@ -1,24 +1,27 @@
-"""The fan-out wire between instances: what travels on the topic (``Event``), and the
-plumbing of requests and receipts over the broker (``gateway.cluster.broker``).
+"""The fan-out wire between instances: what travels on the topic (a :class:`Request` of one of
+the declared operations, or a :class:`Reply`), and the plumbing of requests and receipts over
+the broker (``gateway.cluster.broker``).
 
 ``Fanout.ask`` publishes a request and gathers the instances' receipts until every expected
 instance has replied or ``FANOUT_TIMEOUT`` passes. Inbound, ``Fanout.on_message`` drops what is
 not for this instance (another's receipt, our own request, a send for a user held elsewhere)
 before decoding, drops Pub/Sub's redeliveries, matches receipts to their requests, and hands each
 request to the ``serve`` callback, publishing its receipt to the request's origin. What a request
-does is the deployment's business (``gateway.cluster.deployment``).
+does is its operation's business (``gateway.cluster.operations``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import operator
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from hashlib import blake2b
 from itertools import islice
-from typing import Any, Literal
+from typing import ClassVar
 
 import msgspec
 
@@ -48,44 +51,51 @@ MAX_LIST_LIMIT = 10_000
 DIGEST_BYTES = 8
 MAX_USER_DIGESTS = 250_000
 
-RequestKind = Literal["send", "broadcast", "timeout", "stats", "signout", "room", "room_members"]
+
+class Request(msgspec.Struct, tag_field="kind", omit_defaults=True, kw_only=True):
+    """A request on the topic (JSON in the Pub/Sub message's data). Each operation declares
+    its own subclass, tagged with its kind (``gateway.cluster.operations``); together with
+    :class:`Reply` they form the tagged union an instance decodes."""
+
+    #: A request for one user's sockets: instances that hold none drop it on its attributes,
+    #: before decoding (most messages of a large deployment are sends for users held elsewhere).
+    routed: ClassVar[bool] = False
+
+    id: str = ""
+    origin: str = ""
+
+    def attributes(self) -> dict[str, str]:
+        """Pub/Sub attributes beyond kind and origin, read by ``Fanout.on_message``."""
+        return {}
 
 
-class Event(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
-    """One fan-out message (JSON in the Pub/Sub message's data). Requests carry the work;
-    a ``reply`` carries one instance's receipt back to the request's origin."""
+class Reply(msgspec.Struct, tag="reply", tag_field="kind", omit_defaults=True, kw_only=True):
+    """One instance's receipt for a request, published to the request's origin. Which fields
+    an operation fills is its own business (``gateway.cluster.operations``)."""
 
-    kind: Literal[
-        "send", "broadcast", "timeout", "stats", "signout", "room", "room_members", "reply"
-    ]
-    id: str
-    origin: str
-    user_id: str = ""
-    #: The encoded JSON frame for the sockets (send, broadcast): encoded once, by the origin.
-    text: str = ""
-    exclude_user: str | None = None
-    sessions: list[tuple[str, str]] = []
-    #: Instances that must answer a send even when they deliver nothing.
-    expect: list[str] = []
+    id: str = ""
+    origin: str = ""
     instance: str = ""
+    #: Sockets reached or held.
     connections: int = 0
+    #: Users reached or held, up to the request's limit (a send's: its user).
     users: list[str] = []
     #: A receipt's count of the users it reached or holds (beside the capped lists).
     user_count: int = 0
     #: A broadcast or room receipt's users, as ``user_digests``.
     digests: bytes = b""
+    #: Sockets closed (timeouts, sign-out).
     closed: int = 0
+    #: A room membership receipt's (user, session) pairs, up to the request's limit.
+    sessions: list[tuple[str, str]] = []
     stats: StatsResponse | None = None
-    #: The room of a room send or membership request.
-    room: str = ""
-    #: A durable send's offset in the user's stream (0: a plain send).
-    offset: int = 0
-    #: A stats or room membership request's ``?limit=``: the most users (and members) each
-    #: receipt lists.
-    limit: int = DEFAULT_LIST_LIMIT
 
 
-_decode = msgspec.json.Decoder(Event).decode
+def kind_of(message: Request | Reply) -> str:
+    """The tag a message travels under (``"send"``, ``"reply"``, ...)."""
+    return str(type(message).__struct_config__.tag)
+
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -108,7 +118,7 @@ class Recipients:
         self._seen = {_digest(user_id) for user_id in local}
         self._undigested = 0
 
-    def add(self, reply: Event) -> None:
+    def add(self, reply: Reply) -> None:
         blob = reply.digests
         self._seen.update(blob[i : i + DIGEST_BYTES] for i in range(0, len(blob), DIGEST_BYTES))
         self._undigested += max(0, reply.user_count - len(blob) // DIGEST_BYTES)
@@ -122,12 +132,12 @@ class _Pending:
 
     def __init__(self, expect: set[str] | None) -> None:
         self.expect = expect
-        self.replies: dict[str, Event] = {}
+        self.replies: dict[str, Reply] = {}
         self.done = asyncio.Event()
         if expect is not None and not expect:
             self.done.set()
 
-    def add(self, reply: Event) -> None:
+    def add(self, reply: Reply) -> None:
         self.replies[reply.instance] = reply
         if self.expect is not None and self.expect <= self.replies.keys():
             self.done.set()
@@ -141,8 +151,9 @@ class Fanout:
         broker: Broker,
         me: str,
         timeout: float,
-        serve: Callable[[Event], Awaitable[Event | None]],
+        serve: Callable[[Request], Awaitable[Reply | None]],
         holds: Callable[[str], bool],
+        requests: Iterable[type[Request]],
     ) -> None:
         self.broker = broker
         self.me = me
@@ -152,6 +163,10 @@ class Fanout:
         self.serve = serve
         #: Whether this instance holds a socket of the user (sends for others are dropped).
         self.holds = holds
+        kinds = tuple(requests)
+        #: Every declared request and the reply, as one tagged union.
+        self._decode = msgspec.json.Decoder(functools.reduce(operator.or_, kinds, Reply)).decode
+        self._routed = frozenset(str(k.__struct_config__.tag) for k in kinds if k.routed)
         self._pending: dict[str, _Pending] = {}
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
@@ -185,31 +200,31 @@ class Fanout:
             self.received[(kind, "dropped")] += 1
             return
         if (
-            kind in ("send", "signout")
+            kind in self._routed
             and not self.holds(attributes.get("user_id", ""))
             and self.me not in attributes.get("expect", "").split(",")
         ):
             self.received[(kind, "dropped")] += 1
             return
         try:
-            event = _decode(data)
+            message: Request | Reply = self._decode(data)
         except msgspec.DecodeError as exc:
             logger.warning("undecodable fan-out message dropped: %s", exc)
             self.received[(kind, "undecodable")] += 1
             return
-        if event.id in self._seen and event.kind != "reply":
+        if isinstance(message, Reply):
+            pending = self._pending.get(message.id)
+            if pending is not None:
+                pending.add(message)
+            self.received[(kind, "served" if pending else "late")] += 1
+            return
+        if message.id in self._seen:
             # Pub/Sub delivers at least once: a repeated request must not reach a socket twice.
             self.received[(kind, "duplicate")] += 1
             return
-        if event.kind == "reply":
-            pending = self._pending.get(event.id)
-            if pending is not None:
-                pending.add(event)
-            self.received[(kind, "served" if pending else "late")] += 1
-            return
-        self._remember(event.id)
+        self._remember(message.id)
         self.received[(kind, "served")] += 1
-        task = asyncio.create_task(self._answer(event))
+        task = asyncio.create_task(self._answer(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -219,59 +234,57 @@ class Fanout:
         if len(self._seen_order) > SEEN_IDS:
             self._seen.discard(self._seen_order.popleft())
 
-    async def _answer(self, event: Event) -> None:
-        reply = await self.serve(event)
+    async def _answer(self, request: Request) -> None:
+        reply = await self.serve(request)
         if reply is None:
             return
+        reply.id, reply.origin, reply.instance = request.id, self.me, self.me
         try:
-            await self.publish(reply, to=event.origin)
+            await self.publish(reply, to=request.origin)
         except BrokerUnavailable as exc:
-            logger.warning("receipt for %s %s not sent: %s", event.kind, event.id, exc)
+            logger.warning("receipt for %s %s not sent: %s", kind_of(request), request.id, exc)
 
-    async def publish(self, event: Event, *, to: str | None = None) -> None:
-        attributes = {"kind": event.kind, "origin": self.me}
+    async def publish(self, message: Request | Reply, *, to: str | None = None) -> None:
+        attributes = {"kind": kind_of(message), "origin": self.me}
         if to is not None:
             attributes["to"] = to
-        if event.user_id:
-            attributes["user_id"] = event.user_id
-        if event.expect:
-            attributes["expect"] = ",".join(event.expect)
-        data = _encode(event)
+        if isinstance(message, Request):
+            attributes.update(message.attributes())
+        data = _encode(message)
         if len(data) > PUBSUB_MAX_MESSAGE_BYTES:
             # Pub/Sub would refuse it after a round trip; say why here.
             raise BrokerUnavailable(
-                f"{event.kind} message of {len(data):,} bytes is over Pub/Sub's "
+                f"{attributes['kind']} message of {len(data):,} bytes is over Pub/Sub's "
                 f"{PUBSUB_MAX_MESSAGE_BYTES:,}"
             )
         await self.broker.publish(data, attributes)
 
     async def ask(
-        self, event: Event, expect: set[str] | None
-    ) -> tuple[dict[str, Event], list[str]]:
-        """Publish a request and gather receipts until ``expect`` (None: unknown) have all
-        replied or FANOUT_TIMEOUT passes. Raises BrokerUnavailable when publishing fails."""
+        self, request: Request, expect: set[str] | None
+    ) -> tuple[dict[str, Reply], list[str]]:
+        """Publish a request from this instance and gather receipts until ``expect`` (None:
+        unknown) have all replied or FANOUT_TIMEOUT passes. Raises BrokerUnavailable when
+        publishing fails."""
+        request.id, request.origin = uuid.uuid4().hex, self.me
+        kind = kind_of(request)
         pending = _Pending(expect)
-        self._pending[event.id] = pending
+        self._pending[request.id] = pending
         try:
             try:
-                await self.publish(event)
+                await self.publish(request)
             except BrokerUnavailable:
-                self.published[(event.kind, "failed")] += 1
+                self.published[(kind, "failed")] += 1
                 raise
-            self.published[(event.kind, "ok")] += 1
+            self.published[(kind, "ok")] += 1
             try:
                 async with asyncio.timeout(self.timeout):
                     await pending.done.wait()
             except TimeoutError:
                 pass
         finally:
-            del self._pending[event.id]
+            del self._pending[request.id]
         missing = sorted((expect or set()) - pending.replies.keys())
         self.missing_receipts += len(missing)
         if missing:
-            logger.warning("%s: no receipt from %s", event.kind, ", ".join(missing))
+            logger.warning("%s: no receipt from %s", kind, ", ".join(missing))
         return pending.replies, missing
-
-    def event(self, kind: RequestKind, **fields: Any) -> Event:
-        """A new request from this instance."""
-        return Event(kind, uuid.uuid4().hex, self.me, **fields)

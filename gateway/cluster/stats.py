@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Literal
 
-from gateway.cluster.fanout import MAX_LIST_LIMIT, Event
+from gateway.cluster.fanout import MAX_LIST_LIMIT, Reply
 from gateway.protocol.messages import PongWriterStats, RoomMember, RoomResponse, StatsResponse
 from gateway.storage.writer import LAG_BUCKETS
 
@@ -118,7 +118,7 @@ def merge_stats(
     )
 
 
-def room_receipt(service: PresenceService, room: str, limit: int, into: Event) -> Event:
+def room_receipt(service: PresenceService, room: str, limit: int, into: Reply) -> Reply:
     """This instance's members of the room, as its receipt carries them: the first ``limit``
     (user, session) pairs and users, sorted, and the exact counts of both."""
     pairs = service.room_members(room)
@@ -132,7 +132,7 @@ def room_receipt(service: PresenceService, room: str, limit: int, into: Event) -
 def merge_room(
     room: str,
     limit: int,
-    views: Mapping[str, Event],
+    views: Mapping[str, Reply],
     scope: Literal["deployment", "instance"],
     unreachable: list[str],
 ) -> RoomResponse:

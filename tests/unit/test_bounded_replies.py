@@ -18,15 +18,15 @@ from gateway.cluster.fanout import (
     DEFAULT_LIST_LIMIT,
     MAX_LIST_LIMIT,
     PUBSUB_MAX_MESSAGE_BYTES,
-    Event,
     Recipients,
+    Reply,
     user_digests,
 )
 from gateway.cluster.stats import count_users
 from gateway.instance.registry import Connection
 from gateway.instance.service import PresenceService
 from gateway.storage.store import MemoryStore
-from tests.unit.test_deployment import Cluster, Endpoint, LoopbackBus, register, settings
+from tests.loopback import Cluster, Endpoint, LoopbackBus, register, settings
 
 #: The sockets one instance is sized for, each of a distinct user with the longest id allowed.
 SOCKETS = 100_000
@@ -175,9 +175,9 @@ def test_recipients_count_users_once_by_digest_and_the_rest_as_they_come() -> No
     """A user reached on two instances counts once; users a receipt reached beyond its
     digests are added to the count."""
     recipients = Recipients({"a", "b"})
-    recipients.add(Event("reply", "1", "x", user_count=2, digests=user_digests(["b", "c"])))
+    recipients.add(Reply(id="1", instance="x", user_count=2, digests=user_digests(["b", "c"])))
     assert len(recipients) == 3
-    recipients.add(Event("reply", "2", "y", user_count=3, digests=user_digests(["a"])))
+    recipients.add(Reply(id="2", instance="y", user_count=3, digests=user_digests(["a"])))
     assert len(recipients) == 5
 
 
@@ -207,6 +207,6 @@ def test_a_stats_receipt_from_an_instance_without_the_new_fields_decodes() -> No
         "pong_writers": {},
     }
     data = msgspec.json.encode({"kind": "reply", "id": "1", "origin": "old", "stats": stats})
-    event = msgspec.json.decode(data, type=Event)
+    event = msgspec.json.decode(data, type=Reply)
     assert event.stats is not None
     assert (event.stats.truncated, event.stats.total_users_exact) == (False, True)

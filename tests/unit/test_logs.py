@@ -14,7 +14,7 @@ from gateway.instance.analytics import ROOM_EVENTS_PER_SOCKET, ConnectionEvents
 from gateway.instance.registry import Connection
 from gateway.logs import LogBudget
 from gateway.protocol.messages import utc_now
-from tests.unit.test_deployment import Recorder
+from tests.loopback import Recorder
 
 
 class Clock:

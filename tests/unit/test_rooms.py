@@ -33,8 +33,8 @@ from gateway.protocol.rooms import (
 )
 from gateway.settings import Settings
 from gateway.storage.store import MemoryStore
+from tests.loopback import Cluster, Recorder
 from tests.support import unit_settings
-from tests.unit.test_deployment import Cluster, Recorder
 
 
 def conn(user: str, session: str, grants: tuple[str, ...] | None = None) -> Connection:
