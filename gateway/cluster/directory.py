@@ -1,6 +1,12 @@
 """Where instances and users are, from Firestore: the instance registry's heartbeats and the
 members' ``active_sessions``. No broker involved; ``gateway.cluster.deployment`` uses it to know
-whose receipts to wait for, and ``/ws/status`` answers from it."""
+whose receipts to wait for, and ``/ws/status`` answers from it.
+
+Member reads are coalesced: the sends waiting at one moment share one ``get_all``
+(``gateway.storage.batching``). A send to a user this instance holds may reuse what Firestore
+said about the user's other instances for ``WHEREABOUTS_SECONDS``, as long as the user's sockets
+here are the same ones; see ``user_instances``.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +16,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.settings import Settings
+from gateway.storage.batching import BatchReader
 from gateway.storage.schema import ACTIVE_SESSIONS, INSTANCE_ID
 from gateway.storage.store import READ_TIMEOUT, Store, is_live
 
 logger = logging.getLogger("gateway.cluster.directory")
 
 CACHE_SECONDS = 1.0
+#: How long a send to a user held here trusts the user's other instances as last read. A
+#: socket the user opens on another instance is recorded within one flush (the urgent lane,
+#: PONG_FLUSH_INTERVAL) and then reached by sends answered here within this much more.
+WHEREABOUTS_SECONDS = 0.5
+#: Entries kept before the stale ones are swept out.
+WHEREABOUTS_MAX = 10_000
+#: Members per coalesced read, and reads out at once.
+MEMBER_READ_BATCH = 100
+MEMBER_READS_IN_FLIGHT = 4
 
 
 class Directory:
@@ -27,6 +43,15 @@ class Directory:
         self.me = settings.instance_id
         self._instances_cache: tuple[float, set[str]] | None = None
         self._instance_docs: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._members: BatchReader[dict[str, Any]] = BatchReader(
+            lambda ids: store.get_members(ids, timeout=READ_TIMEOUT),
+            max_batch=MEMBER_READ_BATCH,
+            max_in_flight=MEMBER_READS_IN_FLIGHT,
+        )
+        #: user -> (read at, this instance's sessions of the user then, other instances).
+        self._whereabouts: dict[str, tuple[float, frozenset[str], dict[str, int]]] = {}
+        #: Sends answered from ``_whereabouts`` without a read.
+        self.whereabouts_hits = 0
 
     async def live_instances(self) -> set[str] | None:
         """Live instances other than this one (heartbeat within 3 x SWEEP_INTERVAL, not
@@ -66,10 +91,23 @@ class Directory:
                 self._instance_docs[instance_id] = (now, found.get(instance_id, {}))
         return {i: self._instance_docs[i][1] for i in ids}
 
-    async def user_instances(self, user_id: str) -> dict[str, int]:
+    async def user_instances(
+        self, user_id: str, *, held_here: frozenset[str] = frozenset()
+    ) -> dict[str, int]:
         """The user's sockets on live instances other than this one, by instance, from the
-        member's ``active_sessions``. Raises when Firestore cannot answer."""
-        member = await self.store.get_member(user_id, timeout=READ_TIMEOUT) or {}
+        member's ``active_sessions``. Raises when Firestore cannot answer.
+
+        ``held_here``: the sessions of the user this instance holds, given by a send. While
+        they are the same, an answer up to WHEREABOUTS_SECONDS old is reused. A user who left
+        this instance, or opened another socket here, is read afresh: a user who moved between
+        sends is always looked for where they went."""
+        now = time.monotonic()
+        if held_here:
+            cached = self._whereabouts.get(user_id)
+            if cached and cached[1] == held_here and now - cached[0] < WHEREABOUTS_SECONDS:
+                self.whereabouts_hits += 1
+                return dict(cached[2])
+        member = await self._members.get(user_id) or {}
         counts: dict[str, int] = {}
         recorded = member.get(ACTIVE_SESSIONS)
         for where in (recorded or {}).values() if isinstance(recorded, dict) else ():
@@ -80,4 +118,18 @@ class Directory:
             docs = await self._docs(list(counts))
             cutoff = self._live_cutoff()
             counts = {i: n for i, n in counts.items() if is_live(docs.get(i, {}), cutoff)}
+        if held_here:
+            self._remember(user_id, now, held_here, counts)
         return counts
+
+    def _remember(
+        self, user_id: str, now: float, held_here: frozenset[str], counts: dict[str, int]
+    ) -> None:
+        if len(self._whereabouts) >= WHEREABOUTS_MAX:
+            self._whereabouts = {
+                u: entry
+                for u, entry in self._whereabouts.items()
+                if now - entry[0] < WHEREABOUTS_SECONDS
+            }
+        if len(self._whereabouts) < WHEREABOUTS_MAX:
+            self._whereabouts[user_id] = (now, held_here, dict(counts))

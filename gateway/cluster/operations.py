@@ -172,8 +172,9 @@ class SendOp(Operation[Send, Delivery]):
         return bool(reply.connections) or me in request.expect
 
     async def audience(self, ctx: Context, request: Send, local: Reply) -> Audience:
+        held_here = ctx.service.registry.sessions_of(request.user_id)
         try:
-            elsewhere = await ctx.directory.user_instances(request.user_id)
+            elsewhere = await ctx.directory.user_instances(request.user_id, held_here=held_here)
         except Exception as exc:
             if not local.connections:
                 raise DeploymentUnavailable(

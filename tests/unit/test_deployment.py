@@ -146,10 +146,10 @@ async def test_without_a_broker_everything_stays_on_this_instance() -> None:
 async def test_without_firestore_a_send_falls_back_to_this_instance_and_says_so() -> None:
     async with Cluster("a") as cluster:
 
-        async def down(user_id: str, timeout: float) -> None:
+        async def down(user_ids: list[str], timeout: float) -> None:
             raise ConnectionError("Firestore unavailable")
 
-        cluster.store.get_member = down  # type: ignore[method-assign]
+        cluster.store.get_members = down  # type: ignore[method-assign]
         cluster.socket("a", "here", "s1")
         sent = await cluster.at["a"].send("here", {"type": "x"})
         assert sent == Delivery(1, 1, ["a"], [], "instance")
@@ -166,3 +166,48 @@ async def test_garbage_and_replies_for_others_are_dropped() -> None:
         a.fanout.on_message(b"{}", {"kind": "reply", "to": "someone-else"})
         assert a.fanout.received[("send", "undecodable")] == 1
         assert a.fanout.received[("reply", "dropped")] == 1
+
+
+async def test_a_send_to_a_user_held_only_here_publishes_nothing_and_reads_once() -> None:
+    """The local fast path: the user's sockets are all here, so nothing is published and no
+    receipt awaited; a second send with the same sockets here reuses the first's read."""
+    async with Cluster("a", "b") as cluster:
+        wire = cluster.socket("a", "u", "s1")
+        a = cluster.at["a"]
+        for _ in range(2):
+            assert await a.send("u", {"type": "x"}) == Delivery(1, 1, ["a"], [], "deployment")
+        assert len(wire.texts()) == 2
+        assert cluster.bus.published == []
+        assert a.directory.whereabouts_hits == 1
+
+
+async def test_a_user_who_moves_to_another_instance_between_sends_gets_both() -> None:
+    """Right after a send A answered from its own sockets, the user leaves A and connects to
+    B: the next send answered by A, within the reuse window, is looked up afresh and reaches
+    B (what A remembered was tied to the socket that left)."""
+    async with Cluster("a", "b") as cluster:
+        a = cluster.at["a"]
+        on_a = cluster.socket("a", "u", "s1")
+        assert (await a.send("u", {"n": 1})).instances == ["a"]
+        [conn] = a.service.registry.sockets_of("u")
+        a.service.registry.remove(conn)
+        del cluster.store.docs[(MEMBERS, "u")][ACTIVE_SESSIONS]["s1"]
+        on_b = cluster.socket("b", "u", "s2")
+        assert await a.send("u", {"n": 2}) == Delivery(1, 1, ["b"], [], "deployment")
+        await asyncio.sleep(0.05)
+        assert (on_a.texts(), on_b.texts()) == (['{"n":1}'], ['{"n":2}'])
+        assert a.directory.whereabouts_hits == 0
+
+
+async def test_a_second_socket_here_makes_the_next_send_look_again() -> None:
+    """A user who keeps a socket on A, opens one on B and another on A: the next send at A
+    reads Firestore again (A's sockets of the user changed) and reaches B too."""
+    async with Cluster("a", "b") as cluster:
+        a = cluster.at["a"]
+        cluster.socket("a", "u", "s1")
+        await a.send("u", {"n": 1})
+        on_b = cluster.socket("b", "u", "s2")
+        cluster.socket("a", "u", "s3")
+        assert await a.send("u", {"n": 2}) == Delivery(3, 1, ["a", "b"], [], "deployment")
+        await asyncio.sleep(0.05)
+        assert on_b.texts() == ['{"n":2}']
