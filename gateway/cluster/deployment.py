@@ -17,13 +17,22 @@ Firestore.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
+from gateway.cluster.batch import (
+    SEND_BATCH,
+    BatchDelivery,
+    EntryStatus,
+    SendBatch,
+    entry_results,
+)
 from gateway.cluster.broker import Broker, BrokerUnavailable
 from gateway.cluster.directory import Directory
 from gateway.cluster.fanout import DEFAULT_LIST_LIMIT, Fanout, Reply, Request, kind_of
+from gateway.cluster.operation import Context, Delivery, Gathered, Operation
 from gateway.cluster.operations import (
     BROADCAST,
     OPERATIONS,
@@ -34,10 +43,6 @@ from gateway.cluster.operations import (
     STATS,
     TIMEOUT,
     Broadcast,
-    Context,
-    Delivery,
-    Gathered,
-    Operation,
     RoomMembers,
     RoomSend,
     Send,
@@ -55,6 +60,22 @@ logger = logging.getLogger("gateway.cluster.deployment")
 
 R = TypeVar("R", bound=Request)
 Out = TypeVar("Out")
+
+
+#: Durable batch entries stored at once (each a Firestore transaction on its user's stream).
+DURABLE_BATCH_CONCURRENCY = 16
+
+
+class BatchOutcome(NamedTuple):
+    """One batch entry's answer."""
+
+    position: int
+    user_id: str
+    connections: int
+    status: EntryStatus | Literal["failed"]
+    error: str | None = None
+    epoch: str | None = None
+    offset: int | None = None
 
 
 class DurableDelivery(NamedTuple):
@@ -170,6 +191,54 @@ class Deployment:
             logger.warning("durable send stored, not delivered live: %s", exc)
             sent = Delivery(0, 0, [], [], "instance")
         return DurableDelivery(sent, epoch, offset)
+
+    async def send_batch(
+        self, entries: list[tuple[int, str, str]], *, durable: bool = False
+    ) -> tuple[list[BatchOutcome], BatchDelivery]:
+        """Each ``(index, user, encoded JSON object)`` to every socket of its user: one
+        directory read for all (coalesced), at most one publish. ``durable``: each stored in
+        its user's stream first (a few at a time); an entry that cannot be stored fails
+        alone."""
+        stored: dict[int, tuple[str, int] | Exception] = {}
+        bodies = {index: text for index, _, text in entries}
+        if durable:
+            slots = asyncio.Semaphore(DURABLE_BATCH_CONCURRENCY)
+
+            async def append(index: int, user_id: str) -> None:
+                async with slots:
+                    try:
+                        stored[index] = await self.service.streams.store.append(
+                            user_id, bodies[index], messages.utc_now()
+                        )
+                        self.service.streams.appends += 1
+                    except Exception as exc:
+                        stored[index] = exc
+
+            await asyncio.gather(*(append(index, user_id) for index, user_id, _ in entries))
+        wire: list[tuple[int, str, str, int]] = []
+        for index, user_id, _ in entries:
+            place = stored.get(index)
+            if isinstance(place, tuple):
+                wire.append((index, user_id, stream_frame(*place, bodies[index]), place[1]))
+            elif place is None:
+                wire.append((index, user_id, bodies[index], 0))
+        if wire:
+            delivery = await self.run(SEND_BATCH, SendBatch(entries=list(wire)))
+        else:
+            delivery = BatchDelivery([], [], [], "deployment" if self.broker else "instance")
+        results = {r.position: r for r in entry_results(wire, delivery)}
+        outcomes = []
+        for index, user_id, _ in entries:
+            place = stored.get(index)
+            if isinstance(place, Exception):
+                outcomes.append(BatchOutcome(index, user_id, 0, "failed", repr(place)))
+                continue
+            result = results[index]
+            epoch, offset = place if isinstance(place, tuple) else (None, None)
+            outcomes.append(
+                BatchOutcome(index, user_id, result.connections, result.status, None, epoch, offset)
+            )
+        return outcomes, delivery
 
     async def broadcast(self, payload: dict[str, Any], exclude_user: str | None = None) -> Delivery:
         """Send to every socket of the deployment except ``exclude_user``'s; users with

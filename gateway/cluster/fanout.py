@@ -89,6 +89,9 @@ class Reply(msgspec.Struct, tag="reply", tag_field="kind", omit_defaults=True, k
     #: A room membership receipt's (user, session) pairs, up to the request's limit.
     sessions: list[tuple[str, str]] = []
     stats: StatsResponse | None = None
+    #: A batch receipt's sockets reached, by the batch's entry index (entries reaching none
+    #: are left out).
+    counts: list[tuple[int, int]] = []
 
 
 def kind_of(message: Request | Reply) -> str:

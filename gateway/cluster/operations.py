@@ -7,101 +7,24 @@ else the instances to wait for (``audience``, which may decide that nobody else 
 the request published and the receipts gathered; then ``merge`` turns the receipts into the
 answer. Every other instance does the same ``here`` when the request reaches it and publishes
 the receipt (unless the operation says none is ``owed``). Adding an operation means adding
-one request struct and one ``Operation`` here, and listing it in ``OPERATIONS``;
+one request struct and one ``Operation`` (here, or in a module of its own like
+``gateway.cluster.batch``) and listing it in ``OPERATIONS``;
 tests/unit/test_operations.py runs each through lost, duplicated and unanswered messages.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
+from typing import Any
 
+from gateway.cluster.batch import SEND_BATCH
 from gateway.cluster.fanout import DEFAULT_LIST_LIMIT, Recipients, Reply, Request, user_digests
+from gateway.cluster.operation import Audience, Context, Delivery, Gathered, Operation
 from gateway.cluster.stats import instance_stats, merge_room, merge_stats, room_receipt
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.protocol.messages import RoomResponse, StatsResponse
 
-if TYPE_CHECKING:
-    from gateway.cluster.directory import Directory
-    from gateway.instance.service import PresenceService
-
 logger = logging.getLogger("gateway.cluster.operations")
-
-Scope = Literal["deployment", "instance"]
-R = TypeVar("R", bound=Request)
-Out = TypeVar("Out")
-
-
-@dataclass(frozen=True)
-class Context:
-    """What an operation works with on one instance."""
-
-    me: str
-    service: PresenceService
-    directory: Directory
-
-
-class Audience(NamedTuple):
-    """Whom a request waits for: ``expect`` (None: unknown, wait the whole FANOUT_TIMEOUT), or
-    nobody, when ``publish`` is False (nothing is published; ``scope`` is the answer's)."""
-
-    expect: set[str] | None
-    publish: bool = True
-    scope: Scope = "deployment"
-
-
-@dataclass(frozen=True)
-class Gathered:
-    """This instance's receipt and the others'. ``missing``: instances expected and not heard
-    (all of them when the broker failed, ``failure``)."""
-
-    me: str
-    local: Reply
-    replies: dict[str, Reply]
-    missing: list[str]
-    scope: Scope
-    failure: Exception | None = None
-
-    def receipts(self) -> list[Reply]:
-        return [self.local, *self.replies.values()]
-
-
-class Delivery(NamedTuple):
-    """What a send, broadcast, room send or sign-out reached."""
-
-    connections: int
-    #: Distinct users reached.
-    recipients: int
-    #: Instances that delivered or answered (this one first when it took part).
-    instances: list[str]
-    #: Live instances that did not answer in time: their sockets may have missed the message.
-    unreachable: list[str]
-    scope: Scope
-
-
-class Operation(Generic[R, Out]):
-    """One cross-instance operation. Subclasses set ``request`` and ``here``/``merge``."""
-
-    request: type[R]
-
-    async def here(self, ctx: Context, request: R) -> Reply:
-        """The work on one instance's sockets, and its receipt."""
-        raise NotImplementedError
-
-    def owed(self, request: R, reply: Reply, me: str) -> bool:
-        """Whether another instance publishes its receipt (a send that reached nobody there
-        and did not expect that instance owes none)."""
-        return True
-
-    async def audience(self, ctx: Context, request: R, local: Reply) -> Audience:
-        """Whom to wait for; by default every live instance (membership and sockets live in
-        each instance's memory, so none can be left out in advance)."""
-        return Audience(await ctx.directory.live_instances())
-
-    def merge(self, request: R, gathered: Gathered) -> Out:
-        raise NotImplementedError
-
 
 # --- requests ---------------------------------------------------------------------------------
 
@@ -335,5 +258,6 @@ ROOM_MEMBERS = RoomMembersOp()
 
 #: Every operation an instance serves, by its request type.
 OPERATIONS: dict[type[Request], Operation[Any, Any]] = {
-    op.request: op for op in (SEND, SIGN_OUT, BROADCAST, ROOM_SEND, TIMEOUT, STATS, ROOM_MEMBERS)
+    op.request: op
+    for op in (SEND, SIGN_OUT, BROADCAST, ROOM_SEND, TIMEOUT, STATS, ROOM_MEMBERS, SEND_BATCH)
 }

@@ -286,3 +286,40 @@ class TimeoutCallbackResponse(msgspec.Struct):
     status: Literal["success"]
     closed: int
     not_found: int
+
+
+class BatchEntry(msgspec.Struct, forbid_unknown_fields=False):
+    """One entry of ``POST /ws/send``: a JSON object for one user."""
+
+    user_id: Any = None
+    message: Any = None
+
+
+class BatchRequest(msgspec.Struct, forbid_unknown_fields=False):
+    messages: list[BatchEntry]
+
+
+class BatchEntryResponse(msgspec.Struct, omit_defaults=True):
+    """One entry's answer, in the batch's order. ``status``: ``sent`` (``connections`` sockets
+    took it), ``not_connected`` (no socket anywhere), ``unreachable`` (no socket answered here
+    and an instance that may hold one did not answer), ``stored`` (durable: in the stream, no
+    socket took it live), ``invalid`` or ``failed`` (durable: not stored), with ``error``."""
+
+    user_id: str
+    status: Literal["sent", "not_connected", "unreachable", "stored", "invalid", "failed"]
+    connections: int = 0
+    error: str | None = None
+    epoch: str | None = None
+    offset: int | None = None
+
+
+class BatchSendResponse(msgspec.Struct):
+    status: Literal["success"]
+    message: str
+    #: Entries some socket took, and sockets reached over all entries.
+    sent: int
+    connections: int
+    scope: Literal["deployment", "instance"]
+    instances: list[str]
+    unreachable_instances: list[str]
+    results: list[BatchEntryResponse]

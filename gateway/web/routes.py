@@ -24,12 +24,17 @@ from litestar.status_codes import (
 )
 
 from gateway.cluster import signout
+from gateway.cluster.batch import MAX_BATCH_BYTES, MAX_BATCH_ENTRIES
 from gateway.cluster.deployment import Deployment
 from gateway.cluster.fanout import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from gateway.cluster.stats import instance_stats
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.instance.service import PresenceService
 from gateway.protocol.messages import (
+    BatchEntry,
+    BatchEntryResponse,
+    BatchRequest,
+    BatchSendResponse,
     BroadcastResponse,
     ErrorResponse,
     HealthResponse,
@@ -41,6 +46,7 @@ from gateway.protocol.messages import (
     StatusResponse,
     TimeoutCallback,
     TimeoutCallbackResponse,
+    encode,
 )
 from gateway.protocol.rooms import RoomRefused, check_room_name
 from gateway.web.guards import require_admin, require_callback
@@ -157,6 +163,67 @@ async def ws_send(
     )
 
 
+@post(
+    "/ws/send",
+    guards=[require_admin],
+    status_code=200,
+    request_max_body_size=MAX_BATCH_BYTES,
+)
+async def ws_send_batch(
+    request: Request[Any, Any, Any],
+    data: BatchRequest,
+    durable: Annotated[bool, QueryParameter(name="durable")] = False,
+) -> BatchSendResponse:
+    """Up to MAX_BATCH_ENTRIES ``{"user_id", "message"}`` entries, each sent like ``POST
+    /ws/send/{user_id}`` (``?durable=true``: each stored first), answered one by one in the
+    batch's order. An invalid entry is answered ``invalid`` and the others still go."""
+    if not 1 <= len(data.messages) <= MAX_BATCH_ENTRIES:
+        raise ValidationException(
+            f"a batch carries 1 to {MAX_BATCH_ENTRIES} messages, got {len(data.messages)}"
+        )
+    limit = _service(request).settings.sockets.max_message_bytes
+    valid: list[tuple[int, str, str]] = []
+    refused: dict[int, BatchEntryResponse] = {}
+    for index, entry in enumerate(data.messages):
+        text, problem = _entry_text(entry, limit)
+        if text is None:
+            user = entry.user_id if isinstance(entry.user_id, str) else ""
+            refused[index] = BatchEntryResponse(user[:130], "invalid", error=problem)
+        else:
+            valid.append((index, entry.user_id, text))
+    outcomes, sent = await _deployment(request).send_batch(valid, durable=durable)
+    answers = {
+        o.position: BatchEntryResponse(
+            o.user_id, o.status, o.connections, o.error, o.epoch, o.offset
+        )
+        for o in outcomes
+    }
+    answers.update(refused)
+    results = [answers[i] for i in range(len(data.messages))]
+    return BatchSendResponse(
+        "success",
+        "Batch processed",
+        sum(1 for r in results if r.connections),
+        sum(r.connections for r in results),
+        sent.scope,
+        sent.instances,
+        sent.unreachable,
+        results,
+    )
+
+
+def _entry_text(entry: BatchEntry, limit: int) -> tuple[str | None, str | None]:
+    """A batch entry's message encoded, or why it cannot be sent."""
+    if not isinstance(entry.user_id, str) or not valid_user_id(entry.user_id):
+        return None, "user_id must be a valid user id (a string of up to 128 allowed characters)"
+    if not isinstance(entry.message, dict):
+        return None, "message must be a JSON object"
+    text = encode(entry.message)
+    if len(text) > limit:
+        return None, f"message is over WS_MAX_MESSAGE_BYTES ({limit:,} bytes)"
+    return text, None
+
+
 @post("/ws/broadcast", guards=[require_admin], status_code=200)
 async def ws_broadcast(
     request: Request[Any, Any, Any], data: dict[str, Any], exclude_user: str | None = None
@@ -269,6 +336,7 @@ ROUTES = [
     ws_status,
     ws_stats,
     ws_send,
+    ws_send_batch,
     ws_broadcast,
     internal_timeout,
     ws_signout,

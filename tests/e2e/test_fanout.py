@@ -237,6 +237,92 @@ async def test_a_broadcast_reaches_every_other_socket_on_every_instance_exactly_
     await asyncio.gather(*(quiet_for(s, 1) for s in [*sockets, left_out]))
 
 
+async def test_a_batch_reaches_each_user_once_on_any_instance_and_answers_each_entry(
+    service: Service, clients: list[Client]
+) -> None:
+    """One ``POST /ws/send`` with users on different instances (one of them on two), a user
+    connected nowhere and two invalid entries: every socket gets its own message once, each
+    entry is answered in order, and the invalid ones fail alone. The durable variant stores
+    each entry and delivers it as a stream frame."""
+    users = [uid("batch") for _ in range(3)]
+    sockets: dict[Client, str] = {}
+    for user in users:
+        sockets.update(dict.fromkeys(await open_sockets(service, clients, user, 1), user))
+    spread = uid("batch-spread")
+    sockets.update(dict.fromkeys(await open_spread(service, clients, spread, 2), spread))
+    nobody = uid("nobody")
+    entries = [{"user_id": u, "message": {"type": "b", "to": u}} for u in [*users, spread]]
+    entries += [
+        {"user_id": nobody, "message": {"type": "b"}},
+        {"user_id": "bad/id", "message": {"type": "b"}},
+        {"user_id": users[0], "message": "not an object"},
+    ]
+    response = await service.request("POST", "/ws/send", json={"messages": entries})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [r["status"] for r in body["results"]] == [
+        *["sent"] * 4,
+        "not_connected",
+        "invalid",
+        "invalid",
+    ]
+    assert [r["connections"] for r in body["results"][:4]] == [1, 1, 1, 2]
+    assert (body["sent"], body["connections"], body["scope"]) == (4, 5, "deployment")
+    assert body["unreachable_instances"] == []
+    for socket, user in sockets.items():
+        assert await socket.next() == {"type": "b", "to": user}
+    await asyncio.gather(*(quiet_for(s, 1) for s in sockets))
+
+    for refused in ({"messages": []}, {"messages": entries[:1] * 501}, {"messages": "x"}):
+        response = await service.request("POST", "/ws/send", json=refused)
+        assert response.status_code == 400, response.text
+    await asyncio.gather(*(quiet_for(s, 0.5) for s in sockets))
+
+    durable = await service.request(
+        "POST",
+        "/ws/send",
+        params={"durable": "true"},
+        json={"messages": [{"user_id": users[1], "message": {"d": 1}}, entries[4]]},
+    )
+    assert durable.status_code == 200, durable.text
+    first, second = durable.json()["results"]
+    assert (first["status"], first["connections"], second["status"]) == ("sent", 1, "stored")
+    assert first["offset"] >= 1 and second["offset"] >= 1 and first["epoch"]
+    [socket] = [s for s, u in sockets.items() if u == users[1]]
+    frame = await socket.next()
+    assert (frame["type"], frame["offset"], frame["data"]) == ("stream", first["offset"], {"d": 1})
+
+
+async def test_a_user_who_moves_between_instances_between_sends_gets_every_send(
+    service: Service, clients: list[Client]
+) -> None:
+    """Sends answered by instance A while the user's socket is on A take the local path
+    (nothing published); the user then moves to B, and the next send answered by A finds
+    them there."""
+    user = uid("mover")
+    a, b = service.instances[0], service.instances[1]
+    headers = {"Authorization": f"Bearer {service.admin_token}"}
+    first = await Client.open(a.ws(user, service.minter(user)))
+    clients.append(first)
+    async with httpx.AsyncClient(base_url=a.http, headers=headers) as at_a:
+        for n in range(2):
+            sent = (await at_a.post(f"/ws/send/{user}", json={"n": n})).json()
+            assert sent["instances"] == [instance_of(a)]
+        assert [await first.next() for _ in range(2)] == [{"n": 0}, {"n": 1}]
+        await first.close()
+        second = await Client.open(b.ws(user, service.minter(user)))
+        clients.append(second)
+
+        async def moved() -> bool:
+            body = (await at_a.get(f"/ws/status/{user}")).json()
+            return bool(body["instances"] == [instance_of(b)])
+
+        await eventually(moved)
+        sent = (await at_a.post(f"/ws/send/{user}", json={"n": 2})).json()
+        assert (sent["connections"], sent["instances"]) == (1, [instance_of(b)])
+        assert await second.next() == {"n": 2}
+
+
 async def test_status_and_stats_answer_for_the_deployment_from_any_instance(
     service: Service, clients: list[Client]
 ) -> None:
@@ -485,6 +571,12 @@ async def test_with_pubsub_down_local_sockets_are_served_and_no_sign_out_is_lost
         assert outcomes == {200, 503}
         cast = await service.request("POST", "/ws/broadcast", json={"type": "partial"})
         assert cast.status_code == 200 and cast.json()["scope"] == "instance"
+        batch = await service.request(
+            "POST", "/ws/send", json={"messages": [{"user_id": user, "message": {"n": "b"}}]}
+        )
+        assert batch.status_code == 200 and batch.json()["scope"] == "instance"
+        [entry] = batch.json()["results"]
+        assert (entry["status"], entry.get("connections", 0)) in (("sent", 1), ("unreachable", 0))
         for q in quiet:
             # The partial broadcast reaches a silent socket still open on the instance that
             # answered it; the timeout comes after.

@@ -14,7 +14,7 @@ import asyncio
 import pytest
 
 from gateway.cluster.deployment import Deployment
-from gateway.cluster.operations import Delivery
+from gateway.cluster.operation import Delivery
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.instance.registry import Connection
 from gateway.instance.service import PresenceService

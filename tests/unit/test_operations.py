@@ -16,12 +16,13 @@ from typing import Any, NamedTuple
 import msgspec
 import pytest
 
+from gateway.cluster.batch import SendBatch
 from gateway.cluster.deployment import Deployment
 from gateway.cluster.fanout import Reply, Request
+from gateway.cluster.operation import Delivery
 from gateway.cluster.operations import (
     OPERATIONS,
     Broadcast,
-    Delivery,
     RoomMembers,
     RoomSend,
     Send,
@@ -102,6 +103,12 @@ SCENARIOS: dict[type[Request], Scenario] = {
         closes(CloseCode.SESSION_EXPIRED),
     ),
     Stats: Scenario(lambda a: a.stats(), stats, {(i, s) for i, _, s in SOCKETS}, nothing),
+    SendBatch: Scenario(
+        lambda a: a.send_batch([(0, "u", '{"type":"x"}'), (1, "v", '{"type":"y"}')]),
+        lambda result: (sum(o.connections for o in result[0]), result[1].unreachable),
+        {(i, s) for i, _, s in SOCKETS},
+        texts,
+    ),
     RoomMembers: Scenario(
         lambda a: a.room_members("r"), room, {(i, s) for i, _, s in SOCKETS}, nothing
     ),
@@ -197,11 +204,16 @@ PREVIOUS_FIELDS = {
 }
 
 
+#: Added since: an instance of the previous release drops a batch as undecodable (and is named
+#: unreachable in the answer) and ignores a receipt's ``counts``.
+NEW_FIELDS: dict[type[Any], set[str]] = {SendBatch: {"entries"}, Reply: {"counts"}}
+
+
 def test_the_wire_keeps_the_previous_releases_field_names() -> None:
     """Every request and receipt field is one an instance of the previous release knows, and
     a request it encoded decodes to the declared request."""
     for kind in [*OPERATIONS, Reply]:
-        assert set(kind.__struct_fields__) <= PREVIOUS_FIELDS, kind
+        assert set(kind.__struct_fields__) - NEW_FIELDS.get(kind, set()) <= PREVIOUS_FIELDS, kind
     old = b'{"kind":"send","id":"1","origin":"x","user_id":"u","text":"t","expect":["a"]}'
     decoded = msgspec.json.decode(old, type=Send | Reply)
     assert decoded == Send(id="1", origin="x", user_id="u", text="t", expect=["a"])
