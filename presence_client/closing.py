@@ -3,8 +3,10 @@ reconnect schedule.
 
 :func:`decide_close` is the close-code table of the JavaScript client (clients/js/README.md,
 "Close codes") as a pure function of the code and the backoff counters, so that it is tested
-without a socket, a clock or an event loop (``tests/unit/test_presence_client.py``). Times are
-in seconds (the JavaScript client's are in milliseconds; the rules are the same).
+without a socket, a clock or an event loop (``tests/unit/test_presence_client.py``); each
+code's reaction is the ``client`` entry of gateway/protocol/protocol.json, which
+``tests/contract/test_protocol_clients.py`` holds it to. Times are in seconds (the JavaScript
+client's are in milliseconds; the rules are the same).
 """
 
 from __future__ import annotations
@@ -18,17 +20,21 @@ Random = Callable[[], float]
 
 
 class CloseCode(IntEnum):
-    """Close codes the gateway uses (docs/protocol.md)."""
+    """Close codes: the gateway's (gateway/protocol/protocol.json, docs/protocol.md), and the
+    three a WebSocket reports on its own (1001, 1005, 1006)."""
 
     NORMAL = 1000
     GOING_AWAY = 1001
     NO_STATUS = 1005
     ABNORMAL = 1006
+    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012
     INVALID_USER_ID = 4400
     UNAUTHENTICATED = 4401
+    FORBIDDEN = 4403
+    #: 4403's older name, kept for applications that use it (an alias of FORBIDDEN).
     WRONG_USER = 4403
     SESSION_EXPIRED = 4408
     SIGNED_OUT = 4410
@@ -142,7 +148,7 @@ def decide_close(
         return CloseDecision(Action.STOP, attempt=attempt, auth_retried=auth_retried)
     if code in (CloseCode.SESSION_EXPIRED, CloseCode.SIGNED_OUT):
         return CloseDecision(Action.SIGN_OUT, attempt=attempt, auth_retried=auth_retried)
-    if code == CloseCode.WRONG_USER:
+    if code == CloseCode.FORBIDDEN:
         return CloseDecision(Action.AUTH_ERROR, attempt=attempt, auth_retried=auth_retried)
     if code == CloseCode.INVALID_USER_ID:
         return CloseDecision(

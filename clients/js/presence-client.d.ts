@@ -2,21 +2,60 @@
 
 export declare const VERSION: string;
 
+/** The gateway's close codes (gateway/protocol/protocol.json), then the three a WebSocket
+ * reports on its own (1001, 1005, 1006). */
 export declare const CloseCode: Readonly<{
   NORMAL: 1000;
   GOING_AWAY: 1001;
   NO_STATUS: 1005;
   ABNORMAL: 1006;
+  POLICY_VIOLATION: 1008;
   MESSAGE_TOO_BIG: 1009;
   INTERNAL_ERROR: 1011;
   SERVICE_RESTART: 1012;
   INVALID_USER_ID: 4400;
   UNAUTHENTICATED: 4401;
+  FORBIDDEN: 4403;
+  /** @deprecated 4403's older name: use `FORBIDDEN`. */
   WRONG_USER: 4403;
   SESSION_EXPIRED: 4408;
   SIGNED_OUT: 4410;
   RATE_LIMITED: 4429;
 }>;
+
+/** The `type` of every frame the gateway sends (a backend's own messages have theirs). */
+export declare const ServerFrameType: Readonly<{
+  PING: "ping";
+  PONG: "pong";
+  ACK: "ack";
+  AUTH_OK: "auth_ok";
+  TIMEOUT: "timeout";
+  SIGNED_OUT: "signed_out";
+  ERROR: "error";
+  JOINED: "joined";
+  LEFT: "left";
+  STREAM: "stream";
+  RECOVERY: "recovery";
+}>;
+export type ServerFrameType = (typeof ServerFrameType)[keyof typeof ServerFrameType];
+
+/** The `type` of every frame the gateway accepts; any other is logged and ignored. */
+export type ClientFrameType = "pong" | "ping" | "message" | "auth" | "join" | "leave" | "stream_ack";
+
+/** The `code` of the gateway's `{"type": "error"}` frames (docs/protocol.md, Errors). */
+export type ServerErrorCode =
+  | "invalid_json"
+  | "not_an_object"
+  | "missing_type"
+  | "invalid_type"
+  | "invalid_field"
+  | "invalid_token"
+  | "token_expired"
+  | "invalid_room"
+  | "room_forbidden"
+  | "too_many_rooms"
+  | "room_full"
+  | "binary_frame";
 
 export type PresenceState =
   | "idle"

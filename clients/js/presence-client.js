@@ -5,21 +5,39 @@
 
 export const VERSION = "0.1.0";
 
-/** Close codes the gateway uses (docs/protocol.md). */
+/** Close codes: the gateway's (gateway/protocol/protocol.json, docs/protocol.md), then the three a
+ * WebSocket reports on its own (1001, 1005, 1006). `WRONG_USER` is 4403's older name, kept. */
 export const CloseCode = Object.freeze({
   NORMAL: 1000,
   GOING_AWAY: 1001,
   NO_STATUS: 1005,
   ABNORMAL: 1006,
+  POLICY_VIOLATION: 1008,
   MESSAGE_TOO_BIG: 1009,
   INTERNAL_ERROR: 1011,
   SERVICE_RESTART: 1012,
   INVALID_USER_ID: 4400,
   UNAUTHENTICATED: 4401,
+  FORBIDDEN: 4403,
   WRONG_USER: 4403,
   SESSION_EXPIRED: 4408,
   SIGNED_OUT: 4410,
   RATE_LIMITED: 4429,
+});
+
+/** The `type` of every frame the gateway sends (a backend's own messages have theirs). */
+export const ServerFrameType = Object.freeze({
+  PING: "ping",
+  PONG: "pong",
+  ACK: "ack",
+  AUTH_OK: "auth_ok",
+  TIMEOUT: "timeout",
+  SIGNED_OUT: "signed_out",
+  ERROR: "error",
+  JOINED: "joined",
+  LEFT: "left",
+  STREAM: "stream",
+  RECOVERY: "recovery",
 });
 
 /** The client's states; the three after `reconnecting` are terminal until `connect()`. */
@@ -592,34 +610,34 @@ export class PresenceClient {
       return;
     }
     switch (frame.type) {
-      case "ping":
+      case ServerFrameType.PING:
         this.#onPing(frame);
         break;
-      case "ack":
+      case ServerFrameType.ACK:
         this.#onAck(frame);
         break;
-      case "auth_ok":
+      case ServerFrameType.AUTH_OK:
         this.#onAuthOk(frame);
         break;
-      case "error":
+      case ServerFrameType.ERROR:
         this.#onServerError(frame);
         break;
-      case "timeout":
+      case ServerFrameType.TIMEOUT:
         this.#signOut(frame.message);
         break;
-      case "signed_out":
+      case ServerFrameType.SIGNED_OUT:
         this.#signOut(frame.message, null, SIGNED_OUT_BY_SERVICE_REASON, CloseCode.SIGNED_OUT);
         break;
-      case "joined":
+      case ServerFrameType.JOINED:
         this.#onJoined(frame);
         break;
-      case "left":
+      case ServerFrameType.LEFT:
         this.#onLeft(frame);
         break;
-      case "stream":
+      case ServerFrameType.STREAM:
         if (!this.#onStream(frame)) return; // a duplicate: nobody hears of it again
         break;
-      case "recovery":
+      case ServerFrameType.RECOVERY:
         this.#onRecovery(frame);
         break;
       default:
@@ -805,7 +823,7 @@ export class PresenceClient {
         this.#signOut(undefined, info, SIGNED_OUT_BY_SERVICE_REASON, CloseCode.SIGNED_OUT);
         this.#emit("disconnected", { ...info, willReconnect: false });
         return;
-      case CloseCode.WRONG_USER:
+      case CloseCode.FORBIDDEN:
         this.#stopWithAuthError(code, reason, info);
         return;
       case CloseCode.INVALID_USER_ID:

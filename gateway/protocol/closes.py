@@ -1,7 +1,8 @@
 """Every WebSocket close code the gateway uses, in one table.
 
-Decisions name a code (``CloseCode.SESSION_EXPIRED``); the socket edge sends its number. The
-table in docs/protocol.md is checked against this one by ``tests/contract/test_close_codes.py``.
+Decisions name a code (``CloseCode.SESSION_EXPIRED``); the socket edge sends its number.
+``tests/contract/test_protocol_description.py`` holds this table, the close codes of
+``protocol.json`` beside it (with what the clients do on each) and docs/protocol.md's table equal.
 """
 
 from __future__ import annotations
