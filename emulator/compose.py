@@ -16,12 +16,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from types import FrameType
 
 from emulator import procs
 from emulator.exceptions import StartupError, ToolMissingError
 
-COMPOSE_FILE = procs.EMULATOR_DIR / "compose.yaml"
+COMPOSE_FILE = Path(__file__).resolve().parent / "compose.yaml"
 #: The engine scripts/containers.sh starts (its own socket and data root).
 DEFAULT_DOCKER_HOST = "unix:///run/presence-docker.sock"
 SERVICES = ("firestore", "auth", "pubsub", "gateway", "function", "scheduler")

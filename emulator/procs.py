@@ -22,9 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emulator.exceptions import EmulatorError, StartupError, ToolMissingError
+from emulator.npm import (
+    EMULATOR_DIR,
+    FIRESTORE_FALLBACK_PACKAGE,
+    ensure_firebase_tools,
+    ensure_firestore_fallback,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-EMULATOR_DIR = ROOT / "emulator"
 FIRESTORE_LAUNCHERS = (
     Path("/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"),
     Path("/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"),
@@ -35,8 +40,6 @@ PUBSUB_LAUNCHERS = (
 )
 #: "gcloud", "node" or unset (auto): which Firestore emulator ``firestore_process`` starts.
 FIRESTORE_IMPL_ENV = "FIRESTORE_EMULATOR_IMPL"
-#: The fallback for machines without the Google Cloud SDK (pinned in emulator/package.json).
-FIRESTORE_FALLBACK_PACKAGE = "@firestore-emulator/server"
 FIRESTORE_FALLBACK_SCRIPT = EMULATOR_DIR / "firestore_fallback.mjs"
 
 
@@ -232,49 +235,6 @@ def pubsub_process(host: str, port: int, log_dir: Path) -> Process:
         )
     # The emulator answers plain HTTP on its gRPC port ("Ok" at /).
     return Process("pubsub", argv, f"http://{host}:{port}/", log_path)
-
-
-def ensure_firestore_fallback() -> str:
-    """Install the pinned fallback emulator under emulator/ when missing; return ``node``."""
-    node = shutil.which("node")
-    if node is None:
-        raise ToolMissingError(
-            "no Firestore emulator: install the Google Cloud SDK's "
-            "(`apt-get install google-cloud-cli-firestore-emulator`, needs Java 17+) or "
-            f"Node.js 20+ and npm for the {FIRESTORE_FALLBACK_PACKAGE} fallback"
-        )
-    package = EMULATOR_DIR / "node_modules" / FIRESTORE_FALLBACK_PACKAGE / "package.json"
-    if not package.exists():
-        if not shutil.which("npm"):
-            raise ToolMissingError(
-                f"npm is required to install the {FIRESTORE_FALLBACK_PACKAGE} fallback "
-                "Firestore emulator (Node.js 20+)"
-            )
-        print(
-            f"installing {FIRESTORE_FALLBACK_PACKAGE} (emulator/package.json) ...",
-            file=sys.stderr,
-        )
-        subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=EMULATOR_DIR,
-            check=True,
-        )
-    return node
-
-
-def ensure_firebase_tools() -> Path:
-    """Install the pinned firebase-tools under emulator/ when missing; return its binary."""
-    binary = EMULATOR_DIR / "node_modules" / ".bin" / "firebase"
-    if not binary.exists():
-        if not shutil.which("npm"):
-            raise ToolMissingError("npm is required to install firebase-tools (Node.js 20+)")
-        print("installing firebase-tools (emulator/package.json) ...", file=sys.stderr)
-        subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=EMULATOR_DIR,
-            check=True,
-        )
-    return binary
 
 
 def auth_process(host: str, port: int, project_id: str, log_dir: Path) -> Process:

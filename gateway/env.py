@@ -1,7 +1,7 @@
 """Reading settings from the environment: how each plain setting is declared (``env``: its
 variable, its default and how it is read, written once, on the settings field) and the reader
-that parses and checks values, naming the variable in every error. ``gateway.settings`` holds
-the settings themselves."""
+that parses and checks values, naming the variable in every error. ``gateway.settings`` and
+``gateway.component_settings`` hold the settings themselves."""
 
 from __future__ import annotations
 
@@ -71,9 +71,13 @@ class EnvReader:
         except ValueError:
             raise ConfigError(name, f"cannot parse {raw!r} as {parse.__name__}") from None
 
+    def items(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list, each entry stripped, empty ones dropped."""
+        return tuple(t.strip() for t in self.get(name, str, "").split(",") if t.strip())
+
     def tokens(self, name: str) -> tuple[str, ...]:
         """Comma-separated secrets: several are accepted at once, for rotation."""
-        values = tuple(t.strip() for t in self.get(name, str, "").split(",") if t.strip())
+        values = self.items(name)
         if any(len(t) < 16 for t in values):
             raise ConfigError(name, "each token must be at least 16 characters")
         return values

@@ -2,7 +2,9 @@
 
 Every setting has an environment variable; the deployment's shared names (``PING_INTERVAL``,
 ``PONG_TIMEOUT``, ``SWEEP_INTERVAL``, ``GATEWAY_PORT``, ``GATEWAY_ADMIN_TOKEN``,
-``GOOGLE_CLOUD_PROJECT``) are fixed; the rest are ours and documented in the README.
+``GOOGLE_CLOUD_PROJECT``) are fixed; the rest are ours and documented in the README. Each
+component's settings are declared in ``gateway.component_settings``; what is read and checked
+across them, and the emulator guard, is here.
 """
 
 from __future__ import annotations
@@ -15,20 +17,17 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gateway.env import (
-    LIMIT,
-    LIMIT_INT,
-    POSITIVE,
-    POSITIVE_INT,
-    EnvReader,
-    default_of,
-    env,
+from gateway.component_settings import (
+    AuthSettings,
+    CallbackSettings,
+    FanoutSettings,
+    SocketSettings,
+    StreamSettings,
+    WriterSettings,
 )
+from gateway.env import EnvReader, default_of, env
 from gateway.exceptions import ConfigError
 from gateway.protocol.rooms import ROOM_CHARS, SEPARATOR, valid_prefix
-
-#: Where Google publishes the keys that sign its ID tokens (the callback's OIDC credential).
-GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 DEMO_PROJECT = "demo-presence"
 #: Firebase's convention: a project whose id starts with this exists only in the emulators.
@@ -63,90 +62,6 @@ class AllowedEmulator:
     @property
     def consequence(self) -> str:
         return EMULATOR_HOSTS[self.variable]
-
-
-@dataclass(frozen=True, slots=True)
-class SocketSettings:
-    """The sockets: heartbeat, sizes, limits, rooms, origins and the WebSocket implementation."""
-
-    ping_interval: float = env("PING_INTERVAL", 30.0, POSITIVE)
-    pong_timeout: float = env("PONG_TIMEOUT", 10_800.0, POSITIVE)
-    max_message_bytes: int = env("WS_MAX_MESSAGE_BYTES", 64 * 1024, POSITIVE_INT)
-    send_timeout: float = env("WS_SEND_TIMEOUT", 5.0, POSITIVE)
-    max_messages_per_second: float = env("WS_MAX_MESSAGES_PER_SECOND", 20.0, LIMIT)
-    max_sockets_per_user: int = env("WS_MAX_SOCKETS_PER_USER", 10, LIMIT_INT)
-    max_connects_per_minute: int = env("WS_MAX_CONNECTS_PER_MINUTE", 300, LIMIT_INT)
-    #: Seconds a new connection has to deliver its HTTP request (the upgrade) before it is
-    #: closed, and how many may be waiting at once (0: no cap); see gateway.edge.handshake.
-    handshake_timeout: float = env("WS_HANDSHAKE_TIMEOUT", 10.0, POSITIVE)
-    max_pending_handshakes: int = env("WS_MAX_PENDING_HANDSHAKES", 4096, LIMIT_INT)
-    #: Rooms one socket may be in at once; 0: no limit.
-    max_rooms_per_socket: int = env("WS_MAX_ROOMS_PER_SOCKET", 50, LIMIT_INT)
-    #: Sockets one room may hold on one instance; 0: no limit.
-    max_room_members: int = env("WS_MAX_ROOM_MEMBERS", 10_000, LIMIT_INT)
-    #: Room name prefixes any signed-in user may join, whatever the token's rooms claim.
-    public_room_prefixes: tuple[str, ...] = ()
-    #: Browser origins allowed to open sockets and call the REST API; empty: any origin.
-    allowed_origins: tuple[str, ...] = ()
-    #: Peers whose X-Forwarded-For / X-Forwarded-Proto uvicorn believes ("*": every peer).
-    forwarded_allow_ips: str = "127.0.0.1,::1"
-    ws_implementation: str = env("WS_IMPLEMENTATION", "wsproto")
-
-
-@dataclass(frozen=True, slots=True)
-class WriterSettings:
-    """The write-behind buffer that carries pongs and session records to Firestore."""
-
-    flush_interval: float = env("PONG_FLUSH_INTERVAL", 0.2, POSITIVE)
-    #: At most one last_pong_at write per user per this many seconds; 0: every pong written.
-    pong_write_interval: float = env("PONG_WRITE_INTERVAL", 0.0, LIMIT)
-    batch_size: int = env("PONG_BATCH_SIZE", 500, POSITIVE_INT)
-    flush_concurrency: int = env("PONG_FLUSH_CONCURRENCY", 4, POSITIVE_INT)
-    buffer_max_docs: int = env("PONG_BUFFER_MAX_DOCS", 200_000, POSITIVE_INT)
-
-
-@dataclass(frozen=True, slots=True)
-class AuthSettings:
-    """Client ID tokens."""
-
-    #: False only with AUTH_MODE=off, which the emulators alone allow.
-    required: bool = True
-    #: Seconds an open socket may outlive its ID token before it is closed.
-    token_grace: float = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class FanoutSettings:
-    """Reaching the other instances: the Pub/Sub topic and how long to wait for them, and the
-    sweep's cadence, which paces the reconcile poll and the instance heartbeat."""
-
-    #: Pub/Sub topic carrying cross-instance work; empty: no broker, this instance is alone.
-    pubsub_topic: str = ""
-    #: Project of the topic and of this instance's subscription; empty: GOOGLE_CLOUD_PROJECT.
-    pubsub_project: str = ""
-    #: How long a cross-instance send, broadcast, stats or timeout waits for the instances'
-    #: receipts before answering with those that replied.
-    fanout_timeout: float = env("FANOUT_TIMEOUT", 2.0, POSITIVE)
-    sweep_interval: float = env("SWEEP_INTERVAL", 60.0, POSITIVE)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSettings:
-    """Durable streams: how many of a user's latest messages, and for how long (seconds), a
-    reconnecting client can recover (Centrifugo's history defaults)."""
-
-    history_size: int = env("STREAM_HISTORY_SIZE", 300, POSITIVE_INT)
-    history_ttl: float = env("STREAM_HISTORY_TTL", 300.0, POSITIVE)
-
-
-@dataclass(frozen=True, slots=True)
-class CallbackSettings:
-    """Who may call the internal callback: shared tokens, or Google-signed OIDC tokens."""
-
-    tokens: tuple[str, ...] = ()
-    oidc_audience: str = ""
-    oidc_service_accounts: tuple[str, ...] = ()
-    oidc_certs_url: str = env("CALLBACK_OIDC_CERTS_URL", GOOGLE_CERTS_URL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,9 +197,7 @@ def check_emulators(
 
 
 def _socket_settings(reader: EnvReader, on_cloud_run: bool) -> SocketSettings:
-    public_prefixes = tuple(
-        p.strip() for p in reader.get("WS_PUBLIC_ROOM_PREFIXES", str, "").split(",") if p.strip()
-    )
+    public_prefixes = reader.items("WS_PUBLIC_ROOM_PREFIXES")
     for prefix in public_prefixes:
         if not valid_prefix(prefix):
             raise ConfigError(
@@ -293,9 +206,7 @@ def _socket_settings(reader: EnvReader, on_cloud_run: bool) -> SocketSettings:
                 f"{prefix!r} is not a room name prefix (characters of {ROOM_CHARS}, "
                 f"ending with {SEPARATOR!r})",
             )
-    origins = tuple(
-        o.strip().rstrip("/") for o in reader.get("ALLOWED_ORIGINS", str, "").split(",")
-    )
+    origins = tuple(o.rstrip("/") for o in reader.items("ALLOWED_ORIGINS"))
     forwarded = reader.get(
         "FORWARDED_ALLOW_IPS",
         str,
@@ -345,11 +256,7 @@ def _callback_settings(reader: EnvReader, admin_tokens: tuple[str, ...]) -> Call
     if set(tokens) & set(admin_tokens):
         raise ConfigError("GATEWAY_CALLBACK_TOKEN", "must differ from GATEWAY_ADMIN_TOKEN")
     audience = reader.get("CALLBACK_OIDC_AUDIENCE", str, "")
-    accounts = tuple(
-        a.strip()
-        for a in reader.get("CALLBACK_OIDC_SERVICE_ACCOUNTS", str, "").split(",")
-        if a.strip()
-    )
+    accounts = reader.items("CALLBACK_OIDC_SERVICE_ACCOUNTS")
     if bool(audience) != bool(accounts):
         raise ConfigError(
             "CALLBACK_OIDC_SERVICE_ACCOUNTS" if audience else "CALLBACK_OIDC_AUDIENCE",

@@ -100,11 +100,11 @@ The decisions live in sans-I/O modules (pure functions and small state holders):
 (frames, socket URL), :mod:`~presence_client.tokens`, :mod:`~presence_client.streams` (the
 stream position) and :mod:`~presence_client.buffer` (the send buffer, pacing). The asyncio
 shell is :class:`PresenceClient` (:mod:`~presence_client.client`) and the parts it owns:
-:mod:`~presence_client.connection` (the connect loop, frames, closes),
-:mod:`~presence_client.outbox` (sends), :mod:`~presence_client.rooms`,
-:mod:`~presence_client.durable` (durable delivery), :mod:`~presence_client.refresh` (token
-refresh), :mod:`~presence_client.listeners` (events, ``messages()``) and
-:mod:`~presence_client.link` (the state and socket they share).
+:mod:`~presence_client.connection` (the connect loop, closes),
+:mod:`~presence_client.dispatch` (each frame to its part), :mod:`~presence_client.outbox`
+(sends), :mod:`~presence_client.rooms`, :mod:`~presence_client.durable` (durable delivery),
+:mod:`~presence_client.refresh` (token refresh), :mod:`~presence_client.listeners` (events,
+``messages()``) and :mod:`~presence_client.link` (the state and socket they share).
 """
 
 from __future__ import annotations

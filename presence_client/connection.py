@@ -3,8 +3,8 @@
 One supervisor task per started client runs it: ask ``get_token``, open the socket, read frames
 until it closes, ask :func:`~presence_client.closing.decide_close` what to do, wait, go again.
 Per live socket two helper tasks run beside it: the outbox's pump and the token refresh timer.
-Each frame goes to the part it concerns (outbox, rooms, durable stream, token refresh);
-stopping (``close()``, a sign-out, an auth error) settles them all.
+Each frame goes to the part it concerns (outbox, rooms, durable stream, token refresh) through
+``presence_client.dispatch``; stopping (``close()``, a sign-out, an auth error) settles them all.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from presence_client.closing import (
     decide_close,
     is_stable,
 )
+from presence_client.dispatch import FrameDispatch
 from presence_client.durable import DurableStream
 from presence_client.events import (
     AuthError,
@@ -41,14 +42,7 @@ from presence_client.events import (
     Pong,
     SignedOut,
 )
-from presence_client.frames import (
-    PONG_FRAME,
-    Frame,
-    FrameKind,
-    classify_frame,
-    connect_args,
-    parse_frame,
-)
+from presence_client.frames import PONG_FRAME, Frame, connect_args
 from presence_client.link import Link
 from presence_client.outbox import Outbox
 from presence_client.refresh import GetToken, TokenRefresh, token_error
@@ -101,6 +95,15 @@ class Connection:
         self._auth_retried = False  # a 4401 was answered with one forced token refresh
         self._force_next = False
         self._got_ping = False
+        self._frames = FrameDispatch(
+            link,
+            outbox,
+            rooms,
+            durable,
+            refresh,
+            pinged=self._on_ping,
+            signed_out=lambda message, by_service: self._sign_out(message, by_service=by_service),
+        )
 
     async def start(self) -> None:
         link = self._link
@@ -195,7 +198,7 @@ class Connection:
         try:
             async with asyncio.timeout(None) as deadline:
                 async for raw in ws:
-                    await self._on_frame(raw)
+                    await self._frames.on_frame(raw)
                     if link.state in TERMINAL_STATES and deadline.when() is None:
                         deadline.reschedule(loop.time() + SIGN_OUT_CLOSE_WAIT)
         except ConnectionClosed:
@@ -265,55 +268,7 @@ class Connection:
         if ws is not None:
             await ws.close(code, reason)
 
-    # --- frames ----------------------------------------------------------------------------
-
-    async def _on_frame(self, raw: str | bytes) -> None:
-        link = self._link
-        frame = parse_frame(raw)
-        if frame is None:
-            binary = not isinstance(raw, str)
-            link.emit(
-                "error",
-                ErrorEvent(
-                    "protocol",
-                    "binary_frame" if binary else "invalid_frame",
-                    "binary frame ignored" if binary else "not a JSON object",
-                ),
-            )
-            return
-        kind = classify_frame(frame)
-        if kind is FrameKind.STREAM and not self._durable.on_stream(frame):
-            return  # a duplicate (or malformed): nobody hears of it again
-        # Queued before anything else reacts to the frame, so that a stream also gets the frame
-        # that ends it (the timeout message); its reader runs later, after the pong went out.
-        link.listeners.offer(frame)
-        if kind is FrameKind.PING:
-            await self._on_ping(frame)
-        elif kind is FrameKind.ACK:
-            self._outbox.ack(frame)
-        elif kind is FrameKind.AUTH_OK:
-            self._refresh.on_auth_ok(frame)
-        elif kind is FrameKind.JOINED:
-            self._rooms.on_joined(frame)
-        elif kind is FrameKind.LEFT:
-            self._rooms.on_left(frame)
-        elif kind is FrameKind.ERROR:
-            code, message = frame.get("code"), frame.get("message")
-            link.emit("error", ErrorEvent("server", str(code), str(message), frame=frame))
-            self._rooms.on_error(frame)
-            self._refresh.on_error(frame)
-        elif kind is FrameKind.RECOVERY:
-            self._durable.on_recovery(frame)
-        elif kind in (FrameKind.TIMEOUT, FrameKind.SIGNED_OUT):
-            message = frame.get("message")
-            self._sign_out(
-                message if isinstance(message, str) else None,
-                by_service=kind is FrameKind.SIGNED_OUT,
-            )
-        link.emit("message", frame)
-        frame_type = frame.get("type")
-        if isinstance(frame_type, str):
-            link.listeners.handle(frame_type, frame)
+    # --- pings and stopping -------------------------------------------------------------
 
     async def _on_ping(self, frame: Frame) -> None:
         if self._link.state is not State.CONNECTED:
@@ -326,8 +281,6 @@ class Connection:
         self._link.emit("ping", frame)
         if answered:
             self._link.emit("pong", Pong(time.time(), frame))
-
-    # --- stopping --------------------------------------------------------------------------
 
     def _sign_out(
         self, message: str | None, *, close_reason: str | None = None, by_service: bool = False

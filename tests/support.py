@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from emulator import procs
-from gateway.settings import (
+from gateway.component_settings import (
     AuthSettings,
     CallbackSettings,
     FanoutSettings,
-    Settings,
     SocketSettings,
     WriterSettings,
 )
+from gateway.settings import Settings
 
 T = TypeVar("T")
 

@@ -9,8 +9,8 @@ from consecutive shards, each oldest first; the cursor says where the next page 
 Cost: a run queries every shard at least once (``MEMBER_SHARDS`` queries, each billed at least
 one read even when it finds nothing), one after the other: in production an index range read
 each, a second or two a run in all. The emulator has no indexes and reads the whole collection
-for every query, so there a run costs ``MEMBER_SHARDS`` reads of the collection (about 1 s each
-at 50,000 members on the 2-core development machine; docs/operations.md, Indexes).
+for every query, so there a run costs ``MEMBER_SHARDS`` reads of the collection (measured:
+docs/operations.md#indexes-and-the-member-shard).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ descends from) is older than the last sign-out is refused. That is one Firestore
 connect instead of one Firebase Auth ``get_user`` call (``check_revoked=True``): the same
 latency on the emulators (docs/protocol.md), but made with the async client the gateway already
 holds, and drawing on no Auth Admin API quota when many clients reconnect at once (a Cloud Run
-rollout). Connects waiting at once share one batched read (``PresenceService.member_reads``) and
+rollout). Connects waiting at once share one batched read (``Admission.member_reads``) and
 one trip to the verification thread (``FirebaseVerifier``). If Firestore cannot answer within
 ``READ_TIMEOUT`` (2 s) the connect is allowed on the token alone (logged): the gateway keeps
 serving while Firestore is down, as it does for pongs.

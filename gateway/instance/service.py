@@ -1,10 +1,11 @@
 """One instance's sockets and their lifecycle, independent of HTTP routing.
 
-Holds the registry of sockets and the write-behind buffer, admits and closes sockets, runs the
-ping, token-expiry and reconcile loops, and sends to the sockets this instance holds. What
-spans instances (send, broadcast, timeouts and stats for the whole deployment) is
-``gateway.cluster.deployment``'s; the Litestar layer (``gateway.web.app``) and the socket edge
-(``gateway.web.sockets``) only translate to and from these two.
+Holds the registry of sockets and the write-behind buffer, admits sockets (through
+``gateway.instance.admission``) and closes them, runs the ping, token-expiry and reconcile
+loops, and sends to the sockets this instance holds. What spans instances (send, broadcast,
+timeouts and stats for the whole deployment) is ``gateway.cluster.deployment``'s; the Litestar
+layer (``gateway.web.app``) and the socket edge (``gateway.web.sockets``) only translate to and
+from these two.
 """
 
 from __future__ import annotations
@@ -13,31 +14,24 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from gateway.exceptions import AuthError
+from gateway.instance.admission import Admission
 from gateway.instance.analytics import ConnectionEvents
-from gateway.instance.auth import Identity, TokenVerifier, authorize
+from gateway.instance.auth import TokenVerifier
 from gateway.instance.endings import Endings
 from gateway.instance.heartbeat import SEND_CHUNK, Heartbeat
 from gateway.instance.registry import Connection, Registry
 from gateway.instance.stream_delivery import StreamDelivery
 from gateway.logs import FRAME_LINES_BURST, FRAME_LINES_WINDOW, LogBudget
 from gateway.protocol import messages, rooms
-from gateway.protocol.closes import CloseCode
-from gateway.protocol.limits import ConnectLimiter
 from gateway.protocol.messages import iso, utc_now
 from gateway.protocol.session import SessionLimits
 from gateway.settings import Settings
-from gateway.storage.batching import BatchReader
-from gateway.storage.schema import (
-    INSTANCES,
-    STOPPED_AT,
-)
+from gateway.storage.schema import INSTANCES, STOPPED_AT
 from gateway.storage.store import (
-    READ_TIMEOUT,
     Store,
     Write,
     connect_writes,
@@ -45,10 +39,7 @@ from gateway.storage.store import (
     instance_write,
     pong_write,
 )
-from gateway.storage.streams import (
-    MemoryStreamStore,
-    StreamStore,
-)
+from gateway.storage.streams import MemoryStreamStore, StreamStore
 from gateway.storage.writer import WriteBehind
 
 logger = logging.getLogger("gateway")
@@ -60,16 +51,6 @@ _message_lines: LogBudget[str] = LogBudget(
 
 #: Application hook for client ``message`` frames: (user_id, session_id, data) -> None.
 MessageHandler = Callable[[str, str, Any], Awaitable[None]]
-
-#: Member records read in one batch at admission (gateway.storage.batching), and batches out at
-#: once: under a storm the next batch takes every connect that queued meanwhile.
-MEMBER_READ_BATCH = 100
-MEMBER_READS_IN_FLIGHT = 4
-#: The longest a connect waits for its member record, its turn in a batch included. Each read
-#: itself gives up after READ_TIMEOUT (Firestore down: fail open at once); this bounds the queue.
-#: Not READ_TIMEOUT as well: in a storm the gateway's own backlog made most connects miss 2 s
-#: and skip the revocation check although Firestore answered (make bench --only storm).
-ADMISSION_READ_WAIT = 10.0
 
 
 async def log_message(user_id: str, session_id: str, data: Any) -> None:
@@ -119,15 +100,8 @@ class PresenceService:
             max_message_bytes=settings.sockets.max_message_bytes,
             token_grace=settings.auth.token_grace,
         )
-        self.connect_limiter = ConnectLimiter(settings.sockets.max_connects_per_minute)
-        #: The revocation check's member reads, coalesced across connects waiting at once.
-        self.member_reads: BatchReader[dict[str, Any]] = BatchReader(
-            lambda user_ids: store.get_members(user_ids, READ_TIMEOUT),
-            max_batch=MEMBER_READ_BATCH,
-            max_in_flight=MEMBER_READS_IN_FLIGHT,
-        )
-        #: Connects admitted without the revocation check (their member read failed).
-        self.member_reads_failed = 0
+        #: Connect and token checks (gateway.instance.admission).
+        self.admission = Admission(settings.sockets, self.registry, store, verifier)
         self.callbacks_received = 0
         #: Sockets refused or closed by policy, by reason (close reason text).
         self.refusals: Counter[str] = Counter()
@@ -190,50 +164,6 @@ class PresenceService:
         await self.streams.store.close()
         await self.store.close()
         logger.info("gateway instance %s stopped", self.settings.instance_id)
-
-    # --- admission -----------------------------------------------------------------------
-
-    async def admit(self, user_id: str, token: str | None) -> Identity | None:
-        """Check a socket's token before it is accepted; raise AuthError to refuse it.
-
-        Returns None when auth is off."""
-        if self.verifier is None:
-            return None
-        if token is None:
-            raise AuthError(CloseCode.UNAUTHENTICATED, "missing token")
-        identity = await self.verifier.verify(token)
-        authorize(identity, user_id, await self._member_for_revocation(user_id))
-        return identity
-
-    async def _member_for_revocation(self, user_id: str) -> Mapping[str, Any] | None:
-        """The member record whose ``last_sign_out_at`` a token must postdate: every token
-        the gateway accepts, at connect or in an ``auth`` frame, is checked against it."""
-        try:
-            async with asyncio.timeout(ADMISSION_READ_WAIT):
-                return await self.member_reads.get(user_id)
-        except Exception as exc:
-            # Fail open on the revocation check only: the token itself was verified.
-            self.member_reads_failed += 1
-            logger.warning("member read failed, accepting the token alone: %r", exc)
-            return None
-
-    def check_socket_limits(self, user_id: str) -> None:
-        """Raise AuthError(4429) when the user already holds the most sockets allowed here."""
-        limit = self.settings.sockets.max_sockets_per_user
-        if limit and self.registry.count_of(user_id) >= limit:
-            raise AuthError(CloseCode.RATE_LIMITED, "too many sockets for this user")
-
-    async def refresh_token(self, conn: Connection, token: str) -> Identity:
-        """A fresh token for an open socket (``{"type": "auth"}``); raise AuthError if bad."""
-        if self.verifier is None:
-            raise AuthError(CloseCode.UNAUTHENTICATED, "authentication is off")
-        identity = await self.verifier.verify(token)
-        # A token issued before the user's last sign-out is revoked here as at connect: else
-        # an old token, with the wider room grants it may carry, comes back through a socket
-        # opened with a new one.
-        authorize(identity, conn.user_id, await self._member_for_revocation(conn.user_id))
-        conn.room_grants = identity.rooms
-        return identity
 
     # --- socket events -----------------------------------------------------------------------
 

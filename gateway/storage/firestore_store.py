@@ -62,20 +62,10 @@ class FirestoreStore:
     async def commit(self, writes: Sequence[Write]) -> None:
         # The Commit RPC is sent as wire bytes encoded here (gateway.storage.firestore_wire) on the
         # client's own gRPC channel, instead of through the public batch.set(merge=True) +
-        # batch.commit() (commit_with_batch: the same single atomic RPC). Measured with
-        # `.venv/bin/python -m tests.bench.commit_bench --batches 30` (alternating batches of
-        # 500 pong writes per path against gcloud's Firestore emulator, on the quiet 2-core
-        # development machine; Python 3.11.7, google-cloud-firestore 2.34.1; medians):
-        #
-        #   path                              loop CPU/write  process CPU/write  wall/batch  stall
-        #   this (wire bytes)                      6.7 us          7.5 us         26 ms     1.9 ms
-        #   raw protobufs through the GAPIC       11.6 us         12.2 us         27 ms     4.0 ms
-        #   WriteBatch (public)                   64.9 us         65.9 us         56 ms    29.0 ms
-        #   BulkWriter (threads)                   6.6 us        120.3 us         96 ms    11.0 ms
-        #
-        # The library walks every value in Python on the way in and wraps every write result on
-        # the way out, on the event loop. At 5,000 pongs/s (10 batches/s) that is 0.3 s more loop
-        # CPU every second, and each batch holds up every socket of the instance for ~30 ms.
+        # batch.commit() (commit_with_batch: the same single atomic RPC). The library walks
+        # every value in Python on the way in and wraps every write result on the way out, on
+        # the event loop, where each batch holds up every socket of the instance: about ten
+        # times the loop CPU per write (measured: docs/benchmarks.md#commit-paths).
         # Worth the private API (the client's database name and metadata), fenced by the
         # start-up check above and by tests/integration/test_firestore_store.py, which holds this
         # path to what commit_with_batch stores. BulkWriter is no candidate: it is not atomic
@@ -248,7 +238,8 @@ class _RawTypes:
 @functools.cache
 def _raw_types() -> _RawTypes:
     # The raw (upb, C-implemented) protobuf classes under google-cloud-firestore's proto-plus
-    # wrappers: building through proto-plus cost ~60 us per write, these ~5 us.
+    # wrappers: building through proto-plus costs an order of magnitude more per write
+    # (measured: docs/benchmarks.md#commit-paths).
     from google.cloud.firestore_v1.types import common, document, firestore
     from google.cloud.firestore_v1.types import write as write_types
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -266,8 +257,8 @@ def _raw_types() -> _RawTypes:
 
 # The writes gateway.storage.firestore_wire leaves to the library's types (maps, deletions, numbers)
 # are filled in place (``target.timestamp_value.seconds = ...``) rather than built from keyword
-# arguments and copied into their parent: a two-field Write costs ~3 us this way, ~8.5 us the
-# other (measured on the 2-core development machine).
+# arguments and copied into their parent, which costs nearly three times as much (measured:
+# docs/benchmarks.md#commit-paths).
 
 
 def _set_value(target: Any, value: Any) -> None:

@@ -2,11 +2,10 @@
 buffer's commits (``FirestoreStore.commit``).
 
 Why bytes: at 5,000 pongs/s the commit path was the gateway's largest cost after the socket
-writes themselves. Building each pong's ``Write`` as a (C-implemented) protobuf message and
-serializing the request cost about 4.5 us per write; writing the bytes here costs about 2.8,
-and the gRPC call then neither serializes a request nor parses a response: 6.7 us of event-loop
-CPU per committed write against 11.6 (``python -m tests.bench.commit_bench``, ``wire`` against
-``protobufs``).
+writes themselves. Writing the bytes here costs less than building each pong's ``Write`` as a
+(C-implemented) protobuf message and serializing the request, and the gRPC call then neither
+serializes a request nor parses a response (measured with ``python -m tests.bench.commit_bench``,
+``wire`` against ``protobufs``: docs/benchmarks.md#commit-paths).
 
 What is encoded here is the common write only: a merge-set of top-level strings and
 timestamps (every pong's ``last_pong_at`` and ``updated_at``). Any other write

@@ -1,8 +1,8 @@
 """Write-behind buffer: every pong (and connect/disconnect record) reaches Firestore in batches.
 
-One RPC per pong does not scale (about 200 awaited writes/s against the emulator here, against
-about 4,000/s in 500-write batches), so writes are buffered per document and committed in
-batches of at most ``batch_size``, up to ``concurrency`` batches at once.
+One awaited RPC per pong carries a small fraction of what batched commits do (measured:
+docs/benchmarks.md#commit-paths), so writes are buffered per document and committed in batches
+of at most ``batch_size``, up to ``concurrency`` batches at once.
 
 Guarantees:
 
@@ -16,21 +16,16 @@ Guarantees:
   commit of its own when every slot is busy with pongs. The sweep reads the heartbeat to tell
   a live instance from a dead one, so it must never starve behind a pong backlog.
 * What is in flight adapts to Firestore (``gateway.storage.congestion.CommitWindow``): fewer,
-smaller
-  commits when commits slow down or fail, back to the full ceiling when they are quick. Pongs
-  are taken oldest first (the buffer is ordered by each document's first pending write), so a
-  Firestore that cannot keep every record fresh keeps them evenly stale rather than some
-  fresh and some expiring; :meth:`backlog_age` says how far behind the oldest one is.
+  smaller commits when commits slow down or fail, back to the full ceiling when they are
+  quick. Pongs are taken oldest first (the buffer is ordered by each document's first pending
+  write), so a Firestore that cannot keep every record fresh keeps them evenly stale rather
+  than some fresh and some expiring; :meth:`backlog_age` says how far behind the oldest one is.
 * A document is never in two commits at once (later writes wait in the buffer until the
   earlier commit ends), so a document's fields never move backwards.
 * A failed batch goes back into the buffer (newer pending fields still win) and the writer backs
   off exponentially, up to ``MAX_BACKOFF``; sockets are unaffected.
-* A batch that Firestore refuses as invalid (:class:`WriteRejected`, as opposed to unavailable)
-  is split in halves, committed again at once, and so on down to the write at fault, which is
-  dropped, counted (``rejected_writes``) and logged once. One bad document therefore costs
-  about ``2 * log2(batch_size)`` extra commits, and never stalls the writes batched beside it:
-  a buffer that retried it forever would stop every write of the instance, heartbeats
-  included, and the sweep would then sign out everyone the instance holds.
+* A batch that Firestore refuses as invalid is narrowed down to the write at fault, which is
+  dropped, counted (``rejected_writes``) and logged once (``gateway.storage.isolation``).
 * Memory is bounded by ``max_docs`` pending documents: the buffer holds one entry per
   document, and a write to a new document beyond the bound is dropped, counted and logged.
 * :meth:`close` flushes what is left, within a deadline.
@@ -46,10 +41,10 @@ import math
 import time
 from collections import deque
 
-from gateway.exceptions import WriteRejected
 from gateway.storage.congestion import CommitWindow
+from gateway.storage.isolation import commit_isolating
 from gateway.storage.store import Store, Write
-from gateway.storage.write_buffer import Chunk, Key, Pending, PendingWrites
+from gateway.storage.write_buffer import Chunk, PendingWrites
 
 logger = logging.getLogger("gateway.storage.writer")
 
@@ -238,18 +233,9 @@ class WriteBehind:
                         backoff = 0.0
                         continue
                     self.window.failed()
-                    self.failed_commits += 1
                     backoff = min(max(backoff * 2, MIN_BACKOFF), MAX_BACKOFF)
                     retry_at = time.monotonic() + backoff
-                    logger.warning(
-                        "commit of %d writes failed (%d now pending, window %d, retry in "
-                        "%.1fs): %r",
-                        len(chunk),
-                        len(self._pending),
-                        self.window.size,
-                        backoff,
-                        error,
-                    )
+                    self._failed(chunk, error, f", retry in {backoff:.1f}s")
         finally:
             for leftover in [*inflight, *([wake] if wake else [])]:
                 leftover.cancel()
@@ -300,51 +286,33 @@ class WriteBehind:
         chunks = [taken[i : i + self.batch_size] for i in range(0, len(taken), self.batch_size)]
         results = await asyncio.gather(*(self._commit_isolating(chunk) for chunk in chunks))
         self._pending.release(taken)
-        ok = True
         for chunk, result in zip(chunks, results, strict=True):
             if result is not None:
-                ok = False
-                self.failed_commits += 1
-                logger.warning(
-                    "commit of %d writes failed (%d now pending): %r",
-                    len(chunk),
-                    len(self._pending),
-                    result,
-                )
-        return ok
+                self._failed(chunk, result)
+        return all(result is None for result in results)
 
-    async def _commit_isolating(self, chunk: Chunk) -> Exception | None:
-        """Commit ``chunk``, isolating and dropping any write Firestore refuses as invalid;
-        what failed for another reason goes back into the buffer. Returns that other error
-        (None: everything landed or was dropped)."""
-        try:
-            await self._commit(chunk)
-        except WriteRejected as exc:
-            if len(chunk) == 1:
-                self._drop_rejected(chunk[0], exc)
-                return None
-            middle = len(chunk) // 2
-            first = await self._commit_isolating(chunk[:middle])
-            second = await self._commit_isolating(chunk[middle:])
-            return first or second
-        except Exception as exc:
-            self._pending.requeue(chunk)
-            self._wakeup.set()
-            return exc
-        return None
-
-    def _drop_rejected(self, entry: tuple[Key, Pending], error: Exception) -> None:
-        (collection, doc_id), pending = entry
-        self.rejected_writes += 1
-        # Once per write dropped: a client cannot make this line repeat, since the write is
-        # gone (and the protocol already refuses the values that could cause it).
-        logger.error(
-            "dropped a write Firestore refused as invalid: %s/%.80s fields=%s: %s",
-            collection,
-            doc_id,
-            sorted(pending.fields),
+    def _failed(self, chunk: Chunk, error: Exception, retry: str = "") -> None:
+        self.failed_commits += 1
+        logger.warning(
+            "commit of %d writes failed (%d now pending, window %d%s): %r",
+            len(chunk),
+            len(self._pending),
+            self.window.size,
+            retry,
             error,
         )
+
+    async def _commit_isolating(self, chunk: Chunk) -> Exception | None:
+        return await commit_isolating(
+            self._commit, chunk, dropped=self._count_rejected, failed=self._retry_later
+        )
+
+    def _count_rejected(self) -> None:
+        self.rejected_writes += 1
+
+    def _retry_later(self, chunk: Chunk) -> None:
+        self._pending.requeue(chunk)
+        self._wakeup.set()
 
     async def _commit(self, chunk: Chunk) -> None:
         started = time.monotonic()

@@ -146,8 +146,8 @@ class SocketFastPath:
     everything else (REST, OpenAPI, lifespan) to Litestar.
 
     The socket path is the one held open by every client; skipping Litestar's routing and
-    middleware frames for it saves about 2.5 KB per idle socket and raises the connect rate
-    by half (measured with ``make bench``).
+    middleware frames for it saves memory per idle socket and raises the connect rate
+    (measured: docs/benchmarks.md, *Memory*).
     """
 
     PREFIX = "/ws/connect/"

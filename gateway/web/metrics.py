@@ -119,7 +119,7 @@ class GatewayCollector:
             (
                 "gateway_member_reads_failed",
                 "Connects admitted on the token alone: the member read failed or took over 2 s",
-                service.member_reads_failed,
+                service.admission.member_reads_failed,
             ),
             ("gateway_pongs_received", "Client pongs received", writer.pongs_received),
             (

@@ -228,7 +228,7 @@ async def _admit(
         scope.get("headers", ()),
         trust_every_peer=service.settings.sockets.forwarded_allow_ips.strip() == "*",
     )
-    if not service.connect_limiter.allow(address, time.time()):
+    if not service.admission.connect_limiter.allow(address, time.time()):
         # Before the token check: a flood of attempts costs no Auth or Firestore call.
         refusal = (CloseCode.RATE_LIMITED, "too many connection attempts")
     elif not valid_user_id(user_id):
@@ -236,8 +236,8 @@ async def _admit(
     else:
         try:
             token = token_from(scope.get("query_string", b""), dict(scope.get("headers", ())))
-            identity = await service.admit(user_id, token)
-            service.check_socket_limits(user_id)
+            identity = await service.admission.admit(user_id, token)
+            service.admission.check_socket_limits(user_id)
         except AuthError as exc:
             refusal = (exc.close_code, exc.reason)
     # Accept, then close with the reason: a browser sees close codes, not handshake statuses.
@@ -287,7 +287,7 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
             logger.exception("message handler failed user=%s", conn.user_id)
     elif isinstance(work, AuthRefresh):
         try:
-            identity = await service.refresh_token(conn, work.token)
+            identity = await service.admission.refresh_token(conn, work.token)
         except AuthError as exc:
             await _send_replies(service, conn, conn.session.refresh_refused(exc.reason, utc_now()))
             return None

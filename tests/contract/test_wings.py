@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gateway.instance",),
     ("gateway.storage",),
     ("gateway.edge",),
-    ("gateway.settings", "gateway.env"),
+    ("gateway.settings", "gateway.component_settings", "gateway.env"),
     ("gateway.protocol",),
     ("gateway.exceptions", "gateway.logs", "gateway"),
 ]

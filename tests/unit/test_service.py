@@ -285,7 +285,7 @@ async def test_connects_waiting_at_once_share_one_member_read_and_revocation_hol
     await store.commit(sign_out_writes("u7", [], datetime.fromtimestamp(2_000, UTC)))
     service = PresenceService(settings(), store, verifier=StubVerifier())
     outcomes = await asyncio.gather(
-        *(service.admit(f"u{i}", f"u{i}:1000") for i in range(50)), return_exceptions=True
+        *(service.admission.admit(f"u{i}", f"u{i}:1000") for i in range(50)), return_exceptions=True
     )
     refused = [i for i, o in enumerate(outcomes) if isinstance(o, AuthError)]
     assert refused == [7]
