@@ -41,6 +41,11 @@ a client that missed 300 messages; see ``durable_bench``.
 Scenario P (backpressure): one gateway whose Firestore link goes through a throttling proxy,
 1,000 users answering every ping, the real sweep; stored pong ages and wrongful sign-outs at a
 tenth and a fortieth of the unthrottled bytes/s; see ``backpressure_bench``.
+
+Scenario R (delivery): one gateway, 100 sockets, without and then with a Pub/Sub topic; gateway
+CPU per REST targeted send, broadcast and batch send (when the gateway has it), every frame
+counted by the client; ``--profile`` adds py-spy profiles of the targeted sends; see
+``delivery_bench``.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ from emulator.procs import (
 )
 from tests.bench import (
     backpressure_bench,
+    delivery_bench,
     durable_bench,
     fanout_bench,
     load_bench,
@@ -1013,6 +1019,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "durable",
             "storm",
             "backpressure",
+            "delivery",
             "sweep",
         ),
     )
@@ -1075,6 +1082,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "B: steady windows, S: the storm) into .run/bench/profile-*.txt",
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="delivery: profile a pass of the targeted sends, with the broker and without, with "
+        "py-spy (--py-spy, else .venv/bin/py-spy or PATH); print the top 15 functions by own time",
+    )
+    parser.add_argument(
         "--gateway-cmd",
         default=None,
         help="experiments: run this command instead of `python -m gateway` (same env)",
@@ -1125,6 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
         "timeout-auth.log",
         "fanout-pubsub.log",
         "durable-pubsub.log",
+        "delivery-pubsub.log",
         "fanout-auth.log",
         "fanout-proxy.log",
         "fanout-sweep.log",
@@ -1186,6 +1200,8 @@ def main(argv: list[str] | None = None) -> int:
             results["storm"] = storm_bench.run(fs_host, args, stack)
         if args.only in (None, "backpressure"):
             results["backpressure"] = backpressure_bench.run(fs_host, args, stack)
+        if args.only in (None, "delivery"):
+            results["delivery"] = delivery_bench.run(fs_host, args, stack)
         if args.only in (None, "sweep"):
             firestore.stop()  # the sweep scenarios start their own emulators
             results["sweep"] = sweep_bench.run(RUN_DIR, log)
@@ -1218,6 +1234,7 @@ def main(argv: list[str] | None = None) -> int:
         + durable_bench.rows(results.get("durable", {}))
         + storm_bench.rows(results.get("storm", {}))
         + backpressure_bench.rows(results.get("backpressure", {}))
+        + delivery_bench.rows(results.get("delivery", {}))
         + sweep_bench.rows(results.get("sweep", {}))
     )
     results["summary"] = rows
@@ -1234,7 +1251,8 @@ def main(argv: list[str] | None = None) -> int:
         results,
         timeout_bench.summary_lines(results.get("timeout", {}))
         + fanout_bench.summary_lines(results.get("fanout", {}))
-        + backpressure_bench.summary_lines(results.get("backpressure", {})),
+        + backpressure_bench.summary_lines(results.get("backpressure", {}))
+        + delivery_bench.summary_lines(results.get("delivery", {})),
     )
     log(f"done in {results['seconds']:.0f}s")
     if status == 0 and any(r["ok"] is False for r in rows):
