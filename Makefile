@@ -13,7 +13,7 @@ DEMO_BUILD := clients/js/dist/demo/index.html
 export DOCKER_HOST ?= unix:///run/presence-docker.sock
 
 .PHONY: help deps demo up up-containers images engine-stop token test test-unit test-containers lint format \
-	bench clean functions-discover capacity
+	bench clean functions-discover capacity lock
 
 help:
 	@echo "make up     run the local stack (emulators, gateway) and print where it is"
@@ -29,12 +29,18 @@ help:
 	@echo "make functions-discover  build functions/venv and run the Firebase CLI's discovery of"
 	@echo "                         the deployed functions, offline (what firebase deploy runs)"
 	@echo "make lint   ruff + mypy only;  make format  apply ruff's formatting"
+	@echo "make lock   regenerate the hashed Python locks (requirements/, functions/requirements.txt)"
 
-$(VENV_STAMP): pyproject.toml functions/requirements.txt
+# Every Python package comes from a hashed lock (make lock): requirements/dev.txt here (the
+# gateway's, the dev extra's and the sweep function's requirements), requirements/gateway.txt in
+# the gateway image, functions/requirements.txt in the function's image and on Cloud Functions.
+# The project itself goes in last, offline: no dependencies, no build isolation (setuptools
+# comes from the lock too).
+$(VENV_STAMP): pyproject.toml requirements/dev.txt
 	@scripts/bootstrap.sh
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -U pip
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]' -r functions/requirements.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements/dev.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 $(NODE_STAMP): emulator/package.json emulator/package-lock.json
@@ -100,6 +106,23 @@ test-containers: deps
 
 test-unit: $(VENV_STAMP)
 	$(PY) -m pytest tests/unit
+
+# Regenerate the three hashed locks from pyproject.toml (build-system.requires, dependencies,
+# the dev extra) and functions/requirements.in. Pins already in a lock are kept unless a
+# requirement no longer allows them; LOCK_ARGS=--upgrade (or --upgrade-package NAME) moves
+# them. The gateway's and the function's locks are resolved within the dev lock, so the images
+# run the very versions the tests ran. Resolved for the images' platform, CPython 3.11 on
+# Linux; tests/contract/test_locks.py holds the locks to pyproject.toml.
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform linux --custom-compile-command "make lock" $(LOCK_ARGS)
+BUILD_REQUIRES = $(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))'
+
+lock: $(VENV_STAMP)
+	$(BUILD_REQUIRES) | $(UV_COMPILE) pyproject.toml --extra dev functions/requirements.in - \
+		-o requirements/dev.txt
+	$(BUILD_REQUIRES) | $(UV_COMPILE) pyproject.toml - -c requirements/dev.txt \
+		-o requirements/gateway.txt
+	$(UV_COMPILE) functions/requirements.in -c requirements/dev.txt -o functions/requirements.txt
 
 # The Node ws server the load scenario measures the gateway against.
 BENCH_NODE_STAMP := tests/bench/node/node_modules/.installed-stamp

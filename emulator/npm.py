@@ -41,12 +41,13 @@ def ensure_firebase_tools() -> Path:
 
 
 def install(package: str, what: str) -> None:
-    """Install emulator/package.json's pinned packages because ``package`` is missing."""
+    """Install emulator/package.json's pinned packages because ``package`` is missing: ``npm
+    ci``, exactly the tree emulator/package-lock.json records, as make and the Auth image do."""
     if not shutil.which("npm"):
         raise ToolMissingError(f"npm is required to install {what} (Node.js 20+)")
     print(f"installing {package} (emulator/package.json) ...", file=sys.stderr)
     subprocess.run(
-        ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
+        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
         cwd=EMULATOR_DIR,
         check=True,
     )

@@ -14,21 +14,19 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import uvicorn
-import wsproto
 
 from gateway.edge.handshake import bounded_http
-from gateway.edge.wsproto_lean import LeanWSProtocol, check_versions
+from gateway.edge.versions import ALLOW_UNTESTED, Problem, check_versions, refusal, refused
+from gateway.edge.wsproto_lean import LeanWSProtocol
 from gateway.exceptions import ConfigError
 from gateway.settings import ALLOW_EMULATOR, Settings
 from gateway.web.app import SocketFastPath, create_asgi
 
 #: Tracked objects allocated, net of those freed, between young-generation collections.
-#: CPython's default, 700, is crossed several times a second by the write-behind buffer alone
-#: (a few thousand pending pong writes), and every collection moves what is pending into the
-#: older generations; at 5,000 pongs/s their full collections then took 110-150 ms every ~5 s,
-#: stalling every socket, and garbage collection was about 17 % of the gateway's CPU. At 20,000
-#: the buffer's writes are committed and freed by reference counting before a collection sees
-#: them, and steady load runs none (make bench --only load, docs/benchmarks.md).
+#: CPython's default, 700, is crossed several times a second by the write-behind buffer's pending
+#: pong writes, and each collection promotes them towards the full collections that stall every
+#: socket; at 20,000 they are committed and freed by reference counting before one runs.
+#: Measured: docs/benchmarks.md, "Against Node's ws", item 3 (make bench --only load).
 GC_YOUNG_THRESHOLD = 20_000
 
 
@@ -120,19 +118,33 @@ def warn_of_emulators(settings: Settings) -> None:
         )
 
 
+def check_libraries(settings: Settings) -> list[Problem]:
+    """Refuse to start on a library release whose internals the gateway was not tested with
+    (gateway.edge.versions: uvicorn, wsproto, h11, google-cloud-firestore), unless the release
+    is merely untested and ALLOW_UNTESTED_LIBRARIES names it; return those so allowed."""
+    problems = check_versions(settings.sockets.ws_implementation)
+    refuse = refused(problems, os.environ)
+    if refuse:
+        raise ConfigError(*refusal(refuse))
+    return problems
+
+
+def warn_of_untested(allowed: list[Problem]) -> None:
+    """At every start, one WARNING per untested library release the override let through."""
+    for problem in allowed:
+        logging.getLogger("gateway").warning(
+            "UNTESTED LIBRARY allowed by %s: %s; the gateway uses its internals for %s",
+            ALLOW_UNTESTED,
+            problem,
+            problem.library.uses,
+        )
+
+
 def websocket_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
     """What uvicorn runs sockets with: for the default, wsproto, its protocol trimmed for idle
     sockets (less than half the memory per socket, see gateway.edge.wsproto_lean); the other
     implementations as uvicorn ships them."""
     if settings.sockets.ws_implementation == "wsproto":
-        untested = check_versions(uvicorn.__version__, wsproto.__version__)
-        if untested:
-            raise ConfigError(
-                "WS_IMPLEMENTATION",
-                f"wsproto (the default) runs a trimmed copy of uvicorn's protocol that relies on "
-                f"its internals, and {untested} is untested: install the tested release, or "
-                "set WS_IMPLEMENTATION=websockets-sansio",
-            )
         return LeanWSProtocol
     return settings.sockets.ws_implementation
 
@@ -140,6 +152,7 @@ def websocket_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
 def main() -> int:
     try:
         settings = Settings.from_env()
+        untested = check_libraries(settings)
         ws_protocol = websocket_protocol(settings)
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
@@ -155,6 +168,7 @@ def main() -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactTokens())
     warn_of_emulators(settings)
+    warn_of_untested(untested)
     if os.environ.get("K_SERVICE") and not settings.fanout.pubsub_topic:
         logging.getLogger("gateway").warning(
             "on Cloud Run with no PUBSUB_TOPIC: instances cannot reach each other; send, "
@@ -168,17 +182,15 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         ws=ws_protocol,
-        # asyncio's own loop, even where uvloop is installed: uvloop took about 10 % off the
-        # CPU per ping/pong cycle, but in the reconnect storm (make bench --only storm) its
-        # gateway's CPU and time to admit 10,000 sockets swung from 5.8 to 12.1 s between runs,
-        # against 4.5-5.9 s and 5.3-6.9 s here (docs/benchmarks.md).
+        # asyncio's own loop, even where uvloop is installed: uvloop made the reconnect storm
+        # erratic (docs/benchmarks.md, "uvloop, tried and left out").
         loop="asyncio",
         # A deadline and a cap on connections that have not sent their request yet.
         http=bounded_http(
             settings.sockets.handshake_timeout, settings.sockets.max_pending_handshakes
         ),
-        # Small JSON frames gain nothing from compression, and per-socket deflate state
-        # costs about 30 KB (see docs/benchmarks.md).
+        # Small JSON frames gain nothing from compression, and its per-socket state costs
+        # memory (docs/benchmarks.md, Memory).
         ws_per_message_deflate=False,
         # The application's JSON ping is the heartbeat; protocol pings would double it.
         ws_ping_interval=None,

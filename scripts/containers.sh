@@ -436,12 +436,6 @@ sdk_emulator_dir() {
 apt-get install google-cloud-cli-${sub/cloud-/}"
 }
 
-# The functions-framework version pinned in pyproject.toml's dev extra, so the image serves the
-# function with the same one as `make up` and the tests.
-functions_framework_version() {
-  sed -n 's/.*"functions-framework==\([^"]*\)".*/\1/p' "$ROOT/pyproject.toml" | head -n 1
-}
-
 images() {
   need_engine
   local base
@@ -461,14 +455,10 @@ images() {
   local firestore_ctx="$RUN_DIR/stage/firestore" pubsub_ctx="$RUN_DIR/stage/pubsub"
   stage "$firestore_ctx" "$firestore_dir/."
   stage "$pubsub_ctx" "$pubsub_dir/."
-  local ff
-  ff=$(functions_framework_version)
-  [ -n "$ff" ] || die "no functions-framework==VERSION pin in pyproject.toml"
-
   # name | tag | Dockerfile | context | build args
   local specs=(
     "gateway|presence/gateway:local|gateway/Dockerfile|.|BASE=$PYTHON_BASE"
-    "sweep-function|presence/sweep-function:local|functions/Dockerfile|functions|BASE=$PYTHON_BASE FUNCTIONS_FRAMEWORK_VERSION=$ff"
+    "sweep-function|presence/sweep-function:local|functions/Dockerfile|functions|BASE=$PYTHON_BASE"
     "scheduler|presence/scheduler:local|emulator/containers/scheduler.Dockerfile|.|BASE=$PYTHON_BASE"
     "firestore-emulator|presence/firestore-emulator:local|emulator/containers/firestore.Dockerfile|$firestore_ctx|BASE=$JAVA_BASE"
     "pubsub-emulator|presence/pubsub-emulator:local|emulator/containers/pubsub.Dockerfile|$pubsub_ctx|BASE=$JAVA_BASE"

@@ -44,8 +44,10 @@ to the application through the scope extension ``gateway.frames`` (this protocol
   wake-up are skipped for a pong. Anything else (fragments, control frames, larger or invalid
   frames, bytes left over in wsproto's buffer) takes wsproto's path unchanged.
 
-uvicorn is pinned to 0.54 (pyproject.toml) because this subclass relies on how its
-``WSProtocol`` uses these attributes.
+uvicorn is pinned to 0.54 and wsproto to 1.3 (pyproject.toml) because this subclass relies on
+how uvicorn's ``WSProtocol`` uses these attributes and on wsproto's frame decoder: another
+release may misbehave quietly, so ``gateway.edge.versions`` stops the gateway at start-up
+instead.
 """
 
 from __future__ import annotations
@@ -74,22 +76,6 @@ from gateway.edge.wsproto_parts import (
     trim_scope,
     use_event_list,
 )
-
-#: The uvicorn and wsproto releases this subclass was written and tested against (their
-#: internals: WSProtocol's attributes, wsproto's frame decoder). Another release may misbehave
-#: quietly, so ``check_versions`` stops the gateway at start-up instead.
-TESTED_UVICORN = "0.54."
-TESTED_WSPROTO = "1.3."
-
-
-def check_versions(uvicorn_version: str, wsproto_version: str) -> str | None:
-    """Why the installed uvicorn or wsproto is not one this module was tested with, or None."""
-    if not uvicorn_version.startswith(TESTED_UVICORN):
-        return f"uvicorn {uvicorn_version} (tested with {TESTED_UVICORN}x)"
-    if not wsproto_version.startswith(TESTED_WSPROTO):
-        return f"wsproto {wsproto_version} (tested with {TESTED_WSPROTO}x)"
-    return None
-
 
 #: The scope extension under which the protocol offers its fast paths to the application.
 FRAMES_EXTENSION = "gateway.frames"

@@ -428,31 +428,3 @@ async def test_shutdown_reaches_a_detached_consumer_as_1012() -> None:
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
         [consumer] = app.consumers
         assert consumer.seen[0] == {"type": "websocket.disconnect", "code": 1012}
-
-
-def test_an_untested_uvicorn_or_wsproto_stops_the_start_with_the_reason() -> None:
-    """The trimmed protocol leans on uvicorn's and wsproto's internals: only the tested
-    releases pass; any other is named, and ``python -m gateway`` exits with it."""
-    from gateway.edge.wsproto_lean import check_versions
-
-    assert check_versions("0.54.0", "1.3.2") is None
-    assert check_versions("0.55.0", "1.3.2") == "uvicorn 0.55.0 (tested with 0.54.x)"
-    assert check_versions("0.54.1", "1.4.0") == "wsproto 1.4.0 (tested with 1.3.x)"
-
-
-def test_the_gateway_exits_at_start_on_an_untested_uvicorn(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import gateway.__main__ as entry
-
-    for name, value in {
-        "FIRESTORE_EMULATOR_HOST": "127.0.0.1:1",
-        "GATEWAY_ADMIN_TOKEN": "a" * 32,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("WS_IMPLEMENTATION", raising=False)
-    monkeypatch.setattr(entry.uvicorn, "__version__", "0.99.0")
-    assert entry.main() == 2
-    error = capsys.readouterr().err
-    assert "WS_IMPLEMENTATION" in error
-    assert "uvicorn 0.99.0 (tested with 0.54.x)" in error
