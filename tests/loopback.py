@@ -113,10 +113,16 @@ class Cluster:
         for deployment in self.at.values():
             await deployment.stop()
 
-    def socket(self, instance_id: str, user_id: str, session_id: str) -> Recorder:
-        """A socket on that instance, recorded on the member as the gateway records it."""
+    def socket(
+        self, instance_id: str, user_id: str, session_id: str, *, age: float = 0.0
+    ) -> Recorder:
+        """A socket on that instance, connected ``age`` seconds ago, recorded on the member as
+        the gateway records it."""
         wire = Recorder()
-        self.at[instance_id].service.registry.add(Connection(user_id, session_id, utc_now(), wire))
+        connected_at = utc_now() - timedelta(seconds=age)
+        self.at[instance_id].service.registry.add(
+            Connection(user_id, session_id, connected_at, wire)
+        )
         member = self.store.docs.setdefault((MEMBERS, user_id), {})
         member.setdefault(ACTIVE_SESSIONS, {})[session_id] = {INSTANCE_ID: instance_id}
         return wire

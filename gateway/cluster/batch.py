@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Literal, NamedTuple
 
+from gateway.cluster.directory import settled
 from gateway.cluster.fanout import Reply, Request
 from gateway.cluster.operation import Audience, Context, Gathered, Operation, Scope
 
@@ -68,7 +69,10 @@ class SendBatchOp(Operation[SendBatch, BatchDelivery]):
         users = sorted({user_id for _, user_id, _, _ in request.entries})
         registry = ctx.service.registry
         found = await asyncio.gather(
-            *(ctx.directory.user_instances(u, held_here=registry.sessions_of(u)) for u in users),
+            *(
+                ctx.directory.user_instances(u, held_here=settled(registry.sockets_of(u)))
+                for u in users
+            ),
             return_exceptions=True,
         )
         elsewhere: dict[str, set[str]] = {}

@@ -42,6 +42,7 @@ from gateway.cluster.operations import (
     SIGN_OUT,
     STATS,
     TIMEOUT,
+    Arrival,
     Broadcast,
     RoomMembers,
     RoomSend,
@@ -109,6 +110,9 @@ class Deployment:
             if broker is not None
             else None
         )
+        self._notices: set[asyncio.Task[None]] = set()
+        if self.fanout is not None:
+            service.admission.announce = self._announce_arrival
 
     async def start(self) -> None:
         if self.fanout is None:
@@ -120,6 +124,9 @@ class Deployment:
         await self.fanout.start()
 
     async def stop(self) -> None:
+        for task in list(self._notices):
+            task.cancel()
+        await asyncio.gather(*self._notices, return_exceptions=True)
         if self.fanout is not None:
             await self.fanout.stop()
 
@@ -146,6 +153,20 @@ class Deployment:
             expected = sorted(audience.expect or ())
             return answer({}, expected, scope="instance", failure=exc)
         return answer(replies, missing, scope="deployment")
+
+    def _announce_arrival(self, user_id: str) -> None:
+        """Admission saw the user's record name other instances: tell them (no wait)."""
+        task = asyncio.create_task(self._tell(Arrival(user_id=user_id)))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _tell(self, notice: Request) -> None:
+        assert self.fanout is not None
+        try:
+            await self.fanout.tell(notice)
+        except BrokerUnavailable as exc:
+            # Bounded: the others reread within WHEREABOUTS_SECONDS.
+            logger.warning("%s notice not published: %s", kind_of(notice), exc)
 
     async def _serve(self, request: Request) -> Reply | None:
         """Another instance's request: the operation's work here, and the receipt owed."""

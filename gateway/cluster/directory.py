@@ -5,16 +5,21 @@ whose receipts to wait for, and ``/ws/status`` answers from it.
 Member reads are coalesced: the sends waiting at one moment share one ``get_all``
 (``gateway.storage.batching``). A send to a user this instance holds may reuse what Firestore
 said about the user's other instances for ``WHEREABOUTS_SECONDS``, as long as the user's sockets
-here are the same ones; see ``user_instances``.
+here are the same ones, none of them new; see ``user_instances``. An instance that accepts a
+socket of a user its member record shows elsewhere announces it (``note_arrival``), so the
+others stop relying on what they last read.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from gateway.instance.registry import Connection
+from gateway.protocol.messages import utc_now
 from gateway.settings import Settings
 from gateway.storage.batching import BatchReader
 from gateway.storage.schema import ACTIVE_SESSIONS, INSTANCE_ID
@@ -23,12 +28,16 @@ from gateway.storage.store import READ_TIMEOUT, Store, is_live
 logger = logging.getLogger("gateway.cluster.directory")
 
 CACHE_SECONDS = 1.0
-#: How long a send to a user held here trusts the user's other instances as last read. A
-#: socket the user opens on another instance is recorded within one flush (the urgent lane,
-#: PONG_FLUSH_INTERVAL) and then reached by sends answered here within this much more.
-WHEREABOUTS_SECONDS = 0.5
+#: How long a send to a user held here trusts the user's other instances as last read, and how
+#: long an announced arrival counts. Only a lost announcement, or two sockets of a user opened
+#: on two instances while each one's record was still unwritten, leaves sends answered here
+#: missing the other instance's socket, for at most this long.
+WHEREABOUTS_SECONDS = 10.0
+#: Sockets younger than this make a send read afresh: another socket of the user opened at
+#: the same moment elsewhere is recorded within a flush (PONG_FLUSH_INTERVAL, the urgent lane).
+SETTLED_SECONDS = 2.0
 #: Entries kept before the stale ones are swept out.
-WHEREABOUTS_MAX = 10_000
+WHEREABOUTS_MAX = 50_000
 #: Members per coalesced read, and reads out at once.
 MEMBER_READ_BATCH = 100
 MEMBER_READS_IN_FLIGHT = 4
@@ -50,6 +59,8 @@ class Directory:
         )
         #: user -> (read at, this instance's sessions of the user then, other instances).
         self._whereabouts: dict[str, tuple[float, frozenset[str], dict[str, int]]] = {}
+        #: user -> instance -> monotonic time it announced a socket of the user.
+        self._arrivals: dict[str, dict[str, float]] = {}
         #: Sends answered from ``_whereabouts`` without a read.
         self.whereabouts_hits = 0
 
@@ -95,18 +106,41 @@ class Directory:
         self, user_id: str, *, held_here: frozenset[str] = frozenset()
     ) -> dict[str, int]:
         """The user's sockets on live instances other than this one, by instance, from the
-        member's ``active_sessions``. Raises when Firestore cannot answer.
+        member's ``active_sessions`` and the arrivals announced since. Raises when Firestore
+        cannot answer.
 
-        ``held_here``: the sessions of the user this instance holds, given by a send. While
-        they are the same, an answer up to WHEREABOUTS_SECONDS old is reused. A user who left
-        this instance, or opened another socket here, is read afresh: a user who moved between
-        sends is always looked for where they went."""
+        ``held_here``: the sessions of the user this instance holds, all settled (see
+        ``settled``), given by a send. While they are the same, an answer up to
+        WHEREABOUTS_SECONDS old is reused. A user who left this instance, or opened another
+        socket here, is read afresh: a user who moved between sends is looked for where they
+        went."""
         now = time.monotonic()
-        if held_here:
-            cached = self._whereabouts.get(user_id)
-            if cached and cached[1] == held_here and now - cached[0] < WHEREABOUTS_SECONDS:
-                self.whereabouts_hits += 1
-                return dict(cached[2])
+        cached = self._whereabouts.get(user_id) if held_here else None
+        if cached and cached[1] == held_here and now - cached[0] < WHEREABOUTS_SECONDS:
+            self.whereabouts_hits += 1
+            counts = dict(cached[2])
+        else:
+            counts = await self._read(user_id)
+            if held_here:
+                self._remember(user_id, now, held_here, counts)
+        for instance, at in self._arrivals.get(user_id, {}).items():
+            if now - at < WHEREABOUTS_SECONDS:
+                counts.setdefault(instance, 1)
+        return counts
+
+    def note_arrival(self, user_id: str, instance: str) -> None:
+        """Another instance accepted a socket of the user (it announced it): sends answered
+        here wait for that instance too, whatever was last read."""
+        now = time.monotonic()
+        if len(self._arrivals) >= WHEREABOUTS_MAX:
+            self._arrivals = {
+                u: fresh
+                for u, seen in self._arrivals.items()
+                if (fresh := {i: at for i, at in seen.items() if now - at < WHEREABOUTS_SECONDS})
+            }
+        self._arrivals.setdefault(user_id, {})[instance] = now
+
+    async def _read(self, user_id: str) -> dict[str, int]:
         member = await self._members.get(user_id) or {}
         counts: dict[str, int] = {}
         recorded = member.get(ACTIVE_SESSIONS)
@@ -118,8 +152,6 @@ class Directory:
             docs = await self._docs(list(counts))
             cutoff = self._live_cutoff()
             counts = {i: n for i, n in counts.items() if is_live(docs.get(i, {}), cutoff)}
-        if held_here:
-            self._remember(user_id, now, held_here, counts)
         return counts
 
     def _remember(
@@ -133,3 +165,15 @@ class Directory:
             }
         if len(self._whereabouts) < WHEREABOUTS_MAX:
             self._whereabouts[user_id] = (now, held_here, dict(counts))
+
+
+def settled(sockets: Iterable[Connection]) -> frozenset[str]:
+    """The sessions of these sockets when every one is older than SETTLED_SECONDS (then what
+    was read about the user's other instances may be reused), else none."""
+    now = utc_now()
+    sessions = []
+    for conn in sockets:
+        if (now - conn.connected_at).total_seconds() < SETTLED_SECONDS:
+            return frozenset()
+        sessions.append(conn.session_id)
+    return frozenset(sessions)

@@ -262,6 +262,17 @@ class Fanout:
             )
         await self.broker.publish(data, attributes)
 
+    async def tell(self, request: Request) -> None:
+        """Publish a notice from this instance; nobody answers. Raises BrokerUnavailable."""
+        request.id, request.origin = uuid.uuid4().hex, self.me
+        kind = kind_of(request)
+        try:
+            await self.publish(request)
+        except BrokerUnavailable:
+            self.published[(kind, "failed")] += 1
+            raise
+        self.published[(kind, "ok")] += 1
+
     async def ask(
         self, request: Request, expect: set[str] | None
     ) -> tuple[dict[str, Reply], list[str]]:

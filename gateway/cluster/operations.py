@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from gateway.cluster.batch import SEND_BATCH
+from gateway.cluster.directory import settled
 from gateway.cluster.fanout import DEFAULT_LIST_LIMIT, Recipients, Reply, Request, user_digests
 from gateway.cluster.operation import Audience, Context, Delivery, Gathered, Operation
 from gateway.cluster.stats import instance_stats, merge_room, merge_stats, room_receipt
@@ -75,6 +76,17 @@ class RoomMembers(Request, tag="room_members"):
     limit: int = DEFAULT_LIST_LIMIT
 
 
+class Arrival(Request, tag="arrival"):
+    """A notice, not a request: the origin accepted a socket of a user its member record
+    shows on other instances. Only instances holding the user decode it; nobody answers."""
+
+    routed = True
+    user_id: str = ""
+
+    def attributes(self) -> dict[str, str]:
+        return {"user_id": self.user_id}
+
+
 # --- operations -------------------------------------------------------------------------------
 
 
@@ -95,7 +107,7 @@ class SendOp(Operation[Send, Delivery]):
         return bool(reply.connections) or me in request.expect
 
     async def audience(self, ctx: Context, request: Send, local: Reply) -> Audience:
-        held_here = ctx.service.registry.sessions_of(request.user_id)
+        held_here = settled(ctx.service.registry.sockets_of(request.user_id))
         try:
             elsewhere = await ctx.directory.user_instances(request.user_id, held_here=held_here)
         except Exception as exc:
@@ -248,7 +260,22 @@ class RoomMembersOp(Operation[RoomMembers, RoomResponse]):
         return merge_room(request.room, request.limit, views, gathered.scope, unreachable)
 
 
+class ArrivalNotice(Operation[Arrival, None]):
+    """Sends answered here wait for the announcing instance too (gateway.cluster.directory)."""
+
+    request = Arrival
+
+    async def here(self, ctx: Context, request: Arrival) -> Reply:
+        if request.origin != ctx.me:
+            ctx.directory.note_arrival(request.user_id, request.origin)
+        return Reply()
+
+    def owed(self, request: Arrival, reply: Reply, me: str) -> bool:
+        return False
+
+
 SEND = SendOp()
+ARRIVAL = ArrivalNotice()
 SIGN_OUT = SignOutOp()
 BROADCAST = BroadcastOp()
 ROOM_SEND = RoomSendOp()
@@ -259,5 +286,10 @@ ROOM_MEMBERS = RoomMembersOp()
 #: Every operation an instance serves, by its request type.
 OPERATIONS: dict[type[Request], Operation[Any, Any]] = {
     op.request: op
-    for op in (SEND, SIGN_OUT, BROADCAST, ROOM_SEND, TIMEOUT, STATS, ROOM_MEMBERS, SEND_BATCH)
+    for op in (
+        *(SEND, SIGN_OUT, BROADCAST, ROOM_SEND, TIMEOUT, STATS, ROOM_MEMBERS, SEND_BATCH),
+        ARRIVAL,
+    )
 }
+#: Operations published without waiting for anyone (``Deployment.tell``).
+NOTICES: frozenset[type[Request]] = frozenset({Arrival})

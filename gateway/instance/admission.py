@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.component_settings import SocketSettings
@@ -20,6 +20,7 @@ from gateway.instance.registry import Connection, Registry
 from gateway.protocol.closes import CloseCode
 from gateway.protocol.limits import ConnectLimiter
 from gateway.storage.batching import BatchReader
+from gateway.storage.schema import ACTIVE_SESSIONS, INSTANCE_ID
 from gateway.storage.store import READ_TIMEOUT, Store
 
 logger = logging.getLogger("gateway")
@@ -45,7 +46,14 @@ class Admission:
         registry: Registry,
         store: Store,
         verifier: TokenVerifier | None,
+        instance_id: str = "",
     ) -> None:
+        self._me = instance_id
+        #: Set by the deployment when it has a broker: told the user of every connect whose
+        #: member record shows sockets on other instances, so that those instances stop
+        #: answering sends from what they last read (gateway.cluster.directory). Connects then
+        #: read their member record also without tokens (AUTH_MODE=off).
+        self.announce: Callable[[str], None] | None = None
         self._max_sockets_per_user = sockets.max_sockets_per_user
         self._registry = registry
         #: None when AUTH_MODE=off (emulators only).
@@ -65,12 +73,25 @@ class Admission:
 
         Returns None when auth is off."""
         if self._verifier is None:
+            if self.announce is not None:
+                self._announce_if_elsewhere(user_id, await self._member_for_revocation(user_id))
             return None
         if token is None:
             raise AuthError(CloseCode.UNAUTHENTICATED, "missing token")
         identity = await self._verifier.verify(token)
-        authorize(identity, user_id, await self._member_for_revocation(user_id))
+        member = await self._member_for_revocation(user_id)
+        authorize(identity, user_id, member)
+        self._announce_if_elsewhere(user_id, member)
         return identity
+
+    def _announce_if_elsewhere(self, user_id: str, member: Mapping[str, Any] | None) -> None:
+        recorded = (member or {}).get(ACTIVE_SESSIONS)
+        if self.announce is None or not isinstance(recorded, dict):
+            return
+        for where in recorded.values():
+            if isinstance(where, dict) and where.get(INSTANCE_ID, self._me) != self._me:
+                self.announce(user_id)
+                return
 
     def check_socket_limits(self, user_id: str) -> None:
         """Raise AuthError(4429) when the user already holds the most sockets allowed here."""

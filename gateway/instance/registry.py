@@ -148,11 +148,6 @@ class Registry:
     def sockets_of(self, user_id: str) -> list[Connection]:
         return list(self._by_user.get(user_id, {}).values())
 
-    def sessions_of(self, user_id: str) -> frozenset[str]:
-        """The user's session ids here: which sockets, not only how many (a send reuses
-        where the user was last seen elsewhere only while these stay the same)."""
-        return frozenset(self._by_user.get(user_id, ()))
-
     def count_of(self, user_id: str) -> int:
         return len(self._by_user.get(user_id, ()))
 

@@ -101,7 +101,9 @@ class PresenceService:
             token_grace=settings.auth.token_grace,
         )
         #: Connect and token checks (gateway.instance.admission).
-        self.admission = Admission(settings.sockets, self.registry, store, verifier)
+        self.admission = Admission(
+            settings.sockets, self.registry, store, verifier, settings.instance_id
+        )
         self.callbacks_received = 0
         #: Sockets refused or closed by policy, by reason (close reason text).
         self.refusals: Counter[str] = Counter()

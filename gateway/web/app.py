@@ -15,7 +15,7 @@ from typing import Any
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 from prometheus_client import REGISTRY
 
 from gateway.cluster.broker import PubSubBroker
@@ -29,6 +29,7 @@ from gateway.storage.store import MemoryStore, Store
 from gateway.storage.streams import MemoryStreamStore, StreamStore
 from gateway.web import routes, static
 from gateway.web.callback_auth import OidcVerifier
+from gateway.web.http_metrics import HttpMetrics, HttpMetricsMiddleware
 from gateway.web.metrics import GatewayCollector
 from gateway.web.sockets import serve_socket
 
@@ -59,7 +60,7 @@ def create_app(
 
     make_store: StoreFactory = store_factory or (lambda s: FirestoreStore(s.project_id))
     # HTTP request metrics for the REST API; sockets are counted by GatewayCollector.
-    prometheus = PrometheusConfig(app_name="gateway", prefix="gateway_http", group_path=True)
+    http_metrics = HttpMetrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -84,6 +85,7 @@ def create_app(
         app.state.deployment = deployment
         collector = GatewayCollector(service, deployment)
         REGISTRY.register(collector)
+        REGISTRY.register(http_metrics)
         await service.start()
         await deployment.start()
         try:
@@ -94,6 +96,7 @@ def create_app(
             await deployment.stop()
             await service.stop()
             REGISTRY.unregister(collector)
+            REGISTRY.unregister(http_metrics)
 
     app = Litestar(
         route_handlers=[
@@ -101,7 +104,7 @@ def create_app(
             GatewayMetrics,
             *static.ROUTES,
         ],
-        middleware=[prometheus.middleware],
+        middleware=[lambda app: HttpMetricsMiddleware(app, http_metrics)],
         lifespan=[lifespan],
         exception_handlers={Exception: routes.error_body},
         openapi_config=OpenAPIConfig(title="Presence gateway", version="0.1.0"),

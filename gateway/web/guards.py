@@ -28,8 +28,12 @@ def _check_bearer(
         raise NotAuthorizedException("Missing or invalid bearer token")
 
 
-def require_admin(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``, compared in constant time."""
+async def require_admin(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Guard: ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``, compared in constant time.
+    A coroutine on purpose: Litestar runs a plain-function guard in a worker thread, a thread
+    hop per REST call that cost a tenth of a send's CPU (docs/benchmarks.md)."""
     _check_bearer(connection, connection.app.state.settings.admin_tokens)
 
 

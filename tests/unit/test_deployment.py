@@ -172,7 +172,7 @@ async def test_a_send_to_a_user_held_only_here_publishes_nothing_and_reads_once(
     """The local fast path: the user's sockets are all here, so nothing is published and no
     receipt awaited; a second send with the same sockets here reuses the first's read."""
     async with Cluster("a", "b") as cluster:
-        wire = cluster.socket("a", "u", "s1")
+        wire = cluster.socket("a", "u", "s1", age=5)
         a = cluster.at["a"]
         for _ in range(2):
             assert await a.send("u", {"type": "x"}) == Delivery(1, 1, ["a"], [], "deployment")
@@ -187,7 +187,7 @@ async def test_a_user_who_moves_to_another_instance_between_sends_gets_both() ->
     B (what A remembered was tied to the socket that left)."""
     async with Cluster("a", "b") as cluster:
         a = cluster.at["a"]
-        on_a = cluster.socket("a", "u", "s1")
+        on_a = cluster.socket("a", "u", "s1", age=5)
         assert (await a.send("u", {"n": 1})).instances == ["a"]
         [conn] = a.service.registry.sockets_of("u")
         a.service.registry.remove(conn)
@@ -204,10 +204,41 @@ async def test_a_second_socket_here_makes_the_next_send_look_again() -> None:
     reads Firestore again (A's sockets of the user changed) and reaches B too."""
     async with Cluster("a", "b") as cluster:
         a = cluster.at["a"]
+        cluster.socket("a", "u", "s1", age=5)
+        await a.send("u", {"n": 1})
+        on_b = cluster.socket("b", "u", "s2")
+        cluster.socket("a", "u", "s3", age=5)
+        assert await a.send("u", {"n": 2}) == Delivery(3, 1, ["a", "b"], [], "deployment")
+        await asyncio.sleep(0.05)
+        assert on_b.texts() == ['{"n":2}']
+
+
+async def test_an_announced_arrival_is_waited_for_although_the_last_read_said_nobody() -> None:
+    """A user's settled socket on A; A's send reads Firestore once (nobody elsewhere). The
+    user opens a socket on B, whose admission sees A in the record and announces it: A's next
+    send, within the reuse window and without a read, waits for B and reaches it."""
+    async with Cluster("a", "b") as cluster:
+        a, b = cluster.at["a"], cluster.at["b"]
+        cluster.socket("a", "u", "s1", age=5)
+        assert (await a.send("u", {"n": 1})).instances == ["a"]
+        assert await b.service.admission.admit("u", None) is None  # AUTH_MODE=off: no token
+        on_b = cluster.socket("b", "u", "s2")
+        await asyncio.sleep(0.05)  # the notice crosses the bus
+        assert await a.send("u", {"n": 2}) == Delivery(2, 1, ["a", "b"], [], "deployment")
+        assert a.directory.whereabouts_hits == 1
+        await asyncio.sleep(0.05)
+        assert on_b.texts() == ['{"n":2}']
+
+
+async def test_young_sockets_make_every_send_read_afresh() -> None:
+    """While one of the user's sockets here is younger than SETTLED_SECONDS, nothing is
+    reused: another socket opened at the same moment elsewhere is found once recorded."""
+    async with Cluster("a", "b") as cluster:
+        a = cluster.at["a"]
         cluster.socket("a", "u", "s1")
         await a.send("u", {"n": 1})
         on_b = cluster.socket("b", "u", "s2")
-        cluster.socket("a", "u", "s3")
-        assert await a.send("u", {"n": 2}) == Delivery(3, 1, ["a", "b"], [], "deployment")
+        assert (await a.send("u", {"n": 2})).instances == ["a", "b"]
+        assert a.directory.whereabouts_hits == 0
         await asyncio.sleep(0.05)
         assert on_b.texts() == ['{"n":2}']
