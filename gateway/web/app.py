@@ -29,6 +29,7 @@ from gateway.storage.store import MemoryStore, Store
 from gateway.storage.streams import MemoryStreamStore, StreamStore
 from gateway.web import routes, static
 from gateway.web.callback_auth import OidcVerifier
+from gateway.web.fast_send import FastSend
 from gateway.web.http_metrics import HttpMetrics, HttpMetricsMiddleware
 from gateway.web.metrics import GatewayCollector
 from gateway.web.sockets import serve_socket
@@ -120,6 +121,7 @@ def create_app(
         ),
     )
     app.state.settings = settings
+    app.state.http_metrics = http_metrics
     app.state.static = static.load(
         settings.client_dir,
         settings.demo_dir,
@@ -145,7 +147,8 @@ class GatewayMetrics(PrometheusController):
 
 
 class SocketFastPath:
-    """The ASGI app uvicorn runs: ``/ws/connect/{user_id}`` straight to the socket handler,
+    """The ASGI app uvicorn runs: ``/ws/connect/{user_id}`` straight to the socket handler, the
+    plain ``POST /ws/send/{user_id}`` straight to the deployment (``gateway.web.fast_send``),
     everything else (REST, OpenAPI, lifespan) to Litestar.
 
     The socket path is the one held open by every client; skipping Litestar's routing and
@@ -157,7 +160,15 @@ class SocketFastPath:
 
     def __init__(self, app: Litestar) -> None:
         self.app = app
-        self._origins = frozenset(app.state.settings.sockets.allowed_origins)
+        settings: Settings = app.state.settings
+        self._origins = frozenset(settings.sockets.allowed_origins)
+        self.fast_send = FastSend(
+            app,
+            lambda: app.state.deployment,
+            settings.admin_tokens,
+            settings.sockets.max_message_bytes,
+            app.state.http_metrics,
+        )
 
     def _origin_allowed(self, scope: Any) -> bool:
         """Browsers send Origin on every socket; other clients usually send none."""
@@ -180,6 +191,8 @@ class SocketFastPath:
             # Litestar has no other socket routes; refuse the handshake (HTTP 403).
             await receive()
             await send({"type": "websocket.close", "code": int(CloseCode.POLICY_VIOLATION)})
+        elif scope["type"] == "http" and self.fast_send.takes(scope):
+            await self.fast_send(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
