@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from gateway.cluster.broker import BrokerUnavailable, PubSubBroker, reply_filter, subscription_id
+from gateway.cluster.broker import (
+    PUBLISH_IN_FLIGHT,
+    BrokerUnavailable,
+    PubSubBroker,
+    reply_filter,
+    subscription_id,
+)
 from tests.conftest import PubSubEmulator
 from tests.support import UNIT, eventually
 
@@ -106,5 +112,30 @@ async def test_delivery_resumes_after_the_emulator_restarts_empty(
 
         await eventually(delivered, timeout=60, interval=0.5)
         assert all(data != b"lost" for data, _ in inbox.messages)
+    finally:
+        await broker.stop()
+
+
+async def test_publishes_made_at_once_share_calls_and_each_message_arrives_once(
+    pubsub: PubSubEmulator,
+) -> None:
+    """200 messages published at the same moment go out in a few Publish calls (at most
+    PUBLISH_IN_FLIGHT at once, the rest together in the next), and each arrives once, with
+    its own attributes."""
+    topic = f"fanout-{uuid.uuid4().hex[:8]}"
+    inbox = Inbox()
+    broker = await started(topic, "inst-c", inbox)
+    try:
+        await asyncio.gather(
+            *(broker.publish(f'{{"n":{n}}}'.encode(), {"n": str(n)}) for n in range(200))
+        )
+        assert broker.published == 200
+        assert broker.publish_calls <= 2 * PUBLISH_IN_FLIGHT
+
+        async def all_arrived() -> bool:
+            return len(inbox.messages) >= 200
+
+        await eventually(all_arrived)
+        assert sorted(int(a["n"]) for _, a in inbox.messages) == list(range(200))
     finally:
         await broker.stop()
