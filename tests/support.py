@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -268,7 +269,10 @@ class Client:
                 if frame.get("type") == "ping":
                     self.pings += 1
                     if not self.silent:
-                        await self.ws.send(json.dumps({"type": "pong"}))
+                        with contextlib.suppress(ConnectionClosed):
+                            # The server may have sent its last frames and closed since this
+                            # ping: the pong is refused, but those frames are still to be read.
+                            await self.ws.send(json.dumps({"type": "pong"}))
                 else:
                     self.frames.put_nowait(frame)
         except ConnectionClosed:

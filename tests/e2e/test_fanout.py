@@ -574,9 +574,14 @@ async def test_with_pubsub_down_local_sockets_are_served_and_no_sign_out_is_lost
         batch = await service.request(
             "POST", "/ws/send", json={"messages": [{"user_id": user, "message": {"n": "b"}}]}
         )
-        assert batch.status_code == 200 and batch.json()["scope"] == "instance"
+        assert batch.status_code == 200, batch.text
         [entry] = batch.json()["results"]
-        assert (entry["status"], entry.get("connections", 0)) in (("sent", 1), ("unreachable", 0))
+        # Answered by the user's instance: delivered there, nothing to publish; by another:
+        # the publish fails and the entry may have been missed.
+        assert (entry["status"], entry.get("connections", 0), batch.json()["scope"]) in (
+            ("sent", 1, "deployment"),
+            ("unreachable", 0, "instance"),
+        )
         for q in quiet:
             # The partial broadcast reaches a silent socket still open on the instance that
             # answered it; the timeout comes after.
