@@ -300,7 +300,9 @@ class PubSubBroker:
         logger.info("pulling %s", self.subscription_path)
         self.connected = True
         async for response in stream:
-            received = response.received_messages
+            # The raw protobuf, not proto-plus's wrappers: reading a message through them cost
+            # about 74 µs against 5 µs, and every instance reads every message.
+            received = type(response).pb(response).received_messages
             # Acknowledged at once: a message is a nudge to act on sockets this instance holds
             # now; redelivering it after a crash would find those sockets gone.
             acks.put_nowait([m.ack_id for m in received])
