@@ -5,7 +5,7 @@
 * Connection attempts per client address: a fixed one-minute window; attempts beyond the limit
   are closed with 4429 before any token check or Firestore read. The address is the one the
   trusted front end saw (``connect_address``), never one the client wrote.
-* Sockets per user are counted by the registry; see ``PresenceService.check_socket_limits``.
+* Sockets per user are counted by the registry; see ``Admission.check_socket_limits``.
 
 A limit of 0 disables it.
 """
