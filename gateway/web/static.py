@@ -24,7 +24,7 @@ from litestar.exceptions import NotFoundException
 
 logger = logging.getLogger("gateway.web.static")
 
-REPOSITORY_CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "js"
+REPOSITORY_CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "js"
 _VERSION = re.compile(r'export const VERSION = "([^"]+)"')
 DEMO_FILES = {
     "demo.js": "text/javascript; charset=utf-8",
