@@ -41,6 +41,7 @@ class Connection:
         "edge",
         "replay",
         "pong_round",
+        "waiting",
     )
 
     def __init__(
@@ -70,11 +71,15 @@ class Connection:
         #: The heartbeat's ping generation this socket last had a pong written for (-1:
         #: none yet): one pong write per ping, however many pongs the client sends.
         self.pong_round = -1
+        #: Sends of this socket waiting for its client to read: while any does, a message is
+        #: not written straight to the edge (``push_frame``), where it would overtake them.
+        self.waiting = 0
 
     async def send_text(self, text: str, timeout: float) -> bool:
         """Send one text frame; False when the socket is gone or too slow to take it."""
         if self.closed:
             return False
+        self.waiting += 1
         try:
             async with asyncio.timeout(timeout):
                 await self._send({"type": "websocket.send", "text": text})
@@ -86,6 +91,8 @@ class Connection:
         except Exception as exc:  # uvicorn raises its own ClientDisconnected types
             logger.info("send failed user=%s session=%s: %r", self.user_id, self.session_id, exc)
             return False
+        finally:
+            self.waiting -= 1
         return True
 
     async def push(self, text: str) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+from gateway.edge.framing import text_frame
 from gateway.instance.admission import Admission
 from gateway.instance.analytics import ConnectionEvents
 from gateway.instance.auth import TokenVerifier
@@ -230,6 +231,8 @@ class PresenceService:
 
     async def _send_all(self, conns: Iterable[Connection], text: str) -> int:
         timeout = self.settings.sockets.send_timeout
+        # Encoded once for every socket: the lean edge takes the frame's bytes as they are.
+        frame = text_frame(text)
         delivered = 0
         batch: list[Connection] = []
         # Chunked gather: a slow client delays its chunk by at most the send timeout instead
@@ -237,16 +240,27 @@ class PresenceService:
         for conn in conns:
             batch.append(conn)
             if len(batch) >= SEND_CHUNK:
-                delivered += await self._send_chunk(batch, text, timeout)
+                delivered += await self._send_chunk(batch, text, frame, timeout)
                 batch = []
         if batch:
-            delivered += await self._send_chunk(batch, text, timeout)
+            delivered += await self._send_chunk(batch, text, frame, timeout)
         return delivered
 
     @staticmethod
-    async def _send_chunk(batch: list[Connection], text: str, timeout: float) -> int:
-        results = await asyncio.gather(*(c.send_text(text, timeout) for c in batch))
-        return sum(results)
+    async def _send_chunk(batch: list[Connection], text: str, frame: bytes, timeout: float) -> int:
+        """Write the frame to every socket whose edge takes it now, without a coroutine; the
+        others (another edge, a client not reading, an earlier send still waiting) are sent
+        the text the ordinary way, with the send timeout."""
+        delivered, slow = 0, []
+        for conn in batch:
+            if not conn.waiting and conn.push_frame(frame):
+                delivered += 1
+            else:
+                slow.append(conn)
+        if slow:
+            results = await asyncio.gather(*(c.send_text(text, timeout) for c in slow))
+            delivered += sum(results)
+        return delivered
 
     # --- rooms -------------------------------------------------------------------------------
 

@@ -53,10 +53,14 @@ class SizingEndpoint(Endpoint):
 class FakeSocket:
     """What the registry, the rooms and a broadcast use of a socket, and nothing else."""
 
-    __slots__ = ("user_id", "session_id", "closed")
+    __slots__ = ("user_id", "session_id", "closed", "waiting")
 
     def __init__(self, user_id: str) -> None:
         self.user_id, self.session_id, self.closed = user_id, uuid.uuid4().hex, False
+        self.waiting = 0
+
+    def push_frame(self, frame: bytes) -> bool | None:
+        return None  # no frame-taking edge: sent as text
 
     async def send_text(self, text: str, timeout: float) -> bool:
         return True

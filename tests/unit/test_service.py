@@ -35,6 +35,9 @@ class Recorder:
     async def __call__(self, message: dict[str, Any]) -> None:
         self.sent.append(message)
 
+    def texts(self) -> list[str]:
+        return [m["text"] for m in self.sent if m["type"] == "websocket.send"]
+
 
 def settings(**overrides: Any) -> Settings:
     return unit_settings(**overrides)
@@ -343,3 +346,49 @@ async def test_a_held_ack_is_written_when_a_socket_of_the_user_closes() -> None:
     service.disconnected(conn, 1000)
     await service.writer.flush_once()
     assert store.docs[(STREAM_ACKS, "u")][ACKED_OFFSET] == 2
+
+
+class PausedEdge(FrameEdge):
+    """An edge whose client is not reading: it takes no frame (the lean edge skips it)."""
+
+    def write_frame(self, frame: bytes) -> bool:
+        return False
+
+
+async def test_a_message_is_encoded_once_and_written_to_every_edge_that_takes_it() -> None:
+    """A broadcast writes one pre-encoded frame to each socket whose edge takes frames (the
+    same bytes object for all), and sends the text the ordinary way to the others: a socket
+    without such an edge, and one whose client is not reading."""
+    service = PresenceService(settings(), MemoryStore())
+    edges = []
+    for i in range(3):
+        conn = Connection(f"u{i}", f"s{i}", utc_now(), Recorder())
+        conn.edge = edge = FrameEdge()
+        edges.append(edge)
+        service.connected(conn)
+    plain_wire, paused_wire = Recorder(), Recorder()
+    service.connected(Connection("plain", "sp", utc_now(), plain_wire))
+    paused = Connection("paused", "sq", utc_now(), paused_wire)
+    paused.edge = PausedEdge()
+    service.connected(paused)
+    users, delivered = await service.broadcast_text('{"type":"news"}', None)
+    assert delivered == 5 and len(users) == 5
+    frames = [edge.frames[0] for edge in edges]
+    assert frames[0] is frames[1] is frames[2] and frames[0].endswith(b'{"type":"news"}')
+    assert plain_wire.texts() == paused_wire.texts() == ['{"type":"news"}']
+
+
+async def test_a_message_does_not_overtake_an_earlier_send_still_waiting() -> None:
+    """While a send to the socket waits for its client, the next message is queued behind it
+    (the ordinary way), never written straight to the edge ahead of it."""
+    service = PresenceService(settings(), MemoryStore())
+    wire = Recorder()
+    conn = Connection("u", "s", utc_now(), wire)
+    conn.edge = edge = FrameEdge()
+    service.connected(conn)
+    conn.waiting = 1  # an earlier send_text is waiting for the client
+    assert await service.send_text("u", '{"n":2}') == 1
+    assert edge.frames == [] and wire.texts() == ['{"n":2}']
+    conn.waiting = 0
+    assert await service.send_text("u", '{"n":3}') == 1
+    assert edge.frames[-1].endswith(b'{"n":3}')
