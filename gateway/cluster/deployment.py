@@ -96,7 +96,7 @@ class Deployment:
         self.me = service.settings.instance_id
         #: None: no PUBSUB_TOPIC, this instance is alone.
         self.broker = broker
-        self.directory = Directory(service.store, self.settings)
+        self.directory = Directory(service.store, self.settings, service.admission.member_reads)
         self.context = Context(self.me, service, self.directory)
         self.fanout = (
             Fanout(
@@ -195,14 +195,11 @@ class Deployment:
         Raises DeploymentUnavailable when the stream cannot be written (nothing was sent)."""
         body = messages.encode(payload)
         try:
-            epoch, offset = await self.service.streams.store.append(
-                user_id, body, messages.utc_now()
-            )
+            epoch, offset = await self._append(user_id, body)
         except Exception as exc:
             raise DeploymentUnavailable(
                 f"the message could not be stored in user {user_id!r}'s stream: {exc!r}"
             ) from exc
-        self.service.streams.appends += 1
         text = stream_frame(epoch, offset, body)
         try:
             sent = await self.send(user_id, {}, text=text, offset=offset)
@@ -212,6 +209,13 @@ class Deployment:
             logger.warning("durable send stored, not delivered live: %s", exc)
             sent = Delivery(0, 0, [], [], "instance")
         return DurableDelivery(sent, epoch, offset)
+
+    async def _append(self, user_id: str, body: str) -> tuple[str, int]:
+        """Store a durable message in the user's stream: its (epoch, offset). Raises what
+        the stream store raised."""
+        place = await self.service.streams.store.append(user_id, body, messages.utc_now())
+        self.service.streams.appends += 1
+        return place
 
     async def send_batch(
         self, entries: list[tuple[int, str, str]], *, durable: bool = False
@@ -228,10 +232,7 @@ class Deployment:
             async def append(index: int, user_id: str) -> None:
                 async with slots:
                     try:
-                        stored[index] = await self.service.streams.store.append(
-                            user_id, bodies[index], messages.utc_now()
-                        )
-                        self.service.streams.appends += 1
+                        stored[index] = await self._append(user_id, bodies[index])
                     except Exception as exc:
                         stored[index] = exc
 

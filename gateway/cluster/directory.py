@@ -2,12 +2,12 @@
 members' ``active_sessions``. No broker involved; ``gateway.cluster.deployment`` uses it to know
 whose receipts to wait for, and ``/ws/status`` answers from it.
 
-Member reads are coalesced: the sends waiting at one moment share one ``get_all``
-(``gateway.storage.batching``). A send to a user this instance holds may reuse what Firestore
-said about the user's other instances for ``WHEREABOUTS_SECONDS``, as long as the user's sockets
-here are the same ones, none of them new; see ``user_instances``. An instance that accepts a
-socket of a user its member record shows elsewhere announces it (``note_arrival``), so the
-others stop relying on what they last read.
+Member reads are coalesced: the sends and connects waiting at one moment share one ``get_all``
+(admission's ``gateway.storage.batching`` reader). A send to a user this instance holds may
+reuse what Firestore said about the user's other instances for ``WHEREABOUTS_SECONDS``, as long
+as the user's sockets here are the same ones, none of them new; see ``user_instances``. An
+instance that accepts a socket of a user its member record shows elsewhere announces it
+(``note_arrival``), so the others stop relying on what they last read.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from gateway.instance.registry import Connection
 from gateway.protocol.messages import utc_now
 from gateway.settings import Settings
 from gateway.storage.batching import BatchReader
-from gateway.storage.schema import ACTIVE_SESSIONS, INSTANCE_ID
-from gateway.storage.store import READ_TIMEOUT, Store, is_live
+from gateway.storage.store import READ_TIMEOUT, Store, is_live, other_instances
 
 logger = logging.getLogger("gateway.cluster.directory")
 
@@ -38,25 +37,22 @@ WHEREABOUTS_SECONDS = 10.0
 SETTLED_SECONDS = 2.0
 #: Entries kept before the stale ones are swept out.
 WHEREABOUTS_MAX = 50_000
-#: Members per coalesced read, and reads out at once.
-MEMBER_READ_BATCH = 100
-MEMBER_READS_IN_FLIGHT = 4
 
 
 class Directory:
     """Live instances and a user's instances, read from Firestore and cached for a second."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, members: BatchReader[dict[str, Any]]
+    ) -> None:
         self.store = store
         self.settings = settings
         self.me = settings.instance_id
         self._instances_cache: tuple[float, set[str]] | None = None
         self._instance_docs: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._members: BatchReader[dict[str, Any]] = BatchReader(
-            lambda ids: store.get_members(ids, timeout=READ_TIMEOUT),
-            max_batch=MEMBER_READ_BATCH,
-            max_in_flight=MEMBER_READS_IN_FLIGHT,
-        )
+        #: The instance's one coalesced reader of member records (admission's): a send and a
+        #: connect asking for members at the same moment share a read.
+        self._members = members
         #: user -> (read at, this instance's sessions of the user then, other instances).
         self._whereabouts: dict[str, tuple[float, frozenset[str], dict[str, int]]] = {}
         #: user -> instance -> monotonic time it announced a socket of the user.
@@ -141,13 +137,7 @@ class Directory:
         self._arrivals.setdefault(user_id, {})[instance] = now
 
     async def _read(self, user_id: str) -> dict[str, int]:
-        member = await self._members.get(user_id) or {}
-        counts: dict[str, int] = {}
-        recorded = member.get(ACTIVE_SESSIONS)
-        for where in (recorded or {}).values() if isinstance(recorded, dict) else ():
-            instance = where.get(INSTANCE_ID) if isinstance(where, dict) else None
-            if isinstance(instance, str) and instance != self.me:
-                counts[instance] = counts.get(instance, 0) + 1
+        counts = other_instances(await self._members.get(user_id), self.me)
         if counts:
             docs = await self._docs(list(counts))
             cutoff = self._live_cutoff()

@@ -20,8 +20,7 @@ from gateway.instance.registry import Connection, Registry
 from gateway.protocol.closes import CloseCode
 from gateway.protocol.limits import ConnectLimiter
 from gateway.storage.batching import BatchReader
-from gateway.storage.schema import ACTIVE_SESSIONS, INSTANCE_ID
-from gateway.storage.store import READ_TIMEOUT, Store
+from gateway.storage.store import READ_TIMEOUT, Store, other_instances
 
 logger = logging.getLogger("gateway")
 
@@ -85,13 +84,8 @@ class Admission:
         return identity
 
     def _announce_if_elsewhere(self, user_id: str, member: Mapping[str, Any] | None) -> None:
-        recorded = (member or {}).get(ACTIVE_SESSIONS)
-        if self.announce is None or not isinstance(recorded, dict):
-            return
-        for where in recorded.values():
-            if isinstance(where, dict) and where.get(INSTANCE_ID, self._me) != self._me:
-                self.announce(user_id)
-                return
+        if self.announce is not None and other_instances(member, self._me):
+            self.announce(user_id)
 
     def check_socket_limits(self, user_id: str) -> None:
         """Raise AuthError(4429) when the user already holds the most sockets allowed here."""

@@ -191,6 +191,18 @@ def instance_write(instance_id: str, internal_url: str, now: datetime) -> Write:
     )
 
 
+def other_instances(member: Mapping[str, Any] | None, me: str) -> dict[str, int]:
+    """The member's recorded sockets on instances other than ``me``, counted by instance
+    (``active_sessions``; a malformed entry counts nowhere)."""
+    counts: dict[str, int] = {}
+    recorded = (member or {}).get(ACTIVE_SESSIONS)
+    for where in recorded.values() if isinstance(recorded, dict) else ():
+        instance = where.get(INSTANCE_ID) if isinstance(where, dict) else None
+        if isinstance(instance, str) and instance != me:
+            counts[instance] = counts.get(instance, 0) + 1
+    return counts
+
+
 def is_live(instance: Mapping[str, Any], cutoff: datetime) -> bool:
     """An instance counts as alive while it beats (every SWEEP_INTERVAL) and has not stopped."""
     beat = instance.get(HEARTBEAT_AT)
