@@ -36,11 +36,22 @@ export declare const ServerFrameType: Readonly<{
   LEFT: "left";
   STREAM: "stream";
   RECOVERY: "recovery";
+  PRESENCE: "presence";
+  PRESENCE_DIFF: "presence_diff";
+  PUBLISH: "publish";
 }>;
 export type ServerFrameType = (typeof ServerFrameType)[keyof typeof ServerFrameType];
 
 /** The `type` of every frame the gateway accepts; any other is logged and ignored. */
-export type ClientFrameType = "pong" | "ping" | "message" | "auth" | "join" | "leave" | "stream_ack";
+export type ClientFrameType =
+  | "pong"
+  | "ping"
+  | "message"
+  | "auth"
+  | "join"
+  | "leave"
+  | "stream_ack"
+  | "publish";
 
 /** The `code` of the gateway's `{"type": "error"}` frames (docs/protocol.md, Errors). */
 export type ServerErrorCode =
@@ -55,6 +66,8 @@ export type ServerErrorCode =
   | "room_forbidden"
   | "too_many_rooms"
   | "room_full"
+  | "not_in_room"
+  | "publish_forbidden"
   | "binary_frame";
 
 export type PresenceState =
@@ -217,6 +230,55 @@ export interface PresenceEvents {
   recovery: RecoveryEvent;
   /** The recovery failed (window exceeded, epoch changed): refetch the application's state. */
   notRecovered: RecoveryEvent;
+  /** A presence room's snapshot, after each join (docs/presence.md). */
+  presence: PresenceSnapshotEvent;
+  /** A batch of changes to a presence room's members after its snapshot. */
+  presenceDiff: PresenceDiffEvent;
+  /** A room's member list changed (snapshot, diff, leave, disconnect): render `members`. */
+  presenceChange: { room: string; members: PresenceMember[] };
+  /** A signal another member relayed to the room (`publish`). */
+  publish: PublishEvent;
+}
+
+/** One user in a presence room: their sockets in it and the `info` their join carried. */
+export interface PresenceMember {
+  user_id: string;
+  devices: number;
+  info: Record<string, unknown>;
+}
+
+export interface PresenceSnapshotEvent {
+  room: string;
+  members: PresenceMember[];
+  /** The room's occupancy across the deployment. */
+  users: number;
+  connections: number;
+  timestamp: string;
+}
+
+export interface PresenceDiffEvent {
+  room: string;
+  /** Upserts: a member's entry replaces the one with the same `user_id`. */
+  joins: PresenceMember[];
+  /** Users whose last socket in the room is gone. */
+  leaves: { user_id: string }[];
+  /** The room's occupancy after the diff. */
+  users: number;
+  connections: number;
+  timestamp: string;
+}
+
+export interface PublishEvent {
+  room: string;
+  /** The user who published. */
+  from: string;
+  data: unknown;
+  timestamp: string;
+}
+
+export interface JoinOptions {
+  /** Shown to the other members of a presence room; sent again on every rejoin. */
+  info?: Record<string, unknown>;
 }
 
 export interface StreamMessageEvent {
@@ -285,7 +347,7 @@ export declare const ROOM_ERRORS: readonly RoomRefusal[];
 export declare class PresenceRoomError extends Error {
   readonly name: "PresenceRoomError";
   /** The gateway's refusal, or the client's state (`closed`, `signed_out`, `auth_error`). */
-  readonly code: RoomRefusal | "closed" | "signed_out" | "auth_error";
+  readonly code: RoomRefusal | "invalid_info" | "closed" | "signed_out" | "auth_error";
   readonly room: string;
   constructor(code: string, message: string, room: string);
 }
@@ -312,9 +374,16 @@ export declare class PresenceClient {
   readonly rooms: string[];
   /** Join a room, now or on the next socket, and again after every reconnect. Resolves on the
    * gateway's `joined`; rejects with a PresenceRoomError when refused or the client stops. */
-  join(room: string): Promise<{ room: string; timestamp: string }>;
+  join(room: string, options?: JoinOptions): Promise<{ room: string; timestamp: string }>;
   /** Leave a room; resolves on the gateway's `left`, or at once when offline. Never rejects. */
   leave(room: string): Promise<{ room: string }>;
+  /** A presence room's members as last heard: empty before its snapshot, after leaving it and
+   * while disconnected. Copies. */
+  members(room: string): PresenceMember[];
+  /** Relay `data` to the room's other sockets. Not buffered, not acknowledged: true when the
+   * frame goes out on the live socket, false when offline or not in the room. Throws a
+   * PresenceSendError (`invalid_data`, `message_too_large`). */
+  publish(room: string, data: unknown): boolean;
   /** Send the token `getToken` returns now if it changed (call from `onIdTokenChanged`). */
   refreshToken(): Promise<void>;
   on<E extends keyof PresenceEvents>(event: E, fn: (payload: PresenceEvents[E]) => void): () => void;

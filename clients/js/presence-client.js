@@ -38,6 +38,9 @@ export const ServerFrameType = Object.freeze({
   LEFT: "left",
   STREAM: "stream",
   RECOVERY: "recovery",
+  PRESENCE: "presence",
+  PRESENCE_DIFF: "presence_diff",
+  PUBLISH: "publish",
 });
 
 /** The client's states; the three after `reconnecting` are terminal until `connect()`. */
@@ -222,6 +225,13 @@ function utf8Length(text) {
 
 function noop() {}
 
+/** A member entry of a presence frame, `{user_id, devices, info}`, or null when malformed. */
+function presenceMember(entry) {
+  if (entry === null || typeof entry !== "object" || typeof entry.user_id !== "string") return null;
+  const info = entry.info !== null && typeof entry.info === "object" ? entry.info : {};
+  return { user_id: entry.user_id, devices: Number.isInteger(entry.devices) ? entry.devices : 1, info };
+}
+
 function defaultReportError(error) {
   // Out of band, like an exception in a DOM event listener: the console (or Node's
   // uncaughtException) sees it, the client carries on.
@@ -284,6 +294,8 @@ export class PresenceClient {
   #queue = []; // messages waiting to go out, oldest first
   #control = []; // join/leave frames for the current socket, sent before messages
   #rooms = new Set(); // rooms to be in: joined again on every new socket
+  #roomInfo = new Map(); // room -> the `info` its join carries, sent again on every rejoin
+  #members = new Map(); // presence room -> Map(user_id -> member), from its snapshot and diffs
   #joinWaiters = new Map(); // room -> [{resolve, reject}] until `joined` or a refusal
   #leaveWaiters = new Map(); // room -> [resolve] until `left`
   #inflight = new Map(); // id -> entry, sent on the current socket, not yet acknowledged
@@ -477,12 +489,25 @@ export class PresenceClient {
    * gateway's `joined`; rejects with a `PresenceRoomError` when the gateway refuses
    * (`room_forbidden`, `invalid_room`, `too_many_rooms`, `room_full`) or the client stops.
    * While offline the join waits for the next socket. Membership belongs to a socket, so the
-   * client joins its rooms again on every reconnect.
+   * client joins its rooms again on every reconnect. `info` (a JSON object) is shown to the
+   * other members of a presence room (docs/presence.md); every rejoin carries it again. In a
+   * presence room the gateway then sends the `presence` snapshot, and `presenceDiff`s after it.
    */
-  join(room) {
+  join(room, { info } = {}) {
     room = String(room);
     if (TERMINAL.has(this.#state)) {
       return rejected(new PresenceRoomError(this.#state, `the client is ${this.#state}`, room));
+    }
+    if (info !== undefined && (info === null || typeof info !== "object" || Array.isArray(info))) {
+      return rejected(new PresenceRoomError("invalid_info", "`info` must be a JSON object", room));
+    }
+    let frame;
+    try {
+      frame = this.#joinFrame(room, info);
+    } catch (error) {
+      return rejected(
+        new PresenceRoomError("invalid_info", `info is not JSON: ${error?.message ?? error}`, room),
+      );
     }
     const promise = new Promise((resolve, reject) => {
       const waiters = this.#joinWaiters.get(room) ?? [];
@@ -491,9 +516,17 @@ export class PresenceClient {
     });
     promise.catch(noop);
     this.#rooms.add(room);
-    if (this.#state === State.CONNECTED) this.#control.push(JSON.stringify({ type: "join", room }));
+    if (info === undefined) this.#roomInfo.delete(room);
+    else this.#roomInfo.set(room, info);
+    if (this.#state === State.CONNECTED) this.#control.push(frame);
     this.#pump();
     return promise;
+  }
+
+  #joinFrame(room, info = this.#roomInfo.get(room)) {
+    return info === undefined
+      ? JSON.stringify({ type: "join", room })
+      : JSON.stringify({ type: "join", room, info });
   }
 
   /** Leave a room. Resolves with `{room}` on the gateway's `left`, at once when offline (the
@@ -501,6 +534,8 @@ export class PresenceClient {
   leave(room) {
     room = String(room);
     this.#rooms.delete(room);
+    this.#roomInfo.delete(room);
+    this.#dropMembers(room);
     if (this.#state !== State.CONNECTED) return Promise.resolve({ room });
     const promise = new Promise((resolve) => {
       const waiters = this.#leaveWaiters.get(room) ?? [];
@@ -510,6 +545,43 @@ export class PresenceClient {
     this.#control.push(JSON.stringify({ type: "leave", room }));
     this.#pump();
     return promise;
+  }
+
+  /**
+   * The members of a presence room as this client last heard (`{user_id, devices, info}`, in
+   * the order they arrived): the snapshot after each join, then its diffs. Empty for a room
+   * with no snapshot yet, after leaving it, and while disconnected.
+   */
+  members(room) {
+    return [...(this.#members.get(String(room))?.values() ?? [])].map((m) => ({ ...m }));
+  }
+
+  /**
+   * Relay `data` (any JSON value) to the room's other sockets:
+   * `{"type":"publish","room":room,"data":data}`. Signals are ephemeral: nothing is buffered
+   * while offline and nothing is acknowledged. Returns true when the frame is on its way on
+   * the live socket (paced with the other frames), false when offline or not in the room.
+   * Throws a `PresenceSendError` (`invalid_data`, `message_too_large`) for data that cannot go.
+   */
+  publish(room, data) {
+    room = String(room);
+    let frame;
+    try {
+      frame = JSON.stringify({ type: "publish", room, data: data === undefined ? null : data });
+    } catch (error) {
+      throw new PresenceSendError("invalid_data", `data is not JSON: ${error?.message ?? error}`, { data });
+    }
+    if (frame.length * 3 > this.#maxMessageBytes && utf8Length(frame) > this.#maxMessageBytes) {
+      throw new PresenceSendError("message_too_large", `the frame exceeds ${this.#maxMessageBytes} bytes`, {
+        data,
+      });
+    }
+    if (this.#state !== State.CONNECTED || !this.#rooms.has(room)) return false;
+    // The control queue: after the room's join, ahead of buffered messages, and dropped with
+    // the socket, so a stale signal (typing) is never replayed on the next one.
+    this.#control.push(frame);
+    this.#pump();
+    return true;
   }
 
   /** Ask `getToken` now and send the token if it changed (e.g. from Firebase's `onIdTokenChanged`). */
@@ -590,7 +662,7 @@ export class PresenceClient {
     this.#emit("connected", { attempt: this.#attempt });
     this.#scheduleRefresh();
     // A new socket is in no room: join them all again, ahead of any buffered message.
-    this.#control = this.rooms.map((room) => JSON.stringify({ type: "join", room }));
+    this.#control = this.rooms.map((room) => this.#joinFrame(room));
     this.#pump();
   }
 
@@ -639,6 +711,15 @@ export class PresenceClient {
         break;
       case ServerFrameType.RECOVERY:
         this.#onRecovery(frame);
+        break;
+      case ServerFrameType.PRESENCE:
+        this.#onPresence(frame);
+        break;
+      case ServerFrameType.PRESENCE_DIFF:
+        this.#onPresenceDiff(frame);
+        break;
+      case ServerFrameType.PUBLISH:
+        this.#onPublish(frame);
         break;
       default:
         break;
@@ -724,7 +805,11 @@ export class PresenceClient {
   #onLeft(frame) {
     const room = String(frame.room);
     const reason = frame.reason ?? "leave";
-    if (reason !== "leave") this.#rooms.delete(room); // e.g. not_allowed: the token lost it
+    if (reason !== "leave") {
+      this.#rooms.delete(room); // e.g. not_allowed: the token lost it
+      this.#roomInfo.delete(room);
+    }
+    this.#dropMembers(room);
     const waiters = this.#leaveWaiters.get(room) ?? [];
     this.#leaveWaiters.delete(room);
     for (const resolve of waiters) resolve({ room });
@@ -735,6 +820,7 @@ export class PresenceClient {
     const room = String(frame.room);
     // A refusal is final for this token: do not ask again on the next socket.
     this.#rooms.delete(room);
+    this.#roomInfo.delete(room);
     const waiters = this.#joinWaiters.get(room) ?? [];
     this.#joinWaiters.delete(room);
     for (const { reject } of waiters) {
@@ -745,6 +831,8 @@ export class PresenceClient {
   /** The socket is gone: leaves are done; joins wait for the next socket, or fail if none. */
   #settleRooms(stopCode = null, why = "") {
     this.#control = [];
+    // Presence belongs to the socket too: the snapshot after the next join rebuilds it.
+    for (const room of [...this.#members.keys()]) this.#dropMembers(room);
     for (const [room, waiters] of this.#leaveWaiters) for (const resolve of waiters) resolve({ room });
     this.#leaveWaiters.clear();
     if (stopCode === null) return;
@@ -752,6 +840,77 @@ export class PresenceClient {
       for (const { reject } of waiters) reject(new PresenceRoomError(stopCode, `not joined: ${why}`, room));
     }
     this.#joinWaiters.clear();
+  }
+
+  /** A presence room's snapshot (after each join): it replaces the room's member list. */
+  #onPresence(frame) {
+    if (typeof frame.room !== "string" || !Array.isArray(frame.members)) {
+      this.#emit("error", { source: "protocol", code: "invalid_frame", message: "presence frame" });
+      return;
+    }
+    const room = frame.room;
+    const members = new Map();
+    for (const entry of frame.members) {
+      const member = presenceMember(entry);
+      if (member) members.set(member.user_id, member);
+    }
+    // A snapshot for a room left meanwhile (the leave crossed it) would resurrect its list.
+    if (this.#rooms.has(room)) this.#members.set(room, members);
+    this.#emit("presence", {
+      room,
+      members: [...members.values()].map((m) => ({ ...m })),
+      users: frame.users,
+      connections: frame.connections,
+      timestamp: frame.timestamp,
+    });
+    if (this.#rooms.has(room)) this.#emitPresenceChange(room);
+  }
+
+  /** A batch of joins (upserts by user) and leaves after the snapshot. */
+  #onPresenceDiff(frame) {
+    if (typeof frame.room !== "string") {
+      this.#emit("error", { source: "protocol", code: "invalid_frame", message: "presence_diff frame" });
+      return;
+    }
+    const room = frame.room;
+    const joins = (Array.isArray(frame.joins) ? frame.joins : []).map(presenceMember).filter(Boolean);
+    const leaves = (Array.isArray(frame.leaves) ? frame.leaves : [])
+      .map((entry) => (typeof entry?.user_id === "string" ? entry.user_id : null))
+      .filter((id) => id !== null);
+    const members = this.#members.get(room);
+    if (members) {
+      for (const userId of leaves) members.delete(userId);
+      for (const member of joins) members.set(member.user_id, member);
+    }
+    this.#emit("presenceDiff", {
+      room,
+      joins: joins.map((m) => ({ ...m })),
+      leaves: leaves.map((user_id) => ({ user_id })),
+      users: frame.users,
+      connections: frame.connections,
+      timestamp: frame.timestamp,
+    });
+    // A diff with no snapshot before it (a room left, a socket gone) changes no list.
+    if (members) this.#emitPresenceChange(room);
+  }
+
+  #onPublish(frame) {
+    if (typeof frame.room !== "string") return;
+    this.#emit("publish", {
+      room: frame.room,
+      from: frame.from,
+      data: frame.data,
+      timestamp: frame.timestamp,
+    });
+  }
+
+  #dropMembers(room) {
+    if (!this.#members.delete(room)) return;
+    this.#emitPresenceChange(room);
+  }
+
+  #emitPresenceChange(room) {
+    this.#emit("presenceChange", { room, members: this.members(room) });
   }
 
   #onAuthOk(frame) {
