@@ -43,10 +43,13 @@ connect_options=None, report_error=<log>)``. ``get_token`` may be None (``AUTH_M
 Members: ``await start()`` (returns at once; a no-op while active; from a terminal state it
 starts over), ``await close(code=1000, reason="client closed")``, ``send(data)`` (a future of
 :class:`Ack`; never raises itself, the future fails with :class:`PresenceSendError`),
-``await refresh_token()``, ``join(room)`` (a future of :class:`Joined`; fails with
+``await refresh_token()``, ``join(room, info=None)`` (a future of :class:`Joined`; fails with
 :class:`PresenceRoomError` when the gateway refuses: ``room_forbidden``, ``invalid_room``,
 ``too_many_rooms``, ``room_full``), ``leave(room)`` (a future of the room, never fails), ``rooms``
-(joined again on every new socket, ahead of buffered messages and paced with them),
+(joined again on every new socket, with the same ``info``, ahead of buffered messages and paced
+with them), ``members(room)`` (a presence room's :class:`Member` list: the snapshot after each
+join, then its diffs; empty after a leave and while disconnected), ``publish(room, data)``
+(relayed to the room's other sockets; not buffered: False when offline or not in the room),
 ``await wait_for_state(*states, timeout=None)``,
 ``messages(*types)``, ``on(event, callback)`` and ``on_message(type, callback)`` (both return
 an unsubscribe function; a callback may be ``async``), ``state``, ``buffered``, ``unacked``,
@@ -63,7 +66,9 @@ inactivity"``, the server's message), ``auth_error`` (AuthError), ``message`` an
 frame dict), ``pong`` (Pong), ``overflow`` (Overflow), ``token_refreshed`` (TokenRefreshed),
 ``joined`` (Joined), ``left`` (Left: reason ``leave`` or ``not_allowed``),
 ``stream`` (StreamMessage: a durable message, once), ``recovery`` and ``not_recovered``
-(Recovery),
+(Recovery), ``presence`` (PresenceSnapshot), ``presence_diff`` (PresenceDiff),
+``presence_change`` (PresenceChange: the room's whole list after each snapshot or diff, empty
+when dropped), ``publish`` (Published: ``sender`` is the frame's ``from``),
 ``error`` (ErrorEvent: source ``server``, ``get_token``, ``protocol``, ``socket`` or ``client``).
 
 Close codes (:func:`~presence_client.closing.decide_close`, the JavaScript client's table):
@@ -102,9 +107,10 @@ stream position) and :mod:`~presence_client.buffer` (the send buffer, pacing). T
 shell is :class:`PresenceClient` (:mod:`~presence_client.client`) and the parts it owns:
 :mod:`~presence_client.connection` (the connect loop, closes),
 :mod:`~presence_client.dispatch` (each frame to its part), :mod:`~presence_client.outbox`
-(sends), :mod:`~presence_client.rooms`, :mod:`~presence_client.durable` (durable delivery),
-:mod:`~presence_client.refresh` (token refresh), :mod:`~presence_client.listeners` (events,
-``messages()``) and :mod:`~presence_client.link` (the state and socket they share).
+(sends), :mod:`~presence_client.rooms`, :mod:`~presence_client.presence` (member lists),
+:mod:`~presence_client.durable` (durable delivery), :mod:`~presence_client.refresh` (token
+refresh), :mod:`~presence_client.listeners` (events, ``messages()``) and
+:mod:`~presence_client.link` (the state and socket they share).
 """
 
 from __future__ import annotations
@@ -130,10 +136,15 @@ from presence_client.events import (
     ErrorEvent,
     Joined,
     Left,
+    Member,
     Overflow,
     Pong,
+    PresenceChange,
+    PresenceDiff,
     PresenceRoomError,
     PresenceSendError,
+    PresenceSnapshot,
+    Published,
     Recovery,
     SignedOut,
     StateChanged,
@@ -164,15 +175,20 @@ __all__ = [
     "GetToken",
     "Joined",
     "Left",
+    "Member",
     "MessageStream",
     "Overflow",
     "Pong",
     "Recovery",
     "StreamMessage",
     "StreamPosition",
+    "PresenceChange",
     "PresenceClient",
+    "PresenceDiff",
     "PresenceRoomError",
     "PresenceSendError",
+    "PresenceSnapshot",
+    "Published",
     "RateLimit",
     "SignedOut",
     "State",

@@ -31,8 +31,13 @@ from presence_client.events import (
     ErrorEvent,
     Joined,
     Left,
+    Member,
     Overflow,
     Pong,
+    PresenceChange,
+    PresenceDiff,
+    PresenceSnapshot,
+    Published,
     Recovery,
     SignedOut,
     StateChanged,
@@ -43,6 +48,7 @@ from presence_client.frames import Frame
 from presence_client.link import Link
 from presence_client.listeners import Listeners, MessageStream, Unsubscribe, log_listener_error
 from presence_client.outbox import Outbox
+from presence_client.presence import RoomPresence
 from presence_client.refresh import GetToken, TokenRefresh
 from presence_client.rooms import Rooms
 from presence_client.streams import StreamPosition
@@ -88,7 +94,7 @@ class PresenceClient:
         self._listeners = Listeners(report_error)
         self._link = Link(self._listeners)
         self._outbox = Outbox(self._link, buffer_size, rate_limit, max_message_bytes)
-        self._rooms = Rooms(self._link, self._outbox)
+        self._rooms = Rooms(self._link, self._outbox, RoomPresence(self._link), max_message_bytes)
         #: Durable streams: present the position on every connect, de-duplicate, acknowledge.
         self._durable = DurableStream(self._link, recover, ack_interval)
         self._refresh = TokenRefresh(self._link, get_token, token_refresh_lead, token_retry_delay)
@@ -188,12 +194,24 @@ class PresenceClient:
         """The rooms joined, or to be joined on the next socket, sorted."""
         return self._rooms.names
 
-    def join(self, room: str) -> asyncio.Future[Joined]:
-        """Join a room, now or when the next socket opens, and again after every reconnect.
+    def join(self, room: str, info: Mapping[str, Any] | None = None) -> asyncio.Future[Joined]:
+        """Join a room, now or when the next socket opens, and again after every reconnect,
+        each time with ``info`` (a JSON object the other members of a presence room see).
         The future resolves with :class:`Joined` on the gateway's ``joined`` and fails with
         :class:`PresenceRoomError` when the gateway refuses (the room is then dropped: the
-        token decides) or the client stops."""
-        return self._rooms.join(room)
+        token decides), the info is not a JSON object, or the client stops."""
+        return self._rooms.join(room, info)
+
+    def members(self, room: str) -> list[Member]:
+        """A presence room's members as last heard: its snapshot, then its diffs. Empty before
+        the snapshot, after leaving the room and while disconnected."""
+        return self._rooms.presence.members(room)
+
+    def publish(self, room: str, data: Any) -> bool:
+        """Relay ``data`` to the room's other sockets. Not buffered, not acknowledged: True
+        when it goes out on the live socket, False when offline or not in the room. Raises
+        :class:`PresenceSendError` (``invalid_data``, ``message_too_large``)."""
+        return self._rooms.publish(room, data)
 
     def leave(self, room: str) -> asyncio.Future[str]:
         """Leave a room; the future resolves with the room on the gateway's ``left``, at once
@@ -270,6 +288,22 @@ class PresenceClient:
         self,
         event: Literal["recovery", "not_recovered"],
         callback: Callable[[Recovery], object],
+    ) -> Unsubscribe: ...
+    @overload
+    def on(
+        self, event: Literal["presence"], callback: Callable[[PresenceSnapshot], object]
+    ) -> Unsubscribe: ...
+    @overload
+    def on(
+        self, event: Literal["presence_diff"], callback: Callable[[PresenceDiff], object]
+    ) -> Unsubscribe: ...
+    @overload
+    def on(
+        self, event: Literal["presence_change"], callback: Callable[[PresenceChange], object]
+    ) -> Unsubscribe: ...
+    @overload
+    def on(
+        self, event: Literal["publish"], callback: Callable[[Published], object]
     ) -> Unsubscribe: ...
     def on(self, event: str, callback: Callable[[Any], object]) -> Unsubscribe:
         """Subscribe ``callback`` to an event; returns a function that unsubscribes. A callback

@@ -2,9 +2,9 @@
 
 The connection loop (``presence_client.connection``) reads the frames; here each is parsed,
 offered to the listeners' streams first, then routed by kind: acknowledgements to the outbox,
-room answers to the rooms, stream messages and recoveries to the durable stream, token answers
-to the refresh. The reactions that change the connection itself (a ping, a sign-out) go back to
-it through the callbacks it gives.
+room answers and presence to the rooms, stream messages and recoveries to the durable stream,
+token answers to the refresh. The reactions that change the connection itself (a ping, a
+sign-out) go back to it through the callbacks it gives.
 """
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ class FrameDispatch:
             self._refresh.on_error(frame)
         elif kind is FrameKind.RECOVERY:
             self._durable.on_recovery(frame)
+        elif kind is FrameKind.PRESENCE:
+            self._rooms.on_presence(frame)
+        elif kind is FrameKind.PRESENCE_DIFF:
+            self._rooms.presence.on_diff(frame)
+        elif kind is FrameKind.PUBLISH:
+            self._rooms.presence.on_publish(frame)
         elif kind in (FrameKind.TIMEOUT, FrameKind.SIGNED_OUT):
             message = frame.get("message")
             self._signed_out(

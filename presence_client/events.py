@@ -33,6 +33,10 @@ EVENTS = frozenset(
         "stream",
         "recovery",
         "not_recovered",
+        "presence",
+        "presence_diff",
+        "presence_change",
+        "publish",
     }
 )
 
@@ -151,9 +155,65 @@ class Left:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One user in a presence room: their sockets in it (``devices``) and the ``info`` their
+    join carried."""
+
+    user_id: str
+    devices: int
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceSnapshot:
+    """``presence``: a presence room's members across the deployment, after each join
+    (rejoins included); ``users`` and ``connections`` are its occupancy."""
+
+    room: str
+    members: tuple[Member, ...]
+    users: int
+    connections: int
+    timestamp: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceDiff:
+    """``presence_diff``: changes after the snapshot. ``joins`` are upserts by ``user_id``,
+    ``leaves`` the users whose last socket in the room is gone; occupancy after the diff."""
+
+    room: str
+    joins: tuple[Member, ...]
+    leaves: tuple[str, ...]
+    users: int
+    connections: int
+    timestamp: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """``presence_change``: the room's member list after a snapshot or a diff, or empty when
+    it was dropped (leave, disconnect, close); render from this one."""
+
+    room: str
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """``publish``: a signal another member relayed to a room this socket is in; ``sender``
+    is the frame's ``from`` (a Python keyword)."""
+
+    room: str
+    sender: str
+    data: Any
+    timestamp: str | None
+
+
 class PresenceRoomError(Exception):
     """Why a ``join()`` failed. ``code``: the gateway's ``room_forbidden``, ``invalid_room``,
-    ``too_many_rooms`` or ``room_full``, or ``closed``, ``signed_out``, ``auth_error``."""
+    ``too_many_rooms`` or ``room_full``; ``invalid_info`` (the info is not a JSON object); or
+    ``closed``, ``signed_out``, ``auth_error``."""
 
     def __init__(self, code: str, message: str, *, room: str) -> None:
         super().__init__(message)

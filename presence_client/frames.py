@@ -30,6 +30,9 @@ class FrameKind(StrEnum):
     LEFT = "left"  # a leave was done, or a refreshed token lost the room (reason)
     STREAM = "stream"  # a durable message: de-duplicate by offset, deliver, acknowledge
     RECOVERY = "recovery"  # the end of a recovery: hold its position; not recovered: refetch
+    PRESENCE = "presence"  # a presence room's snapshot: it replaces the room's member list
+    PRESENCE_DIFF = "presence_diff"  # joins (upserts by user) and leaves after the snapshot
+    PUBLISH = "publish"  # another member's signal relayed to the room
     OTHER = "other"  # application frames (notification, broadcast, ...), server pongs
 
 
@@ -60,9 +63,12 @@ def classify_frame(frame: Frame) -> FrameKind:
 ROOM_ERRORS = frozenset({"invalid_room", "room_forbidden", "too_many_rooms", "room_full"})
 
 
-def room_frame(kind: str, room: str) -> str:
-    """A ``join`` or ``leave`` frame."""
-    return json.dumps({"type": kind, "room": room}, separators=(",", ":"))
+def room_frame(kind: str, room: str, *, info: Mapping[str, Any] | None = None) -> str:
+    """A ``join`` or ``leave`` frame; a join may carry a presence room's member ``info``."""
+    fields: dict[str, Any] = {"type": kind, "room": room}
+    if info is not None:
+        fields["info"] = info
+    return json.dumps(fields, separators=(",", ":"), allow_nan=False)
 
 
 def room_refused(frame: Frame) -> str | None:
