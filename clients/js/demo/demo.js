@@ -2,7 +2,9 @@
 // PresenceClient connection to the gateway and show what happens on it.
 //
 // Bundled by demo/build.mjs into dist/demo/demo.js; the gateway serves it at /demo/demo.js and
-// its settings at /demo/config.json ({projectId, authEmulatorHost, gatewayUrl}).
+// its settings at /demo/config.json ({projectId, authEmulatorHost, firestoreEmulatorHost,
+// gatewayUrl}). The Contacts panel (contacts.js) reads presence from Firestore, the Room panel
+// (room.js) shows a presence room over the socket.
 
 import { initializeApp } from "firebase/app";
 import {
@@ -16,11 +18,26 @@ import {
   signInWithEmailAndPassword,
   signOut,
 } from "firebase/auth";
+import { connectFirestoreEmulator, getFirestore } from "firebase/firestore";
 
 import { PresenceClient, VERSION } from "../presence-client.js";
+import { ContactsPanel } from "./contacts.js";
+import { RoomPanel } from "./room.js";
 
 // Frames that belong to the protocol itself; everything else is an application message.
-const PROTOCOL_TYPES = new Set(["ping", "pong", "ack", "auth_ok", "error", "timeout"]);
+const PROTOCOL_TYPES = new Set([
+  "ping",
+  "pong",
+  "ack",
+  "auth_ok",
+  "error",
+  "timeout",
+  "joined",
+  "left",
+  "presence",
+  "presence_diff",
+  "publish",
+]);
 const LOG_LIMIT = 100;
 const MESSAGE_LIMIT = 50;
 
@@ -60,7 +77,28 @@ const ui = {
   gateway: $("gateway"),
 };
 
+const contacts = new ContactsPanel({
+  me: $("my-uid"),
+  form: $("contact-form"),
+  input: $("contact-uid"),
+  list: $("contacts"),
+});
+
+const room = new RoomPanel({
+  form: $("room-form"),
+  roomName: $("room-name"),
+  displayName: $("room-display-name"),
+  join: $("room-join"),
+  leave: $("room-leave"),
+  status: $("room-status"),
+  occupancy: $("room-occupancy"),
+  members: $("room-members"),
+  text: $("room-text"),
+  typing: $("typing"),
+});
+
 let auth = null;
+let db = null;
 let config = null;
 let client = null;
 let unsubscribers = [];
@@ -76,6 +114,7 @@ async function loadConfig() {
   const defaults = {
     projectId: "demo-presence",
     authEmulatorHost: "127.0.0.1:9099",
+    firestoreEmulatorHost: "127.0.0.1:8080",
     gatewayUrl: defaultGatewayUrl(),
   };
   try {
@@ -92,6 +131,13 @@ async function loadConfig() {
     console.warn("presence demo: config.json not loaded, using defaults", error);
     return { ...defaults, source: "defaults" };
   }
+}
+
+/** "127.0.0.1:8080" or "[::1]:8080" as [host, port]. */
+function splitHost(hostPort) {
+  const at = hostPort.lastIndexOf(":");
+  const host = hostPort.slice(0, at).replace(/^\[(.*)\]$/, "$1");
+  return [host, Number(hostPort.slice(at + 1))];
 }
 
 // --- rendering -------------------------------------------------------------------------------
@@ -183,6 +229,8 @@ function showSession(user) {
 // --- the presence connection -----------------------------------------------------------------
 
 function stopClient() {
+  room.detach();
+  contacts.stop();
   for (const off of unsubscribers) off();
   unsubscribers = [];
   if (client) client.close();
@@ -241,6 +289,8 @@ function startClient(user) {
     ui.sendStatus.textContent = `Message ${id} dropped: the offline buffer is full.`;
   });
   renderState(client.state);
+  room.attach(client, user.uid, user.email?.split("@")[0] ?? user.uid);
+  contacts.start(db, user.uid);
   client.connect();
 }
 
@@ -347,6 +397,10 @@ async function main() {
   auth = initializeAuth(app, { persistence: [indexedDBLocalPersistence, browserLocalPersistence] });
   connectAuthEmulator(auth, `http://${config.authEmulatorHost}`, { disableWarnings: true });
   window.presenceDemo.auth = auth;
+  // The Contacts panel reads presence/{uid} as the signed-in user (firestore.rules decide).
+  db = getFirestore(app);
+  const [firestoreHost, firestorePort] = splitHost(config.firestoreEmulatorHost);
+  connectFirestoreEmulator(db, firestoreHost, firestorePort);
 
   ui.signInForm.addEventListener("submit", onSignInSubmit);
   ui.signOut.addEventListener("click", endSession);
