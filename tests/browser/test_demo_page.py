@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import shutil
 import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ import pytest
 from emulator import procs
 from emulator.stack import DEMO_DIR
 from gateway.storage.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS, UPDATED_AT
+from tests.browser.conftest import SCREENSHOTS, WAIT_MS, expect_state
 from tests.support import (
-    LOG_DIR,
     UNIT,
     GatewayProc,
     SweepStack,
@@ -37,18 +36,6 @@ from tests.support import (
 pytestmark = pytest.mark.browser
 
 SHORT = {"PING_INTERVAL": "0.5", "PONG_TIMEOUT": "4", "SWEEP_INTERVAL": "1"}
-SCREENSHOTS = LOG_DIR / "screenshots"
-#: Chromium's flags for a machine with no network and no display.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-WAIT_MS = 30_000 * UNIT
 
 
 @dataclass
@@ -101,20 +88,6 @@ def sweeper(
     sweep.stop()
 
 
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is missing: scripts/bootstrap.sh installs it"
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=executable, headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        await launched.close()
-
-
 @pytest.fixture
 async def page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     context = await browser.new_context(viewport={"width": 1100, "height": 900})
@@ -135,12 +108,6 @@ async def sign_in(page: Any, stack: Stack) -> str:
     await expect_state(page, "connected")
     uid: str = await page.evaluate("window.presenceDemo.auth.currentUser.uid")
     return uid
-
-
-async def expect_state(page: Any, state: str) -> None:
-    from playwright.async_api import expect
-
-    await expect(page.locator("#state")).to_have_attribute("data-state", state, timeout=WAIT_MS)
 
 
 async def post(stack: Stack, path: str, body: dict[str, Any]) -> httpx.Response:
