@@ -35,6 +35,17 @@ drifted on one side would fail silently at run time (a missing ``last_sign_out_a
 ``streams/{user_id}/stream_entries/{offset:020d}`` (one per durable message)
     ``entry_offset``, ``stream_epoch``, ``payload`` (the message, JSON text), ``created_at``,
     ``expires_at`` (the TTL policy's field: Firestore deletes the entry after it).
+``presence/{user_id}`` (readable by signed-in clients, ``firestore.rules``)
+    what other users may see of a user's presence: ``state`` (``ONLINE`` or ``OFFLINE``),
+    ``devices`` (sockets open across the deployment), ``last_seen_at`` (when ``state`` last
+    changed). Written only on a transition (first socket, another socket, last socket gone), by
+    the gateway and, for the users of a lost instance, by the sweep; both merge, so a field the
+    app's backend adds (``org`` for a narrower rule) stays.
+``presence_holders/{user_id}`` (closed to clients)
+    the companion the transition's transaction reads and writes with ``presence/{user_id}``:
+    ``instances`` (a map of instance id to the sockets that instance holds for the user),
+    ``state``, ``seq`` (the user's transitions counted: the Pub/Sub events' ``seq``),
+    ``last_seen_at``, ``updated_at``.
 """
 
 from __future__ import annotations
@@ -51,6 +62,8 @@ STREAMS: Final = "streams"
 #: A subcollection of each streams/{user_id} document (its TTL policy is on this group).
 STREAM_ENTRIES: Final = "stream_entries"
 STREAM_ACKS: Final = "stream_acks"
+PRESENCE: Final = "presence"
+PRESENCE_HOLDERS: Final = "presence_holders"
 
 # Fields of members/{user_id}.
 IS_SIGNED_IN: Final = "is_signed_in"
@@ -107,6 +120,22 @@ PAYLOAD: Final = "payload"
 CREATED_AT: Final = "created_at"
 EXPIRES_AT: Final = "expires_at"
 
+# Fields of presence/{user_id} (and, all but devices, of presence_holders/{user_id}).
+STATE: Final = "state"
+DEVICES: Final = "devices"
+LAST_SEEN_AT: Final = "last_seen_at"
+# Fields of presence_holders/{user_id} (besides state, last_seen_at and updated_at).
+#: A map: instance id -> how many of the user's sockets that instance holds.
+HOLDERS: Final = "instances"
+#: An integer: the user's transitions counted, one more with each.
+SEQ: Final = "seq"
+
+# Values of state.
+ONLINE: Final = "online"
+OFFLINE: Final = "offline"
+#: Every value ``state`` takes.
+PRESENCE_STATES: Final = frozenset({ONLINE, OFFLINE})
+
 #: Each collection's top-level fields.
 FIELDS: Final[Mapping[str, frozenset[str]]] = {
     MEMBERS: frozenset(
@@ -140,6 +169,8 @@ FIELDS: Final[Mapping[str, frozenset[str]]] = {
     STREAMS: frozenset({STREAM_EPOCH, TOP_OFFSET, UPDATED_AT}),
     STREAM_ACKS: frozenset({ACKED_EPOCH, ACKED_OFFSET, ACKED_AT}),
     STREAM_ENTRIES: frozenset({ENTRY_OFFSET, STREAM_EPOCH, PAYLOAD, CREATED_AT, EXPIRES_AT}),
+    PRESENCE: frozenset({STATE, DEVICES, LAST_SEEN_AT}),
+    PRESENCE_HOLDERS: frozenset({HOLDERS, STATE, SEQ, LAST_SEEN_AT, UPDATED_AT}),
 }
 #: The fields of each entry of a member's ``active_sessions`` map.
 ACTIVE_SESSION_FIELDS: Final = frozenset({INSTANCE_ID})

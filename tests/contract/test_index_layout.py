@@ -2,7 +2,9 @@
 caps the collection at 500 writes a second, and serves the shapes of the code's queries.
 
 The rules are in ``tests/index_layout.py``. The timestamps here come from the gateway's own
-write builders (connect, pong, close, sign-out, stream acknowledgement); the sweep's writes and
+write builders (connect, pong, close, sign-out, stream acknowledgement) and, for the user presence
+documents written on every connect and close transition, from their declaration
+(``PRESENCE_TRANSITION_FIELDS``); the sweep's writes and
 the durable appends are recorded from what the code sends to the emulator, with every query, in
 ``tests/integration/test_index_layout.py``. Each rule is also shown to fail on a layout that
 breaks it.
@@ -53,6 +55,24 @@ def gateway_hot_timestamps() -> set[tuple[str, str]]:
     return set().union(*(timestamps(w.collection, w.fields) for w in gateway_hot_writes()))
 
 
+#: What a user presence transition writes (docs/presence.md) that must not be indexed alone: the
+#: timestamps of presence/{uid} and presence_holders/{uid}, which the gateway and the sweep set
+#: to now on every connect and close transition, and the holders' map of instance ids (one
+#: index entry per instance otherwise, each an id no query filters on).
+PRESENCE_TRANSITION_FIELDS = frozenset(
+    {
+        (schema.PRESENCE, schema.LAST_SEEN_AT),
+        (schema.PRESENCE_HOLDERS, schema.LAST_SEEN_AT),
+        (schema.PRESENCE_HOLDERS, schema.UPDATED_AT),
+        (schema.PRESENCE_HOLDERS, schema.HOLDERS),
+    }
+)
+
+
+def hot_fields() -> set[tuple[str, str]]:
+    return gateway_hot_timestamps() | PRESENCE_TRANSITION_FIELDS
+
+
 def test_the_gateways_hot_timestamps_are_found() -> None:
     """The builders yield the timestamps of every hot write (so the next test checks them)."""
     assert {
@@ -71,6 +91,15 @@ def test_no_hot_timestamp_of_the_gateway_caps_its_collection() -> None:
     """Each is exempt from single-field indexing and held only by indexes that lead with its
     collection's partition field."""
     assert layout_violations(load(), gateway_hot_timestamps()) == []
+
+
+def test_no_field_a_presence_transition_writes_is_indexed() -> None:
+    """presence.last_seen_at and presence_holders' last_seen_at, updated_at and instances map are
+    exempt from single-field indexing, and no composite index holds them."""
+    assert layout_violations(load(), PRESENCE_TRANSITION_FIELDS) == []
+    assert PRESENCE_TRANSITION_FIELDS <= {
+        (collection, path) for collection, fields in schema.FIELDS.items() for path in fields
+    }
 
 
 def test_the_sweeps_index_leads_with_the_shard() -> None:
@@ -98,11 +127,11 @@ def test_the_ttl_field_is_not_indexed() -> None:
 # --- the checks bite -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hot", sorted(gateway_hot_timestamps()), ids=".".join)
+@pytest.mark.parametrize("hot", sorted(hot_fields()), ids=".".join)
 def test_removing_an_exemption_fails(hot: tuple[str, str]) -> None:
-    """Without its override a hot timestamp has its automatic single-field index: caught."""
+    """Without its override a hot field has its automatic single-field index: caught."""
     bad = without_override(load(), *hot)
-    assert layout_violations(bad, gateway_hot_timestamps()) == [
+    assert layout_violations(bad, hot_fields()) == [
         f"{hot[0]}.{hot[1]} is indexed alone (no override with no indexes)"
     ]
 
@@ -162,6 +191,10 @@ RECONCILE_QUERY = Query(
     ranges=frozenset({schema.SIGNED_OUT_AT}),
 )
 HEARTBEAT_QUERY = Query(schema.INSTANCES, ranges=frozenset({schema.HEARTBEAT_AT}))
+#: The sweep's query of a lost instance's sockets, whose users' presence it takes them out of.
+LOST_INSTANCE_QUERY = Query(
+    schema.SESSIONS, equalities=frozenset({schema.INSTANCE_ID, schema.IS_ACTIVE})
+)
 
 
 @pytest.mark.parametrize(
@@ -170,6 +203,7 @@ HEARTBEAT_QUERY = Query(schema.INSTANCES, ranges=frozenset({schema.HEARTBEAT_AT}
         SWEEP_QUERY,
         RECONCILE_QUERY,
         HEARTBEAT_QUERY,
+        LOST_INSTANCE_QUERY,
         Query(schema.STREAM_ENTRIES, ranges=frozenset({schema.ENTRY_OFFSET})),
         Query(schema.MEMBERS),  # the backfill: every member by document name
     ],
@@ -177,6 +211,18 @@ HEARTBEAT_QUERY = Query(schema.INSTANCES, ranges=frozenset({schema.HEARTBEAT_AT}
 def test_the_query_shapes_are_served(query: Query) -> None:
     """Each shape the code sends has its index."""
     assert unserved(load(), query) is None
+
+
+def test_the_lost_instance_query_has_a_composite_index() -> None:
+    """sessions where instance_id == X and is_active == true is served by a composite index of
+    its own, not by merging the two single-field indexes (is_active alone splits sessions in
+    two): (instance_id, is_active), in the order the sweep's source names the filters."""
+    sessions = [
+        [(f["fieldPath"], f["order"]) for f in i["fields"]]
+        for i in load()["indexes"]
+        if i["collectionGroup"] == schema.SESSIONS and i["queryScope"] == "COLLECTION"
+    ]
+    assert [(schema.INSTANCE_ID, "ASCENDING"), (schema.IS_ACTIVE, "ASCENDING")] in sessions
 
 
 @pytest.mark.parametrize(

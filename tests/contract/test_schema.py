@@ -6,10 +6,11 @@ function, which deploys alone and may not import the gateway, declares them in
 ``functions/presence_sweep/schema.py``. These tests check that:
 
 1. both modules declare the same upper-case names with the same values, including the
-   per-collection field sets (``FIELDS``) and the fields of an ``active_sessions`` entry (and
-   those an older gateway also wrote there);
+   per-collection field sets (``FIELDS``), the fields of an ``active_sessions`` entry (and
+   those an older gateway also wrote there) and the values of a presence ``state``;
 2. each declaration is whole: every field constant belongs to some collection's ``FIELDS`` (or to
-   an ``active_sessions`` entry) and every collection constant has a ``FIELDS`` entry;
+   an ``active_sessions`` entry), every collection constant has a ``FIELDS`` entry, and the
+   only other string constants are the values of ``state`` (``PRESENCE_STATES``);
 3. ``firestore.indexes.json`` names only collections of the schema, and in each index or field
    override only fields of that collection;
 4. ``firestore.rules`` matches only collections of the schema, and every field it reads through
@@ -61,6 +62,24 @@ def test_gateway_and_function_declare_the_same_schema() -> None:
     assert dict(gateway_schema.FIELDS) == dict(sweep_schema.FIELDS)
     assert gateway_schema.ACTIVE_SESSION_FIELDS == sweep_schema.ACTIVE_SESSION_FIELDS
     assert gateway_schema.LEGACY_ACTIVE_SESSION_FIELDS == sweep_schema.LEGACY_ACTIVE_SESSION_FIELDS
+    assert gateway_schema.PRESENCE_STATES == sweep_schema.PRESENCE_STATES
+
+
+def test_both_sides_name_the_presence_documents_alike() -> None:
+    """presence/{uid} and presence_holders/{uid}, which the gateway and the sweep both write in
+    one transaction per transition, have the same names, fields and state values on each side."""
+    for module in SCHEMAS:
+        assert (module.PRESENCE, module.PRESENCE_HOLDERS) == ("presence", "presence_holders")
+        assert module.FIELDS[module.PRESENCE] == {"state", "devices", "last_seen_at"}
+        assert module.FIELDS[module.PRESENCE_HOLDERS] == {
+            "instances",
+            "state",
+            "seq",
+            "last_seen_at",
+            "updated_at",
+        }
+        assert module.HOLDERS == "instances"
+        assert module.PRESENCE_STATES == {module.ONLINE, module.OFFLINE} == {"online", "offline"}
 
 
 def test_both_sides_give_a_member_the_same_shard() -> None:
@@ -75,10 +94,11 @@ def test_both_sides_give_a_member_the_same_shard() -> None:
 
 @pytest.mark.parametrize("module", SCHEMAS, ids=lambda m: m.__name__)
 def test_every_declared_name_belongs_to_a_collection(module: ModuleType) -> None:
-    """No stray constant: each string constant is a collection or one of a collection's fields,
-    and every collection has its field set."""
+    """No stray constant: each string constant is a collection, one of a collection's fields or
+    a value of state, and every collection has its field set."""
     constants = set(string_constants(module).values())
-    assert constants == all_names(module)
+    assert constants == all_names(module) | module.PRESENCE_STATES
+    assert not all_names(module) & module.PRESENCE_STATES
     assert {
         module.MEMBERS,
         module.SESSIONS,
@@ -86,6 +106,8 @@ def test_every_declared_name_belongs_to_a_collection(module: ModuleType) -> None
         module.STREAMS,
         module.STREAM_ENTRIES,
         module.STREAM_ACKS,
+        module.PRESENCE,
+        module.PRESENCE_HOLDERS,
     } == set(module.FIELDS)
     # The fields the issue names as shared must be declared on the right collection.
     assert {module.LAST_PONG_AT, module.LAST_SIGN_OUT_AT, module.IS_SIGNED_IN} <= module.FIELDS[
@@ -158,10 +180,10 @@ def rules_names(source: str) -> tuple[set[str], list[tuple[str | None, str]]]:
 
 @pytest.mark.parametrize("module", SCHEMAS, ids=lambda m: m.__name__)
 def test_rules_name_only_schema_collections_and_fields(module: ModuleType) -> None:
-    """The rules match schema collections (members at least, the one clients may read) and read
-    only fields the schema declares on the matched collection."""
+    """The rules match schema collections (members and presence at least, the ones clients may
+    read) and read only fields the schema declares on the matched collection."""
     collections, fields = rules_names(RULES.read_text())
-    assert module.MEMBERS in collections
+    assert {module.MEMBERS, module.PRESENCE} <= collections
     assert collections <= set(module.FIELDS), collections - set(module.FIELDS)
     for collection, field in fields:
         assert collection in module.FIELDS, f"rules read {field!r} outside a schema collection"
@@ -178,7 +200,7 @@ def test_the_rules_parser_finds_fields_and_collections() -> None:
         1,
     )
     collections, fields = rules_names(text)
-    assert collections == {gateway_schema.MEMBERS}
+    assert collections == {gateway_schema.MEMBERS, gateway_schema.PRESENCE}
     assert fields == [
         (gateway_schema.MEMBERS, gateway_schema.LAST_PONG_AT),
         (gateway_schema.MEMBERS, gateway_schema.IS_SIGNED_IN),
@@ -186,7 +208,8 @@ def test_the_rules_parser_finds_fields_and_collections() -> None:
 
 
 # Names that also mean something outside Firestore (log fields, Pub/Sub attributes, the callback's
-# JSON body, a __slots__ entry) and so may appear as strings elsewhere.
+# JSON body, a __slots__ entry, the presence events' JSON and attributes, the socket's presence
+# frames and the room presence endpoint's "instances") and so may appear as strings elsewhere.
 _SHARED_WORDS = {
     gateway_schema.USER_ID,
     gateway_schema.INSTANCE_ID,
@@ -194,6 +217,11 @@ _SHARED_WORDS = {
     gateway_schema.CONNECTED_AT,
     gateway_schema.SESSIONS,
     gateway_schema.SIGNED_OUT_AT,
+    gateway_schema.PRESENCE,
+    gateway_schema.STATE,
+    gateway_schema.DEVICES,
+    gateway_schema.SEQ,
+    gateway_schema.HOLDERS,
 }
 
 
@@ -255,7 +283,10 @@ def test_the_readability_parser_sees_grants_and_wildcards() -> None:
     """The parser behind the next test finds the deployed grant, and sees a wildcard grant as
     opening everything (without this the next test could pass by finding nothing)."""
     collections = set(gateway_schema.FIELDS)
-    assert client_readable(RULES.read_text(), collections) == {gateway_schema.MEMBERS}
+    assert client_readable(RULES.read_text(), collections) == {
+        gateway_schema.MEMBERS,
+        gateway_schema.PRESENCE,
+    }
     opened = RULES.read_text().replace(
         "allow read, write: if false;", "allow get, write: if request.auth != null;"
     )
@@ -264,12 +295,13 @@ def test_the_readability_parser_sees_grants_and_wildcards() -> None:
 
 @pytest.mark.parametrize("module", SCHEMAS, ids=lambda m: m.__name__)
 def test_no_client_readable_document_declares_an_internal_url(module: ModuleType) -> None:
-    """A user may read their own member document: neither it, its active_sessions entries nor
-    any other collection the rules open to clients carries a gateway instance's internal URL,
-    which only the sweep needs (from gateway_instances, closed to clients)."""
+    """A user may read their own member document and anyone's presence: neither these, the
+    active_sessions entries nor any other collection the rules open to clients carries a gateway
+    instance's internal URL, which only the sweep needs (from gateway_instances, closed to
+    clients); presence_holders, which names the instances holding a user's sockets, is closed."""
     readable = client_readable(RULES.read_text(), set(module.FIELDS))
-    assert module.MEMBERS in readable
-    assert module.INSTANCES not in readable
+    assert {module.MEMBERS, module.PRESENCE} <= readable
+    assert not {module.INSTANCES, module.PRESENCE_HOLDERS} & readable
     for collection in readable:
         assert module.INTERNAL_URL not in module.FIELDS[collection], collection
     assert module.INTERNAL_URL not in module.ACTIVE_SESSION_FIELDS

@@ -2,9 +2,11 @@
 
 The module starts its own emulator (the session one runs without rules, open to everything),
 loads ``firestore.rules`` for a fresh ``demo-rules-*`` project through the emulator's
-``:securityRules`` endpoint, and then plays a client: emulator-style unsigned ID tokens as
-``Authorization: Bearer``. The Admin path is ``Bearer owner`` (the emulator's admin bypass) and
-the google-cloud-firestore client, which the emulator treats as admin too.
+``:securityRules`` endpoint (and each narrower presence rule the file shows, commented out, in
+place of the default, for a project of its own), and then plays a client: emulator-style
+unsigned ID tokens as ``Authorization: Bearer``. The Admin path is ``Bearer owner`` (the
+emulator's admin bypass) and the google-cloud-firestore client, which the emulator treats as
+admin too.
 
 Nothing here skips: without gcloud's emulator, or when the rules do not load or are not
 enforced, the fixture fails with the reason.
@@ -12,6 +14,9 @@ enforced, the fixture fails with the reason.
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import textwrap
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,17 +30,27 @@ from emulator import procs
 from emulator.exceptions import EmulatorError
 from gateway.storage.schema import (
     ACTIVE_SESSIONS,
+    DEVICES,
+    HOLDERS,
     INSTANCE_ID,
     INSTANCES,
     INTERNAL_URL,
     IS_ACTIVE,
     IS_SIGNED_IN,
+    LAST_SEEN_AT,
     MEMBERS,
+    OFFLINE,
+    ONLINE,
+    PRESENCE,
+    PRESENCE_HOLDERS,
+    SEQ,
     SESSIONS,
+    STATE,
     STREAM_ACKS,
     STREAM_ENTRIES,
     STREAMS,
     TOP_OFFSET,
+    UPDATED_AT,
 )
 from gateway.storage.store import DELETE_FIELD, connect_writes, instance_write
 from tests.support import LOG_DIR, UNIT, unsigned_token
@@ -68,8 +83,8 @@ class RulesEmulator:
     def name(self, path: str) -> str:
         return f"{self.root}/{path}"
 
-    def as_user(self, uid: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {unsigned_token(self.project, uid)}"}
+    def as_user(self, uid: str, **claims: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {unsigned_token(self.project, uid, **claims)}"}
 
     def fail(self, message: str) -> None:
         pytest.fail(
@@ -96,10 +111,12 @@ def _start_emulator(host: str, port: int) -> procs.Process:
     return process
 
 
-def _load_rules(emu: RulesEmulator) -> None:
+def _load_rules(emu: RulesEmulator, content: str | None = None) -> None:
+    """Load ``content`` (by default firestore.rules) for the emulator's project."""
+    content = RULES.read_text() if content is None else content
     response = emu.http.put(
         f"http://{emu.host}/emulator/v1/projects/{emu.project}:securityRules",
-        json={"rules": {"files": [{"name": RULES.name, "content": RULES.read_text()}]}},
+        json={"rules": {"files": [{"name": RULES.name, "content": content}]}},
     )
     if response.status_code != 200:
         emu.fail(
@@ -349,3 +366,185 @@ def test_admin_writes_succeed_over_rest_and_the_python_client(emu: RulesEmulator
     own = emu.http.get(emu.url(f"{MEMBERS}/{carol}"), headers=emu.as_user(carol))
     assert own.status_code == 200, own.text
     assert own.json()["fields"][INSTANCE_ID] == {"stringValue": INSTANCE}
+
+
+# (7) presence ----------------------------------------------------------------------------------
+
+CAROL = "carol"
+
+
+@pytest.fixture(scope="module")
+def presence(emu: RulesEmulator) -> RulesEmulator:
+    """Alice and Bob online on one instance, as a connect's transaction leaves their presence
+    and its holders."""
+    for uid in (ALICE, BOB):
+        emu.db.collection(PRESENCE).document(uid).set({STATE: ONLINE, DEVICES: 1, LAST_SEEN_AT: T0})
+        emu.db.collection(PRESENCE_HOLDERS).document(uid).set(
+            {HOLDERS: {INSTANCE: 1}, STATE: ONLINE, SEQ: 1, LAST_SEEN_AT: T0, UPDATED_AT: T0}
+        )
+    return emu
+
+
+def test_a_signed_in_user_reads_anothers_presence(presence: RulesEmulator) -> None:
+    """Any signed-in user reads any user's presence, and learns that one never connected."""
+    response = presence.http.get(presence.url(f"{PRESENCE}/{BOB}"), headers=presence.as_user(ALICE))
+    assert response.status_code == 200, response.text
+    assert response.json()["fields"][STATE] == {"stringValue": ONLINE}
+    never = presence.http.get(presence.url(f"{PRESENCE}/nobody"), headers=presence.as_user(ALICE))
+    assert never.status_code == 404, never.text
+    listed = query_presence(presence, presence.as_user(ALICE))
+    assert listed.status_code == 200, listed.text
+    assert {presence.name(f"{PRESENCE}/{uid}") for uid in (ALICE, BOB)} <= {
+        row["document"]["name"] for row in listed.json() if "document" in row
+    }
+
+
+def test_an_unauthenticated_client_cannot_read_presence(presence: RulesEmulator) -> None:
+    """Without a token, a user's presence is refused, as a document and as a list."""
+    assert_denied(presence.http.get(presence.url(f"{PRESENCE}/{BOB}")))
+    assert_denied(presence.http.get(presence.url(PRESENCE)))
+
+
+def test_no_client_writes_presence(presence: RulesEmulator) -> None:
+    """Neither its owner, another user nor an unauthenticated client creates, updates or deletes
+    a presence document; only the Admin SDK (gateway, sweep) writes it."""
+    me = presence.as_user(ALICE)
+    offline = {"fields": fields({STATE: OFFLINE})}
+    for uid in (ALICE, BOB):
+        assert_denied(
+            presence.http.patch(presence.url(f"{PRESENCE}/{uid}"), json=offline, headers=me)
+        )
+        assert_denied(presence.http.delete(presence.url(f"{PRESENCE}/{uid}"), headers=me))
+    assert_denied(presence.http.patch(presence.url(f"{PRESENCE}/{BOB}"), json=offline))
+    fresh = f"new-{uuid.uuid4().hex[:8]}"
+    assert_denied(
+        presence.http.patch(
+            presence.url(f"{PRESENCE}/{fresh}"), json=offline, headers=presence.as_user(fresh)
+        )
+    )
+    commit = {"writes": [{"update": {"name": presence.name(f"{PRESENCE}/{ALICE}"), **offline}}]}
+    url = f"http://{presence.host}/v1/{presence.root}:commit"
+    assert_denied(presence.http.post(url, json=commit, headers=me))
+    assert presence.db.collection(PRESENCE).document(ALICE).get().get(STATE) == ONLINE
+    assert not presence.db.collection(PRESENCE).document(fresh).get().exists
+
+
+@pytest.mark.parametrize("uid", [ALICE, BOB])
+def test_presence_holders_are_closed_to_clients(presence: RulesEmulator, uid: str) -> None:
+    """A user's own holders and another's can be neither read, listed nor written."""
+    me, path = presence.as_user(ALICE), f"{PRESENCE_HOLDERS}/{uid}"
+    assert_denied(presence.http.get(presence.url(path), headers=me))
+    assert_denied(presence.http.get(presence.url(PRESENCE_HOLDERS), headers=me))
+    assert_denied(
+        presence.http.patch(
+            presence.url(path), json={"fields": fields({STATE: ONLINE})}, headers=me
+        )
+    )
+
+
+# (8) the narrower presence rules firestore.rules shows, each loaded in place of the default ----
+
+#: The default presence match, and each alternative commented out after it.
+_DEFAULT = re.compile(r"^( *)match /presence/\{userId\} \{\n(?:\1 .*\n)*?\1\}\n", re.M)
+_ALTERNATIVE = re.compile(r"^( *)// match /presence/\{userId\} \{\n(?:\1// .*\n)*?\1// \}\n", re.M)
+#: What the app's backend writes for them (no gateway name: see the comments in firestore.rules).
+ORG, CONTACTS, ALLOWED = "org", "contacts", "allowed"
+
+
+def alternatives(source: str) -> list[str]:
+    """The commented-out presence matches of a rules file, uncommented (indent kept)."""
+    return [
+        re.sub(rf"(?m)^{block[1]}// ", block[1], block[0])
+        for block in _ALTERNATIVE.finditer(source)
+    ]
+
+
+def narrowed(source: str, alternative: str) -> str:
+    """The rules file with ``alternative`` in place of its default presence match."""
+    default = _DEFAULT.search(source)
+    assert default is not None
+    return source[: default.start()] + alternative + source[default.end() :]
+
+
+def test_the_rules_show_two_narrower_presence_rules_and_the_docs_the_same() -> None:
+    """firestore.rules holds the default presence match and two alternatives, same organisation
+    and contacts only, and docs/presence.md shows each exactly as the file has it."""
+    source = RULES.read_text()
+    assert len(_DEFAULT.findall(source)) == 1
+    same_org, contacts = alternatives(source)
+    assert "request.auth.token.org == resource.data.org" in same_org
+    assert f"/{CONTACTS}/$(userId)/{ALLOWED}/$(request.auth.uid)" in contacts
+    docs = (procs.ROOT / "docs" / "presence.md").read_text()
+    for block in (same_org, contacts):
+        assert textwrap.dedent(block) in docs
+        deployed = re.sub(r"//[^\n]*", "", narrowed(source, block))
+        assert deployed.count("match /presence/") == 1 and block in deployed
+
+
+def variant(emu: RulesEmulator, alternative: str) -> RulesEmulator:
+    """The emulator with firestore.rules narrowed by ``alternative``, for a fresh project."""
+    fresh = dataclasses.replace(emu, project=f"demo-rules-{uuid.uuid4().hex[:8]}", db=None)
+    _load_rules(fresh, narrowed(RULES.read_text(), alternative))
+    return fresh
+
+
+def query_presence(
+    emu: RulesEmulator, headers: dict[str, str], org: str | None = None
+) -> httpx.Response:
+    """A client's query of the presence collection, where org == ``org`` if given."""
+    query: dict[str, Any] = {"from": [{"collectionId": PRESENCE}]}
+    if org is not None:
+        value = {"stringValue": org}
+        query["where"] = {
+            "fieldFilter": {"field": {"fieldPath": ORG}, "op": "EQUAL", "value": value}
+        }
+    url = f"http://{emu.host}/v1/{emu.root}:runQuery"
+    return emu.http.post(url, json={"structuredQuery": query}, headers=headers)
+
+
+def admin_put(emu: RulesEmulator, path: str, values: dict[str, Any]) -> None:
+    response = emu.http.patch(emu.url(path), json={"fields": fields(values)}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+
+
+def test_same_organisation_rule(emu: RulesEmulator) -> None:
+    """Narrowed to the organisation: a reader whose org claim is the org the backend wrote into
+    the presence document reads it, and queries it filtered on that org; another org, no claim,
+    no org written or an unfiltered query is refused."""
+    rules = variant(emu, alternatives(RULES.read_text())[0])
+    admin_put(rules, f"{PRESENCE}/{BOB}", {STATE: ONLINE, ORG: "acme"})
+    admin_put(rules, f"{PRESENCE}/{CAROL}", {STATE: ONLINE})
+    bob, acme = rules.url(f"{PRESENCE}/{BOB}"), rules.as_user(ALICE, org="acme")
+    allowed = rules.http.get(bob, headers=acme)
+    assert allowed.status_code == 200, allowed.text
+    for refused in (rules.as_user(CAROL, org="globex"), rules.as_user(CAROL), {}):
+        assert_denied(rules.http.get(bob, headers=refused))
+    assert_denied(rules.http.get(rules.url(f"{PRESENCE}/{CAROL}"), headers=acme))
+
+    listed = query_presence(rules, acme, org="acme")
+    assert listed.status_code == 200, listed.text
+    assert [row["document"]["name"] for row in listed.json() if "document" in row] == [
+        rules.name(f"{PRESENCE}/{BOB}")
+    ]
+    assert_denied(query_presence(rules, acme))
+    assert_denied(query_presence(rules, acme, org="globex"))
+    offline = {"fields": fields({STATE: OFFLINE})}
+    assert_denied(rules.http.patch(bob, json=offline, headers=rules.as_user(BOB, org="acme")))
+
+
+def test_contacts_only_rule(emu: RulesEmulator) -> None:
+    """Narrowed to contacts: a reader Bob lists reads his presence, and Bob his own; a reader
+    he does not list, a query and a read of his list are refused."""
+    rules = variant(emu, alternatives(RULES.read_text())[1])
+    admin_put(rules, f"{PRESENCE}/{BOB}", {STATE: ONLINE})
+    admin_put(rules, f"{CONTACTS}/{BOB}/{ALLOWED}/{ALICE}", {})
+    bob = rules.url(f"{PRESENCE}/{BOB}")
+    for reader in (ALICE, BOB):
+        response = rules.http.get(bob, headers=rules.as_user(reader))
+        assert response.status_code == 200, (reader, response.text)
+    assert_denied(rules.http.get(bob, headers=rules.as_user(CAROL)))
+    assert_denied(rules.http.get(bob))
+    assert_denied(query_presence(rules, rules.as_user(ALICE)))
+    # The list of contacts is the backend's: closed to clients, Bob included.
+    allowed = rules.url(f"{CONTACTS}/{BOB}/{ALLOWED}/{ALICE}")
+    assert_denied(rules.http.get(allowed, headers=rules.as_user(BOB)))
