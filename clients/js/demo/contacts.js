@@ -23,7 +23,7 @@ export function relativeTime(date, now = Date.now()) {
 /** What a contact's presence document says, as `{state, text}`. */
 export function describePresence(data, error = null, now = Date.now()) {
   if (error) return { state: "unknown", text: `presence unavailable (${error.code ?? error.message})` };
-  if (data === undefined) return { state: "unknown", text: "loading…" };
+  if (data === undefined) return { state: "unknown", text: "waiting for Firestore…" };
   if (data === null) return { state: "offline", text: "never connected" };
   if (data.state === "online") {
     const devices = Number.isInteger(data.devices) ? data.devices : 1;
@@ -78,7 +78,10 @@ export class ContactsPanel {
     entry.unsubscribe = onSnapshot(
       doc(this.#db, "presence", uid),
       (snap) => {
-        entry.data = snap.exists() ? snap.data() : null;
+        // Offline, the SDK answers from its cache, where a document never read is missing:
+        // that is "no answer yet", not "never connected".
+        if (!snap.exists() && snap.metadata.fromCache) entry.data = undefined;
+        else entry.data = snap.exists() ? snap.data() : null;
         entry.error = null;
         this.#render();
       },
