@@ -26,6 +26,7 @@ from presence_sweep.adapters import (  # noqa: E402
     sweep_firestore,
 )
 from presence_sweep.exceptions import SweepFailed  # noqa: E402
+from presence_sweep.reaper_adapters import PubSubPublisher  # noqa: E402
 from presence_sweep.settings import ALLOW_EMULATOR, SweepSettings  # noqa: E402
 
 
@@ -54,6 +55,18 @@ def _clients() -> tuple[SweepSettings, Any, Any]:
     return settings, firestore.Client(project=settings.project_id), app
 
 
+@cache
+def _publisher() -> PubSubPublisher | None:
+    """The presence events' publisher, kept by warm instances with its credentials; None
+    without PRESENCE_EVENTS_TOPIC."""
+    settings = _clients()[0]
+    if not settings.presence_events_topic:
+        return None
+    return PubSubPublisher(
+        settings.pubsub_project, settings.presence_events_topic, settings.pubsub_emulator_host
+    )
+
+
 def run_sweep(now: datetime | None = None) -> SweepReport:
     settings, db, app = _clients()
     # On Google Cloud, an OIDC ID token for the gateway's URL; else the shared secret.
@@ -63,9 +76,13 @@ def run_sweep(now: datetime | None = None) -> SweepReport:
         else settings.callback_token
     )
     notifier = HttpNotifier(bearer, settings.callback_timeout)
-    report = sweep_firestore(settings, db, app, notifier, now or datetime.now(UTC))
-    # One JSON line on stdout: Cloud Logging parses it as a structured entry.
+    report = sweep_firestore(settings, db, app, notifier, now or datetime.now(UTC), _publisher())
+    # One JSON line on stdout: Cloud Logging parses it as a structured entry. What the reaper
+    # could not do is a WARNING, not a failure: a retry would not publish a lost event again,
+    # and the next run reaps what this one could not.
     severity = "INFO" if report.ok else "ERROR"
+    if report.ok and (report.reap_failures or report.presence_event_failures):
+        severity = "WARNING"
     print(json.dumps({"severity": severity, "message": "sweep report", **report.summary()}))
     return report
 

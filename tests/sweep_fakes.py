@@ -3,7 +3,8 @@
 ``MemoryMembers`` and ``MemoryInstances`` implement ``MemberStore`` and ``InstanceDirectory`` over
 plain dicts of documents, with the same semantics as ``FirestoreMembers`` and
 ``FirestoreInstances``; ``tests/integration/test_sweep_store_contract.py`` runs one suite against
-both, the real ones on the Firestore emulator.
+both, the real ones on the Firestore emulator. ``MemoryLostInstances`` is the reaper's
+``LostInstanceStore`` (``FirestoreLostInstances``), ``MemoryPublisher`` its event publisher.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from typing import Any
 
 from presence_sweep.adapters import active_sessions, instance_entry
 from presence_sweep.decision import ClaimDecision, InstanceEntry, SessionRef, decide_claim
+from presence_sweep.exceptions import PublishError
+from presence_sweep.presence import INSTANCE_LOST, PresenceEvent, decide
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,
+    CLOSE_CODE,
+    DISCONNECTED_AT,
     HEARTBEAT_AT,
     INSTANCE_ID,
     INTERNAL_URL,
@@ -30,6 +35,7 @@ from presence_sweep.schema import (
     SIGN_OUT_CLAIMED_AT,
     SIGNED_OUT_AT,
     UPDATED_AT,
+    USER_ID,
 )
 
 
@@ -53,7 +59,11 @@ class MemoryMembers:
         if ref.legacy_url:
             where[INTERNAL_URL] = ref.legacy_url
         self.members[ref.user_id].setdefault(ACTIVE_SESSIONS, {})[ref.session_id] = where
-        self.sessions[ref.session_id] = {IS_ACTIVE: True, INSTANCE_ID: ref.instance_id}
+        self.sessions[ref.session_id] = {
+            USER_ID: ref.user_id,
+            IS_ACTIVE: True,
+            INSTANCE_ID: ref.instance_id,
+        }
 
     def expired_page(
         self, cutoff: datetime, limit: int, after: Any | None
@@ -139,3 +149,73 @@ class MemoryInstances:
             for i, doc in self.instances.items()
             if isinstance(doc.get(HEARTBEAT_AT), datetime) and doc[HEARTBEAT_AT] >= since
         }
+
+
+class MemoryLostInstances:
+    """``members``, ``sessions``, ``presence`` and ``presence_holders`` documents by id, for the
+    reaper; ``fail_settle`` names users whose settling transaction fails."""
+
+    def __init__(
+        self,
+        members: dict[str, dict[str, Any]],
+        sessions: dict[str, dict[str, Any]],
+        holders: dict[str, dict[str, Any]] | None = None,
+        presence: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        self.members, self.sessions = members, sessions
+        self.holders = holders if holders is not None else {}
+        self.presence = presence if presence is not None else {}
+        self.fail_settle: set[str] = set()
+        #: Each settle call's users, in order.
+        self.settled: list[list[str]] = []
+
+    def active_sessions_on(
+        self, instance_id: str, limit: int, after: Any | None
+    ) -> tuple[list[SessionRef], Any | None]:
+        found = sorted(
+            session_id
+            for session_id, doc in self.sessions.items()
+            if doc.get(INSTANCE_ID) == instance_id
+            and doc.get(IS_ACTIVE) is True
+            and (after is None or session_id > after)
+        )[:limit]
+        refs = [SessionRef(str(self.sessions[s].get(USER_ID) or ""), s, instance_id) for s in found]
+        return refs, (found[-1] if len(found) == limit else None)
+
+    def settle(
+        self, user_ids: Sequence[str], instance_id: str, at: datetime
+    ) -> list[PresenceEvent]:
+        self.settled.append(list(user_ids))
+        if self.fail_settle & set(user_ids):
+            raise RuntimeError("injected: transaction failed")
+        events = []
+        for user_id in user_ids:
+            outcome = decide(user_id, self.holders.get(user_id), instance_id, 0, at, INSTANCE_LOST)
+            self.holders[user_id] = outcome.holders
+            if outcome.presence is not None:
+                self.presence.setdefault(user_id, {}).update(outcome.presence)
+            if outcome.event is not None:
+                events.append(outcome.event)
+        return events
+
+    def end_sessions(self, sessions: Sequence[SessionRef], at: datetime) -> None:
+        for ref in sessions:
+            self.sessions.setdefault(ref.session_id, {}).update(
+                {IS_ACTIVE: False, DISCONNECTED_AT: at, CLOSE_CODE: None}
+            )
+            recorded = self.members.get(ref.user_id, {}).get(ACTIVE_SESSIONS)
+            if isinstance(recorded, dict):
+                recorded.pop(ref.session_id, None)
+
+
+class MemoryPublisher:
+    """Keeps the events it is given; raises PublishError while ``failing``."""
+
+    def __init__(self, failing: bool = False) -> None:
+        self.failing = failing
+        self.events: list[PresenceEvent] = []
+
+    def publish(self, events: Sequence[PresenceEvent]) -> None:
+        if self.failing:
+            raise PublishError("injected: Pub/Sub unavailable")
+        self.events.extend(events)

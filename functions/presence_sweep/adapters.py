@@ -15,9 +15,10 @@ from datetime import datetime
 from typing import Any
 
 from presence_sweep import shards
-from presence_sweep.core import Notifier, SweepReport, sweep
+from presence_sweep.core import EventPublisher, Notifier, SweepReport, sweep
 from presence_sweep.decision import ClaimDecision, InstanceEntry, SessionRef, decide_claim
 from presence_sweep.exceptions import AuthRevokeError, CallbackError
+from presence_sweep.reaper_adapters import FirestoreLostInstances
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,
     HEARTBEAT_AT,
@@ -298,10 +299,16 @@ def callback_body(sessions: Sequence[SessionRef], now: datetime) -> dict[str, An
 
 
 def sweep_firestore(
-    settings: SweepSettings, db: Any, app: Any, notifier: Notifier, now: datetime
+    settings: SweepSettings,
+    db: Any,
+    app: Any,
+    notifier: Notifier,
+    now: datetime,
+    publisher: EventPublisher | None = None,
 ) -> SweepReport:
-    """The sweep over Firestore and Firebase Auth with every setting applied: what the
-    deployed function runs (``main.run_sweep``) and what the benchmarks measure."""
+    """The sweep over Firestore and Firebase Auth with every setting applied, lost instances
+    reaped first: what the deployed function runs (``main.run_sweep``) and what the benchmarks
+    measure. ``publisher`` takes the presence events (None: none published)."""
     return sweep(
         FirestoreMembers(db),
         FirebaseAuth(app),
@@ -317,4 +324,7 @@ def sweep_firestore(
         instance_stale_after=settings.instance_stale_after,
         callback_concurrency=settings.callback_concurrency,
         gateway_url=settings.gateway_url,
+        lost=FirestoreLostInstances(db),
+        publisher=publisher,
+        reap_lookback=settings.reap_lookback,
     )

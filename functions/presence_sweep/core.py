@@ -26,6 +26,13 @@ Order of actions for each page of expired members, and why:
 
 A sweep that dies between steps leaves a claim; after ``SWEEP_CLAIM_TTL`` any sweep may take the
 user over and finish the job.
+
+Before the sign-out pass, with ``lost`` (and ``instances``), the run reaps lost instances
+(``presence_sweep.reaper``): their sessions end and their users' presence is settled. First,
+because the sign-out pass ends the sessions of the users it signs out without touching their
+presence: a user of a lost instance whose pong deadline passed too would otherwise lose the
+sessions the reaper finds users by, and stay online. The reaper never raises; what it could not
+do is logged, counted and left to the next run.
 """
 
 from __future__ import annotations
@@ -43,15 +50,20 @@ from presence_sweep.decision import lag_allowances
 from presence_sweep.exceptions import AuthRevokeError
 from presence_sweep.ports import (
     AuthBackend,
+    EventPublisher,
     InstanceDirectory,
+    LostInstanceStore,
     MemberStore,
     Notifier,
     SweepReport,
 )
+from presence_sweep.reaper import reap
 
 __all__ = [
     "AuthBackend",
+    "EventPublisher",
     "InstanceDirectory",
+    "LostInstanceStore",
     "MemberStore",
     "Notifier",
     "SweepReport",
@@ -78,6 +90,9 @@ def sweep(
     callback_concurrency: int = 8,
     gateway_url: str = "",
     clock: Callable[[], float] = time.monotonic,
+    lost: LostInstanceStore | None = None,
+    publisher: EventPublisher | None = None,
+    reap_lookback: float = 3600.0,
 ) -> SweepReport:
     """Sign out every member whose last pong is older than ``pong_timeout`` at ``now``.
 
@@ -88,13 +103,24 @@ def sweep(
     ``instances``, callbacks to instances without a heartbeat in ``instance_stale_after``
     seconds are skipped, and the others called at their registry entry's internal URL. With
     ``gateway_url``, each page's sessions go in one callback to that URL instead of one per
-    instance.
+    instance. With ``lost`` too, instances lost within ``reap_lookback`` seconds are reaped
+    first, their users' transitions published through ``publisher`` when given.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     started = clock()
     cutoff = now - timedelta(seconds=pong_timeout)
     report = SweepReport(uuid.uuid4().hex, now, cutoff)
+    if lost is not None and instances is not None:
+        reap(
+            instances,
+            lost,
+            publisher,
+            now,
+            report,
+            stale_after=instance_stale_after,
+            lookback=reap_lookback,
+        )
     cursor: Any | None = None
     in_flight: set[Future[SweepReport]] = set()
     with (

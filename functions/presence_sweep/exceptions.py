@@ -6,6 +6,7 @@ Hierarchy::
     ├── SweepConfigError   a setting is missing or invalid (names the variable)
     ├── AuthRevokeError    Firebase Auth refused or failed to revoke a user's tokens
     ├── CallbackError      a gateway instance did not accept the timeout callback
+    ├── PublishError       Pub/Sub did not take a batch of presence events
     └── SweepFailed        the run finished but something must be retried (the scheduled
                            entry point raises it so Cloud Scheduler sees a non-2xx and retries)
 """
@@ -29,6 +30,11 @@ class AuthRevokeError(SweepError):
 
 class CallbackError(SweepError):
     """A gateway instance could not be told to close sockets."""
+
+
+class PublishError(SweepError):
+    """Pub/Sub refused or failed to take presence events; they are not published again (the
+    transitions they describe are already in Firestore)."""
 
 
 class SweepFailed(SweepError):

@@ -1,6 +1,7 @@
 """What the sweep works with, as interfaces (the stores, Firebase Auth, the gateway
-callback, the instance registry), and the report it returns. ``presence_sweep.adapters`` holds
-the real implementations; the tests' fakes implement the same protocols."""
+callback, the instance registry, the presence events' topic), and the report it returns.
+``presence_sweep.adapters`` and ``presence_sweep.reaper_adapters`` hold the real
+implementations; the tests' fakes implement the same protocols."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from presence_sweep.decision import ClaimDecision, InstanceEntry, SessionRef
+from presence_sweep.presence import PresenceEvent
 
 
 class MemberStore(Protocol):
@@ -61,6 +63,32 @@ class Notifier(Protocol):
         Raises CallbackError on failure."""
 
 
+class LostInstanceStore(Protocol):
+    """What the reaper (``presence_sweep.reaper``) reads and writes for a lost instance."""
+
+    def active_sessions_on(
+        self, instance_id: str, limit: int, after: Any | None
+    ) -> tuple[list[SessionRef], Any | None]:
+        """Up to ``limit`` sessions still marked active on the instance, in id order after
+        ``after``, and a cursor for the next page (None when this was the last)."""
+
+    def settle(
+        self, user_ids: Sequence[str], instance_id: str, at: datetime
+    ) -> list[PresenceEvent]:
+        """In one transaction, take the instance out of each user's holders record
+        (``presence.decide`` with count 0, reason ``instance_lost``, at ``at``) and merge the
+        public presence that changed; return the transitions, once committed."""
+
+    def end_sessions(self, sessions: Sequence[SessionRef], at: datetime) -> None:
+        """Mark the sessions ended at ``at`` (no close code) and remove each from its member's
+        ``active_sessions``."""
+
+
+class EventPublisher(Protocol):
+    def publish(self, events: Sequence[PresenceEvent]) -> None:
+        """Publish the events to ``PRESENCE_EVENTS_TOPIC``. Raises PublishError on failure."""
+
+
 @dataclass
 class SweepReport:
     sweep_id: str
@@ -79,6 +107,16 @@ class SweepReport:
     sessions_signed_out: int = 0
     duration_seconds: float = 0.0
     signed_out_users: list[str] = field(default_factory=list)
+    #: Lost instances whose active sessions this run ended (``presence_sweep.reaper``).
+    instances_reaped: int = 0
+    sessions_reaped: int = 0
+    #: Users the reaper turned offline (their last socket was on a lost instance).
+    users_offline: int = 0
+    presence_events_published: int = 0
+    #: Events Pub/Sub did not take: logged, never published again.
+    presence_event_failures: int = 0
+    #: Registry reads or instances the reaper could not finish; the next run retries them.
+    reap_failures: int = 0
 
     @property
     def ok(self) -> bool:
@@ -112,6 +150,12 @@ class SweepReport:
             "callback_failures": self.callback_failures,
             "callbacks_skipped": dict(self.callbacks_skipped),
             "sockets_closed": self.sockets_closed,
+            "instances_reaped": self.instances_reaped,
+            "sessions_reaped": self.sessions_reaped,
+            "users_offline": self.users_offline,
+            "presence_events_published": self.presence_events_published,
+            "presence_event_failures": self.presence_event_failures,
+            "reap_failures": self.reap_failures,
             "duration_seconds": round(self.duration_seconds, 3),
             "ok": self.ok,
         }

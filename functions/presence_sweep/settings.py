@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,7 +21,12 @@ EMULATOR_HOSTS = {
     "FIREBASE_AUTH_EMULATOR_HOST": "sign-outs revoke tokens at that host, not in Firebase Auth",
     "FIRESTORE_EMULATOR_HOST": "members and sessions are read from and written to that host, "
     "without credentials",
+    # Followed only with PRESENCE_EVENTS_TOPIC set, and judged by the Pub/Sub project.
+    "PUBSUB_EMULATOR_HOST": "presence events are published to that host, without credentials, "
+    "and never reach the topic's subscribers",
 }
+#: A Pub/Sub topic id, as the gateway checks its own.
+_TOPIC = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,14 @@ class SweepSettings:
     #: The gateway's service URL: one callback per page there (any instance answers and fans
     #: out through Pub/Sub). Empty: call each instance at its recorded internal URL.
     gateway_url: str = ""
+    #: How far back the reaper looks for lost instances (``presence_sweep.reaper``), seconds.
+    reap_lookback: float = 3600.0
+    #: Where the reaper publishes users' presence transitions; "" publishes none.
+    presence_events_topic: str = ""
+    #: The topic's project: PUBSUB_PROJECT when set, else the project.
+    pubsub_project: str = ""
+    #: PUBSUB_EMULATOR_HOST, followed only with a topic.
+    pubsub_emulator_host: str = ""
     #: Emulators let through for a project that is not a demo- one because
     #: ALLOW_EMULATOR_FOR_PROJECT names it; main.py warns of each when it builds its clients.
     emulators_allowed: tuple[AllowedEmulator, ...] = ()
@@ -81,7 +95,15 @@ class SweepSettings:
                 project = "demo-presence"
             else:
                 raise SweepConfigError("GOOGLE_CLOUD_PROJECT", "is required")
-        emulators_allowed = check_emulators(env, project)
+        topic = env.get("PRESENCE_EVENTS_TOPIC", "").strip()
+        if topic and not _TOPIC.fullmatch(topic):
+            raise SweepConfigError(
+                "PRESENCE_EVENTS_TOPIC",
+                "must be a Pub/Sub topic id: 3-255 letters, digits or - _ . ~ + %, "
+                "starting with a letter",
+            )
+        pubsub_project = env.get("PUBSUB_PROJECT", "").strip() or project
+        emulators_allowed = check_emulators(env, project, pubsub_project if topic else None)
         gateway_url = env.get("GATEWAY_URL", "").strip()
         if gateway_url and not gateway_url.startswith(("http://", "https://")):
             raise SweepConfigError("GATEWAY_URL", f"must be an http(s) URL, got {gateway_url!r}")
@@ -89,6 +111,16 @@ class SweepSettings:
         if page_size > 500:
             # One claim transaction writes one document per user: Firestore caps a commit at 500.
             raise SweepConfigError("SWEEP_PAGE_SIZE", "must be at most 500")
+        # Gateways beat every SWEEP_INTERVAL and count three missed beats as dead; so does
+        # the sweep.
+        stale_after = 3 * number("SWEEP_INTERVAL", 60.0)
+        reap_lookback = number("REAP_LOOKBACK", 3600.0)
+        if reap_lookback <= stale_after:
+            raise SweepConfigError(
+                "REAP_LOOKBACK",
+                f"must be longer than 3 x SWEEP_INTERVAL ({stale_after:g}s), after which an "
+                "instance counts as lost: else no lost instance is ever looked at",
+            )
         return cls(
             project_id=project,
             pong_timeout=number("PONG_TIMEOUT", 10_800.0),
@@ -101,17 +133,23 @@ class SweepSettings:
             claim_ttl=number("SWEEP_CLAIM_TTL", 300.0),
             callback_timeout=number("SWEEP_CALLBACK_TIMEOUT", 5.0),
             callback_concurrency=int(number("SWEEP_CALLBACK_CONCURRENCY", 8)),
-            # Gateways beat every SWEEP_INTERVAL and count three missed beats as dead; so does
-            # the sweep.
-            instance_stale_after=3 * number("SWEEP_INTERVAL", 60.0),
+            instance_stale_after=stale_after,
             gateway_url=gateway_url.rstrip("/"),
+            reap_lookback=reap_lookback,
+            presence_events_topic=topic,
+            pubsub_project=pubsub_project,
+            pubsub_emulator_host=env.get("PUBSUB_EMULATOR_HOST", "") if topic else "",
             emulators_allowed=emulators_allowed,
         )
 
 
-def check_emulators(env: Mapping[str, str], project: str) -> tuple[AllowedEmulator, ...]:
+def check_emulators(
+    env: Mapping[str, str], project: str, pubsub_project: str | None = None
+) -> tuple[AllowedEmulator, ...]:
     """Refuse an emulator for a project that is not an emulator-only (``demo-``) one, unless
     ALLOW_EMULATOR_FOR_PROJECT names that project; return what the override let through.
+    PUBSUB_EMULATOR_HOST is judged by ``pubsub_project``, and not at all without one (the
+    sweep then publishes nothing).
 
     One stray variable would otherwise send a deployed sweep's sign-outs to an emulator (its
     revocations then revoke nothing), and the project id is what tells production from the
@@ -121,16 +159,25 @@ def check_emulators(env: Mapping[str, str], project: str) -> tuple[AllowedEmulat
     allowed = {p.strip() for p in env.get(ALLOW_EMULATOR, "").split(",") if p.strip()}
     let_through: list[AllowedEmulator] = []
     for name, consequence in EMULATOR_HOSTS.items():
-        if name not in env or project.startswith(EMULATOR_PROJECT_PREFIX):
+        pubsub = name == "PUBSUB_EMULATOR_HOST"
+        if pubsub and pubsub_project is None:
             continue
-        if project not in allowed:
+        judged = pubsub_project if pubsub and pubsub_project else project
+        if name not in env or judged.startswith(EMULATOR_PROJECT_PREFIX):
+            continue
+        if judged not in allowed:
+            variable = (
+                "PUBSUB_PROJECT (else GOOGLE_CLOUD_PROJECT)"
+                if pubsub
+                else ("GOOGLE_CLOUD_PROJECT (else GCLOUD_PROJECT)")
+            )
             raise SweepConfigError(
                 name,
-                f"is set ({env[name]!r}) but GOOGLE_CLOUD_PROJECT (else GCLOUD_PROJECT) is "
-                f"{project!r}, not an emulator-only {EMULATOR_PROJECT_PREFIX}* project; with it "
+                f"is set ({env[name]!r}) but {variable} is "
+                f"{judged!r}, not an emulator-only {EMULATOR_PROJECT_PREFIX}* project; with it "
                 f"{consequence}. Unset it in production; against the emulators use a "
-                f"{EMULATOR_PROJECT_PREFIX}* project, or set {ALLOW_EMULATOR}={project} if you "
+                f"{EMULATOR_PROJECT_PREFIX}* project, or set {ALLOW_EMULATOR}={judged} if you "
                 "mean it",
             )
-        let_through.append(AllowedEmulator(name, env[name], project))
+        let_through.append(AllowedEmulator(name, env[name], judged))
     return tuple(let_through)

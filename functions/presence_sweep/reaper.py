@@ -1,0 +1,148 @@
+"""The reaper: what the sweep does, once a run, for gateway instances that were lost (crashed,
+killed, their VM gone) and so wrote nothing more about their sockets.
+
+An instance is lost when its registry entry (``gateway_instances``) has had no heartbeat for
+``instance_stale_after``, or says it stopped; only entries with a heartbeat within
+``lookback`` are read (the registry's ``recent`` query), so an instance is looked at for about
+an hour and then forgotten. For each, page by page of its sessions still marked active:
+
+1. **Settle presence** (one Firestore transaction per ``users_per_transaction`` users): each
+   user's holders record loses the instance (``presence.decide`` with count 0, reason
+   ``instance_lost``, at the instance's last heartbeat), and the public ``presence/{uid}`` is
+   merged when it changes: a user with no socket elsewhere turns offline.
+2. **Publish** the transitions to ``PRESENCE_EVENTS_TOPIC``, after the transaction committed.
+   A failed publish is logged and counted, never retried: the transition is in Firestore
+   already, and a later run finds nothing left to decide for the user.
+3. **End the sessions**: ``is_active: false``, ``disconnected_at``, and each one's entry out of
+   its member's ``active_sessions``.
+
+Presence before sessions: the sessions still marked active are how a run finds the users to
+settle, so a run that dies between the two steps leaves them for the next run, which settles
+again (nothing changes: the instance is no longer named) and then ends them. The other order
+would leave the users of a run that died in between online forever.
+
+Nothing here raises: a registry that cannot be read, or an instance that cannot be reaped, is
+logged and counted (``reap_failures``), and the next run tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+
+from presence_sweep.decision import InstanceEntry, SessionRef
+from presence_sweep.ports import EventPublisher, InstanceDirectory, LostInstanceStore, SweepReport
+from presence_sweep.presence import PresenceEvent
+from presence_sweep.schema import OFFLINE
+
+logger = logging.getLogger("presence_sweep")
+
+
+def lost_instances(
+    entries: Mapping[str, InstanceEntry], stale_before: datetime
+) -> dict[str, datetime | None]:
+    """Each lost instance's last heartbeat (None for one that stopped, whose entry keeps none):
+    those that stopped or beat last before ``stale_before``. One that beats again (a restart
+    under the same id) is alive and left alone."""
+    return {
+        instance_id: entry.heartbeat
+        for instance_id, entry in entries.items()
+        if entry.heartbeat is None or entry.heartbeat < stale_before
+    }
+
+
+def reap(
+    instances: InstanceDirectory,
+    store: LostInstanceStore,
+    publisher: EventPublisher | None,
+    now: datetime,
+    report: SweepReport,
+    *,
+    stale_after: float,
+    lookback: float,
+    page_size: int = 500,
+    users_per_transaction: int = 200,
+) -> None:
+    """End the sockets of every lost instance seen within ``lookback`` seconds, adding what
+    was done to ``report``."""
+    try:
+        entries = instances.recent(now - timedelta(seconds=lookback))
+    except Exception as exc:
+        logger.warning("instance registry unreadable, no instance reaped: %r", exc)
+        report.reap_failures += 1
+        return
+    lost = lost_instances(entries, now - timedelta(seconds=stale_after))
+    for instance_id, heartbeat in sorted(lost.items()):
+        # Sessions end, and users go offline, as of the instance's last sign of life; a stopped
+        # one's entry keeps no heartbeat, so now.
+        at = heartbeat or now
+        try:
+            ended = _reap_instance(
+                store, publisher, instance_id, at, report, page_size, users_per_transaction
+            )
+        except Exception as exc:
+            logger.warning(
+                "reaping lost instance %s failed, the next run retries: %r", instance_id, exc
+            )
+            report.reap_failures += 1
+            continue
+        if ended:
+            report.instances_reaped += 1
+            logger.info("lost instance %s: %d sessions ended", instance_id, ended)
+
+
+def _reap_instance(
+    store: LostInstanceStore,
+    publisher: EventPublisher | None,
+    instance_id: str,
+    at: datetime,
+    report: SweepReport,
+    page_size: int,
+    users_per_transaction: int,
+) -> int:
+    ended = 0
+    cursor = None
+    while True:
+        sessions, cursor = store.active_sessions_on(instance_id, page_size, cursor)
+        if not sessions:
+            break
+        users = sorted({s.user_id for s in sessions if s.user_id})
+        for start in range(0, len(users), users_per_transaction):
+            events = store.settle(users[start : start + users_per_transaction], instance_id, at)
+            report.users_offline += sum(e.state == OFFLINE for e in events)
+            _publish(publisher, events, report)
+        store.end_sessions(sessions, at)
+        ended += len(sessions)
+        report.sessions_reaped += len(sessions)
+        if cursor is None:
+            break
+    return ended
+
+
+def _publish(
+    publisher: EventPublisher | None, events: Sequence[PresenceEvent], report: SweepReport
+) -> None:
+    if publisher is None or not events:
+        return
+    try:
+        publisher.publish(events)
+    except Exception as exc:
+        # Not retried: a later run has no transition left to publish for these users.
+        logger.error(
+            "%d presence events not published (users %s): %r",
+            len(events),
+            ", ".join(e.user_id for e in events[:10]),
+            exc,
+        )
+        report.presence_event_failures += len(events)
+        return
+    report.presence_events_published += len(events)
+
+
+def sessions_by_user(sessions: Sequence[SessionRef]) -> dict[str, list[str]]:
+    """Session ids by user, in the order given: one member write per user."""
+    grouped: dict[str, list[str]] = {}
+    for ref in sessions:
+        grouped.setdefault(ref.user_id, []).append(ref.session_id)
+    return grouped
