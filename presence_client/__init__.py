@@ -45,11 +45,12 @@ starts over), ``await close(code=1000, reason="client closed")``, ``send(data)``
 :class:`Ack`; never raises itself, the future fails with :class:`PresenceSendError`),
 ``await refresh_token()``, ``join(room, info=None)`` (a future of :class:`Joined`; fails with
 :class:`PresenceRoomError` when the gateway refuses: ``room_forbidden``, ``invalid_room``,
-``too_many_rooms``, ``room_full``), ``leave(room)`` (a future of the room, never fails), ``rooms``
-(joined again on every new socket, with the same ``info``, ahead of buffered messages and paced
-with them), ``members(room)`` (a presence room's :class:`Member` list: the snapshot after each
-join, then its diffs; empty after a leave and while disconnected), ``publish(room, data)``
-(relayed to the room's other sockets; not buffered: False when offline or not in the room),
+``too_many_rooms``, ``room_full``, ``invalid_info``), ``leave(room)`` (a future of the room,
+never fails), ``rooms`` (joined again on every new socket, with the same ``info``, ahead of
+buffered messages and paced with them), ``members(room)`` (a presence room's :class:`Member`
+list: the snapshot after each join, then its diffs; empty after a leave and while
+disconnected), ``publish(room, data)`` (relayed to the room's other sockets; not buffered:
+False when offline or not in the room),
 ``await wait_for_state(*states, timeout=None)``,
 ``messages(*types)``, ``on(event, callback)`` and ``on_message(type, callback)`` (both return
 an unsubscribe function; a callback may be ``async``), ``state``, ``buffered``, ``unacked``,
@@ -151,7 +152,7 @@ from presence_client.events import (
     StreamMessage,
     TokenRefreshed,
 )
-from presence_client.frames import ROOM_ERRORS, socket_url
+from presence_client.frames import PUBLISH_ERRORS, ROOM_ERRORS, socket_url
 from presence_client.listeners import MessageStream
 from presence_client.refresh import GetToken
 from presence_client.streams import StreamPosition
@@ -161,6 +162,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EVENTS",
+    "PUBLISH_ERRORS",
     "ROOM_ERRORS",
     "SIGNED_OUT_BY_SERVICE_REASON",
     "SIGNED_OUT_REASON",

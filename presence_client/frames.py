@@ -59,8 +59,21 @@ def classify_frame(frame: Frame) -> FrameKind:
     return _KINDS.get(kind, FrameKind.OTHER) if isinstance(kind, str) else FrameKind.OTHER
 
 
-#: The gateway's refusals of a join (docs/protocol.md, Rooms): final for this token.
-ROOM_ERRORS = frozenset({"invalid_room", "room_forbidden", "too_many_rooms", "room_full"})
+#: The gateway's error codes whose frame names a room (docs/protocol.md, Errors): the refusals
+#: of a join, final for this token, and those of a publish (PUBLISH_ERRORS).
+ROOM_ERRORS = frozenset(
+    {
+        "invalid_room",
+        "room_forbidden",
+        "too_many_rooms",
+        "room_full",
+        "invalid_info",
+        "not_in_room",
+        "publish_forbidden",
+    }
+)
+#: A refused publish leaves the socket in the room: the room is kept.
+PUBLISH_ERRORS = frozenset({"not_in_room", "publish_forbidden"})
 
 
 def room_frame(kind: str, room: str, *, info: Mapping[str, Any] | None = None) -> str:
@@ -73,8 +86,9 @@ def room_frame(kind: str, room: str, *, info: Mapping[str, Any] | None = None) -
 
 def room_refused(frame: Frame) -> str | None:
     """The room an ``error`` frame refuses a join of, or None when it is about something else."""
-    room = frame.get("room")
-    return room if isinstance(room, str) and frame.get("code") in ROOM_ERRORS else None
+    room, code = frame.get("room"), frame.get("code")
+    refuses_join = code in ROOM_ERRORS and code not in PUBLISH_ERRORS
+    return room if isinstance(room, str) and refuses_join else None
 
 
 def socket_url(

@@ -66,6 +66,7 @@ export type ServerErrorCode =
   | "room_forbidden"
   | "too_many_rooms"
   | "room_full"
+  | "invalid_info"
   | "not_in_room"
   | "publish_forbidden"
   | "binary_frame";
@@ -340,14 +341,27 @@ export declare class PresenceSendError extends Error {
   );
 }
 
-/** The gateway's refusals of a join (docs/protocol.md, Rooms). */
-export type RoomRefusal = "invalid_room" | "room_forbidden" | "too_many_rooms" | "room_full";
+/** The gateway's error codes whose frame names a room (docs/protocol.md, Errors): the refusals
+ * of a join, and of a publish (`PUBLISH_ERRORS`, which keep the room). */
+export type RoomRefusal =
+  | "invalid_room"
+  | "room_forbidden"
+  | "too_many_rooms"
+  | "room_full"
+  | "invalid_info"
+  | "not_in_room"
+  | "publish_forbidden";
 export declare const ROOM_ERRORS: readonly RoomRefusal[];
+export declare const PUBLISH_ERRORS: readonly ("not_in_room" | "publish_forbidden")[];
 
 export declare class PresenceRoomError extends Error {
   readonly name: "PresenceRoomError";
   /** The gateway's refusal, or the client's state (`closed`, `signed_out`, `auth_error`). */
-  readonly code: RoomRefusal | "invalid_info" | "closed" | "signed_out" | "auth_error";
+  readonly code:
+    | Exclude<RoomRefusal, "not_in_room" | "publish_forbidden">
+    | "closed"
+    | "signed_out"
+    | "auth_error";
   readonly room: string;
   constructor(code: string, message: string, room: string);
 }

@@ -97,7 +97,8 @@ export class PresenceSendError extends Error {
 }
 
 /** Why a `join()` promise was rejected: `code` is the gateway's error code (`room_forbidden`,
- * `invalid_room`, `too_many_rooms`, `room_full`) or the client's state when it stopped. */
+ * `invalid_room`, `too_many_rooms`, `room_full`, `invalid_info`), the client's own
+ * `invalid_info`, or the client's state when it stopped. */
 export class PresenceRoomError extends Error {
   constructor(code, message, room) {
     super(message);
@@ -107,9 +108,15 @@ export class PresenceRoomError extends Error {
   }
 }
 
-/** The gateway's refusals of a join (docs/protocol.md, Rooms). */
-export const ROOM_ERRORS = Object.freeze(["invalid_room", "room_forbidden", "too_many_rooms", "room_full"]);
-const ROOM_ERROR_SET = new Set(ROOM_ERRORS);
+/** The gateway's error codes whose frame names a room (docs/protocol.md, Errors): refusals of a
+ * join, and of a publish (PUBLISH_ERRORS). */
+export const ROOM_ERRORS = Object.freeze([
+  "invalid_room", "room_forbidden", "too_many_rooms", "room_full", "invalid_info",
+  "not_in_room", "publish_forbidden"
+]);
+/** The refusals of a publish: the socket is still in the room, so the room is kept. */
+export const PUBLISH_ERRORS = Object.freeze(["not_in_room", "publish_forbidden"]);
+const JOIN_REFUSALS = new Set(ROOM_ERRORS.filter((code) => !PUBLISH_ERRORS.includes(code)));
 
 /** Full-jitter exponential backoff: random() * min(max, min0 * 2^attempt), in ms. */
 export function backoffDelay(attempt, { min = 500, max = 20_000 } = {}, random = Math.random) {
@@ -935,7 +942,7 @@ export class PresenceClient {
       message: frame.message,
       frame,
     });
-    if (typeof frame.room === "string" && ROOM_ERROR_SET.has(frame.code)) {
+    if (typeof frame.room === "string" && JOIN_REFUSALS.has(frame.code)) {
       this.#onRoomRefused(frame);
     }
     if (frame.code === "invalid_token" && this.#pendingAuth) {

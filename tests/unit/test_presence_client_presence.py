@@ -21,7 +21,7 @@ from presence_client import (
     PresenceSnapshot,
     Published,
 )
-from presence_client.frames import FrameKind, classify_frame, room_frame
+from presence_client.frames import FrameKind, classify_frame, room_frame, room_refused
 from presence_client.presence import diff_of, snapshot_of
 from tests.unit.test_presence_client import client_for, hold, record, recv_json, stand_in
 
@@ -55,13 +55,17 @@ async def until(check: Any) -> None:
 
 def test_presence_frames_are_recognised_and_parsed() -> None:
     """presence, presence_diff and publish are their own kinds; a join frame carries its info;
-    malformed members are skipped and a frame without a room is no event."""
+    invalid_info refuses a join, a publish refusal does not; malformed members are skipped and
+    a frame without a room is no event."""
     assert classify_frame({"type": "presence"}) is FrameKind.PRESENCE
     assert classify_frame({"type": "presence_diff"}) is FrameKind.PRESENCE_DIFF
     assert classify_frame({"type": "publish"}) is FrameKind.PUBLISH
     assert room_frame("join", "doc:7", info={"name": "Ana"}) == (
         '{"type":"join","room":"doc:7","info":{"name":"Ana"}}'
     )
+    assert room_refused({"type": "error", "code": "invalid_info", "room": "doc:7"}) == "doc:7"
+    assert room_refused({"type": "error", "code": "publish_forbidden", "room": "doc:7"}) is None
+    assert room_refused({"type": "error", "code": "not_in_room", "room": "doc:7"}) is None
     parsed = snapshot_of(json.loads(snapshot("doc:7", ANA, {"devices": 2}, {"user_id": "cy"})))
     assert parsed is not None and parsed.members == (M_ANA, Member("cy", 1, {}))
     assert snapshot_of({"type": "presence", "room": "doc:7"}) is None

@@ -19,7 +19,7 @@ from tests.unit.test_presence_client import client_for, hold, record, recv_json,
 
 def test_room_frames_and_refusals_are_recognised() -> None:
     """join/leave frames are compact JSON; joined and left are their own kinds; an error
-    names a refused room only for the four room codes."""
+    names a refused room only for the codes refusing a join."""
     assert room_frame("join", "team-1") == '{"type":"join","room":"team-1"}'
     assert classify_frame({"type": "joined", "room": "a"}) is FrameKind.JOINED
     assert classify_frame({"type": "left", "room": "a"}) is FrameKind.LEFT

@@ -213,6 +213,19 @@ describe("publish", () => {
     );
   });
 
+  test("a refused publish is an error event and keeps the room; the gateway's invalid_info refuses the join", async () => {
+    const env = setup();
+    const ws = await joinedRoom(env);
+    ws.receive({ type: "error", code: "publish_forbidden", message: "no", room: "doc:7", timestamp: "t" });
+    assert.equal(env.named("error").at(-1).code, "publish_forbidden");
+    assert.deepEqual(env.client.rooms, ["doc:7"]);
+    const big = settled(env.client.join("doc:8", { info: { name: "x".repeat(300) } }));
+    ws.receive({ type: "error", code: "invalid_info", message: "too big", room: "doc:8", timestamp: "t" });
+    const { error } = await big;
+    assert.deepEqual([error.code, error.room], ["invalid_info", "doc:8"]);
+    assert.deepEqual(env.client.rooms, ["doc:7"]);
+  });
+
   test("an incoming publish frame is emitted as publish {room, from, data, timestamp}", async () => {
     const env = setup();
     const { named } = recordPresence(env.client);
