@@ -88,6 +88,31 @@ class StreamSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceSettings:
+    """Presence (docs/presence.md): the users' documents in Firestore, presence rooms, and the
+    events topic."""
+
+    #: "on": write presence/{uid} on every user's transitions; "off": never.
+    user_presence: str = env("USER_PRESENCE", "on")
+    #: Seconds a closed socket still counts, so a reconnect within it shows no offline.
+    grace: float = env("PRESENCE_GRACE", 5.0, LIMIT)
+    #: Rooms under these prefixes are presence rooms (snapshot on join, diffs, publish).
+    room_prefixes: tuple[str, ...] = ()
+    #: Seconds between a presence room's diffs, at most one per room per interval.
+    diff_interval: float = env("PRESENCE_DIFF_INTERVAL", 1.0, POSITIVE)
+    #: Users per presence room across the deployment; 0: no cap.
+    room_cap: int = env("PRESENCE_ROOM_CAP", 100, LIMIT_INT)
+    #: Largest encoded ``info`` a join may carry, in bytes.
+    info_bytes: int = env("PRESENCE_INFO_BYTES", 256, POSITIVE_INT)
+    #: Pub/Sub topic each user transition is published to; empty: none.
+    events_topic: str = ""
+
+    @property
+    def users_enabled(self) -> bool:
+        return self.user_presence == "on"
+
+
+@dataclass(frozen=True, slots=True)
 class CallbackSettings:
     """Who may call the internal callback: shared tokens, or Google-signed OIDC tokens."""
 

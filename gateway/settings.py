@@ -21,6 +21,7 @@ from gateway.component_settings import (
     AuthSettings,
     CallbackSettings,
     FanoutSettings,
+    PresenceSettings,
     SocketSettings,
     StreamSettings,
     WriterSettings,
@@ -92,6 +93,7 @@ class Settings:
     fanout: FanoutSettings = field(default_factory=FanoutSettings)
     callback: CallbackSettings = field(default_factory=CallbackSettings)
     streams: StreamSettings = field(default_factory=StreamSettings)
+    presence: PresenceSettings = field(default_factory=PresenceSettings)
 
     @property
     def timeout_text(self) -> str:
@@ -156,6 +158,7 @@ class Settings:
             ),
             callback=_callback_settings(reader, admin_tokens),
             streams=reader.declared(StreamSettings),
+            presence=_presence_settings(reader),
             **reader.plain(cls),
         )
         _check(settings, emulated)
@@ -240,11 +243,32 @@ def _auth_settings(reader: EnvReader, emulated: bool) -> AuthSettings:
     return AuthSettings(required=auth_mode == "firebase", token_grace=grace)
 
 
-def _pubsub_topic(reader: EnvReader) -> str:
-    topic = reader.get("PUBSUB_TOPIC", str, "")
+def _presence_settings(reader: EnvReader) -> PresenceSettings:
+    prefixes = reader.items("PRESENCE_ROOM_PREFIXES")
+    for prefix in prefixes:
+        if not valid_prefix(prefix):
+            raise ConfigError(
+                "PRESENCE_ROOM_PREFIXES",
+                f"{prefix!r} is not a room name prefix (characters of {ROOM_CHARS}, "
+                f"ending with {SEPARATOR!r})",
+            )
+    presence = reader.declared(
+        PresenceSettings,
+        room_prefixes=prefixes,
+        events_topic=_pubsub_topic(reader, "PRESENCE_EVENTS_TOPIC"),
+    )
+    if presence.user_presence not in ("on", "off"):
+        raise ConfigError("USER_PRESENCE", "must be on or off")
+    if presence.grace > 300:
+        raise ConfigError("PRESENCE_GRACE", "must be at most 300 seconds")
+    return presence
+
+
+def _pubsub_topic(reader: EnvReader, variable: str = "PUBSUB_TOPIC") -> str:
+    topic = reader.get(variable, str, "")
     if topic and not _PUBSUB_NAME.fullmatch(topic):
         raise ConfigError(
-            "PUBSUB_TOPIC",
+            variable,
             "must be a Pub/Sub topic id: 3-255 letters, digits or - _ . ~ + %, "
             "starting with a letter",
         )

@@ -18,6 +18,7 @@ from gateway.component_settings import (
     AuthSettings,
     CallbackSettings,
     FanoutSettings,
+    PresenceSettings,
     SocketSettings,
     WriterSettings,
 )
@@ -25,8 +26,15 @@ from gateway.settings import Settings
 
 T = TypeVar("T")
 
-COMPONENTS = (SocketSettings, WriterSettings, AuthSettings, FanoutSettings, CallbackSettings)
-COMPONENT_FIELDS = ("sockets", "writer", "auth", "fanout", "callback")
+COMPONENTS = (
+    SocketSettings,
+    WriterSettings,
+    AuthSettings,
+    FanoutSettings,
+    CallbackSettings,
+    PresenceSettings,
+)
+COMPONENT_FIELDS = ("sockets", "writer", "auth", "fanout", "callback", "presence")
 
 #: Every deadline in the suite is a multiple of this; raise TEST_TIME_FACTOR on a slow machine.
 UNIT = float(os.environ.get("TEST_TIME_FACTOR", "1"))

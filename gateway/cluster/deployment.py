@@ -51,6 +51,7 @@ from gateway.cluster.operations import (
     Stats,
     Timeout,
 )
+from gateway.cluster.presence import ClusterPresence, RoomSignal
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.instance.service import PresenceService
 from gateway.protocol import messages
@@ -111,8 +112,16 @@ class Deployment:
             else None
         )
         self._notices: set[asyncio.Task[None]] = set()
+        #: Room presence replication; None without presence rooms, or without a broker (then
+        #: the view is this instance's alone).
+        self.presence = (
+            ClusterPresence(self)
+            if self.fanout is not None and self.settings.presence.room_prefixes
+            else None
+        )
         if self.fanout is not None:
             service.admission.announce = self._announce_arrival
+            service.relay = self._relay
 
     async def start(self) -> None:
         if self.fanout is None:
@@ -122,8 +131,12 @@ class Deployment:
             )
             return
         await self.fanout.start()
+        if self.presence is not None:
+            self.presence.start()
 
     async def stop(self) -> None:
+        if self.presence is not None:
+            await self.presence.stop()
         for task in list(self._notices):
             task.cancel()
         await asyncio.gather(*self._notices, return_exceptions=True)
@@ -157,6 +170,12 @@ class Deployment:
     def _announce_arrival(self, user_id: str) -> None:
         """Admission saw the user's record name other instances: tell them (no wait)."""
         task = asyncio.create_task(self._tell(Arrival(user_id=user_id)))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    def _relay(self, room: str, text: str) -> None:
+        """A member's publish, for the room's sockets on the other instances (no wait)."""
+        task = asyncio.create_task(self._tell(RoomSignal(room=room, text=text)))
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
 

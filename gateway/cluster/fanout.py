@@ -21,7 +21,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from hashlib import blake2b
 from itertools import islice
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -92,6 +92,10 @@ class Reply(msgspec.Struct, tag="reply", tag_field="kind", omit_defaults=True, k
     #: A batch receipt's sockets reached, by the batch's entry index (entries reaching none
     #: are left out).
     counts: list[tuple[int, int]] = []
+    #: A presence sync receipt: the instance's own room presence entries
+    #: (``gateway.protocol.presence.Wire``) and its newest version then.
+    presence: list[tuple[str, str, int, int, dict[str, Any]]] = []
+    as_of: int = 0
 
 
 def kind_of(message: Request | Reply) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from gateway.cluster import presence
 from gateway.cluster.batch import SEND_BATCH
 from gateway.cluster.directory import settled
 from gateway.cluster.fanout import DEFAULT_LIST_LIMIT, Recipients, Reply, Request, user_digests
@@ -289,7 +290,8 @@ OPERATIONS: dict[type[Request], Operation[Any, Any]] = {
     for op in (
         *(SEND, SIGN_OUT, BROADCAST, ROOM_SEND, TIMEOUT, STATS, ROOM_MEMBERS, SEND_BATCH),
         ARRIVAL,
+        *presence.OPERATIONS,
     )
 }
 #: Operations published without waiting for anyone (``Deployment.tell``).
-NOTICES: frozenset[type[Request]] = frozenset({Arrival})
+NOTICES: frozenset[type[Request]] = frozenset({Arrival, *presence.NOTICES})

@@ -103,6 +103,7 @@ class Admission:
         # opened with a new one.
         authorize(identity, conn.user_id, await self._member_for_revocation(conn.user_id))
         conn.room_grants = identity.rooms
+        conn.publish_grants = identity.publish
         return identity
 
     async def _member_for_revocation(self, user_id: str) -> Mapping[str, Any] | None:

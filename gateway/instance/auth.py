@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from gateway.exceptions import AuthError
 from gateway.protocol.closes import CloseCode
+from gateway.protocol.presence import NAME_CLAIM, PUBLISH_CLAIM
 from gateway.protocol.rooms import grants_from_claims, refused_grants
 from gateway.storage.batching import BatchReader
 from gateway.storage.schema import LAST_SIGN_OUT_AT
@@ -59,6 +60,10 @@ class Identity:
     expires_at: float  # epoch seconds
     #: The ``rooms`` custom claim: rooms (or ``prefix:*``) this token may join.
     rooms: tuple[str, ...] = ()
+    #: The ``rooms_publish`` custom claim: rooms this token may ``publish`` to.
+    publish: tuple[str, ...] = ()
+    #: The ``name`` claim (the account's display name), "" without one.
+    name: str = ""
 
 
 class TokenVerifier(Protocol):
@@ -95,6 +100,8 @@ def identity_from(claims: Mapping[str, Any]) -> Identity:
             auth_time=datetime.fromtimestamp(int(claims["auth_time"]), UTC),
             expires_at=expires_at,
             rooms=grants_from_claims(claims),
+            publish=grants_from_claims(claims, PUBLISH_CLAIM),
+            name=name if isinstance(name := claims.get(NAME_CLAIM), str) else "",
         )
     except (KeyError, TypeError, ValueError, OverflowError, OSError):
         raise AuthError(CloseCode.UNAUTHENTICATED, "invalid token") from None

@@ -42,6 +42,9 @@ class Connection:
         "replay",
         "pong_round",
         "waiting",
+        "closed_with",
+        "name",
+        "publish_grants",
     )
 
     def __init__(
@@ -52,6 +55,8 @@ class Connection:
         send: AsgiSend,
         session: Session | None = None,
         room_grants: tuple[str, ...] | None = (),
+        name: str = "",
+        publish_grants: tuple[str, ...] | None = (),
     ) -> None:
         self.user_id = user_id
         self.session_id = session_id
@@ -74,6 +79,13 @@ class Connection:
         #: Sends of this socket waiting for its client to read: while any does, a message is
         #: not written straight to the edge (``push_frame``), where it would overtake them.
         self.waiting = 0
+        #: The code the gateway closed the socket with (None: it did not close it).
+        self.closed_with: int | None = None
+        #: The token's display name (its ``name`` claim; "" without one): a presence room's
+        #: default member info.
+        self.name = name
+        #: The token's ``rooms_publish`` grants; None only without tokens (AUTH_MODE=off).
+        self.publish_grants = publish_grants
 
     async def send_text(self, text: str, timeout: float) -> bool:
         """Send one text frame; False when the socket is gone or too slow to take it."""
@@ -119,6 +131,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        self.closed_with = int(code)
         try:
             # The wire number of the code (a CloseCode is an int; the ASGI server wants one).
             await self._send({"type": "websocket.close", "code": int(code), "reason": reason})

@@ -24,15 +24,23 @@ from gateway.instance.analytics import ConnectionEvents
 from gateway.instance.auth import TokenVerifier
 from gateway.instance.endings import Endings
 from gateway.instance.heartbeat import SEND_CHUNK, Heartbeat
+from gateway.instance.presence import LocalPresence
 from gateway.instance.registry import Connection, Registry
+from gateway.instance.room_methods import RoomMethods
 from gateway.instance.stream_delivery import StreamDelivery
 from gateway.logs import FRAME_LINES_BURST, FRAME_LINES_WINDOW, LogBudget
-from gateway.protocol import messages, rooms
-from gateway.protocol.messages import iso, utc_now
+from gateway.protocol import rooms
+from gateway.protocol.messages import utc_now
 from gateway.protocol.session import SessionLimits
 from gateway.settings import Settings
+from gateway.storage.presence_records import (
+    MemoryPresenceRecords,
+    PresenceRecords,
+    PresenceWriter,
+)
 from gateway.storage.schema import INSTANCES, STOPPED_AT
 from gateway.storage.store import (
+    MemoryStore,
     Store,
     Write,
     connect_writes,
@@ -61,7 +69,7 @@ async def log_message(user_id: str, session_id: str, data: Any) -> None:
     )
 
 
-class PresenceService:
+class PresenceService(RoomMethods):
     def __init__(
         self,
         settings: Settings,
@@ -70,6 +78,7 @@ class PresenceService:
         message_handler: MessageHandler = log_message,
         verifier: TokenVerifier | None = None,
         streams: StreamStore | None = None,
+        presence_records: PresenceRecords | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -130,11 +139,26 @@ class PresenceService:
             self._started_at,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        if presence_records is None and isinstance(store, MemoryStore):
+            presence_records = MemoryPresenceRecords(store)
+        #: User presence in Firestore; None with USER_PRESENCE=off (or no records given).
+        self.presence_writer = (
+            PresenceWriter(presence_records, settings.instance_id)
+            if presence_records is not None and settings.presence.users_enabled
+            else None
+        )
+        #: Presence of users and rooms on this instance (gateway.instance.presence).
+        self.presence = LocalPresence(settings, self.presence_writer, self._send_room_local)
+        #: Hands a room frame to the other instances (set by the deployment with a broker).
+        self.relay: Callable[[str, str], None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.writer.start()
+        if self.presence_writer is not None:
+            self.presence_writer.start()
+        self.presence.start()
         # Registering the instance is best effort: the gateway serves sockets without it.
         self.writer.put(
             instance_write(self.settings.instance_id, self.settings.internal_url, utc_now())
@@ -158,6 +182,9 @@ class PresenceService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.presence.stop()
+        if self.presence_writer is not None:
+            await self.presence_writer.close()
         # uvicorn has already closed every socket with 1012 (service restart), so clients
         # reconnect elsewhere and their disconnects are in the buffer: mark the instance
         # stopped and flush everything before the process ends.
@@ -177,11 +204,18 @@ class PresenceService:
         ):
             self.writer.put(write)
         self.events.connect(conn, held, self.registry.total_connections)
+        self.presence.socket_opened(conn.user_id)
 
     def disconnected(self, conn: Connection, code: int | None) -> None:
         conn.closed = True
+        # The gateway's own close code when it closed the socket (a timeout, a sign-out):
+        # presence reports those at once, without the grace.
+        code = conn.closed_with or code
         for room in self.rooms.leave_all(conn):
             self.events.room_leave(conn, room, "disconnect", 0)
+            if self.presence.is_presence_room(room):
+                self.presence.left(room, conn.user_id, code)
+        self.presence.socket_closed(conn.user_id, code)
         left = self.registry.remove(conn)
         if not left:
             self._pong_written.pop(conn.user_id, None)
@@ -261,53 +295,3 @@ class PresenceService:
             results = await asyncio.gather(*(c.send_text(text, timeout) for c in slow))
             delivered += sum(results)
         return delivered
-
-    # --- rooms -------------------------------------------------------------------------------
-
-    def join_room(self, conn: Connection, room: str) -> bool:
-        """Add the socket to the room if its token and the limits allow; raise RoomRefused
-        otherwise. False when it already was a member."""
-        try:
-            joined = self.rooms.join(
-                conn, room, conn.room_grants, self.settings.sockets.public_room_prefixes
-            )
-        except rooms.RoomRefused as exc:
-            self.room_refusals[exc.code] += 1
-            raise
-        if joined:
-            self.events.room_join(conn, room, len(self.rooms.rooms_of(conn)))
-        return joined
-
-    def leave_room(self, conn: Connection, room: str, reason: str = "leave") -> bool:
-        """Take the socket out of the room; False when it was not a member."""
-        left = self.rooms.leave(conn, room)
-        if left:
-            self.events.room_leave(conn, room, reason, len(self.rooms.rooms_of(conn)))
-        return left
-
-    async def drop_ungranted_rooms(self, conn: Connection) -> list[str]:
-        """After a token refresh: leave the rooms the new token no longer grants, telling the
-        client with ``left`` and ``reason: "not_allowed"``; return those rooms."""
-        dropped = [
-            room
-            for room in self.rooms.rooms_of(conn)
-            if not rooms.allows(room, conn.room_grants, self.settings.sockets.public_room_prefixes)
-        ]
-        for room in dropped:
-            self.leave_room(conn, room, "not_allowed")
-            frame = messages.Left("left", room, iso(utc_now()), reason="not_allowed")
-            await conn.send_text(messages.encode(frame), self.settings.sockets.send_timeout)
-        return dropped
-
-    async def send_room_text(self, room: str, text: str) -> tuple[set[str], int]:
-        """Send an encoded frame to the room's member sockets here; return the users reached
-        and how many sockets took it."""
-        targets = self.rooms.members(room)
-        if not targets:
-            return set(), 0
-        delivered = await self._send_all(targets, text)
-        return {c.user_id for c in targets if not c.closed}, delivered
-
-    def room_members(self, room: str) -> list[tuple[str, str]]:
-        """The room's member sockets here, as (user_id, session_id)."""
-        return sorted((c.user_id, c.session_id) for c in self.rooms.members(room))

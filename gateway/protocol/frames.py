@@ -89,6 +89,17 @@ class JoinRoom:
 
     room: str
     id: str | int | None
+    #: A presence room's member info (a JSON object; its size is checked by the service).
+    info: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRoom:
+    """The socket relays ``data`` to the room's other members (``gateway.protocol.presence``)."""
+
+    room: str
+    data: Any
+    id: str | int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,7 @@ ClientEvent = (
     | AuthRefresh
     | JoinRoom
     | LeaveRoom
+    | PublishRoom
     | StreamAck
     | UnknownType
 )
@@ -172,7 +184,19 @@ def decode_value(value: Any) -> ClientEvent:
             raise ProtocolError("invalid_field", f'A "{kind}" needs a string "room"')
         # The name itself is checked by gateway.protocol.rooms, whose refusal echoes the room and
         # id.
-        return JoinRoom(room, _ident(value)) if kind == "join" else LeaveRoom(room, _ident(value))
+        if kind == "leave":
+            return LeaveRoom(room, _ident(value))
+        info = value.get("info")
+        if info is not None and not isinstance(info, dict):
+            raise ProtocolError("invalid_field", '"info" must be a JSON object')
+        return JoinRoom(room, _ident(value), info)
+    if kind == "publish":
+        room = value.get("room")
+        if not isinstance(room, str):
+            raise ProtocolError("invalid_field", 'A "publish" needs a string "room"')
+        if "data" not in value:
+            raise ProtocolError("invalid_field", 'A "publish" needs a "data" field')
+        return PublishRoom(room, value["data"], _ident(value))
     if kind == "stream_ack":
         epoch, offset = value.get("epoch"), value.get("offset")
         if not isinstance(epoch, str) or len(epoch) > MAX_EPOCH_LENGTH:

@@ -93,11 +93,11 @@ def valid_prefix(prefix: str) -> bool:
     return _ROOM.fullmatch(prefix) is not None and prefix.endswith(SEPARATOR)
 
 
-def grants_from_claims(claims: Mapping[str, Any]) -> tuple[str, ...]:
-    """The room grants of a verified token's claims: the ``rooms`` claim's strings. Anything
-    else (absent, not a list, entries that are not strings) grants nothing: a malformed claim
-    must fail closed."""
-    value = claims.get(ROOMS_CLAIM)
+def grants_from_claims(claims: Mapping[str, Any], claim: str = ROOMS_CLAIM) -> tuple[str, ...]:
+    """The room grants of a verified token's claims: the ``rooms`` claim's strings (or another
+    claim of the same grammar, ``rooms_publish``). Anything else (absent, not a list, entries
+    that are not strings) grants nothing: a malformed claim must fail closed."""
+    value = claims.get(claim)
     if not isinstance(value, list):
         return ()
     return tuple(g for g in value[:MAX_GRANTS] if isinstance(g, str) and g)

@@ -20,11 +20,13 @@ from prometheus_client import REGISTRY
 
 from gateway.cluster.broker import PubSubBroker
 from gateway.cluster.deployment import Deployment
+from gateway.cluster.presence_events import EventsTopic
 from gateway.instance.auth import FirebaseVerifier
 from gateway.instance.service import MessageHandler, PresenceService, log_message
 from gateway.protocol.closes import CloseCode
 from gateway.settings import Settings
 from gateway.storage.firestore_store import FirestoreStore
+from gateway.storage.presence_records import FirestorePresenceRecords
 from gateway.storage.store import MemoryStore, Store
 from gateway.storage.streams import MemoryStreamStore, StreamStore
 from gateway.web import routes, static
@@ -73,7 +75,22 @@ def create_app(
             message_handler=message_handler,
             verifier=verifier,
             streams=_streams_for(store, settings),
+            presence_records=(
+                FirestorePresenceRecords(store.client)
+                if isinstance(store, FirestoreStore)
+                else None
+            ),
         )
+        events = (
+            EventsTopic(
+                settings.fanout.pubsub_project or settings.project_id,
+                settings.presence.events_topic,
+            )
+            if settings.presence.events_topic
+            else None
+        )
+        if events is not None and service.presence_writer is not None:
+            service.presence_writer.on_events = events.enqueue
         broker = (
             PubSubBroker(
                 settings.fanout.pubsub_project, settings.fanout.pubsub_topic, settings.instance_id
@@ -87,6 +104,8 @@ def create_app(
         collector = GatewayCollector(service, deployment)
         REGISTRY.register(collector)
         REGISTRY.register(http_metrics)
+        if events is not None:
+            await events.start()
         await service.start()
         await deployment.start()
         try:
@@ -96,6 +115,8 @@ def create_app(
             # of no use, and Pub/Sub stops counting it at once.
             await deployment.stop()
             await service.stop()
+            if events is not None:
+                await events.stop()
             REGISTRY.unregister(collector)
             REGISTRY.unregister(http_metrics)
 

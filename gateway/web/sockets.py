@@ -37,11 +37,12 @@ from gateway.protocol.frames import (
     LeaveRoom,
     MessageReceived,
     PongReceived,
+    PublishRoom,
     StreamAck,
     UnknownType,
 )
 from gateway.protocol.limits import connect_address
-from gateway.protocol.messages import utc_now
+from gateway.protocol.messages import iso, utc_now
 from gateway.protocol.session import Session, Step
 from gateway.storage.streams import Position, recovery_request
 
@@ -255,6 +256,8 @@ async def _admit(
         send,
         session=Session(service.session_limits, identity.expires_at if identity else 0.0),
         room_grants=identity.rooms if identity else None,
+        name=identity.name if identity else "",
+        publish_grants=identity.publish if identity else None,
     )
 
 
@@ -299,12 +302,25 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
         refused: rooms.RoomRefused | None = None
         try:
             if isinstance(work, JoinRoom):
-                service.join_room(conn, work.room)
+                service.join_room(conn, work.room, work.info)
             else:
                 service.leave_room(conn, work.room)
         except rooms.RoomRefused as exc:
             refused = exc
         await _send_replies(service, conn, conn.session.room_answer(work, refused, utc_now()))
+        if refused is None and isinstance(work, JoinRoom):
+            if service.presence.is_presence_room(work.room):
+                # After "joined": who is in the room, from this instance's replicated view.
+                text = service.presence.snapshot_text(work.room)
+                await conn.send_text(text, service.settings.sockets.send_timeout)
+    elif isinstance(work, PublishRoom):
+        try:
+            await service.publish(conn, work.room, work.data)
+        except rooms.RoomRefused as exc:
+            reply = messages.RoomErrorMessage(
+                "error", exc.code, exc.message, iso(utc_now()), exc.room, work.id
+            )
+            await conn.send_text(messages.encode(reply), service.settings.sockets.send_timeout)
     elif isinstance(work, UnknownType):
         _unknown_lines.info(
             "unknown message types",

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.protocol import messages
+from gateway.protocol import messages, presence
 from gateway.protocol.closes import CloseCode
 from gateway.storage import streams
 
@@ -64,7 +64,7 @@ def resend_codes(description: dict[str, Any]) -> set[int]:
 # --- the gateway ----------------------------------------------------------------------------
 
 #: Where the gateway's server frames are declared as msgspec Structs tagged by ``type``.
-FRAME_MODULES = (messages, streams)
+FRAME_MODULES = (messages, streams, presence)
 
 
 def json_types(info: msgspec.inspect.Type) -> set[str]:
@@ -77,6 +77,9 @@ def json_types(info: msgspec.inspect.Type) -> set[str]:
         msgspec.inspect.BoolType: {"boolean"},
         msgspec.inspect.FloatType: {"number"},
         msgspec.inspect.NoneType: set(),
+        msgspec.inspect.ListType: {"array"},
+        msgspec.inspect.DictType: {"object"},
+        msgspec.inspect.AnyType: {"any"},
     }
     if isinstance(info, msgspec.inspect.RawType):
         return {"any"}  # pre-encoded JSON: whatever the file says

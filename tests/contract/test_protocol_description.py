@@ -92,11 +92,12 @@ def test_server_frame_structs_match(kind: str) -> None:
     seen: set[str] = set()
     for info in server_structs()[kind]:
         fields = [f for f in info.fields if f.name != "type"]
-        names = [f.name for f in fields]
+        # The wire's names (a field may be renamed on the wire: ``from``).
+        names = [f.encode_name for f in fields]
         assert set(names) <= set(order), (info.cls, names)
         assert names == [n for n in order if n in names], f"{info.cls}: order {names}"
         for field in fields:
-            spec = described[field.name]
+            spec = described[field.encode_name]
             assert json_types(field.type) <= types_of(spec) or "any" in json_types(field.type)
             if spec["required"]:
                 assert field.required, f"{info.cls}.{field.name} is optional"
