@@ -247,6 +247,10 @@ class RoomView:
         users = self._rooms.get(room, {})
         return len(users), sum(e.devices for held in users.values() for e in held.values())
 
+    def room_instances(self, room: str) -> list[str]:
+        """The instances holding entries of the room."""
+        return sorted({i for held in self._rooms.get(room, {}).values() for i in held})
+
     def rooms(self) -> list[str]:
         return sorted(self._rooms)
 

@@ -29,7 +29,7 @@ from gateway.storage.firestore_store import FirestoreStore
 from gateway.storage.presence_records import FirestorePresenceRecords
 from gateway.storage.store import MemoryStore, Store
 from gateway.storage.streams import MemoryStreamStore, StreamStore
-from gateway.web import routes, static
+from gateway.web import presence_routes, routes, static
 from gateway.web.callback_auth import OidcVerifier
 from gateway.web.fast_send import FastSend
 from gateway.web.http_metrics import HttpMetrics, HttpMetricsMiddleware
@@ -123,6 +123,7 @@ def create_app(
     app = Litestar(
         route_handlers=[
             *routes.ROUTES,
+            *presence_routes.ROUTES,
             GatewayMetrics,
             *static.ROUTES,
         ],

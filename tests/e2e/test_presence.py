@@ -194,6 +194,14 @@ async def test_room_members_see_each_other_join_publish_and_leave_across_instanc
     diff = await diff_naming(a, ben)
     assert {"user_id": ben, "devices": 1, "info": {"name": "Ben"}} in diff["joins"]
     assert (diff["leaves"], diff["users"], diff["connections"]) == ([], 2, 2)
+
+    async def listed() -> dict[str, Any] | None:
+        response = await cluster.request("GET", f"/ws/rooms/{room}/presence")
+        body: dict[str, Any] = response.json()
+        return body if (body["users"], body["connections"]) == (2, 2) else None
+
+    body = await eventually(listed)
+    assert [m["user_id"] for m in body["members"]] == sorted([ana, ben])
     await b.ws.send(json.dumps({"type": "publish", "room": room, "data": {"typing": True}}))
     signal_ = await frame(a, "publish")
     assert (signal_["from"], signal_["room"], signal_["data"]) == (ben, room, {"typing": True})
