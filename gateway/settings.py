@@ -84,6 +84,9 @@ class Settings:
     demo_dir: str = env("DEMO_DIR", "")
     #: The Auth emulator's host:port as the demo page's browser reaches it.
     demo_auth_emulator_host: str = ""
+    #: The Firestore emulator's host:port as the demo page's browser reaches it (its Contacts
+    #: panel reads presence/{uid} with the Firebase SDK).
+    demo_firestore_emulator_host: str = ""
     #: Emulators let through for a project that is not a demo- one because
     #: ALLOW_EMULATOR_FOR_PROJECT names it; python -m gateway warns of each at every start.
     emulators_allowed: tuple[AllowedEmulator, ...] = ()
@@ -146,6 +149,9 @@ class Settings:
             log_format=reader.get("LOG_FORMAT", str, "json" if on_cloud_run else "text"),
             demo_auth_emulator_host=reader.get(
                 "DEMO_AUTH_EMULATOR_HOST", str, variables.get("FIREBASE_AUTH_EMULATOR_HOST", "")
+            ),
+            demo_firestore_emulator_host=reader.get(
+                "DEMO_FIRESTORE_EMULATOR_HOST", str, variables.get("FIRESTORE_EMULATOR_HOST", "")
             ),
             emulators_allowed=emulators_allowed,
             sockets=_socket_settings(reader, on_cloud_run),

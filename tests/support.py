@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -328,3 +329,36 @@ def unit_settings(**overrides: Any) -> Settings:
             for field_name, component in zip(COMPONENT_FIELDS, COMPONENTS, strict=True)
         },
     )
+
+
+def pubsub_rest(host: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One call of the Pub/Sub emulator's REST API (``path`` after ``/v1/``)."""
+    request = urllib.request.Request(
+        f"http://{host}/v1/{path}",
+        data=json.dumps(body or {}).encode(),
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def pull_all(host: str, subscription: str, quiet: float = 2.0) -> list[dict[str, Any]]:
+    """Every message on the subscription, acknowledged: pulls until none came for ``quiet``
+    seconds."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + quiet
+    while time.monotonic() < deadline:
+        answer = pubsub_rest(
+            host, "POST", f"{subscription}:pull", {"maxMessages": 100, "returnImmediately": True}
+        )
+        received = answer.get("receivedMessages", [])
+        if not received:
+            time.sleep(0.2)
+            continue
+        got.extend(r["message"] for r in received)
+        pubsub_rest(
+            host, "POST", f"{subscription}:acknowledge", {"ackIds": [r["ackId"] for r in received]}
+        )
+        deadline = time.monotonic() + quiet
+    return got

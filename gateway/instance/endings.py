@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from gateway.instance.analytics import ConnectionEvents
@@ -71,6 +71,10 @@ class Endings:
         self.started_at = started_at
         self.reconcile_grace = RECONCILE_GRACE
         self.timeouts_sent = 0
+        #: Called once the write-behind buffer caught up after lagging past three heartbeats
+        #: (the service re-asserts its sockets' records and presence then).
+        self.on_recovered: Callable[[], None] | None = None
+        self._lagged = False
 
     async def expire_tokens(self, now: float) -> int:
         """Close sockets whose token expired more than TOKEN_GRACE ago; return how many."""
@@ -197,7 +201,20 @@ class Endings:
                     },
                 )
             )
+            self._watch_lag()
             try:
                 await self.reconcile_once()
             except Exception as exc:
                 logger.warning("reconcile pass failed: %r", exc)
+
+    def _watch_lag(self) -> None:
+        """A buffer lagging past three heartbeats' time means the heartbeats did not reach
+        Firestore either: the sweep counts such an instance lost and ends its sessions and
+        presence. Once the buffer has caught up, say so (``on_recovered``)."""
+        age = self.writer.backlog_age()
+        if age > 3 * self.sweep_interval:
+            self._lagged = True
+        elif self._lagged and age < self.sweep_interval:
+            self._lagged = False
+            if self.on_recovered is not None:
+                self.on_recovered()

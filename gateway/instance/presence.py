@@ -176,6 +176,16 @@ class LocalPresence:
         self.outgoing_ready.clear()
         return wires
 
+    def reassert(self) -> None:
+        """Report every count again (users) and publish every entry again with a new version
+        (rooms): what a sweep or the peers dropped while this instance looked lost returns."""
+        now = utc_now()
+        if self.writer is not None:
+            for user_id, count in self.users.reported.items():
+                self.writer.report(Report(user_id, count, now, "connect"))
+        for key, count in self.rooms.reported.items():
+            self._room_changed(key, count, now, "connect")
+
     def requeue(self, wires: list[rp.Wire]) -> None:
         """Entries whose publish failed: kept for the next one unless a newer one came."""
         for wire in wires:

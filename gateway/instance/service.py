@@ -47,6 +47,7 @@ from gateway.storage.store import (
     disconnect_writes,
     instance_write,
     pong_write,
+    reassert_writes,
 )
 from gateway.storage.streams import MemoryStreamStore, StreamStore
 from gateway.storage.writer import WriteBehind
@@ -149,6 +150,7 @@ class PresenceService(RoomMethods):
         )
         #: Presence of users and rooms on this instance (gateway.instance.presence).
         self.presence = LocalPresence(settings, self.presence_writer, self._send_room_local)
+        self.endings.on_recovered = self.reassert
         #: Hands a room frame to the other instances (set by the deployment with a broker).
         self.relay: Callable[[str, str], None] | None = None
 
@@ -225,6 +227,18 @@ class PresenceService(RoomMethods):
         # that closes now and another that connects without a position must resume after it.
         self.streams.release_ack(conn.user_id)
         self.events.disconnect(conn, code, left, self.registry.total_connections)
+
+    def reassert(self) -> None:
+        """After records lagged long enough for the sweep to count this instance lost: write
+        every open socket's member entry and session again, and its presence counts."""
+        logger.warning(
+            "records lagged past 3 x SWEEP_INTERVAL: re-asserting %d sockets and their presence",
+            self.registry.total_connections,
+        )
+        for conn in self.registry:
+            for write in reassert_writes(conn.user_id, conn.session_id, self.settings.instance_id):
+                self.writer.put(write)
+        self.presence.reassert()
 
     def pong(self, conn: Connection, now: datetime) -> None:
         generation = self.heartbeat.generation

@@ -150,6 +150,26 @@ def connect_writes(user_id: str, session_id: str, instance_id: str, now: datetim
     ]
 
 
+def reassert_writes(user_id: str, session_id: str, instance_id: str) -> list[Write]:
+    """A live socket's member entry and session record again, for an instance whose records
+    lagged so long that the sweep may have counted it lost and ended them: nothing about
+    pongs or sign-ins, which only the socket's own pongs and connect may move."""
+    return [
+        Write(MEMBERS, user_id, {ACTIVE_SESSIONS: {session_id: {INSTANCE_ID: instance_id}}}),
+        Write(
+            SESSIONS,
+            session_id,
+            {
+                USER_ID: user_id,
+                IS_ACTIVE: True,
+                INSTANCE_ID: instance_id,
+                DISCONNECTED_AT: DELETE_FIELD,
+                CLOSE_CODE: DELETE_FIELD,
+            },
+        ),
+    ]
+
+
 def pong_write(user_id: str, now: datetime) -> Write:
     return Write(MEMBERS, user_id, {LAST_PONG_AT: now, UPDATED_AT: now})
 

@@ -147,7 +147,11 @@ def create_app(
     app.state.static = static.load(
         settings.client_dir,
         settings.demo_dir,
-        {"projectId": settings.project_id, "authEmulatorHost": settings.demo_auth_emulator_host},
+        {
+            "projectId": settings.project_id,
+            "authEmulatorHost": settings.demo_auth_emulator_host,
+            "firestoreEmulatorHost": settings.demo_firestore_emulator_host,
+        },
     )
     app.state.oidc = (
         OidcVerifier(

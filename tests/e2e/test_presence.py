@@ -9,11 +9,13 @@ instance counts as dead 1.5 s after its last heartbeat). The last test SIGKILLs 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import secrets
 import signal
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -22,11 +24,22 @@ import pytest
 from gateway.storage.schema import DEVICES, PRESENCE, PRESENCE_HOLDERS, SEQ, STATE
 from tests.conftest import PubSubEmulator
 from tests.e2e.conftest import Cluster, start_cluster
-from tests.support import UNIT, Client, GatewayProc, TokenMinter, eventually, id_token_for
+from tests.support import (
+    UNIT,
+    Client,
+    GatewayProc,
+    TokenMinter,
+    eventually,
+    id_token_for,
+    pubsub_rest,
+    pull_all,
+    start_sweep,
+)
 
 pytestmark = pytest.mark.e2e
 
 GRACE = 1.5
+CALLBACK_TOKEN = secrets.token_urlsafe(24)
 ENV = {
     "PING_INTERVAL": "0.5",
     "PONG_TIMEOUT": "30",
@@ -39,11 +52,48 @@ ENV = {
 }
 
 
+@dataclass
+class Events:
+    """The presence events topic and a subscription made before any gateway started."""
+
+    host: str
+    topic: str
+    subscription: str
+
+    def pull(self) -> list[dict[str, Any]]:
+        """Every event published since the last pull, decoded, in publish order per user."""
+        messages = pull_all(self.host, self.subscription)
+        return [json.loads(base64.b64decode(m["data"])) for m in messages]
+
+
+@pytest.fixture(scope="module")
+def events(project_id: str, pubsub: PubSubEmulator) -> Events:
+    topic = f"presence-events-{secrets.token_hex(4)}"
+    topic_path = f"projects/{project_id}/topics/{topic}"
+    subscription = f"projects/{project_id}/subscriptions/{topic}-test"
+    pubsub_rest(pubsub.host, "PUT", topic_path)
+    pubsub_rest(pubsub.host, "PUT", subscription, {"topic": topic_path})
+    return Events(pubsub.host, topic, subscription)
+
+
 @pytest.fixture(scope="module")
 def cluster(
-    firestore_host: str, project_id: str, minter: TokenMinter, pubsub: PubSubEmulator
+    firestore_host: str,
+    project_id: str,
+    minter: TokenMinter,
+    pubsub: PubSubEmulator,
+    events: Events,
 ) -> Iterator[Cluster]:
-    started = start_cluster(firestore_host, project_id, minter, pubsub, "presence", **ENV)
+    started = start_cluster(
+        firestore_host,
+        project_id,
+        minter,
+        pubsub,
+        "presence",
+        PRESENCE_EVENTS_TOPIC=events.topic,
+        GATEWAY_CALLBACK_TOKEN=CALLBACK_TOKEN,
+        **ENV,
+    )
     yield started
     started.stop()
 
@@ -218,21 +268,119 @@ async def test_a_publish_needs_membership(cluster: Cluster, clients: list[Client
     assert (error["code"], error["room"], error["id"]) == ("not_in_room", "doc:x", 7)
 
 
-async def test_a_killed_instances_members_leave_the_room_within_the_bound(
+async def test_each_online_event_is_followed_by_exactly_one_offline(
+    cluster: Cluster, clients: list[Client], events: Events, firestore_client: Any
+) -> None:
+    """Two sessions of one user (the second after an offline) and a signed-out user: on the
+    events topic each user's events alternate online and offline, once each, with seq 1, 2,
+    3..., and each offline names its reason."""
+    events.pull()  # what earlier tests published
+    twice, signed = uid("twice"), uid("signed")
+    for _ in range(2):
+        client = await connect(cluster, clients, twice)
+        await eventually(lambda: presence_is(firestore_client, twice, "online", 1))
+        await client.close()
+        await eventually(lambda: presence_is(firestore_client, twice, "offline", 0))
+    client = await connect(cluster, clients, signed)
+    await eventually(lambda: presence_is(firestore_client, signed, "online", 1))
+    await cluster.request("POST", f"/ws/signout/{signed}")
+    await eventually(lambda: presence_is(firestore_client, signed, "offline", 0))
+    got = await asyncio.to_thread(events.pull)
+    by_user = {}
+    for user in (twice, signed):
+        mine = sorted((e for e in got if e["user_id"] == user), key=lambda e: e["seq"])
+        by_user[user] = [(e["seq"], e["state"], e["reason"]) for e in mine]
+    assert by_user[twice] == [
+        (1, "online", "connect"),
+        (2, "offline", "disconnect"),
+        (3, "online", "connect"),
+        (4, "offline", "disconnect"),
+    ]
+    assert by_user[signed] == [(1, "online", "connect"), (2, "offline", "signout")]
+
+
+async def test_a_snapshot_taken_while_others_join_and_leave_converges_with_its_diffs(
     cluster: Cluster, clients: list[Client]
 ) -> None:
-    """SIGKILL the instance holding a member: the other members get its leave once the
-    instance misses three heartbeats (plus a watch interval and a diff interval)."""
+    """Users join and leave on every instance while a late joiner joins: its snapshot plus
+    the diffs after it end at exactly the users still in the room."""
     room = f"doc:{secrets.token_hex(4)}"
-    watcher, doomed = uid("watcher"), uid("doomed")
-    w = await connect(cluster, clients, watcher)
-    await join(w, room)
-    d = await connect(cluster, clients, doomed)
-    await join(d, room)
-    await diff_naming(w, doomed)
-    victim = await holder(cluster, doomed)
-    assert await holder(cluster, watcher) is not victim, "the proxy spreads connections"
-    os.kill(victim.process.popen.pid, signal.SIGKILL)
-    bound = 3 * 0.5 + 0.5 + 0.2 + 2.0
-    diff = await diff_naming(w, doomed, timeout=bound + 5 * UNIT)
-    assert diff["leaves"] == [{"user_id": doomed}]
+    users = [uid(f"churn{n}") for n in range(6)]
+    sockets = [await connect(cluster, clients, user) for user in users]
+    late_user = uid("late")
+    late = await connect(cluster, clients, late_user)
+
+    async def churn() -> None:
+        await asyncio.gather(*(join(s, room) for s in sockets))
+        await asyncio.gather(*(s.close() for s in sockets[:3]))
+
+    joining = asyncio.create_task(churn())
+    snapshot = await join(late, room)
+    await joining
+    members = {m["user_id"] for m in snapshot["members"]}
+    settle_until = asyncio.get_running_loop().time() + (GRACE + 3) * UNIT
+    while asyncio.get_running_loop().time() < settle_until:
+        try:
+            diff = await frame(late, "presence_diff", timeout=0.5)
+        except TimeoutError:
+            continue
+        members |= {m["user_id"] for m in diff["joins"]}
+        members -= {m["user_id"] for m in diff["leaves"]}
+    assert members == {*users[3:], late_user}
+
+
+async def test_a_killed_instances_users_leave_rooms_and_go_offline_within_the_bound(
+    cluster: Cluster,
+    clients: list[Client],
+    events: Events,
+    firestore_client: Any,
+    firestore_host: str,
+    auth_host: str,
+    project_id: str,
+    pubsub: PubSubEmulator,
+) -> None:
+    """SIGKILL the instance holding a member: the other members get its leave once the
+    instance misses three heartbeats (plus a watch and a diff interval), and the sweep turns
+    the user offline (reason instance_lost): one offline event for its one online."""
+    sweep = start_sweep(
+        {
+            "FIRESTORE_EMULATOR_HOST": firestore_host,
+            "FIREBASE_AUTH_EMULATOR_HOST": auth_host,
+            "PUBSUB_EMULATOR_HOST": pubsub.host,
+            "GOOGLE_CLOUD_PROJECT": project_id,
+            "GATEWAY_CALLBACK_TOKEN": CALLBACK_TOKEN,
+            "GATEWAY_URL": cluster.url,
+            "PONG_TIMEOUT": ENV["PONG_TIMEOUT"],
+            "SWEEP_INTERVAL": ENV["SWEEP_INTERVAL"],
+            "PRESENCE_EVENTS_TOPIC": events.topic,
+        },
+        interval=float(ENV["SWEEP_INTERVAL"]),
+    )
+    try:
+        room = f"doc:{secrets.token_hex(4)}"
+        watcher, doomed = uid("watcher"), uid("doomed")
+        w = await connect(cluster, clients, watcher)
+        await join(w, room)
+        d = await connect(cluster, clients, doomed)
+        await join(d, room)
+        await diff_naming(w, doomed)
+        await eventually(lambda: presence_is(firestore_client, doomed, "online", 1))
+        victim = await holder(cluster, doomed)
+        assert await holder(cluster, watcher) is not victim, "the proxy spreads connections"
+        await asyncio.to_thread(events.pull)
+        os.kill(victim.process.popen.pid, signal.SIGKILL)
+        sweep_interval = float(ENV["SWEEP_INTERVAL"])
+        # Three missed beats, a watch pass, a diff interval; and slack for a loaded machine.
+        bound = 3 * sweep_interval + sweep_interval + 0.2 + 2.0
+        diff = await diff_naming(w, doomed, timeout=bound + 5 * UNIT)
+        assert diff["leaves"] == [{"user_id": doomed}]
+        # The sweep's bound: INSTANCE_STALE_AFTER (3 beats) and one sweep interval.
+        await eventually(
+            lambda: presence_is(firestore_client, doomed, "offline", 0), timeout=bound + 10
+        )
+        got = [e for e in await asyncio.to_thread(events.pull) if e["user_id"] == doomed]
+        assert [(e["state"], e["reason"], e["seq"]) for e in got] == [
+            ("offline", "instance_lost", 2)
+        ]
+    finally:
+        sweep.stop()

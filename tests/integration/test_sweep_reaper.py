@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -50,6 +48,8 @@ from presence_sweep.schema import (
 )
 from presence_sweep.settings import SweepSettings
 from tests.conftest import PubSubEmulator
+from tests.support import pubsub_rest as rest
+from tests.support import pull_all
 
 pytestmark = pytest.mark.integration
 
@@ -156,38 +156,6 @@ def test_a_lost_instance_is_reaped_once(db: Any) -> None:
     again = run(db, now=NOW + timedelta(minutes=1))
     assert everything(db) == before
     assert (again.instances_reaped, again.sessions_reaped, again.users_offline) == (0, 0, 0)
-
-
-def rest(host: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    request = urllib.request.Request(
-        f"http://{host}/v1/{path}",
-        data=json.dumps(body or {}).encode(),
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"{}")
-
-
-def pull_all(host: str, subscription: str, quiet: float = 2.0) -> list[dict[str, Any]]:
-    """Every message on the subscription, acknowledged: pulls until none came for ``quiet``
-    seconds."""
-    got: list[dict[str, Any]] = []
-    deadline = time.monotonic() + quiet
-    while time.monotonic() < deadline:
-        answer = rest(
-            host, "POST", f"{subscription}:pull", {"maxMessages": 100, "returnImmediately": True}
-        )
-        received = answer.get("receivedMessages", [])
-        if not received:
-            time.sleep(0.2)
-            continue
-        got.extend(r["message"] for r in received)
-        rest(
-            host, "POST", f"{subscription}:acknowledge", {"ackIds": [r["ackId"] for r in received]}
-        )
-        deadline = time.monotonic() + quiet
-    return got
 
 
 def test_the_offline_transition_is_published_once(db: Any, pubsub: PubSubEmulator) -> None:
