@@ -106,6 +106,16 @@ class GatewayCollector:
                 service.rooms.total_memberships,
             ),
             (
+                "gateway_presence_backlog",
+                "Users whose presence change waits to be written to Firestore",
+                service.presence_writer.backlog if service.presence_writer else 0,
+            ),
+            (
+                "gateway_presence_rooms",
+                "Presence rooms with a member on any instance, in this instance's view",
+                len(service.presence.view.rooms()),
+            ),
+            (
                 "gateway_fanout_connected",
                 "1 while the Pub/Sub pull stream is open (absent without a broker)",
                 float(broker.connected) if broker is not None else float("nan"),
@@ -114,8 +124,29 @@ class GatewayCollector:
 
     def _counters(self) -> list[tuple[str, str, float]]:
         service, writer, fanout = self.service, self.service.writer, self.deployment.fanout
+        presence, written = self.deployment.presence, service.presence_writer
         return [
             ("gateway_pings_sent", "Server pings sent", service.heartbeat.pings_sent),
+            (
+                "gateway_presence_transitions",
+                "Users turned online or offline by this instance's presence writes",
+                written.transitions if written else 0,
+            ),
+            (
+                "gateway_presence_write_failures",
+                "Presence transactions that failed (their users are retried)",
+                written.failures if written else 0,
+            ),
+            (
+                "gateway_presence_diffs_sent",
+                "presence_diff rounds sent to the members here, one per changed room",
+                service.presence.diffs_sent,
+            ),
+            (
+                "gateway_presence_instances_dropped",
+                "Instances whose room presence entries were dropped when they stopped beating",
+                presence.dropped_instances if presence else 0,
+            ),
             (
                 "gateway_member_reads_failed",
                 "Connects admitted on the token alone: the member read failed or took over 2 s",

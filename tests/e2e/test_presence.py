@@ -187,6 +187,18 @@ async def test_devices_on_several_instances_are_one_online_user_until_the_last_l
     await second.close()
     offline = await eventually(lambda: presence_is(firestore_client, user, "offline", 0))
     assert offline["last_seen_at"] is not None
+    assert await metric_sum(cluster, "gateway_presence_transitions_total") >= 2
+
+
+async def metric_sum(cluster: Cluster, name: str) -> float:
+    """A metric's value summed over the instances' /metrics."""
+    total = 0.0
+    headers = {"Authorization": f"Bearer {cluster.admin_token}"}
+    for gateway in cluster.instances:
+        async with httpx.AsyncClient(base_url=gateway.http, headers=headers) as http:
+            text = (await http.get("/metrics")).text
+        total += sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+    return total
 
 
 async def test_a_reconnect_within_the_grace_never_shows_offline(
