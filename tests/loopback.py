@@ -95,14 +95,21 @@ def settings(instance_id: str, **overrides: Any) -> Settings:
 class Cluster:
     """Instances on one in-memory store and one loopback bus, all registered as live."""
 
-    def __init__(self, *ids: str, bus: LoopbackBus | None = None) -> None:
+    def __init__(self, *ids: str, bus: LoopbackBus | None = None, **overrides: Any) -> None:
         self.store = MemoryStore()
         self.bus = bus or LoopbackBus()
+        self.overrides = overrides
         self.at: dict[str, Deployment] = {}
         for instance_id in ids:
-            service = PresenceService(settings(instance_id), self.store)
-            self.at[instance_id] = Deployment(service, self.bus.endpoint(instance_id))
-            register(self.store, instance_id)
+            self.add(instance_id)
+
+    def add(self, instance_id: str) -> Deployment:
+        """One more instance on the bus and the store (``overrides`` are every instance's
+        settings); started by the context manager, or by the caller once that has run."""
+        service = PresenceService(settings(instance_id, **self.overrides), self.store)
+        self.at[instance_id] = Deployment(service, self.bus.endpoint(instance_id))
+        register(self.store, instance_id)
+        return self.at[instance_id]
 
     async def __aenter__(self) -> Cluster:
         for deployment in self.at.values():

@@ -202,6 +202,8 @@ class ClusterPresence:
         live = await self.deployment.directory.live_instances()
         now = time.monotonic()
         if live is not None:
+            for instance in set(self._first_seen) & live:
+                del self._first_seen[instance]  # a late heartbeat, not a lost instance
             for instance in view.instances() - live - {me}:
                 first = self._first_seen.setdefault(instance, now)
                 if now - first >= self.sweep_interval:
