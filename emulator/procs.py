@@ -76,10 +76,13 @@ class Process:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path = ROOT
     popen: subprocess.Popen[bytes] | None = None
+    #: Where this run's lines start in the log, which earlier runs appended to.
+    log_offset: int = 0
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        self.log_offset = log.seek(0, os.SEEK_END)
         self.popen = subprocess.Popen(
             self.argv,
             cwd=self.cwd,
@@ -99,15 +102,19 @@ class Process:
             if self.popen is not None and self.popen.poll() is not None:
                 raise StartupError(
                     f"{self.name} exited with code {self.popen.returncode}; "
-                    f"see {self.log_path}:\n{tail(self.log_path)}"
+                    f"see {self.log_path}:\n{self.log_tail()}"
                 )
             if probe(self.ready_url):
                 return
             time.sleep(0.2)
         raise StartupError(
             f"{self.name} not ready at {self.ready_url} after {timeout:.0f}s; "
-            f"see {self.log_path}:\n{tail(self.log_path)}"
+            f"see {self.log_path}:\n{self.log_tail()}"
         )
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines this run wrote to the log (not an earlier run's)."""
+        return tail(self.log_path, lines, self.log_offset)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
@@ -146,9 +153,13 @@ def probe(url: str) -> bool:
         return False
 
 
-def tail(path: Path, lines: int = 20) -> str:
+def tail(path: Path, lines: int = 20, start: int = 0) -> str:
+    """The last ``lines`` of the file from byte ``start`` on."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with path.open("rb") as log:
+            log.seek(start)
+            text = log.read().decode(errors="replace")
+        return "\n".join(text.splitlines()[-lines:]) or "(nothing logged)"
     except OSError:
         return "(no log)"
 

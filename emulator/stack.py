@@ -62,6 +62,30 @@ def stack_env(env: Mapping[str, str], ports: Mapping[str, int]) -> dict[str, str
     }
 
 
+def check_settings(environ: Mapping[str, str], env: Mapping[str, str]) -> str | None:
+    """The first configuration error of the gateway's or the sweep function's settings, as
+    each would see its environment in the stack; None when both are valid."""
+    from gateway.exceptions import ConfigError
+    from gateway.settings import Settings
+
+    seen = {**environ, **env}
+    try:
+        Settings.from_env({**seen, "GATEWAY_HOST": HOST})
+    except ConfigError as exc:
+        return f"gateway: {exc}"
+    functions = str(procs.ROOT / "functions")
+    if functions not in sys.path:
+        sys.path.insert(0, functions)
+    from presence_sweep.exceptions import SweepConfigError
+    from presence_sweep.settings import SweepSettings
+
+    try:
+        SweepSettings.from_env({**seen, "GATEWAY_URL": f"http://{HOST}:{env['GATEWAY_PORT']}"})
+    except SweepConfigError as exc:
+        return f"sweep function: {exc}"
+    return None
+
+
 def write_env_file(env: Mapping[str, str]) -> None:
     """The stack's environment for a developer's shell (`source .run/stack.env`)."""
     ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +129,12 @@ def up(environ: Mapping[str, str] | None = None, *, in_containers: bool = False)
     environ = os.environ if environ is None else environ
     ports = procs.firebase_ports()
     env = stack_env(environ, ports)
+    # Every component's settings before anything starts: a bad value is named at once, not
+    # after the emulators' start-up, and never as a traceback.
+    problem = check_settings(environ, env)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     gateway_port = int(env["GATEWAY_PORT"])
     if in_containers:
         write_env_file(env)
@@ -177,7 +207,7 @@ def up(environ: Mapping[str, str] | None = None, *, in_containers: bool = False)
                 if child.popen is not None and child.popen.poll() is not None:
                     raise StartupError(
                         f"{child.name} exited with code {child.popen.returncode}; "
-                        f"see {child.log_path}:\n{procs.tail(child.log_path)}"
+                        f"see {child.log_path}:\n{child.log_tail()}"
                     )
             time.sleep(0.5)
     except KeyboardInterrupt:

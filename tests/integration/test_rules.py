@@ -88,7 +88,7 @@ class RulesEmulator:
 
     def fail(self, message: str) -> None:
         pytest.fail(
-            f"{message}\nemulator log {self.process.log_path}:\n{procs.tail(self.process.log_path)}"
+            f"{message}\nemulator log {self.process.log_path}:\n{self.process.log_tail()}"
         )
 
 
