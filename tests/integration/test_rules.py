@@ -87,9 +87,7 @@ class RulesEmulator:
         return {"Authorization": f"Bearer {unsigned_token(self.project, uid, **claims)}"}
 
     def fail(self, message: str) -> None:
-        pytest.fail(
-            f"{message}\nemulator log {self.process.log_path}:\n{self.process.log_tail()}"
-        )
+        pytest.fail(f"{message}\nemulator log {self.process.log_path}:\n{self.process.log_tail()}")
 
 
 def _start_emulator(host: str, port: int) -> procs.Process:
