@@ -46,6 +46,11 @@ Scenario R (delivery): one gateway, 100 sockets, without and then with a Pub/Sub
 CPU per REST targeted send, broadcast and batch send (when the gateway has it), every frame
 counted by the client; ``--profile`` adds py-spy profiles of the targeted sends; see
 ``delivery_bench``.
+
+Scenario presence: three gateways behind the proxy with PRESENCE_GRACE=0; close -> Firestore
+offline, join and leave -> another instance's member's diff, and a SIGKILLed instance's users
+offline and gone from the room under the sweep; writes and Pub/Sub messages per change; see
+``presence_bench``.
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ from tests.bench import (
     durable_bench,
     fanout_bench,
     load_bench,
+    presence_bench,
     storm_bench,
     sweep_bench,
     timeout_bench,
@@ -1021,6 +1027,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "backpressure",
             "delivery",
             "sweep",
+            "presence",
         ),
     )
     parser.add_argument(
@@ -1038,6 +1045,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fanout-sockets", type=int, default=None, help="F sockets (3,000)")
     parser.add_argument("--storm-sockets", type=int, default=None, help="S sockets (10,000)")
     parser.add_argument("--backpressure-users", type=int, default=None, help="P users (1,000)")
+    parser.add_argument(
+        "--presence-users", type=int, default=None, help="presence: room users (96; 50 lost)"
+    )
     parser.add_argument(
         "--storm-ping-interval",
         type=float,
@@ -1107,6 +1117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.backpressure_users = (
         args.backpressure_users or args.connections or backpressure_bench.DEFAULT_USERS
     )
+    args.presence_users = args.presence_users or args.connections or presence_bench.USERS
     return args
 
 
@@ -1147,6 +1158,10 @@ def main(argv: list[str] | None = None) -> int:
         "profile-load-cpu.txt",
         "profile-storm.txt",
         "storm-auth.log",
+        "presence-pubsub.log",
+        "presence-proxy.log",
+        "presence-sweep.log",
+        "presence-scheduler.log",
     ):
         (RUN_DIR / name).unlink(missing_ok=True)
     soft, hard = raise_fd_limit()
@@ -1202,6 +1217,8 @@ def main(argv: list[str] | None = None) -> int:
             results["backpressure"] = backpressure_bench.run(fs_host, args, stack)
         if args.only in (None, "delivery"):
             results["delivery"] = delivery_bench.run(fs_host, args, stack)
+        if args.only in (None, "presence"):
+            results["presence"] = presence_bench.run(fs_host, args, stack)
         if args.only in (None, "sweep"):
             firestore.stop()  # the sweep scenarios start their own emulators
             results["sweep"] = sweep_bench.run(RUN_DIR, log)
@@ -1235,6 +1252,7 @@ def main(argv: list[str] | None = None) -> int:
         + storm_bench.rows(results.get("storm", {}))
         + backpressure_bench.rows(results.get("backpressure", {}))
         + delivery_bench.rows(results.get("delivery", {}))
+        + presence_bench.rows(results.get("presence", {}))
         + sweep_bench.rows(results.get("sweep", {}))
     )
     results["summary"] = rows
