@@ -84,8 +84,7 @@ class Settings:
     demo_dir: str = env("DEMO_DIR", "")
     #: The Auth emulator's host:port as the demo page's browser reaches it.
     demo_auth_emulator_host: str = ""
-    #: The Firestore emulator's host:port as the demo page's browser reaches it (its Contacts
-    #: panel reads presence/{uid} with the Firebase SDK).
+    #: The Firestore emulator's host:port as the demo page's browser reaches it (Contacts).
     demo_firestore_emulator_host: str = ""
     #: Emulators let through for a project that is not a demo- one because
     #: ALLOW_EMULATOR_FOR_PROJECT names it; python -m gateway warns of each at every start.
@@ -258,14 +257,11 @@ def _presence_settings(reader: EnvReader) -> PresenceSettings:
                 f"{prefix!r} is not a room name prefix (characters of {ROOM_CHARS}, "
                 f"ending with {SEPARATOR!r})",
             )
-    presence = reader.declared(
-        PresenceSettings,
-        room_prefixes=prefixes,
-        events_topic=_pubsub_topic(reader, "PRESENCE_EVENTS_TOPIC"),
-    )
+    topic = _pubsub_topic(reader, "PRESENCE_EVENTS_TOPIC")
+    presence = reader.declared(PresenceSettings, room_prefixes=prefixes, events_topic=topic)
     if presence.user_presence not in ("on", "off"):
         raise ConfigError("USER_PRESENCE", "must be on or off")
-    if presence.grace > 300:
+    if presence.grace > 300:  # a user would show online for that long after leaving
         raise ConfigError("PRESENCE_GRACE", "must be at most 300 seconds")
     return presence
 
