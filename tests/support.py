@@ -135,10 +135,16 @@ class GatewayProc:
 
 
 def start_gateway(
-    firestore_host: str, project: str, minter: TokenMinter | None, **overrides: str
+    firestore_host: str,
+    project: str,
+    minter: TokenMinter | None,
+    *,
+    command: list[str] | None = None,
+    **overrides: str,
 ) -> GatewayProc:
     """A gateway process checking ID tokens against the minter's Auth emulator
-    (``minter=None``: AUTH_MODE=off, which only the tests of auth-off behaviour want)."""
+    (``minter=None``: AUTH_MODE=off, which only the tests of auth-off behaviour want);
+    ``command`` runs an application embedding it instead of ``python -m gateway``."""
     port = int(overrides.pop("GATEWAY_PORT", 0)) or procs.free_port()
     token = secrets.token_urlsafe(24)
     env = {
@@ -159,6 +165,8 @@ def start_gateway(
     log_path = LOG_DIR / f"gateway-{port}.log"
     process = procs.gateway_process(env, "127.0.0.1", port, LOG_DIR)
     process.log_path = log_path
+    if command is not None:
+        process.argv = command
     process.start()
     process.wait_ready(30 * UNIT)
     return GatewayProc(process, port, token, env, minter)

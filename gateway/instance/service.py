@@ -59,8 +59,9 @@ _message_lines: LogBudget[str] = LogBudget(
     logger, burst=FRAME_LINES_BURST, window=FRAME_LINES_WINDOW
 )
 
-#: Application hook for client ``message`` frames: (user_id, session_id, data) -> None.
-MessageHandler = Callable[[str, str, Any], Awaitable[None]]
+#: Application hook for client ``message`` frames: ``(user_id, session_id, data)``, and a
+#: keyword-only ``gateway`` when it declares one (gateway.cluster.handle).
+MessageHandler = Callable[..., Awaitable[None]]
 
 
 async def log_message(user_id: str, session_id: str, data: Any) -> None:

@@ -213,6 +213,9 @@ class RoomRegistry(Generic[M]):
     def rooms_of(self, member: M) -> list[str]:
         return sorted(self._rooms_of.get(member.session_id, ()))
 
+    def rooms_of_session(self, session_id: str) -> list[str]:
+        return sorted(self._rooms_of.get(session_id, ()))
+
     def members(self, room: str) -> list[M]:
         return list(self._members.get(room, {}).values())
 

@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from gateway.cluster.broker import PubSubBroker
 from gateway.cluster.deployment import Deployment
+from gateway.cluster.handle import Gateway, bind
 from gateway.cluster.presence_events import EventsTopic
 from gateway.instance.auth import FirebaseVerifier
 from gateway.instance.service import MessageHandler, PresenceService, log_message
@@ -99,6 +100,8 @@ def create_app(
             else None
         )
         deployment = Deployment(service, broker)
+        # A handler that asks for ``gateway`` gets the deployment's sends (its own replies).
+        service.message_handler = bind(message_handler, Gateway(deployment))
         app.state.service = service
         app.state.deployment = deployment
         collector = GatewayCollector(service, deployment)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 def runtime_labels() -> dict[str, str]:
     """The event loop (``asyncio`` from ``python -m gateway``) and the collector's thresholds
-    (see gateway.__main__): what a CPU profile of an instance depends on."""
+    (see gateway.serving): what a CPU profile of an instance depends on."""
     try:
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     except RuntimeError:

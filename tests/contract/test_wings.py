@@ -14,7 +14,7 @@ GATEWAY = ROOT / "gateway"
 
 #: Highest first. A module may import from its own layer and any layer after it.
 LAYERS: list[tuple[str, ...]] = [
-    ("gateway.__main__",),
+    ("gateway.__main__", "gateway.serving"),
     ("gateway.web",),
     ("gateway.cluster",),
     ("gateway.instance",),

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from gateway.__main__ import RedactTokens
 from gateway.instance.auth import token_from
+from gateway.serving import RedactTokens
 
 JWT = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZS1zZWNyZXQtdG9rZW4ifQ."
 #: What uvicorn logs for each socket (its wsproto, websockets and websockets-sansio

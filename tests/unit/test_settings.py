@@ -171,7 +171,7 @@ def test_the_override_naming_the_project_lets_each_emulator_through_for_the_warn
 def test_the_start_warns_of_each_allowed_emulator(caplog: pytest.LogCaptureFixture) -> None:
     """python -m gateway's start-up logs one WARNING per emulator the override let through,
     naming its variable, its host and the project."""
-    from gateway.__main__ import warn_of_emulators
+    from gateway.serving import warn_of_emulators
 
     settings = Settings.from_env(
         {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import gateway.__main__ as entry
+import gateway.serving as entry
 from gateway.edge import versions
 from gateway.edge.versions import (
     ALLOW_UNTESTED,

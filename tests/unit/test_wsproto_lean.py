@@ -21,9 +21,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from wsproto.connection import Connection
 
-from gateway.__main__ import websocket_protocol
 from gateway.edge.wsproto_lean import FRAMES_EXTENSION, LeanWSProtocol
 from gateway.edge.wsproto_parts import SCOPE_KEPT, EventList, Inbox, WriteGate
+from gateway.serving import websocket_protocol
 from gateway.settings import Settings
 
 MAX_SIZE = 1024
