@@ -36,11 +36,13 @@ help:
 # the gateway image, functions/requirements.txt in the function's image and on Cloud Functions.
 # The project itself goes in last, offline: no dependencies, no build isolation (setuptools
 # comes from the lock too).
-$(VENV_STAMP): pyproject.toml requirements/dev.txt
+$(VENV_STAMP): pyproject.toml clients/python/pyproject.toml requirements/dev.txt
 	@scripts/bootstrap.sh
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements/dev.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+		-e clients/python
 	@touch $@
 
 $(NODE_STAMP): emulator/package.json emulator/package-lock.json

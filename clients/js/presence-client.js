@@ -3,7 +3,7 @@
 // One ES module, no dependencies, no build step. See README.md beside this file for the
 // options, the events and what the client does on each close code.
 
-export const VERSION = "0.1.0";
+export const VERSION = "0.9.0";
 
 /** Close codes: the gateway's (gateway/protocol/protocol.json, docs/protocol.md), then the three a
  * WebSocket reports on its own (1001, 1005, 1006). `WRONG_USER` is 4403's older name, kept. */

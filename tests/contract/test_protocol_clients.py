@@ -34,6 +34,7 @@ from tests.contract.protocol_description import (
 )
 
 DESCRIPTION = load()
+PYTHON_CLIENT = ROOT / "clients" / "python" / "presence_client"
 RECONNECT = DESCRIPTION["client_reconnect"]
 ROOM_ERRORS = {code for code, e in DESCRIPTION["error_codes"].items() if e.get("room")}
 #: Error codes a server error frame can carry (message_too_large is a close reason only).
@@ -116,7 +117,7 @@ def test_python_events_are_the_description() -> None:
     """EVENTS, and the events the client's modules emit, are the file's Python event names."""
     names = {e["python"] for e in DESCRIPTION["client_events"]}
     assert events.EVENTS == names
-    source = "\n".join(p.read_text() for p in (ROOT / "presence_client").glob("*.py"))
+    source = "\n".join(p.read_text() for p in PYTHON_CLIENT.glob("*.py"))
     assert set(re.findall(r'\bemit\(\s*"(\w+)"', source)) == names
 
 
@@ -124,7 +125,7 @@ def python_sent_types() -> set[str]:
     """Frame types the Python client writes: dict literals with a ``type``, the room frames
     and the pong it answers with."""
     found = {json.loads(frames.PONG_FRAME)["type"]}
-    for path in (ROOT / "presence_client").glob("*.py"):
+    for path in PYTHON_CLIENT.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Dict):
                 for key, value in zip(node.keys, node.values, strict=True):

@@ -158,7 +158,7 @@ from presence_client.refresh import GetToken
 from presence_client.streams import StreamPosition
 from presence_client.tokens import refresh_delay, token_expiry
 
-__version__ = "0.1.0"
+__version__ = "0.9.0"
 
 __all__ = [
     "EVENTS",
