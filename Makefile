@@ -13,7 +13,7 @@ DEMO_BUILD := clients/js/dist/demo/index.html
 export DOCKER_HOST ?= unix:///run/presence-docker.sock
 
 .PHONY: help deps demo up up-containers images engine-stop token test test-unit test-containers lint format \
-	bench clean functions-discover capacity lock
+	bench clean functions-discover capacity lock deploy
 
 help:
 	@echo "make up     run the local stack (emulators, gateway) and print where it is"
@@ -29,6 +29,8 @@ help:
 	@echo "make functions-discover  build functions/venv and run the Firebase CLI's discovery of"
 	@echo "                         the deployed functions, offline (what firebase deploy runs)"
 	@echo "make lint   ruff + mypy only;  make format  apply ruff's formatting"
+	@echo "make deploy PROJECT=id REGION=r [DRY_RUN=1]  deploy to Google Cloud (docs/deployment.md);"
+	@echo "                         DRY_RUN=1 prints the commands instead of running them"
 	@echo "make lock   regenerate the hashed Python locks (requirements/, functions/requirements.txt)"
 
 # Every Python package comes from a hashed lock (make lock): requirements/dev.txt here (the
@@ -125,6 +127,20 @@ lock: $(VENV_STAMP)
 	$(BUILD_REQUIRES) | $(UV_COMPILE) pyproject.toml - -c requirements/dev.txt \
 		-o requirements/gateway.txt
 	$(UV_COMPILE) functions/requirements.in -c requirements/dev.txt -o functions/requirements.txt
+
+# Everything on Google Cloud in one re-runnable command (scripts/deploy, docs/deployment.md):
+# topics, secrets, IAM, Firestore rules and indexes, the gateway on Cloud Run, the sweep function
+# and its job. DRY_RUN=1 prints the commands and needs nothing but Python; a real run needs gcloud
+# (logged in) and the pinned firebase-tools, installed here.
+DEPLOY_DRY_RUN = $(filter-out 0 no false,$(DRY_RUN))
+deploy: $(if $(DEPLOY_DRY_RUN),,$(NODE_STAMP))
+	@if [ -z "$(PROJECT)" ] || [ -z "$(REGION)" ]; then \
+		echo "usage: make deploy PROJECT=my-project REGION=europe-west1 [DRY_RUN=1]" \
+			"[PRESENCE_EVENTS_TOPIC=topic] [PUBSUB_TOPIC=topic] [TAG=tag]" >&2; exit 2; fi
+	@$(PYTHON) -m scripts.deploy --project "$(PROJECT)" --region "$(REGION)" \
+		$(if $(DEPLOY_DRY_RUN),--dry-run) $(if $(PUBSUB_TOPIC),--pubsub-topic "$(PUBSUB_TOPIC)") \
+		$(if $(PRESENCE_EVENTS_TOPIC),--presence-events-topic "$(PRESENCE_EVENTS_TOPIC)") \
+		$(if $(TAG),--tag "$(TAG)")
 
 # The Node ws server the load scenario measures the gateway against.
 BENCH_NODE_STAMP := tests/bench/node/node_modules/.installed-stamp
