@@ -70,7 +70,8 @@ async def test_without_demo_dir_there_is_no_demo(gateway: GatewayProc) -> None:
 
 
 async def test_the_demo_page_and_its_config(demo_gateway: GatewayProc, project_id: str) -> None:
-    """With DEMO_DIR the page, its bundle and its config (project, Auth emulator) are served."""
+    """With DEMO_DIR the page, its bundle and its config (project, Auth and Firestore
+    emulators) are served."""
     async with httpx.AsyncClient(base_url=demo_gateway.http) as http:
         page = await http.get("/demo")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -81,6 +82,7 @@ async def test_the_demo_page_and_its_config(demo_gateway: GatewayProc, project_i
         assert config == {
             "projectId": project_id,
             "authEmulatorHost": demo_gateway.env["FIREBASE_AUTH_EMULATOR_HOST"],
+            "firestoreEmulatorHost": demo_gateway.env["FIRESTORE_EMULATOR_HOST"],
         }
         assert (await http.get("/demo/secrets.txt")).status_code == 404
 
