@@ -144,7 +144,10 @@ def up(environ: Mapping[str, str] | None = None, *, in_containers: bool = False)
             f"http://{HOST}:{ports['functions']}/",
             demo=False,
         )
-        return compose.up(env, {**ports, "gateway": gateway_port}, text)
+        try:
+            return compose.up(env, {**ports, "gateway": gateway_port}, text)
+        finally:
+            ENV_FILE.unlink(missing_ok=True)
     for name, port in (
         ("firestore", ports["firestore"]),
         ("auth", ports["auth"]),
@@ -219,4 +222,7 @@ def up(environ: Mapping[str, str] | None = None, *, in_containers: bool = False)
     finally:
         for child in reversed(children):
             child.stop()
+        # Its tokens and addresses describe this stack only: once it is down, `make token`
+        # must not read them (it says to run make up instead).
+        ENV_FILE.unlink(missing_ok=True)
         print("stopped: " + ", ".join(c.name for c in children), file=sys.stderr)

@@ -49,7 +49,16 @@ def id_token(user_id: str) -> str:
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             token: str = json.loads(response.read())["idToken"]
-    except (OSError, urllib.error.HTTPError, KeyError, ValueError) as exc:
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):
+            # The usual cause: the stack is not running (or another one's env file is read).
+            raise EmulatorError(
+                f"nothing answers at {auth_host} (the Auth emulator): is the stack up? "
+                "Start it with `make up`"
+            ) from exc
+        message = f"the Auth emulator at {auth_host} did not issue a token: {exc}"
+        raise EmulatorError(message) from exc
+    except (OSError, KeyError, ValueError) as exc:
         message = f"the Auth emulator at {auth_host} did not issue a token: {exc}"
         raise EmulatorError(message) from exc
     return token

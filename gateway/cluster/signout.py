@@ -5,7 +5,8 @@ the sign-out in Firestore (the same fields the sweep writes, so the gateway refu
 issued before it), then close every socket of the user on every instance with the
 ``signed_out`` message and 4410. The order matters: the record is written before the sockets
 close, so a client that reconnects at once is refused (4401) instead of slipping back in.
-Calling it again does it all again and finds no socket: it is idempotent.
+Calling it again revokes and records again, and finds no session or socket left to sign
+out (``sessions_signed_out`` and ``connections_closed`` 0): it is idempotent.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from gateway.cluster.deployment import Deployment
 from gateway.exceptions import DeploymentUnavailable
 from gateway.instance.auth import TokenVerifier
 from gateway.protocol.messages import SignOutResponse, utc_now
-from gateway.storage.schema import ACTIVE_SESSIONS
+from gateway.storage.schema import ACTIVE_SESSIONS, IS_SIGNED_IN
 from gateway.storage.store import READ_TIMEOUT, Store, sign_out_writes
 
 logger = logging.getLogger("gateway.cluster.signout")
@@ -37,7 +38,10 @@ async def sign_out(
     try:
         member = await store.get_member(user_id, timeout=READ_TIMEOUT) or {}
         recorded = member.get(ACTIVE_SESSIONS)
-        sessions = sorted(recorded) if isinstance(recorded, dict) else []
+        # A member already signed out (and not connected since: a connect sets is_signed_in)
+        # has no session left to sign out; the ones still listed are closing or signed out.
+        signed_in = member.get(IS_SIGNED_IN) is not False
+        sessions = sorted(recorded) if isinstance(recorded, dict) and signed_in else []
         await store.commit(sign_out_writes(user_id, sessions, now))
     except Exception as exc:
         raise DeploymentUnavailable(

@@ -57,3 +57,34 @@ def test_a_childs_log_tail_is_this_runs_lines_only(tmp_path: Path) -> None:
     child.start()
     assert child.popen is not None and child.popen.wait(10) == 0
     assert child.log_tail() == "this run"
+
+
+def test_the_env_file_lives_as_long_as_the_stack(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``.run/stack.env`` exists while the stack runs and is gone once it stopped: its
+    tokens describe that stack only."""
+    env_file = tmp_path / "stack.env"
+    seen: list[bool] = []
+
+    def running(env: object, ports: object, banner: str) -> int:
+        seen.append(env_file.exists())
+        return 0
+
+    monkeypatch.setattr(stack, "ENV_FILE", env_file)
+    monkeypatch.setattr(stack.compose, "up", running)
+    assert stack.up({}, in_containers=True) == 0
+    assert seen == [True] and not env_file.exists()
+
+
+def test_make_token_with_the_stack_down_says_to_run_make_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing listening at the Auth emulator's address: the error names ``make up``."""
+    from emulator import token
+    from emulator.exceptions import EmulatorError
+
+    monkeypatch.setenv("FIREBASE_AUTH_EMULATOR_HOST", f"127.0.0.1:{procs.free_port()}")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "demo-token-test")
+    with pytest.raises(EmulatorError, match="make up"):
+        token.id_token("someone")
