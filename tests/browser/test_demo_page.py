@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -142,6 +143,85 @@ async def test_the_page_receives_a_send_and_a_broadcast(page: Any, stack: Stack)
     )
 
 
+async def test_the_page_shows_the_user_id_and_a_send_command_that_works(
+    page: Any, stack: Stack
+) -> None:
+    """Once signed in, the page shows the uid with a copy button and a curl command that sends
+    to it; the command's URL and body, posted as shown, arrive on the page."""
+    from playwright.async_api import expect
+
+    uid = await sign_in(page, stack)
+    await expect(page.locator("#session-uid")).to_be_visible()
+    await expect(page.locator("#session-uid")).to_have_text(uid)
+    await page.context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=stack.gateway.http
+    )
+    await page.click("#copy-uid")
+    await expect(page.locator("#copy-status")).to_have_text("User id copied.")
+    assert await page.evaluate("navigator.clipboard.readText()") == uid
+
+    command = await page.locator("#rest-example").inner_text()
+    assert "$GATEWAY_ADMIN_TOKEN" in command
+    shown = re.search(r"(\S+/ws/send/\S+) -d '([^']+)'", command)
+    assert shown, command
+    url, body = shown.groups()
+    assert url == f"{stack.gateway.http}/ws/send/{uid}"
+    async with httpx.AsyncClient(headers=stack.gateway.auth) as http:
+        sent = await http.post(url, content=body, headers={"Content-Type": "application/json"})
+    assert sent.status_code == 200, sent.text
+    messages = page.locator('[data-testid="message"][data-type="hello"]')
+    await expect(messages).to_have_count(1, timeout=WAIT_MS)
+
+
+async def test_a_message_sent_from_the_page_is_acknowledged_and_explained(
+    page: Any, stack: Stack
+) -> None:
+    """A message typed into the page is acknowledged, and the status says where it went: the
+    application's message handler, which by default only logs it."""
+    from playwright.async_api import expect
+
+    await sign_in(page, stack)
+    await page.fill("#send-text", "hello gateway")
+    await page.click("#send")
+    status = page.locator("#send-status")
+    await expect(status).to_contain_text("delivered to the gateway (acknowledged", timeout=WAIT_MS)
+    await expect(status).to_contain_text("application's message handler")
+    await expect(status).to_contain_text("the default one only logs them")
+    await expect(status).to_contain_text("examples/room_echo.py")
+
+
+async def expect_signed_out_view(page: Any, title: str) -> None:
+    """The signed-out banner with the human title, "Sign in again" as the only sign-in or
+    sign-out control, and no raw state name on the page."""
+    from playwright.async_api import expect
+
+    await expect(page.locator("#signed-out")).to_be_visible(timeout=WAIT_MS)
+    await expect_state(page, "signed_out")
+    await expect(page.locator("#signed-out-title")).to_have_text(title)
+    await expect(page.locator("#state")).to_have_text("Signed out")
+    controls = page.get_by_role("button", name=re.compile(r"^Sign (out|in again)$"))
+    await expect(controls).to_have_count(1)
+    await expect(controls).to_have_attribute("id", "sign-in-again")
+    await expect(page.locator("#sign-out")).to_be_hidden()
+    assert "signed_out" not in await page.locator("body").inner_text()
+
+
+async def test_a_sign_out_by_the_service_leaves_only_sign_in_again(page: Any, stack: Stack) -> None:
+    """POST /ws/signout (the signed_out message, 4410): the page says so in a sentence, offers
+    only "Sign in again", and that control brings back the sign-in form."""
+    from playwright.async_api import expect
+
+    uid = await sign_in(page, stack)
+    signed_out = await post(stack, f"/ws/signout/{uid}", {})
+    assert signed_out.status_code == 200, signed_out.text
+    await expect_signed_out_view(page, "Signed out by the service. Sign in again to reconnect.")
+    await page.click("#sign-in-again")
+    await expect(page.locator("#sign-in-panel")).to_be_visible(timeout=WAIT_MS)
+    await expect(page.locator("#signed-out")).to_be_hidden()
+    await expect(page.locator("#sign-out")).to_be_hidden()
+    await expect(page.locator("#state")).to_have_text("Not connected")
+
+
 async def test_the_page_reconnects_after_a_drain_and_after_a_crash(page: Any, stack: Stack) -> None:
     """SIGTERM (the gateway closes with 1012) and SIGKILL (the socket drops): each time the
     client goes back to reconnecting and is connected again once a gateway is back."""
@@ -154,15 +234,12 @@ async def test_the_page_reconnects_after_a_drain_and_after_a_crash(page: Any, st
 async def test_a_page_that_stops_answering_is_signed_out_and_stays_out(
     page: Any, stack: Stack, sweeper: SweepStack
 ) -> None:
-    """With "Answer pings" off the sweep signs the user out: the page shows the timeout and
-    never reconnects."""
-    from playwright.async_api import expect
-
+    """With "Answer pings" off the sweep signs the user out: the page shows the timeout, offers
+    only "Sign in again", and never reconnects."""
     await sign_in(page, stack)
     # The checkbox is drawn as a switch whose track sits over it: click it as a user would.
     await page.locator("#answer-pings").uncheck(force=True)
-    await expect(page.locator("#signed-out")).to_be_visible(timeout=WAIT_MS)
-    await expect_state(page, "signed_out")
+    await expect_signed_out_view(page, "Signed out for inactivity. Sign in again to reconnect.")
     assert "inactivity (4 seconds)" in await page.locator("#signed-out-message").inner_text()
     await asyncio.sleep(3 * UNIT)
     await expect_state(page, "signed_out")

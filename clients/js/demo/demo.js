@@ -32,6 +32,7 @@ const PROTOCOL_TYPES = new Set([
   "auth_ok",
   "error",
   "timeout",
+  "signed_out",
   "joined",
   "left",
   "presence",
@@ -40,6 +41,26 @@ const PROTOCOL_TYPES = new Set([
 ]);
 const LOG_LIMIT = 100;
 const MESSAGE_LIMIT = 50;
+// The badge's words for the client's states (`client.state`, kept in data-state and the title).
+const STATE_LABELS = {
+  idle: "Not connected",
+  connecting: "Connecting…",
+  connected: "Connected",
+  reconnecting: "Reconnecting…",
+  signed_out: "Signed out",
+  auth_error: "Sign-in refused",
+  closed: "Disconnected",
+};
+// States whose banner offers "Sign in again": a second, top-bar "Sign out" would only confuse.
+const BANNER_STATES = new Set(["signed_out", "auth_error"]);
+const SIGNED_OUT_TITLES = {
+  "signed out for inactivity": "Signed out for inactivity. Sign in again to reconnect.",
+  "signed out by the service": "Signed out by the service. Sign in again to reconnect.",
+};
+// What became of a message the page sent: the ack says only that the gateway took it.
+const SENT_NOTE =
+  "The gateway hands client messages to the application's message handler; the default one " +
+  "only logs them, so nothing comes back unless your app answers (see examples/room_echo.py).";
 
 const $ = (id) => document.getElementById(id);
 
@@ -66,6 +87,11 @@ const ui = {
   sendText: $("send-text"),
   send: $("send"),
   sendStatus: $("send-status"),
+  sessionUid: $("session-uid"),
+  copyUid: $("copy-uid"),
+  restExample: $("rest-example"),
+  copyRest: $("copy-rest"),
+  copyStatus: $("copy-status"),
   signedOut: $("signed-out"),
   signedOutMessage: $("signed-out-message"),
   signedOutTitle: $("signed-out-title"),
@@ -133,6 +159,22 @@ async function loadConfig() {
   }
 }
 
+/** The gateway's HTTP base URL (for the REST examples) from its socket URL. */
+function httpBase(gatewayUrl) {
+  return String(gatewayUrl)
+    .replace(/^ws(s?):\/\//i, "http$1://")
+    .replace(/\/+$/, "");
+}
+
+/** A one-line curl command that sends `uid` a message through the gateway's REST API. */
+function sendExample(gatewayUrl, uid) {
+  const url = `${httpBase(gatewayUrl)}/ws/send/${encodeURIComponent(uid)}`;
+  return (
+    `curl -s -X POST -H "Authorization: Bearer $GATEWAY_ADMIN_TOKEN" ` +
+    `-H "Content-Type: application/json" ${url} -d '{"type": "hello", "data": {"text": "hi"}}'`
+  );
+}
+
 /** "127.0.0.1:8080" or "[::1]:8080" as [host, port]. */
 function splitHost(hostPort) {
   const at = hostPort.lastIndexOf(":");
@@ -148,8 +190,10 @@ function timeOf(date) {
 }
 
 function renderState(state) {
-  ui.state.textContent = state;
+  ui.state.textContent = STATE_LABELS[state] ?? state;
   ui.state.dataset.state = state;
+  ui.state.title = `Connection state (client.state: ${state})`;
+  ui.signOut.hidden = ui.sessionPanel.hidden || BANNER_STATES.has(state);
   const connected = state === "connected";
   ui.send.disabled = !(connected || state === "connecting" || state === "reconnecting");
 }
@@ -205,6 +249,7 @@ function resetSessionView() {
   ui.pingLogEmpty.hidden = false;
   ui.messagesEmpty.hidden = false;
   ui.sendStatus.textContent = "";
+  ui.copyStatus.textContent = "";
   ui.signedOut.hidden = true;
   ui.authError.hidden = true;
 }
@@ -223,7 +268,22 @@ function showSession(user) {
   ui.user.hidden = false;
   ui.user.textContent = user.email ?? user.uid;
   ui.user.title = `uid ${user.uid}`;
-  ui.signOut.hidden = false;
+  ui.signOut.hidden = BANNER_STATES.has(ui.state.dataset.state);
+  ui.sessionUid.textContent = user.uid;
+  ui.restExample.textContent = sendExample(config.gatewayUrl, user.uid);
+}
+
+/** Put the text of `element` on the clipboard; where the browser refuses, select it instead. */
+async function copyText(element, what) {
+  const text = element.textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+    ui.copyStatus.textContent = `${what} copied.`;
+  } catch {
+    // No clipboard access (an insecure origin, a denied permission): leave it one keypress away.
+    getSelection().selectAllChildren(element);
+    ui.copyStatus.textContent = `${what} selected: press Ctrl+C (⌘C) to copy it.`;
+  }
 }
 
 // --- the presence connection -----------------------------------------------------------------
@@ -274,11 +334,14 @@ function startClient(user) {
   on("message", (frame) => {
     if (!PROTOCOL_TYPES.has(frame.type)) addMessage(frame);
   });
-  on("signedOut", ({ reason, message }) => {
-    ui.signedOutMessage.textContent = message ?? `The gateway closed the session (${reason}).`;
+  on("signedOut", ({ reason, message, code }) => {
+    ui.signedOutMessage.textContent = message
+      ? `The gateway said: “${message}”`
+      : `The gateway closed the connection (${code}).`;
     ui.signedOut.hidden = false;
     ui.signedOut.dataset.reason = reason;
-    ui.signedOutTitle.textContent = `You were ${reason}.`;
+    ui.signedOutTitle.textContent =
+      SIGNED_OUT_TITLES[reason] ?? `Signed out (${reason}). Sign in again to reconnect.`;
     addLog("conn", reason.charAt(0).toUpperCase() + reason.slice(1));
   });
   on("authError", ({ code, reason }) => {
@@ -371,7 +434,11 @@ async function onSend(event) {
     : "Sent, waiting for the gateway's ack…";
   try {
     const ack = await client.send({ text });
-    ui.sendStatus.textContent = `Message ${ack.id} acknowledged by the gateway at ${ack.timestamp}.`;
+    // The ack's ISO time read as the log's clock time (the gateway's own text if unparsable).
+    const at = new Date(ack.timestamp);
+    const when = Number.isNaN(at.getTime()) ? ack.timestamp : timeOf(at);
+    ui.sendStatus.textContent =
+      `Message ${ack.id} delivered to the gateway (acknowledged at ${when}). ${SENT_NOTE}`;
   } catch (error) {
     ui.sendStatus.textContent = `Not delivered (${error.code}): ${error.message}`;
   }
@@ -407,6 +474,8 @@ async function main() {
   ui.signInAgain.addEventListener("click", endSession);
   ui.authErrorSignIn.addEventListener("click", endSession);
   ui.sendForm.addEventListener("submit", onSend);
+  ui.copyUid.addEventListener("click", () => copyText(ui.sessionUid, "User id"));
+  ui.copyRest.addEventListener("click", () => copyText(ui.restExample, "Command"));
   ui.answerPings.addEventListener("change", () => {
     if (client) client.answerPings = ui.answerPings.checked;
   });
