@@ -2,7 +2,8 @@
 killed, their VM gone) and so wrote nothing more about their sockets.
 
 An instance is lost when its registry entry (``gateway_instances``) has had no heartbeat for
-``instance_stale_after``, or says it stopped; only entries with a heartbeat within
+``instance_stale_after`` and does not say it stopped (a drained instance wrote its sockets'
+ends itself); only entries with a heartbeat within
 ``lookback`` are read (the registry's ``recent`` query), so an instance is looked at for about
 an hour and then forgotten. For each, page by page of its sessions still marked active:
 
@@ -42,13 +43,15 @@ logger = logging.getLogger("presence_sweep")
 def lost_instances(
     entries: Mapping[str, InstanceEntry], stale_before: datetime
 ) -> dict[str, datetime | None]:
-    """Each lost instance's last heartbeat (None for one that stopped, whose entry keeps none):
-    those that stopped or beat last before ``stale_before``. One that beats again (a restart
-    under the same id) is alive and left alone."""
+    """Each lost instance's last heartbeat: those that beat last before ``stale_before``. One
+    that beats again (a restart under the same id) is alive and left alone, and so is one that
+    stopped (its entry keeps no heartbeat): a drain ends its sockets' sessions and presence
+    itself, and looking at every stopped instance on every run cost a query each (Cloud Run
+    starts and stops instances all day), delaying the sign-outs that follow."""
     return {
         instance_id: entry.heartbeat
         for instance_id, entry in entries.items()
-        if entry.heartbeat is None or entry.heartbeat < stale_before
+        if entry.heartbeat is not None and entry.heartbeat < stale_before
     }
 
 
@@ -74,8 +77,7 @@ def reap(
         return
     lost = lost_instances(entries, now - timedelta(seconds=stale_after))
     for instance_id, heartbeat in sorted(lost.items()):
-        # Sessions end, and users go offline, as of the instance's last sign of life; a stopped
-        # one's entry keeps no heartbeat, so now.
+        # Sessions end, and users go offline, as of the instance's last sign of life.
         at = heartbeat or now
         try:
             ended = _reap_instance(

@@ -104,9 +104,10 @@ def world() -> World:
     return World({"dead": {HEARTBEAT_AT: BEAT}, "live": {HEARTBEAT_AT: NOW}})
 
 
-def test_lost_instances_are_the_stale_and_the_stopped() -> None:
-    """An instance whose heartbeat is older than the cutoff, or that stopped, is lost; one
-    beating since the cutoff (alive, or restarted under its id) is not."""
+def test_lost_instances_are_the_stale_but_not_the_stopped() -> None:
+    """An instance whose heartbeat is older than the cutoff is lost; one beating since the
+    cutoff (alive, or restarted under its id) is not, nor one that stopped (its drain ended
+    its sessions itself)."""
     cutoff = NOW - timedelta(seconds=STALE_AFTER)
     entries = {
         "stale": InstanceEntry(BEAT),
@@ -114,7 +115,7 @@ def test_lost_instances_are_the_stale_and_the_stopped() -> None:
         "alive": InstanceEntry(NOW),
         "just": InstanceEntry(cutoff),
     }
-    assert lost_instances(entries, cutoff) == {"stale": BEAT, "stopped": None}
+    assert lost_instances(entries, cutoff) == {"stale": BEAT}
 
 
 def test_a_lost_instance_is_reaped_and_its_users_settled() -> None:
@@ -180,13 +181,14 @@ def test_live_restarted_and_forgotten_instances_are_left_alone() -> None:
     assert report.sessions_reaped == 0 and not w.publisher.events
 
 
-def test_a_stopped_instance_left_behind_is_reaped_as_of_now() -> None:
-    """A stopped instance's entry keeps no heartbeat: the sessions it left active end now."""
+def test_a_stopped_instance_is_left_to_its_own_drain() -> None:
+    """A stopped instance's entry keeps no heartbeat: the reaper does not look at it (no
+    query per stopped instance per run), whatever its sessions say."""
     w = World({"gone": {HEARTBEAT_AT: NOW - timedelta(seconds=30), STOPPED_AT: NOW}})
     w.user("ana", {"gone": 1})
-    w.run()
-    assert w.members.sessions["ana-gone-0"][DISCONNECTED_AT] == NOW
-    assert w.lost.presence["ana"][LAST_SEEN_AT] == NOW
+    report = w.run()
+    assert report.instances_reaped == 0 and report.sessions_reaped == 0
+    assert w.members.sessions["ana-gone-0"][IS_ACTIVE] is True
 
 
 def test_a_user_whose_record_does_not_name_the_instance_only_loses_sessions() -> None:
