@@ -16,7 +16,7 @@ import pytest
 
 from tests.support import GatewayProc, TokenMinter, start_gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 AUDIENCE = "https://gateway.example.run.app"
 SWEEPER = "sweeper@demo-presence.iam.gserviceaccount.com"

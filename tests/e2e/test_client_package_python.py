@@ -19,7 +19,7 @@ import pytest
 
 from tests.support import UNIT, GatewayProc, TokenMinter
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ROOT / "clients" / "python"

@@ -77,7 +77,7 @@ from tests.support import (
     unsigned_token,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 MAX_BYTES = 4096
 CALLBACK_TOKEN = "corpus-callback-" + secrets.token_urlsafe(16)

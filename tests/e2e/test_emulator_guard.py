@@ -15,7 +15,7 @@ from emulator import procs
 from gateway.settings import ALLOW_EMULATOR, EMULATOR_HOSTS
 from tests.support import UNIT, start_gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 
 def production_env(**emulators: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ import pytest
 from emulator import procs
 from tests.support import Client, GatewayProc, TokenMinter, start_gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,12 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from websockets.asyncio.client import connect
 
 from tests.support import UNIT, GatewayProc, loads
+
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 #: The two ways to the same handler: the fast path, and Litestar's route.
 FAST: dict[str, Any] = {}

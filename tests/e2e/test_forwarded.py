@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.support import UNIT, GatewayProc, TokenMinter, loads, start_gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 
 @pytest.fixture(scope="module")

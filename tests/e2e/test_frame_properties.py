@@ -46,7 +46,7 @@ os.environ.setdefault(
 from hypothesis import HealthCheck, Phase, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 #: The error codes a frame on an open socket may be answered with (docs/protocol.md).
 DOCUMENTED_CODES = {

@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 
 from tests.support import UNIT, GatewayProc, TokenMinter, loads, start_gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 HALF_OPEN = 2000
 SMALL_CAP = 500

@@ -17,7 +17,7 @@ from gateway.instance.analytics import ROOM_EVENTS_PER_SOCKET
 from gateway.logs import FRAME_LINES_BURST, FRAME_LINES_WINDOW
 from tests.support import Client, GatewayProc, TokenMinter, eventually, start_gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 #: Room join/leave pairs, unknown-type frames and message frames the flood sends.
 ROOM_PAIRS = ROOM_EVENTS_PER_SOCKET // 2 + 40

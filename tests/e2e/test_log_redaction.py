@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 
 from tests.support import Client, GatewayProc, TokenMinter, eventually, start_gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 #: Spellings of the token parameter that the gateway decodes to ``token`` and accepts.
 SPELLINGS = ("tok%65n", "%74oken", "%74%6F%6B%65%6E")

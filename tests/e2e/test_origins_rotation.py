@@ -13,7 +13,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.support import GatewayProc, TokenMinter, loads, start_gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 APP = "http://app.example"
 NEW, OLD = secrets.token_urlsafe(24), secrets.token_urlsafe(24)

@@ -12,7 +12,7 @@ import pytest
 from emulator.stack import DEMO_DIR
 from tests.support import GatewayProc, TokenMinter, start_gateway
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.gateway_only]
 
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "js" / "presence-client.js"
 
