@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
+
+from gateway.cluster.pubsub_clients import publisher_client, subscriber_client
 
 logger = logging.getLogger("gateway.cluster.broker")
 
@@ -112,31 +113,9 @@ class PubSubBroker:
     async def start(self, handler: Handler) -> None:
         """Build the clients and start pulling. The topic and the subscription are created by
         the pull loop, so an unreachable broker delays cross-instance work, not the start."""
-        from google.pubsub_v1.services.publisher import PublisherAsyncClient
-        from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
-
         self._handler = handler
-        emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
-        if emulator:
-            import grpc
-            from google.pubsub_v1.services.publisher.transports import (
-                PublisherGrpcAsyncIOTransport,
-            )
-            from google.pubsub_v1.services.subscriber.transports import (
-                SubscriberGrpcAsyncIOTransport,
-            )
-
-            self._publisher = PublisherAsyncClient(
-                transport=PublisherGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(emulator))
-            )
-            self._subscriber = SubscriberAsyncClient(
-                transport=SubscriberGrpcAsyncIOTransport(
-                    channel=grpc.aio.insecure_channel(emulator)
-                )
-            )
-        else:
-            self._publisher = PublisherAsyncClient()
-            self._subscriber = SubscriberAsyncClient()
+        self._publisher = publisher_client()
+        self._subscriber = subscriber_client()
         self._task = asyncio.create_task(self._pull_forever(), name="pubsub-pull")
 
     async def stop(self) -> None:

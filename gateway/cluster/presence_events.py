@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections import deque
 from typing import Any
 
+from gateway.cluster.pubsub_clients import publisher_client
 from gateway.storage.user_presence import PresenceEvent
 
 logger = logging.getLogger("gateway.cluster.presence_events")
@@ -43,20 +43,7 @@ class EventsTopic:
         self._ready.set()
 
     async def start(self) -> None:
-        from google.pubsub_v1.services.publisher import PublisherAsyncClient
-
-        emulator = os.environ.get("PUBSUB_EMULATOR_HOST")
-        if emulator:
-            import grpc
-            from google.pubsub_v1.services.publisher.transports import (
-                PublisherGrpcAsyncIOTransport,
-            )
-
-            self._publisher = PublisherAsyncClient(
-                transport=PublisherGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(emulator))
-            )
-        else:
-            self._publisher = PublisherAsyncClient()
+        self._publisher = publisher_client()
         self._task = asyncio.create_task(self._run(), name="presence-events")
 
     async def stop(self, timeout: float = 5.0) -> None:
