@@ -7,6 +7,7 @@ VENV_STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := emulator/node_modules/.installed-stamp
 CLIENT_STAMP := clients/js/node_modules/.installed-stamp
 DEMO_BUILD := clients/js/dist/demo/index.html
+CONSOLE_BUILD := clients/js/dist/console/index.html
 
 # The Docker engine scripts/containers.sh starts: its own socket and data root (a cache of the
 # local base images and layers between runs on one machine).
@@ -62,7 +63,12 @@ $(DEMO_BUILD): $(CLIENT_STAMP) clients/js/presence-client.js clients/js/presence
 
 demo: $(DEMO_BUILD)
 
-deps: $(VENV_STAMP) $(NODE_STAMP) $(DEMO_BUILD)
+# The operator console (Firebase Auth + uPlot, bundled by esbuild) served at /console when
+# CONSOLE_ENABLED is on. After the demo: its build replaces the rest of dist/.
+$(CONSOLE_BUILD): $(CLIENT_STAMP) $(DEMO_BUILD) $(wildcard clients/js/console/*)
+	node clients/js/console/build.mjs
+
+deps: $(VENV_STAMP) $(NODE_STAMP) $(DEMO_BUILD) $(CONSOLE_BUILD)
 
 up: deps
 	$(PY) -m emulator up
