@@ -107,6 +107,11 @@ def _summary(values: list[float]) -> dict[str, Any]:
     }
 
 
+def _samples(values: list[float]) -> list[float]:
+    """Every value in ms, sorted (0.1 ms steps): the fan-out chart draws their distribution."""
+    return sorted(round(v * 1000, 1) for v in values)
+
+
 def _metrics(gateways: list[Gateway]) -> dict[str, dict[str, float]]:
     """Every sample of every instance's /metrics, by instance id then sample name."""
     out: dict[str, dict[str, float]] = {}
@@ -284,6 +289,10 @@ def _sequential_sends(
         "errors": errors,
         "lost": lost,
         "unreachable_answers": sum(1 for c in calls if c["unreachable"]),
+        "samples_ms": {
+            "answered_by_holder": _samples(local),
+            "answered_elsewhere": _samples(forwarded),
+        },
     }
 
 
@@ -313,6 +322,7 @@ def _broadcasts(url: str, token: str, sockets: int, frames: _Frames) -> dict[str
     return {
         "broadcasts": BROADCASTS,
         "last_socket": _summary(last),
+        "last_socket_samples_ms": _samples(last),
         "rest_answer": _summary(answered),
         "incomplete": short,
     }
@@ -407,6 +417,7 @@ def _cpu_window(
         "cpu_ms_per_delivered_net": round(1000 * net / max(delivered, 1), 3),
         "forwarded": sum(_delta(m0, m1, _published("send")).values()),
         "latency": _summary(latency),
+        "latency_samples_ms": _samples(latency),
         "other_cpu_percent": {
             name: round(100 * (o1[name] - o0[name]) / wall, 1) for name in others
         },
@@ -721,6 +732,7 @@ def _timeouts(
     return {
         "silent_sockets": len(silent),
         "latency": _summary(latency),
+        "latency_samples_ms": _samples(latency),
         "exactly_one_timeout": once,
         "no_timeout": none,
         "more_than_one_timeout": twice,

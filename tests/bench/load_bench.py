@@ -29,14 +29,17 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from emulator.procs import free_port
+from tests.bench import memory_series
 
 if TYPE_CHECKING:
-    from tests.bench.runner import Gateway
+    from tests.bench.runner import Gateway, LoadClients
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 #: Issue 12's goals, as ratios against Node ``ws`` under the same load in the same run.
 TARGET_CPU_RATIO = 2.0
 TARGET_MEMORY_RATIO = 1.0
+#: The CPU window's sampling period for the chart's series (the window's figure is whole).
+SAMPLE_SECONDS = 2.0
 
 
 class NodeServer:
@@ -117,13 +120,27 @@ class NodeServer:
 
 
 def _cpu_window(
-    server: Gateway | NodeServer, pongs: Any, window: float, label: str
+    server: Gateway | NodeServer, pongs: Any, window: float, label: str, clients: LoadClients
 ) -> dict[str, Any]:
-    """CPU time of ``server`` over ``window`` seconds, per pong it took (``pongs()``)."""
+    """CPU time of ``server`` over ``window`` seconds, per pong it took (``pongs()``); and the
+    same every ``SAMPLE_SECONDS`` (the chart's series), per pong the clients sent, so that
+    sampling costs the server nothing: its CPU comes from /proc, the count from the clients."""
     from tests.bench.runner import log
 
     c0, p0, t0 = server.cpu_seconds(), pongs(), time.monotonic()
-    time.sleep(window)
+    samples: list[dict[str, Any]] = []
+    last_cpu, last_sent = c0, clients.stats()["pongs_sent"]
+    while (left := t0 + window - time.monotonic()) > 0:
+        time.sleep(min(SAMPLE_SECONDS, left))
+        cpu_now, sent, now = server.cpu_seconds(), clients.stats()["pongs_sent"], time.monotonic()
+        if sent > last_sent:
+            samples.append(
+                {
+                    "t": round(now - t0, 2),
+                    "cpu_us_per_cycle": round(1e6 * (cpu_now - last_cpu) / (sent - last_sent), 2),
+                }
+            )
+        last_cpu, last_sent = cpu_now, sent
     c1, p1, t1 = server.cpu_seconds(), pongs(), time.monotonic()
     cycles = p1 - p0
     cpu = c1 - c0
@@ -136,6 +153,7 @@ def _cpu_window(
         "pongs_per_s": round(cycles / (t1 - t0), 1),
         "cpu_percent": round(100 * cpu / (t1 - t0), 1),
         "cpu_us_per_cycle": round(per_cycle_us, 2),
+        "samples": samples,
     }
 
 
@@ -163,7 +181,7 @@ def node_reference(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> 
     from tests.bench.runner import start_profiler, stop_profiler
 
     profiler = start_profiler(args, gw.pid, "load-cpu", window)
-    result["gateway"] = _cpu_window(gw, received, window, "gateway")
+    result["gateway"] = _cpu_window(gw, received, window, "gateway", clients)
     stop_profiler(profiler)
     clients.stop()
     stack.remove(clients)
@@ -179,7 +197,7 @@ def node_reference(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> 
     clients.wait_ready(max(120, n / 50))
     node.wait_connections(n, 120)
     time.sleep(args.warmup)
-    result["node"] = _cpu_window(node, lambda: node.stats()["pongs"], window, "node ws")
+    result["node"] = _cpu_window(node, lambda: node.stats()["pongs"], window, "node ws", clients)
     clients.stop()
     stack.remove(clients)
     node.stop()
@@ -202,6 +220,7 @@ def node_reference(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> 
     stack.remove(clients)
     node.stop()
     stack.remove(node)
+    result["node_memory_series"] = memory_series.node_series(args, stack)
     result["cpu_ratio"] = round(
         result["gateway"]["cpu_us_per_cycle"] / max(result["node"]["cpu_us_per_cycle"], 1e-9), 2
     )

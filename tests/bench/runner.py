@@ -6,6 +6,7 @@ Pub/Sub behind a round-robin proxy (``fanout_bench``), a reconnect storm with re
     .venv/bin/python -m tests.bench                      # full run (about 5 minutes)
     .venv/bin/python -m tests.bench --connections 500    # quick variant of every scenario
     .venv/bin/python -m tests.bench --only memory        # one scenario
+    .venv/bin/python -m tests.bench --only memory --only load   # several
 
 Processes: a Firestore emulator (started once), the gateway (``python -m gateway``, started
 fresh per scenario, bound to 0.0.0.0 so every 127.0.0.x reaches it) and the load client
@@ -91,6 +92,7 @@ from tests.bench import (
     durable_bench,
     fanout_bench,
     load_bench,
+    memory_series,
     presence_bench,
     storm_bench,
     sweep_bench,
@@ -1016,6 +1018,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
+        action="append",
+        help="run this scenario (repeat for several; default: all)",
         choices=(
             "memory",
             "pongs",
@@ -1037,6 +1041,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "5,000 ceiling pongs, 1,500 timeout users, 3,000 fanout sockets)",
     )
     parser.add_argument("--memory-connections", type=int, default=None)
+    parser.add_argument(
+        "--memory-steps",
+        type=int,
+        default=memory_series.DEFAULT_STEPS,
+        help="A and load: memory series, steps up to --memory-connections (5; 0: none)",
+    )
     parser.add_argument(
         "--sustained-connections", type=int, default=None, help="B sustained run (2,500)"
     )
@@ -1121,6 +1131,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def selected(args: argparse.Namespace, scenario: str) -> bool:
+    """Whether ``scenario`` runs: every one without ``--only``, else those named."""
+    return args.only is None or scenario in args.only
+
+
 def _interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -1189,9 +1204,10 @@ def main(argv: list[str] | None = None) -> int:
         firestore.wait_ready(60)
         assert firestore.popen is not None
         args._firestore_pid = firestore.popen.pid
-        if args.only in (None, "memory"):
+        if selected(args, "memory"):
             results["memory"] = scenario_memory(fs_host, args, stack)
-        if args.only in (None, "pongs"):
+            results["memory"]["series"] = memory_series.gateway_series(fs_host, args, stack)
+        if selected(args, "pongs"):
             results["pongs_sustained"] = scenario_pongs(
                 fs_host,
                 args,
@@ -1203,23 +1219,23 @@ def main(argv: list[str] | None = None) -> int:
             results["pongs_ceiling"] = scenario_pongs(
                 fs_host, args, stack, run="ceiling", n=args.pong_connections, window=args.window
             )
-        if args.only in (None, "load"):
+        if selected(args, "load"):
             results["load"] = load_bench.node_reference(fs_host, args, stack)
-        if args.only in (None, "timeout"):
+        if selected(args, "timeout"):
             results["timeout"] = timeout_bench.run(fs_host, args, stack)
-        if args.only in (None, "fanout"):
+        if selected(args, "fanout"):
             results["fanout"] = fanout_bench.run(fs_host, args, stack)
-        if args.only in (None, "durable"):
+        if selected(args, "durable"):
             results["durable"] = durable_bench.run(fs_host, args, stack)
-        if args.only in (None, "storm"):
+        if selected(args, "storm"):
             results["storm"] = storm_bench.run(fs_host, args, stack)
-        if args.only in (None, "backpressure"):
+        if selected(args, "backpressure"):
             results["backpressure"] = backpressure_bench.run(fs_host, args, stack)
-        if args.only in (None, "delivery"):
+        if selected(args, "delivery"):
             results["delivery"] = delivery_bench.run(fs_host, args, stack)
-        if args.only in (None, "presence"):
+        if selected(args, "presence"):
             results["presence"] = presence_bench.run(fs_host, args, stack)
-        if args.only in (None, "sweep"):
+        if selected(args, "sweep"):
             firestore.stop()  # the sweep scenarios start their own emulators
             results["sweep"] = sweep_bench.run(RUN_DIR, log)
     except KeyboardInterrupt:

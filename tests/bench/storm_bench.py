@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -62,6 +63,8 @@ PING_INTERVAL = 30.0
 #: Connects the client starts per loop iteration (``--storm-burst``): with all of them in one,
 #: the client's own loop writes the first requests only after it has started every connect.
 BURST = 100
+#: The storm chart's time step: cumulative connects, admissions and first pings per 0.1 s.
+TIMELINE_BIN = 0.1
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -208,7 +211,31 @@ def summarize(records: list[list[Any]], expected: int) -> dict[str, Any]:
         "connects_started_seconds": round(max(starts, default=t0) - t0, 3),
         "connect_to_upgrade_p50_ms": _ms(percentile([r[1] - r[0] for r in admitted], 0.5)),
         "connect_to_upgrade_p99_ms": _ms(percentile([r[1] - r[0] for r in admitted], 0.99)),
+        "timeline": timeline(records),
     }
+
+
+def timeline(records: list[list[Any]], bin_seconds: float = TIMELINE_BIN) -> dict[str, Any]:
+    """Cumulative counts, at the end of each ``bin_seconds`` from the first connect started, of
+    the connects started, the sockets admitted and those pinged (the storm chart's series)."""
+    if not records:
+        return {"bin_seconds": bin_seconds, "started": [], "admitted": [], "pinged": []}
+    t0 = min(r[0] for r in records)
+    admitted = [r for r in records if r[1] and r[3] is None]
+    stamps = {
+        "started": [r[0] - t0 for r in records],
+        "admitted": [r[1] - t0 for r in admitted],
+        "pinged": [r[2] - t0 for r in admitted if r[2]],
+    }
+    end = max(max(values, default=0.0) for values in stamps.values())
+    bins = math.floor(end / bin_seconds) + 1
+    out: dict[str, Any] = {"bin_seconds": bin_seconds}
+    for name, values in stamps.items():
+        counts = [0] * bins
+        for value in values:
+            counts[min(bins - 1, math.floor(value / bin_seconds))] += 1
+        out[name] = list(itertools.accumulate(counts))
+    return out
 
 
 def _ms(value: float | None) -> float | None:

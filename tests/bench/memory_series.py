@@ -1,0 +1,125 @@
+"""Memory per idle socket at several socket counts, the gateway beside Node ``ws`` (the
+memory chart of ``tests/bench/charts.py``).
+
+Scenario A and the load scenario each measure one point: the RSS growth from a baseline to
+``--memory-connections`` idle sockets opened at once. This series is measured apart from them,
+on a fresh server of each kind, so their figures keep their meaning: after the same baseline
+as theirs (the gateway: a warm-up of ``--warmup-sockets`` opened and closed, then
+``--settle``; Node: ``--settle``), idle sockets are added in ``--memory-steps`` equal steps up
+to ``--memory-connections``, each step by its own load-client process (its own user ids); once
+the server holds them all and ``--settle-after`` has passed, its RSS is read. A point is the
+RSS growth over the baseline divided by the sockets held, so the last point is the single
+figure's quantity reached in steps instead of at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Protocol
+
+#: Steps from zero to ``--memory-connections`` (``--memory-steps``; 0 skips the series).
+DEFAULT_STEPS = 5
+
+
+class Server(Protocol):
+    """What a step needs of a server: its RSS and a wait for its socket count."""
+
+    def rss_kb(self) -> float: ...
+
+    def wait_connections(self, want: int, timeout: float) -> Any: ...
+
+
+def step_counts(total: int, steps: int) -> list[int]:
+    """The socket counts at which RSS is read: ``steps`` equal steps up to ``total``."""
+    if steps <= 0 or total <= 0:
+        return []
+    counts = sorted({round(total * k / steps) for k in range(1, steps + 1)} - {0})
+    return counts
+
+
+def measure_steps(
+    server: Server, port: int, counts: list[int], args: argparse.Namespace, stack: list[Any]
+) -> list[dict[str, Any]]:
+    """RSS at each count of idle sockets on ``server`` (already at its baseline); every load
+    client is stopped before returning."""
+    from tests.bench.runner import LoadClients, log
+
+    base = server.rss_kb()
+    points: list[dict[str, Any]] = [{"sockets": 0, "rss_kb": round(base), "per_socket_kb": None}]
+    opened = 0
+    held: list[LoadClients] = []
+    try:
+        for step, count in enumerate(counts):
+            clients = LoadClients(
+                port=port, count=count - opened, mode="idle", prefix=f"step{step}", args=args
+            )
+            stack.append(clients)
+            held.append(clients)
+            ready = clients.wait_ready(max(120, (count - opened) / 50))
+            if ready["failed"]:
+                raise RuntimeError(f"memory series: {ready['failed']} sockets failed at {count}")
+            server.wait_connections(count, 120)
+            opened = count
+            time.sleep(args.settle_after)
+            rss = server.rss_kb()
+            per_socket = (rss - base) / count
+            points.append(
+                {"sockets": count, "rss_kb": round(rss), "per_socket_kb": round(per_socket, 2)}
+            )
+            log(f"memory series: {count:,} sockets, RSS {rss / 1024:.1f} MB, {per_socket:.2f} KB")
+    finally:
+        for clients in reversed(held):
+            clients.stop()
+            stack.remove(clients)
+    server.wait_connections(0, 60)
+    return points
+
+
+def gateway_series(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, Any]:
+    """The gateway's series, on a fresh gateway with scenario A's settings and baseline."""
+    from tests.bench.runner import Gateway, LoadClients, log
+
+    counts = step_counts(args.memory_connections, args.memory_steps)
+    if not counts:
+        return {}
+    log(f"A: memory series, gateway, idle sockets at {', '.join(f'{c:,}' for c in counts)}")
+    gw = Gateway(fs_host, 30.0, args, "memory-series")
+    stack.append(gw)
+    gw.start()
+    try:
+        warm = LoadClients(
+            port=gw.port, count=args.warmup_sockets, mode="idle", prefix="warm", args=args
+        )
+        stack.append(warm)
+        warm.wait_ready(60)
+        gw.wait_connections(args.warmup_sockets, 30)
+        warm.stop()
+        stack.remove(warm)
+        gw.wait_connections(0, 30)
+        time.sleep(args.settle)
+        points = measure_steps(gw, gw.port, counts, args, stack)
+    finally:
+        gw.stop()
+        stack.remove(gw)
+    return {"ws_implementation": args.ws_impl, "points": points}
+
+
+def node_series(args: argparse.Namespace, stack: list[Any]) -> dict[str, Any]:
+    """Node ``ws``'s series, on a fresh server with the load scenario's baseline."""
+    from tests.bench.load_bench import NodeServer
+    from tests.bench.runner import RUN_DIR, log
+
+    counts = step_counts(args.memory_connections, args.memory_steps)
+    if not counts:
+        return {}
+    log(f"L: memory series, Node ws, idle sockets at {', '.join(f'{c:,}' for c in counts)}")
+    node = NodeServer(30.0, RUN_DIR / "node-ws.log")
+    stack.append(node)
+    try:
+        time.sleep(args.settle)
+        points = measure_steps(node, node.port, counts, args, stack)
+    finally:
+        node.stop()
+        stack.remove(node)
+    return {"points": points}
