@@ -154,8 +154,12 @@ $(BENCH_NODE_STAMP): tests/bench/node/package.json tests/bench/node/package-lock
 	cd tests/bench/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Then the charts of docs/benchmarks.md: the run's results are merged into the committed copy,
+# docs/benchmarks/results.json (the scenarios run replace theirs), and every chart is drawn
+# from it, whatever the run's outcome; the exit status is the run's (the charts' when they fail).
 bench: deps $(BENCH_NODE_STAMP)
-	$(PY) -m tests.bench
+	$(PY) -m tests.bench; status=$$?; \
+	$(PY) -m tests.bench.charts --publish .run/bench/results.json || status=$$?; exit $$status
 
 # The tables of docs/capacity.md, from the constants of scripts/capacity.py; USERS=1000000 (or a
 # space-separated list) prints the same figures for those sizes.
