@@ -4,7 +4,7 @@
 
 import uPlot from "uplot";
 
-import { el } from "./dom.js";
+import { clock, el } from "./dom.js";
 
 const COLORS = ["#3b5bdb", "#12805c", "#c0262d", "#b54708", "#7048e8"];
 
@@ -122,8 +122,10 @@ export class Charts {
           value: (_u, v) => round(v),
         })),
       ],
-      axes: [{}, { size: 48 }],
-      legend: { show: true },
+      // Local HH:MM:SS under the x axis; the legend names the lines (the readout above each
+      // chart holds the latest values, so the legend need not follow the cursor).
+      axes: [{ values: (_u, splits) => splits.map((s) => clock(s)) }, { size: 48 }],
+      legend: { show: true, live: false },
       cursor: { drag: { x: false, y: false } },
     };
     return new uPlot(options, data, target);

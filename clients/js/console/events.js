@@ -22,22 +22,27 @@ export class EventsPanel {
       this.refresh();
     });
     this.ui.kind.addEventListener("change", () => this.refresh());
+    // Requests overlap (the poll, a filter change): only the latest one's answer is shown.
+    this.latest = 0;
   }
 
   async refresh() {
     const { ui } = this;
+    const mine = ++this.latest;
     const query = { limit: LIMIT, kind: ui.kind.value, user: ui.user.value.trim() };
     try {
       const answer = await this.api.get("/ws/console/events", query);
+      if (mine !== this.latest) return;
       say(ui.error, "");
-      this.render(answer);
+      this.render(answer, `${query.kind}|${query.user}`);
     } catch (error) {
-      say(ui.error, error.message);
+      if (mine === this.latest) say(ui.error, error.message);
     }
   }
 
-  render(answer) {
+  render(answer, filter) {
     const { ui } = this;
+    ui.list.dataset.filter = filter;
     const events = answer.events ?? [];
     const unreachable = answer.unreachable_instances ?? [];
     ui.note.textContent = unreachable.length
