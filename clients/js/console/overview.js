@@ -27,8 +27,11 @@ function instanceRow(instance, now) {
     el(
       "td",
       {},
-      el("span", { class: "state", "data-testid": "instance-state", dataset: { state: instance.state } },
-        STATES[instance.state] ?? instance.state),
+      el(
+        "span",
+        { class: "state", "data-testid": "instance-state", dataset: { state: instance.state } },
+        STATES[instance.state] ?? instance.state,
+      ),
     ),
     el("td", { class: "num", "data-testid": "instance-sockets" }, gone ? "–" : num(instance.sockets)),
     el("td", { class: "num", "data-testid": "instance-users" }, gone ? "–" : num(instance.users)),

@@ -94,10 +94,13 @@ export class UserPanel {
       el("strong", { "data-testid": "user-socket-count" }, `${sockets.length} socket${sockets.length === 1 ? "" : "s"}`),
       ` · presence: `,
       presence
-        ? el("span", { "data-testid": "user-presence-state", dataset: { state: presence.state } },
+        ? el(
+            "span",
+            { "data-testid": "user-presence-state", dataset: { state: presence.state } },
             presence.state === "online"
               ? `online (${num(presence.devices)} device${presence.devices === 1 ? "" : "s"})`
-              : `offline, last seen ${ago(presence.last_seen_at, now)}`)
+              : `offline, last seen ${ago(presence.last_seen_at, now)}`,
+          )
         : "not recorded",
       reach(user),
     );
