@@ -14,7 +14,7 @@ CONSOLE_BUILD := clients/js/dist/console/index.html
 export DOCKER_HOST ?= unix:///run/presence-docker.sock
 
 .PHONY: help deps demo up up-containers images engine-stop token test test-unit test-containers lint format \
-	bench clean functions-discover capacity lock deploy
+	bench clean functions-discover capacity lock deploy soak
 
 help:
 	@echo "make up     run the local stack (emulators, gateway) and print where it is"
@@ -25,6 +25,8 @@ help:
 	@echo "make test-containers  integration + end-to-end tests with the emulators in containers,"
 	@echo "                      plus the compose scenario; stops the engine afterwards"
 	@echo "make bench  run the benchmarks and print the figures"
+	@echo "make soak [SOAK_SECONDS=600] [SOAK_SEED=n]  random faults under a population of"
+	@echo "                         clients, invariants checked (docs/soak.md)"
 	@echo "make capacity [USERS=n]  needs and costs at n connected users (default: 10k to 10M),"
 	@echo "                         the tables of docs/capacity.md"
 	@echo "make functions-discover  build functions/venv and run the Firebase CLI's discovery of"
@@ -160,6 +162,13 @@ $(BENCH_NODE_STAMP): tests/bench/node/package.json tests/bench/node/package-lock
 bench: deps $(BENCH_NODE_STAMP)
 	$(PY) -m tests.bench; status=$$?; \
 	$(PY) -m tests.bench.charts --publish .run/bench/results.json || status=$$?; exit $$status
+
+# The chaos soak (docs/soak.md): three instances, the sweep and the emulators under SOAK_SECONDS
+# of seeded random faults while SOAK_CLIENTS clients connect; SOAK_SEED repeats a run.
+SOAK_SECONDS ?= 600
+soak: deps
+	$(PY) -m tests.soak --seconds $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED)) \
+		$(if $(SOAK_CLIENTS),--clients $(SOAK_CLIENTS))
 
 # The tables of docs/capacity.md, from the constants of scripts/capacity.py; USERS=1000000 (or a
 # space-separated list) prints the same figures for those sizes.

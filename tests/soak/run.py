@@ -1,0 +1,195 @@
+"""One soak run: start the stack, connect the population, inject the seeded faults for
+``seconds`` while it runs, stop the faults, let the deployment settle, check every invariant
+and print the report. ``python -m tests.soak --help``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.soak import invariants as inv
+from tests.soak import observe
+from tests.soak.faults import Injector
+from tests.soak.population import Population, assign_roles
+from tests.soak.report import RunInfo, render
+from tests.soak.schedule import build_schedule, format_schedule
+from tests.soak.stack import Stack, rss
+from tests.soak.timeline import SIGNED_OUT, SILENT, Outcome
+
+log = logging.getLogger("soak")
+T = TypeVar("T")
+
+
+def say(text: str) -> None:
+    print(f"soak: {text}", flush=True)
+
+
+async def poll(check: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float) -> T:
+    """Call ``check`` until ``done`` says its answer is final or ``timeout`` passed; the last
+    answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = await check()
+        if done(answer) or time.monotonic() > deadline:
+            return answer
+        await asyncio.sleep(1.0)
+
+
+async def soak(seconds: float, seed: int, clients: int, log_dir: Path) -> int:
+    wall = time.monotonic()
+    faults = build_schedule(seed, seconds)
+    say(f"seed {seed}, {seconds:g} s, {clients} clients, {len(faults)} faults scheduled")
+    say("schedule:\n" + format_schedule(faults))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(log_dir)
+    try:
+        return await _soak(stack, faults, seconds, seed, clients, log_dir, wall)
+    finally:
+        await stack.frontend.stop()
+        await asyncio.to_thread(stack.stop)
+
+
+async def _soak(
+    stack: Stack,
+    faults: list[Any],
+    seconds: float,
+    seed: int,
+    clients: int,
+    log_dir: Path,
+    wall: float,
+) -> int:
+    import firebase_admin
+    from firebase_admin import auth
+    from google.cloud import firestore
+
+    from tests.support import id_token_for
+
+    await asyncio.to_thread(stack.start_emulators)
+    say(f"emulators up after {time.monotonic() - wall:.0f} s")
+    # This process reads the stores directly; the gateways go through the throttle.
+    os.environ["FIRESTORE_EMULATOR_HOST"] = stack.firestore_host
+    os.environ["FIREBASE_AUTH_EMULATOR_HOST"] = stack.auth_host
+    app = firebase_admin.initialize_app(options={"projectId": stack.project}, name=stack.project)
+    db = firestore.Client(project=stack.project)
+    await stack.frontend.start()
+    stack.start_function()
+    await asyncio.to_thread(stack.start_gateways)
+    assert stack.function is not None
+    await asyncio.to_thread(stack.function.wait_ready, 60)
+    for instance in stack.instances:
+        assert instance.process is not None and instance.process.popen is not None
+        instance.baseline_rss = rss(instance.process.popen.pid)
+    say(f"gateways and sweep up after {time.monotonic() - wall:.0f} s")
+
+    def mint(uid: str) -> str:
+        return id_token_for(stack.auth_host, auth.create_custom_token(uid, app=app))
+
+    users = assign_roles(clients, secrets.token_hex(3))
+    rng = random.Random(seed)
+    origin = time.monotonic()
+
+    def clock() -> float:
+        return time.monotonic() - origin
+
+    population = Population(stack.frontend.url, users, mint, clock, rng)
+    await asyncio.to_thread(population.mint_all)
+    bad_token = await asyncio.to_thread(mint, "soak-bad-user")
+    baseline = await asyncio.to_thread(observe.valid_after, app, users)
+    stop_sweeps = asyncio.Event()
+    scheduler = asyncio.create_task(stack.schedule(stop_sweeps))
+    await population.connect_all()
+    start = clock()
+    say(f"{len(users)} clients connected after {time.monotonic() - wall:.0f} s; faults begin")
+
+    stop = asyncio.Event()
+    intervals = stack.intervals
+    allowed = intervals.pong_timeout + 3 * intervals.sweep
+    population.run(seconds, silent_by=seconds - allowed - 5, stop=stop)
+    injector = Injector(stack, clock, bad_token)
+    await injector.run(faults, start)
+    await asyncio.sleep(max(0.0, start + seconds - clock()))
+    stop.set()
+    real = [i.real() for i in injector.injected]
+    say(
+        "faults stopped:\n"
+        + "\n".join(f"{i.real().describe()}  {i.note}" for i in injector.injected)
+    )
+
+    missing = await population.settle(60)
+    if missing:
+        say(f"{len(missing)} clients not connected again within 60 s: {missing[:5]}")
+    # Silent clients not signed out yet get until their deadline (with every real fault).
+    silent = [t for t in population.timelines.values() if t.role == SILENT]
+    dues = [
+        w[1]
+        for t in silent
+        if not t.of(SIGNED_OUT)
+        and (w := inv.silent_deadline(t, real, intervals.pong_timeout, intervals.sweep))
+    ]
+    if dues:
+        await asyncio.sleep(max(0.0, max(dues) + 1.0 - clock()))
+    await asyncio.sleep(intervals.sweep + 1.0)
+
+    outcomes: dict[int, Outcome] = {}
+
+    async def stores() -> Outcome:
+        snap = await asyncio.to_thread(observe.snapshot, db, stack, population.open_by_user())
+        return inv.check_stores(snap)
+
+    outcomes[5] = await poll(stores, lambda out: not out.violations, 30)
+    found = await asyncio.to_thread(observe.accounts, db, app, baseline)
+    one, two = Outcome(), Outcome()
+    open_now = population.open_by_user()
+    for user, timeline in population.timelines.items():
+        one.merge(inv.check_answering(timeline, found.get(user)))
+        two.merge(
+            inv.check_silent(
+                timeline,
+                found.get(user),
+                real,
+                intervals.pong_timeout,
+                intervals.sweep,
+                socket_open=user in open_now,
+            )
+        )
+    outcomes[1], outcomes[2] = one, two
+
+    stop_sweeps.set()
+    await population.close_all()
+
+    async def gauges() -> list[int | None]:
+        return [await asyncio.to_thread(observe.gauge, i.port) for i in stack.instances]
+
+    await poll(gauges, lambda values: not any(values), 30)
+    await asyncio.sleep(3.0)
+    before = {
+        i.instance_id: i.baseline_rss
+        for i in stack.instances
+        if i.baseline_rss is not None and not i.restarted
+    }
+    after = {}
+    for instance in stack.instances:
+        if instance.process is not None and instance.process.popen is not None:
+            if (value := rss(instance.process.popen.pid)) is not None:
+                after[instance.instance_id] = value
+    outcomes[6] = inv.check_memory(before, after, 0.10)
+    scheduler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await scheduler
+
+    info = RunInfo(seed, seconds, clients, time.monotonic() - wall, str(log_dir))
+    text = render(info, real, dict(sorted(outcomes.items())), population.timelines)
+    print(text, flush=True)
+    (log_dir / "report.txt").write_text(text + "\n")
+    (log_dir / "timelines.txt").write_text(
+        "\n\n".join(t.describe() for t in population.timelines.values()) + "\n"
+    )
+    return 1 if any(out.violations for out in outcomes.values()) else 0
