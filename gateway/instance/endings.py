@@ -41,6 +41,10 @@ CLOSED_BY_SERVICE = {
 RECONCILE_WINDOW = 600.0
 #: How old a sign-out must be before the reconcile poll closes its sockets itself.
 RECONCILE_GRACE = 5.0
+#: A write lag (in SWEEP_INTERVALs) past which the sweep may have counted this instance lost.
+#: The sweep does once the stored heartbeat is three intervals old, and the last heartbeat that
+#: reached Firestore before the lag began may have been up to one interval old already.
+LOST_AFTER_INTERVALS = 2
 
 
 class Endings:
@@ -71,8 +75,9 @@ class Endings:
         self.started_at = started_at
         self.reconcile_grace = RECONCILE_GRACE
         self.timeouts_sent = 0
-        #: Called once the write-behind buffer caught up after lagging past three heartbeats
-        #: (the service re-asserts its sockets' records and presence then).
+        #: Called once the write-behind buffer caught up after lagging past
+        #: ``LOST_AFTER_INTERVALS`` heartbeats (the service re-asserts its sockets' records and
+        #: presence then).
         self.on_recovered: Callable[[], None] | None = None
         self._lagged = False
 
@@ -183,36 +188,49 @@ class Endings:
         return closed
 
     async def reconcile_loop(self) -> None:
-        """Write the instance's heartbeat and reconcile every SWEEP_INTERVAL."""
-        while True:
-            await asyncio.sleep(self.sweep_interval)
-            # The instance's heartbeat rides on the same cadence (one merge-write per interval),
-            # and repeats the internal URL: the registry is the only place the sweep finds it,
-            # so a lost start-up registration must not leave this instance unaddressable.
-            self.writer.put(
-                Write(
-                    INSTANCES,
-                    self.instance_id,
-                    {
-                        HEARTBEAT_AT: utc_now(),
-                        INTERNAL_URL: self.internal_url,
-                        # The sweep's measure of how far this instance's records lag.
-                        PONG_BACKLOG_SECONDS: round(self.writer.backlog_age(), 1),
-                    },
+        """Write the instance's heartbeat and watch its write lag every SWEEP_INTERVAL, and
+        reconcile as often, one pass at a time. A pass reads Firestore and, while Firestore is
+        stalled, waits with it: the heartbeat and the lag watch must not wait behind it, since
+        a stall is exactly when the sweep may count this instance lost."""
+        reconciling: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(self.sweep_interval)
+                # The instance's heartbeat rides on the same cadence (one merge-write per
+                # interval), and repeats the internal URL: the registry is the only place the
+                # sweep finds it, so a lost start-up registration must not leave this instance
+                # unaddressable.
+                self.writer.put(
+                    Write(
+                        INSTANCES,
+                        self.instance_id,
+                        {
+                            HEARTBEAT_AT: utc_now(),
+                            INTERNAL_URL: self.internal_url,
+                            # The sweep's measure of how far this instance's records lag.
+                            PONG_BACKLOG_SECONDS: round(self.writer.backlog_age(), 1),
+                        },
+                    )
                 )
-            )
-            self._watch_lag()
-            try:
-                await self.reconcile_once()
-            except Exception as exc:
-                logger.warning("reconcile pass failed: %r", exc)
+                self._watch_lag()
+                if reconciling is None or reconciling.done():
+                    reconciling = asyncio.create_task(self._reconcile_pass())
+        finally:
+            if reconciling is not None:
+                reconciling.cancel()
+
+    async def _reconcile_pass(self) -> None:
+        try:
+            await self.reconcile_once()
+        except Exception as exc:
+            logger.warning("reconcile pass failed: %r", exc)
 
     def _watch_lag(self) -> None:
-        """A buffer lagging past three heartbeats' time means the heartbeats did not reach
-        Firestore either: the sweep counts such an instance lost and ends its sessions and
-        presence. Once the buffer has caught up, say so (``on_recovered``)."""
+        """A buffer lagging past ``LOST_AFTER_INTERVALS`` heartbeats' time means the heartbeats
+        did not reach Firestore either: the sweep may count such an instance lost and end its
+        sessions and presence. Once the buffer has caught up, say so (``on_recovered``)."""
         age = self.writer.backlog_age()
-        if age > 3 * self.sweep_interval:
+        if age > LOST_AFTER_INTERVALS * self.sweep_interval:
             self._lagged = True
         elif self._lagged and age < self.sweep_interval:
             self._lagged = False
