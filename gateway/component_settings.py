@@ -113,6 +113,20 @@ class PresenceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """The operator console (docs/console.md): off unless CONSOLE_ENABLED; when on, a
+    Firebase ID token whose claims carry ``admin: true`` is accepted beside the admin token."""
+
+    enabled: bool = False
+    #: Built console page served at /console; empty: the repository's clients/js/dist/console.
+    dir: str = env("CONSOLE_DIR", "")
+    #: The Firebase web config the page signs in with (its API key is public by design);
+    #: empty domain: {project}.firebaseapp.com.
+    firebase_api_key: str = env("CONSOLE_FIREBASE_API_KEY", "")
+    firebase_auth_domain: str = env("CONSOLE_FIREBASE_AUTH_DOMAIN", "")
+
+
+@dataclass(frozen=True, slots=True)
 class CallbackSettings:
     """Who may call the internal callback: shared tokens, or Google-signed OIDC tokens."""
 

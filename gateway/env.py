@@ -29,6 +29,14 @@ def default_of(cls: type[Any], name: str) -> Any:
     return next(spec.default for spec in fields(cls) if spec.name == name)
 
 
+def boolean(raw: str) -> bool:
+    """A switch: 1, true, yes or on; 0, false, no or off (any case)."""
+    value = raw.lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(raw)
+    return value in ("1", "true", "yes", "on")
+
+
 def env(name: str, default: Any, kind: str = TEXT) -> Any:
     """A setting's one declaration: its variable, its default and how it is read."""
     return field(default=default, metadata={"env": name, "kind": kind})

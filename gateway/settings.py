@@ -1,8 +1,6 @@
 """Gateway settings, read from the environment once at start-up and validated.
 
-Every setting has an environment variable; the deployment's shared names (``PING_INTERVAL``,
-``PONG_TIMEOUT``, ``SWEEP_INTERVAL``, ``GATEWAY_PORT``, ``GATEWAY_ADMIN_TOKEN``,
-``GOOGLE_CLOUD_PROJECT``) are fixed; the rest are ours and documented in the README. Each
+Every setting has an environment variable (docs/configuration.md lists them all). Each
 component's settings are declared in ``gateway.component_settings``; what is read and checked
 across them, and the emulator guard, is here.
 """
@@ -20,13 +18,14 @@ from dataclasses import dataclass, field
 from gateway.component_settings import (
     AuthSettings,
     CallbackSettings,
+    ConsoleSettings,
     FanoutSettings,
     PresenceSettings,
     SocketSettings,
     StreamSettings,
     WriterSettings,
 )
-from gateway.env import EnvReader, default_of, env
+from gateway.env import EnvReader, boolean, default_of, env
 from gateway.exceptions import ConfigError
 from gateway.protocol.rooms import ROOM_CHARS, SEPARATOR, valid_prefix
 
@@ -67,8 +66,7 @@ class AllowedEmulator:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything the gateway needs to run, one frozen object per component; built by
-    :meth:`from_env` and never mutated."""
+    """Everything the gateway needs, one frozen object per component (built by from_env)."""
 
     admin_tokens: tuple[str, ...]
     project_id: str
@@ -96,6 +94,7 @@ class Settings:
     callback: CallbackSettings = field(default_factory=CallbackSettings)
     streams: StreamSettings = field(default_factory=StreamSettings)
     presence: PresenceSettings = field(default_factory=PresenceSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     @property
     def timeout_text(self) -> str:
@@ -164,6 +163,9 @@ class Settings:
             callback=_callback_settings(reader, admin_tokens),
             streams=reader.declared(StreamSettings),
             presence=_presence_settings(reader),
+            console=reader.declared(
+                ConsoleSettings, enabled=reader.get("CONSOLE_ENABLED", boolean, False)
+            ),
             **reader.plain(cls),
         )
         _check(settings, emulated)

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 import operator
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -26,12 +27,15 @@ from typing import Any, ClassVar
 import msgspec
 
 from gateway.cluster.broker import Broker, BrokerUnavailable
+from gateway.protocol.console import ConsoleReceipt
 from gateway.protocol.messages import StatsResponse
 
 logger = logging.getLogger("gateway.cluster.fanout")
 
 #: How many recent message ids each instance remembers to drop Pub/Sub's redeliveries.
 SEEN_IDS = 20_000
+#: Requests' durations kept until the console's sampler takes them (a bound, not a window).
+MAX_DURATIONS = 10_000
 
 #: Pub/Sub refuses a larger message. A message over it is not even tried (``Fanout.publish``
 #: raises BrokerUnavailable), and the caps below keep every receipt far under it, whatever the
@@ -96,6 +100,8 @@ class Reply(msgspec.Struct, tag="reply", tag_field="kind", omit_defaults=True, k
     #: (``gateway.protocol.presence.Wire``) and its newest version then.
     presence: list[tuple[str, str, int, int, dict[str, Any]]] = []
     as_of: int = 0
+    #: A console request's receipt (gateway.cluster.console).
+    console: ConsoleReceipt | None = None
 
 
 def kind_of(message: Request | Reply) -> str:
@@ -183,6 +189,8 @@ class Fanout:
         #: Requests published, by kind and outcome (ok, failed); receipts missing at deadline.
         self.published: Counter[tuple[str, str]] = Counter()
         self.missing_receipts = 0
+        #: Seconds each request took to gather its receipts, until the sampler takes them.
+        self.durations: list[float] = []
 
     async def start(self) -> None:
         await self.broker.start(self.on_message)
@@ -285,6 +293,7 @@ class Fanout:
         publishing fails."""
         request.id, request.origin = uuid.uuid4().hex, self.me
         kind = kind_of(request)
+        started = time.monotonic()
         pending = _Pending(expect)
         self._pending[request.id] = pending
         try:
@@ -301,6 +310,8 @@ class Fanout:
                 pass
         finally:
             del self._pending[request.id]
+        if len(self.durations) < MAX_DURATIONS:
+            self.durations.append(time.monotonic() - started)
         missing = sorted((expect or set()) - pending.replies.keys())
         self.missing_receipts += len(missing)
         if missing:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gateway.cluster import presence
+from gateway.cluster import console, presence
 from gateway.cluster.batch import SEND_BATCH
 from gateway.cluster.directory import settled
 from gateway.cluster.fanout import DEFAULT_LIST_LIMIT, Recipients, Reply, Request, user_digests
@@ -291,6 +291,7 @@ OPERATIONS: dict[type[Request], Operation[Any, Any]] = {
         *(SEND, SIGN_OUT, BROADCAST, ROOM_SEND, TIMEOUT, STATS, ROOM_MEMBERS, SEND_BATCH),
         ARRIVAL,
         *presence.OPERATIONS,
+        *console.OPERATIONS,
     )
 }
 #: Operations published without waiting for anyone (``Deployment.tell``).

@@ -22,6 +22,7 @@ import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from gateway.instance.events import EventRing
 from gateway.logs import LogBudget
 from gateway.protocol.messages import iso, utc_now
 
@@ -44,6 +45,8 @@ class ConnectionEvents:
         self.counts: Counter[str] = Counter()
         #: Disconnects by close code ("none" when the socket dropped without one).
         self.close_codes: Counter[str] = Counter()
+        #: The last events, for the console (gateway.instance.events).
+        self.recent = EventRing()
         #: Room entries per socket, by (user id, session id); see the module's docstring.
         self.room_lines: LogBudget[tuple[str, str]] = LogBudget(
             logger,
@@ -76,6 +79,7 @@ class ConnectionEvents:
             f"sockets_for_user={held} total={total}",
             sockets_for_user=held,
         )
+        self.recent.add("connect", conn.user_id, conn.session_id)
 
     def disconnect(self, conn: Connection, code: int | None, left: int, total: int) -> None:
         self.close_codes["none" if code is None else str(code)] += 1
@@ -91,6 +95,7 @@ class ConnectionEvents:
         )
         # The socket's room entries held back, if any, are reported now, and its budget freed.
         self.room_lines.forget((conn.user_id, conn.session_id))
+        self.recent.add("disconnect", conn.user_id, conn.session_id, code)
 
     def closed_by_service(self, kind: str, conn: Connection, code: int, reason: str) -> None:
         """A socket the gateway closed on purpose: ``timeout`` (4408) or ``signout`` (4410)."""
@@ -101,6 +106,14 @@ class ConnectionEvents:
             code=code,
             reason=reason,
         )
+        # An expired token is a refusal to the console, as it is in gateway_refusals_total.
+        recent_kind = kind if kind in ("timeout", "signout") else "refused"
+        self.recent.add(recent_kind, conn.user_id, conn.session_id, code, reason)
+
+    def refused(self, user_id: str, session_id: str | None, code: int, reason: str) -> None:
+        """A socket refused at its handshake, or closed by policy (a flood, a bad frame):
+        counted in ``gateway_refusals_total`` by the caller, kept here for the console."""
+        self.recent.add("refused", user_id[:128], session_id, code, reason)
 
     def room_join(self, conn: Connection, room: str, rooms: int) -> None:
         """The socket joined ``room``; ``rooms_for_socket`` counts its rooms now."""

@@ -26,6 +26,9 @@ SEND_CHUNK = 256
 #: How long an encoded ping may be reused for sockets being admitted: a storm of connects then
 #: shares one frame a second instead of encoding one each, and a timestamp is never staler.
 ADMISSION_PING_REUSE = 1.0
+#: Ping generations whose time is remembered (``answered_at``): at PING_INTERVAL=30 s, over
+#: eight hours, past any PONG_TIMEOUT worth having.
+REMEMBERED_ROUNDS = 1_000
 
 
 class Heartbeat:
@@ -43,6 +46,8 @@ class Heartbeat:
         #: Counts the pings encoded: a pong is written once per generation per socket
         #: (``PresenceService.pong``), so pongs nobody asked for cost no Firestore writes.
         self.generation = 0
+        #: Epoch seconds each recent generation's ping was encoded.
+        self._round_times: dict[int, float] = {}
 
     async def run(self) -> None:
         """Ping every socket every PING_INTERVAL, until cancelled."""
@@ -74,7 +79,16 @@ class Heartbeat:
             text = messages.encode_ping(utc_now())
             self._ping, self._ping_at = (text, text_frame(text)), now
             self.generation += 1
+            self._round_times[self.generation] = time.time()
+            if len(self._round_times) > REMEMBERED_ROUNDS:
+                del self._round_times[next(iter(self._round_times))]
         return self._ping
+
+    def answered_at(self, generation: int) -> float | None:
+        """When the ping of ``generation`` was sent (epoch seconds): a socket whose
+        ``pong_round`` it is last answered at that moment plus its round trip, which tells the
+        console its last pong without a clock read on the pong path. None when unknown."""
+        return self._round_times.get(generation)
 
     async def first_ping(self, conn: Connection) -> bool:
         """Ping a socket just accepted, so that it need not wait up to PING_INTERVAL for the

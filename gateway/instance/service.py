@@ -25,6 +25,7 @@ from gateway.instance.auth import TokenVerifier
 from gateway.instance.endings import Endings
 from gateway.instance.heartbeat import SEND_CHUNK, Heartbeat
 from gateway.instance.presence import LocalPresence
+from gateway.instance.recorder import SampleRing
 from gateway.instance.registry import Connection, Registry
 from gateway.instance.room_methods import RoomMethods
 from gateway.instance.stream_delivery import StreamDelivery
@@ -131,6 +132,8 @@ class PresenceService(RoomMethods):
         #: Joins refused, by error code (gateway.protocol.rooms).
         self.room_refusals: Counter[str] = Counter()
         self._started_at = utc_now()
+        #: The console's series (gateway.instance.recorder), fed while the console is enabled.
+        self.samples = SampleRing(self._started_at.timestamp())
         self.endings = Endings(
             settings,
             self.registry,

@@ -41,12 +41,18 @@ class PresenceRecords(Protocol):
     async def apply(self, instance: str, reports: Sequence[Report]) -> list[PresenceEvent]:
         """Apply the reports in one transaction; return the transitions they made."""
 
+    async def read(self, user_id: str) -> dict[str, Any] | None:
+        """The user's presence document, or None (the console's user view)."""
+
 
 class MemoryPresenceRecords:
     """The same decisions over a MemoryStore's documents (unit tests)."""
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
+
+    async def read(self, user_id: str) -> dict[str, Any] | None:
+        return self.store.docs.get((PRESENCE, user_id))
 
     async def apply(self, instance: str, reports: Sequence[Report]) -> list[PresenceEvent]:
         if self.store.fail_next:
@@ -73,6 +79,10 @@ class FirestorePresenceRecords:
 
     def __init__(self, client: Any) -> None:
         self._client = client
+
+    async def read(self, user_id: str) -> dict[str, Any] | None:
+        snapshot = await self._client.collection(PRESENCE).document(user_id).get(timeout=2.0)
+        return snapshot.to_dict() if snapshot.exists else None
 
     async def apply(self, instance: str, reports: Sequence[Report]) -> list[PresenceEvent]:
         from google.cloud.firestore import async_transactional

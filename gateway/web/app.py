@@ -30,7 +30,7 @@ from gateway.storage.firestore_store import FirestoreStore
 from gateway.storage.presence_records import FirestorePresenceRecords
 from gateway.storage.store import MemoryStore, Store
 from gateway.storage.streams import MemoryStreamStore, StreamStore
-from gateway.web import presence_routes, routes, static
+from gateway.web import console_routes, presence_routes, routes, static
 from gateway.web.callback_auth import OidcVerifier
 from gateway.web.fast_send import FastSend
 from gateway.web.http_metrics import HttpMetrics, HttpMetricsMiddleware
@@ -129,9 +129,10 @@ def create_app(
             *presence_routes.ROUTES,
             GatewayMetrics,
             *static.ROUTES,
+            *console_routes.ROUTES,
         ],
         middleware=[lambda app: HttpMetricsMiddleware(app, http_metrics)],
-        lifespan=[lifespan],
+        lifespan=[lifespan, console_routes.lifespan],
         exception_handlers={Exception: routes.error_body},
         openapi_config=OpenAPIConfig(title="Presence gateway", version="0.1.0"),
         request_max_body_size=settings.sockets.max_message_bytes,
@@ -147,6 +148,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.http_metrics = http_metrics
+    app.state.console_files = console_routes.load_files(settings)
+    app.state.console_admins = console_routes.admin_tokens(app, settings)
     app.state.static = static.load(
         settings.client_dir,
         settings.demo_dir,

@@ -1,5 +1,7 @@
-"""Route guards: the admin bearer token for the REST API, the callback credential for the
-sweep's callback. Both compare tokens in constant time; neither accepts the other's."""
+"""Route guards: the admin bearer token for the REST API (and, with ``CONSOLE_ENABLED``, a
+Firebase ID token carrying the ``admin`` claim: ``gateway.web.console_auth``), the callback
+credential for the sweep's callback. Tokens are compared in constant time; neither guard
+accepts the other's."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from litestar.handlers import BaseRouteHandler
 
 from gateway.settings import Settings
 from gateway.web.callback_auth import OidcVerifier
+from gateway.web.console_auth import AdminTokens
 
 
 def _check_bearer(
@@ -33,8 +36,18 @@ async def require_admin(
 ) -> None:
     """Guard: ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``, compared in constant time.
     A coroutine on purpose: Litestar runs a plain-function guard in a worker thread, a thread
-    hop per REST call that cost a tenth of a send's CPU (docs/benchmarks.md)."""
-    _check_bearer(connection, connection.app.state.settings.admin_tokens)
+    hop per REST call that cost a tenth of a send's CPU (docs/benchmarks.md). With the console
+    enabled, a Firebase ID token whose claims carry ``admin: true`` is accepted too."""
+    settings: Settings = connection.app.state.settings
+    try:
+        _check_bearer(connection, settings.admin_tokens)
+    except NotAuthorizedException:
+        admins: AdminTokens | None = connection.app.state.console_admins
+        if admins is None:
+            raise
+        scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or await admins.admin(token.strip()) is None:
+            raise
 
 
 async def require_callback(

@@ -246,6 +246,7 @@ async def _admit(
     if refusal is not None:
         refused_with, reason = refusal
         service.refusals[reason] += 1
+        service.events.refused(user_id, None, refused_with, reason)
         await send({"type": "websocket.close", "code": refused_with, "reason": reason})
         logger.info("refused socket user=%.80r: %s (%d)", user_id, reason, refused_with)
         return None
@@ -277,6 +278,7 @@ async def _on_event(service: PresenceService, conn: Connection, event: Any) -> i
         if code == CloseCode.RATE_LIMITED:
             logger.info("closing flooding socket user=%s", conn.user_id)
         service.refusals[counted_as] += 1
+        service.events.refused(conn.user_id, conn.session_id, int(code), reason)
         await conn.close(code, reason)
         return int(code)
     work = step.work
