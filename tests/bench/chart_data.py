@@ -64,6 +64,7 @@ class Chart:
     hlines: tuple[tuple[str, float], ...] = ()
     vlines: tuple[tuple[str, float], ...] = ()
     ylim_zero: bool = True
+    xlim_zero: bool = False
     xlog: bool = False
     legend_loc: LegendLoc = "best"
 
@@ -135,6 +136,7 @@ def memory_chart(results: dict[str, Any]) -> Chart | None:
         xlabel="idle sockets held",
         ylabel="KB per socket",
         lines=tuple(lines),
+        xlim_zero=True,
         legend_loc="lower right",
     )
 

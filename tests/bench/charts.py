@@ -45,6 +45,7 @@ STYLE: dict[Any, Any] = {
     "legend.framealpha": 0.9,
 }
 SIZE_INCHES = (8.0, 4.5)
+LINESTYLES = ("-", "--", "-.", ":")
 
 
 def source_name(path: Path) -> str:
@@ -84,6 +85,8 @@ def render(chart: Chart, source: str, digest: str) -> bytes:
                         marker="o" if len(line.xs) <= 12 else "",
                         markersize=3.5,
                         linewidth=1.6,
+                        # Lines that coincide (admitted and pinged in a storm) stay visible.
+                        linestyle=LINESTYLES[i % len(LINESTYLES)],
                         label=line.label,
                     )
         for i, (label, y) in enumerate(chart.hlines):
@@ -94,6 +97,8 @@ def render(chart: Chart, source: str, digest: str) -> bytes:
             axes.set_xscale("log")
         if chart.ylim_zero:
             axes.set_ylim(bottom=0)
+        if chart.xlim_zero:
+            axes.set_xlim(left=0)
         axes.set_xlabel(chart.xlabel)
         axes.set_ylabel(chart.ylabel)
         axes.legend(loc=chart.legend_loc)

@@ -3,23 +3,31 @@ memory chart of ``tests/bench/charts.py``).
 
 Scenario A and the load scenario each measure one point: the RSS growth from a baseline to
 ``--memory-connections`` idle sockets opened at once. This series is measured apart from them,
-on a fresh server of each kind, so their figures keep their meaning: after the same baseline
-as theirs (the gateway: a warm-up of ``--warmup-sockets`` opened and closed, then
-``--settle``; Node: ``--settle``), idle sockets are added in ``--memory-steps`` equal steps up
-to ``--memory-connections``, each step by its own load-client process (its own user ids); once
-the server holds them all and ``--settle-after`` has passed, its RSS is read. A point is the
-RSS growth over the baseline divided by the sockets held, so the last point is the single
-figure's quantity reached in steps instead of at once.
+on a fresh server of each kind, so their figures keep their meaning. Both servers get the
+same baseline: ``--warmup-sockets`` opened and closed (one-off costs land in it), then RSS read
+until two readings a second apart differ by less than ``SETTLED_KB`` (Node's RSS shrinks for
+several seconds after its start, which made the first steps' growth negative). Node's readings
+each follow a full V8 collection: its heap otherwise moved RSS by about 2 MB between readings.
+Then idle sockets are added in ``--memory-steps`` equal steps up to ``--memory-connections``,
+each step by its own load-client process (its own user ids); once the server holds them all
+and ``--settle-after`` has passed, its RSS is read. A point is the RSS growth over the
+baseline divided by the sockets held.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 #: Steps from zero to ``--memory-connections`` (``--memory-steps``; 0 skips the series).
 DEFAULT_STEPS = 5
+#: The baseline is read once RSS moves less than this between two readings a second apart.
+SETTLED_KB = 256.0
+#: A full garbage collection before each RSS reading, where the server offers one (Node's
+#: ``gc`` command; CPython frees a closed socket's objects by reference counting at once).
+Collect = Callable[[], None] | None
 
 
 class Server(Protocol):
@@ -38,14 +46,55 @@ def step_counts(total: int, steps: int) -> list[int]:
     return counts
 
 
+def settled_rss(server: Server, collect: Collect, timeout: float = 30.0) -> float:
+    """The server's RSS once two readings a second apart differ by less than SETTLED_KB (the
+    last reading after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    last = read_rss(server, collect)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = read_rss(server, collect)
+        if abs(now - last) < SETTLED_KB:
+            return now
+        last = now
+    return last
+
+
+def read_rss(server: Server, collect: Collect) -> float:
+    """The server's RSS, after a full garbage collection where the server offers one."""
+    if collect is not None:
+        collect()
+    return server.rss_kb()
+
+
+def warm_up(server: Server, port: int, args: argparse.Namespace, stack: list[Any]) -> None:
+    """``--warmup-sockets`` idle sockets opened and closed, then ``--settle``."""
+    from tests.bench.runner import LoadClients
+
+    warm = LoadClients(port=port, count=args.warmup_sockets, mode="idle", prefix="warm", args=args)
+    stack.append(warm)
+    warm.wait_ready(60)
+    server.wait_connections(args.warmup_sockets, 30)
+    warm.stop()
+    stack.remove(warm)
+    server.wait_connections(0, 30)
+    time.sleep(args.settle)
+
+
 def measure_steps(
-    server: Server, port: int, counts: list[int], args: argparse.Namespace, stack: list[Any]
+    server: Server,
+    port: int,
+    counts: list[int],
+    args: argparse.Namespace,
+    stack: list[Any],
+    collect: Collect = None,
 ) -> list[dict[str, Any]]:
-    """RSS at each count of idle sockets on ``server`` (already at its baseline); every load
-    client is stopped before returning."""
+    """RSS at each count of idle sockets on ``server`` (warmed up), from a settled baseline;
+    every load client is stopped before returning."""
     from tests.bench.runner import LoadClients, log
 
-    base = server.rss_kb()
+    warm_up(server, port, args, stack)
+    base = settled_rss(server, collect)
     points: list[dict[str, Any]] = [{"sockets": 0, "rss_kb": round(base), "per_socket_kb": None}]
     opened = 0
     held: list[LoadClients] = []
@@ -62,7 +111,7 @@ def measure_steps(
             server.wait_connections(count, 120)
             opened = count
             time.sleep(args.settle_after)
-            rss = server.rss_kb()
+            rss = read_rss(server, collect)
             per_socket = (rss - base) / count
             points.append(
                 {"sockets": count, "rss_kb": round(rss), "per_socket_kb": round(per_socket, 2)}
@@ -77,8 +126,8 @@ def measure_steps(
 
 
 def gateway_series(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, Any]:
-    """The gateway's series, on a fresh gateway with scenario A's settings and baseline."""
-    from tests.bench.runner import Gateway, LoadClients, log
+    """The gateway's series, on a fresh gateway with scenario A's settings."""
+    from tests.bench.runner import Gateway, log
 
     counts = step_counts(args.memory_connections, args.memory_steps)
     if not counts:
@@ -88,16 +137,6 @@ def gateway_series(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> 
     stack.append(gw)
     gw.start()
     try:
-        warm = LoadClients(
-            port=gw.port, count=args.warmup_sockets, mode="idle", prefix="warm", args=args
-        )
-        stack.append(warm)
-        warm.wait_ready(60)
-        gw.wait_connections(args.warmup_sockets, 30)
-        warm.stop()
-        stack.remove(warm)
-        gw.wait_connections(0, 30)
-        time.sleep(args.settle)
         points = measure_steps(gw, gw.port, counts, args, stack)
     finally:
         gw.stop()
@@ -106,7 +145,7 @@ def gateway_series(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> 
 
 
 def node_series(args: argparse.Namespace, stack: list[Any]) -> dict[str, Any]:
-    """Node ``ws``'s series, on a fresh server with the load scenario's baseline."""
+    """Node ``ws``'s series, on a fresh server as the load scenario starts it."""
     from tests.bench.load_bench import NodeServer
     from tests.bench.runner import RUN_DIR, log
 
@@ -117,8 +156,7 @@ def node_series(args: argparse.Namespace, stack: list[Any]) -> dict[str, Any]:
     node = NodeServer(30.0, RUN_DIR / "node-ws.log")
     stack.append(node)
     try:
-        time.sleep(args.settle)
-        points = measure_steps(node, node.port, counts, args, stack)
+        points = measure_steps(node, node.port, counts, args, stack, node.collect_garbage)
     finally:
         node.stop()
         stack.remove(node)

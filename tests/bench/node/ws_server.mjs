@@ -6,7 +6,9 @@
 // Every socket is pinged with the gateway's ping frame every --interval seconds (one JSON
 // encoding per round, as a production ws server would), and every text frame is parsed as JSON
 // and counted as a pong when it is one. Prints {"event":"ready","port":N} once listening, and
-// {"event":"stats",...} for each "stats" line on stdin; exits on EOF or "stop".
+// {"event":"stats",...} for each "stats" line on stdin; runs a full garbage collection for each
+// "gc" line when started with --expose-gc ({"event":"gc","collected":true}); exits on EOF or
+// "stop".
 import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import { WebSocketServer } from "ws";
@@ -70,6 +72,11 @@ const emitStats = () => {
 const lines = createInterface({ input: process.stdin });
 lines.on("line", (line) => {
   if (line.trim() === "stats") emitStats();
-  else if (line.trim() === "stop") process.exit(0);
+  else if (line.trim() === "gc") {
+    // The memory series' readings (tests/bench/memory_series.py): a full collection first, so
+    // V8's heap growing and shrinking between collections does not show as a cost per socket.
+    if (globalThis.gc) globalThis.gc();
+    process.stdout.write(`${JSON.stringify({ event: "gc", collected: Boolean(globalThis.gc) })}\n`);
+  } else if (line.trim() === "stop") process.exit(0);
 });
 lines.on("close", () => process.exit(0));
