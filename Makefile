@@ -24,7 +24,7 @@ help:
 	@echo "make up-containers    the same stack as make up, in containers (docker-compose)"
 	@echo "make test-containers  integration + end-to-end tests with the emulators in containers,"
 	@echo "                      plus the compose scenario; stops the engine afterwards"
-	@echo "make bench  run the benchmarks and print the figures"
+	@echo "make bench  run the benchmarks, print the figures and draw docs/benchmarks/*.svg"
 	@echo "make soak [SOAK_SECONDS=600] [SOAK_SEED=n]  random faults under a population of"
 	@echo "                         clients, invariants checked (docs/soak.md)"
 	@echo "make capacity [USERS=n]  needs and costs at n connected users (default: 10k to 10M),"

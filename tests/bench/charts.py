@@ -75,7 +75,7 @@ def render(chart: Chart, source: str, digest: str) -> bytes:
             axes.set_xticks(range(len(chart.categories)), chart.categories, rotation=45)
             axes.grid(axis="x", visible=False)
         else:
-            for line in chart.lines:
+            for i, line in enumerate(chart.lines):
                 if line.points:
                     axes.plot(line.xs, line.ys, "D", markersize=6, label=line.label)
                 else:

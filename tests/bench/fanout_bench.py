@@ -36,6 +36,9 @@ REST call is made (same machine clock):
    closes its own sockets and hands the rest to the others through Pub/Sub. The gateways'
    reconcile poll (every ``SWEEP_INTERVAL``) may close a socket first; the log says how often.
 
+Every latency summarized as p50 / p99 is also kept whole (``*samples_ms``, sorted) for the
+fan-out chart's distributions.
+
 The HTTP mesh this replaced was measured by the former ``peers`` scenario; its figures are
 quoted in the summary (``HTTP_MESH_REFERENCE``), not re-measured.
 """

@@ -9,7 +9,8 @@ Printed as rows of the summary table:
   seconds, and ``--memory-connections`` idle sockets. CPU per ping/pong cycle is the process's
   CPU time over the window divided by the pongs it took; memory per socket is the RSS growth
   divided by the sockets held. The goals are ratios: CPU at most 2 x Node's, memory at most
-  Node's.
+  Node's. For the charts, the CPU window is also sampled every ``SAMPLE_SECONDS`` and Node's
+  memory measured in steps (``memory_series``).
 
 The reconnect storm (real ID tokens, every socket at once) is its own scenario, ``storm_bench``
 (``--only storm``); half-open handshakes are held by ``tests/e2e/test_handshakes.py``.

@@ -16,7 +16,8 @@ go to ``.run/bench/``. Every process is stopped on the way out, whatever happens
 Scenario A (memory): gateway with PING_INTERVAL=30; a warm-up of 100 sockets is opened and
 closed so one-off costs (first handshake, lazy imports, Firestore channel) land in the
 baseline; then RSS before, N idle sockets with distinct user ids, wait for
-``/ws/stats`` total_connections == N, settle, RSS after; (after - before) / N.
+``/ws/stats`` total_connections == N, settle, RSS after; (after - before) / N. Then, on a fresh
+gateway, the same in steps for the memory chart (``memory_series``).
 
 Scenario B (pongs), run twice on a fresh gateway with PING_INTERVAL=1: "sustained" (2,500
 sockets, a 60 s window: the issue's 2,000 pongs/s with a margin, held to every target) and
@@ -52,6 +53,9 @@ Scenario presence: three gateways behind the proxy with PRESENCE_GRACE=0; close 
 offline, join and leave -> another instance's member's diff, and a SIGKILLed instance's users
 offline and gone from the room under the sweep; writes and Pub/Sub messages per change; see
 ``presence_bench``.
+
+``make bench`` then draws the charts of docs/benchmarks.md from the results
+(``python -m tests.bench.charts``; the series they need: ``chart_data``).
 """
 
 from __future__ import annotations

@@ -25,7 +25,9 @@ and its first ``ping``. The figures:
 * total: first connect started -> last socket's first ping (the goal: under 10 s);
 * refusals: sockets closed by the gateway before their first ping, by close code, plus
   connections that failed (the goal: 0). The gateway's own refusal counters (``/metrics``)
-  are printed beside them.
+  are printed beside them;
+* for the storm chart, ``timeline``: connects started, sockets admitted and sockets pinged,
+  counted every ``TIMELINE_BIN`` seconds from the first connect.
 
 The connect limiter (``WS_MAX_CONNECTS_PER_MINUTE``, per client address per minute) is left at
 its default: the client spreads its sockets over ``--hosts`` loopback addresses and connects
