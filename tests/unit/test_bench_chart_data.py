@@ -3,11 +3,14 @@ helpers): results in, series out, nothing drawn."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.bench import chart_data
+from tests.bench.charts import draw_all
 from tests.bench.memory_series import step_counts
 from tests.bench.storm_bench import timeline
 
@@ -145,3 +148,16 @@ def test_memory_chart_needs_both_servers() -> None:
         ((10_000.0,), (5.5,), True),
         ((10_000.0,), (6.1,), True),
     ]
+
+
+def test_draw_all_leaves_a_chart_without_inputs_as_it_was(tmp_path: Path) -> None:
+    """A results file lacking every chart's scenario rewrites no SVG and says so per chart."""
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"durable": {}}))
+    old = tmp_path / "memory.svg"
+    old.write_text("<svg>an earlier run</svg>")
+    outcome = draw_all(results, tmp_path)
+    assert set(outcome) == set(chart_data.CHARTS)
+    assert all(what.startswith("left as it was") for what in outcome.values())
+    assert old.read_text() == "<svg>an earlier run</svg>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["memory.svg", "results.json"]
