@@ -97,6 +97,7 @@ def banner(env: Mapping[str, str], logs: str, function_url: str, *, demo: bool =
     exports = "\n".join(f"  export {k}={v}" for k, v in env.items())
     demo_line = (
         f"  demo page        http://{gw}/demo   (sign in, watch pings, stop answering them)\n"
+        f"  console          http://{gw}/console   (sign in with the admin token below)\n"
         if demo
         else ""
     )
@@ -181,7 +182,13 @@ def up(environ: Mapping[str, str] | None = None, *, in_containers: bool = False)
         firestore.wait_ready(90)
         auth.wait_ready(120)
         pubsub.wait_ready(60)
-        gateway_env = {**env, "GATEWAY_HOST": HOST, "DEMO_DIR": str(DEMO_DIR)}
+        gateway_env = {
+            **env,
+            "GATEWAY_HOST": HOST,
+            "DEMO_DIR": str(DEMO_DIR),
+            # The operator console at /console (docs/console.md); CONSOLE_ENABLED=0 turns it off.
+            "CONSOLE_ENABLED": environ.get("CONSOLE_ENABLED") or "1",
+        }
         gateway = procs.gateway_process(gateway_env, HOST, gateway_port, log_dir)
         print(f"starting gateway ... (log: {gateway.log_path})", file=sys.stderr)
         gateway.start()

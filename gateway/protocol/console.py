@@ -3,8 +3,9 @@ console's three data routes, and the answers the routes give once the receipts a
 
 A receipt stays small whatever the instance holds: its series cover at most ``SAMPLES``
 samples, its events at most the request's limit (``MAX_EVENTS``), its users and rooms at most
-``LISTED_USERS`` and ``BUSIEST_ROOMS``. At their largest, about 300 samples x 11 numbers (40 KB)
-and 1,000 events of up to 420 bytes (420 KB): far under Pub/Sub's 10 MB message limit.
+``LISTED_USERS`` and ``BUSIEST_ROOMS``. Measured at their largest (128-character ids): an
+overview receipt 153 KB (131 KB of it the listed users, 19 KB the series), an events receipt
+372 KB; tests/unit/test_console_ops.py holds both under 1 MB, a tenth of Pub/Sub's limit.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The operator console (docs/console.md): its page, its config and its three data routes.
 
 Everything here answers 404 unless ``CONSOLE_ENABLED`` is on, and 403 to a request whose
-``Origin`` is not in ``ALLOWED_ORIGINS`` (``console_gate``): the page is same-origin, so a
-foreign origin can only be another site's page. The data routes take the REST API's bearer
-(``require_admin``: the admin token, or a Firebase ID token with the ``admin`` claim); the
-page itself and its config are public files, like the demo's. Actions go through the REST API
-as it is: the console adds no route that changes anything.
+``Origin`` is neither in ``ALLOWED_ORIGINS`` nor the gateway's own (``console_gate``): the page
+is same-origin, so any other origin can only be another site's page. The data routes take
+the REST API's bearer (``require_admin``: the admin token, or a Firebase ID token with the
+``admin`` claim); the page itself and its config are public files, like the demo's. Actions
+go through the REST API as it is: the console adds no route that changes anything.
 
 The page's files are read once, when the app is built, from ``CONSOLE_DIR`` (default: the
 repository's ``clients/js/dist/console``, built by ``node clients/js/console/build.mjs``).
@@ -20,6 +20,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from litestar import Litestar, Request, Response, get
 from litestar.connection import ASGIConnection
@@ -111,11 +112,6 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     if not settings.console.enabled:
         yield
         return
-    if not settings.sockets.allowed_origins:
-        logger.warning(
-            "CONSOLE_ENABLED without ALLOWED_ORIGINS: the console refuses every request that "
-            "carries an Origin; list the gateway's own origin"
-        )
     task = asyncio.create_task(console_sampler.run(app.state.deployment), name="console-sampler")
     try:
         yield
@@ -130,8 +126,21 @@ async def console_gate(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRo
     if not settings.console.enabled:
         raise NotFoundException("The console is not enabled on this gateway (CONSOLE_ENABLED)")
     origin = connection.headers.get("origin")
-    if origin is not None and origin.rstrip("/") not in settings.sockets.allowed_origins:
+    if origin is not None and not origin_allowed(
+        origin, connection.headers.get("host", ""), settings.sockets.allowed_origins
+    ):
         raise PermissionDeniedException(f"Origin {origin[:200]!r} is not in ALLOWED_ORIGINS")
+
+
+def origin_allowed(origin: str, host: str, allowed: tuple[str, ...]) -> bool:
+    """An origin in ALLOWED_ORIGINS, or the gateway's own (the page's, same-origin: its
+    host:port is the request's Host). A foreign page cannot choose either header, so its
+    requests are refused whatever token they carry; an empty list allows no other origin."""
+    origin = origin.rstrip("/")
+    if origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == host.lower()
 
 
 def _serve(request: Request[Any, Any, Any], name: str) -> Response[bytes]:

@@ -114,7 +114,7 @@ async def test_both_sign_ins_accepted_and_others_refused(
 ) -> None:
     """The admin token and an admin-claim ID token are taken by the console's routes and the
     REST API; a token without the claim, a forged one and garbage get 401 with the API's body;
-    a foreign Origin gets 403 and a listed one is served."""
+    a foreign Origin gets 403, a listed one and the gateway's own are served."""
     assert (await get(cluster, "/ws/console/overview")).status_code == 200
     admin = admin_token(auth_host, firebase_app, admin=True)
     assert (await get(cluster, "/ws/console/overview", admin)).status_code == 200
@@ -141,6 +141,8 @@ async def test_both_sign_ins_accepted_and_others_refused(
     ).status_code == 403
     listed = await get(cluster, "/ws/console/overview", headers={"Origin": ORIGIN})
     assert listed.status_code == 200
+    own = await get(cluster, "/ws/console/overview", headers={"Origin": cluster.url})
+    assert own.status_code == 200  # the page's own requests: same origin
 
 
 async def test_page_and_config_served(cluster: Cluster, auth_host: str, project_id: str) -> None:

@@ -12,7 +12,7 @@ from gateway.instance.registry import Registry
 from gateway.settings import Settings
 from gateway.web import console_auth
 from gateway.web.console_auth import AdminTokens
-from gateway.web.console_routes import config_of
+from gateway.web.console_routes import config_of, origin_allowed
 
 BASE = {"GATEWAY_ADMIN_TOKEN": "t" * 20, "FIRESTORE_EMULATOR_HOST": "127.0.0.1:8080"}
 
@@ -92,3 +92,17 @@ def test_heartbeat_remembers_when_each_round_was_sent() -> None:
         heartbeat._current_ping(fresh=True)
     assert heartbeat.answered_at(1) is None
     assert heartbeat.answered_at(heartbeat.generation) is not None
+
+
+def test_origin_rule() -> None:
+    """Listed origins and the gateway's own (the request's Host) pass; any other origin, a
+    look-alike host, "null" or another scheme does not."""
+    listed = ("https://ops.example.com",)
+    assert origin_allowed("https://ops.example.com/", "gw.example.com", listed)
+    assert origin_allowed("https://gw.example.com", "gw.example.com", listed)
+    assert origin_allowed("http://127.0.0.1:8000", "127.0.0.1:8000", ())
+    assert not origin_allowed("http://127.0.0.1:8001", "127.0.0.1:8000", ())
+    assert not origin_allowed("https://gw.example.com.evil.test", "gw.example.com", listed)
+    assert not origin_allowed("null", "gw.example.com", listed)
+    assert not origin_allowed("file://gw.example.com", "gw.example.com", listed)
+    assert not origin_allowed("https://gw.example.com", "", ())

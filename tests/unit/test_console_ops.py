@@ -10,10 +10,22 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import msgspec
 import pytest
 
 from gateway.cluster import console
 from gateway.cluster.console_sampler import sample
+from gateway.cluster.fanout import Reply
+from gateway.instance.recorder import Counters, SampleRing
+from gateway.protocol.console import (
+    BUSIEST_ROOMS,
+    LISTED_USERS,
+    MAX_EVENTS,
+    SAMPLES,
+    ConsoleEvent,
+    ConsoleReceipt,
+    InstanceFigures,
+)
 from gateway.protocol.messages import utc_now
 from gateway.storage.schema import INSTANCES, STOPPED_AT
 from tests.loopback import Cluster, LoopbackBus, register
@@ -133,3 +145,38 @@ async def test_user_view_reads_presence() -> None:
         assert (user.presence.state, user.presence.devices) == ("online", 2)
         assert user.presence.last_seen_at is not None
         assert user.sockets[0].stream_offset is None
+
+
+def test_receipts_stay_far_under_the_pubsub_limit() -> None:
+    """At their largest (300 samples, 1,000 listed users, 20 rooms, 1,000 events, every id
+    128 characters) an overview and an events receipt each encode under 1 MB."""
+    ring = SampleRing(0.0)
+    for n in range(SAMPLES + 10):
+        ring.record(1.7e9 + n * 2.0 + 0.123, Counters(99_999, n * 12_345, n * 12_000), [0.0123])
+    figures = InstanceFigures(
+        version="0.1.0",
+        started_at=1.7e9,
+        sockets=99_999,
+        users=99_999,
+        listed_users=[f"{n:0128d}" for n in range(LISTED_USERS)],
+        pong_backlog=123_456,
+        oldest_pong_age_seconds=12.345,
+        pubsub="ok",
+        rooms=[(f"{n:0128d}", 99_999) for n in range(BUSIEST_ROOMS)],
+        samples=ring.wire(),
+    )
+    event = ConsoleEvent(
+        at=1.7e9,
+        instance_id="i" * 40,
+        kind="disconnect",
+        user_id="u" * 128,
+        session_id="s" * 32,
+        code=4410,
+        reason="r" * 60,
+    )
+    for receipt in (
+        ConsoleReceipt(figures=figures),
+        ConsoleReceipt(events=[event] * MAX_EVENTS),
+    ):
+        size = len(msgspec.json.encode(Reply(id="x" * 32, instance="i" * 40, console=receipt)))
+        assert size < 1_000_000, size
