@@ -46,6 +46,8 @@ class Line:
     ys: tuple[float, ...]
     #: Drawn as markers only (single measurements beside a series).
     points: bool = False
+    #: The colour cycle's index, to match markers to their line (None: the next colour).
+    color: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,15 +104,16 @@ def memory_chart(results: dict[str, Any]) -> Chart | None:
     if not gateway or not node:
         return None
 
-    def line(label: str, points: list[dict[str, Any]]) -> Line:
+    def line(label: str, points: list[dict[str, Any]], color: int) -> Line:
         measured = [p for p in points if p["sockets"] and p["per_socket_kb"] is not None]
         return Line(
             label,
             tuple(float(p["sockets"]) for p in measured),
             tuple(float(p["per_socket_kb"]) for p in measured),
+            color=color,
         )
 
-    lines = [line("gateway", gateway), line("Node ws", node)]
+    lines = [line("gateway", gateway, 0), line("Node ws", node, 1)]
     single = results["memory"]
     lines.append(
         Line(
@@ -118,6 +121,7 @@ def memory_chart(results: dict[str, Any]) -> Chart | None:
             (float(single["held_by_gateway"]),),
             (float(single["per_connection_kb"]),),
             points=True,
+            color=0,
         )
     )
     load = results["load"]
@@ -128,6 +132,7 @@ def memory_chart(results: dict[str, Any]) -> Chart | None:
                 (float(load["idle_connections"]),),
                 (float(load["node_memory_kb_per_socket"]),),
                 points=True,
+                color=1,
             )
         )
     return Chart(
@@ -170,7 +175,10 @@ def pong_lag_chart(results: dict[str, Any]) -> Chart | None:
     target = bounds.index(f"{PONG_LAG_TARGET_MS:g}") if f"{PONG_LAG_TARGET_MS:g}" in bounds else 0
     used = [i for i, b in enumerate(bounds) if any(run[i][1] for _, run in shaped)]
     last = max([target, *used])
-    categories = tuple(f"≤ {b}" if b != "+Inf" else f"> {bounds[-2]}" for b in bounds[: last + 1])
+    categories = tuple(
+        f"≤ {float(b):,g}" if b != "+Inf" else f"> {float(bounds[-2]):,g}"
+        for b in bounds[: last + 1]
+    )
     lines = []
     for label, buckets in shaped:
         total = sum(n for _, n in buckets) or 1

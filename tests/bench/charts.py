@@ -57,10 +57,16 @@ def source_name(path: Path) -> str:
         return str(resolved)
 
 
+def _tick(value: float, _position: int | None) -> str:
+    """Tick labels as the docs write numbers: 10,000, 2.5."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}"
+
+
 def render(chart: Chart, source: str, digest: str) -> bytes:
     """One chart as SVG bytes, its metadata naming ``source`` and its sha256 ``digest``."""
     import matplotlib
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     with matplotlib.rc_context(STYLE):
         figure = Figure(figsize=SIZE_INCHES)
@@ -76,8 +82,9 @@ def render(chart: Chart, source: str, digest: str) -> bytes:
             axes.grid(axis="x", visible=False)
         else:
             for i, line in enumerate(chart.lines):
+                color = None if line.color is None else f"C{line.color}"
                 if line.points:
-                    axes.plot(line.xs, line.ys, "D", markersize=6, label=line.label)
+                    axes.plot(line.xs, line.ys, "D", markersize=6, color=color, label=line.label)
                 else:
                     axes.plot(
                         line.xs,
@@ -87,6 +94,7 @@ def render(chart: Chart, source: str, digest: str) -> bytes:
                         linewidth=1.6,
                         # Lines that coincide (admitted and pinged in a storm) stay visible.
                         linestyle=LINESTYLES[i % len(LINESTYLES)],
+                        color=color,
                         label=line.label,
                     )
         for i, (label, y) in enumerate(chart.hlines):
@@ -95,6 +103,9 @@ def render(chart: Chart, source: str, digest: str) -> bytes:
             axes.axvline(x, linestyle=":", linewidth=1.2, color="#aa0000", label=label)
         if chart.xlog:
             axes.set_xscale("log")
+        elif chart.kind != "bars":  # bars keep their category labels
+            axes.xaxis.set_major_formatter(FuncFormatter(_tick))
+        axes.yaxis.set_major_formatter(FuncFormatter(_tick))
         if chart.ylim_zero:
             axes.set_ylim(bottom=0)
         if chart.xlim_zero:

@@ -82,13 +82,13 @@ def test_pong_lag_chart_shares_and_target() -> None:
     }
     chart = chart_data.pong_lag_chart(results)
     assert chart is not None and chart.kind == "bars"
-    assert chart.categories == ("≤ 100", "≤ 200", "≤ 1000")
+    assert chart.categories == ("≤ 100", "≤ 200", "≤ 1,000")
     assert [line.ys for line in chart.lines] == [(25.0, 75.0, 0.0), (0.0, 50.0, 50.0)]
     assert chart.vlines == (("target: p99 < 1 s", 2.5),)
     tail = _cumulative([0, 0, 0, 0, 4])
     results["pongs_ceiling"] = _pongs("ceiling", _cumulative([0] * 5), tail)
     chart = chart_data.pong_lag_chart(results)
-    assert chart is not None and chart.categories[-1] == "> 2000"
+    assert chart is not None and chart.categories[-1] == "> 2,000"
 
 
 def test_ecdf_is_the_share_at_or_below_each_value() -> None:
