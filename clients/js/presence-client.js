@@ -209,9 +209,14 @@ export class StreamPosition {
   }
 
   /** After a recovery frame: its position becomes the client's (a stream not recovered starts
-   * over there, and the app refetches its state). */
+   * over there, and the app refetches its state). In the same epoch the client keeps what it
+   * has seen (the gateway could not read the stream, or skipped past messages it lost): a later
+   * replay of an offset already delivered must not deliver it again. */
   recovered(epoch, offset, recovered) {
-    if (!recovered || this.epoch !== epoch || offset > this.offset) {
+    if (this.epoch === epoch) {
+      this.offset = Math.max(this.offset, offset);
+      this.seen = new Set([...this.seen].filter((o) => o > this.offset));
+    } else if (!recovered || offset > this.offset) {
       this.epoch = epoch;
       this.offset = offset;
       this.seen = recovered ? new Set([...this.seen].filter((o) => o > offset)) : new Set();

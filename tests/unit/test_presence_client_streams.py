@@ -58,6 +58,23 @@ def test_a_recovery_result_sets_the_position() -> None:
     assert not position.accept("e1", 99)  # an old epoch's frame
 
 
+def test_an_unavailable_recovery_keeps_what_was_seen_so_a_later_replay_is_not_repeated() -> None:
+    """Not recovered in the same epoch (Firestore could not be read) keeps the position and
+    the offsets seen above it: the next recovery's replay of offsets already delivered is
+    dropped (found by make soak, seed 7: messages delivered twice)."""
+    position = StreamPosition()
+    position.recovered("", 0, True)
+    assert position.accept("e1", 1)
+    assert position.accept("e1", 3) and position.accept("e1", 4)
+    position.recovered("e1", 1, False)
+    assert (position.epoch, position.offset, position.seen) == ("e1", 1, {3, 4})
+    assert position.accept("e1", 2)
+    assert not position.accept("e1", 3) and not position.accept("e1", 4)
+    assert position.offset == 4
+    position.recovered("e1", 2, False)
+    assert position.offset == 4
+
+
 def test_the_url_carries_the_token_then_the_position() -> None:
     url = socket_url("http://h:1", "u", "tok", {"recover": "true", "epoch": "", "offset": "0"})
     assert url == "ws://h:1/ws/connect/u?token=tok&recover=true&epoch=&offset=0"

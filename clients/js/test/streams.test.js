@@ -41,6 +41,22 @@ describe("durable streams", () => {
     assert.equal(position.accept("e1", 99), false);
   });
 
+  test("an unavailable recovery keeps what was seen, so a later replay is not repeated", () => {
+    const position = new StreamPosition();
+    position.recovered("", 0, true);
+    assert.equal(position.accept("e1", 1), true);
+    assert.equal(position.accept("e1", 3), true);
+    assert.equal(position.accept("e1", 4), true);
+    position.recovered("e1", 1, false);
+    assert.deepEqual([position.epoch, position.offset, [...position.seen]], ["e1", 1, [3, 4]]);
+    assert.equal(position.accept("e1", 2), true);
+    assert.equal(position.accept("e1", 3), false);
+    assert.equal(position.accept("e1", 4), false);
+    assert.equal(position.offset, 4);
+    position.recovered("e1", 2, false);
+    assert.equal(position.offset, 4);
+  });
+
   test("the URL carries the token, then the position", () => {
     assert.equal(
       socketUrl("https://h:1", "u", "tok", { recover: "true", epoch: "", offset: "0" }),

@@ -53,8 +53,13 @@ class StreamPosition:
 
     def recovered(self, epoch: str, offset: int, recovered: bool) -> None:
         """After a recovery frame: its position is the client's (a not-recovered stream starts
-        over there; the app refetches its state)."""
-        if not recovered or self.epoch != epoch or offset > self.offset:
+        over there; the app refetches its state). In the same epoch the client keeps what it
+        has seen (the gateway could not read the stream, or skipped past messages it lost): a
+        later replay of an offset already delivered must not deliver it again."""
+        if self.epoch == epoch:
+            self.offset = max(self.offset, offset)
+            self.seen = {o for o in self.seen if o > self.offset}
+        elif not recovered or offset > self.offset:
             self.epoch, self.offset = epoch, offset
             self.seen = {o for o in self.seen if o > offset} if recovered else set()
 
