@@ -22,6 +22,7 @@ import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +73,19 @@ def cluster(
         **SHORT,
         **ROOMS,
     }
-    instances = [start_gateway(firestore_host, project_id, minter, **shared) for _ in range(3)]
+    # Started side by side: each waits for its own readiness, a few seconds on a loaded machine.
+    with ThreadPoolExecutor(3) as pool:
+        starting = [
+            pool.submit(start_gateway, firestore_host, project_id, minter, **shared)
+            for _ in range(3)
+        ]
+    failed = [f.exception() for f in starting if f.exception() is not None]
+    if failed:
+        for future in starting:
+            if future.exception() is None:
+                future.result().stop()
+        raise failed[0]
+    instances = [future.result() for future in starting]
     proxy = procs.Process(
         "proxy",
         [sys.executable, "-m", "tests.proxy", str(port), *(str(g.port) for g in instances)],
