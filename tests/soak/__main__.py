@@ -1,7 +1,7 @@
 """``python -m tests.soak [--seconds S] [--seed N] [--clients C]``: one soak run.
 
 Defaults come from ``SOAK_SECONDS`` (600), ``SOAK_SEED`` (random, printed) and
-``SOAK_CLIENTS`` (300). Exit status 0 with no violation, 1 with any, 2 when the settings are
+``SOAK_CLIENTS`` (200). Exit status 0 with no violation, 1 with any, 2 when the settings are
 wrong.
 """
 
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     try:
         parser.add_argument("--seconds", type=int, default=_int("SOAK_SECONDS", 600))
         parser.add_argument("--seed", type=int, default=_int("SOAK_SEED", secrets.randbelow(10**6)))
-        parser.add_argument("--clients", type=int, default=_int("SOAK_CLIENTS", 300))
+        parser.add_argument("--clients", type=int, default=_int("SOAK_CLIENTS", 200))
     except ValueError as exc:
         print(
             f"error: SOAK_SECONDS, SOAK_SEED and SOAK_CLIENTS are integers ({exc})", file=sys.stderr

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -162,6 +162,7 @@ class Population:
             epoch=event.epoch,
             offset=event.offset,
             missed=event.missed,
+            reason=event.reason,
         )
 
     def _refreshed(self, timeline: Timeline, _event: TokenRefreshed) -> None:
@@ -179,6 +180,20 @@ class Population:
             await client.start()
             if n % 10 == 9:
                 await asyncio.sleep(10 / per_second)
+        waits = [c.wait_for_state(State.CONNECTED, timeout=60) for c in self.clients.values()]
+        await asyncio.gather(*waits)
+
+    async def leave_and_return(self, between: Callable[[], Awaitable[None]]) -> None:
+        """Close every client, run ``between`` (the memory baseline is taken there), connect
+        them all again."""
+        await asyncio.gather(*(c.close() for c in self.clients.values()))
+        for timeline in self.timelines.values():
+            timeline.add(self.clock(), CLOSED)
+        await between()
+        for n, client in enumerate(self.clients.values()):
+            await client.start()
+            if n % 10 == 9:
+                await asyncio.sleep(0.1)
         waits = [c.wait_for_state(State.CONNECTED, timeout=60) for c in self.clients.values()]
         await asyncio.gather(*waits)
 
@@ -235,6 +250,20 @@ class Population:
                 return []
             await asyncio.sleep(0.5)
         return self.not_connected()
+
+    async def reconnect(self, role: str, timeout: float) -> None:
+        """Close and start again every client of ``role``: a durable client's next connect
+        recovers what was stored while no socket of it took messages live."""
+        users = [u for u, r in self.users.items() if r == role]
+
+        async def again(user: str) -> None:
+            await self.clients[user].close()
+            self.timelines[user].add(self.clock(), CLOSED)
+            await self.clients[user].start()
+
+        await asyncio.gather(*(again(u) for u in users))
+        waits = [self.clients[u].wait_for_state(State.CONNECTED, timeout=timeout) for u in users]
+        await asyncio.gather(*waits, return_exceptions=True)
 
     def not_connected(self) -> list[str]:
         return [

@@ -80,6 +80,9 @@ class Outcome:
 
     checks: int = 0
     violations: list[Violation] = field(default_factory=list)
+    #: What the checker saw that the gateway's documented design allows but the invariant's
+    #: strict reading would not (printed under the table, not counted as violations).
+    notes: list[str] = field(default_factory=list)
 
     def check(self, ok: bool, violation: Violation) -> None:
         self.checks += 1
@@ -89,4 +92,5 @@ class Outcome:
     def merge(self, other: Outcome) -> Outcome:
         self.checks += other.checks
         self.violations.extend(other.violations)
+        self.notes.extend(other.notes)
         return self
