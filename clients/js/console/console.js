@@ -45,6 +45,7 @@ const overview = new OverviewPanel(
     roomsEmpty: $("busy-rooms-empty"),
     scope: $("scope"),
     updated: $("updated"),
+    chartNote: $("chart-note"),
   },
   { onRoom: (room) => rooms.lookUp(room) },
 );

@@ -45,7 +45,7 @@ function instanceRow(instance, now) {
 }
 
 export class OverviewPanel {
-  /** ui: {totalSockets, totalUsers, liveInstances, instances (tbody), rooms (ul), scope, updated} */
+  /** ui: the elements it fills (totals, instances' tbody, busiest rooms' list, scope, times). */
   constructor(ui, { onRoom }) {
     this.ui = ui;
     this.onRoom = onRoom;
@@ -67,6 +67,8 @@ export class OverviewPanel {
         ? "whole deployment"
         : "this instance only: the other instances could not be asked";
     ui.updated.textContent = `updated ${new Date(now * 1000).toLocaleTimeString()}`;
+    const step = overview.interval_seconds;
+    ui.chartNote.textContent = `whole deployment${step ? `, one point every ${step} s` : ""}`;
 
     const rows = [...instances].sort(
       (a, b) => (a.state !== "live") - (b.state !== "live") || a.instance_id.localeCompare(b.instance_id),

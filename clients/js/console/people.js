@@ -76,6 +76,8 @@ export class UserPanel {
       this.userId = user.user_id ?? userId;
       this.render(user);
     } catch (error) {
+      // The actions act on the user shown: none is shown now.
+      this.userId = null;
       ui.result.hidden = true;
       say(ui.error, error.message);
     }
@@ -201,6 +203,7 @@ export class RoomPanel {
       this.room = room;
       this.render(members, presence);
     } catch (error) {
+      this.room = null;
       ui.result.hidden = true;
       say(ui.error, error.message);
     }
