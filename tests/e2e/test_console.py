@@ -175,16 +175,19 @@ async def test_page_and_config_served(cluster: Cluster, auth_host: str, project_
 
 
 async def test_console_off_answers_404(
-    firestore_host: str, project_id: str, minter: TokenMinter
+    firestore_host: str, project_id: str, minter: TokenMinter, auth_host: str, firebase_app: Any
 ) -> None:
     """Without CONSOLE_ENABLED the page, its config and its data routes are 404, even to the
-    admin token."""
+    admin token, and an admin-claim ID token is refused by the REST API (401)."""
     gateway = start_gateway(firestore_host, project_id, minter)
+    admin = admin_token(auth_host, firebase_app, admin=True)
     try:
         async with httpx.AsyncClient(base_url=gateway.http, headers=gateway.auth) as http:
             for path in ("/console", "/console/config.json", "/ws/console/overview"):
                 assert (await http.get(path)).status_code == 404, path
             assert (await http.get("/ws/console/users/someone")).status_code == 404
+            refused = await http.get("/ws/stats", headers={"Authorization": f"Bearer {admin}"})
+            assert refused.status_code == 401
     finally:
         gateway.stop()
 
