@@ -2,13 +2,15 @@
 with ``CONSOLE_ENABLED=1`` behind the round-robin proxy, the deployment as an operator reaches
 it: signing in with the admin token and with a Firebase account carrying the ``admin`` claim
 (a wrong token and a user without the claim refused, the gateway's message shown), the counts
-following clients as they connect and leave, a sign-out from the console closing the user's
-sockets on every instance, and a SIGKILLed instance shown as gone.
+following clients as they connect and leave, sends to a user and to a room (bad input shown
+with the API's message), a sign-out from the console closing the user's sockets on every
+instance, and a SIGKILLed instance shown as gone.
 
 The page is served by the instances themselves (``CONSOLE_DIR``, built by ``make deps``); its
 origin, the proxy's, is in ``ALLOWED_ORIGINS``. Each test saves a full-page screenshot under
-``.run/screenshots/console/`` (named after the test) and fails on any uncaught error or
-unhandled rejection in the page. The SIGKILL test goes last: it takes an instance away.
+``.run/screenshots/console/``, named after the test (and the refused wrong token in
+``wrong_admin_token_refused.png``), and fails on any uncaught error or unhandled rejection in
+the page. The SIGKILL test goes last: it takes an instance away.
 """
 
 from __future__ import annotations
@@ -179,6 +181,8 @@ async def test_the_admin_token_signs_in_and_a_wrong_one_is_refused(
     assert len((await error.inner_text()).split(": ", 1)[1]) > 3, "no message from the API"
     await expect(page.locator("#console-panel")).to_be_hidden()
     assert await page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / "wrong_admin_token_refused.png"))
 
     await page.fill("#admin-token", cluster.admin_token)
     await page.click("#token-sign-in")
