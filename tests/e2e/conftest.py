@@ -78,6 +78,17 @@ class Cluster:
         async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30) as http:
             return await http.request(method, path, **kwargs)
 
+    async def holding(self, user: str) -> list[GatewayProc]:
+        """The instances holding a socket of the user, each asked directly."""
+        found = []
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        for gateway in self.instances:
+            async with httpx.AsyncClient(base_url=gateway.http, headers=headers) as http:
+                stats = (await http.get("/ws/stats", params={"scope": "instance"})).json()
+            if user in stats["connected_users"]:
+                found.append(gateway)
+        return found
+
     def stop(self) -> None:
         self.proxy.stop()
         for gateway in self.instances:

@@ -27,7 +27,6 @@ from tests.e2e.conftest import Cluster, start_cluster
 from tests.support import (
     UNIT,
     Client,
-    GatewayProc,
     TokenMinter,
     eventually,
     id_token_for,
@@ -103,17 +102,6 @@ async def clients() -> AsyncIterator[list[Client]]:
     opened: list[Client] = []
     yield opened
     await asyncio.gather(*(c.close() for c in opened), return_exceptions=True)
-
-
-async def holder(cluster: Cluster, user: str) -> GatewayProc:
-    """The instance holding the user's socket, asked of each instance directly."""
-    headers = {"Authorization": f"Bearer {cluster.admin_token}"}
-    for gateway in cluster.instances:
-        async with httpx.AsyncClient(base_url=gateway.http, headers=headers) as http:
-            stats = (await http.get("/ws/stats", params={"scope": "instance"})).json()
-        if user in stats["connected_users"]:
-            return gateway
-    raise AssertionError(f"no instance holds {user}")
 
 
 def uid(prefix: str) -> str:
@@ -379,8 +367,8 @@ async def test_a_killed_instances_users_leave_rooms_and_go_offline_within_the_bo
         await join(d, room)
         await diff_naming(w, doomed)
         await eventually(lambda: presence_is(firestore_client, doomed, "online", 1))
-        victim = await holder(cluster, doomed)
-        assert await holder(cluster, watcher) is not victim, "the proxy spreads connections"
+        [victim] = await cluster.holding(doomed)
+        assert victim not in await cluster.holding(watcher), "the proxy spreads connections"
         await asyncio.to_thread(events.pull)
         os.kill(victim.process.popen.pid, signal.SIGKILL)
         sweep_interval = float(ENV["SWEEP_INTERVAL"])
