@@ -17,6 +17,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gateway.cluster.console_merge import (
+    LostSockets,
     busiest_rooms,
     instance_rows,
     merge_events,
@@ -187,8 +188,9 @@ def _listed_for(deployment: Deployment) -> float:
     return min(high, max(low, LISTED_FOR_INTERVALS * deployment.settings.fanout.sweep_interval))
 
 
-async def overview(deployment: Deployment) -> OverviewResponse:
-    """``GET /ws/console/overview``."""
+async def overview(deployment: Deployment, lost: LostSockets | None = None) -> OverviewResponse:
+    """``GET /ws/console/overview``; ``lost``: this instance's memory of the sockets of
+    instances that turned lost (else the ``instance_lost`` series stays 0)."""
     parts = await deployment.run(OVERVIEW, ConsoleOverview())
     now = time.time()
     docs: dict[str, dict[str, Any]] = {}
@@ -203,13 +205,18 @@ async def overview(deployment: Deployment) -> OverviewResponse:
         docs = {}
     figures = {i: r.figures for i, r in parts.receipts.items() if r.figures is not None}
     stale_after = 3 * deployment.settings.fanout.sweep_interval
+    rows = instance_rows(figures, docs, parts.unreachable, now, stale_after)
+    series = merge_series((f.samples for f in figures.values()), SAMPLE_INTERVAL)
+    if lost is not None:
+        lost.update(rows, now, stale_after)
+        series.signouts_per_min.instance_lost = lost.per_minute(series.t, SAMPLE_INTERVAL)
     return OverviewResponse(
         generated_at=round(now, 3),
         scope=parts.scope,
         interval_seconds=SAMPLE_INTERVAL,
-        instances=instance_rows(figures, docs, parts.unreachable, now, stale_after),
+        instances=rows,
         totals=totals(figures),
-        series=merge_series((f.samples for f in figures.values()), SAMPLE_INTERVAL),
+        series=series,
         rooms=busiest_rooms(figures.values()),
     )
 

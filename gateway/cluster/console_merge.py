@@ -8,6 +8,9 @@ clock and no I/O, so that tests/unit/test_console_merge.py holds them to their c
 * ``instance_rows``: the instances that answered are ``live``; the others the heartbeat
   registry knows are ``stopped`` (they said so), ``lost`` (heartbeat older than the staleness
   bound) or ``unreachable`` (beating, not answering).
+* ``LostSockets``: the sweep function, not the gateway, signs out a lost instance's sessions;
+  the answering instance remembers the sockets each instance last reported to it and counts
+  them when that instance turns lost, for the ``instance_lost`` series.
 """
 
 from __future__ import annotations
@@ -101,8 +104,7 @@ def merge_series(parts: Iterable[Samples], interval: float, size: int = SAMPLES)
         series.pongs_persisted_per_s.append(round(total["pongs_persisted_per_s"], 3))
         series.signouts_per_min.timeout.append(round(total["timeouts_per_min"], 3))
         series.signouts_per_min.signout.append(round(total["signouts_per_min"], 3))
-        # The gateway does not see these: the sweep function signs out a lost instance's
-        # users (docs/console.md). Kept for the page's chart, always 0 here.
+        # Filled in by LostSockets on the answering instance (not a per-instance sample).
         series.signouts_per_min.instance_lost.append(0.0)
         weighted = sum(r["p50_weighted"] for r in rows)
         series.fanout_latency_ms.p50.append(round(weighted / count, 2) if count else None)
@@ -189,3 +191,47 @@ def merge_events(parts: Iterable[Iterable[ConsoleEvent]], limit: int) -> list[Co
     merged = [e for part in parts for e in part]
     merged.sort(key=lambda e: e.at, reverse=True)
     return merged[:limit]
+
+
+#: How long the answering instance remembers an instance's sockets, and a loss it counted.
+REMEMBER_SECONDS = 600.0
+
+
+class LostSockets:
+    """The sockets each instance last reported to this (answering) instance, and the losses
+    seen since: an instance that turns ``lost`` counts its last reported sockets as sign-outs
+    at the moment it turned lost (its heartbeat plus the staleness bound), the sweep's
+    ``instance_lost`` sign-outs as near as the gateway can see them. Each answering instance
+    counts from what it saw, so two of them may differ by the sockets of the last seconds."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[str, tuple[float, int]] = {}
+        self._lost: dict[str, tuple[float, int]] = {}
+
+    def update(self, rows: Iterable[InstanceRow], now: float, stale_after: float) -> None:
+        for row in rows:
+            if row.state == "live" and row.sockets is not None:
+                self._sockets[row.instance_id] = (now, row.sockets)
+            elif row.state == "lost" and row.instance_id not in self._lost:
+                seen = self._sockets.pop(row.instance_id, None)
+                if seen is not None and seen[1]:
+                    beat = row.last_heartbeat_at
+                    at = min(now, beat + stale_after) if beat is not None else now
+                    self._lost[row.instance_id] = (at, seen[1])
+            elif row.state == "stopped":
+                # A drained instance closed its sockets itself (1012): no sign-outs.
+                self._sockets.pop(row.instance_id, None)
+        cutoff = now - REMEMBER_SECONDS
+        self._sockets = {i: v for i, v in self._sockets.items() if v[0] >= cutoff}
+        self._lost = {i: v for i, v in self._lost.items() if v[0] >= cutoff}
+
+    def per_minute(self, t: list[float], interval: float) -> list[float]:
+        """The losses as sign-outs per minute over the series' steps (a step starting at each
+        ``t``), as the other reasons are."""
+        counts = [0.0] * len(t)
+        index = {round(start, 3): n for n, start in enumerate(t)}
+        for at, sockets in self._lost.values():
+            n = index.get(round(math.floor(at / interval) * interval, 3))
+            if n is not None:
+                counts[n] += sockets * 60.0 / interval
+        return counts

@@ -19,6 +19,7 @@ from litestar.plugins.prometheus import PrometheusController
 from prometheus_client import REGISTRY
 
 from gateway.cluster.broker import PubSubBroker
+from gateway.cluster.console_merge import LostSockets
 from gateway.cluster.deployment import Deployment
 from gateway.cluster.handle import Gateway, bind
 from gateway.cluster.presence_events import EventsTopic
@@ -149,6 +150,7 @@ def create_app(
     app.state.settings = settings
     app.state.http_metrics = http_metrics
     app.state.console_files = console_routes.load_files(settings)
+    app.state.console_lost = LostSockets()
     app.state.console_admins = console_routes.admin_tokens(app, settings)
     app.state.static = static.load(
         settings.client_dir,

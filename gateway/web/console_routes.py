@@ -181,7 +181,7 @@ def console_file(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
 async def console_overview(request: Request[Any, Any, Any]) -> OverviewResponse:
     """Every instance's figures and state, the deployment's totals, its series over the last
     10 minutes and its busiest rooms (docs/console.md)."""
-    return await console.overview(_deployment(request))
+    return await console.overview(_deployment(request), request.app.state.console_lost)
 
 
 @get("/ws/console/users/{user_id:str}", guards=[console_gate, require_admin])

@@ -305,29 +305,45 @@ async def test_events_recorded_and_filtered(cluster: Cluster) -> None:
 
 
 async def test_sigkilled_instance_shown_gone(cluster: Cluster) -> None:
-    """An instance SIGKILLed (no drain) is listed as unreachable, then lost once its
-    heartbeat is stale; the others stay live. Last in the module: it costs an instance."""
+    """An instance SIGKILLed (no drain) with a socket is listed as unreachable, then lost
+    once its heartbeat is stale, and the socket it last reported counts in the
+    instance_lost series; the others stay live. Last in the module: it costs an instance."""
     victim = cluster.instances[2]
     victim_id = victim.env["GATEWAY_INSTANCE_ID"]
-    assert victim.process.popen is not None
-    os.kill(victim.process.popen.pid, signal.SIGKILL)
+    client = await Client.open(victim.ws(f"kill-{uuid.uuid4().hex[:8]}"))
     seen: set[str] = set()
 
-    async def lost() -> dict[str, Any]:
-        # Asked of a surviving instance directly: the proxy may still pick the dead one.
+    async def overview() -> dict[str, Any]:
+        # Asked of a surviving instance directly: the proxy may still pick the dead one, and
+        # the instance_lost count is the answering instance's memory.
         async with httpx.AsyncClient(
             base_url=cluster.instances[0].http,
             headers={"Authorization": f"Bearer {cluster.admin_token}"},
             timeout=30,
         ) as http:
             body: dict[str, Any] = (await http.get("/ws/console/overview")).json()
+        return body
+
+    async def victim_holds_it() -> bool:
+        return row(await overview(), 2, cluster)["sockets"] == 1
+
+    await eventually(victim_holds_it, timeout=20, interval=0.25)
+    assert victim.process.popen is not None
+    os.kill(victim.process.popen.pid, signal.SIGKILL)
+
+    async def lost() -> dict[str, Any]:
+        body = await overview()
         state = next(r["state"] for r in body["instances"] if r["instance_id"] == victim_id)
         seen.add(state)
-        return body if state == "lost" else {}
+        counted = sum(body["series"]["signouts_per_min"]["instance_lost"])
+        return body if state == "lost" and counted else {}
 
     body = await eventually(lost, timeout=30, interval=0.25)
+    await client.close()
     assert seen <= {"live", "unreachable", "lost"}
     live = {r["instance_id"] for r in body["instances"] if r["state"] == "live"}
     assert live == {cluster.instances[i].env["GATEWAY_INSTANCE_ID"] for i in (0, 1)}
     gone = next(r for r in body["instances"] if r["instance_id"] == victim_id)
     assert gone["sockets"] is None and gone["last_heartbeat_at"]
+    # One socket lost in one 2 s step: 30 a minute.
+    assert sum(body["series"]["signouts_per_min"]["instance_lost"]) == 30

@@ -5,10 +5,22 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from gateway.cluster.console_merge import busiest_rooms, instance_rows, merge_events, merge_series
+from gateway.cluster.console_merge import (
+    LostSockets,
+    busiest_rooms,
+    instance_rows,
+    merge_events,
+    merge_series,
+)
 from gateway.instance.events import EventRing
 from gateway.instance.recorder import Counters, SampleRing, percentile
-from gateway.protocol.console import ConsoleEvent, InstanceFigures, Samples
+from gateway.protocol.console import (
+    ConsoleEvent,
+    InstanceFigures,
+    InstanceRow,
+    InstanceState,
+    Samples,
+)
 from gateway.storage.schema import HEARTBEAT_AT, STOPPED_AT
 
 
@@ -149,3 +161,23 @@ def test_events_merged_newest_first() -> None:
 
     merged = merge_events([[event(3, "a"), event(1, "a")], [event(2, "b")]], limit=2)
     assert [(e.at, e.instance_id) for e in merged] == [(3, "a"), (2, "b")]
+
+
+def test_lost_instance_sockets_counted_once_when_it_turns_lost() -> None:
+    """An instance's last reported sockets count as instance_lost sign-outs in the step it
+    turned lost (heartbeat + bound), once; a drained (stopped) instance counts none."""
+    lost = LostSockets()
+
+    def row(instance: str, state: InstanceState, sockets: int | None, beat: float) -> InstanceRow:
+        return InstanceRow(
+            instance_id=instance, state=state, sockets=sockets, last_heartbeat_at=beat
+        )
+
+    lost.update([row("a", "live", 5, 100), row("b", "live", 2, 100)], now=100, stale_after=3)
+    lost.update([row("a", "unreachable", None, 100), row("b", "stopped", None, 100)], 102, 3)
+    lost.update(
+        [row("a", "lost", None, 100), row("b", "stopped", None, 100)], now=106, stale_after=3
+    )
+    lost.update([row("a", "lost", None, 100)], now=108, stale_after=3)
+    # Lost at 103: the step starting at 102, 5 sockets in 2 s = 150 a minute.
+    assert lost.per_minute([100.0, 102.0, 104.0], 2.0) == [0.0, 150.0, 0.0]
