@@ -157,8 +157,9 @@ async def _soak(
         if not t.of(SIGNED_OUT)
         and (w := inv.silent_deadline(t, real, intervals.pong_timeout, intervals.sweep))
     ]
-    if dues:
-        await asyncio.sleep(max(0.0, max(dues) + 1.0 - clock()))
+    last_due = max(dues, default=0.0) + 1.0
+    while clock() < last_due and any(not t.of(SIGNED_OUT) for t in silent):
+        await asyncio.sleep(0.5)
     await asyncio.sleep(intervals.sweep + 1.0)
 
     outcomes: dict[int, Outcome] = {}
