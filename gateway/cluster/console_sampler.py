@@ -47,12 +47,12 @@ def sample(deployment: Deployment, now: float) -> Sample:
 
 
 async def run(deployment: Deployment, interval: float = SAMPLE_INTERVAL) -> None:
-    """Sample every ``interval`` seconds until cancelled."""
-    sample(deployment, time.time())
+    """Sample now, then every ``interval`` seconds until cancelled."""
     loop = asyncio.get_running_loop()
-    next_at = loop.time() + interval
+    next_at = loop.time()
     while True:
         await asyncio.sleep(max(0.0, next_at - loop.time()))
+        # Behind schedule (a stalled loop): the next sample waits a whole interval, no burst.
         next_at = max(next_at + interval, loop.time())
         try:
             sample(deployment, time.time())

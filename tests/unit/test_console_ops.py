@@ -8,12 +8,13 @@ on A and B."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import msgspec
 import pytest
 
-from gateway.cluster import console
+from gateway.cluster import console, console_sampler
 from gateway.cluster.console_sampler import sample
 from gateway.cluster.fanout import Reply
 from gateway.instance.recorder import Counters, SampleRing
@@ -29,6 +30,7 @@ from gateway.protocol.console import (
 from gateway.protocol.messages import utc_now
 from gateway.storage.schema import INSTANCES, STOPPED_AT
 from tests.loopback import Cluster, LoopbackBus, register
+from tests.support import eventually
 
 SOCKETS = [("b", "u", "s1"), ("c", "u", "s2"), ("a", "v", "s3")]
 
@@ -180,3 +182,25 @@ def test_receipts_stay_far_under_the_pubsub_limit() -> None:
     ):
         size = len(msgspec.json.encode(Reply(id="x" * 32, instance="i" * 40, console=receipt)))
         assert size < 1_000_000, size
+
+
+async def test_sampler_fills_the_ring_and_takes_the_fanout_durations() -> None:
+    """The sampler's loop adds a sample per interval with the broker's state, and takes the
+    durations the fan-out noted (leaving none behind)."""
+    async with Cluster("a", "b") as cluster:
+        a = cluster.at["a"]
+        await console.overview(a)  # one fan-out request: one duration noted
+        assert a.fanout is not None and len(a.fanout.durations) == 1
+        task = asyncio.create_task(console_sampler.run(a, interval=0.01))
+        try:
+
+            async def sampled() -> bool:
+                return len(a.service.samples.samples) >= 3
+
+            await eventually(sampled, timeout=5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert a.service.samples.pubsub == "ok"
+        assert a.fanout.durations == []
+        assert sum(s.fanout_count for s in a.service.samples.samples) == 1
