@@ -139,9 +139,10 @@ lock: $(VENV_STAMP)
 # Everything on Google Cloud in one re-runnable command (scripts/deploy, docs/deployment.md):
 # topics, secrets, IAM, Firestore rules and indexes, the gateway on Cloud Run, the sweep function
 # and its job. DRY_RUN=1 prints the commands and needs nothing but Python; a real run needs gcloud
-# (logged in) and the pinned firebase-tools, installed here.
+# (logged in) and the pinned firebase-tools, installed here, and builds the console's page first:
+# the image serves it, and .gcloudignore lets it into Cloud Build's context.
 DEPLOY_DRY_RUN = $(filter-out 0 no false,$(DRY_RUN))
-deploy: $(if $(DEPLOY_DRY_RUN),,$(NODE_STAMP))
+deploy: $(if $(DEPLOY_DRY_RUN),,$(NODE_STAMP) $(CONSOLE_BUILD))
 	@if [ -z "$(PROJECT)" ] || [ -z "$(REGION)" ]; then \
 		echo "usage: make deploy PROJECT=my-project REGION=europe-west1 [DRY_RUN=1]" \
 			"[PRESENCE_EVENTS_TOPIC=topic] [PUBSUB_TOPIC=topic] [TAG=tag]" >&2; exit 2; fi
