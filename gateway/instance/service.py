@@ -236,7 +236,7 @@ class PresenceService(RoomMethods):
         """After records lagged long enough for the sweep to count this instance lost: write
         every open socket's member entry and session again, and its presence counts."""
         logger.warning(
-            "records lagged past 3 x SWEEP_INTERVAL: re-asserting %d sockets and their presence",
+            "records lagged past 2 x SWEEP_INTERVAL: re-asserting %d sockets and their presence",
             self.registry.total_connections,
         )
         for conn in self.registry:
