@@ -89,9 +89,13 @@ format: $(VENV_STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Two pytest workers, each taking whole test modules (a module's gateways and clusters are its
+# own fixtures; each worker starts its own emulators): most tests wait on sockets and timers, so
+# two share two cores well. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 test: deps lint
 	cd clients/js && node --test
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile)
 
 functions-discover: $(VENV_STAMP) $(NODE_STAMP)
 	$(PY) scripts/functions_discover.py
