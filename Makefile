@@ -173,7 +173,7 @@ bench: deps $(BENCH_NODE_STAMP)
 SOAK_SECONDS ?= 600
 soak: deps
 	$(PY) -m tests.soak --seconds $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED)) \
-		$(if $(SOAK_CLIENTS),--clients $(SOAK_CLIENTS))
+		$(if $(SOAK_CLIENTS),--clients $(SOAK_CLIENTS)) $(if $(SOAK_ADVISORY),--advisory $(SOAK_ADVISORY))
 
 # The tables of docs/capacity.md, from the constants of scripts/capacity.py; USERS=1000000 (or a
 # space-separated list) prints the same figures for those sizes.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: Every kind of fault the harness knows how to inject.
 KILL_INSTANCE = "kill_instance"
@@ -140,6 +140,15 @@ def overlapping(faults: Iterable[Fault], start: float, end: float) -> list[Fault
     """The faults whose time overlaps ``[start, end]`` (an instantaneous one counts when it
     falls inside)."""
     return [f for f in faults if f.at <= end and start <= f.end]
+
+
+def with_aftermath(faults: Iterable[Fault], claim_ttl: float) -> list[Fault]:
+    """The faults as a silent client's deadline sees them: a sweep killed mid-sweep leaves its
+    claims on the users it was signing out, and no other sweep takes them for SWEEP_CLAIM_TTL,
+    so its effect lasts that much longer than the function's downtime."""
+    return [
+        replace(f, duration=f.duration + claim_ttl) if f.kind == KILL_SWEEP else f for f in faults
+    ]
 
 
 def deadline_with_faults(faults: Sequence[Fault], start: float, allowed: float) -> float:

@@ -39,6 +39,9 @@ class Intervals:
     ping: float = 1.0
     pong_timeout: float = 20.0
     sweep: float = 2.0
+    #: SWEEP_CLAIM_TTL: how long the claims of a sweep killed mid-sweep hold its users (the
+    #: function's default, 300 s, is sized for a 60 s schedule; at 2 s it would outlast a run).
+    claim_ttl: float = 10.0
 
 
 @dataclass(slots=True)
@@ -166,6 +169,7 @@ class Stack:
             "GATEWAY_URL": self.frontend.url,
             "PONG_TIMEOUT": f"{self.intervals.pong_timeout:g}",
             "SWEEP_INTERVAL": f"{self.intervals.sweep:g}",
+            "SWEEP_CLAIM_TTL": f"{self.intervals.claim_ttl:g}",
         }
         self.function = procs.function_process(env, HOST, self.function_port, self.log_dir)
         self.function.argv = [

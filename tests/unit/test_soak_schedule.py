@@ -65,3 +65,14 @@ def test_a_deadline_stretches_by_every_fault_inside_it_transitively() -> None:
     assert deadline_with_faults([first], 10.0, 26.0) == 44.0
     assert deadline_with_faults([first, late], 10.0, 26.0) == 49.0
     assert deadline_with_faults([Fault(0.0, s.KILL_SWEEP, 2.0)], 10.0, 26.0) == 36.0
+
+
+def test_a_killed_sweeps_claims_stretch_the_deadlines_they_overlap() -> None:
+    """A sweep killed mid-sweep counts for its downtime plus SWEEP_CLAIM_TTL (its claims hold
+    that long); other faults keep their length."""
+    killed = Fault(5.0, s.KILL_SWEEP, 2.0)
+    stalled = Fault(50.0, s.STOP_FIRESTORE, 3.0)
+    judged = s.with_aftermath([killed, stalled], 10.0)
+    assert judged == [Fault(5.0, s.KILL_SWEEP, 12.0), stalled]
+    assert deadline_with_faults(judged, 10.0, 26.0) == 48.0
+    assert deadline_with_faults(judged, 20.0, 26.0) == 46.0
