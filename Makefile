@@ -116,7 +116,7 @@ test-containers: deps
 	@started=$$(date +%s); \
 	was_up=$$(docker info >/dev/null 2>&1 && echo 1); \
 	scripts/containers.sh engine-start bases images && \
-	EMULATORS=containers $(PY) -m pytest -m "not long and not gateway_only" tests/containers tests/integration tests/e2e; \
+	EMULATORS=containers $(PY) -m pytest -n 2 --dist loadfile -m "not long and not gateway_only" tests/containers tests/integration tests/e2e; \
 	status=$$?; [ -n "$$was_up" ] || scripts/containers.sh engine-stop; \
 	echo "test-containers: $$(( $$(date +%s) - started )) s"; exit $$status
 
