@@ -121,6 +121,7 @@ def sweep(
             stale_after=instance_stale_after,
             lookback=reap_lookback,
         )
+        report.timed("reap", clock() - started)
     cursor: Any | None = None
     in_flight: set[Future[SweepReport]] = set()
     with (
@@ -129,7 +130,9 @@ def sweep(
         ThreadPoolExecutor(callback_concurrency, thread_name_prefix="callback") as callback_pool,
     ):
         # Read once a run: a live instance whose pong writes lag gives its users more time.
+        mark = clock()
         allowances = _allowances(instances, now, instance_stale_after)
+        report.timed("registry", clock() - mark)
         callbacks = Callbacks(
             notifier,
             instances,
@@ -141,7 +144,9 @@ def sweep(
             # One query fetches several pages' ids: each query round trip (and, on the
             # emulator, which has no indexes, each scan of the collection) serves
             # query_size users instead of page_size.
+            mark = clock()
             fetched, cursor = store.expired_page(cutoff, max(query_size, page_size), cursor)
+            report.timed("query", clock() - mark)
             if not fetched:
                 break
             report.examined += len(fetched)
@@ -159,6 +164,7 @@ def sweep(
                         claim_ttl,
                         SweepReport(report.sweep_id, now, cutoff),
                         allowances,
+                        clock,
                     )
                 )
                 if len(in_flight) >= pages_in_flight:
@@ -184,8 +190,11 @@ def _sweep_page(
     claim_ttl: float,
     report: SweepReport,
     allowances: Mapping[str, float],
+    clock: Callable[[], float],
 ) -> SweepReport:
+    mark = clock()
     decisions = store.claim(user_ids, report.sweep_id, cutoff, now, claim_ttl, allowances)
+    mark = _lap(report, "claim", mark, clock)
     claimed = [u for u in user_ids if decisions[u].claim]
     report.skipped.update(d.reason for d in decisions.values() if not d.claim)
 
@@ -205,17 +214,27 @@ def _sweep_page(
         if outcome is False:
             report.auth_user_missing += 1
         revoked.append(user_id)
+    mark = _lap(report, "revoke", mark, clock)
     if failed:
         report.auth_failures += len(failed)
         store.release(failed, report.sweep_id)
     if not revoked:
         return report
     signed_out, sessions = store.finalize(revoked, report.sweep_id, now)
+    mark = _lap(report, "finalize", mark, clock)
     report.signed_out += len(signed_out)
     report.signed_out_users.extend(signed_out)
     report.sessions_signed_out += len(sessions)
     callbacks.send(sessions, now, report)
+    _lap(report, "callbacks", mark, clock)
     return report
+
+
+def _lap(report: SweepReport, phase: str, mark: float, clock: Callable[[], float]) -> float:
+    """Add the time since ``mark`` to the phase; return now, the next phase's mark."""
+    now = clock()
+    report.timed(phase, now - mark)
+    return now
 
 
 def _allowances(

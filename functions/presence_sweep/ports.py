@@ -117,6 +117,14 @@ class SweepReport:
     presence_event_failures: int = 0
     #: Registry reads or instances the reaper could not finish; the next run retries them.
     reap_failures: int = 0
+    #: Seconds spent in each phase (reap, query, claim, revoke, finalize, callbacks), summed
+    #: over pages: with pages in flight at once, their sum may exceed ``duration_seconds``.
+    #: They say where a slow run's time went (the emulator's collection scans, Auth, ...).
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, phase: str, seconds: float) -> None:
+        """Add ``seconds`` to the phase's total."""
+        self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + seconds
 
     @property
     def ok(self) -> bool:
@@ -135,6 +143,8 @@ class SweepReport:
         self.sockets_closed += page.sockets_closed
         self.sessions_signed_out += page.sessions_signed_out
         self.signed_out_users.extend(page.signed_out_users)
+        for phase, seconds in page.phase_seconds.items():
+            self.timed(phase, seconds)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -157,5 +167,6 @@ class SweepReport:
             "presence_event_failures": self.presence_event_failures,
             "reap_failures": self.reap_failures,
             "duration_seconds": round(self.duration_seconds, 3),
+            "phase_seconds": {k: round(v, 3) for k, v in sorted(self.phase_seconds.items())},
             "ok": self.ok,
         }

@@ -25,6 +25,8 @@ from tests.soak.population import Population, assign_roles
 from tests.soak.report import RunInfo, render
 from tests.soak.schedule import build_schedule, format_schedule, with_aftermath
 from tests.soak.stack import Stack, rss
+from tests.soak.sweeps import runs as sweep_runs
+from tests.soak.sweeps import summary as sweep_summary
 from tests.soak.timeline import DURABLE, SIGNED_OUT, SILENT, Outcome
 
 log = logging.getLogger("soak")
@@ -237,6 +239,9 @@ async def _soak(
     where = log_dir.relative_to(ROOT) if log_dir.is_relative_to(ROOT) else log_dir
     info = RunInfo(seed, seconds, clients, time.monotonic() - wall, str(where))
     text = render(info, real, dict(sorted(outcomes.items())), population.timelines)
+    function_log = log_dir / "sweep-function.log"
+    if function_log.exists():
+        text += "\n\n" + sweep_summary(sweep_runs(function_log.read_text().splitlines()))
     print(text, flush=True)
     (log_dir / "report.txt").write_text(text + "\n")
     (log_dir / "timelines.txt").write_text(

@@ -463,3 +463,37 @@ def test_a_lagging_instance_s_users_are_not_signed_out_while_within_its_backlog(
     assert sorted(auth.revoked) == ["healthy", "orphan", "silent"]
     assert report.skipped["instance_lagging"] == 1
     assert store.members["held"][IS_SIGNED_IN] is True
+
+
+def test_the_report_says_where_the_run_s_time_went() -> None:
+    """Each phase's seconds are summed into the report, so a slow run shows its slow phase."""
+
+    class SlowAuth(FakeAuth):
+        def revoke(self, user_id: str) -> bool:
+            ticks.append(5.0)  # Auth took 5 s for this user
+            return super().revoke(user_id)
+
+    ticks: list[float] = []
+    elapsed = 0.0
+
+    def clock() -> float:
+        nonlocal elapsed
+        elapsed += sum(ticks)
+        ticks.clear()
+        return elapsed
+
+    store = FakeStore({"old1": member(), "old2": member()}, [SessionRef("old1", "s1", "i1")])
+    report = sweep(
+        store,
+        SlowAuth(),
+        FakeNotifier(),
+        NOW,
+        pong_timeout=3 * 3600,
+        instances=registry(i1="http://g1"),
+        auth_concurrency=1,
+        clock=clock,
+    )
+    phases = report.summary()["phase_seconds"]
+    assert phases["revoke"] == 10.0
+    assert set(phases) == {"registry", "query", "claim", "revoke", "finalize", "callbacks"}
+    assert sum(phases.values()) == report.duration_seconds == 10.0
