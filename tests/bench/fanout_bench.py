@@ -74,6 +74,8 @@ DEFAULT_SOCKETS = 3_000
 SILENT_EVERY = 10
 SENDS = 300
 CPU_SENDS = 2_000
+#: How long ``--py-spy`` samples each gateway from the start of phase 3's sends.
+PROFILE_SECONDS = 15
 CONCURRENCY = 32
 BROADCASTS = 10
 STATS_CALLS = 30
@@ -386,8 +388,12 @@ def _cpu_window(
     gateways: list[Gateway],
     others: dict[str, int],
     frames: _Frames,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
-    """Phase 3: CPU per delivered message, gross and net of the idle (ping/pong) baseline."""
+    """Phase 3: CPU per delivered message, gross and net of the idle (ping/pong) baseline.
+    With ``--py-spy``, each gateway is profiled over the sends (.run/bench/profile-fanout-N)."""
+    from tests.bench.runner import start_profiler, stop_profiler
+
     pids = [gw.pid for gw in gateways]
     c0, t0 = _cpu(pids), time.monotonic()
     time.sleep(BASELINE_SECONDS)
@@ -395,9 +401,16 @@ def _cpu_window(
     first = 1_000_000
     m0 = _metrics(gateways)
     o0 = {name: _cpu([pid]) for name, pid in others.items()}
+    profilers = [
+        start_profiler(args, pid, f"fanout-{k}", PROFILE_SECONDS) for k, pid in enumerate(pids)
+    ]
     c1, t1 = _cpu(pids), time.monotonic()
     calls = asyncio.run(_burst(url, token, users, first))
     c2, t2 = _cpu(pids), time.monotonic()
+    for profiler in profilers:
+        stop_profiler(profiler)
+    if args.py_spy:
+        _log_profile(len(pids))
     o1 = {name: _cpu([pid]) for name, pid in others.items()}
     m1 = _metrics(gateways)
     frames.wait_sends(range(first, first + CPU_SENDS))
@@ -425,6 +438,17 @@ def _cpu_window(
             name: round(100 * (o1[name] - o0[name]) / wall, 1) for name in others
         },
     }
+
+
+def _log_profile(count: int) -> None:
+    """The three gateways' profiles as one (.run/bench/profile-fanout.txt), top by own time."""
+    from tests.bench.runner import RUN_DIR, log, top_frames
+
+    parts = [RUN_DIR / f"profile-fanout-{k}.txt" for k in range(count)]
+    merged = RUN_DIR / "profile-fanout.txt"
+    merged.write_text("".join(p.read_text() for p in parts if p.exists()))
+    for name, share in top_frames(merged, 20):
+        log(f"F: profile {share:5.1f} %  {name}")
 
 
 def _import_auth_users(auth_host: str, project: str, users: list[str]) -> str | None:
@@ -627,7 +651,7 @@ def run(fs_host: str, args: argparse.Namespace, stack: list[Any]) -> dict[str, A
         others = {"proxy": proxy.popen.pid, "pubsub": pubsub.popen.pid}
         if getattr(args, "_firestore_pid", None):
             others["firestore"] = args._firestore_pid
-        burst = _cpu_window(proxy_url, token, users, gateways, others, frames)
+        burst = _cpu_window(proxy_url, token, users, gateways, others, frames, args)
         log(
             f"F: {burst['sends_per_second']:.0f} sends/s with {CONCURRENCY} in flight; gateway "
             f"CPU {burst['cpu_ms_per_delivered']:.2f} ms per delivered message "
