@@ -60,14 +60,14 @@ $(CLIENT_STAMP): clients/js/package.json clients/js/package-lock.json
 
 # The demo page (Firebase JS SDK + the client, bundled by esbuild) that `make up` serves at /demo.
 $(DEMO_BUILD): $(CLIENT_STAMP) clients/js/presence-client.js clients/js/presence-client.d.ts \
-		$(wildcard clients/js/demo/*)
+		clients/js/build/pages.mjs $(wildcard clients/js/demo/*)
 	node clients/js/demo/build.mjs
 
 demo: $(DEMO_BUILD)
 
 # The operator console (Firebase Auth + uPlot, bundled by esbuild) served at /console when
-# CONSOLE_ENABLED is on. After the demo: its build replaces the rest of dist/.
-$(CONSOLE_BUILD): $(CLIENT_STAMP) $(DEMO_BUILD) $(wildcard clients/js/console/*)
+# CONSOLE_ENABLED is on. Each page's build replaces only its own folder of dist/.
+$(CONSOLE_BUILD): $(CLIENT_STAMP) clients/js/build/pages.mjs $(wildcard clients/js/console/*)
 	node clients/js/console/build.mjs
 
 deps: $(VENV_STAMP) $(NODE_STAMP) $(DEMO_BUILD) $(CONSOLE_BUILD)
