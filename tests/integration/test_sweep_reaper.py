@@ -5,6 +5,7 @@ Each test runs in a Firestore project of its own, so no other test's instances a
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator, Sequence
@@ -205,3 +206,55 @@ def test_small_pages_and_transactions_reap_every_session(db: Any) -> None:
     assert report.sessions_reaped == 8 and report.users_offline == 1
     sessions = {s.id: s.get(IS_ACTIVE) for s in db.collection(SESSIONS).stream()}
     assert [s for s, active in sessions.items() if active] == ["ben-s1"]
+
+
+def test_a_user_locked_by_a_transaction_that_never_commits_holds_back_only_themselves(
+    db: Any,
+) -> None:
+    """ana's holders record is locked by another transaction (a gateway killed in the middle of
+    one): ben is settled and his lost session ends in the same run, ana is left for a later
+    run, which reaps her once the lock is gone."""
+    import threading
+
+    from google.cloud import firestore
+
+    seed(db)
+    locked, reaped = threading.Event(), threading.Event()
+
+    class RolledBack(Exception):
+        pass
+
+    @firestore.transactional
+    def hold(transaction: Any) -> None:
+        list(transaction.get_all([db.collection(PRESENCE_HOLDERS).document("ana")]))
+        locked.set()
+        reaped.wait(120)
+        raise RolledBack  # the transaction never commits; rolling back releases the lock
+
+    def holder() -> None:
+        with contextlib.suppress(RolledBack):
+            hold(db.transaction())
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert locked.wait(30)
+        report = SweepReport("r", NOW, NOW)
+        reap(
+            FirestoreInstances(db),
+            FirestoreLostInstances(db),
+            None,
+            NOW,
+            report,
+            stale_after=180.0,
+            lookback=3600.0,
+        )
+    finally:
+        reaped.set()
+        thread.join()
+    active = {s.id for s in db.collection(SESSIONS).stream() if s.get(IS_ACTIVE)}
+    assert active == {"ana-s0", "ana-s1", "ben-s1"}
+    assert read(db, PRESENCE_HOLDERS, "ben")[HOLDERS] == {LIVE: 1}
+    assert report.reap_failures == 1 and report.sessions_reaped == 1
+    assert run(db).sessions_reaped == 2
+    assert read(db, PRESENCE, "ana")[STATE] == OFFLINE

@@ -236,6 +236,27 @@ def test_a_failed_instance_is_left_for_the_next_run_and_the_sign_out_pass_goes_o
     assert w.members.sessions["ana-bad-0"][IS_ACTIVE] is False
 
 
+def test_a_user_whose_settling_fails_holds_back_only_their_own_sessions() -> None:
+    """When a batch's transaction fails (one churning user's record contends), each user is
+    settled alone: the others' sessions end this run, the failing user's wait for the next."""
+    w = world()
+    w.user("ana", {"dead": 1})
+    w.user("ben", {"dead": 2})
+    w.user("cy", {"dead": 1, "live": 1})
+    w.lost.fail_settle = {"ana"}
+    report = w.run()
+    assert w.lost.settled[0] == ["ana", "ben", "cy"]
+    assert sorted(w.lost.settled[1:]) == [["ana"], ["ben"], ["cy"]]
+    assert w.members.sessions["ana-dead-0"][IS_ACTIVE] is True
+    assert [w.members.sessions[f"ben-dead-{n}"][IS_ACTIVE] for n in (0, 1)] == [False, False]
+    assert w.lost.presence["ben"][STATE] == OFFLINE and w.lost.presence["cy"][STATE] == ONLINE
+    assert report.reap_failures == 1 and report.sessions_reaped == 3
+    assert report.instances_reaped == 1 and report.users_offline == 1
+    w.lost.fail_settle = set()
+    w.run(NOW + timedelta(minutes=1))
+    assert w.members.sessions["ana-dead-0"][IS_ACTIVE] is False
+
+
 def test_an_unreadable_registry_skips_the_reaper_only() -> None:
     """A registry read that fails is counted; the sign-out pass still runs."""
 
