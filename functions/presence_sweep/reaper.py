@@ -161,15 +161,30 @@ def _settle(
             instance_id,
             exc,
         )
-        with ThreadPoolExecutor(SETTLE_ALONE_CONCURRENCY, "settle") as pool:
-            outcomes = list(pool.map(lambda one: _attempt(store, one, instance_id, at), users))
         events, settled = [], []
-        for user, outcome in zip(users, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                _failed(user, instance_id, outcome, report)
-            else:
-                events.extend(outcome)
-                settled.append(user)
+        with ThreadPoolExecutor(SETTLE_ALONE_CONCURRENCY, "settle") as pool:
+            for start in range(0, len(users), SETTLE_ALONE_CONCURRENCY):
+                wave = users[start : start + SETTLE_ALONE_CONCURRENCY]
+                outcomes = list(pool.map(lambda one: _attempt(store, one, instance_id, at), wave))
+                for user, outcome in zip(wave, outcomes, strict=True):
+                    if isinstance(outcome, Exception):
+                        _failed(user, instance_id, outcome, report)
+                    else:
+                        events.extend(outcome)
+                        settled.append(user)
+                if len(wave) > 1 and not any(isinstance(o, list) for o in outcomes):
+                    # A whole wave failed: Firestore is in trouble, not one user's record.
+                    # The rest wait for the next run rather than cost a deadline per wave.
+                    rest = users[start + len(wave) :]
+                    if rest:
+                        logger.warning(
+                            "every user of a wave failed: %d more users of lost instance %s "
+                            "left for the next run",
+                            len(rest),
+                            instance_id,
+                        )
+                        report.reap_failures += len(rest)
+                    break
     else:
         settled = users
     report.users_offline += sum(e.state == OFFLINE for e in events)

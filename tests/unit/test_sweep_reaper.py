@@ -17,7 +17,7 @@ from presence_sweep.core import sweep
 from presence_sweep.decision import InstanceEntry, SessionRef
 from presence_sweep.exceptions import SweepConfigError
 from presence_sweep.ports import SweepReport
-from presence_sweep.reaper import lost_instances, reap
+from presence_sweep.reaper import SETTLE_ALONE_CONCURRENCY, lost_instances, reap
 from presence_sweep.reaper_adapters import PubSubPublisher, publish_body
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,
@@ -255,6 +255,21 @@ def test_a_user_whose_settling_fails_holds_back_only_their_own_sessions() -> Non
     w.lost.fail_settle = set()
     w.run(NOW + timedelta(minutes=1))
     assert w.members.sessions["ana-dead-0"][IS_ACTIVE] is False
+
+
+def test_when_a_whole_wave_of_users_fails_alone_the_rest_wait_for_the_next_run() -> None:
+    """Firestore failing every transaction costs one wave of single-user attempts, not one
+    per user: the users after the failed wave are left, counted, for the next run."""
+    w = world()
+    users = [f"u{n:02}" for n in range(20)]
+    for user in users:
+        w.user(user, {"dead": 1})
+    w.lost.fail_settle = set(users)
+    report = w.run()
+    assert len(w.lost.settled) == 1 + SETTLE_ALONE_CONCURRENCY
+    assert report.reap_failures == 20 and report.sessions_reaped == 0
+    w.lost.fail_settle = set()
+    assert w.run(NOW + timedelta(minutes=1)).sessions_reaped == 20
 
 
 def test_an_unreadable_registry_skips_the_reaper_only() -> None:
