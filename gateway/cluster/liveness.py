@@ -11,7 +11,7 @@ recreated its subscription missed it (docs/soak.md). So:
 - **The registry cannot be read**: the last live set it gave stands (there is nothing newer to
   judge by; an instance that died since is named unreachable, which is true enough).
 - **This instance's own heartbeat is stale in it, or its own writes lag** (the write buffer's
-  oldest write older than a SWEEP_INTERVAL, ``Endings.lagged_at``): this instance knows it is
+  oldest write older than two SWEEP_INTERVALs, ``Endings.lagged_at``): this instance knows it is
   alive, so the registry is behind, not the instances dead. The last live set stands, plus any
   instance that is live by the clock.
 - **For ``STALL_GRACE_INTERVALS`` (at least ``MIN_STALL_GRACE``) after the registry was last

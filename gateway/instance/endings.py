@@ -80,10 +80,10 @@ class Endings:
         #: presence then).
         self.on_recovered: Callable[[], None] | None = None
         self._lagged = False
-        #: Monotonic time the write buffer was last seen lagging by more than a SWEEP_INTERVAL:
-        #: this instance's heartbeat was late in the registry then, and so, probably, was every
-        #: other's (a Firestore stall). gateway.cluster.liveness keeps the instances it knew
-        #: live meanwhile.
+        #: Monotonic time the write buffer was last seen lagging past ``LOST_AFTER_INTERVALS``:
+        #: this instance's heartbeat was (nearly) stale in the registry then, and so, probably,
+        #: was every other's (a Firestore stall). gateway.cluster.liveness keeps waiting for the
+        #: instances it knew live meanwhile.
         self.lagged_at: float | None = None
 
     async def expire_tokens(self, now: float) -> int:
@@ -235,10 +235,9 @@ class Endings:
         did not reach Firestore either: the sweep may count such an instance lost and end its
         sessions and presence. Once the buffer has caught up, say so (``on_recovered``)."""
         age = self.writer.backlog_age()
-        if age > self.sweep_interval:
-            self.lagged_at = time.monotonic()
         if age > LOST_AFTER_INTERVALS * self.sweep_interval:
             self._lagged = True
+            self.lagged_at = time.monotonic()
         elif self._lagged and age < self.sweep_interval:
             self._lagged = False
             if self.on_recovered is not None:

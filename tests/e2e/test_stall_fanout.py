@@ -23,7 +23,7 @@ import pytest
 
 from tests.conftest import PubSubEmulator
 from tests.e2e.conftest import Cluster, start_cluster
-from tests.support import UNIT, Client, GatewayProc, TokenMinter, eventually
+from tests.support import Client, GatewayProc, TokenMinter, eventually
 from tests.throttle import ThrottleProxy
 
 pytestmark = pytest.mark.e2e
