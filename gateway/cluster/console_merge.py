@@ -6,8 +6,8 @@ clock and no I/O, so that tests/unit/test_console_merge.py holds them to their c
   (its sample landed a little early or late) repeats its previous values, so a deployment's
   sum does not dip for a sampling jitter.
 * ``instance_rows``: the instances that answered are ``live``; the others the heartbeat
-  registry knows are ``stopped`` (they said so), ``lost`` (heartbeat older than the staleness
-  bound) or ``unreachable`` (beating, not answering).
+  registry knows are ``stopped`` (they said so), ``unreachable`` (awaited as live, not
+  answering) or ``lost`` (heartbeat older than the staleness bound).
 * ``LostSockets``: the sweep function, not the gateway, signs out a lost instance's sessions;
   the answering instance remembers the sockets each instance last reported to it and counts
   them when that instance turns lost, for the ``instance_lost`` series.
@@ -168,10 +168,11 @@ def instance_rows(
         state: InstanceState
         if STOPPED_AT in doc:
             state = "stopped"
-        elif beat is None:
-            # Awaited as live (the registry said so a moment ago) but its entry is not read.
-            state = "unreachable" if instance_id in expected else "lost"
-        elif now - beat > stale_after:
+        elif instance_id in expected:
+            # Awaited as live (the registry said so a moment ago, or is behind after a
+            # Firestore stall: gateway.cluster.liveness) and silent.
+            state = "unreachable"
+        elif beat is None or now - beat > stale_after:
             state = "lost"
         else:
             state = "unreachable"

@@ -97,7 +97,12 @@ class Deployment:
         self.me = service.settings.instance_id
         #: None: no PUBSUB_TOPIC, this instance is alone.
         self.broker = broker
-        self.directory = Directory(service.store, self.settings, service.admission.member_reads)
+        self.directory = Directory(
+            service.store,
+            self.settings,
+            service.admission.member_reads,
+            lagged_at=lambda: service.endings.lagged_at,
+        )
         self.context = Context(self.me, service, self.directory)
         self.fanout = (
             Fanout(

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
+from gateway.cluster.liveness import Liveness
 from gateway.instance.registry import Connection
 from gateway.protocol.messages import utc_now
 from gateway.settings import Settings
 from gateway.storage.batching import BatchReader
-from gateway.storage.store import READ_TIMEOUT, Store, is_live, other_instances
+from gateway.storage.store import READ_TIMEOUT, Store, other_instances
 
 logger = logging.getLogger("gateway.cluster.directory")
 
@@ -43,12 +44,20 @@ class Directory:
     """Live instances and a user's instances, read from Firestore and cached for a second."""
 
     def __init__(
-        self, store: Store, settings: Settings, members: BatchReader[dict[str, Any]]
+        self,
+        store: Store,
+        settings: Settings,
+        members: BatchReader[dict[str, Any]],
+        lagged_at: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.me = settings.instance_id
         self._instances_cache: tuple[float, set[str]] | None = None
+        #: The judgement of who is live, and the last live set (gateway.cluster.liveness).
+        self.liveness = Liveness(self.me, settings.fanout.sweep_interval)
+        #: When this instance's own writes last lagged (``Endings.lagged_at``).
+        self._lagged_at = lagged_at
         self._instance_docs: dict[str, tuple[float, dict[str, Any]]] = {}
         #: The instance's one coalesced reader of member records (admission's): a send and a
         #: connect asking for members at the same moment share a read.
@@ -62,23 +71,24 @@ class Directory:
 
     async def live_instances(self) -> set[str] | None:
         """Live instances other than this one (heartbeat within 3 x SWEEP_INTERVAL, not
-        stopped), cached for a second; None when Firestore cannot answer."""
+        stopped; after a Firestore stall, the ones live before it until they catch up: see
+        ``gateway.cluster.liveness``), cached for a second. When Firestore cannot answer, the
+        last live set; None if it never answered."""
         now = time.monotonic()
         if self._instances_cache and now - self._instances_cache[0] < CACHE_SECONDS:
             return self._instances_cache[1]
-        cutoff = self._live_cutoff()
+        wall = datetime.now(UTC)
+        self.liveness.note_lag(self._lagged_at())
         try:
-            docs = await self.store.recent_instances(cutoff, timeout=READ_TIMEOUT)
+            docs = await self.store.recent_instances(
+                self.liveness.cutoff(wall), timeout=READ_TIMEOUT
+            )
         except Exception as exc:
-            logger.warning("instance registry unreadable: %r", exc)
-            return None
-        live = {i for i, doc in docs.items() if i != self.me and is_live(doc, cutoff)}
+            logger.warning("instance registry unreadable, using the last live set: %r", exc)
+            return self.liveness.unreadable(now)
+        live = self.liveness.registry(docs, wall, now)
         self._instances_cache = (now, live)
         return live
-
-    def _live_cutoff(self) -> datetime:
-        """Instances beat every SWEEP_INTERVAL; three missed beats and an instance is dead."""
-        return datetime.now(UTC) - timedelta(seconds=3 * self.settings.fanout.sweep_interval)
 
     async def _docs(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """Registry entries by id, cached for a second: a send then costs one Firestore read
@@ -139,9 +149,11 @@ class Directory:
     async def _read(self, user_id: str) -> dict[str, int]:
         counts = other_instances(await self._members.get(user_id), self.me)
         if counts:
-            docs = await self._docs(list(counts))
-            cutoff = self._live_cutoff()
-            counts = {i: n for i, n in counts.items() if is_live(docs.get(i, {}), cutoff)}
+            # Our own entry too: stale in the registry, it says the registry is behind.
+            docs = await self._docs([*counts, self.me])
+            self.liveness.note_lag(self._lagged_at())
+            live = self.liveness.alive(docs, datetime.now(UTC), time.monotonic())
+            counts = {i: n for i, n in counts.items() if i in live}
         return counts
 
     def _remember(

@@ -80,6 +80,11 @@ class Endings:
         #: presence then).
         self.on_recovered: Callable[[], None] | None = None
         self._lagged = False
+        #: Monotonic time the write buffer was last seen lagging past ``LOST_AFTER_INTERVALS``:
+        #: this instance's heartbeat was (nearly) stale in the registry then, and so, probably,
+        #: was every other's (a Firestore stall). gateway.cluster.liveness keeps waiting for the
+        #: instances it knew live meanwhile.
+        self.lagged_at: float | None = None
 
     async def expire_tokens(self, now: float) -> int:
         """Close sockets whose token expired more than TOKEN_GRACE ago; return how many."""
@@ -232,6 +237,7 @@ class Endings:
         age = self.writer.backlog_age()
         if age > LOST_AFTER_INTERVALS * self.sweep_interval:
             self._lagged = True
+            self.lagged_at = time.monotonic()
         elif self._lagged and age < self.sweep_interval:
             self._lagged = False
             if self.on_recovered is not None:

@@ -108,8 +108,8 @@ def figures(sockets: int, rooms: list[tuple[str, int]] | None = None) -> Instanc
 
 
 def test_instance_states() -> None:
-    """Answered: live; stopped field: stopped; heartbeat past the bound: lost; fresh
-    heartbeat or awaited without an entry: unreachable."""
+    """Answered: live; stopped field: stopped; awaited (even with a stale heartbeat, after a
+    Firestore stall), or a fresh heartbeat: unreachable; otherwise past the bound: lost."""
     now = 1_000.0
 
     def beat(age: float) -> dict[str, object]:
@@ -120,14 +120,16 @@ def test_instance_states() -> None:
         "b": {**beat(1), STOPPED_AT: datetime.fromtimestamp(now, UTC)},
         "c": beat(500),
         "d": beat(2),
+        "f": beat(500),
     }
-    rows = instance_rows({"a": figures(3)}, docs, ["d", "e"], now, stale_after=180)
+    rows = instance_rows({"a": figures(3)}, docs, ["d", "e", "f"], now, stale_after=180)
     assert {r.instance_id: r.state for r in rows} == {
         "a": "live",
         "b": "stopped",
         "c": "lost",
         "d": "unreachable",
         "e": "unreachable",
+        "f": "unreachable",
     }
     assert rows[0].sockets == 3 and rows[0].last_heartbeat_at == now - 1
 

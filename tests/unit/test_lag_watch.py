@@ -67,15 +67,26 @@ async def test_the_lag_watch_runs_while_a_reconcile_pass_waits_on_a_stalled_fire
 async def test_a_lag_of_two_sweep_intervals_counts_as_possibly_lost() -> None:
     """A buffer 2.5 intervals behind is enough for the sweep to count the instance lost (its
     last stored heartbeat may have been an interval old already when the lag began), so it
-    re-asserts once caught up."""
+    re-asserts once caught up, and notes when it lagged (the fan-out's liveness reads it)."""
     service, recovered, age = await watch(MemoryStore(), lag=2.5 * INTERVAL)
     try:
         await asyncio.sleep(4 * INTERVAL)
+        assert service.endings.lagged_at is not None
         age[0] = 0.0
 
         async def reasserted() -> bool:
             return bool(recovered)
 
         await eventually(reasserted, timeout=5)
+    finally:
+        await service.stop()
+
+
+async def test_a_lag_under_two_sweep_intervals_is_not_noted() -> None:
+    """A buffer 1.5 intervals behind leaves the stored heartbeat fresh: nothing is noted."""
+    service, recovered, _ = await watch(MemoryStore(), lag=1.5 * INTERVAL)
+    try:
+        await asyncio.sleep(4 * INTERVAL)
+        assert (service.endings.lagged_at, recovered) == (None, [])
     finally:
         await service.stop()
