@@ -60,6 +60,11 @@ _message_lines: LogBudget[str] = LogBudget(
     logger, burst=FRAME_LINES_BURST, window=FRAME_LINES_WINDOW
 )
 
+#: Seconds a drain gives the write-behind buffer to flush (gateway.storage.writer).
+FLUSH_DEADLINE = 10.0
+#: Seconds a drain gives the commit marking the instance stopped, once the rest is written.
+STOPPED_MARK_TIMEOUT = 2.0
+
 #: Application hook for client ``message`` frames: ``(user_id, session_id, data)``, and a
 #: keyword-only ``gateway`` when it declares one (gateway.cluster.handle).
 MessageHandler = Callable[..., Awaitable[None]]
@@ -144,6 +149,8 @@ class PresenceService(RoomMethods):
             self._started_at,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        #: Seconds ``stop`` gives the buffer to flush (FLUSH_DEADLINE; tests shorten it).
+        self.flush_deadline = FLUSH_DEADLINE
         if presence_records is None and isinstance(store, MemoryStore):
             presence_records = MemoryPresenceRecords(store)
         #: User presence in Firestore; None with USER_PRESENCE=off (or no records given).
@@ -192,23 +199,48 @@ class PresenceService(RoomMethods):
         if self.presence_writer is not None:
             await self.presence_writer.close()
         # uvicorn has already closed every socket with 1012 (service restart), so clients
-        # reconnect elsewhere and their disconnects are in the buffer: mark the instance
-        # stopped and flush everything before the process ends.
+        # reconnect elsewhere and their disconnects are in the buffer: flush everything before
+        # the process ends.
         self.streams.flush_acks()
-        self.writer.put(Write(INSTANCES, self.settings.instance_id, {STOPPED_AT: utc_now()}))
-        await self.writer.close()
+        flushed = await self.writer.close(self.flush_deadline)
+        if self.presence_writer is not None and self.presence_writer.backlog:
+            flushed = False
+        await self._mark_stopped(flushed)
         await self.streams.store.close()
         await self.store.close()
         logger.info("gateway instance %s stopped", self.settings.instance_id)
+
+    async def _mark_stopped(self, flushed: bool) -> None:
+        """Mark the instance stopped, only once every record it owed is written: the sweep
+        leaves a stopped instance's sessions and presence alone (it ended them itself), and
+        reaps an instance that just went silent as lost. So a drain that could not flush (a
+        Firestore stall) must not say it stopped, or what it left unwritten stays for good: a
+        member listing a closed socket, a user online on no instance."""
+        instance = self.settings.instance_id
+        if not flushed:
+            logger.warning(
+                "instance %s not marked stopped: some of its records are unwritten, so the "
+                "sweep will count it lost and end the sessions it left marked active",
+                instance,
+            )
+            return
+        try:
+            async with asyncio.timeout(STOPPED_MARK_TIMEOUT):
+                await self.store.commit([Write(INSTANCES, instance, {STOPPED_AT: utc_now()})])
+        except Exception as exc:
+            # Then the sweep counts it lost: it finds no session left active, nothing changes.
+            logger.warning("instance %s not marked stopped: %r", instance, exc)
 
     # --- socket events -----------------------------------------------------------------------
 
     def connected(self, conn: Connection) -> None:
         held = self.registry.add(conn)
-        for write in connect_writes(
-            conn.user_id, conn.session_id, self.settings.instance_id, conn.connected_at
-        ):
-            self.writer.put(write)
+        # Member entry and session record in one commit: see gateway.storage.write_buffer.
+        self.writer.put_together(
+            connect_writes(
+                conn.user_id, conn.session_id, self.settings.instance_id, conn.connected_at
+            )
+        )
         self.events.connect(conn, held, self.registry.total_connections)
         self.presence.socket_opened(conn.user_id)
 
@@ -225,8 +257,7 @@ class PresenceService(RoomMethods):
         left = self.registry.remove(conn)
         if not left:
             self._pong_written.pop(conn.user_id, None)
-        for write in disconnect_writes(conn.user_id, conn.session_id, code, utc_now()):
-            self.writer.put(write)
+        self.writer.put_together(disconnect_writes(conn.user_id, conn.session_id, code, utc_now()))
         # The client's last acknowledgement may be held in its one-second window: a device
         # that closes now and another that connects without a position must resume after it.
         self.streams.release_ack(conn.user_id)
@@ -240,8 +271,9 @@ class PresenceService(RoomMethods):
             self.registry.total_connections,
         )
         for conn in self.registry:
-            for write in reassert_writes(conn.user_id, conn.session_id, self.settings.instance_id):
-                self.writer.put(write)
+            self.writer.put_together(
+                reassert_writes(conn.user_id, conn.session_id, self.settings.instance_id)
+            )
         self.presence.reassert()
 
     def pong(self, conn: Connection, now: datetime) -> None:

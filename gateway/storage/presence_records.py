@@ -186,6 +186,11 @@ class PresenceWriter:
             try:
                 events = await self.records.apply(self.instance, chunk)
             except Exception as exc:
+                if _cancelling():
+                    # Cancelled (close) while the transaction began: its rollback, which has no
+                    # transaction id yet, raised a ValueError in place of the cancellation
+                    # (google-cloud-firestore 2.34), and a loop that went on would never end.
+                    raise asyncio.CancelledError from exc
                 ok = False
                 self.failures += 1
                 logger.warning("presence: %d users not written: %r", len(chunk), exc)
@@ -202,3 +207,9 @@ class PresenceWriter:
         if not self._pending:
             self._idle.set()
         return ok
+
+
+def _cancelling() -> bool:
+    """Whether the running task has been asked to cancel."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

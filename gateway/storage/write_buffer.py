@@ -6,6 +6,13 @@ the order of each document's first pending write, so taking from the front takes
 that have waited longest (for pongs: the users whose stored ``last_pong_at`` is oldest). An
 entry holding an *urgent* write (anything but a pong or an acknowledgement: a heartbeat, a
 connect or close record) is taken before every other one.
+
+Documents written *together* (a socket's member entry and its session record) are linked until
+committed: they are taken into one commit or not at all, and wait while any of them is in a
+commit in flight. Otherwise one could reach Firestore ahead of the other, and an instance that
+died in between would leave them disagreeing for good: the sweep ends the sessions a lost
+instance left marked active and removes those from their members, so a member entry whose
+session had already ended stayed listed (found by the soak, ``make soak``).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +36,18 @@ class Pending:
     first_pong: float  # monotonic receive time of the oldest pong not yet committed
     since: float  # monotonic time of the oldest write not yet committed
     urgent: bool  # holds a write that must not wait behind pongs
+    #: The documents that must be committed with this one, itself included (``put_together``),
+    #: one set shared by all of them; None: none.
+    group: set[Key] | None = None
 
 
 #: Documents taken for one commit, with what is pending for each.
 Chunk = list[tuple[Key, Pending]]
+
+#: Documents one group may link at most (a member and its user's socket records written while
+#: the member waited): a commit holds at most 500 writes. Beyond it, a write is not linked and
+#: may be committed apart from the rest.
+MAX_GROUP = 100
 
 
 class PendingWrites:
@@ -44,6 +59,11 @@ class PendingWrites:
         #: The keys of ``_entries`` holding an urgent write, in order (an ordered set).
         self._urgent: dict[Key, None] = {}
         self._busy: set[Key] = set()
+        #: Urgent keys set aside (out of ``_urgent``) while their group waits for a busy
+        #: document, by that document: walks skip them until it is released.
+        self._parked: dict[Key, set[Key]] = {}
+        #: Groups the last walk found waiting, to park once it is done.
+        self._blocked: list[set[Key]] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -76,6 +96,26 @@ class PendingWrites:
             self._urgent[key] = None
         return True
 
+    def put_together(self, writes: Sequence[Write], max_docs: int) -> int:
+        """Merge urgent ``writes`` in, linked: they are committed in one commit (with every
+        document linked to any of them). Returns how many were dropped (``max_docs``)."""
+        keys = {(w.collection, w.doc_id) for w in writes}
+        dropped = sum(not self.put(write, False, True, max_docs) for write in writes)
+        keys &= self._entries.keys()
+        if len(keys) > 1:
+            self._link(keys)
+        return dropped
+
+    def _link(self, keys: set[Key]) -> None:
+        """Join the pending ``keys`` and their groups into one (unless past ``MAX_GROUP``)."""
+        entries = self._entries
+        group = keys.union(*(g for k in keys if (g := entries[k].group) is not None))
+        if len(group) > MAX_GROUP:
+            return
+        for key in group:
+            if (pending := entries.get(key)) is not None:
+                pending.group = group
+
     def merge_pong(self, write: Write) -> bool:
         """Merge a pong into its document's pending entry; False when there is none (the
         document is not pending, or its entry is in a commit in flight)."""
@@ -88,23 +128,79 @@ class PendingWrites:
         pending.pongs += 1
         return True
 
-    def eligible(self, urgent_only: bool = False) -> Iterator[Key]:
-        """Documents not busy: urgent ones first, then the rest, each oldest first."""
-        busy, urgent = self._busy, self._urgent
-        yield from (key for key in urgent if key not in busy)
-        if not urgent_only:
-            yield from (key for key in self._entries if key not in busy and key not in urgent)
+    def _collect(
+        self,
+        items: Iterable[tuple[Key, Pending]],
+        rest: bool,
+        limit: int,
+        out: list[Key],
+        seen: set[Key],
+    ) -> bool:
+        """Append to ``out`` the documents of ``items`` (only those holding no urgent write when
+        ``rest``; an urgent one is in ``_urgent``, or parked) that may be taken now,
+        up to ``limit``: none busy, nor linked to a busy one, and a group whole or not at all
+        (whole beyond ``limit`` when it comes first). ``seen`` collects the groups walked.
+        True once ``out`` is full."""
+        busy, entries = self._busy, self._entries
+        for key, pending in items:
+            if (rest and pending.urgent) or key in busy or key in seen:
+                continue
+            group = pending.group
+            if group is None:
+                out.append(key)  # the common case (every pong)
+            else:
+                seen.update(group)
+                if not busy.isdisjoint(group):
+                    self._blocked.append(group)
+                    continue
+                taken = [k for k in group if k in entries]
+                if out and len(out) + len(taken) > limit:
+                    return True
+                out += taken
+            if len(out) >= limit:
+                return True
+        return False
+
+    def _urgent_items(self) -> Iterator[tuple[Key, Pending]]:
+        entries = self._entries
+        return ((key, entries[key]) for key in self._urgent)
+
+    def eligible(self, limit: int, urgent_only: bool = False) -> list[Key]:
+        """Up to ``limit`` documents that may be taken now: urgent ones first, then the rest,
+        each oldest first; a group of linked documents whole, and only while none is busy."""
+        out: list[Key] = []
+        seen: set[Key] = set()
+        if not self._collect(self._urgent_items(), False, limit, out, seen) and not urgent_only:
+            self._collect(self._entries.items(), True, limit, out, seen)
+        self._park()
+        return out
+
+    def _park(self) -> None:
+        """Set aside the urgent keys of the groups the walk found waiting for a busy document,
+        until :meth:`release` frees it: walking over them at every take cost as much as the
+        commits (a re-assertion of thousands of sockets while their members' pongs were in
+        flight)."""
+        urgent, busy = self._urgent, self._busy
+        for group in self._blocked:
+            holder = next((k for k in group if k in busy), None)
+            if holder is None:
+                continue
+            waiting = self._parked.setdefault(holder, set())
+            for key in group:
+                if key in urgent:
+                    del urgent[key]
+                    waiting.add(key)
+        self._blocked.clear()
 
     def oldest_since(self, urgent_only: bool = False) -> float | None:
-        """When the longest-waiting eligible write was made (None: nothing eligible)."""
-        busy, urgent = self._busy, self._urgent
-        firsts = [next((k for k in urgent if k not in busy), None)]
+        """When the longest-waiting write that may be taken now was made (None: none)."""
+        urgent: list[Key] = []
+        self._collect(self._urgent_items(), False, 1, urgent, set())
+        rest: list[Key] = []
         if not urgent_only:
-            firsts.append(
-                next((k for k in self._entries if k not in busy and k not in urgent), None)
-            )
-        times = [self._entries[key].since for key in firsts if key is not None]
-        return min(times) if times else None
+            self._collect(self._entries.items(), True, 1, rest, set())
+        self._park()
+        return min((self._entries[keys[0]].since for keys in (urgent, rest) if keys), default=None)
 
     def take(self, now: float, limit: int, flush_after: float, urgent_only: bool = False) -> Chunk:
         """Up to ``limit`` eligible documents, marked busy, if they make a batch that is due:
@@ -112,7 +208,7 @@ class PendingWrites:
         oldest = self.oldest_since(urgent_only)
         if oldest is None:
             return []
-        keys = list(itertools.islice(self.eligible(urgent_only), limit))
+        keys = self.eligible(limit, urgent_only)
         if now - oldest < flush_after and len(keys) < limit:
             return []
         self._busy.update(keys)
@@ -121,11 +217,19 @@ class PendingWrites:
     def release(self, chunk: Chunk) -> None:
         """The commit of ``chunk`` has ended: its documents may be taken again."""
         self._busy.difference_update(key for key, _ in chunk)
+        if self._parked:
+            for key, _ in chunk:
+                for waiting in self._parked.pop(key, ()):
+                    pending = self._entries.get(waiting)
+                    if pending is not None and pending.urgent:
+                        self._urgent[waiting] = None
 
     def requeue(self, chunk: Chunk) -> None:
         """Put a failed commit's entries back; newer pending fields still win. They may push
         the buffer past ``max_docs`` by one commit's worth: they were inside the bound when
-        they arrived and are never dropped."""
+        they arrived and are never dropped. Documents linked stay linked, with those linked
+        to them meanwhile."""
+        groups = {id(p.group): p.group for _, p in chunk if p.group is not None}
         for key, failed in chunk:
             newer = self._entries.get(key)
             if failed.urgent:
@@ -140,6 +244,8 @@ class PendingWrites:
             if failed.pongs:
                 newer.first_pong = min(newer.first_pong, failed.first_pong)
                 newer.pongs += failed.pongs
+        for group in groups.values():
+            self._link(group & self._entries.keys())
 
     def oldest_pong(self, also: Iterable[Pending] = ()) -> float | None:
         """The receive time of the oldest pong pending here or in ``also`` (commits in

@@ -7,10 +7,12 @@ of at most ``batch_size``, up to ``concurrency`` batches at once.
 Guarantees:
 
 * Pending writes to the same document merge as Firestore's ``set(merge=True)`` would (nested
-  maps merge, later fields win), so a user who pongs twice before
-  a flush costs one write and ``last_pong_at`` still ends at the newest pong.
+  maps merge, later fields win), so a user who pongs twice before a flush costs one write and
+  ``last_pong_at`` still ends at the newest pong.
 * A batch is committed as soon as it is full, or when its oldest write has waited
   ``flush_interval``, whichever comes first, and a commit slot is free.
+* Documents written together (``put_together``: a socket's member entry and session record)
+  are committed in one commit (``gateway.storage.write_buffer``).
 * Urgent writes go first: every write that is not a pong or an acknowledgement (an instance's
   heartbeat, a socket's connect and close records) is taken before any pong, and may start a
   commit of its own when every slot is busy with pongs. The sweep reads the heartbeat to tell
@@ -40,6 +42,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from gateway.storage.congestion import CommitWindow
 from gateway.storage.isolation import commit_isolating
@@ -130,14 +133,7 @@ class WriteBehind:
         pending = self._pending
         before = len(pending)
         if not pending.put(write, pong, urgent, self.max_docs):
-            self.dropped_writes += 1
-            if self.dropped_writes == 1 or self.dropped_writes % 1000 == 0:
-                logger.error(
-                    "write buffer full (%d documents): dropped %d writes so far; "
-                    "Firestore is not keeping up or is down",
-                    self.max_docs,
-                    self.dropped_writes,
-                )
+            self._dropped(1)
             return False
         size = len(pending)
         if urgent or (size != before and (size == 1 or size % self.batch_size == 0)):
@@ -145,6 +141,20 @@ class WriteBehind:
             # holds an urgent write (which may start a commit of its own).
             self._wakeup.set()
         return True
+
+    def put_together(self, writes: Sequence[Write]) -> bool:
+        """Queue urgent merge-writes that must reach Firestore in one commit (a socket's member
+        entry and session record); False when the buffer is full and some were dropped."""
+        self._wakeup.set()
+        if dropped := self._pending.put_together(writes, self.max_docs):
+            self._dropped(dropped)
+        return not dropped
+
+    def _dropped(self, writes: int) -> None:
+        total = self.dropped_writes = self.dropped_writes + writes
+        if total == writes or total % 1000 < writes:  # the first, then every 1,000th
+            full = "write buffer full (%d documents): dropped %d writes so far; Firestore is behind"
+            logger.error(full, self.max_docs, total)
 
     def refresh(self, write: Write) -> bool:
         """Merge a pong into a write already pending for its document, at no extra cost;
@@ -177,12 +187,12 @@ class WriteBehind:
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="write-behind")
 
-    async def close(self, deadline: float = 10.0) -> None:
-        """Flush what is pending, giving up after ``deadline`` seconds (and saying so)."""
+    async def close(self, deadline: float = 10.0) -> bool:
+        """Flush what is pending within ``deadline`` seconds (else say so); True if all was."""
         self._closing = True
         self._wakeup.set()
         if self._task is None:
-            return
+            return not self._pending
         try:
             await asyncio.wait_for(asyncio.shield(self._task), deadline)
         except TimeoutError:
@@ -190,6 +200,8 @@ class WriteBehind:
             logger.error(
                 "shutdown: %d documents still unwritten after %.1fs", len(self._pending), deadline
             )
+            return False
+        return not self._pending
 
     async def run(self) -> None:
         """Keep commits in flight within ``concurrency`` and the window, each started as soon
@@ -277,15 +289,19 @@ class WriteBehind:
         return max(0.0, max(oldest + self.flush_interval, retry_at) - now)
 
     async def flush_once(self) -> bool:
-        """Commit up to ``concurrency`` batches of pending writes at once; True when all
-        succeeded. For a writer that is not running (tests, tools): :meth:`run` does its own
-        scheduling and must not be combined with this."""
+        """Commit up to ``concurrency`` batches of pending writes at once (a take each, which
+        keeps documents written together in one); True when all succeeded. For a writer that
+        is not running (tests, tools): :meth:`run` schedules its own, not to be combined."""
         if not self._pending:
             return True
-        taken = self._pending.take(math.inf, self.batch_size * self.concurrency, 0.0)
-        chunks = [taken[i : i + self.batch_size] for i in range(0, len(taken), self.batch_size)]
+        chunks: list[Chunk] = []
+        for _ in range(self.concurrency):
+            if not (chunk := self._pending.take(math.inf, self.batch_size, 0.0)):
+                break
+            chunks.append(chunk)
         results = await asyncio.gather(*(self._commit_isolating(chunk) for chunk in chunks))
-        self._pending.release(taken)
+        for chunk in chunks:
+            self._pending.release(chunk)
         for chunk, result in zip(chunks, results, strict=True):
             if result is not None:
                 self._failed(chunk, result)

@@ -161,6 +161,10 @@ class StoreSnapshot:
     live: set[str] = field(default_factory=set)
     killed: set[str] = field(default_factory=set)
     drained: set[str] = field(default_factory=set)
+    #: For users whose records disagree with their sockets: the member's entries and the
+    #: session records behind them, as text (``observe.records_of``), printed with the
+    #: violation.
+    records: dict[str, str] = field(default_factory=dict)
 
 
 #: Pub/Sub's expiration policy for an instance's subscription: a day (its minimum).
@@ -177,13 +181,16 @@ def check_stores(snap: StoreSnapshot) -> Outcome:
         real = snap.open_by_user.get(user, 0)
         active = snap.active_by_user.get(user, 0)
         member = snap.member_sessions.get(user, 0)
+        records = f"; {snap.records[user]}" if user in snap.records else ""
         out.check(
             active == real,
-            Violation(5, f"{active} sessions marked active, {real} sockets open", user),
+            Violation(5, f"{active} sessions marked active, {real} sockets open{records}", user),
         )
         out.check(
             member == real,
-            Violation(5, f"member lists {member} active sessions, {real} sockets open", user),
+            Violation(
+                5, f"member lists {member} active sessions, {real} sockets open{records}", user
+            ),
         )
     for instance in sorted(snap.live):
         gauge = snap.gauges.get(instance)

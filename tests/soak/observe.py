@@ -9,10 +9,14 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.storage.schema import (
     ACTIVE_SESSIONS,
+    CLOSE_CODE,
+    CONNECTED_AT,
+    DISCONNECTED_AT,
     INSTANCE_ID,
     IS_ACTIVE,
     IS_SIGNED_IN,
@@ -91,15 +95,27 @@ def snapshot(db: Any, stack: Stack, open_by_user: dict[str, int]) -> StoreSnapsh
 
     by_user: Counter[str] = Counter()
     by_instance: Counter[str] = Counter()
+    active_ids: dict[str, list[str]] = {}
     for doc in db.collection(SESSIONS).where(filter=FieldFilter(IS_ACTIVE, "==", True)).stream():
         data = doc.to_dict() or {}
         by_user[str(data.get(USER_ID))] += 1
         by_instance[str(data.get(INSTANCE_ID))] += 1
-    members = {}
+        active_ids.setdefault(str(data.get(USER_ID)), []).append(doc.id)
+    members, listed = {}, {}
     for doc in db.collection(MEMBERS).stream():
-        count = len((doc.to_dict() or {}).get(ACTIVE_SESSIONS) or {})
-        if count:
-            members[doc.id] = count
+        entries = (doc.to_dict() or {}).get(ACTIVE_SESSIONS) or {}
+        if entries:
+            members[doc.id] = len(entries)
+            listed[doc.id] = entries
+    odd = {
+        user
+        for user in set(open_by_user) | set(by_user) | set(members)
+        if not open_by_user.get(user, 0) == by_user.get(user, 0) == members.get(user, 0)
+    }
+    records = {
+        user: records_of(db, stack, listed.get(user, {}), active_ids.get(user, []))
+        for user in sorted(odd)[:MAX_RECORDS]
+    }
     gauges = {}
     for instance in stack.instances:
         if instance.alive and (value := gauge(instance.port)) is not None:
@@ -115,4 +131,52 @@ def snapshot(db: Any, stack: Stack, open_by_user: dict[str, int]) -> StoreSnapsh
         live=stack.live_ids,
         killed=set(stack.killed),
         drained=set(stack.drained),
+        records=records,
     )
+
+
+#: Users whose records are read in full and printed, at most.
+MAX_RECORDS = 20
+
+
+def records_of(db: Any, stack: Stack, listed: dict[str, Any], active: list[str]) -> str:
+    """The member's entries and the user's active sessions, each with its session record
+    and its instance's fate: what tells a write lost from one reordered or left unreaped."""
+    ids = list(dict.fromkeys([*listed, *active]))
+    docs = {d.id: d for d in db.get_all([db.collection(SESSIONS).document(i) for i in ids])}
+    parts = []
+    for session_id in ids:
+        entry = listed.get(session_id)
+        doc = docs.get(session_id)
+        data = (doc.to_dict() or {}) if doc is not None and doc.exists else None
+        where = str((entry or {}).get(INSTANCE_ID) or (data or {}).get(INSTANCE_ID))
+        fate = (
+            "live"
+            if where in stack.live_ids
+            else "killed"
+            if where in stack.killed
+            else "drained"
+            if where in stack.drained
+            else "?"
+        )
+        record = (
+            "no record"
+            if data is None
+            else ", ".join(
+                f"{k}={_short(data[k])}"
+                for k in (IS_ACTIVE, CONNECTED_AT, DISCONNECTED_AT, CLOSE_CODE)
+                if k in data
+            )
+        )
+        parts.append(
+            f"{session_id} {'listed' if entry is not None else 'unlisted'} on {where} "
+            f"({fate}): {record}"
+        )
+    return " | ".join(parts)
+
+
+def _short(value: Any) -> str:
+    """A timestamp as the gateways' logs show it (UTC, to the millisecond); else as it is."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+    return str(value)

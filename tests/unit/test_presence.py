@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -17,9 +18,10 @@ from gateway.instance.service import PresenceService
 from gateway.protocol.messages import utc_now
 from gateway.protocol.presence import PresenceLeave, PresenceMember, RoomView
 from gateway.protocol.rooms import RoomRefused
+from gateway.storage.presence_records import MemoryPresenceRecords, PresenceWriter, Report
 from gateway.storage.schema import PRESENCE, PRESENCE_HOLDERS
 from gateway.storage.store import MemoryStore
-from gateway.storage.user_presence import decide
+from gateway.storage.user_presence import PresenceEvent, decide
 from tests.loopback import Recorder
 from tests.support import unit_settings
 
@@ -205,3 +207,33 @@ async def test_a_publish_reaches_the_other_members_and_needs_membership_and_a_gr
     with pytest.raises(RoomRefused) as outside:
         await svc.publish(sender, "doc:2", 1)
     assert outside.value.code == "not_in_room"
+
+
+class RollbackFailing(MemoryPresenceRecords):
+    """Records whose transaction, cancelled while it begins, raises its rollback's ValueError
+    in place of the cancellation, as google-cloud-firestore's does before it has an id."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryStore())
+        self.began = asyncio.Event()
+
+    async def apply(self, instance: str, reports: Sequence[Report]) -> list[PresenceEvent]:
+        self.began.set()
+        try:
+            await asyncio.sleep(60)
+        except BaseException as exc:
+            raise ValueError(
+                "The transaction has no transaction ID: cannot be rolled back"
+            ) from exc
+        return []
+
+
+async def test_closing_the_writer_ends_it_even_when_a_rollback_hides_the_cancellation() -> None:
+    """A drain closing the presence writer mid-transaction returns (it hung the instance's
+    shutdown for good when the rollback's error replaced the cancellation)."""
+    records = RollbackFailing()
+    writer = PresenceWriter(records, "i1", interval=0.01)
+    writer.start()
+    writer.report(Report("u", 1, utc_now(), "connect"))
+    await asyncio.wait_for(records.began.wait(), 5)
+    await asyncio.wait_for(writer.close(timeout=0.1), 5)

@@ -116,6 +116,24 @@ def test_stores_that_disagree_with_the_sockets_are_violations() -> None:
     assert any("left by drained d1" in m for m in messages)
 
 
+def test_a_store_violation_carries_the_users_records() -> None:
+    """A member disagreeing with the sockets is reported with its entries' session records."""
+    snap = StoreSnapshot(
+        open_by_user={"a": 1},
+        active_by_user={"a": 1},
+        active_by_instance={"i1": 1},
+        member_sessions={"a": 2},
+        gauges={"i1": 1},
+        subscriptions={"p/subscriptions/t-i1": 86400.0},
+        topic="t",
+        live={"i1"},
+        records={"a": "s2 listed on k1 (killed): is_active=False"},
+    )
+    (violation,) = check_stores(snap).violations
+    assert violation.user == "a"
+    assert violation.message.endswith("; s2 listed on k1 (killed): is_active=False")
+
+
 def test_memory_within_the_tolerance_passes_and_beyond_fails() -> None:
     """Invariant 6: 10 % over the baseline at most, per surviving instance."""
     assert not check_memory({"i": 100_000_000}, {"i": 109_000_000}, 0.10).violations
