@@ -86,7 +86,14 @@ def reap(
         at = heartbeat or now
         try:
             ended = _reap_instance(
-                store, publisher, instance_id, at, report, page_size, users_per_transaction
+                instances,
+                store,
+                publisher,
+                instance_id,
+                at,
+                report,
+                page_size,
+                users_per_transaction,
             )
         except Exception as exc:
             logger.warning(
@@ -100,6 +107,7 @@ def reap(
 
 
 def _reap_instance(
+    instances: InstanceDirectory,
     store: LostInstanceStore,
     publisher: EventPublisher | None,
     instance_id: str,
@@ -112,7 +120,7 @@ def _reap_instance(
     cursor = None
     while True:
         sessions, cursor = store.active_sessions_on(instance_id, page_size, cursor)
-        if not sessions:
+        if not sessions or _came_back(instances, instance_id, at):
             break
         users = sorted({s.user_id for s in sessions if s.user_id})
         settled: set[str] = set()
@@ -122,6 +130,8 @@ def _reap_instance(
         # Presence before sessions: the sessions of a user not settled stay active, which is
         # how the next run finds the user again.
         ending = [s for s in sessions if not s.user_id or s.user_id in settled]
+        if ending and _came_back(instances, instance_id, at):
+            break
         if ending:
             store.end_sessions(ending, at)
         ended += len(ending)
@@ -129,6 +139,25 @@ def _reap_instance(
         if cursor is None:
             break
     return ended
+
+
+def _came_back(instances: InstanceDirectory, instance_id: str, heartbeat: datetime) -> bool:
+    """Whether the instance beat (or stopped) since it was judged lost at ``heartbeat``.
+
+    A run reads the registry once, at its start, and a page of sessions may be reaped many
+    seconds later (the emulator's queries, a slow Firestore). An instance whose writes had
+    only lagged (a Firestore stall) re-asserts its sockets' records when it catches up: reaping
+    them after that left a live instance's sockets without records for good (the soak, seed 7).
+    So the entry is read again before each page's presence and sessions are written."""
+    entry = instances.entries([instance_id]).get(instance_id)
+    if entry is None or entry.heartbeat == heartbeat:
+        return False  # unchanged, or its entry deleted: it is not coming back
+    logger.warning(
+        "instance %s judged lost at heartbeat %s has beaten or stopped since: not reaped",
+        instance_id,
+        heartbeat.isoformat(),
+    )
+    return True
 
 
 def _settle(

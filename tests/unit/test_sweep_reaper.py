@@ -272,6 +272,23 @@ def test_when_a_whole_wave_of_users_fails_alone_the_rest_wait_for_the_next_run()
     assert w.run(NOW + timedelta(minutes=1)).sessions_reaped == 20
 
 
+def test_an_instance_that_beats_again_during_the_run_is_not_reaped() -> None:
+    """The run read the registry with ``dead`` stale; by the time its page is reaped it has
+    caught up and beaten again (its writes had only lagged): its sessions and presence stay."""
+
+    class Caught(MemoryInstances):
+        def entries(self, instance_ids: Sequence[str]) -> dict[str, InstanceEntry]:
+            return {i: InstanceEntry(NOW) for i in instance_ids}
+
+    w = world()
+    w.instances = Caught(w.instances.instances)
+    w.user("ana", {"dead": 1})
+    report = w.run()
+    assert w.members.sessions["ana-dead-0"][IS_ACTIVE] is True
+    assert w.lost.settled == [] and w.lost.presence["ana"][STATE] == ONLINE
+    assert report.sessions_reaped == 0 and report.reap_failures == 0
+
+
 def test_an_unreadable_registry_skips_the_reaper_only() -> None:
     """A registry read that fails is counted; the sign-out pass still runs."""
 
