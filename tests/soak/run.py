@@ -128,6 +128,7 @@ async def _soak(
         for instance in stack.instances:
             assert instance.process is not None and instance.process.popen is not None
             instance.baseline_rss = rss(instance.process.popen.pid)
+        await asyncio.to_thread(stack.probe_memory, False)
 
     # The baseline is taken once the population has connected and left once: what the first
     # connections allocate for good (lazy imports, caches, the allocator's arenas for that many
@@ -232,6 +233,7 @@ async def _soak(
     # Memory "returns": buffers the faults filled (writes held through a Firestore stall,
     # receipts, caches of a few seconds) drain after the population has left.
     outcomes[6] = await poll(memory, lambda out: not out.violations, 30)
+    await asyncio.to_thread(stack.probe_memory, True)
     scheduler.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await scheduler

@@ -14,6 +14,7 @@ import asyncio
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import httpx
 
 from emulator import procs
 from emulator.scheduler import JOB_NAME
+from tests.soak import memprobe
 from tests.soak.frontend import Frontend
 from tests.throttle import ThrottleProxy
 
@@ -106,6 +108,23 @@ class Stack:
         return f"{HOST}:{self.ports['pubsub']}"
 
     @property
+    def memprobe_dir(self) -> Path:
+        return self.log_dir / "memprobe"
+
+    def probe_memory(self, trim: bool) -> None:
+        """With SOAK_MEMPROBE: each instance never restarted writes its memory probe."""
+        if not memprobe.enabled():
+            return
+        targets = {
+            i.instance_id: i.process.popen.pid
+            for i in self.instances
+            if i.alive and not i.restarted and i.process and i.process.popen
+        }
+        memprobe.request(self.memprobe_dir, targets, trim)
+        if not trim:
+            memprobe.attach_heaptrack(self.memprobe_dir, targets)
+
+    @property
     def live_ids(self) -> set[str]:
         return {i.instance_id for i in self.instances if i.alive}
 
@@ -148,6 +167,10 @@ class Stack:
             self.gateway_env(instance), HOST, instance.port, self.log_dir
         )
         process.log_path = self.log_dir / f"gateway-{instance.index}.log"
+        if memprobe.enabled():
+            # Debug only: the gateway under tracemalloc and the memory probes (docs/soak.md).
+            process.argv = [sys.executable, "-m", "tests.soak.memprobe"]
+            process.env = {**process.env, "SOAK_MEMPROBE_DIR": str(self.memprobe_dir)}
         process.cwd = SOURCE
         process.start()
         instance.process = process
