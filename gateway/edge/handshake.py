@@ -117,9 +117,10 @@ class HandshakeLimits:
             self.silent.pop(conn, None)
 
 
-class HeadTooLarge(Exception):
-    """A request head past ``MAX_HEAD_BYTES``: raised in a parser callback, which httptools
-    turns into the parse error uvicorn answers with HTTP 400."""
+class BadHead(Exception):
+    """A request head refused here (past ``MAX_HEAD_BYTES``, or HTTP/1.1 without ``Host``):
+    raised in a parser callback, which httptools turns into the parse error uvicorn answers
+    with HTTP 400."""
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -163,6 +164,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._handshake_done()  # a request head arrived (an upgrade's too)
+        for name, _ in self.headers:
+            if name == b"host":
+                break
+        else:
+            if self.parser.get_http_version() == "1.1":
+                # RFC 9112 3.2 requires the 400 that h11 gave, which llhttp does not.
+                raise BadHead("an HTTP/1.1 request without Host")
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -189,7 +197,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise HeadTooLarge(f"request head over {MAX_HEAD_BYTES} bytes")
+            raise BadHead(f"request head over {MAX_HEAD_BYTES} bytes")
 
     def _handshake_done(self) -> None:
         if self._waiting:

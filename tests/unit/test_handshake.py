@@ -195,3 +195,11 @@ async def test_many_small_headers_count_towards_the_limit() -> None:
     head = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"a:\r\n" * 5000 + b"\r\n"
     transport, seen, _ = await feed(head, 1 << 20)
     assert seen == [] and transport.written.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_an_http_1_1_request_without_host_is_answered_400_as_h11_did() -> None:
+    """HTTP/1.1 without Host is refused (RFC 9112); HTTP/1.0 without it reaches the app."""
+    transport, seen, _ = await feed(b"GET / HTTP/1.1\r\n\r\n", 1 << 20)
+    assert seen == [] and transport.written.startswith(b"HTTP/1.1 400 ")
+    transport, seen, _ = await feed(b"GET / HTTP/1.0\r\n\r\n", 1 << 20)
+    assert seen == ["/"] and transport.written.startswith(b"HTTP/1.1 204 ")
