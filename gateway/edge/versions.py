@@ -65,8 +65,8 @@ LIBRARIES: tuple[Library, ...] = (
         "uvicorn",
         "0.54.",
         "gateway.edge.wsproto_lean subclasses WSProtocol and reads and sets its attributes; "
-        "gateway.edge.handshake subclasses HttpToolsProtocol, extends its parser callbacks and "
-        "reads its transport and loop",
+        "gateway.edge.handshake subclasses HttpToolsProtocol, extends its parser callbacks, "
+        "replaces its keep-alive timer and reads its transport, loop and pipeline",
         (
             *(
                 Member(_WSPROTO_IMPL, "WSProtocol", name, lean_only=True)
@@ -78,11 +78,28 @@ LIBRARIES: tuple[Library, ...] = (
             ),
             *(
                 Member(_HTTPTOOLS_IMPL, "HttpToolsProtocol", name)
-                for name in ("on_message_begin", "on_url", "on_header", "on_headers_complete")
+                for name in (
+                    "on_message_begin",
+                    "on_url",
+                    "on_header",
+                    "on_headers_complete",
+                    "on_response_complete",
+                    "_unset_keepalive_if_required",
+                    "_start_asgi_task",
+                    "timeout_keep_alive_handler",
+                )
             ),
             *(
                 Member(_HTTPTOOLS_IMPL, "HttpToolsProtocol", name, in_init=True)
-                for name in ("transport", "loop")
+                for name in (
+                    "transport",
+                    "loop",
+                    "server_state",
+                    "flow",
+                    "pipeline",
+                    "timeout_keep_alive",
+                    "timeout_keep_alive_task",
+                )
             ),
         ),
     ),

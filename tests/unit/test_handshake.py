@@ -146,7 +146,7 @@ def request(target_bytes: int) -> bytes:
     ).encode()
 
 
-async def feed(data: bytes, piece: int) -> tuple[Transport, list[str], Any]:
+async def feed(data: bytes, piece: int, keep_alive: float = 5) -> tuple[Transport, list[str], Any]:
     """A bounded protocol fed ``data`` in pieces of ``piece`` bytes: its transport, the paths the
     application saw, and the protocol."""
     seen: list[str] = []
@@ -157,7 +157,13 @@ async def feed(data: bytes, piece: int) -> tuple[Transport, list[str], Any]:
         await send({"type": "http.response.body", "body": b""})
 
     protocol_class = bounded_http(timeout=10, max_pending=10)
-    config = Config(app=app, http=protocol_class, lifespan="off", log_config=None)
+    config = Config(
+        app=app,
+        http=protocol_class,
+        lifespan="off",
+        log_config=None,
+        timeout_keep_alive=keep_alive,  # type: ignore[arg-type]
+    )
     protocol = protocol_class(config, ServerState(), {})
     transport = Transport()
     protocol.connection_made(transport)
@@ -203,3 +209,16 @@ async def test_an_http_1_1_request_without_host_is_answered_400_as_h11_did() -> 
     assert seen == [] and transport.written.startswith(b"HTTP/1.1 400 ")
     transport, seen, _ = await feed(b"GET / HTTP/1.0\r\n\r\n", 1 << 20)
     assert seen == ["/"] and transport.written.startswith(b"HTTP/1.1 204 ")
+
+
+async def test_keep_alive_closes_a_timeout_after_the_last_response() -> None:
+    """One timer per idle spell: a request inside the keep-alive timeout moves the close to a
+    timeout after its own response; with none, the connection closes a timeout after."""
+    get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    transport, seen, protocol = await feed(get, 1 << 20, keep_alive=0.2)
+    await asyncio.sleep(0.12)
+    protocol.data_received(get)
+    await asyncio.sleep(0.12)  # 0.24 s after the first response, 0.12 s after the second
+    assert seen == ["/", "/"] and not transport.closed
+    await asyncio.sleep(0.2)
+    assert transport.closed
