@@ -125,8 +125,8 @@ def warn_of_emulators(settings: Settings) -> None:
 
 def check_libraries(settings: Settings) -> list[Problem]:
     """Refuse to start on a library release whose internals the gateway was not tested with
-    (gateway.edge.versions: uvicorn, wsproto, h11, google-cloud-firestore), unless the release
-    is merely untested and ALLOW_UNTESTED_LIBRARIES names it; return those so allowed."""
+    (gateway.edge.versions: uvicorn, httptools, wsproto, google-cloud-firestore), unless the
+    release is merely untested and ALLOW_UNTESTED_LIBRARIES names it; return those so allowed."""
     problems = check_versions(settings.sockets.ws_implementation)
     refuse = refused(problems, os.environ)
     if refuse:

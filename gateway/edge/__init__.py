@@ -1,3 +1,3 @@
 """Everything that reaches into uvicorn's or wsproto's internals: the trimmed wsproto protocol, its
-per-socket parts, the bounded h11 handshake, and the start-up check of every library version whose
-internals the gateway relies on."""
+per-socket parts, the bounded handshake on uvicorn's httptools protocol, and the start-up check of
+every library version whose internals the gateway relies on."""

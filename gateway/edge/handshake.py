@@ -1,4 +1,5 @@
-"""Half-open handshakes bounded: uvicorn's h11 protocol with a deadline and a cap.
+"""Half-open handshakes bounded: uvicorn's httptools protocol with a deadline and a cap, and a
+limit on the request head's size.
 
 uvicorn starts no timer when a TCP connection opens: a client that connects and never sends
 its HTTP request (the WebSocket upgrade included) holds a socket, a protocol object and a file
@@ -31,7 +32,7 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 from uvicorn.config import Config
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 logger = logging.getLogger("gateway.edge.handshake")
@@ -41,6 +42,12 @@ logger = logging.getLogger("gateway.edge.handshake")
 #: and than a lost request segment's retransmission (TCP's minimum timeout is 0.2 s), far
 #: shorter than ``WS_HANDSHAKE_TIMEOUT``'s default (10 s).
 SILENT_GRACE = 1.0
+
+#: The most bytes a request head's target and headers may hold. llhttp, unlike h11, sets no
+#: limit of its own; h11 (uvicorn's default, 16 KiB) applied its limit only to a head split
+#: across reads, so whether a large head was answered depended on how it arrived. Here the
+#: head is counted whatever the reads, and one over the limit gets uvicorn's HTTP 400.
+MAX_HEAD_BYTES = 16 * 1024
 
 
 class Waiting(Protocol):
@@ -110,9 +117,16 @@ class HandshakeLimits:
             self.silent.pop(conn, None)
 
 
-class BoundedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, closing connections whose request head does not arrive in
-    time, and the oldest silent ones while too many are waiting."""
+class BadHead(Exception):
+    """A request head refused here (past ``MAX_HEAD_BYTES``, or HTTP/1.1 without ``Host``):
+    raised in a parser callback, which httptools turns into the parse error uvicorn answers
+    with HTTP 400."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing connections whose request head does not arrive in
+    time, and the oldest silent ones while too many are waiting; and refusing a request head
+    (target and headers) larger than ``MAX_HEAD_BYTES``, which llhttp would take whole."""
 
     limits: HandshakeLimits  # set by ``bounded_http``
 
@@ -126,6 +140,9 @@ class BoundedH11Protocol(H11Protocol):
         super().__init__(config, server_state, app_state, _loop)
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting = False
+        self._head_bytes = 0
+        #: When the last response completed, while no request has arrived since.
+        self._idle_since: float | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -133,14 +150,73 @@ class BoundedH11Protocol(H11Protocol):
         self._deadline = self.loop.call_later(self.limits.timeout, self._handshake_timed_out)
         self.limits.arrived(self, self.loop.time())
 
-    def handle_events(self) -> None:
-        super().handle_events()
-        if self._waiting and (self.cycle is not None or self.transport.get_protocol() is not self):
-            self._handshake_done()  # a request head arrived (an upgrade hands over the socket)
+    # Parser callbacks (httptools calls them from feed_data).
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Four for the separator and the line end, so that empty headers count too.
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._handshake_done()  # a request head arrived (an upgrade's too)
+        for name, _ in self.headers:
+            if name == b"host":
+                break
+        else:
+            if self.parser.get_http_version() == "1.1":
+                # RFC 9112 3.2 requires the 400 that h11 gave, which llhttp does not.
+                raise BadHead("an HTTP/1.1 request without Host")
+        super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handshake_done()
+        self._idle_since = None
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         super().connection_lost(exc)
+
+    # Keep-alive: uvicorn arms a timer after every response and cancels it at the next
+    # request's first bytes, a timer made and dropped per request (9 % of a targeted send's
+    # samples, docs/benchmarks.md, REST delivery). Here one timer per idle spell checks, when
+    # it fires, whether the connection has been idle for the whole timeout, and re-arms for the
+    # rest if a request came meanwhile.
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but for the keep-alive timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_due
+            )
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        if self._idle_since is None:
+            return  # a request arrived: its response arms the timer again
+        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
 
     def has_unread_request(self) -> bool:
         """Whether bytes from the client wait in the socket's receive buffer, unread."""
@@ -159,6 +235,11 @@ class BoundedH11Protocol(H11Protocol):
         self._handshake_done()
         self.transport.abort()
 
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise BadHead(f"request head over {MAX_HEAD_BYTES} bytes")
+
     def _handshake_done(self) -> None:
         if self._waiting:
             self._waiting = False
@@ -176,7 +257,7 @@ class BoundedH11Protocol(H11Protocol):
         self.transport.abort()
 
 
-def bounded_http(timeout: float, max_pending: int) -> type[BoundedH11Protocol]:
+def bounded_http(timeout: float, max_pending: int) -> type[BoundedHttpToolsProtocol]:
     """The protocol class to give uvicorn as ``http=``, with its own limits."""
     limits = HandshakeLimits(timeout, max_pending)
-    return type("BoundedH11Protocol", (BoundedH11Protocol,), {"limits": limits})
+    return type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})

@@ -57,7 +57,7 @@ class Library:
 
 
 _WSPROTO_IMPL = "uvicorn.protocols.websockets.wsproto_impl"
-_H11_IMPL = "uvicorn.protocols.http.h11_impl"
+_HTTPTOOLS_IMPL = "uvicorn.protocols.http.httptools_impl"
 _FIRESTORE = "google.cloud.firestore_v1"
 
 LIBRARIES: tuple[Library, ...] = (
@@ -65,7 +65,8 @@ LIBRARIES: tuple[Library, ...] = (
         "uvicorn",
         "0.54.",
         "gateway.edge.wsproto_lean subclasses WSProtocol and reads and sets its attributes; "
-        "gateway.edge.handshake subclasses H11Protocol and reads its cycle, transport and loop",
+        "gateway.edge.handshake subclasses HttpToolsProtocol, extends its parser callbacks, "
+        "replaces its keep-alive timer and reads its transport, loop and pipeline",
         (
             *(
                 Member(_WSPROTO_IMPL, "WSProtocol", name, lean_only=True)
@@ -75,10 +76,30 @@ LIBRARIES: tuple[Library, ...] = (
                 Member(_WSPROTO_IMPL, "WSProtocol", name, in_init=True, lean_only=True)
                 for name in ("queue", "writable", "read_paused", "conn", "close_timer")
             ),
-            Member(_H11_IMPL, "H11Protocol", "handle_events"),
             *(
-                Member(_H11_IMPL, "H11Protocol", name, in_init=True)
-                for name in ("cycle", "transport", "loop")
+                Member(_HTTPTOOLS_IMPL, "HttpToolsProtocol", name)
+                for name in (
+                    "on_message_begin",
+                    "on_url",
+                    "on_header",
+                    "on_headers_complete",
+                    "on_response_complete",
+                    "_unset_keepalive_if_required",
+                    "_start_asgi_task",
+                    "timeout_keep_alive_handler",
+                )
+            ),
+            *(
+                Member(_HTTPTOOLS_IMPL, "HttpToolsProtocol", name, in_init=True)
+                for name in (
+                    "transport",
+                    "loop",
+                    "server_state",
+                    "flow",
+                    "pipeline",
+                    "timeout_keep_alive",
+                    "timeout_keep_alive_task",
+                )
             ),
         ),
     ),
@@ -110,10 +131,11 @@ LIBRARIES: tuple[Library, ...] = (
         lean_only=True,
     ),
     Library(
-        "h11",
-        "0.16.",
-        "the request events that uvicorn's H11Protocol turns into the cycle the bounded "
-        "handshake watches, and the wsproto handshake the lean protocol drops after the accept",
+        "httptools",
+        "0.9.",
+        "gateway.edge.handshake counts the request head in the parser's callbacks and stops an "
+        "oversized one by raising in them, which the parser must turn into the parse error "
+        "uvicorn answers with HTTP 400",
     ),
     Library(
         "google-cloud-firestore",

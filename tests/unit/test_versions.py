@@ -50,7 +50,7 @@ def everything_present(member: Member) -> bool:
 
 
 def test_the_table_covers_every_library_whose_internals_the_gateway_uses() -> None:
-    assert set(BY_NAME) == {"uvicorn", "wsproto", "h11", "google-cloud-firestore"}
+    assert set(BY_NAME) == {"uvicorn", "httptools", "wsproto", "google-cloud-firestore"}
 
 
 @pytest.mark.parametrize("lock", ["requirements/gateway.txt", "requirements/dev.txt"])
@@ -100,8 +100,8 @@ def test_an_untested_release_is_named_with_installed_and_tested_versions() -> No
 
 
 def test_a_missing_library_is_named() -> None:
-    [problem] = check_versions("wsproto", versions_but(h11=None).get, everything_present)
-    assert str(problem) == "h11 is not installed (tested with 0.16.x)"
+    [problem] = check_versions("wsproto", versions_but(httptools=None).get, everything_present)
+    assert str(problem) == "httptools is not installed (tested with 0.9.x)"
     assert not problem.overridable
 
 
@@ -118,15 +118,16 @@ def test_a_changed_internal_is_caught_under_a_matching_version() -> None:
 
 
 def test_another_socket_implementation_needs_none_of_the_lean_protocols_internals() -> None:
-    """wsproto and uvicorn's WSProtocol are the lean protocol's alone; uvicorn's H11Protocol
-    (the bounded handshake) and Firestore's client are used whatever the implementation."""
+    """wsproto and uvicorn's WSProtocol are the lean protocol's alone; uvicorn's
+    HttpToolsProtocol (the bounded handshake) and Firestore's client are used whatever the
+    implementation."""
 
-    def only_h11_protocol_gone(member: Member) -> bool:
-        return member.owner not in {"WSProtocol", "Connection", "H11Protocol"}
+    def only_http_protocol_gone(member: Member) -> bool:
+        return member.owner not in {"WSProtocol", "Connection", "HttpToolsProtocol"}
 
     found = versions_but(wsproto="1.4.0").get
-    problems = check_versions("websockets-sansio", found, only_h11_protocol_gone)
-    assert {p.member.owner for p in problems if p.member} == {"H11Protocol"}
+    problems = check_versions("websockets-sansio", found, only_http_protocol_gone)
+    assert {p.member.owner for p in problems if p.member} == {"HttpToolsProtocol"}
     assert all(p.library.name == "uvicorn" for p in problems)
 
 
@@ -136,7 +137,7 @@ def test_the_override_lets_named_untested_releases_through_and_never_a_missing_m
     other = Problem(BY_NAME["google-cloud-firestore"], "2.35.0")
     problems = [untested, gone, other]
     assert refused(problems, {}) == problems
-    assert refused(problems, {ALLOW_UNTESTED: " Uvicorn , h11"}) == [gone, other]
+    assert refused(problems, {ALLOW_UNTESTED: " Uvicorn , httptools"}) == [gone, other]
     assert refused(problems, {ALLOW_UNTESTED: "uvicorn,google-cloud-firestore"}) == [gone]
 
 
@@ -148,9 +149,9 @@ def test_the_refusal_names_the_variable_that_gets_the_gateway_started() -> None:
     assert "WS_IMPLEMENTATION=websockets-sansio" in message
     assert f"{ALLOW_UNTESTED}=wsproto" in message
 
-    variable, message = refusal([Problem(BY_NAME["h11"], "0.17.0")])
+    variable, message = refusal([Problem(BY_NAME["httptools"], "0.10.0")])
     assert variable == ALLOW_UNTESTED
-    assert f"{ALLOW_UNTESTED}=h11" in message and "WS_IMPLEMENTATION" not in message
+    assert f"{ALLOW_UNTESTED}=httptools" in message and "WS_IMPLEMENTATION" not in message
 
     firestore = BY_NAME["google-cloud-firestore"]
     variable, message = refusal([Problem(firestore, "2.34.1", firestore.members[0])])
