@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.exceptions import WriteRejected
+from gateway.storage.firestore_reads import read_document
 from gateway.storage.firestore_wire import CommitEncoder, field_path, timestamp_parts
 from gateway.storage.schema import (
     HEARTBEAT_AT,
@@ -119,11 +120,8 @@ class FirestoreStore:
         await batch.commit(retry=None, timeout=COMMIT_TIMEOUT)
 
     async def get_member(self, user_id: str, timeout: float) -> dict[str, Any] | None:
-        snapshot = (
-            await self._client.collection(MEMBERS)
-            .document(user_id)
-            .get(retry=None, timeout=timeout)
-        )
+        ref = self._client.collection(MEMBERS).document(user_id)
+        snapshot = await read_document(self._client, ref, timeout=timeout)
         return snapshot.to_dict() if snapshot.exists else None
 
     async def get_members(

@@ -14,6 +14,7 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
+from gateway.storage.firestore_reads import read_document
 from gateway.storage.schema import (
     CREATED_AT,
     ENTRY_OFFSET,
@@ -62,7 +63,7 @@ class FirestoreStreamStore:
 
         @async_transactional
         async def allocate(transaction: Any) -> tuple[str, int]:
-            snapshot = await head_ref.get(transaction=transaction)
+            snapshot = await read_document(self._client, head_ref, transaction=transaction)
             head = head_from(snapshot.to_dict() if snapshot.exists else None)
             epoch = head.epoch if head is not None else new_epoch()
             offset = head.top + 1 if head is not None else 1

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
+from gateway.storage.firestore_reads import read_document
 from gateway.storage.schema import PRESENCE, PRESENCE_HOLDERS
 from gateway.storage.store import MemoryStore, merge_fields
 from gateway.storage.user_presence import PresenceEvent, decide
@@ -81,7 +82,8 @@ class FirestorePresenceRecords:
         self._client = client
 
     async def read(self, user_id: str) -> dict[str, Any] | None:
-        snapshot = await self._client.collection(PRESENCE).document(user_id).get(timeout=2.0)
+        ref = self._client.collection(PRESENCE).document(user_id)
+        snapshot = await read_document(self._client, ref, timeout=2.0)
         return snapshot.to_dict() if snapshot.exists else None
 
     async def apply(self, instance: str, reports: Sequence[Report]) -> list[PresenceEvent]:
