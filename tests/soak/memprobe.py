@@ -130,6 +130,24 @@ def suspended() -> dict[str, int]:
     return dict(found.most_common(40))
 
 
+def batch_gets() -> dict[str, int]:
+    """Live ``BatchGetDocumentsRequest``s by the collection of their first document and
+    whether they read in a transaction: which caller's reads are left unfinished."""
+    found: collections.Counter[str] = collections.Counter()
+    for o in gc.get_objects():
+        if type(o).__name__ != "BatchGetDocumentsRequest":
+            continue
+        try:
+            documents = list(o.documents)
+            first = documents[0].split("/documents/", 1)[-1] if documents else "?"
+            collection = first.split("/", 1)[0]
+            transactional = bool(o.transaction) or "new_transaction" in o
+            found[f"{collection} x{len(documents)} transaction={transactional}"] += 1
+        except Exception as exc:  # a debug probe: never fail the probe itself
+            found[f"unreadable {type(exc).__name__}"] += 1
+    return dict(found.most_common(20))
+
+
 def probe(directory: Path, instance: str, number: int, trim: bool) -> None:
     started = time.monotonic()
     record: dict[str, object] = {"rss": rss(), "mallinfo": mallinfo()}
@@ -137,6 +155,7 @@ def probe(directory: Path, instance: str, number: int, trim: bool) -> None:
     record["rss_after_collect"] = rss()
     record["types"] = type_counts()
     record["suspended"] = suspended()
+    record["batch_gets"] = batch_gets()
     stem = directory / f"{instance}-{number}"
     if tracemalloc.is_tracing():
         record["traced"] = tracemalloc.get_traced_memory()

@@ -63,6 +63,8 @@ async def soak(
     say(f"seed {seed}, {seconds:g} s, {clients} clients, {len(faults)} faults scheduled")
     say("schedule:\n" + format_schedule(faults))
     log_dir.mkdir(parents=True, exist_ok=True)
+    # The function's log is appended to; the report's sweep runs must be this run's only.
+    (log_dir / "sweep-function.log").unlink(missing_ok=True)
     stack = Stack(log_dir)
     try:
         return await _soak(stack, faults, seconds, seed, clients, log_dir, wall, advisory)
