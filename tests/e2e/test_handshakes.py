@@ -160,12 +160,14 @@ STORM_THREADS = 32
 
 
 @pytest.fixture
-def storm_cap(firestore_host: str, project_id: str) -> Iterator[GatewayProc]:
+def storm_cap(firestore_host: str) -> Iterator[GatewayProc]:
     # Without token checks (AUTH_MODE=off) and without the connect limiter: only the
-    # handshake cap can refuse anyone here.
+    # handshake cap can refuse anyone here. In a project of its own: the storm's 4,000 members
+    # would otherwise be signed out by the next sweep of the worker's shared project, a
+    # 30-second run that made another module's silent client wait past its deadline.
     proc = start_gateway(
         firestore_host,
-        project_id,
+        f"demo-storm-{uuid.uuid4().hex[:8]}",
         None,
         WS_MAX_PENDING_HANDSHAKES=str(STORM_CAP),
         WS_MAX_CONNECTS_PER_MINUTE="0",
