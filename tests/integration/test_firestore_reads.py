@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import gc
 import inspect
-import os
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-
-import pytest
 
 from gateway.storage.firestore_store import FirestoreStore
 from gateway.storage.firestore_streams import FirestoreStreamStore
@@ -28,14 +24,6 @@ def open_streams() -> int:
         and o.ag_frame is not None
         and o.ag_frame.f_code.co_name == "_fetch_stream_responses"
     )
-
-
-@pytest.fixture
-async def store(firestore_host: str, project_id: str) -> AsyncIterator[FirestoreStore]:
-    os.environ["FIRESTORE_EMULATOR_HOST"] = firestore_host
-    backend = FirestoreStore(project_id)
-    yield backend
-    await backend.close()
 
 
 async def test_member_reads_and_durable_appends_leave_no_stream_open(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,14 +50,6 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 def uid() -> str:
     return f"u-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-async def store(firestore_host: str, project_id: str) -> AsyncIterator[FirestoreStore]:
-    os.environ["FIRESTORE_EMULATOR_HOST"] = firestore_host
-    backend = FirestoreStore(project_id)
-    yield backend
-    await backend.close()
 
 
 async def test_commit_merges_fields_into_existing_documents(
