@@ -176,7 +176,8 @@ def _settle(
     transaction that will not commit (a gateway killed in the middle of one). The soak saw a
     lost instance left unreaped run after run that way, each run's failure costing 12-16 s
     before the sign-out pass. Alone, such a user waits for the next run and nobody else does;
-    the users are tried at once, so the run waits for one read deadline, not one per user."""
+    the users are tried eight at once, so a locked user costs the run one wave's attempts, not
+    one user's after another's."""
     try:
         events = store.settle(users, instance_id, at)
     except Exception as exc:

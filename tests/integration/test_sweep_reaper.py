@@ -117,6 +117,22 @@ def run(db: Any, publisher: EventPublisher | None = None, now: datetime = NOW) -
     return sweep_firestore(settings, db, None, NoNotifier(), now, publisher)
 
 
+def reap_alone(db: Any, **sizes: int) -> SweepReport:
+    """The reaper by itself (no sign-out pass), with the function's staleness and lookback."""
+    report = SweepReport("r", NOW, NOW)
+    reap(
+        FirestoreInstances(db),
+        FirestoreLostInstances(db),
+        None,
+        NOW,
+        report,
+        stale_after=180.0,
+        lookback=3600.0,
+        **sizes,
+    )
+    return report
+
+
 def read(db: Any, collection: str, doc_id: str) -> dict[str, Any]:
     doc: dict[str, Any] = db.collection(collection).document(doc_id).get().to_dict()
     return doc
@@ -191,18 +207,7 @@ def test_small_pages_and_transactions_reap_every_session(db: Any) -> None:
         db.collection(SESSIONS).document(f"ana-x{n}").set(
             {USER_ID: "ana", IS_ACTIVE: True, CONNECTED_AT: BEAT, INSTANCE_ID: DEAD}
         )
-    report = SweepReport("r", NOW, NOW)
-    reap(
-        FirestoreInstances(db),
-        FirestoreLostInstances(db),
-        None,
-        NOW,
-        report,
-        stale_after=180.0,
-        lookback=3600.0,
-        page_size=2,
-        users_per_transaction=1,
-    )
+    report = reap_alone(db, page_size=2, users_per_transaction=1)
     assert report.sessions_reaped == 8 and report.users_offline == 1
     sessions = {s.id: s.get(IS_ACTIVE) for s in db.collection(SESSIONS).stream()}
     assert [s for s, active in sessions.items() if active] == ["ben-s1"]
@@ -239,16 +244,7 @@ def test_a_user_locked_by_a_transaction_that_never_commits_holds_back_only_thems
     thread.start()
     try:
         assert locked.wait(30)
-        report = SweepReport("r", NOW, NOW)
-        reap(
-            FirestoreInstances(db),
-            FirestoreLostInstances(db),
-            None,
-            NOW,
-            report,
-            stale_after=180.0,
-            lookback=3600.0,
-        )
+        report = reap_alone(db)
     finally:
         reaped.set()
         thread.join()
