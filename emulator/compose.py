@@ -26,6 +26,12 @@ COMPOSE_FILE = Path(__file__).resolve().parent / "compose.yaml"
 #: The engine scripts/containers.sh starts (its own socket and data root).
 DEFAULT_DOCKER_HOST = "unix:///run/presence-docker.sock"
 SERVICES = ("firestore", "auth", "pubsub", "gateway", "function", "scheduler")
+#: How long docker-compose waits for one answer from the engine (its own default is 60 s). On a
+#: loaded 2-core machine, removing a stopped container has taken longer than 60 s, and compose
+#: then reported a failed teardown for one the engine went on to finish.
+COMPOSE_HTTP_TIMEOUT = "300"
+#: ``down`` is idempotent, so a teardown the engine was slow to answer is simply asked again.
+DOWN_ATTEMPTS = 3
 
 
 def compose_command() -> list[str]:
@@ -47,6 +53,7 @@ def compose_env(env: Mapping[str, str], ports: Mapping[str, int]) -> dict[str, s
     return {
         **os.environ,
         "DOCKER_HOST": os.environ.get("DOCKER_HOST", DEFAULT_DOCKER_HOST),
+        "COMPOSE_HTTP_TIMEOUT": os.environ.get("COMPOSE_HTTP_TIMEOUT", COMPOSE_HTTP_TIMEOUT),
         **env,
         "FIRESTORE_PORT": str(ports["firestore"]),
         "AUTH_PORT": str(ports["auth"]),
@@ -105,7 +112,15 @@ def running_services(project: str, environment: Mapping[str, str]) -> set[str]:
 
 
 def compose_down(project: str, environment: Mapping[str, str]) -> None:
-    compose(project, environment, "down", "--volumes", "--timeout", "15")
+    """Remove the project's containers, network and volumes, asking again if the engine was slow."""
+    for attempt in range(1, DOWN_ATTEMPTS + 1):
+        try:
+            compose(project, environment, "down", "--volumes", "--timeout", "15")
+            return
+        except StartupError:
+            if attempt == DOWN_ATTEMPTS:
+                raise
+            time.sleep(2)
 
 
 def up(env: Mapping[str, str], ports: Mapping[str, int], banner: str) -> int:
