@@ -24,6 +24,7 @@ from gateway.instance.analytics import ConnectionEvents
 from gateway.instance.auth import TokenVerifier
 from gateway.instance.endings import Endings
 from gateway.instance.heartbeat import SEND_CHUNK, Heartbeat
+from gateway.instance.idle_trim import trim_when_idle
 from gateway.instance.presence import LocalPresence
 from gateway.instance.recorder import SampleRing
 from gateway.instance.registry import Connection, Registry
@@ -179,6 +180,7 @@ class PresenceService(RoomMethods):
         self._tasks = [
             asyncio.create_task(self.heartbeat.run(), name="ping-loop"),
             asyncio.create_task(self.endings.reconcile_loop(), name="reconcile-loop"),
+            asyncio.create_task(trim_when_idle(lambda: self.registry.total_connections)),
         ]
         if self.verifier is not None:
             self._tasks.append(asyncio.create_task(self.endings.token_loop(), name="token-expiry"))

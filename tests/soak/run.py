@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from emulator.procs import ROOT
+from gateway.instance import idle_trim
 from tests.soak import invariants as inv
 from tests.soak import observe
 from tests.soak.delivery import check_durable, check_rooms
@@ -31,6 +32,9 @@ from tests.soak.timeline import DURABLE, SIGNED_OUT, SILENT, Outcome
 
 log = logging.getLogger("soak")
 T = TypeVar("T")
+
+#: Seconds after the last socket closed by which an instance has collected and trimmed.
+IDLE_TRIM_DUE = idle_trim.SETTLE + 2 * idle_trim.EVERY + 1.0
 
 
 _STARTED = time.monotonic()
@@ -126,7 +130,8 @@ async def _soak(
 
     async def baseline_memory() -> None:
         await poll(gauges, lambda values: not any(values), 30)
-        await asyncio.sleep(3.0)
+        # Past the instances' idle trim (gateway.instance.idle_trim), as the end measure is.
+        await asyncio.sleep(IDLE_TRIM_DUE)
         for instance in stack.instances:
             assert instance.process is not None and instance.process.popen is not None
             instance.baseline_rss = rss(instance.process.popen.pid)
@@ -217,7 +222,7 @@ async def _soak(
     await population.close_all()
 
     await poll(gauges, lambda values: not any(values), 30)
-    await asyncio.sleep(3.0)
+    await asyncio.sleep(IDLE_TRIM_DUE)
     before = {
         i.instance_id: i.baseline_rss
         for i in stack.instances
