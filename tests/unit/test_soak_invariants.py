@@ -91,6 +91,24 @@ def test_overlapping_faults_and_a_reconnect_move_the_silent_deadline() -> None:
     assert not moved.violations
 
 
+def test_a_sign_out_owed_before_a_reconnect_landing_just_after_it_is_a_note() -> None:
+    """Silent past PONG_TIMEOUT, then a reconnect the sweep run in flight did not see: a sign-out
+    within a sweep interval of the reconnect is allowed (noted); a reconnect before the
+    sign-out was owed, or a sign-out long after the reconnect, still restarts the clock."""
+    owed = check_silent(
+        silent_user(35.5, reconnect=35.0), SIGNED_OFF, [], 20.0, 2.0, socket_open=False
+    )
+    assert not owed.violations and "after reconnecting" in owed.notes[0]
+    not_owed = check_silent(
+        silent_user(25.5, reconnect=25.0), SIGNED_OFF, [], 20.0, 2.0, socket_open=False
+    )
+    assert "after its last sign of life" in not_owed.violations[0].message
+    long_after = check_silent(
+        silent_user(40.0, reconnect=35.0), SIGNED_OFF, [], 20.0, 2.0, socket_open=False
+    )
+    assert "after its last sign of life" in long_after.violations[0].message
+
+
 def test_stores_that_disagree_with_the_sockets_are_violations() -> None:
     """Invariant 5: sessions, members and gauges against the open sockets; subscriptions of
     drained instances must be gone and those of killed ones expire."""
