@@ -240,6 +240,13 @@ async def _soak(
     # Memory "returns": buffers the faults filled (writes held through a Firestore stall,
     # receipts, caches of a few seconds) drain after the population has left.
     outcomes[6] = await poll(memory, lambda out: not out.violations, 30)
+    for instance in stack.instances:
+        base, pid = before.get(instance.instance_id), instance.process and instance.process.popen
+        if base and pid and (now := rss(pid.pid)) is not None:
+            say(
+                f"memory {instance.instance_id}: {base / 2**20:.1f} -> {now / 2**20:.1f} MiB "
+                f"({(now - base) / base:+.1%})"
+            )
     await asyncio.to_thread(stack.probe_memory, True)
     scheduler.cancel()
     with contextlib.suppress(asyncio.CancelledError):
