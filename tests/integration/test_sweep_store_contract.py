@@ -359,3 +359,18 @@ def test_recent_lists_instances_beating_since_with_their_pong_backlog(backend: B
         "plain": InstanceEntry(NOW - timedelta(seconds=10), ""),
         "odd": InstanceEntry(NOW, ""),
     }
+
+
+def test_expired_page_resumes_in_a_dense_shard_reached_inside_a_round(backend: Backend) -> None:
+    """Shards queried together in a round: a page that fills in the round's second shard
+    resumes there, and nothing is skipped or repeated past it."""
+    minute = timedelta(minutes=1)
+    backend.put(MEMBERS, "alone-in-0", in_shard(member(CUTOFF - 50 * minute), 0))
+    for n in range(5):
+        backend.put(MEMBERS, f"dense-{n}", in_shard(member(CUTOFF - (20 - n) * minute), 2))
+    backend.put(MEMBERS, "in-40", in_shard(member(CUTOFF - minute), 40))
+    assert walk(backend, 3) == [
+        ["alone-in-0", "dense-0", "dense-1"],
+        ["dense-2", "dense-3", "dense-4"],
+        ["in-40"],
+    ]
