@@ -117,6 +117,8 @@ class SweepReport:
     presence_event_failures: int = 0
     #: Registry reads or instances the reaper could not finish; the next run retries them.
     reap_failures: int = 0
+    #: Lost instances left for a later run because every instance looked stale at once.
+    reaps_deferred: int = 0
     #: Seconds spent in each phase (reap, query, claim, revoke, finalize, callbacks), summed
     #: over pages: with pages in flight at once, their sum may exceed ``duration_seconds``.
     #: They say where a slow run's time went (the emulator's collection scans, Auth, ...).
@@ -166,6 +168,7 @@ class SweepReport:
             "presence_events_published": self.presence_events_published,
             "presence_event_failures": self.presence_event_failures,
             "reap_failures": self.reap_failures,
+            "reaps_deferred": self.reaps_deferred,
             "duration_seconds": round(self.duration_seconds, 3),
             "phase_seconds": {k: round(v, 3) for k, v in sorted(self.phase_seconds.items())},
             "ok": self.ok,

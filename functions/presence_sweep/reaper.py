@@ -23,6 +23,10 @@ settle, so a run that dies between the two steps leaves them for the next run, w
 again (nothing changes: the instance is no longer named) and then ends them. The other order
 would leave the users of a run that died in between online forever.
 
+When every instance in the registry is stale at once, the registry is taken to be behind (a
+Firestore stall) rather than every instance lost, and nothing is reaped until the freshest
+heartbeat is ``ALL_STALE_PATIENCE`` x ``stale_after`` old (``registry_behind``).
+
 Nothing here raises: a registry that cannot be read, or an instance that cannot be reaped, is
 logged and counted (``reap_failures``), and the next run tries again.
 """
@@ -43,6 +47,11 @@ logger = logging.getLogger("presence_sweep")
 
 #: Users settled at once, each in its own transaction, after their batch's transaction failed.
 SETTLE_ALONE_CONCURRENCY = 8
+#: When every instance in the registry is stale at once, the registry is more likely behind
+#: (a Firestore stall held back every heartbeat) than every instance lost, and reaping waits
+#: until the freshest heartbeat is this many ``stale_after`` old. Only a deployment with no
+#: live instance at all waits: one instance lost among live ones is reaped as before.
+ALL_STALE_PATIENCE = 2.0
 
 
 def lost_instances(
@@ -58,6 +67,18 @@ def lost_instances(
         for instance_id, entry in entries.items()
         if entry.heartbeat is not None and entry.heartbeat < stale_before
     }
+
+
+def registry_behind(
+    entries: Mapping[str, InstanceEntry], now: datetime, stale_after: float
+) -> bool:
+    """Whether every beating instance is stale at once, and the freshest by less than
+    ``ALL_STALE_PATIENCE`` x ``stale_after``: a stall, to be waited out, more likely than a
+    deployment that lost every instance together."""
+    beats = [entry.heartbeat for entry in entries.values() if entry.heartbeat is not None]
+    if not beats or max(beats) >= now - timedelta(seconds=stale_after):
+        return False
+    return max(beats) >= now - timedelta(seconds=ALL_STALE_PATIENCE * stale_after)
 
 
 def reap(
@@ -81,6 +102,15 @@ def reap(
         report.reap_failures += 1
         return
     lost = lost_instances(entries, now - timedelta(seconds=stale_after))
+    if lost and registry_behind(entries, now, stale_after):
+        logger.warning(
+            "every instance's heartbeat is stale (the freshest %s): the registry is taken to be "
+            "behind, not %d instances lost; reaping waits",
+            max(h for h in lost.values() if h is not None).isoformat(),
+            len(lost),
+        )
+        report.reaps_deferred += len(lost)
+        return
     for instance_id, heartbeat in sorted(lost.items()):
         # Sessions end, and users go offline, as of the instance's last sign of life.
         at = heartbeat or now

@@ -17,7 +17,13 @@ from presence_sweep.core import sweep
 from presence_sweep.decision import InstanceEntry, SessionRef
 from presence_sweep.exceptions import SweepConfigError
 from presence_sweep.ports import SweepReport
-from presence_sweep.reaper import SETTLE_ALONE_CONCURRENCY, lost_instances, reap
+from presence_sweep.reaper import (
+    ALL_STALE_PATIENCE,
+    SETTLE_ALONE_CONCURRENCY,
+    lost_instances,
+    reap,
+    registry_behind,
+)
 from presence_sweep.reaper_adapters import PubSubPublisher, publish_body
 from presence_sweep.schema import (
     ACTIVE_SESSIONS,
@@ -116,6 +122,33 @@ def test_lost_instances_are_the_stale_but_not_the_stopped() -> None:
         "just": InstanceEntry(cutoff),
     }
     assert lost_instances(entries, cutoff) == {"stale": BEAT}
+
+
+def test_every_instance_stale_at_once_is_a_registry_behind_until_the_patience_runs_out() -> None:
+    """All heartbeats stale together and recent (a Firestore stall): behind, not lost. One live
+    instance, no instance beating, or a freshest beat past the patience: not behind."""
+    recent = NOW - timedelta(seconds=STALE_AFTER * 1.5)
+    old = NOW - timedelta(seconds=STALE_AFTER * (ALL_STALE_PATIENCE + 0.5))
+    assert registry_behind({"a": InstanceEntry(recent), "b": InstanceEntry(old)}, NOW, STALE_AFTER)
+    assert not registry_behind(
+        {"a": InstanceEntry(recent), "b": InstanceEntry(NOW)}, NOW, STALE_AFTER
+    )
+    assert not registry_behind({"a": InstanceEntry(None)}, NOW, STALE_AFTER)
+    assert not registry_behind({"a": InstanceEntry(old)}, NOW, STALE_AFTER)
+
+
+def test_after_a_stall_that_left_every_heartbeat_stale_nothing_is_reaped_yet() -> None:
+    """Both instances stale since a stall: the run reaps neither and counts them deferred; once
+    the freshest heartbeat is past the patience, the lost instances are reaped."""
+    stalled = NOW - timedelta(seconds=STALE_AFTER * 1.5)
+    w = World({"a": {HEARTBEAT_AT: stalled}, "b": {HEARTBEAT_AT: stalled}})
+    w.user("ana", {"a": 1})
+    w.user("ben", {"b": 1})
+    report = w.run()
+    assert report.reaps_deferred == 2 and report.sessions_reaped == 0
+    assert all(s[IS_ACTIVE] for s in w.members.sessions.values())
+    later = w.run(NOW + timedelta(seconds=STALE_AFTER * ALL_STALE_PATIENCE))
+    assert later.reaps_deferred == 0 and later.sessions_reaped == 2
 
 
 def test_a_lost_instance_is_reaped_and_its_users_settled() -> None:
