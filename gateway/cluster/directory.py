@@ -38,6 +38,9 @@ WHEREABOUTS_SECONDS = 10.0
 #: Sockets younger than this make a send read afresh: another socket of the user opened at
 #: the same moment elsewhere is recorded within a flush (PONG_FLUSH_INTERVAL, the urgent lane).
 SETTLED_SECONDS = 2.0
+#: The share of CACHE_SECONDS after which a send decided without an await has the live set
+#: read again in the background (long enough for the read to land before the set expires).
+REFRESH_AT = 0.75
 #: Entries kept before the stale ones are swept out.
 WHEREABOUTS_MAX = 50_000
 
@@ -196,11 +199,11 @@ class Directory:
         return cached is not None and now - cached[0] < CACHE_SECONDS and not cached[1]
 
     def _refresh_alone(self, now: float) -> None:
-        """Read the live set again in the background once it is past half its life, so that
-        sends decided without an await keep finding it fresh (one registry read every half
-        second at most, whatever the send rate)."""
+        """Read the live set again in the background once it is past three quarters of its
+        life, so that sends decided without an await keep finding it fresh (a registry read
+        every 0.75 s at most, whatever the send rate)."""
         cached = self._instances_cache
-        if cached is None or now - cached[0] < CACHE_SECONDS / 2:
+        if cached is None or now - cached[0] < CACHE_SECONDS * REFRESH_AT:
             return
         self._read_live_once()
 

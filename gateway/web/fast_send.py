@@ -51,6 +51,8 @@ class FastSend:
         self.fallback = fallback
         #: The deployment, made by the app's lifespan after this object.
         self.deployment = deployment
+        #: The deployment once made (the app's state is slower to ask every request).
+        self._deployment: Deployment | None = None
         self._tokens = tuple(f"Bearer {t}".encode() for t in admin_tokens)
         self.max_body = max_body
         self.metrics = metrics
@@ -94,10 +96,12 @@ class FastSend:
         payload = self._payload(body)
         if payload is None:
             return None
-        try:
-            deployment = self.deployment()
-        except AttributeError:
-            return None  # the lifespan has not made it yet
+        deployment = self._deployment
+        if deployment is None:
+            try:
+                deployment = self._deployment = self.deployment()
+            except AttributeError:
+                return None  # the lifespan has not made it yet
         try:
             sent = send_now(deployment, scope["path"][len(PREFIX) :], payload)
         except UserNotConnectedError as exc:

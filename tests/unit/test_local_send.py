@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gateway.cluster.directory import CACHE_SECONDS
+from gateway.cluster.directory import CACHE_SECONDS, REFRESH_AT
 from gateway.cluster.local_send import send_now
 from gateway.cluster.operation import Delivery
 from gateway.exceptions import UserNotConnectedError
@@ -162,9 +162,9 @@ async def test_a_socket_opened_on_an_instance_started_since_is_reached_at_once()
 
 
 async def test_the_live_set_is_read_once_for_all_who_ask_and_ahead_of_its_expiry() -> None:
-    """Sends waiting at once share one registry read; a send decided without an await after
-    half the live set's life starts the next read in the background, and keeps being decided
-    without an await across the second it is trusted for."""
+    """Sends waiting at once share one registry read; a send decided without an await late in
+    the live set's life starts the next read in the background, and sends keep being decided
+    without an await past the second it is trusted for."""
     async with Cluster("a") as cluster:
         a = cluster.at["a"]
         socket(cluster, "a", "u", "s1", age=5)
@@ -180,7 +180,7 @@ async def test_the_live_set_is_read_once_for_all_who_ask_and_ahead_of_its_expiry
         answers = await asyncio.gather(*(a.send("u", {"n": n}) for n in range(10)))
         assert {x.scope for x in answers} == {"deployment"} and len(reads) == 1
         for _ in range(3):
-            await asyncio.sleep(CACHE_SECONDS * 0.6)
+            await asyncio.sleep(CACHE_SECONDS * (REFRESH_AT + 0.1))
             assert send_now(a, "u", {"n": 0}) is not None
         await asyncio.sleep(0.05)  # the last one's read runs
-        assert len(reads) == 4  # one at first, then one for each send past half the life
+        assert len(reads) == 4  # one at first, then one for each send late in the life
