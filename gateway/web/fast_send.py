@@ -8,7 +8,9 @@ path does not take whole (another header or query, a body that is not a JSON obj
 token) is handed to Litestar, with the body already read replayed, so every answer other than
 the plain one is still Litestar's (``routes.ws_send``, ``routes.error_body``), byte for byte.
 The answers this path gives itself are the same structs encoded the same way, which
-tests/e2e/test_fast_send.py holds against the Litestar route.
+tests/e2e/test_fast_send.py holds against the Litestar route. When the send needs no await
+(``answer_now``), the HTTP protocol gives the answer itself, without an ASGI task
+(``gateway.edge.inline_send``); ``__call__`` is the path of every other send it takes.
 """
 
 from __future__ import annotations
