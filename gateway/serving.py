@@ -19,7 +19,7 @@ from urllib.parse import unquote_plus
 
 import uvicorn
 
-from gateway.edge.handshake import bounded_http
+from gateway.edge.inline_send import inline_http
 from gateway.edge.versions import ALLOW_UNTESTED, Problem, check_versions, refusal, refused
 from gateway.edge.wsproto_lean import LeanWSProtocol
 from gateway.exceptions import ConfigError
@@ -208,9 +208,12 @@ def serve(
         # asyncio's own loop, even where uvloop is installed: uvloop made the reconnect storm
         # erratic (docs/benchmarks.md, "uvloop, tried and left out").
         loop="asyncio",
-        # A deadline and a cap on connections that have not sent their request yet.
-        http=bounded_http(
-            settings.sockets.handshake_timeout, settings.sockets.max_pending_handshakes
+        # A deadline and a cap on connections that have not sent their request yet; the plain
+        # targeted send answered inside the protocol when it can be (no ASGI task).
+        http=inline_http(
+            settings.sockets.handshake_timeout,
+            settings.sockets.max_pending_handshakes,
+            app.fast_send,
         ),
         # Small JSON frames gain nothing from compression, and its per-socket state costs
         # memory (docs/benchmarks.md, Memory).

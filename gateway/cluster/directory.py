@@ -5,13 +5,15 @@ whose receipts to wait for, and ``/ws/status`` answers from it.
 Member reads are coalesced: the sends and connects waiting at one moment share one ``get_all``
 (admission's ``gateway.storage.batching`` reader). A send to a user this instance holds may
 reuse what Firestore said about the user's other instances for ``WHEREABOUTS_SECONDS``, as long
-as the user's sockets here are the same ones, none of them new; see ``user_instances``. An
+as the user's sockets here are the same ones, none of them new; see ``user_instances``; and
+while the live set (read at most a second ago) holds no other instance, it reads nothing. An
 instance that accepts a socket of a user its member record shows elsewhere announces it
 (``note_arrival``), so the others stop relying on what they last read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +38,9 @@ WHEREABOUTS_SECONDS = 10.0
 #: Sockets younger than this make a send read afresh: another socket of the user opened at
 #: the same moment elsewhere is recorded within a flush (PONG_FLUSH_INTERVAL, the urgent lane).
 SETTLED_SECONDS = 2.0
+#: The share of CACHE_SECONDS after which a send decided without an await has the live set
+#: read again in the background (long enough for the read to land before the set expires).
+REFRESH_AT = 0.75
 #: Entries kept before the stale ones are swept out.
 WHEREABOUTS_MAX = 50_000
 
@@ -54,6 +59,8 @@ class Directory:
         self.settings = settings
         self.me = settings.instance_id
         self._instances_cache: tuple[float, set[str]] | None = None
+        #: The registry read in flight, shared by every caller meanwhile.
+        self._live_read: asyncio.Future[set[str] | None] | None = None
         #: The judgement of who is live, and the last live set (gateway.cluster.liveness).
         self.liveness = Liveness(self.me, settings.fanout.sweep_interval)
         #: When this instance's own writes last lagged (``Endings.lagged_at``).
@@ -68,6 +75,9 @@ class Directory:
         self._arrivals: dict[str, dict[str, float]] = {}
         #: Sends answered from ``_whereabouts`` without a read.
         self.whereabouts_hits = 0
+        #: Sends to a user held here answered without a member read because no other instance
+        #: was live.
+        self.alone_hits = 0
 
     async def live_instances(self) -> set[str] | None:
         """Live instances other than this one (heartbeat within 3 x SWEEP_INTERVAL, not
@@ -77,6 +87,21 @@ class Directory:
         now = time.monotonic()
         if self._instances_cache and now - self._instances_cache[0] < CACHE_SECONDS:
             return self._instances_cache[1]
+        # One read for all the callers of the moment (32 sends in flight asked 32 times).
+        return await asyncio.shield(self._read_live_once())
+
+    def _read_live_once(self) -> asyncio.Future[set[str] | None]:
+        """The registry read in flight, or a new one."""
+        if self._live_read is None:
+            self._live_read = asyncio.ensure_future(self._read_live())
+            self._live_read.add_done_callback(self._live_read_done)
+        return self._live_read
+
+    def _live_read_done(self, _: object) -> None:
+        self._live_read = None
+
+    async def _read_live(self) -> set[str] | None:
+        now = time.monotonic()
         wall = datetime.now(UTC)
         self.liveness.note_lag(self._lagged_at())
         try:
@@ -125,6 +150,11 @@ class Directory:
         if cached and cached[1] == held_here and now - cached[0] < WHEREABOUTS_SECONDS:
             self.whereabouts_hits += 1
             counts = dict(cached[2])
+        elif held_here and await self.live_instances() == set() and self.alone(time.monotonic()):
+            # No other instance is live, as just read (not the last set kept while Firestore
+            # cannot answer): none can hold the user (see ``alone``).
+            self.alone_hits += 1
+            counts = {}
         else:
             counts = await self._read(user_id)
             if held_here:
@@ -133,6 +163,49 @@ class Directory:
             if now - at < WHEREABOUTS_SECONDS:
                 counts.setdefault(instance, 1)
         return counts
+
+    def held_here_only(self, user_id: str, held_here: frozenset[str]) -> bool:
+        """Whether ``user_instances(user_id, held_here=held_here)`` would say, without reading
+        anything, that no other instance holds the user: what a send decided without an await
+        (``gateway.cluster.local_send``) asks. False means "ask ``user_instances``"."""
+        if not held_here:
+            return False
+        now = time.monotonic()
+        for at in self._arrivals.get(user_id, {}).values():
+            if now - at < WHEREABOUTS_SECONDS:
+                return False
+        cached = self._whereabouts.get(user_id)
+        if cached and cached[1] == held_here and now - cached[0] < WHEREABOUTS_SECONDS:
+            if cached[2]:
+                return False
+            self.whereabouts_hits += 1
+            return True
+        if self.alone(now):
+            self.alone_hits += 1
+            self._refresh_alone(now)
+            return True
+        return False
+
+    def alone(self, now: float) -> bool:
+        """Whether the live set read less than CACHE_SECONDS ago holds no other instance.
+
+        Then no member record can name another live instance either: an instance registers
+        before it serves, its urgent writes (the registry entry, then its sessions) are
+        committed in the order they were put (``gateway.storage.write_buffer``), and a member
+        read keeps only the instances live in the registry. What this can miss is what a member
+        read made at the same moment misses, plus, for at most CACHE_SECONDS, an instance whose
+        first entry landed since and whose announcement of the user's arrival was lost."""
+        cached = self._instances_cache
+        return cached is not None and now - cached[0] < CACHE_SECONDS and not cached[1]
+
+    def _refresh_alone(self, now: float) -> None:
+        """Read the live set again in the background once it is past three quarters of its
+        life, so that sends decided without an await keep finding it fresh (a registry read
+        every 0.75 s at most, whatever the send rate)."""
+        cached = self._instances_cache
+        if cached is None or now - cached[0] < CACHE_SECONDS * REFRESH_AT:
+            return
+        self._read_live_once()
 
     def note_arrival(self, user_id: str, instance: str) -> None:
         """Another instance accepted a socket of the user (it announced it): sends answered

@@ -193,17 +193,21 @@ class LeanWSProtocol(WSProtocol, asyncio.BufferedProtocol):
             if not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    def write_frame(self, frame: bytes) -> bool:
-        """Write an already-encoded frame (``gateway.edge.framing.text_frame``) unless the socket
-        is closing or its client is not reading (transport paused: skipped rather than queued
-        behind); return whether it was written."""
-        if (
+    def ready(self) -> bool:
+        """Whether ``write_frame`` would write now: the socket open, its client reading."""
+        return not (
             self.close_sent
             or not self.handshake_complete
             or not self.writable.is_set()
             or self.conn.state is not ConnectionState.OPEN
             or self.transport.is_closing()
-        ):
+        )
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Write an already-encoded frame (``gateway.edge.framing.text_frame``) unless the socket
+        is closing or its client is not reading (transport paused: skipped rather than queued
+        behind); return whether it was written."""
+        if not self.ready():
             return False
         self.transport.write(frame)
         return True

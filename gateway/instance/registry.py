@@ -18,6 +18,8 @@ AsgiSend = Callable[[dict[str, Any]], Awaitable[None]]
 class FrameWriter(Protocol):
     """A socket edge that writes pre-encoded frames (``gateway.edge.wsproto_lean``)."""
 
+    def ready(self) -> bool: ...
+
     def write_frame(self, frame: bytes) -> bool: ...
 
     def resume_reading(self) -> None: ...
@@ -126,6 +128,10 @@ class Connection:
         if self.edge is None:
             return None
         return not self.closed and self.edge.write_frame(frame)
+
+    def takes_frame_now(self) -> bool:
+        """Whether ``push_frame`` would write now, with no earlier send waiting to overtake."""
+        return self.edge is not None and not self.closed and not self.waiting and self.edge.ready()
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.closed:

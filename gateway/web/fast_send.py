@@ -8,7 +8,9 @@ path does not take whole (another header or query, a body that is not a JSON obj
 token) is handed to Litestar, with the body already read replayed, so every answer other than
 the plain one is still Litestar's (``routes.ws_send``, ``routes.error_body``), byte for byte.
 The answers this path gives itself are the same structs encoded the same way, which
-tests/e2e/test_fast_send.py holds against the Litestar route.
+tests/e2e/test_fast_send.py holds against the Litestar route. When the send needs no await
+(``answer_now``), the HTTP protocol gives the answer itself, without an ASGI task
+(``gateway.edge.inline_send``); ``__call__`` is the path of every other send it takes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 import msgspec
 
 from gateway.cluster.deployment import Deployment
+from gateway.cluster.local_send import send_now
+from gateway.cluster.operation import Delivery
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.protocol.messages import ErrorResponse, SendResponse
 from gateway.web.http_metrics import HttpMetrics
@@ -49,6 +53,8 @@ class FastSend:
         self.fallback = fallback
         #: The deployment, made by the app's lifespan after this object.
         self.deployment = deployment
+        #: The deployment once made (the app's state is slower to ask every request).
+        self._deployment: Deployment | None = None
         self._tokens = tuple(f"Bearer {t}".encode() for t in admin_tokens)
         self.max_body = max_body
         self.metrics = metrics
@@ -72,6 +78,44 @@ class FastSend:
                 return False
         return authorized
 
+    def _payload(self, body: bytes) -> dict[str, Any] | None:
+        """The body as a JSON object, or None (then Litestar answers)."""
+        if len(body) > self.max_body:
+            return None
+        try:
+            payload = _decode(body)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+            return None
+        return payload if isinstance(payload, dict) else None
+
+    def answer_now(self, scope: Any, body: bytes) -> tuple[int, bytes] | None:
+        """For a request ``takes`` took, with its whole ``body``: the answer's status and JSON
+        when the send can be decided and delivered without an await
+        (``gateway.cluster.local_send``), delivered; else None, and nothing was done (then the
+        request goes to ``__call__``). The HTTP protocol asks this (``gateway.edge.inline_send``).
+        """
+        start = time.perf_counter()
+        payload = self._payload(body)
+        if payload is None:
+            return None
+        deployment = self._deployment
+        if deployment is None:
+            try:
+                deployment = self._deployment = self.deployment()
+            except AttributeError:
+                return None  # the lifespan has not made it yet
+        try:
+            sent = send_now(deployment, scope["path"][len(PREFIX) :], payload)
+        except UserNotConnectedError as exc:
+            status, answer = 404, _encode(ErrorResponse("error", str(exc), 404))
+        else:
+            if sent is None:
+                return None
+            status, answer = 200, _sent(sent)
+        self.metrics.started("POST", PATH_TEMPLATE)
+        self.metrics.finished("POST", PATH_TEMPLATE, status, time.perf_counter() - start)
+        return status, answer
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         start = time.perf_counter()
         chunks, size = [], 0
@@ -84,31 +128,15 @@ class FastSend:
             if size > self.max_body or not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        payload = None
-        if size <= self.max_body:
-            try:
-                payload = _decode(body)
-            except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-                payload = None
-        if not isinstance(payload, dict):
+        payload = self._payload(body)
+        if payload is None:
             await self.fallback(scope, _replay(body), send)
             return
         user_id = scope["path"][len(PREFIX) :]
         status, answer = 500, b""  # until an answer is made (else uvicorn answers 500)
         self.metrics.started("POST", PATH_TEMPLATE)
         try:
-            sent = await self.deployment().send(user_id, payload)
-            status = 200
-            answer = _encode(
-                SendResponse(
-                    "success",
-                    "Message sent successfully",
-                    sent.connections,
-                    sent.scope,
-                    sent.instances,
-                    sent.unreachable,
-                )
-            )
+            status, answer = 200, _sent(await self.deployment().send(user_id, payload))
         except (UserNotConnectedError, DeploymentUnavailable) as exc:
             status = 404 if isinstance(exc, UserNotConnectedError) else 503
             answer = _encode(ErrorResponse("error", str(exc), status))
@@ -120,6 +148,19 @@ class FastSend:
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
+
+
+def _sent(sent: Delivery) -> bytes:
+    return _encode(
+        SendResponse(
+            "success",
+            "Message sent successfully",
+            sent.connections,
+            sent.scope,
+            sent.instances,
+            sent.unreachable,
+        )
+    )
 
 
 def _replay(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.cluster.directory import SETTLED_SECONDS
 from gateway.storage.schema import IS_SIGNED_IN, LAST_SIGN_OUT_AT, MEMBERS
 from tests.conftest import PubSubEmulator
 from tests.e2e.conftest import Cluster, start_cluster
@@ -287,17 +288,21 @@ async def test_a_batch_reaches_each_user_once_on_any_instance_and_answers_each_e
     assert (frame["type"], frame["offset"], frame["data"]) == ("stream", first["offset"], {"d": 1})
 
 
+@pytest.mark.parametrize("settled", [False, True], ids=["young", "settled"])
 async def test_a_user_who_moves_between_instances_between_sends_gets_every_send(
-    service: Service, clients: list[Client]
+    service: Service, clients: list[Client], settled: bool
 ) -> None:
     """Sends answered by instance A while the user's socket is on A take the local path
     (nothing published); the user then moves to B, and the next send answered by A finds
-    them there."""
+    them there. ``settled``: the socket on A is older than SETTLED_SECONDS, so A's second
+    send reuses the first's read and is answered inside the HTTP protocol."""
     user = uid("mover")
     a, b = service.instances[0], service.instances[1]
     headers = {"Authorization": f"Bearer {service.admin_token}"}
     first = await Client.open(a.ws(user, service.minter(user)))
     clients.append(first)
+    if settled:
+        await asyncio.sleep(SETTLED_SECONDS + 0.2)
     async with httpx.AsyncClient(base_url=a.http, headers=headers) as at_a:
         for n in range(2):
             sent = (await at_a.post(f"/ws/send/{user}", json={"n": n})).json()

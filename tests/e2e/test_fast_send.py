@@ -117,3 +117,92 @@ async def test_the_fast_path_is_counted_in_the_routes_own_request_metrics(
         for way in (FAST, LITESTAR):
             await http.post(f"/ws/send/{uid()}", json={"type": "x"}, **way)
         assert await count() == before + 2
+
+
+# --- the answer given inside the HTTP protocol (gateway.edge.inline_send), on raw sockets ---
+
+
+def raw_post(gateway: GatewayProc, user: str, body: bytes, extra: bytes = b"") -> bytes:
+    head = (
+        f"POST /ws/send/{user} HTTP/1.1\r\nHost: gateway\r\n"
+        f"Authorization: {gateway.auth['Authorization']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    ).encode()
+    return head + extra + b"\r\n" + body
+
+
+async def read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One whole HTTP response (head and content-length body), 100 Continue skipped."""
+    async with asyncio.timeout(5 * UNIT):
+        head = await reader.readuntil(b"\r\n\r\n")
+        while head.startswith(b"HTTP/1.1 100 "):
+            head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"\r\ncontent-length: (\d+)\r\n", head, re.I)
+        assert length is not None, head
+        return head + await reader.readexactly(int(length[1]))
+
+
+def without_date(answer: bytes) -> bytes:
+    return re.sub(rb"\r\ndate: [^\r]*\r\n", b"\r\ndate: -\r\n", answer)
+
+
+async def test_the_inline_answer_is_byte_for_byte_the_asgi_paths(gateway: GatewayProc) -> None:
+    """A plain send answered inline and the same send with ``Expect: 100-continue`` (which
+    goes through the ASGI task) answer the same bytes, date aside; both are delivered."""
+    user = uid()
+    async with connect(gateway.ws(user)) as ws:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        answers = []
+        for extra in (b"", b"Expect: 100-continue\r\n"):
+            writer.write(raw_post(gateway, user, b'{"type":"n"}', extra))
+            answers.append(without_date(await read_answer(reader)))
+        writer.close()
+        assert answers[0] == answers[1]
+        assert answers[0].startswith(b"HTTP/1.1 200 OK\r\ndate: -\r\nserver: ")
+        assert await frames(ws, 2) == [{"type": "n"}, {"type": "n"}]
+
+
+async def test_pipelined_requests_are_answered_and_delivered_in_order(
+    gateway: GatewayProc,
+) -> None:
+    """Sends, a Litestar request and a send to nobody written in one packet: each answered,
+    in request order, on the one connection; the frames arrive in order, once."""
+    user = uid()
+    async with connect(gateway.ws(user)) as ws:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(
+            raw_post(gateway, user, b'{"n":0}')
+            + b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+            + raw_post(gateway, user, b'{"n":1}')
+            + raw_post(gateway, uid(), b'{"n":2}')
+            + raw_post(gateway, user, b'{"n":3}')
+        )
+        answers = [await read_answer(reader) for _ in range(5)]
+        writer.close()
+        statuses = [a.split(b" ", 2)[1] for a in answers]
+        assert statuses == [b"200", b"200", b"200", b"404", b"200"]
+        assert answers[1].endswith(b"}") and b'"ok"' in answers[1], answers[1]
+        assert await frames(ws, 3) == [{"n": 0}, {"n": 1}, {"n": 3}]
+
+
+async def test_a_kept_alive_connection_is_reused_and_a_body_may_come_in_pieces(
+    gateway: GatewayProc,
+) -> None:
+    """One connection: sends one after another, one after an idle second, and one whose head
+    and body arrive in several packets, all answered 200 and delivered once."""
+    user = uid()
+    async with connect(gateway.ws(user)) as ws:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        for n in range(3):
+            writer.write(raw_post(gateway, user, b'{"n":%d}' % n))
+            assert (await read_answer(reader)).startswith(b"HTTP/1.1 200 ")
+        await asyncio.sleep(1)
+        request = raw_post(gateway, user, b'{"n":3,"pad":"' + b"p" * 200 + b'"}')
+        for start in range(0, len(request), 60):
+            writer.write(request[start : start + 60])
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        assert (await read_answer(reader)).startswith(b"HTTP/1.1 200 ")
+        writer.close()
+        got = await frames(ws, 4)
+        assert [f["n"] for f in got] == [0, 1, 2, 3]

@@ -190,6 +190,9 @@ class FrameEdge:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
 
+    def ready(self) -> bool:
+        return True
+
     def write_frame(self, frame: bytes) -> bool:
         self.frames.append(frame)
         return True
@@ -350,6 +353,9 @@ async def test_a_held_ack_is_written_when_a_socket_of_the_user_closes() -> None:
 
 class PausedEdge(FrameEdge):
     """An edge whose client is not reading: it takes no frame (the lean edge skips it)."""
+
+    def ready(self) -> bool:
+        return False
 
     def write_frame(self, frame: bytes) -> bool:
         return False

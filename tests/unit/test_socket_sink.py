@@ -92,6 +92,9 @@ class Edge:
     def __init__(self) -> None:
         self.resumed = 0
 
+    def ready(self) -> bool:
+        return True
+
     def write_frame(self, frame: bytes) -> bool:
         return True
 
