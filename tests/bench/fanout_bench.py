@@ -79,8 +79,10 @@ PROFILE_SECONDS = 15
 CONCURRENCY = 32
 BROADCASTS = 10
 STATS_CALLS = 30
-BASELINE_SECONDS = 3.0
 PING_INTERVAL = 10.0
+#: The idle baseline spans one whole PING_INTERVAL: pings go out in one round per interval, so
+#: a shorter window held a round or not, and the net figure moved by a round's CPU either way.
+BASELINE_SECONDS = PING_INTERVAL
 PONG_TIMEOUT = 20.0
 SWEEP_INTERVAL = 3.0
 TOPIC = "bench-fanout"
