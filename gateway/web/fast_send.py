@@ -150,17 +150,20 @@ class FastSend:
         await send({"type": "http.response.body", "body": answer})
 
 
-def _sent(sent: Delivery) -> bytes:
-    return _encode(
-        SendResponse(
-            "success",
-            "Message sent successfully",
-            sent.connections,
-            sent.scope,
-            sent.instances,
-            sent.unreachable,
-        )
+def send_response(sent: Delivery) -> SendResponse:
+    """A plain send's answer, as this path and ``routes.ws_send`` both give it."""
+    return SendResponse(
+        "success",
+        "Message sent successfully",
+        sent.connections,
+        sent.scope,
+        sent.instances,
+        sent.unreachable,
     )
+
+
+def _sent(sent: Delivery) -> bytes:
+    return _encode(send_response(sent))
 
 
 def _replay(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:

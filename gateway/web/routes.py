@@ -49,6 +49,7 @@ from gateway.protocol.messages import (
     encode,
 )
 from gateway.protocol.rooms import RoomRefused, check_room_name
+from gateway.web.fast_send import send_response
 from gateway.web.guards import require_admin, require_callback
 from gateway.web.sockets import valid_user_id
 
@@ -152,15 +153,7 @@ async def ws_send(
             stored.epoch,
             stored.offset,
         )
-    sent = await _deployment(request).send(user_id, data)
-    return SendResponse(
-        "success",
-        "Message sent successfully",
-        sent.connections,
-        sent.scope,
-        sent.instances,
-        sent.unreachable,
-    )
+    return send_response(await _deployment(request).send(user_id, data))
 
 
 @post(
