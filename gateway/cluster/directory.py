@@ -146,10 +146,10 @@ class Directory:
         socket here, is read afresh: a user who moved between sends is looked for where they
         went."""
         now = time.monotonic()
-        cached = self._whereabouts.get(user_id) if held_here else None
-        if cached and cached[1] == held_here and now - cached[0] < WHEREABOUTS_SECONDS:
+        remembered = self._remembered(user_id, held_here, now)
+        if remembered is not None:
             self.whereabouts_hits += 1
-            counts = dict(cached[2])
+            counts = dict(remembered)
         elif held_here and await self.live_instances() == set() and self.alone(time.monotonic()):
             # No other instance is live, as just read (not the last set kept while Firestore
             # cannot answer): none can hold the user (see ``alone``).
@@ -159,24 +159,20 @@ class Directory:
             counts = await self._read(user_id)
             if held_here:
                 self._remember(user_id, now, held_here, counts)
-        for instance, at in self._arrivals.get(user_id, {}).items():
-            if now - at < WHEREABOUTS_SECONDS:
-                counts.setdefault(instance, 1)
+        for instance in self._arrived(user_id, now):
+            counts.setdefault(instance, 1)
         return counts
 
     def held_here_only(self, user_id: str, held_here: frozenset[str]) -> bool:
         """Whether ``user_instances(user_id, held_here=held_here)`` would say, without reading
         anything, that no other instance holds the user: what a send decided without an await
         (``gateway.cluster.local_send``) asks. False means "ask ``user_instances``"."""
-        if not held_here:
-            return False
         now = time.monotonic()
-        for at in self._arrivals.get(user_id, {}).values():
-            if now - at < WHEREABOUTS_SECONDS:
-                return False
-        cached = self._whereabouts.get(user_id)
-        if cached and cached[1] == held_here and now - cached[0] < WHEREABOUTS_SECONDS:
-            if cached[2]:
+        if not held_here or self._arrived(user_id, now):
+            return False
+        remembered = self._remembered(user_id, held_here, now)
+        if remembered is not None:
+            if remembered:
                 return False
             self.whereabouts_hits += 1
             return True
@@ -185,6 +181,22 @@ class Directory:
             self._refresh_alone(now)
             return True
         return False
+
+    def _remembered(
+        self, user_id: str, held_here: frozenset[str], now: float
+    ) -> dict[str, int] | None:
+        """The user's other instances as last read, while that read is under
+        WHEREABOUTS_SECONDS old and the user's sockets here are the same (``held_here``, not
+        empty); else None."""
+        cached = self._whereabouts.get(user_id) if held_here else None
+        if cached and cached[1] == held_here and now - cached[0] < WHEREABOUTS_SECONDS:
+            return cached[2]
+        return None
+
+    def _arrived(self, user_id: str, now: float) -> list[str]:
+        """Instances that announced a socket of the user within WHEREABOUTS_SECONDS."""
+        arrivals = self._arrivals.get(user_id, {})
+        return [i for i, at in arrivals.items() if now - at < WHEREABOUTS_SECONDS]
 
     def alone(self, now: float) -> bool:
         """Whether the live set read less than CACHE_SECONDS ago holds no other instance.

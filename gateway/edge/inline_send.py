@@ -17,13 +17,10 @@ and every request while uvicorn's access log is on (its line names the forwarded
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Protocol
 
 from uvicorn._types import ASGI3Application
-from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
-from uvicorn.server import ServerState
 
 from gateway.edge.handshake import BoundedHttpToolsProtocol, HandshakeLimits
 
@@ -40,19 +37,10 @@ class InlineSendProtocol(BoundedHttpToolsProtocol):
     """The bounded httptools protocol, answering ``answers``' requests itself when it can."""
 
     answers: Answers  # set by ``inline_http``
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        #: While uvicorn handles a request head (its task may be held back then).
-        self._heading = False
-        #: The cycle and app of a request whose task waits for its whole body.
-        self._held: tuple[RequestResponseCycle, ASGI3Application] | None = None
+    #: While uvicorn handles a request head (its task may be held back then).
+    _heading = False
+    #: The cycle and app of a request whose task waits for its whole body.
+    _held: tuple[RequestResponseCycle, ASGI3Application] | None = None
 
     def on_message_begin(self) -> None:
         # A response written inside the parser arms the keep-alive clock; a request pipelined

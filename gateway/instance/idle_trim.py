@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import ctypes.util
+import functools
 import gc
 import logging
 from collections.abc import Callable
@@ -51,12 +53,19 @@ class IdleSpell:
         return True
 
 
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The C library, loaded once (also what the soak's memory probe reads glibc through)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
+    return getattr(libc(), "malloc_trim", None)
 
 
 async def release_memory() -> None:

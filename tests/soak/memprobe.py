@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import ctypes.util
 import gc
 import inspect
 import json
@@ -32,6 +31,8 @@ import time
 import tracemalloc
 from pathlib import Path
 from types import FrameType
+
+from gateway.instance.idle_trim import libc
 
 
 class MallInfo2(ctypes.Structure):
@@ -54,12 +55,7 @@ class MallInfo2(ctypes.Structure):
     ]
 
 
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name) if name else None
-
-
-LIBC = _libc()
+LIBC = libc()
 
 
 def rss() -> int:

@@ -17,33 +17,14 @@ from gateway.cluster.local_send import send_now
 from gateway.cluster.operation import Delivery
 from gateway.exceptions import UserNotConnectedError
 from gateway.storage.schema import ACTIVE_SESSIONS, MEMBERS
+from tests.edge_fakes import FrameEdge
 from tests.loopback import Cluster
 
 
-class Edge:
-    """A socket edge taking pre-encoded frames (as the lean edge does): the texts written."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def ready(self) -> bool:
-        return True
-
-    def write_frame(self, frame: bytes) -> bool:
-        self.frames.append(frame)
-        return True
-
-    def resume_reading(self) -> None:
-        pass
-
-    def texts(self) -> list[str]:
-        return [f[2:].decode() for f in self.frames]  # unmasked, under 126 bytes
-
-
-def socket(cluster: Cluster, at: str, user: str, session: str, age: float = 0) -> Edge:
+def socket(cluster: Cluster, at: str, user: str, session: str, age: float = 0) -> FrameEdge:
     """A socket on instance ``at`` (recorded on the member) whose edge takes frames."""
     cluster.socket(at, user, session, age=age)
-    edge = Edge()
+    edge = FrameEdge()
     [conn] = [
         c for c in cluster.at[at].service.registry.sockets_of(user) if c.session_id == session
     ]

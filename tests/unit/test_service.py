@@ -25,6 +25,7 @@ from gateway.storage.schema import (
     STREAM_ACKS,
 )
 from gateway.storage.store import MemoryStore
+from tests.edge_fakes import FrameEdge
 from tests.support import eventually, unit_settings
 
 
@@ -182,20 +183,6 @@ async def test_pong_write_interval_writes_a_user_at_most_once_per_interval(
     service.disconnected(a1, 1000)
     service.disconnected(a2, 1000)
     assert "a" not in service._pong_written and "b" in service._pong_written
-
-
-class FrameEdge:
-    """A socket edge that takes pre-encoded frames (as gateway.edge.wsproto_lean does)."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def ready(self) -> bool:
-        return True
-
-    def write_frame(self, frame: bytes) -> bool:
-        self.frames.append(frame)
-        return True
 
 
 async def test_a_socket_is_pinged_at_admission_without_waiting_for_the_round() -> None:

@@ -17,6 +17,7 @@ from gateway.protocol.messages import utc_now
 from gateway.protocol.session import Session
 from gateway.storage.store import MemoryStore
 from gateway.web.sockets import MAX_BACKLOG, SocketSink
+from tests.edge_fakes import FrameEdge
 from tests.support import unit_settings
 
 
@@ -86,22 +87,6 @@ async def test_a_closed_socket_is_never_taken() -> None:
     assert heartbeat.take_text('{"type":"pong"}') is False
 
 
-class Edge:
-    """Records what the sink asks of the socket edge."""
-
-    def __init__(self) -> None:
-        self.resumed = 0
-
-    def ready(self) -> bool:
-        return True
-
-    def write_frame(self, frame: bytes) -> bool:
-        return True
-
-    def resume_reading(self) -> None:
-        self.resumed += 1
-
-
 class Recorder:
     """An ASGI send that records frames, optionally slowly."""
 
@@ -114,11 +99,11 @@ class Recorder:
         self.sent.append(message)
 
 
-def detached(send: Recorder, **overrides: Any) -> tuple[PresenceService, SocketSink, Edge]:
+def detached(send: Recorder, **overrides: Any) -> tuple[PresenceService, SocketSink, FrameEdge]:
     settings = unit_settings(**overrides)
     service = PresenceService(settings, MemoryStore())
     conn = Connection("u1", "s1", utc_now(), send, Session(service.session_limits))
-    edge = Edge()
+    edge = FrameEdge()
     conn.edge = edge
     service.connected(conn)
     return service, SocketSink(service, conn), edge
