@@ -148,14 +148,16 @@ async def open_spread(
     instances (consecutive connections usually do; a request from elsewhere, such as a sweep
     callback, can shift the turn)."""
     new: list[Client] = []
+
+    async def arrived() -> bool:
+        # Counted in sockets, not instances (two consecutive sockets may share an instance),
+        # and asked of each instance directly: a request through the proxy would shift its turn.
+        return await sockets_held(service, user) == len(new)
+
     while len(set(await holders(service, user))) < instances:
         assert len(new) < 2 * instances, "the proxy does not spread connections"
         new.append(await Client.open(service.ws(user), silent=silent))
         opened.append(new[-1])
-
-        async def arrived() -> bool:
-            return len(await holders(service, user)) == len(new)
-
         await eventually(arrived)
 
     async def recorded() -> dict[str, Any]:
@@ -164,6 +166,17 @@ async def open_spread(
 
     await eventually(recorded)
     return new
+
+
+async def sockets_held(service: Service, user: str) -> int:
+    """The user's sockets summed over the instances, each asked directly."""
+    held = 0
+    headers = {"Authorization": f"Bearer {service.admin_token}"}
+    for gateway in service.instances:
+        async with httpx.AsyncClient(base_url=gateway.http, headers=headers) as http:
+            status = await http.get(f"/ws/status/{user}", params={"scope": "instance"})
+        held += status.json()["connections"]
+    return held
 
 
 async def holders(service: Service, user: str) -> list[str]:
