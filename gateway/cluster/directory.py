@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.cluster.liveness import Liveness
@@ -38,6 +38,7 @@ WHEREABOUTS_SECONDS = 10.0
 #: Sockets younger than this make a send read afresh: another socket of the user opened at
 #: the same moment elsewhere is recorded within a flush (PONG_FLUSH_INTERVAL, the urgent lane).
 SETTLED_SECONDS = 2.0
+_SETTLED = timedelta(seconds=SETTLED_SECONDS)
 #: The share of CACHE_SECONDS after which a send decided without an await has the live set
 #: read again in the background (long enough for the read to land before the set expires).
 REFRESH_AT = 0.75
@@ -257,10 +258,12 @@ class Directory:
 def settled(sockets: Iterable[Connection]) -> frozenset[str]:
     """The sessions of these sockets when every one is older than SETTLED_SECONDS (then what
     was read about the user's other instances may be reused), else none."""
-    now = utc_now()
+    # One subtraction for all the sockets, not a timedelta per socket: every send to a user
+    # held here asks this (gateway.cluster.local_send).
+    young_after = utc_now() - _SETTLED
     sessions = []
     for conn in sockets:
-        if (now - conn.connected_at).total_seconds() < SETTLED_SECONDS:
+        if conn.connected_at > young_after:
             return frozenset()
         sessions.append(conn.session_id)
     return frozenset(sessions)
