@@ -18,7 +18,7 @@ from pathlib import Path
 
 from emulator import procs
 
-ROUNDS = ((1, 200), (10, 100))
+ROUNDS = ((1, int(os.environ.get("PB_CALLS", "200"))), (10, 100))
 
 
 async def measure() -> None:
