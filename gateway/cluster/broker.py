@@ -268,6 +268,8 @@ class PubSubBroker:
             delay = min(RETRY_MAX, delay * 2)
 
     async def _pull_stream(self) -> None:
+        import grpc
+
         pending: list[str] = []
         ready = asyncio.Event()
 
@@ -295,7 +297,9 @@ class PubSubBroker:
             await call.wait_for_connection()
             logger.info("pulling %s", self.subscription_path)
             self.connected = True
-            async for response in call:
+            # read() rather than ``async for``, whose iterator is one more async generator
+            # step per response.
+            while (response := await call.read()) is not grpc.aio.EOF:
                 received = response.received_messages
                 # Acknowledged at once (within ACK_LINGER): a message is a nudge to act on
                 # sockets this instance holds now; redelivering it after a crash would find

@@ -90,7 +90,9 @@ class BatchGet:
         found: dict[str, dict[str, Any]] = {}
         call = self._rpc(request.SerializeToString(), metadata=self._metadata, timeout=timeout)
         try:
-            async for response in call:
+            # read() rather than ``async for``: the iterator is an async generator of its own,
+            # which cost a third of a small read's CPU.
+            while (response := await call.read()) is not grpc.aio.EOF:
                 if response.WhichOneof("result") != "found":
                     continue
                 document = response.found
