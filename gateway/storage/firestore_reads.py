@@ -37,6 +37,7 @@ async def read_document(
 
 
 BATCH_GET_METHOD = "/google.firestore.v1.Firestore/BatchGetDocuments"
+GET_METHOD = "/google.firestore.v1.Firestore/GetDocument"
 
 
 class BatchGet:
@@ -51,12 +52,15 @@ class BatchGet:
     blocking client instead, and the thread hand-offs cost more than the read (23 % of the
     fan-out's CPU, docs/benchmarks.md). Each streamed response takes an event-loop iteration
     here, so ``FirestoreStore.get_members`` keeps the thread for large batches (a storm's).
-    Built at first use: the channel belongs to the running event loop.
+    One id (most sends' reads) is read with the unary ``GetDocument`` instead, whose missing
+    document is a NOT_FOUND status: a unary call cost 0.3 ms of CPU against 0.5 ms for a
+    one-document stream (on the emulator). Built at first use: the channel belongs to the
+    running event loop.
     """
 
     def __init__(self, client: Any) -> None:
         from google.api_core import gapic_v1
-        from google.cloud.firestore_v1.types import firestore
+        from google.cloud.firestore_v1.types import document, firestore
 
         self._client = client
         database = client._database_string
@@ -67,6 +71,10 @@ class BatchGet:
         channel = client._firestore_api.transport.grpc_channel
         self._rpc = channel.unary_stream(
             BATCH_GET_METHOD, response_deserializer=response.FromString
+        )
+        self._get_request = firestore.GetDocumentRequest.pb()
+        self._get = channel.unary_unary(
+            GET_METHOD, response_deserializer=document.Document.pb().FromString
         )
         self._metadata = (
             *client._rpc_metadata,
@@ -85,6 +93,8 @@ class BatchGet:
         from google.cloud.firestore_v1 import _helpers
 
         prefix = f"{self._documents}{collection}/"
+        if len(ids) == 1:
+            return await self._read_one(prefix, ids[0], timeout)
         names = {f"{prefix}{doc_id}": doc_id for doc_id in ids}
         request = self._request(database=self._database, documents=list(names))
         found: dict[str, dict[str, Any]] = {}
@@ -106,3 +116,20 @@ class BatchGet:
         finally:
             call.cancel()
         return found
+
+    async def _read_one(
+        self, prefix: str, doc_id: str, timeout: float
+    ) -> dict[str, dict[str, Any]]:
+        import grpc
+        from google.api_core import exceptions
+        from google.cloud.firestore_v1 import _helpers
+
+        request = self._get_request(name=f"{prefix}{doc_id}").SerializeToString()
+        try:
+            document = await self._get(request, metadata=self._metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return {}
+            raise exceptions.from_grpc_error(exc) from exc  # type: ignore[no-untyped-call]
+        data: Any = _helpers.decode_dict(document.fields, self._client)
+        return {doc_id: data or {}}

@@ -51,9 +51,9 @@ async def test_member_reads_and_durable_appends_leave_no_stream_open(
 async def test_small_member_reads_on_the_loop_answer_as_the_blocking_client(
     store: FirestoreStore,
 ) -> None:
-    """A member read small enough for the event loop (raw BatchGetDocuments) returns the same
-    documents, values and absences as the worker thread's blocking get_all, and so does the
-    instance registry read."""
+    """A member read small enough for the event loop (raw BatchGetDocuments, or GetDocument for
+    one id) returns the same documents, values and absences as the worker thread's blocking
+    get_all, and so does the instance registry read."""
     users = [f"m-{uuid.uuid4().hex[:10]}" for _ in range(3)]
     stamp = datetime(2026, 1, 1, 12, 30, 5, 123456, tzinfo=UTC)
     await store.commit(
@@ -70,14 +70,17 @@ async def test_small_member_reads_on_the_loop_answer_as_the_blocking_client(
     assert on_loop == blocking
     assert sorted(on_loop) == sorted(users[:2])
     assert on_loop[users[0]] == {"text": "a", "at": stamp, "nested": {"s1": {"n": 3}}}
+    for one in (users[0], "absent-2"):  # one id: the unary GetDocument
+        assert await store.get_members([one], timeout=5) == store._get_members_blocking([one], 5)
+    assert await store.get_members([users[1]], timeout=5) == {users[1]: blocking[users[1]]}
     assert await store.get_instances(["inst-x", "inst-gone"], timeout=5) == {
         "inst-x": {"url": "http://gw", "at": stamp}
     }
 
 
 async def test_member_reads_fail_alike_on_the_loop_and_in_the_thread(project_id: str) -> None:
-    """With Firestore unreachable, a small member read (on the loop) and a large one (in the
-    worker thread) raise the same library exception."""
+    """With Firestore unreachable, small member reads (on the loop, one id and two) and a
+    large one (in the worker thread) raise the same library exception."""
     from google.api_core import exceptions
 
     saved = os.environ.get("FIRESTORE_EMULATOR_HOST")
@@ -89,10 +92,10 @@ async def test_member_reads_fail_alike_on_the_loop_and_in_the_thread(project_id:
             os.environ["FIRESTORE_EMULATOR_HOST"] = saved
     try:
         raised: list[type[BaseException]] = []
-        for ids in (["one"], [f"u{n}" for n in range(LOOP_READ_MAX + 1)]):
+        for ids in (["one"], ["one", "two"], [f"u{n}" for n in range(LOOP_READ_MAX + 1)]):
             with pytest.raises(exceptions.GoogleAPICallError) as caught:
                 await down.get_members(ids, timeout=2)
             raised.append(type(caught.value))
-        assert raised[0] is raised[1]
+        assert raised[0] is raised[1] is raised[2]
     finally:
         await down.close()
