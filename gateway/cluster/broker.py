@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
-from gateway.cluster.pubsub_clients import publisher_client, subscriber_client
+from gateway.cluster.pubsub_clients import publisher_with_channel, subscriber_client
 from gateway.cluster.pubsub_rpc import Publisher, is_not_found, open_pull, raw_types
 
 logger = logging.getLogger("gateway.cluster.broker")
@@ -103,6 +103,7 @@ class PubSubBroker:
         self._handler: Handler = lambda data, attributes: None
         self._publisher: Any = None
         self._subscriber: Any = None
+        self._publish_channel: Any = None
         self._publish_rpc: Publisher | None = None
         self._task: asyncio.Task[None] | None = None
         #: True while the pull stream is open; the stats and /healthz say so.
@@ -122,9 +123,9 @@ class PubSubBroker:
         """Build the clients and start pulling. The topic and the subscription are created by
         the pull loop, so an unreachable broker delays cross-instance work, not the start."""
         self._handler = handler
-        self._publisher = publisher_client()
+        self._publisher, self._publish_channel = publisher_with_channel()
         self._subscriber = subscriber_client()
-        self._publish_rpc = Publisher(self._publisher, self.topic_path)
+        self._publish_rpc = Publisher(self._publish_channel, self.topic_path)
         self._task = asyncio.create_task(self._pull_forever(), name="pubsub-pull")
 
     async def stop(self) -> None:
@@ -146,6 +147,7 @@ class PubSubBroker:
             await self._subscriber.transport.close()
         if self._publisher is not None:
             await self._publisher.transport.close()
+            await self._publish_channel.close()
 
     async def publish(self, data: bytes, attributes: Mapping[str, str]) -> None:
         """Publish one message; raise BrokerUnavailable if Pub/Sub does not take it within

@@ -7,12 +7,13 @@ process 0.56 ms of CPU through ``PublisherAsyncClient.publish`` and 0.26 ms as b
 same channel; every cross-instance send makes two (the request and its receipt), and every
 instance reads and acknowledges every message on its pull stream.
 
-The channels are the clients' (``client.transport.grpc_channel``), built by
-``gateway.cluster.pubsub_clients`` exactly as before (the emulator's insecure channel, or
-Google's credentials and endpoint), so only the marshalling changes, not where calls go or how
-they authenticate. The requests are built with the raw (upb, C-implemented) classes under the
-library's proto-plus types, so their field numbers are the library's. Admin calls (create,
-delete) stay on the GAPIC clients: they are rare.
+The channels are built by ``gateway.cluster.pubsub_clients`` as the clients' own (the
+emulator's insecure channel, or Google's credentials and endpoint): the subscriber client's
+for the pull, a twin of the publisher client's for Publish (``publisher_with_channel``). Only
+the marshalling changes, not where calls go or how they authenticate. The requests are built
+with the raw (upb, C-implemented) classes under the library's proto-plus types, so their field
+numbers are the library's. Admin calls (create, delete) stay on the GAPIC clients: they are
+rare.
 """
 
 from __future__ import annotations
@@ -64,14 +65,15 @@ def is_not_found(exc: BaseException) -> bool:
 
 
 class Publisher:
-    """``Publish`` to one topic, bytes in; the response (the message ids) is not read."""
+    """``Publish`` to one topic on ``channel``, bytes in; the response (the message ids) is not
+    read."""
 
-    def __init__(self, client: Any, topic_path: str) -> None:
+    def __init__(self, channel: Any, topic_path: str) -> None:
         from google.api_core import gapic_v1
 
         self.topic_path = topic_path
         self._types = raw_types()
-        self._rpc = client.transport.grpc_channel.unary_unary(PUBLISH_METHOD)
+        self._rpc = channel.unary_unary(PUBLISH_METHOD)
         self._metadata = (
             *_client_metadata(),
             # Routes the call by topic, as the generated client does.
