@@ -12,8 +12,9 @@ Built on the asyncio (grpc.aio) GAPIC clients rather than google-cloud-pubsub's 
 ``SubscriberClient``: messages arrive on the event loop itself, so no callback ever runs on a
 thread beside the sockets, and the pull loop can recreate a subscription that vanished (an
 emulator restart, an expiry after a long partition) instead of dying with it. Publish and the
-streaming pull go as raw protobuf bytes on those clients' channels (``gateway.cluster.pubsub_rpc``:
-the GAPIC wrappers were most of a call's CPU); the admin calls go through the clients.
+streaming pull go as raw protobuf bytes on channels built as those clients' own
+(``gateway.cluster.pubsub_rpc``: the GAPIC wrappers were half a call's CPU); the admin calls
+go through the clients.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ PUBLISH_BATCH = 1_000
 PUBLISH_BATCH_BYTES = 9_000_000
 PUBLISH_IN_FLIGHT = 4
 #: Acknowledgements are gathered this long into one write on the pull stream (a write per
-#: message pulled was a tenth of the fan-out's CPU). Far under the ack deadline; a message
+#: response pulled was 6 % of the fan-out's samples). Far under the ack deadline; a message
 #: left unacknowledged by a broken stream comes again and is dropped as a duplicate.
 ACK_LINGER = 0.05
 
