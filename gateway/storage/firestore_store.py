@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.exceptions import WriteRejected
-from gateway.storage.firestore_reads import read_document
+from gateway.storage.firestore_reads import BatchGet, read_document
 from gateway.storage.firestore_wire import CommitEncoder, field_path, timestamp_parts
 from gateway.storage.schema import (
     HEARTBEAT_AT,
@@ -28,6 +28,10 @@ COMMIT_TIMEOUT = 10.0
 COMMIT_METHOD = "/google.firestore.v1.Firestore/Commit"
 #: The client's private members ``commit`` uses (checked when the store is built).
 _PRIVATE_API = ("_firestore_api", "_database_string", "_rpc_metadata")
+#: Member reads of at most this many ids are read on the event loop (``BatchGet``), larger
+#: ones in a worker thread: see ``get_members``. Each document streamed takes a loop
+#: iteration, tens of milliseconds each in a storm: 8 stays far within the 2 s read deadline.
+LOOP_READ_MAX = 8
 
 
 class FirestoreStore:
@@ -54,6 +58,7 @@ class FirestoreStore:
         #: Built at the first commit: the channel belongs to the running event loop.
         self._commit_rpc: Any = None
         self._commit_metadata: tuple[tuple[str, str], ...] = ()
+        self._batch_get: BatchGet | None = None
 
     @property
     def client(self) -> Any:
@@ -127,15 +132,24 @@ class FirestoreStore:
     async def get_members(
         self, user_ids: Sequence[str], timeout: float
     ) -> dict[str, dict[str, Any]]:
-        # One BatchGetDocuments for all of them (what admission's BatchReader coalesces into),
-        # consumed in a worker thread with the blocking client. The call streams one message
-        # per document, and the async client needs an event-loop iteration for each: in a
-        # reconnect storm, when an iteration takes tens of milliseconds (thousands of
-        # handshakes), a batch of 100 took seconds and most connects missed the 2 s read
-        # deadline (make bench --only storm). In the thread the stream is read as it arrives.
+        # One BatchGetDocuments for all of them (what admission's BatchReader coalesces into).
+        # The call streams one message per document, and an async read needs an event-loop
+        # iteration for each: in a reconnect storm, when an iteration takes tens of
+        # milliseconds (thousands of handshakes), a batch of 100 took seconds and most
+        # connects missed the 2 s read deadline (make bench --only storm). So a large batch is
+        # consumed in a worker thread with the blocking client, where the stream is read as it
+        # arrives; a small one (the sends of the moment, a quiet connect) on the loop, where
+        # it costs a fraction of the thread hand-offs (docs/benchmarks.md, fan-out).
         if not user_ids:
             return {}
+        if len(user_ids) <= LOOP_READ_MAX:
+            return await self._reader().read(MEMBERS, user_ids, timeout)
         return await asyncio.to_thread(self._get_members_blocking, list(user_ids), timeout)
+
+    def _reader(self) -> BatchGet:
+        if self._batch_get is None:
+            self._batch_get = BatchGet(self._client)
+        return self._batch_get
 
     def _get_members_blocking(
         self, user_ids: list[str], timeout: float
@@ -149,12 +163,9 @@ class FirestoreStore:
         }
 
     async def get_instances(self, ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
-        refs = [self._client.collection(INSTANCES).document(i) for i in ids]
-        found: dict[str, dict[str, Any]] = {}
-        async for snapshot in self._client.get_all(refs, retry=None, timeout=timeout):
-            if snapshot.exists:
-                found[snapshot.id] = snapshot.to_dict() or {}
-        return found
+        if not ids:
+            return {}
+        return await self._reader().read(INSTANCES, ids, timeout)
 
     async def recent_instances(self, since: datetime, timeout: float) -> dict[str, dict[str, Any]]:
         from google.cloud.firestore_v1.base_query import FieldFilter

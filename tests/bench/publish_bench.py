@@ -2,7 +2,8 @@
 
 ``python -m tests.bench.publish_bench`` starts the Pub/Sub emulator, one ``PubSubBroker``
 subscribed to its own topic, and publishes 200 single messages one call after another, then 100
-calls of 10 messages each, waiting for each message to come back through the streaming pull.
+calls of 10 messages each, waiting for each message to come back through the streaming pull
+(``PB_CALLS=N`` in the environment sets the single messages' count: more for a profile).
 It prints the process CPU (every thread: the event loop and gRPC's) per call, receiving
 included. The fan-out's publish coalescing (``gateway.cluster.broker``) rests on the result:
 the call costs, the message hardly does (docs/benchmarks.md).
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from emulator import procs
 
-ROUNDS = ((1, 200), (10, 100))
+#: (messages per call, calls); the bench's own knob, not a gateway setting.
+ROUNDS = ((1, int(os.environ.get("PB_CALLS", "200"))), (10, 100))
 
 
 async def measure() -> None:

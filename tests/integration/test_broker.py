@@ -139,3 +139,40 @@ async def test_publishes_made_at_once_share_calls_and_each_message_arrives_once(
         assert sorted(int(a["n"]) for _, a in inbox.messages) == list(range(200))
     finally:
         await broker.stop()
+
+
+async def test_raw_publish_recreates_a_deleted_topic_and_keeps_bytes_and_attributes(
+    pubsub: PubSubEmulator,
+) -> None:
+    """The raw Publish path: after the topic is deleted under a running broker, a publish
+    creates it again and succeeds; binary data and non-ASCII attributes arrive intact."""
+    import grpc
+    from google.pubsub_v1.services.publisher import PublisherClient
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+
+    topic = f"raw-{uuid.uuid4().hex[:8]}"
+    inbox = Inbox()
+    broker = await started(topic, "inst-raw", inbox)
+    try:
+        publisher = PublisherClient(
+            transport=PublisherGrpcTransport(channel=grpc.insecure_channel(pubsub.host))
+        )
+        publisher.delete_topic(topic=broker.topic_path)
+        calls = broker.publish_calls
+        await broker.publish(b"\x00\xffbytes", {"kind": "send", "user_id": "é-ü 1"})
+        assert broker.publish_calls == calls + 2  # NOT_FOUND, then the retry
+        assert publisher.get_topic(topic=broker.topic_path).name == broker.topic_path
+    finally:
+        await broker.stop()
+    again = Inbox()
+    fresh = await started(topic, "inst-raw-2", again)
+    try:
+        await fresh.publish(b"\x00\xffbytes", {"kind": "send", "user_id": "é-ü 1"})
+
+        async def arrived() -> bool:
+            return bool(again.messages)
+
+        await eventually(arrived)
+        assert again.messages == [(b"\x00\xffbytes", {"kind": "send", "user_id": "é-ü 1"})]
+    finally:
+        await fresh.stop()
