@@ -80,14 +80,16 @@ class Directory:
         #: was live.
         self.alone_hits = 0
 
-    async def live_instances(self) -> set[str] | None:
+    async def live_instances(self, fresh: bool = False) -> set[str] | None:
         """Live instances other than this one (heartbeat within 3 x SWEEP_INTERVAL, not
         stopped; after a Firestore stall, the ones live before it until they catch up: see
-        ``gateway.cluster.liveness``), cached for a second. When Firestore cannot answer, the
-        last live set; None if it never answered."""
+        ``gateway.cluster.liveness``), cached for a second unless ``fresh`` (a read in flight
+        is still shared). When Firestore cannot answer, the last live set; None if it never
+        answered."""
         now = time.monotonic()
-        if self._instances_cache and now - self._instances_cache[0] < CACHE_SECONDS:
-            return self._instances_cache[1]
+        cache = self._instances_cache
+        if not fresh and cache and now - cache[0] < CACHE_SECONDS:
+            return cache[1]
         # One read for all the callers of the moment (32 sends in flight asked 32 times).
         return await asyncio.shield(self._read_live_once())
 

@@ -199,7 +199,10 @@ class ClusterPresence:
         """Drop the entries of instances that stopped beating, resync from owners whose
         digest showed missed messages, and publish this instance's digest."""
         view, me = self.local.view, self.deployment.me
-        live = await self.deployment.directory.live_instances()
+        # Read afresh, once a pass: a cached set could be a second old, and the drop below
+        # waits another pass, so a cache here added a second to how long a lost instance's
+        # members stay in rooms (docs/presence.md gives the bound).
+        live = await self.deployment.directory.live_instances(fresh=True)
         now = time.monotonic()
         if live is not None:
             for instance in set(self._first_seen) & live:

@@ -43,9 +43,10 @@ PRESENCE = {
     "PONG_TIMEOUT": "4",
 }
 #: docs/presence.md: a lost instance's entries are dropped once it has had no heartbeat for
-#: 3 x SWEEP_INTERVAL, noticed at the next check (one SWEEP_INTERVAL), then sent in the next
-#: diff (PRESENCE_DIFF_INTERVAL).
-LOST_INSTANCE_BOUND = 3 * 1 + 1 + 0.2
+#: 3 x SWEEP_INTERVAL, noticed at the next check and confirmed at the one after (a check every
+#: SWEEP_INTERVAL plus its own registry read and digest publish, up to half a second each on
+#: this loaded machine), then sent in the next diff (PRESENCE_DIFF_INTERVAL).
+LOST_INSTANCE_BOUND = 3 * 1 + 2 * (1 + 0.5) + 0.2
 #: What a browser adds to a bound: the page polled by Playwright, the frame rendered.
 RENDER_SLACK = 1.0
 PASSWORD = "correct horse battery"
