@@ -188,12 +188,18 @@ class ClusterPresence:
                 backoff = min(5.0, backoff * 4)
 
     async def _watch_loop(self) -> None:
+        # At a fixed cadence, as the ping loop keeps: a pass's own registry read and digest
+        # publish must not stretch the interval, and with it how long a lost instance's
+        # members stay in rooms (two passes; docs/presence.md gives the bound).
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + self.sweep_interval
         while True:
-            await asyncio.sleep(self.sweep_interval)
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
             try:
                 await self.watch_once()
             except Exception:
                 logger.exception("presence: watch pass failed")
+            next_at = max(next_at + self.sweep_interval, loop.time())
 
     async def watch_once(self) -> None:
         """Drop the entries of instances that stopped beating, resync from owners whose
@@ -209,7 +215,9 @@ class ClusterPresence:
                 del self._first_seen[instance]  # a late heartbeat, not a lost instance
             for instance in view.instances() - live - {me}:
                 first = self._first_seen.setdefault(instance, now)
-                if now - first >= self.sweep_interval:
+                # Missing at two passes in a row: an interval apart, give or take how long
+                # each pass's read took, so half an interval tells the second from the first.
+                if now - first >= self.sweep_interval / 2:
                     rooms = view.drop_instance(instance)
                     self._first_seen.pop(instance, None)
                     self.dropped_instances += 1
