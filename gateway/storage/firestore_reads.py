@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.storage.firestore_wire import call_metadata
+
 
 async def read_document(
     client: Any,
@@ -59,7 +61,6 @@ class BatchGet:
     """
 
     def __init__(self, client: Any) -> None:
-        from google.api_core import gapic_v1
         from google.cloud.firestore_v1.types import document, firestore
 
         self._client = client
@@ -76,13 +77,7 @@ class BatchGet:
         self._get = channel.unary_unary(
             GET_METHOD, response_deserializer=document.Document.pb().FromString
         )
-        self._metadata = (
-            *client._rpc_metadata,
-            # Routes the call to the named database, as the generated client does.
-            gapic_v1.routing_header.to_grpc_metadata(  # type: ignore[no-untyped-call]
-                (("database", database),)
-            ),
-        )
+        self._metadata = call_metadata(client, ("database", database))
 
     async def read(
         self, collection: str, ids: Sequence[str], timeout: float
@@ -124,9 +119,13 @@ class BatchGet:
         from google.api_core import exceptions
         from google.cloud.firestore_v1 import _helpers
 
-        request = self._get_request(name=f"{prefix}{doc_id}").SerializeToString()
+        name = f"{prefix}{doc_id}"
+        request = self._get_request(name=name).SerializeToString()
+        # GetDocument routes by the document's name, not the database (the generated client's
+        # header for this method).
+        metadata = call_metadata(self._client, ("name", name))
         try:
-            document = await self._get(request, metadata=self._metadata, timeout=timeout)
+            document = await self._get(request, metadata=metadata, timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return {}

@@ -12,7 +12,12 @@ from typing import Any
 
 from gateway.exceptions import WriteRejected
 from gateway.storage.firestore_reads import BatchGet, read_document
-from gateway.storage.firestore_wire import CommitEncoder, field_path, timestamp_parts
+from gateway.storage.firestore_wire import (
+    CommitEncoder,
+    call_metadata,
+    field_path,
+    timestamp_parts,
+)
 from gateway.storage.schema import (
     HEARTBEAT_AT,
     INSTANCE_ID,
@@ -96,17 +101,8 @@ class FirestoreStore:
     def _commit_call(self) -> tuple[Any, tuple[tuple[str, str], ...]]:
         """The Commit method on the client's channel, bytes in and bytes out (the response is
         not read: a failure raises), with the metadata the library's own call sends."""
-        from google.api_core import gapic_v1
-
         channel = self._client._firestore_api.transport.grpc_channel
-        database = self._client._database_string
-        metadata = (
-            *self._client._rpc_metadata,
-            # Routes the call to the named database, as the generated client does.
-            gapic_v1.routing_header.to_grpc_metadata(  # type: ignore[no-untyped-call]
-                (("database", database),)
-            ),
-        )
+        metadata = call_metadata(self._client, ("database", self._client._database_string))
         return channel.unary_unary(COMMIT_METHOD), metadata
 
     def _serialized_write(self, write: Write) -> bytes:

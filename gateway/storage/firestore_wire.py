@@ -35,6 +35,17 @@ _VARINT = 0
 _SMALL = tuple(bytes((n,)) for n in range(128))
 
 
+def call_metadata(client: Any, route: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    """The metadata the library's generated client sends with a raw call on its channel: the
+    client's own (``_rpc_metadata``) and the routing header, ``route`` being the request field
+    the method routes by and its value (``database`` for Commit and BatchGetDocuments, the
+    document's ``name`` for GetDocument)."""
+    from google.api_core import gapic_v1
+
+    header = gapic_v1.routing_header.to_grpc_metadata((route,))  # type: ignore[no-untyped-call]
+    return (*client._rpc_metadata, header)
+
+
 def timestamp_parts(value: datetime) -> tuple[int, int]:
     """A ``google.protobuf.Timestamp``'s (seconds, nanos) for an aware datetime."""
     if value.tzinfo is None:
