@@ -75,18 +75,19 @@ def silent_deadline(
     return start, deadline_with_faults(faults, start, pong_timeout + 3 * sweep_interval)
 
 
-def _owed_before_reconnect(
-    timeline: Timeline, reconnect: float, faults: Sequence[Fault], pong_timeout: float
-) -> bool:
-    """Whether a silent client's sign-out was already due (silent for PONG_TIMEOUT) when it
-    opened the socket at ``reconnect``. The gateway records a connect through its write
-    buffer, so a sweep run already under way can claim on the record from before it: the
-    sign-out then lands just after the reconnect, and was owed (docs/operations.md)."""
+def _owed_reconnect(timeline: Timeline, until: float, pong_timeout: float) -> float | None:
+    """The last socket a silent client opened before ``until`` while its sign-out was already
+    due (silent for PONG_TIMEOUT since its previous sign of life), else None. The gateway
+    records a connect through its write buffer, so a sweep run already under way can claim on
+    the record from before it: the sign-out then lands just after the reconnect, and was owed
+    (docs/operations.md). Sockets opened after that one, a cut or two later, are still in the
+    same write buffer (or behind the same Firestore fault) and do not restart the clock."""
     silent = timeline.of(WENT_SILENT)
-    if not silent or reconnect <= silent[0].t:
-        return False
-    before = [silent[0].t] + [e.t for e in timeline.of(CONNECTED) if silent[0].t < e.t < reconnect]
-    return reconnect - max(before) >= pong_timeout
+    if not silent:
+        return None
+    lives = [silent[0].t] + [e.t for e in timeline.of(CONNECTED) if silent[0].t < e.t < until]
+    owed = [b for a, b in zip(lives, lives[1:], strict=False) if b - a >= pong_timeout]
+    return owed[-1] if owed else None
 
 
 def check_silent(
@@ -129,12 +130,15 @@ def check_silent(
             ),
         )
         early = first.t < start + pong_timeout - SLACK
-        owed = early and _owed_before_reconnect(timeline, start, faults, pong_timeout)
-        if owed and first.t <= deadline_with_faults(faults, start, sweep_interval + SLACK):
+        owed = _owed_reconnect(timeline, first.t, pong_timeout) if early else None
+        if owed is not None and first.t <= deadline_with_faults(
+            faults, owed, sweep_interval + SLACK
+        ):
             out.checks += 1
             out.notes.append(
-                f"{user}: signed out {first.t - start:.2f}s after reconnecting at t={start:.2f}s, "
-                "with its sign-out owed before it (a sweep run claims on the stored record, "
+                f"{user}: signed out {first.t - owed:.2f}s after reconnecting at t={owed:.2f}s"
+                + (f" (again at t={start:.2f}s)" if start != owed else "")
+                + ", with its sign-out owed before it (a sweep run claims on the stored record, "
                 "and the reconnect's write was still in the gateway's write buffer)"
             )
         else:

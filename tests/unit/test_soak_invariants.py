@@ -109,6 +109,24 @@ def test_a_sign_out_owed_before_a_reconnect_landing_just_after_it_is_a_note() ->
     assert "after its last sign of life" in long_after.violations[0].message
 
 
+def test_a_second_cut_after_an_owed_reconnect_does_not_restart_the_clock() -> None:
+    """Two cuts a few seconds apart while the sign-out was owed: the sweep's claim on the record
+    from before the first reconnect is a note; the same two reconnects before it was owed
+    are a violation."""
+    owed = silent_user(38.0, reconnect=35.0)
+    owed.add(36.5, DISCONNECTED, code=1006)
+    owed.add(37.2, CONNECTED)
+    owed.events.sort(key=lambda e: e.t)
+    out = check_silent(owed, SIGNED_OFF, [], 20.0, 2.0, socket_open=False)
+    assert not out.violations and "(again at t=37.20s)" in out.notes[0]
+    early = silent_user(28.0, reconnect=25.0)
+    early.add(26.5, DISCONNECTED, code=1006)
+    early.add(27.2, CONNECTED)
+    early.events.sort(key=lambda e: e.t)
+    out = check_silent(early, SIGNED_OFF, [], 20.0, 2.0, socket_open=False)
+    assert "after its last sign of life" in out.violations[0].message
+
+
 def test_stores_that_disagree_with_the_sockets_are_violations() -> None:
     """Invariant 5: sessions, members and gauges against the open sockets; subscriptions of
     drained instances must be gone and those of killed ones expire."""
