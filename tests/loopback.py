@@ -63,6 +63,7 @@ class LoopbackBus:
 class Endpoint:
     def __init__(self, bus: LoopbackBus, instance_id: str) -> None:
         self.bus, self.instance_id, self.connected = bus, instance_id, False
+        self.published = self.publish_calls = 0
 
     async def start(self, handler: Handler) -> None:
         self.bus.handlers[self.instance_id] = handler
@@ -75,6 +76,8 @@ class Endpoint:
         if self.bus.down:
             raise BrokerUnavailable("injected outage")
         self.bus.published.append(dict(attributes))
+        self.published += 1
+        self.publish_calls += 1
         if attributes.get("kind") == "reply" and self.instance_id in self.bus.lose_replies_from:
             return
         loop = asyncio.get_running_loop()

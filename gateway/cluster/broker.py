@@ -67,6 +67,10 @@ class Broker(Protocol):
 
     #: True while messages are being received.
     connected: bool
+    #: Messages published, and the Publish calls that carried them (several per call when
+    #: they were coalesced).
+    published: int
+    publish_calls: int
 
     async def start(self, handler: Handler) -> None:
         """Start receiving; ``handler`` is called on the event loop for every message."""

@@ -52,6 +52,7 @@ from gateway.cluster.operations import (
     Timeout,
 )
 from gateway.cluster.presence import ClusterPresence, RoomSignal
+from gateway.cluster.send_coalescing import SendCoalescer
 from gateway.exceptions import DeploymentUnavailable, UserNotConnectedError
 from gateway.instance.service import PresenceService
 from gateway.protocol import messages
@@ -116,6 +117,8 @@ class Deployment:
             if broker is not None
             else None
         )
+        #: Cross-instance sends made at one moment, published as one batch.
+        self.sends = SendCoalescer(self.fanout) if self.fanout is not None else None
         self._notices: set[asyncio.Task[None]] = set()
         #: Room presence replication; None without presence rooms, or without a broker (then
         #: the view is this instance's alone).
@@ -145,6 +148,8 @@ class Deployment:
         for task in list(self._notices):
             task.cancel()
         await asyncio.gather(*self._notices, return_exceptions=True)
+        if self.sends is not None:
+            await self.sends.stop()
         if self.fanout is not None:
             await self.fanout.stop()
 
@@ -165,7 +170,10 @@ class Deployment:
         if not audience.publish:
             return answer({}, [], scope=audience.scope)
         try:
-            replies, missing = await self.fanout.ask(request, audience.expect)
+            if isinstance(request, Send) and audience.expect is not None and self.sends:
+                replies, missing = await self.sends.ask(request, audience.expect)
+            else:
+                replies, missing = await self.fanout.ask(request, audience.expect)
         except BrokerUnavailable as exc:
             logger.warning("%s reached this instance only: %s", kind_of(request), exc)
             expected = sorted(audience.expect or ())

@@ -124,6 +124,7 @@ class GatewayCollector:
 
     def _counters(self) -> list[tuple[str, str, float]]:
         service, writer, fanout = self.service, self.service.writer, self.deployment.fanout
+        broker = self.deployment.broker
         presence, written = self.deployment.presence, service.presence_writer
         return [
             ("gateway_pings_sent", "Server pings sent", service.heartbeat.pings_sent),
@@ -210,6 +211,32 @@ class GatewayCollector:
                 "gateway_callbacks_received",
                 "Timeout callbacks from the sweep",
                 service.callbacks_received,
+            ),
+            (
+                "gateway_broker_messages_published",
+                "Messages this instance published on the fan-out topic (requests and receipts)",
+                broker.published if broker is not None else 0,
+            ),
+            (
+                "gateway_broker_publish_calls",
+                "Publish calls that carried them (messages made at one moment share a call)",
+                broker.publish_calls if broker is not None else 0,
+            ),
+            (
+                "gateway_fanout_sends_coalesced",
+                "Sends to users held elsewhere that travelled in one send_batch with others "
+                "made at the same moment",
+                self.deployment.sends.coalesced if self.deployment.sends else 0,
+            ),
+            (
+                "gateway_member_read_batches",
+                "Batched member reads (sends' and connects' reads made at one moment share one)",
+                service.admission.member_reads.batches,
+            ),
+            (
+                "gateway_member_reads",
+                "Member records read by those batches",
+                service.admission.member_reads.keys_read,
             ),
             (
                 "gateway_fanout_missing_receipts",

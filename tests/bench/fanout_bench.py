@@ -434,11 +434,29 @@ def _cpu_window(
         "cpu_ms_per_delivered": round(1000 * cpu / max(delivered, 1), 3),
         "cpu_ms_per_delivered_net": round(1000 * net / max(delivered, 1), 3),
         "forwarded": sum(_delta(m0, m1, _published("send")).values()),
+        "coalescing": _coalescing(m0, m1),
         "latency": _summary(latency),
         "latency_samples_ms": _samples(latency),
         "other_cpu_percent": {
             name: round(100 * (o1[name] - o0[name]) / wall, 1) for name in others
         },
+    }
+
+
+def _coalescing(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Calls the window made, summed over the instances: Publish calls and the messages they
+    carried, member read batches and the records they read."""
+
+    def total(sample: str) -> int:
+        return sum(_delta(before, after, sample).values())
+
+    return {
+        "messages": total("gateway_broker_messages_published_total"),
+        "publish_calls": total("gateway_broker_publish_calls_total"),
+        "member_reads": total("gateway_member_reads_total"),
+        "member_read_batches": total("gateway_member_read_batches_total"),
     }
 
 
@@ -878,6 +896,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if not result:
         return []
     send, cpu, tmo = result["send"], result["cpu"], result["timeout"]
+    calls = cpu["coalescing"]
     rest = send["rest_answer"]
     others = ", ".join(f"{k} {v:.0f} %" for k, v in cpu["other_cpu_percent"].items())
     callbacks = ", ".join(f"{k} {v}" for k, v in tmo["callbacks_received"].items())
@@ -889,6 +908,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         + f"; {cpu['forwarded']} of {cpu['sends']} window sends published",
         f"fanout: CPU window {cpu['window_seconds']} s: gateways {cpu['gateway_cpu_percent']:.0f}"
         f" % of one core (idle baseline {cpu['baseline_cpu_percent']:.0f} %), {others}",
+        f"fanout: CPU window's calls: {calls['messages']} messages in {calls['publish_calls']} "
+        f"Publish calls, {calls['member_reads']} member records in "
+        f"{calls['member_read_batches']} batched reads",
         f"fanout: timeout callbacks received by {callbacks}; timeouts sent per instance {sent}; "
         f"{tmo['timeout_fanouts_published']} timeout fan-outs published, "
         f"{tmo['timeout_fanouts_served']} served",
