@@ -284,6 +284,55 @@ async def test_a_batch_reaches_each_user_once_on_any_instance_and_answers_each_e
     assert (frame["type"], frame["offset"], frame["data"]) == ("stream", first["offset"], {"d": 1})
 
 
+def _counter(metrics: str, name: str) -> float:
+    """One sample of a /metrics page (0 when absent)."""
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_sends_made_at_once_to_users_elsewhere_each_arrive_once_with_their_own_answer(
+    service: Service, clients: list[Client]
+) -> None:
+    """Forty sends posted at once to the first instance, for users held on the other two: each
+    socket gets its own message once and each answer counts its own socket. Every send went
+    out either alone or inside a send_batch with others made at the same moment, as the
+    instance's counters add up."""
+    first, *others = service.instances
+    users = [uid("together") for _ in range(40)]
+    sockets: dict[str, Client] = {}
+    for k, user in enumerate(users):
+        socket = await Client.open(others[k % 2].ws(user))
+        clients.append(socket)
+        sockets[user] = socket
+    headers = {"Authorization": f"Bearer {service.admin_token}"}
+    async with httpx.AsyncClient(base_url=first.http, headers=headers, timeout=30) as http:
+
+        async def recorded() -> bool:
+            found = await asyncio.gather(*(http.get(f"/ws/status/{u}") for u in users))
+            return all(r.json()["connections"] == 1 for r in found)
+
+        await eventually(recorded)
+        before = (await http.get("/metrics")).text
+        answers = await asyncio.gather(
+            *(http.post(f"/ws/send/{u}", json={"type": "t", "to": u}) for u in users)
+        )
+        after = (await http.get("/metrics")).text
+    for user, answer in zip(users, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert (body["connections"], body["scope"]) == (1, "deployment")
+        assert body["instances"] == [instance_of(others[users.index(user) % 2])]
+    for user, socket in sockets.items():
+        assert await socket.next() == {"type": "t", "to": user}
+    await asyncio.gather(*(quiet_for(s, 0.5) for s in sockets.values()))
+    alone = 'gateway_fanout_published_total{kind="send",outcome="ok"}'
+    coalesced = "gateway_fanout_sends_coalesced_total"
+    grew = {n: _counter(after, n) - _counter(before, n) for n in (alone, coalesced)}
+    assert grew[alone] + grew[coalesced] == len(users), grew
+
+
 @pytest.mark.parametrize("settled", [False, True], ids=["young", "settled"])
 async def test_a_user_who_moves_between_instances_between_sends_gets_every_send(
     service: Service, clients: list[Client], settled: bool
