@@ -13,7 +13,10 @@ recreated its subscription missed it (docs/soak.md). So:
 - **This instance's own heartbeat is stale in it, or its own writes lag** (the write buffer's
   oldest write older than two SWEEP_INTERVALs, ``Endings.lagged_at``): this instance knows it is
   alive, so the registry is behind, not the instances dead. The last live set stands, plus any
-  instance that is live by the clock.
+  instance that is live by the clock. Right after start, before this instance's own entry has
+  ever been read fresh, its absence is its registration still in the write buffer: the last
+  live set is held only until the entry is read, not for the grace below (unless its writes
+  lagged meanwhile, which is a stall).
 - **For ``STALL_GRACE_INTERVALS`` (at least ``MIN_STALL_GRACE``) after the registry was last
   seen behind**, an instance that was live before stays live until its heartbeat catches up
   (or it says it stopped): each instance's writes resume on their own retry.
@@ -56,6 +59,11 @@ class Liveness:
         self.known: set[str] | None = None
         #: Monotonic time the registry was last seen behind (unreadable, or our beat stale).
         self.behind_at: float | None = None
+        #: Whether this instance's own entry has been read fresh yet. Before that its absence
+        #: is its registration still in the write buffer, more likely than a stall.
+        self._registered = False
+        #: Whether the registry was seen behind only for that absence (nothing else since).
+        self._behind_for_start_only = False
 
     def cutoff(self, wall: datetime) -> datetime:
         """Heartbeats before this are stale by the clock."""
@@ -66,6 +74,23 @@ class Liveness:
         not reach the registry in time, and probably nobody's did."""
         if lagged_at is not None and (self.behind_at is None or lagged_at > self.behind_at):
             self.behind_at = lagged_at
+            self._behind_for_start_only = False
+
+    def _own_entry(self, doc: Mapping[str, Any] | None, cutoff: datetime, mono: float) -> None:
+        """Judge the registry by this instance's own entry as read. Absent or stale, the
+        registry is behind. Absent before it was ever seen, that is most likely a start (the
+        registration not yet committed): the last live set is held as for a stall, but only
+        until the entry is first read fresh, not for the whole grace."""
+        if doc is not None and is_live(doc, cutoff):
+            if not self._registered and self._behind_for_start_only:
+                self.behind_at = None
+            self._registered = True
+            self._behind_for_start_only = False
+            return
+        self._behind_for_start_only = not self._registered and (
+            self.behind_at is None or self._behind_for_start_only
+        )
+        self.behind_at = mono
 
     def behind(self, mono: float) -> bool:
         """Whether the registry was seen behind within the grace (it is catching up)."""
@@ -80,8 +105,7 @@ class Liveness:
         cutoff = self.cutoff(wall)
         fresh = {i for i, doc in docs.items() if is_live(doc, cutoff)}
         stopped = {i for i, doc in docs.items() if STOPPED_AT in doc}
-        if self.me not in fresh:
-            self.behind_at = mono
+        self._own_entry(docs.get(self.me), cutoff, mono)
         live = fresh | (self.known or set()) if self.behind(mono) else fresh
         self.known = live - stopped - {self.me}
         return set(self.known)
@@ -89,6 +113,7 @@ class Liveness:
     def unreadable(self, mono: float) -> set[str] | None:
         """The registry could not be read: the last live set (None if there never was one)."""
         self.behind_at = mono
+        self._behind_for_start_only = False
         return None if self.known is None else set(self.known)
 
     def alive(self, docs: Mapping[str, Mapping[str, Any]], wall: datetime, mono: float) -> set[str]:
@@ -96,8 +121,7 @@ class Liveness:
         others. While the registry is behind, any entry that has not stopped is: a member
         record names these instances, and the registry cannot yet say they died."""
         cutoff = self.cutoff(wall)
-        if not is_live(docs.get(self.me, {}), cutoff):
-            self.behind_at = mono
+        self._own_entry(docs.get(self.me) or None, cutoff, mono)
         behind = self.behind(mono)
         return {
             i

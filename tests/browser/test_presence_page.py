@@ -256,9 +256,9 @@ async def test_a_member_of_a_killed_instance_leaves_the_room_within_the_bound(
 
     # Ben's device goes with the instance: his page's reconnects go nowhere, so the only
     # way Ana can see him leave is the deployment dropping the lost instance's entries.
-    # The bound is the steady state's: an instance younger than MIN_STALL_GRACE may not have
-    # read its own registration yet, takes the registry to be behind and keeps the last live
-    # set that long (gateway.cluster.liveness).
+    # The bound is the steady state's: a young instance whose first writes lagged (a loaded
+    # start) takes the registry to be behind and keeps the last live set for MIN_STALL_GRACE
+    # (gateway.cluster.liveness; without a lag it holds it only until it reads its own entry).
     await asyncio.sleep(max(0.0, began + MIN_STALL_GRACE - time.monotonic()))
     gate.open = False
     assert ben_at.process.popen is not None

@@ -140,3 +140,26 @@ async def test_a_room_send_with_the_registry_unreadable_names_the_silent_instanc
         cluster.bus.deaf.add("c")
         sent = await cluster.at["a"].room_send("team", {"type": "after"})
         assert (sent.connections, sent.unreachable, sent.scope) == (2, ["c"], "deployment")
+
+
+def test_a_new_instance_holds_the_live_set_only_until_it_reads_its_own_entry() -> None:
+    """Right after start this instance's registration may not be committed yet: its absence
+    holds the last live set, as a stall would; once its own entry is read fresh the clock
+    decides again, so a crash then is not kept live for MIN_STALL_GRACE."""
+    live = Liveness("me", INTERVAL)
+    assert live.registry({"a": beat(0), "b": beat(0)}, WALL, 100.0) == {"a", "b"}
+    assert live.registry({"a": beat(7), "b": beat(0)}, WALL, 101.0) == {"a", "b"}
+    assert live.registry({"me": beat(0), "a": beat(7), "b": beat(0)}, WALL, 102.0) == {"b"}
+    assert live.behind_at is None
+
+
+def test_a_real_lag_before_the_first_sighting_keeps_the_grace() -> None:
+    """Own writes lagging while unregistered is a stall, not a start: the grace stands, and a
+    member read's liveness (``alive``) clears a start-only absence the same way."""
+    lagged = Liveness("me", INTERVAL)
+    lagged.registry({"a": beat(0)}, WALL, 100.0)
+    lagged.note_lag(101.0)
+    assert lagged.registry({"me": beat(0), "a": beat(7)}, WALL, 102.0) == {"a"}
+    fresh = Liveness("me", INTERVAL)
+    assert fresh.alive({"a": beat(7)}, WALL, 100.0) == {"a"}
+    assert fresh.alive({"me": beat(0), "a": beat(7)}, WALL, 101.0) == set()
