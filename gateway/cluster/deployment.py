@@ -150,6 +150,7 @@ class Deployment:
         await asyncio.gather(*self._notices, return_exceptions=True)
         if self.sends is not None:
             await self.sends.stop()
+        await self.directory.stop()
         if self.fanout is not None:
             await self.fanout.stop()
 

@@ -93,6 +93,14 @@ class Directory:
         # One read for all the callers of the moment (32 sends in flight asked 32 times).
         return await asyncio.shield(self._read_live_once())
 
+    async def stop(self) -> None:
+        """Cancel the registry read in flight: a background refresh nobody awaits would
+        outlive the instance's Firestore client."""
+        read = self._live_read
+        if read is not None:
+            read.cancel()
+            await asyncio.gather(read, return_exceptions=True)
+
     def _read_live_once(self) -> asyncio.Future[set[str] | None]:
         """The registry read in flight, or a new one."""
         if self._live_read is None:

@@ -165,3 +165,22 @@ async def test_the_live_set_is_read_once_for_all_who_ask_and_ahead_of_its_expiry
             assert send_now(a, "u", {"n": 0}) is not None
         await asyncio.sleep(0.05)  # the last one's read runs
         assert len(reads) == 4  # one at first, then one for each send late in the life
+
+
+async def test_stopping_cancels_a_registry_read_still_in_flight() -> None:
+    """A background refresh of the live set that Firestore has not answered is cancelled at
+    stop, not left to outlive the instance's client."""
+    cluster = Cluster("a")
+    a = cluster.at["a"]
+    answered = asyncio.Event()
+
+    async def never(since: object, timeout: float) -> dict[str, dict[str, Any]]:
+        await answered.wait()
+        return {}
+
+    cluster.store.recent_instances = never  # type: ignore[method-assign]
+    async with cluster:
+        read = a.directory._read_live_once()
+        await asyncio.sleep(0)
+        assert not read.done()
+    assert read.cancelled() and a.directory._live_read is None
