@@ -6,11 +6,13 @@ another instance holds. Each entry is answered on its own.
 from __future__ import annotations
 
 import asyncio
-from typing import Literal, NamedTuple
+from collections.abc import Coroutine
+from typing import Any, Literal, NamedTuple
 
 from gateway.cluster.directory import settled
 from gateway.cluster.fanout import Reply, Request
 from gateway.cluster.operation import Audience, Context, Gathered, Operation, Scope
+from gateway.edge.framing import text_frame
 
 #: Entries one batch may carry (``POST /ws/send``): a few hundred, so that a batch's frames
 #: stay far under Pub/Sub's message limit and one request does not hold the loop for long.
@@ -19,6 +21,13 @@ MAX_BATCH_ENTRIES = 500
 MAX_BATCH_BYTES = 1024 * 1024
 
 EntryStatus = Literal["sent", "not_connected", "unreachable", "stored"]
+
+#: How long an instance serving a batch waits for entries whose sockets are slow to take the
+#: frame, as a share of FANOUT_TIMEOUT, before it answers with those entries as pending: the
+#: receipt must reach the origin before the origin stops waiting.
+SLOW_ENTRY_SHARE = 0.5
+#: Entries still being delivered after their batch's receipt went (strong references).
+_LINGERING: set[asyncio.Future[int]] = set()
 
 
 class SendBatch(Request, tag="send_batch"):
@@ -42,6 +51,9 @@ class BatchDelivery(NamedTuple):
     instances: list[str]
     unreachable: list[str]
     scope: Scope
+    #: Entries an instance was still delivering when it answered (a socket slow to take the
+    #: frame): their sockets there may get it a little later.
+    pending: frozenset[int] = frozenset()
 
 
 class SendBatchOp(Operation[SendBatch, BatchDelivery]):
@@ -50,15 +62,43 @@ class SendBatchOp(Operation[SendBatch, BatchDelivery]):
     request = SendBatch
 
     async def here(self, ctx: Context, request: SendBatch) -> Reply:
+        """Each entry to its user's sockets here. An entry whose sockets all take the frame now
+        is written at once; the rest (a durable entry, a socket whose client is not reading)
+        are sent together, and waited for SLOW_ENTRY_SHARE of FANOUT_TIMEOUT at most: one slow
+        client must not hold up the receipt of the other entries (the sends of other callers,
+        when they were coalesced) for its WS_SEND_TIMEOUT."""
         service, delivered = ctx.service, []
+        later: list[tuple[int, Coroutine[Any, Any, int]]] = []
         for index, user_id, text, offset in request.entries:
+            sockets = service.registry.sockets_of(user_id)
+            if not sockets:
+                continue
             if offset:
-                n = await service.streams.send(user_id, text, offset)
-            else:
-                n = await service.send_text(user_id, text)
-            if n:
-                delivered.append((index, n))
-        return Reply(counts=delivered)
+                later.append((index, service.streams.send(user_id, text, offset)))
+                continue
+            if not all(conn.takes_frame_now() for conn in sockets):
+                later.append((index, service.send_text(user_id, text)))
+                continue
+            frame = text_frame(text)
+            for conn in sockets:
+                conn.push_frame(frame)
+            delivered.append((index, len(sockets)))
+        pending: list[int] = []
+        if later:
+            tasks = {asyncio.ensure_future(send): index for index, send in later}
+            wait = ctx.service.settings.fanout.fanout_timeout * SLOW_ENTRY_SHARE
+            _, slow = await asyncio.wait(tasks, timeout=wait)
+            for task, index in tasks.items():
+                if task in slow:
+                    # Still delivering: it goes on (its socket may take the frame within
+                    # WS_SEND_TIMEOUT), and the receipt says so instead of waiting for it.
+                    pending.append(index)
+                    _LINGERING.add(task)
+                    task.add_done_callback(_LINGERING.discard)
+                elif n := task.result():
+                    delivered.append((index, n))
+            delivered.sort()
+        return Reply(counts=delivered, pending=pending)
 
     def owed(self, request: SendBatch, reply: Reply, me: str) -> bool:
         return bool(reply.counts) or me in request.expect
@@ -101,6 +141,7 @@ class SendBatchOp(Operation[SendBatch, BatchDelivery]):
             reached,
             gathered.missing,
             gathered.scope,
+            frozenset(i for reply in gathered.receipts() for i in reply.pending),
         )
 
 
@@ -111,15 +152,21 @@ def entry_results(
     entries: list[tuple[int, str, str, int]], delivery: BatchDelivery
 ) -> list[EntryResult]:
     """Every entry's result: its sockets reached, or why none was (a durable entry that no
-    socket took is ``stored``; one whose user may be on an instance that did not answer is
-    ``unreachable``)."""
+    socket took is ``stored``; one whose user may be on an instance that did not answer, or
+    whose socket there was still taking it, is ``unreachable``)."""
     reached = {r.position: r.connections for r in delivery.results}
     unsure = bool(delivery.unreachable)
     results = []
     for index, user_id, _, offset in entries:
         n = reached.get(index, 0)
         status: EntryStatus = (
-            "sent" if n else "stored" if offset else "unreachable" if unsure else "not_connected"
+            "sent"
+            if n
+            else "stored"
+            if offset
+            else "unreachable"
+            if unsure or index in delivery.pending
+            else "not_connected"
         )
         results.append(EntryResult(index, user_id, n, status))
     return results

@@ -96,6 +96,9 @@ class Reply(msgspec.Struct, tag="reply", tag_field="kind", omit_defaults=True, k
     #: A batch receipt's sockets reached, by the batch's entry index (entries reaching none
     #: are left out).
     counts: list[tuple[int, int]] = []
+    #: A batch receipt's entries still being delivered when it was sent (a socket slow to
+    #: take the frame): their sockets there may get it a little later.
+    pending: list[int] = []
     #: A presence sync receipt: the instance's own room presence entries
     #: (``gateway.protocol.presence.Wire``) and its newest version then.
     presence: list[tuple[str, str, int, int, dict[str, Any]]] = []

@@ -64,17 +64,22 @@ def split(chunk: list[_Waiting], replies: dict[str, Reply], missing: list[str]) 
     """Each send's share of the batch's receipts: per instance, the sockets that instance
     reached for the send's entry (an instance the send expected answers even when it reached
     none, as it would have for the ``Send``); of the instances the send expected, those not
-    heard."""
+    heard, and any instance still delivering the send's entry when it answered."""
     counts = {instance: dict(reply.counts) for instance, reply in replies.items()}
     answers: list[Answer] = []
     for k, item in enumerate(chunk):
         user = item.request.user_id
         mine: dict[str, Reply] = {}
+        slow: list[str] = []
         for instance, by_entry in counts.items():
             n = by_entry.get(k, 0)
             if n or instance in item.expect:
                 mine[instance] = Reply(instance=instance, connections=n, users=[user] if n else [])
-        answers.append((mine, [m for m in missing if m in item.expect]))
+            if k in replies[instance].pending:
+                # Its socket there was still taking the frame: as if that instance had not
+                # answered in time, which is what the send alone would have met.
+                slow.append(instance)
+        answers.append((mine, sorted({*(m for m in missing if m in item.expect), *slow})))
     return answers
 
 

@@ -378,6 +378,7 @@ async def _burst(url: str, token: str, users: list[str], first: int) -> list[dic
                     "user": targets[k],
                     "started": started,
                     "status": response.status_code,
+                    "body": response.text if response.status_code != 200 else "",
                 }
 
         return await asyncio.gather(*(one(k) for k in range(CPU_SENDS)))
@@ -425,6 +426,9 @@ def _cpu_window(
         "sends": CPU_SENDS,
         "concurrency": CONCURRENCY,
         "errors": sum(1 for c in calls if c["status"] != 200),
+        "error_samples": [
+            (c["user"], c["status"], c["body"][:300]) for c in calls if c["status"] != 200
+        ][:5],
         "delivered": delivered,
         "window_seconds": round(wall, 2),
         "sends_per_second": round(CPU_SENDS / wall, 1),
@@ -911,6 +915,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"fanout: CPU window's calls: {calls['messages']} messages in {calls['publish_calls']} "
         f"Publish calls, {calls['member_reads']} member records in "
         f"{calls['member_read_batches']} batched reads",
+        *(f"fanout: CPU window's error answer: {e}" for e in cpu.get("error_samples", [])),
         f"fanout: timeout callbacks received by {callbacks}; timeouts sent per instance {sent}; "
         f"{tmo['timeout_fanouts_published']} timeout fan-outs published, "
         f"{tmo['timeout_fanouts_served']} served",

@@ -215,10 +215,11 @@ PREVIOUS_FIELDS = {
 
 
 #: Added since: an instance of the previous release drops a batch as undecodable (and is named
-#: unreachable in the answer) and ignores a receipt's ``counts``.
+#: unreachable in the answer) and ignores a receipt's ``counts`` and ``pending`` (an entry still
+#: being delivered then reads to it as not delivered on that instance).
 NEW_FIELDS: dict[type[Any], set[str]] = {
     SendBatch: {"entries"},
-    Reply: {"counts", "presence", "as_of", "console"},
+    Reply: {"counts", "pending", "presence", "as_of", "console"},
     PresenceSync: {"only"},
     # The console's: an instance of the previous release drops them (named unreachable).
     console.ConsoleEvents: {"event_kind"},

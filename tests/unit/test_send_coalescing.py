@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import pytest
 
@@ -13,7 +15,10 @@ from gateway.cluster.operation import Delivery
 from gateway.cluster.operations import Send
 from gateway.cluster.send_coalescing import _Waiting, chunks, split
 from gateway.exceptions import DeploymentUnavailable
-from tests.loopback import Cluster, LoopbackBus
+from gateway.instance.registry import Connection
+from gateway.protocol.messages import utc_now
+from gateway.storage.schema import ACTIVE_SESSIONS, INSTANCE_ID, MEMBERS
+from tests.loopback import Cluster, LoopbackBus, Recorder
 
 
 async def test_sends_made_together_are_one_batch_and_each_is_answered_as_its_own() -> None:
@@ -113,3 +118,64 @@ async def test_a_batch_receipt_is_split_into_each_sends_own_receipts() -> None:
     assert {i: r.connections for i, r in mine0.items()} == {"b": 0, "d": 2}
     assert mine0["d"].users == ["u0"] and missing0 == []
     assert (mine1, missing1) == ({}, ["c"])
+
+
+class SlowWire(Recorder):
+    """A socket's ASGI send that takes its frames only once released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        await self.release.wait()
+        await super().__call__(message)
+
+
+def slow_socket(cluster: Cluster, instance: str, user: str) -> SlowWire:
+    wire = SlowWire()
+    cluster.at[instance].service.registry.add(Connection(user, f"{user}-s", utc_now(), wire))
+    member = cluster.store.docs.setdefault((MEMBERS, user), {})
+    member.setdefault(ACTIVE_SESSIONS, {})[f"{user}-s"] = {INSTANCE_ID: instance}
+    return wire
+
+
+async def test_a_slow_socket_holds_up_neither_the_receipt_nor_the_other_send() -> None:
+    """Two sends coalesced into one batch, one for a user whose socket on B is slow to take
+    its frame: B answers within FANOUT_TIMEOUT, the other send is answered in full, the slow
+    one names B unreachable (as alone it would have), and its socket still gets the frame,
+    once, when it is ready."""
+    async with Cluster("a", "b", fanout_timeout=1.0, send_timeout=5.0) as cluster:
+        slow = slow_socket(cluster, "b", "slow")
+        fast = cluster.socket("b", "fast", "f1")
+        a = cluster.at["a"]
+        started = time.monotonic()
+        sent = await asyncio.gather(a.send("slow", {"n": 1}), a.send("fast", {"n": 2}))
+        assert time.monotonic() - started < 1.0
+        assert list(sent) == [
+            Delivery(0, 0, [], ["b"], "deployment"),
+            Delivery(1, 1, ["b"], [], "deployment"),
+        ]
+        assert a.sends is not None and a.sends.coalesced == 2
+        assert fast.texts() == ['{"n":2}'] and slow.texts() == []
+        slow.release.set()
+        await asyncio.sleep(0.05)
+        assert slow.texts() == ['{"n":1}']
+
+
+async def test_a_batch_entry_slow_on_another_instance_is_unreachable_not_not_connected() -> None:
+    """``POST /ws/send``'s entries: the slow one is ``unreachable`` (its socket may still take
+    it), the others ``sent``, answered before the slow socket's send timeout."""
+    async with Cluster("a", "b", fanout_timeout=1.0, send_timeout=5.0) as cluster:
+        slow = slow_socket(cluster, "b", "slow")
+        cluster.socket("b", "fast", "f1")
+        started = time.monotonic()
+        outcomes, delivery = await cluster.at["a"].send_batch(
+            [(0, "slow", '{"n":1}'), (1, "fast", '{"n":2}')]
+        )
+        assert time.monotonic() - started < 1.0
+        assert [(o.status, o.connections) for o in outcomes] == [("unreachable", 0), ("sent", 1)]
+        assert delivery.pending == frozenset({0})
+        slow.release.set()
+        await asyncio.sleep(0.05)
+        assert slow.texts() == ['{"n":1}']
