@@ -6,6 +6,7 @@ another instance holds. Each entry is answered on its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any, Literal, NamedTuple
 
@@ -20,6 +21,8 @@ MAX_BATCH_ENTRIES = 500
 #: Largest batch body: the entries' messages together.
 MAX_BATCH_BYTES = 1024 * 1024
 
+logger = logging.getLogger("gateway.cluster.batch")
+
 EntryStatus = Literal["sent", "not_connected", "unreachable", "stored"]
 
 #: How long an instance serving a batch waits for entries whose sockets are slow to take the
@@ -28,6 +31,13 @@ EntryStatus = Literal["sent", "not_connected", "unreachable", "stored"]
 SLOW_ENTRY_SHARE = 0.5
 #: Entries still being delivered after their batch's receipt went (strong references).
 _LINGERING: set[asyncio.Future[int]] = set()
+
+
+def _forget(task: asyncio.Future[int]) -> None:
+    """A lingering entry is done: drop it, and its error, which nobody waits for any more."""
+    _LINGERING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("batch entry failed after its receipt: %r", task.exception())
 
 
 class SendBatch(Request, tag="send_batch"):
@@ -88,16 +98,17 @@ class SendBatchOp(Operation[SendBatch, BatchDelivery]):
             tasks = {asyncio.ensure_future(send): index for index, send in later}
             wait = ctx.service.settings.fanout.fanout_timeout * SLOW_ENTRY_SHARE
             _, slow = await asyncio.wait(tasks, timeout=wait)
+            for task in slow:
+                # Still delivering: it goes on (its socket may take the frame within
+                # WS_SEND_TIMEOUT), and the receipt says so instead of waiting for it.
+                pending.append(tasks[task])
+                _LINGERING.add(task)
+                task.add_done_callback(_forget)
             for task, index in tasks.items():
-                if task in slow:
-                    # Still delivering: it goes on (its socket may take the frame within
-                    # WS_SEND_TIMEOUT), and the receipt says so instead of waiting for it.
-                    pending.append(index)
-                    _LINGERING.add(task)
-                    task.add_done_callback(_LINGERING.discard)
-                elif n := task.result():
+                if task not in slow and (n := task.result()):
                     delivered.append((index, n))
             delivered.sort()
+            pending.sort()
         return Reply(counts=delivered, pending=pending)
 
     def owed(self, request: SendBatch, reply: Reply, me: str) -> bool:

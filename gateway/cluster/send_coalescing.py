@@ -66,6 +66,7 @@ def split(chunk: list[_Waiting], replies: dict[str, Reply], missing: list[str]) 
     none, as it would have for the ``Send``); of the instances the send expected, those not
     heard, and any instance still delivering the send's entry when it answered."""
     counts = {instance: dict(reply.counts) for instance, reply in replies.items()}
+    pending = {instance: set(reply.pending) for instance, reply in replies.items()}
     answers: list[Answer] = []
     for k, item in enumerate(chunk):
         user = item.request.user_id
@@ -75,7 +76,7 @@ def split(chunk: list[_Waiting], replies: dict[str, Reply], missing: list[str]) 
             n = by_entry.get(k, 0)
             if n or instance in item.expect:
                 mine[instance] = Reply(instance=instance, connections=n, users=[user] if n else [])
-            if k in replies[instance].pending:
+            if k in pending[instance]:
                 # Its socket there was still taking the frame: as if that instance had not
                 # answered in time, which is what the send alone would have met.
                 slow.append(instance)
