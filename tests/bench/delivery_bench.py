@@ -609,7 +609,7 @@ def _configuration(
         if profile_to is not None:
             binary = py_spy_binary(args)
             if binary is None:
-                log(f"{tag}: --profile: no py-spy (.venv/bin/pip install py-spy); not profiled")
+                log(f"{tag}: --profile: no py-spy (make deps installs it); not profiled")
                 profiled = {"error": "py-spy not found"}
             else:
                 spy = start_py_spy(binary, gw.pid, profile_to, RUN_DIR / "py-spy.log")
