@@ -126,10 +126,11 @@ class Directory:
         self._instances_cache = (now, live)
         return live
 
-    async def _docs(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+    async def _docs(self, ids: list[str]) -> tuple[dict[str, dict[str, Any]], float]:
         """Registry entries by id, cached for a second: a send then costs one Firestore read
-        (the member), not two. Liveness is judged over three SWEEP_INTERVALs, so a second's
-        staleness changes nothing."""
+        (the member), not two. Also how old the oldest of them is (seconds): they are judged as
+        of then, or this instance's own entry, a second old in the cache, would look a second
+        staler than it is, and under short intervals the registry would seem behind."""
         now = time.monotonic()
         stale = [i for i in ids if now - self._instance_docs.get(i, (-1e9, {}))[0] > CACHE_SECONDS]
         if stale:
@@ -142,7 +143,8 @@ class Directory:
             }
             for instance_id in stale:
                 self._instance_docs[instance_id] = (now, found.get(instance_id, {}))
-        return {i: self._instance_docs[i][1] for i in ids}
+        oldest = min((self._instance_docs[i][0] for i in ids), default=now)
+        return {i: self._instance_docs[i][1] for i in ids}, now - oldest
 
     async def user_instances(
         self, user_id: str, *, held_here: frozenset[str] = frozenset()
@@ -246,9 +248,10 @@ class Directory:
         counts = other_instances(await self._members.get(user_id), self.me)
         if counts:
             # Our own entry too: stale in the registry, it says the registry is behind.
-            docs = await self._docs([*counts, self.me])
+            docs, age = await self._docs([*counts, self.me])
             self.liveness.note_lag(self._lagged_at())
-            live = self.liveness.alive(docs, datetime.now(UTC), time.monotonic())
+            read_at = datetime.now(UTC) - timedelta(seconds=age)
+            live = self.liveness.alive(docs, read_at, time.monotonic())
             counts = {i: n for i, n in counts.items() if i in live}
         return counts
 

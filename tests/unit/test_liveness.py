@@ -6,6 +6,7 @@ room send after a Firestore stall names a silent member's instance instead of an
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -163,3 +164,17 @@ def test_a_real_lag_before_the_first_sighting_keeps_the_grace() -> None:
     fresh = Liveness("me", INTERVAL)
     assert fresh.alive({"a": beat(7)}, WALL, 100.0) == {"a"}
     assert fresh.alive({"me": beat(0), "a": beat(7)}, WALL, 101.0) == set()
+
+
+async def test_cached_registry_entries_are_judged_as_of_their_read() -> None:
+    """This instance's own entry, fresh when read and reused from the directory's one-second
+    cache, does not make the registry look behind (which would keep dead instances live for
+    MIN_STALL_GRACE) just because the cache aged it."""
+    cluster = Cluster("a", "b", sweep_interval=0.5)
+    cluster.socket("b", "u", "s1")
+    register(cluster.store, "a", age=1.2)
+    directory = cluster.at["a"].directory
+    assert await directory.user_instances("u") == {"b": 1}
+    await asyncio.sleep(0.6)
+    assert await directory.user_instances("u") == {"b": 1}
+    assert directory.liveness.behind_at is None
